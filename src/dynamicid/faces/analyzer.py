@@ -1,0 +1,115 @@
+"""FaceAnalyzer: detection, landmarks, alignment, pose, expression, face prompt and embedding.
+
+The one implementation of face analysis: `prep`, generation and eval all call it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from dynamicid.faces import alignment, expression, face_prompt, pose
+from dynamicid.faces.backends import create
+from dynamicid.faces.types import FaceAnalysis, FaceBox
+
+
+@dataclass(frozen=True)
+class FaceAnalysisConfig:
+    detector: str = "dlib-hog"
+    detector_model: str | None = None
+    landmarks: str = "dlib-68"
+    landmarks_model: str | None = None
+    embedder: str = "dlib-resnet"
+    embedder_model: str | None = None
+    aligned_size: int = 512
+    detect_side: int = 640  # detection runs on the image shrunk to at most this many px
+    min_detection_score: float | None = None  # None: the detector's own default
+
+    def identity(self) -> dict:
+        return asdict(self) | {"template": alignment.TEMPLATE_VERSION}
+
+
+class _Clock:
+    def __init__(self, timings: dict[str, float]):
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + (now - self.last) * 1000.0
+        self.last = now
+
+
+class FaceAnalyzer:
+    """Builds its backends once (they load their models in their constructors)."""
+
+    def __init__(self, config: FaceAnalysisConfig | None = None, with_embedder: bool = True):
+        self.config = config or FaceAnalysisConfig()
+        c = self.config
+        self.detector = create(
+            "detector", c.detector, c.detector_model, detect_side=c.detect_side, min_score=c.min_detection_score
+        )
+        self.landmark_model = create("landmarks", c.landmarks, c.landmarks_model)
+        self.embedder = create("embedder", c.embedder, c.embedder_model) if with_embedder else None
+
+    @property
+    def backend_ids(self) -> dict[str, str]:
+        ids = {"detector": self.detector.model_id, "landmarks": self.landmark_model.model_id}
+        if self.embedder is not None:
+            ids["embedder"] = self.embedder.model_id
+        return ids
+
+    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
+        """Faces, largest first."""
+        return sorted(self.detector.detect(rgb), key=lambda b: b.area, reverse=True)
+
+    def analyze_face(self, rgb: np.ndarray, box: FaceBox, embed: bool = True) -> FaceAnalysis:
+        timings: dict[str, float] = {}
+        clock = _Clock(timings)
+        convention = self.landmark_model.convention
+        points = self.landmark_model.landmarks(rgb, box)
+        clock.lap("landmarks")
+        size = self.config.aligned_size
+        matrix = alignment.alignment_matrix(points, convention, size)
+        aligned = alignment.warp_face(rgb, matrix, size)
+        aligned_points = alignment.apply_affine(matrix, points)
+        sharp = alignment.sharpness(aligned)
+        clock.lap("align")
+        head = pose.estimate_pose(points, convention)
+        cues = expression.expression_cues(aligned_points, convention)
+        emotion = expression.emotion_from_cues(cues)
+        prompt = face_prompt.from_measurements(emotion, head).text()
+        clock.lap("prompt")
+        embedding = None
+        if embed and self.embedder is not None:
+            embedding = self.embedder.embed(rgb, points, convention)
+            clock.lap("embed")
+        return FaceAnalysis(
+            box=box,
+            landmarks=points,
+            landmark_convention=convention,
+            affine=matrix,
+            aligned=aligned,
+            aligned_landmarks=aligned_points,
+            pose=head,
+            expression=cues,
+            emotion=emotion,
+            face_prompt=prompt,
+            sharpness=sharp,
+            embedding=embedding,
+            timings_ms=timings,
+        )
+
+    def analyze(self, rgb: np.ndarray, max_faces: int | None = None, embed: bool = True) -> list[FaceAnalysis]:
+        boxes = self.detect(rgb)
+        if max_faces is not None:
+            boxes = boxes[:max_faces]
+        return [self.analyze_face(rgb, box, embed=embed) for box in boxes]
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))

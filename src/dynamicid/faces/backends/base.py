@@ -1,0 +1,88 @@
+"""Backend interfaces and the registry that maps stage + name to a factory."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from dynamicid.faces.types import FaceBox
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be built: unknown name, missing or broken model files."""
+
+
+@runtime_checkable
+class FaceDetector(Protocol):
+    name: str
+    model_id: str  # name plus a short hash of the weights, recorded in the manifest
+
+    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
+        """Faces in an RGB uint8 image, in its pixel coordinates."""
+
+
+@runtime_checkable
+class LandmarkModel(Protocol):
+    name: str
+    model_id: str
+    convention: str  # e.g. "ibug68"; see faces.alignment.FIVE_POINT_INDICES
+
+    def landmarks(self, rgb: np.ndarray, box: FaceBox) -> np.ndarray:
+        """(K, 2) float32 points for the face in `box`."""
+
+
+@runtime_checkable
+class FaceEmbedder(Protocol):
+    name: str
+    model_id: str
+    dim: int
+
+    def embed(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str) -> np.ndarray:
+        """(dim,) float32 identity embedding of the face with these landmarks."""
+
+
+@runtime_checkable
+class Captioner(Protocol):
+    name: str
+    model_id: str
+
+    def caption(self, aligned_rgb: np.ndarray, facts: dict) -> str:
+        """One caption for an aligned face. `facts` holds what was measured (face prompt, pose, cues)."""
+
+
+STAGES = ("detector", "landmarks", "embedder", "captioner")
+
+# stage -> name -> "module:attribute" (imported lazily so optional backends cost nothing)
+_REGISTRY: dict[str, dict[str, str | Callable]] = {stage: {} for stage in STAGES}
+
+
+def register(stage: str, name: str, factory: str | Callable) -> None:
+    if stage not in _REGISTRY:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    _REGISTRY[stage][name] = factory
+
+
+def available(stage: str) -> list[str]:
+    return sorted(_REGISTRY[stage])
+
+
+def create(stage: str, name: str, model_path: str | None = None, **options):
+    """Build the backend `name` for `stage`, loading its model from `model_path` if it takes one."""
+    try:
+        factory = _REGISTRY[stage][name]
+    except KeyError:
+        raise BackendError(
+            f"unknown {stage} backend {name!r}; available: {', '.join(available(stage)) or 'none'}"
+        ) from None
+    if isinstance(factory, str):
+        module_name, attribute = factory.split(":")
+        factory = getattr(importlib.import_module(module_name), attribute)
+    return factory(model_path, **options)
+
+
+register("detector", "dlib-hog", "dynamicid.faces.backends.dlib_backend:DlibHogDetector")
+register("landmarks", "dlib-68", "dynamicid.faces.backends.dlib_backend:DlibLandmarks68")
+register("embedder", "dlib-resnet", "dynamicid.faces.backends.dlib_backend:DlibResNetEmbedder")
+register("captioner", "measured", "dynamicid.faces.caption:MeasuredCaptioner")

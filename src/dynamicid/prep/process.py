@@ -1,0 +1,248 @@
+"""The per-image work of `prep`, as a stage: `setup` loads the models once per worker process,
+`process_batch` turns a batch of input files into manifest rows and written outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import time
+import traceback
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from dynamicid.faces import FaceAnalyzer, landmark_image
+from dynamicid.faces.backends import create
+from dynamicid.faces.types import FaceAnalysis
+from dynamicid.prep import outputs
+from dynamicid.prep.config import PrepConfig
+from dynamicid.prep.decode import DecodedImage, Rejected, decode_image
+from dynamicid.prep.discover import read_bytes
+from dynamicid.prep.schema import COLUMN_NAMES, STAGE_TIMINGS, empty_row
+
+
+class PrepStage:
+    def __init__(self, config: PrepConfig):
+        self.config = config
+        self.config_hash = config.config_hash()
+        self.analyzer: FaceAnalyzer | None = None
+        self.captioner = None
+
+    def setup(self) -> "PrepStage":
+        if self.analyzer is None:
+            self.analyzer = FaceAnalyzer(self.config.faces)
+            self.captioner = create("captioner", self.config.captioner, self.config.captioner_model)
+        return self
+
+    # -- one batch -------------------------------------------------------------------------------
+    def process_batch(self, files: pd.DataFrame) -> pd.DataFrame:
+        rows: list[dict] = []
+        for item in files.itertuples(index=False):
+            rows.extend(self.process_file(item.path, item.relative, item.identity))
+        return pd.DataFrame(rows, columns=COLUMN_NAMES)
+
+    # -- one file --------------------------------------------------------------------------------
+    def process_file(self, path: str, relative: str, identity: str | None) -> list[dict]:
+        start = time.perf_counter()
+        base_row = empty_row() | {
+            "source_path": path,
+            "relative_path": relative,
+            "identity": identity,
+            "config_hash": self.config_hash,
+            "resumed": False,
+        }
+        timings: dict[str, float] = {}
+        try:
+            data = read_bytes(path)
+        except OSError as err:
+            return [self._finish(base_row | {"status": "error", "reason": "read_error", "message": str(err)}, timings, start)]
+        timings["read"] = (time.perf_counter() - start) * 1000
+        sha = hashlib.sha256(data).hexdigest()
+        base_row |= {"source_bytes": len(data), "sha256": sha}
+        base = outputs.base_name(relative, sha)
+        record_file = outputs.record_path(self.config.output, self.config_hash, identity, base)
+
+        cached = self._resume(record_file, sha, identity)
+        if cached is not None:
+            return [row | {"source_path": path, "relative_path": relative, "resumed": True} for row in cached]
+        try:
+            rows = self._analyse(data, base, base_row, timings, start)
+        except Exception as err:  # one bad image must never stop the job
+            detail = "".join(traceback.format_exception_only(type(err), err)).strip()
+            return [self._finish(base_row | {"status": "error", "reason": "internal_error", "message": detail}, timings, start)]
+        outputs.write_record(record_file, {"sha256": sha, "host": socket.gethostname(), "rows": rows})
+        return rows
+
+    def _resume(self, record_file: str, sha: str, identity: str | None) -> list[dict] | None:
+        record = outputs.load_record(record_file)
+        if not record or record.get("sha256") != sha:
+            return None
+        for row in record["rows"]:
+            if row["status"] == "ok":
+                paths = outputs.face_paths(self.config.output, identity, row["name"])
+                if not all(os.path.exists(p) for p in paths.values()):
+                    return None
+        return record["rows"]
+
+    def _finish(self, row: dict, timings: dict[str, float], start: float) -> dict:
+        timings["total"] = (time.perf_counter() - start) * 1000
+        for stage in STAGE_TIMINGS:
+            row[f"ms_{stage}"] = float(timings[stage]) if stage in timings else None
+        return row
+
+    def _analyse(self, data: bytes, base: str, base_row: dict, timings: dict, start: float) -> list[dict]:
+        self.setup()
+        rules = self.config.validation
+        clock = time.perf_counter()
+        try:
+            image = decode_image(data, rules)
+        except Rejected as rejection:
+            timings["decode"] = (time.perf_counter() - clock) * 1000
+            return [self._finish(base_row | {"status": "rejected", "reason": rejection.reason, "message": rejection.message}, timings, start)]
+        timings["decode"] = (time.perf_counter() - clock) * 1000
+        base_row |= {
+            "format": image.format,
+            "width": image.width,
+            "height": image.height,
+            "exif_rotated": image.exif_rotated,
+            "detector_model": self.analyzer.detector.model_id,
+        }
+
+        clock = time.perf_counter()
+        boxes = self.analyzer.detect(image.rgb)
+        timings["detect"] = (time.perf_counter() - clock) * 1000
+        base_row["faces_detected"] = len(boxes)
+
+        def reject(reason: str, message: str) -> list[dict]:
+            return [self._finish(base_row | {"status": "rejected", "reason": reason, "message": message}, timings, start)]
+
+        if not boxes:
+            return reject("no_face", "no face was detected")
+        if self.config.multi_face == "skip" and len(boxes) > 1:
+            return reject("multiple_faces", f"{len(boxes)} faces detected and --multi-face is skip")
+        chosen = boxes if self.config.multi_face == "all" else boxes[:1]
+        min_side = rules.min_face_side * image.decode_scale
+        large_enough = [b for b in chosen if min(b.width, b.height) >= min_side]
+        if not large_enough:
+            side = min(chosen[0].width, chosen[0].height) / image.decode_scale
+            return reject("face_too_small", f"the face is {side:.0f} px, below the minimum of {rules.min_face_side} px")
+
+        rows = []
+        for index, box in enumerate(large_enough):
+            face_timings = dict(timings)
+            analysis = self.analyzer.analyze_face(image.rgb, box, embed=False)
+            for stage, ms in analysis.timings_ms.items():
+                face_timings[stage] = face_timings.get(stage, 0.0) + ms
+            if analysis.sharpness < rules.min_sharpness:
+                row = base_row | {
+                    "face_index": index,
+                    "status": "rejected",
+                    "reason": "too_blurry",
+                    "message": f"face sharpness {analysis.sharpness:.1f} is below {rules.min_sharpness}",
+                    "sharpness": analysis.sharpness,
+                }
+                rows.append(self._finish(row, face_timings, start))
+                continue
+            rows.append(self._keep(image, analysis, index, base, base_row, face_timings, start))
+        return rows
+
+    def _keep(self, image: DecodedImage, analysis: FaceAnalysis, index: int, base: str, base_row: dict, timings: dict, start: float) -> dict:
+        clock = time.perf_counter()
+        analysis.embedding = self.analyzer.embedder.embed(image.rgb, analysis.landmarks, analysis.landmark_convention)
+        timings["embed"] = (time.perf_counter() - clock) * 1000
+
+        clock = time.perf_counter()
+        facts = {
+            "face_prompt": analysis.face_prompt,
+            "emotion": analysis.emotion,
+            "pitch": analysis.pose.pitch,
+            "yaw": analysis.pose.yaw,
+            "roll": analysis.pose.roll,
+            "smile": analysis.expression.smile,
+            "mouth_open": analysis.expression.mouth_open,
+            "eyes_closed": analysis.expression.eyes_closed,
+            "brows_raised": analysis.expression.brows_raised,
+            "grayscale": image.grayscale,
+        }
+        caption = self.captioner.caption(analysis.aligned, facts)
+        timings["caption"] = (time.perf_counter() - clock) * 1000
+
+        clock = time.perf_counter()
+        name = outputs.face_name(base, index, self.config.multi_face)
+        paths = outputs.face_paths(self.config.output, base_row["identity"], name)
+        jpeg = io.BytesIO()
+        Image.fromarray(analysis.aligned).save(jpeg, format="JPEG", quality=self.config.jpeg_quality)
+        sheet = landmark_image.compose_landmark_png(
+            analysis.aligned_landmarks, analysis.landmark_convention, self.config.faces.aligned_size
+        )
+        embedder = self.analyzer.embedder
+        # Written in a fixed order; the completion record, written after all four, is what marks the image done.
+        outputs.write_atomic(paths["jpg"], jpeg.getvalue())
+        outputs.write_atomic(paths["png"], landmark_image.encode_landmark_png(sheet, analysis.landmark_convention))
+        outputs.write_atomic(paths["txt"], (caption + "\n").encode("utf-8"))
+        import torch
+
+        outputs.save_embedding(
+            paths["pt"],
+            {
+                "embedding": torch.from_numpy(np.asarray(analysis.embedding, dtype=np.float32)),
+                "model": embedder.model_id,
+                "dim": int(embedder.dim),
+                "sha256": base_row["sha256"],
+                "face_index": index,
+            },
+        )
+        timings["write"] = (time.perf_counter() - clock) * 1000
+
+        # Coordinates go back to full-resolution source pixels (the decode may have been reduced).
+        scale = image.decode_scale
+        affine = analysis.affine.copy()
+        affine[:, :2] *= scale
+        row = base_row | {
+            "name": name,
+            "face_index": index,
+            "status": "ok",
+            "bbox": [v / scale for v in analysis.box.as_list()],
+            "landmarks": (analysis.landmarks / scale).astype(float).tolist(),
+            "aligned_landmarks": analysis.aligned_landmarks.astype(float).tolist(),
+            "landmark_convention": analysis.landmark_convention,
+            "affine": affine.tolist(),
+            "landmarks_model": self.analyzer.landmark_model.model_id,
+            "embedding_model": embedder.model_id,
+            "embedding_dim": int(embedder.dim),
+            "captioner_model": self.captioner.model_id,
+            "caption": caption,
+            "sharpness": analysis.sharpness,
+        } | {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in facts.items() if k != "grayscale"}
+        return self._finish(row, timings, start)
+
+
+_STAGES: dict[str, PrepStage] = {}
+
+
+def stage_for(config: PrepConfig) -> PrepStage:
+    """One stage per worker process and configuration: models load once, then serve every batch."""
+    key = repr(config)
+    if key not in _STAGES:
+        _limit_threads()
+        _STAGES[key] = PrepStage(config)
+    return _STAGES[key]
+
+
+def _limit_threads() -> None:
+    # Spark runs one task per core; libraries that spawn their own threads would oversubscribe.
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except Exception:
+        pass

@@ -1,0 +1,137 @@
+"""What a person sees at the end of `prep`: the summary table and the contact sheet."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+from dynamicid.prep import outputs
+from dynamicid.prep.schema import points_array
+
+
+def summarize(manifest: pd.DataFrame, job_seconds: float, wall_seconds: float) -> dict:
+    files = manifest.drop_duplicates("relative_path")
+    kept = manifest[manifest.status == "ok"]
+    processed = files[~files.resumed.fillna(False).astype(bool)]
+    rejected = manifest[manifest.status == "rejected"]
+    errors = manifest[manifest.status == "error"]
+    fresh_ok = kept[~kept.resumed.fillna(False).astype(bool)]
+    stage_ms = {
+        column[3:]: round(float(fresh_ok[column].mean()), 2)
+        for column in manifest.columns
+        if column.startswith("ms_") and len(fresh_ok) and fresh_ok[column].notna().any()
+    }
+    return {
+        "files": int(len(files)),
+        "kept_faces": int(len(kept)),
+        "kept_images": int(kept.relative_path.nunique()),
+        "identities": int(kept.identity.nunique()),
+        "rejected": dict(Counter(rejected.reason).most_common()),
+        "errors": dict(Counter(errors.reason).most_common()),
+        "resumed": int(len(files) - len(processed)),
+        "processed_this_run": int(len(processed)),
+        "job_seconds": round(job_seconds, 2),
+        "wall_seconds": round(wall_seconds, 2),
+        "images_per_second": round(len(processed) / job_seconds, 2) if job_seconds > 0 and len(processed) else None,
+        "mean_stage_ms_kept": stage_ms,
+    }
+
+
+def format_summary(summary: dict, output: str) -> str:
+    lines = [
+        "",
+        f"prep finished: {summary['files']} files, {summary['kept_faces']} faces kept "
+        f"from {summary['kept_images']} images ({summary['identities']} identities)",
+    ]
+    if summary["resumed"]:
+        lines.append(f"  resumed from earlier runs: {summary['resumed']} files (skipped, outputs already complete)")
+    if summary["images_per_second"]:
+        lines.append(
+            f"  processed {summary['processed_this_run']} files in {summary['job_seconds']:.1f} s: "
+            f"{summary['images_per_second']:.2f} images/s"
+        )
+    for title, counts in (("rejected", summary["rejected"]), ("errors", summary["errors"])):
+        if counts:
+            lines.append(f"  {title}: {sum(counts.values())}")
+            width = max(len(k) for k in counts)
+            lines.extend(f"    {reason:<{width}}  {count}" for reason, count in counts.items())
+    if summary["mean_stage_ms_kept"]:
+        stages = ", ".join(f"{k} {v:.0f}" for k, v in summary["mean_stage_ms_kept"].items())
+        lines.append(f"  mean ms per kept image: {stages}")
+    lines += [
+        f"  outputs:        {os.path.join(output, outputs.IMAGES_DIR)}/",
+        f"  manifest:       {os.path.join(output, 'manifest.parquet')}",
+        f"  contact sheet:  {os.path.join(output, 'contact_sheet.png')}",
+        f"  summary:        {os.path.join(output, 'summary.json')}",
+    ]
+    return "\n".join(lines)
+
+
+def write_summary(summary: dict, output: str) -> None:
+    outputs.write_atomic(os.path.join(output, "summary.json"), json.dumps(summary, indent=2).encode())
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType sizing
+        return ImageFont.load_default()
+
+
+def _spread_over_identities(kept: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """Round-robin over identities so one large identity does not fill the sheet."""
+    groups = [g for _, g in kept.sort_values(["identity", "relative_path"]).groupby(kept.identity.fillna(""), sort=True)]
+    picked, depth = [], 0
+    while len(picked) < limit and any(depth < len(g) for g in groups):
+        for group in groups:
+            if depth < len(group) and len(picked) < limit:
+                picked.append(group.iloc[depth])
+        depth += 1
+    return pd.DataFrame(picked)
+
+
+def contact_sheet(manifest: pd.DataFrame, output: str, limit: int = 48, tile: int = 224, columns: int = 6) -> str | None:
+    """A grid of aligned faces with their landmarks and face prompts. Returns the PNG path."""
+    kept = manifest[manifest.status == "ok"]
+    path = os.path.join(output, "contact_sheet.png")
+    counts = Counter(manifest.drop_duplicates("relative_path").status)
+    reasons = Counter(manifest[manifest.status == "rejected"].reason)
+    header = 56
+    caption_height = 58
+    chosen = _spread_over_identities(kept, limit) if len(kept) else kept
+    rows = max(1, -(-len(chosen) // columns))
+    sheet = Image.new("RGB", (columns * tile, header + rows * (tile + caption_height)), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    title_font, text_font = _font(18), _font(12)
+    draw.text((10, 6), f"dynamicid prep: {len(kept)} faces kept, {counts.get('rejected', 0)} files rejected, "
+              f"{counts.get('error', 0)} errors", fill=(240, 240, 240), font=title_font)
+    detail = ", ".join(f"{r} {n}" for r, n in reasons.most_common()) or "none rejected"
+    draw.text((10, 32), f"rejected: {detail}"[:160], fill=(200, 200, 200), font=text_font)
+    for slot, (_, row) in enumerate(chosen.iterrows()):
+        x = (slot % columns) * tile
+        y = header + (slot // columns) * (tile + caption_height)
+        face_path = outputs.face_paths(output, row.identity, row["name"])["jpg"]
+        try:
+            face = Image.open(face_path).convert("RGB")
+        except OSError:
+            continue
+        scale = tile / face.width
+        face = face.resize((tile, tile), Image.BILINEAR)
+        overlay = ImageDraw.Draw(face)
+        for px, py in points_array(row.aligned_landmarks) * scale:
+            overlay.ellipse((px - 1.5, py - 1.5, px + 1.5, py + 1.5), fill=(0, 255, 120))
+        sheet.paste(face, (x, y))
+        label = f"{row.identity or ''}/{row['name']}"[:34]
+        draw.text((x + 4, y + tile + 2), label, fill=(255, 220, 120), font=text_font)
+        for i, line in enumerate(textwrap.wrap(row.face_prompt or "", 34)[:3]):
+            draw.text((x + 4, y + tile + 16 + 13 * i), line, fill=(220, 220, 220), font=text_font)
+    buffer_path = path + ".tmp-sheet"
+    sheet.save(buffer_path, format="PNG")
+    os.replace(buffer_path, path)
+    return path

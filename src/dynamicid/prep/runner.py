@@ -1,0 +1,95 @@
+"""`run_prep`: list, process on Spark, merge the manifest, report."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from dynamicid.prep import outputs, report
+from dynamicid.prep.config import PrepConfig
+from dynamicid.prep.discover import is_local, list_input
+from dynamicid.prep.schema import ARROW_SCHEMA
+
+
+class PrepError(RuntimeError):
+    """A problem with the job as a whole (bad input path, missing model), found before any image."""
+
+
+@dataclass
+class PrepResult:
+    manifest_path: str
+    contact_sheet: str | None
+    summary: dict
+
+    def manifest(self) -> pd.DataFrame:
+        return pd.read_parquet(self.manifest_path)
+
+
+def check_backends(config: PrepConfig) -> None:
+    """Build every backend once on the driver, so a missing model fails before any image."""
+    from dynamicid.faces import FaceAnalyzer
+    from dynamicid.faces.backends import BackendError, create
+
+    try:
+        FaceAnalyzer(config.faces)
+        create("captioner", config.captioner, config.captioner_model)
+    except BackendError as err:
+        raise PrepError(str(err)) from None
+
+
+def merge_rows(rows_dir: str, manifest_path: str) -> pd.DataFrame:
+    """Gather the job's Parquet parts into one sorted manifest file, replaced atomically."""
+    table = pq.read_table(rows_dir, schema=ARROW_SCHEMA)
+    table = table.sort_by([("relative_path", "ascending"), ("face_index", "ascending")])
+    temporary = f"{manifest_path}.tmp-{uuid.uuid4().hex[:8]}"
+    pq.write_table(table, temporary, compression="zstd")
+    os.replace(temporary, manifest_path)
+    return table.to_pandas()
+
+
+def run_prep(config: PrepConfig, spark=None) -> PrepResult:
+    started = time.perf_counter()
+    if not is_local(config.output):
+        raise PrepError(f"the output must be a local or shared-filesystem folder, not {config.output}")
+    if is_local(config.input) and not os.path.exists(config.input):
+        raise PrepError(f"input not found: {config.input}")
+    output = os.path.abspath(config.output)
+    if os.path.isfile(output):
+        raise PrepError(f"the output {output} is a file; give a folder")
+    os.makedirs(output, exist_ok=True)
+    config = _with_output(config, output)
+    check_backends(config)
+    outputs.remove_temporaries(output)
+
+    if spark is None:
+        from dynamicid.sparkenv import build_session
+
+        spark = build_session(config.master)
+    files = list_input(config.input, config.layout, spark)
+    if not files:
+        raise PrepError(f"no files found under {config.input}")
+
+    rows_dir = os.path.join(output, outputs.STATE_DIR, "runs", uuid.uuid4().hex[:12])
+    from dynamicid.prep.spark_job import run_stage_on_spark
+
+    job_seconds = run_stage_on_spark(spark, files, config, "file://" + rows_dir)
+    manifest_path = os.path.join(output, "manifest.parquet")
+    manifest = merge_rows(rows_dir, manifest_path)
+    shutil.rmtree(rows_dir, ignore_errors=True)
+
+    sheet = report.contact_sheet(manifest, output, limit=config.contact_sheet_faces)
+    summary = report.summarize(manifest, job_seconds, time.perf_counter() - started)
+    report.write_summary(summary, output)
+    return PrepResult(manifest_path, sheet, summary)
+
+
+def _with_output(config: PrepConfig, output: str) -> PrepConfig:
+    from dataclasses import replace
+
+    return replace(config, output=output)

@@ -1,0 +1,85 @@
+"""Running the stage over Spark: explicit partitions, `mapInPandas`, one model set per Python worker."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Iterator
+
+import pandas as pd
+
+from dynamicid.prep.config import PrepConfig
+from dynamicid.prep.discover import InputFile
+from dynamicid.prep.schema import SPARK_DDL
+
+INPUT_DDL = "path string, relative string, identity string, size bigint"
+
+
+def _process_partition(config: PrepConfig):
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from dynamicid.prep.process import stage_for
+
+        stage = stage_for(config).setup()  # models load once per Python worker, then serve every batch
+        for batch in batches:
+            yield stage.process_batch(batch)
+
+    return run
+
+
+class _SparkProgress:
+    """Drives a tqdm bar from Spark's status tracker; Spark only reports finished tasks."""
+
+    def __init__(self, spark, total_images: int, partitions: int, enabled: bool, label: str = "prep"):
+        self.tracker = spark.sparkContext.statusTracker()
+        self.partitions = partitions
+        self.per_partition = total_images / max(partitions, 1)
+        self.total = total_images
+        self.enabled = enabled
+        self.label = label
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="img", desc=self.label, dynamic_ncols=True)
+            self._thread.start()
+        return self
+
+    def _completed_tasks(self) -> int:
+        best = 0
+        for stage_id in self.tracker.getActiveStageIds():
+            info = self.tracker.getStageInfo(stage_id)
+            if info and info.numTasks == self.partitions:
+                best = max(best, info.numCompletedTasks)
+        return best
+
+    def _loop(self):
+        while not self._stop.wait(0.5):
+            done = min(self.total, round(self._completed_tasks() * self.per_partition))
+            if done > self.bar.n:
+                self.bar.update(done - self.bar.n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+            if exc[0] is None:
+                self.bar.update(self.total - self.bar.n)
+            self.bar.close()
+
+
+def run_stage_on_spark(spark, files: list[InputFile], config: PrepConfig, rows_uri: str) -> float:
+    """Process every file; the rows land as Parquet under `rows_uri`. Returns the job's seconds."""
+    partitions = max(1, math.ceil(len(files) / config.images_per_partition))
+    records = [(f.path, f.relative, f.identity, f.size) for f in files]
+    # parallelize slices the list exactly: every task gets images_per_partition files.
+    rdd = spark.sparkContext.parallelize(records, numSlices=partitions)
+    frame = spark.createDataFrame(rdd, schema=INPUT_DDL)
+    result = frame.mapInPandas(_process_partition(config), schema=SPARK_DDL)
+    started = time.perf_counter()
+    with _SparkProgress(spark, len(files), partitions, config.progress):
+        result.write.mode("overwrite").parquet(rows_uri)
+    return time.perf_counter() - started

