@@ -1,0 +1,61 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_FACES = REPO.parent / "shared" / "faces"
+
+
+def shared_faces_or_skip() -> Path:
+    if not (SHARED_FACES / "identities").is_dir():
+        pytest.skip(f"real test photos not found at {SHARED_FACES} (see ../shared/faces/SOURCES.md)")
+    return SHARED_FACES
+
+
+@pytest.fixture(scope="session")
+def shared_faces() -> Path:
+    return shared_faces_or_skip()
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark for the whole session."""
+    from dynamicid.sparkenv import build_session
+
+    session = build_session("local[2]", app_name="dynamicid-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory):
+    """The project's own sample input (make-sample) and what prep must record for each file."""
+    from dynamicid.prep.sample import make_sample
+
+    folder = tmp_path_factory.mktemp("sample")
+    expected = make_sample(str(folder))
+    return folder, expected
+
+
+def copy_tree(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def analyzer():
+    from dynamicid.faces import FaceAnalyzer
+
+    return FaceAnalyzer()
+
+
+def load_rgb(path) -> "np.ndarray":
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    return np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

