@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,14 @@ demo: $(STAMP)
 	$(BIN)/dynamicid make-sample $(DEMO)/input
 	$(BIN)/dynamicid prep $(DEMO)/input $(DEMO)/output
 
-test: $(STAMP)
+# The eval report test renders in headless Chromium; install it from Debian's packages when we can.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "note: Chromium is not installed; the report-rendering test will be skipped"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -ra
 
 clean:

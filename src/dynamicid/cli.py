@@ -8,6 +8,26 @@ import sys
 from dynamicid import __version__
 
 
+def _add_face_backend_options(p) -> None:
+    from dynamicid.faces.backends import available
+
+    for stage, default, what in (("detector", "dlib-hog", "face detector"), ("landmarks", "dlib-68", "landmark model"),
+                                 ("embedder", "dlib-resnet", "identity embedder")):
+        p.add_argument(f"--{stage}", default=default, help=f"{what} ({', '.join(available(stage))})")
+        p.add_argument(f"--{stage}-model", default=None, help=f"model folder for the {what}")
+
+
+def _face_config(args, **extra):
+    from dynamicid.faces.analyzer import FaceAnalysisConfig
+
+    return FaceAnalysisConfig(
+        detector=args.detector, detector_model=args.detector_model,
+        landmarks=args.landmarks, landmarks_model=args.landmarks_model,
+        embedder=args.embedder, embedder_model=args.embedder_model,
+        **extra,
+    )
+
+
 def _add_prep(sub) -> None:
     from dynamicid.faces.backends import available
     from dynamicid.prep.config import LAYOUTS, MULTI_FACE_POLICIES, ValidationConfig
@@ -42,12 +62,7 @@ def _add_prep(sub) -> None:
     p.add_argument("--min-face-side", type=int, default=rules.min_face_side, help="reject faces smaller than this (px)")
     p.add_argument("--min-sharpness", type=float, default=rules.min_sharpness, help="reject faces blurrier than this (Laplacian variance)")
     p.add_argument("--jpeg-quality", type=int, default=95)
-    p.add_argument("--detector", default="dlib-hog", help=f"face detector ({', '.join(available('detector'))})")
-    p.add_argument("--detector-model", default=None, help="model folder for the detector")
-    p.add_argument("--landmarks", default="dlib-68", help=f"landmark model ({', '.join(available('landmarks'))})")
-    p.add_argument("--landmarks-model", default=None, help="model folder for the landmark model")
-    p.add_argument("--embedder", default="dlib-resnet", help=f"identity embedder ({', '.join(available('embedder'))})")
-    p.add_argument("--embedder-model", default=None, help="model folder for the embedder")
+    _add_face_backend_options(p)
     p.add_argument("--captioner", default="measured", help=f"captioner ({', '.join(available('captioner'))})")
     p.add_argument("--captioner-model", default=None, help="model folder for the captioner")
     p.add_argument("--contact-sheet-faces", type=int, default=48, help="faces shown on contact_sheet.png")
@@ -56,7 +71,6 @@ def _add_prep(sub) -> None:
 
 
 def _run_prep(args) -> int:
-    from dynamicid.faces.analyzer import FaceAnalysisConfig
     from dynamicid.prep.config import PrepConfig, ValidationConfig
     from dynamicid.prep.report import format_summary
     from dynamicid.prep.runner import run_prep
@@ -66,13 +80,8 @@ def _run_prep(args) -> int:
         output=args.output,
         layout=args.layout,
         multi_face=args.multi_face,
-        faces=FaceAnalysisConfig(
-            detector=args.detector,
-            detector_model=args.detector_model,
-            landmarks=args.landmarks,
-            landmarks_model=args.landmarks_model,
-            embedder=args.embedder,
-            embedder_model=args.embedder_model,
+        faces=_face_config(
+            args,
             aligned_size=args.aligned_size,
             detect_side=args.detect_side,
             min_detection_score=args.min_detection_score,
@@ -115,6 +124,44 @@ def _run_make_sample(args) -> int:
     return 0
 
 
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score images against reference photos: FaceSim, leak margin, face-prompt agreement, CLIP-T",
+        description=(
+            "Score images (generated or real) against reference photos of the persons they should show. "
+            "INPUT is a folder of images with JSON sidecars ({\"prompt\", \"persons\": [{\"name\", \"reference\", "
+            "\"face_prompt\"}]}), a CSV with one row per (image, person) and columns image, person, reference, "
+            "face_prompt, prompt, or a JSON list of {\"image\", \"prompt\", \"persons\"}. Faces are matched to persons "
+            "greedily on cosine similarity; a person without a face scores 0. Writes scores.parquet, summary.json, "
+            "report.html and report.png to OUTPUT."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("input", help="folder with sidecars, .csv or .json")
+    p.add_argument("output", help="folder for the scores and the report")
+    p.add_argument("--clip-model", default=None, help="local CLIP folder (transformers layout) to compute CLIP-T")
+    _add_face_backend_options(p)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from dynamicid.evaluation import EvalConfig, run_eval
+    from dynamicid.evaluation.runner import format_summary
+
+    config = EvalConfig(
+        input=args.input,
+        output=args.output,
+        faces=_face_config(args),
+        clip_model=args.clip_model,
+        progress=not args.no_progress,
+    )
+    result = run_eval(config)
+    print(format_summary(result.summary, config.output))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dynamicid",
@@ -124,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_prep(sub)
     _add_make_sample(sub)
+    _add_eval(sub)
     return parser
 
 

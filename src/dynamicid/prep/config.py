@@ -7,19 +7,10 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from dynamicid.faces.analyzer import FaceAnalysisConfig
+from dynamicid.imagefile import ValidationConfig
 
 MULTI_FACE_POLICIES = ("largest", "skip", "all")
 LAYOUTS = ("by-identity", "flat")
-
-
-@dataclass(frozen=True)
-class ValidationConfig:
-    min_side: int = 64  # px; smaller images are rejected as too_small
-    max_pixels: int = 180_000_000  # width*height above this is a decompression bomb (read from the header)
-    max_bytes: int = 200 * 1024 * 1024
-    decode_side: int = 1280  # large JPEGs are decoded at a reduced scale, never below this long side
-    min_face_side: int = 40  # px in the source image; smaller faces are rejected as face_too_small
-    min_sharpness: float = 20.0  # Laplacian variance of the aligned face at 128 px; below is too_blurry
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dynamicid.faces.backends import create
 from dynamicid.faces.types import FaceAnalysis
 from dynamicid.prep import outputs
 from dynamicid.prep.config import PrepConfig
-from dynamicid.prep.decode import DecodedImage, Rejected, decode_image
+from dynamicid.imagefile import DecodedImage, Rejected, decode_image
 from dynamicid.prep.discover import read_bytes
 from dynamicid.prep.schema import COLUMN_NAMES, STAGE_TIMINGS, empty_row
 

@@ -1,4 +1,5 @@
-"""Decoding and validating one image from its bytes. Every rejection carries a reason code.
+"""Decoding and validating one image from its bytes, shared by prep, generation and eval.
+Every rejection carries a reason code.
 
 Reason codes (also in the README):
   empty_file, too_large_file, not_an_image, unsupported_format, truncated, corrupt, too_small,
@@ -15,11 +16,20 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from dynamicid.prep.config import ValidationConfig
 
 # We check sizes ourselves from the header, before any pixel is decoded.
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    min_side: int = 64  # px; smaller images are rejected as too_small
+    max_pixels: int = 180_000_000  # width*height above this is a decompression bomb (read from the header)
+    max_bytes: int = 200 * 1024 * 1024
+    decode_side: int = 1280  # large JPEGs are decoded at a reduced scale, never below this long side
+    min_face_side: int = 40  # px in the source image; smaller faces are rejected as face_too_small
+    min_sharpness: float = 20.0  # Laplacian variance of the aligned face at 128 px; below is too_blurry
+
 
 SUPPORTED_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "MPO": "jpeg"}
 
@@ -77,7 +87,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent areas become white
         return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
-    return np.asarray(image.convert("RGB"))
+    return np.asarray(image if mode == "RGB" else image.convert("RGB"))
 
 
 def decode_image(data: bytes, rules: ValidationConfig) -> DecodedImage:
@@ -108,10 +118,13 @@ def decode_image(data: bytes, rules: ValidationConfig) -> DecodedImage:
         raise Rejected("too_small", f"{width}x{height} is below the minimum side of {rules.min_side} px")
     source_mode = image.mode
     scale = 1.0
-    if image.format in ("JPEG", "MPO") and max(width, height) > 2 * rules.decode_side:
-        # DCT-domain downscale by 1/2, 1/4 or 1/8: several times faster than a full decode.
-        image.draft(image.mode, (rules.decode_side, rules.decode_side))
-        scale = image.size[0] / width
+    if image.format in ("JPEG", "MPO") and max(width, height) >= 2 * rules.decode_side:
+        # DCT-domain downscale by 1/2, 1/4 or 1/8, several times faster than a full decode. Pillow keeps
+        # both sides above the box it is given, so the box has the photo's own aspect ratio.
+        shrink = rules.decode_side / max(width, height)
+        drafted = image.draft(image.mode, (max(1, int(width * shrink)), max(1, int(height * shrink))))
+        if drafted:  # (mode, (0, 0, width / s, height / s)) for a reduction by s
+            scale = drafted[1][2] / width
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as err:
@@ -136,3 +149,13 @@ def decode_image(data: bytes, rules: ValidationConfig) -> DecodedImage:
         exif_rotated=orientation not in (None, 1),
         grayscale=grayscale,
     )
+
+
+def load_image(path: str, rules: ValidationConfig | None = None) -> DecodedImage:
+    """Read and decode a local file with the same rules as prep; raises Rejected with a reason."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        raise Rejected("read_error", f"{path}: {err}") from None
+    return decode_image(data, rules or ValidationConfig())

@@ -1,0 +1,120 @@
+"""`run_eval`: score every item, then write scores.parquet, summary.json, report.html and report.png."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import pandas as pd
+
+from dynamicid.evaluation import report
+from dynamicid.evaluation.config import EvalConfig
+from dynamicid.evaluation.inputs import read_items
+from dynamicid.evaluation.scoring import ImageAnalyses, ReferenceBank, score_image
+from dynamicid.faces import FaceAnalyzer
+
+
+@dataclass
+class EvalResult:
+    scores: pd.DataFrame
+    summary: dict
+    report_html: str
+    report_png: str
+
+
+def _mean(series: pd.Series) -> float | None:
+    values = pd.to_numeric(series, errors="coerce").dropna()
+    return round(float(values.mean()), 4) if len(values) else None
+
+
+def summarize(scores: pd.DataFrame, embedder: str) -> dict:
+    multi = scores[scores.persons_in_image > 1]
+    margins = pd.to_numeric(multi.leak_margin, errors="coerce").dropna()
+    per_image_min = scores.groupby("image").min_face_sim.first()
+    return {
+        "images": int(scores.image.nunique()),
+        "persons": int(len(scores)),
+        "detection_rate": round(float(scores.face_detected.mean()), 4),
+        "face_sim_mean": _mean(scores.face_sim),
+        "face_sim_min_per_image_mean": _mean(per_image_min),
+        "multi_person_images": int(multi.image.nunique()),
+        "leak_margin_mean": round(float(margins.mean()), 4) if len(margins) else None,
+        "leak_positive_share": round(float((margins > 0).mean()), 4) if len(margins) else None,
+        "prompt_agreement_mean": _mean(scores.prompt_agreement),
+        "emotion_agreement": _mean(scores.emotion_match),
+        "view_agreement": _mean(scores.view_match),
+        "side_agreement": _mean(scores.side_match),
+        "clip_t_mean": _mean(scores.clip_t) if "clip_t" in scores else None,
+        "embedding_model": embedder,
+    }
+
+
+def format_summary(summary: dict, output: str) -> str:
+    lines = ["", f"eval: {summary['images']} images, {summary['persons']} requested persons, "
+                 f"detection rate {summary['detection_rate']:.0%}"]
+    for key in ("face_sim_mean", "face_sim_min_per_image_mean", "leak_margin_mean", "leak_positive_share",
+                "prompt_agreement_mean", "clip_t_mean"):
+        if summary.get(key) is not None:
+            lines.append(f"  {key:<28} {summary[key]:.4f}")
+    lines.append(f"  embeddings: {summary['embedding_model']}")
+    lines += [f"  report:  {os.path.join(output, 'report.html')}", f"  grid:    {os.path.join(output, 'report.png')}",
+              f"  scores:  {os.path.join(output, 'scores.parquet')}"]
+    return "\n".join(lines)
+
+
+def run_eval(config: EvalConfig) -> EvalResult:
+    items = read_items(config.input)
+    analyzer = FaceAnalyzer(config.faces)
+    clip = None
+    if config.clip_model:
+        from dynamicid.evaluation.clip_score import ClipScorer
+
+        clip = ClipScorer(config.clip_model)
+    bank = ReferenceBank(analyzer)
+    analyses = ImageAnalyses(analyzer)
+    output = os.path.abspath(config.output)
+    thumbs = os.path.join(output, "thumbs")
+    os.makedirs(thumbs, exist_ok=True)
+
+    rows, cards = [], []
+    iterator = items
+    if config.progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(items, unit="img", desc="eval")
+    for number, item in enumerate(iterator):
+        scored = score_image(item, analyses, bank)
+        clip_t = clip.score(scored.image.rgb, item.prompt) if clip and item.prompt else None
+        for row in scored.rows:
+            row["clip_t"] = clip_t
+        rows.extend(scored.rows)
+        cards.append(_card(number, item, scored, bank, thumbs, clip_t))
+
+    scores = pd.DataFrame(rows)
+    summary = summarize(scores, analyzer.embedder.model_id)
+    scores.to_parquet(os.path.join(output, "scores.parquet"), index=False)
+    with open(os.path.join(output, "summary.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    html_path, png_path = os.path.join(output, "report.html"), os.path.join(output, "report.png")
+    report.write_html(html_path, scores, summary, cards)
+    report.write_png(png_path, cards, thumbs, config.report_columns)
+    return EvalResult(scores, summary, html_path, png_path)
+
+
+def _card(number: int, item, scored, bank: ReferenceBank, thumbs: str, clip_t) -> dict:
+    stem = f"{number:05d}"
+    report.annotated_thumbnail(scored.image.rgb, scored.rows, scored.image.width).save(os.path.join(thumbs, f"{stem}.jpg"), quality=90)
+    persons = []
+    for index, row in enumerate(scored.rows):
+        entry = dict(row) | {"colour": report.COLOURS[index % len(report.COLOURS)]}
+        reference = bank.thumbnail(item.persons[index].references[0])
+        report.reference_thumbnail(reference).save(os.path.join(thumbs, f"{stem}_ref{index}.jpg"), quality=90)
+        entry["reference_thumb"] = f"thumbs/{stem}_ref{index}.jpg"
+        if row["face_index"] is not None:
+            face = scored.faces[row["face_index"]]
+            report.face_thumbnail(face.aligned).save(os.path.join(thumbs, f"{stem}_face{index}.jpg"), quality=90)
+            entry["face_thumb"] = f"thumbs/{stem}_face{index}.jpg"
+        persons.append(entry)
+    return {"name": os.path.basename(item.image), "thumb": f"thumbs/{stem}.jpg", "prompt": item.prompt,
+            "clip_t": clip_t, "persons": persons}

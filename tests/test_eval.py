@@ -1,0 +1,230 @@
+"""`dynamicid eval` on real photos: the metric separates people, matches side-by-side faces, flags
+swapped references, scores a faceless image 0, and its report renders in a real browser."""
+
+import csv
+import itertools
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dynamicid.evaluation import EvalConfig, run_eval
+from dynamicid.evaluation.inputs import EvalInputError, read_items
+from dynamicid.evaluation.scoring import greedy_match, prompt_agreement
+
+
+def evaluate(input_path, output, **options):
+    return run_eval(EvalConfig(input=str(input_path), output=str(output), progress=False, **options))
+
+
+def identity_photos(shared_faces):
+    return sorted((shared_faces / "identities").rglob("*.*"))
+
+
+def test_greedy_matching_takes_the_largest_similarity_first():
+    similarity = np.array([[0.9, 0.8], [0.85, 0.1]])
+    # greedy: (0,0)=0.9 first, then person 1 gets face 1, although 0.8+0.85 would sum higher
+    assert greedy_match(similarity) == {0: 0, 1: 1}
+    assert greedy_match(np.zeros((2, 0))) == {}
+    assert greedy_match(np.array([[0.2, 0.7, 0.1]])) == {0: 1}
+
+
+def test_prompt_agreement_counts_only_requested_attributes():
+    full = prompt_agreement("in a happy expression, in side view, turned left", "in a happy expression, in side view, turned right")
+    assert full["side_match"] is False and full["prompt_agreement"] == pytest.approx(3 / 4)
+    plain = prompt_agreement("in a neutral expression, in front view", "in a happy expression, in front view")
+    assert plain["side_match"] is None and plain["prompt_agreement"] == pytest.approx(2 / 3)
+
+
+def test_same_person_scores_above_different_person_for_every_pair(shared_faces, tmp_path):
+    photos = identity_photos(shared_faces)
+    entries = [
+        {"image": str(a), "persons": [{"name": b.parent.name, "reference": str(b)}]}
+        for a, b in itertools.permutations(photos, 2)
+    ]
+    listing = tmp_path / "pairs.json"
+    listing.write_text(json.dumps(entries))
+    scores = evaluate(listing, tmp_path / "out", report_columns=8).scores
+    assert len(scores) == 16 * 15 and scores.face_detected.all()
+    same_person = scores.image.map(lambda p: os.path.basename(os.path.dirname(p))) == scores.person
+    assert scores.face_sim[same_person].min() > scores.face_sim[~same_person].max()
+
+
+@pytest.fixture(scope="module")
+def side_by_side(shared_faces, tmp_path_factory):
+    """Two real people in one image, with references from other photos of each."""
+    folder = tmp_path_factory.mktemp("pair")
+    left = Image.open(shared_faces / "identities/obama/1.jpg").convert("RGB")
+    right = Image.open(shared_faces / "identities/rose_leslie/2.jpg").convert("RGB")
+    height = 600
+    left = left.resize((round(left.width * height / left.height), height))
+    right = right.resize((round(right.width * height / right.height), height))
+    canvas = Image.new("RGB", (left.width + right.width, height))
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (left.width, 0))
+    canvas.save(folder / "pair.jpg", quality=95)
+    return folder, shared_faces / "identities/obama/2.jpg", shared_faces / "identities/rose_leslie/1.jpg"
+
+
+def _sidecar(folder, persons, prompt="two people at a gala"):
+    (folder / "pair.json").write_text(json.dumps({"prompt": prompt, "persons": persons}))
+
+
+def test_two_faces_side_by_side_are_matched_with_a_positive_margin(side_by_side, tmp_path):
+    folder, obama, rose = side_by_side
+    _sidecar(folder, [{"name": "obama", "reference": str(obama)}, {"name": "rose", "reference": str(rose)}])
+    scores = evaluate(folder, tmp_path).scores.set_index("person")
+    assert scores.face_detected.all() and (scores.faces_in_image == 2).all()
+    assert scores.loc["obama", "box"][0] < scores.loc["rose", "box"][0]  # obama was pasted on the left
+    assert (scores.leak_margin > 0).all()
+    assert scores.min_face_sim.iloc[0] == pytest.approx(scores.face_sim.min())
+
+
+def test_swapped_references_give_a_negative_margin(side_by_side, tmp_path):
+    folder, obama, rose = side_by_side
+    boxes = {"obama": [0.0, 0.0, 0.5, 1.0], "rose": [0.5, 0.0, 1.0, 1.0]}  # obama was pasted on the left
+    _sidecar(folder, [{"name": "obama", "reference": str(obama), "box": boxes["obama"]},
+                      {"name": "rose", "reference": str(rose), "box": boxes["rose"]}])
+    placed = evaluate(folder, tmp_path / "placed").scores
+    assert (placed.matched_by == "box").all() and (placed.leak_margin > 0).all()
+    # Now each person names the other's photo as reference, while asking for the same places.
+    _sidecar(folder, [{"name": "obama", "reference": str(rose), "box": boxes["obama"]},
+                      {"name": "rose", "reference": str(obama), "box": boxes["rose"]}])
+    swapped = evaluate(folder, tmp_path / "swapped").scores
+    assert (swapped.matched_by == "box").all()
+    assert (swapped.leak_margin < 0).all()
+    assert (swapped.face_sim < placed.face_sim.min()).all()
+
+
+def test_matching_without_boxes_follows_similarity(side_by_side, tmp_path):
+    folder, obama, rose = side_by_side
+    _sidecar(folder, [{"name": "obama", "reference": str(rose)}, {"name": "rose", "reference": str(obama)}])
+    scores = evaluate(folder, tmp_path).scores
+    assert (scores.matched_by == "similarity").all() and (scores.leak_margin > 0).all()
+
+
+def test_an_image_without_a_face_scores_zero_and_counts_as_missed(shared_faces, tmp_path):
+    from skimage import data
+
+    Image.fromarray(data.coffee()).save(tmp_path / "coffee.png")
+    with open(tmp_path / "list.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "person", "reference", "face_prompt", "prompt"])
+        writer.writerow(["coffee.png", "obama", str(shared_faces / "identities/obama/1.jpg"), "in a happy expression, in front view", "a cup"])
+        writer.writerow([str(shared_faces / "identities/obama/2.jpg"), "obama", str(shared_faces / "identities/obama/1.jpg"), "", ""])
+    result = evaluate(tmp_path / "list.csv", tmp_path / "out")
+    scores = result.scores.set_index(result.scores.image.map(os.path.basename))
+    assert scores.loc["coffee.png", "face_sim"] == 0.0 and not scores.loc["coffee.png", "face_detected"]
+    assert scores.loc["2.jpg", "face_detected"]
+    assert result.summary["detection_rate"] == 0.5
+
+
+def test_mirrored_photos_flip_the_requested_side(shared_faces, tmp_path):
+    photo = shared_faces / "identities/obama/4.jpg"  # turned to the viewer's right
+    Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "mirrored.jpg")
+    asked = "in a neutral expression, in side view, turned right"
+    entries = [
+        {"image": str(photo), "persons": [{"name": "obama", "reference": str(photo), "face_prompt": asked}]},
+        {"image": str(tmp_path / "mirrored.jpg"), "persons": [{"name": "obama", "reference": str(photo), "face_prompt": asked}]},
+    ]
+    (tmp_path / "list.json").write_text(json.dumps(entries))
+    scores = evaluate(tmp_path / "list.json", tmp_path / "out").scores
+    original, mirrored = scores.iloc[0], scores.iloc[1]
+    assert original.side_match and not mirrored.side_match
+    assert original.measured_face_prompt.endswith("turned right") and mirrored.measured_face_prompt.endswith("turned left")
+    assert original.prompt_agreement > mirrored.prompt_agreement
+
+
+def test_bad_inputs_are_named(tmp_path, shared_faces):
+    with pytest.raises(EvalInputError, match="input not found"):
+        read_items(str(tmp_path / "missing.csv"))
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(EvalInputError, match="has no sidecar a.json"):
+        read_items(str(tmp_path))
+    (tmp_path / "bad.csv").write_text("picture,who\nx,y\n")
+    with pytest.raises(EvalInputError, match="missing column"):
+        read_items(str(tmp_path / "bad.csv"))
+    (tmp_path / "l.json").write_text(json.dumps([{"image": "nope.png", "persons": [{"reference": "r.jpg"}]}]))
+    with pytest.raises(EvalInputError, match="file not found"):
+        read_items(str(tmp_path / "l.json"))
+    from skimage import data
+
+    Image.fromarray(data.coffee()).save(tmp_path / "cup.png")
+    (tmp_path / "r.json").write_text(json.dumps([{"image": str(shared_faces / "identities/obama/1.jpg"),
+                                                  "persons": [{"reference": str(tmp_path / "cup.png")}]}]))
+    with pytest.raises(EvalInputError, match="reference photo .*cup.png: no face"):
+        evaluate(tmp_path / "r.json", tmp_path / "out")
+
+
+def _tiny_clip(folder):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in letters + [c + "</w>" for c in letters]:
+        vocab[token] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    config = CLIPConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                              tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_clip_t_from_a_local_model_folder(side_by_side, tmp_path):
+    folder, obama, rose = side_by_side
+    _sidecar(folder, [{"name": "obama", "reference": str(obama)}, {"name": "rose", "reference": str(rose)}])
+    clip_dir = _tiny_clip(tmp_path / "clip")
+    result = evaluate(folder, tmp_path / "out", clip_model=str(clip_dir))
+    values = result.scores.clip_t
+    assert values.notna().all() and values.between(-1, 1).all()
+    assert result.summary["clip_t_mean"] == pytest.approx(float(values.iloc[0]), abs=1e-4)
+    with pytest.raises(FileNotFoundError, match="missing config.json"):
+        evaluate(folder, tmp_path / "out2", clip_model=str(tmp_path / "nowhere"))
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("no Chromium: `apt-get install chromium` (make test installs it where it can)")
+
+
+def test_report_renders_in_headless_chromium(side_by_side, tmp_path):
+    folder, obama, rose = side_by_side
+    _sidecar(folder, [{"name": "obama", "reference": str(obama), "face_prompt": "in a happy expression, in front view"},
+                      {"name": "rose", "reference": str(rose)}])
+    result = evaluate(folder, tmp_path / "out")
+    page = open(result.report_html).read()
+    for src in ("thumbs/00000.jpg", "thumbs/00000_face0.jpg", "thumbs/00000_ref1.jpg", "<svg"):
+        assert src in page
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900", f"--screenshot={shot}",
+         "file://" + result.report_html],
+        check=True, capture_output=True, timeout=120,
+    )
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
+    assert pixels.std() > 25  # not a blank page
+    # The photo was drawn: many saturated, non-grey pixels, which the page's own white/grey styling has none of.
+    colourful = (pixels.max(axis=2) - pixels.min(axis=2)) > 40
+    assert colourful.mean() > 0.02
+    grid = Image.open(result.report_png)
+    assert grid.width >= 1000 and np.asarray(grid).std() > 20
