@@ -132,8 +132,8 @@ def _add_eval(sub) -> None:
             "Score images (generated or real) against reference photos of the persons they should show. "
             "INPUT is a folder of images with JSON sidecars ({\"prompt\", \"persons\": [{\"name\", \"reference\", "
             "\"face_prompt\"}]}), a CSV with one row per (image, person) and columns image, person, reference, "
-            "face_prompt, prompt, or a JSON list of {\"image\", \"prompt\", \"persons\"}. Faces are matched to persons "
-            "greedily on cosine similarity; a person without a face scores 0. Writes scores.parquet, summary.json, "
+            "face_prompt, prompt, box, or a JSON list of {\"image\", \"prompt\", \"persons\"}. A person with a box gets the face "
+            "inside it, the others are matched greedily on cosine similarity; a person without a face scores 0. Writes scores.parquet, summary.json, "
             "report.html and report.png to OUTPUT."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -162,6 +162,46 @@ def _run_eval(args) -> int:
     return 0
 
 
+def _add_convert_weights(sub) -> None:
+    p = sub.add_parser(
+        "convert-weights",
+        help="convert DynamicID weights between the authors' .bin files and our safetensors",
+        description=(
+            "SRC is a folder holding any of the authors' SAA.bin, IMR.bin and key_point_encoder.bin; DST receives "
+            "face_encoder/saa/imr/keypoint_encoder.safetensors and dynamicid.json. With --to authors, SRC is our "
+            "folder and DST receives the .bin files. Every file is checked key by key against the model; the "
+            "pickles are read with torch.load(weights_only=True)."
+        ),
+    )
+    p.add_argument("source")
+    p.add_argument("target")
+    p.add_argument("--to", choices=("ours", "authors"), default="ours")
+    p.add_argument("--unet-config", default=None,
+                   help="a diffusers UNet config.json, when the weights are for a UNet not shaped like SD1.5")
+    p.set_defaults(handler=_run_convert_weights)
+
+
+def _run_convert_weights(args) -> int:
+    from dynamicid.models.checkpoints import convert
+
+    layout = None
+    if args.unet_config:
+        import json
+
+        import torch
+        from diffusers import UNet2DConditionModel
+
+        from dynamicid.models.saa import processor_layout
+
+        with open(args.unet_config) as handle:
+            config = json.load(handle)
+        with torch.device("meta"):
+            layout = processor_layout(UNet2DConditionModel.from_config(config))
+    for path in convert(args.source, args.target, to=args.to, layout=layout):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dynamicid",
@@ -172,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prep(sub)
     _add_make_sample(sub)
     _add_eval(sub)
+    _add_convert_weights(sub)
     return parser
 
 
@@ -182,12 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from dynamicid.faces.backends import BackendError
+    from dynamicid.models.checkpoints import CheckpointError
     from dynamicid.prep.runner import PrepError
     from dynamicid.sparkenv import JavaNotFound
 
     try:
         return args.handler(args)
-    except (PrepError, BackendError, JavaNotFound, ValueError, FileNotFoundError) as err:
+    except (PrepError, BackendError, CheckpointError, JavaNotFound, ValueError, FileNotFoundError) as err:
         print(f"dynamicid {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,342 @@
+"""SAA (Semantic-Activated Attention) and LoRA attention processors for a diffusers UNet.
+
+Processors hold weights only. Everything that changes from call to call (persons, boxes, step,
+scales, the gate switch, a list to collect gate maps) arrives as one `SAASettings` object through
+`cross_attention_kwargs={"dynamicid": settings}`.
+
+Context layout for cross-attention: [text (T tokens), id_1 (k tokens), ..., id_N (k tokens)].
+
+Per cross-attention layer (method spec section 3):
+  S = (q d^-1/4)(k_ip d^-1/4)^T, q the LoRA-augmented query        (B, heads, Nq, kN)
+  gate w = minmax_q(sum over heads and ID tokens of S), w = 0 where w < threshold
+  layout (boxes, steps < infer_end, strength s): w /= s+1; inside any box: w = w (s+1) + s
+  routing (boxes): inside person i's box only person i's tokens are attended
+  h = text_attention + id_scale * w * softmax(S) v_ip, then to_out (+ LoRA)
+All of it is tensor arithmetic: nothing branches on tensor values, so it compiles without breaks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MINMAX_EPS = 1e-6
+
+
+@dataclass
+class SAASettings:
+    """Per-call settings, passed as cross_attention_kwargs={"dynamicid": settings}."""
+
+    num_persons: int = 1
+    tokens_per_person: int = 4
+    id_scale: float | torch.Tensor = 1.0
+    lora_scale: float = 1.0
+    gate: bool = True
+    gate_threshold: float = 0.3
+    # Normalised [y_min, x_min, y_max, x_max] per person on the latent grid: (N, 4) or (B, N, 4).
+    boxes: Sequence | torch.Tensor | None = None
+    strips_when_no_boxes: bool = True  # several persons without boxes get equal vertical strips
+    step: int = 0
+    infer_scale: float = 0.0
+    infer_end: int = 0
+    latent_size: tuple[int, int] | None = None  # (height, width) of the UNet input; None: square
+    gate_maps: list | None = None  # when a list, every SAA layer appends {"layer", "gate": (B, h, w)}
+
+    @property
+    def num_id_tokens(self) -> int:
+        return self.num_persons * self.tokens_per_person
+
+    @property
+    def layout_strength(self) -> float:
+        return float(self.infer_scale) if self.step < self.infer_end else 0.0
+
+    def resolved_boxes(self) -> torch.Tensor | None:
+        if self.boxes is not None:
+            boxes = torch.as_tensor(self.boxes, dtype=torch.float32)
+            if boxes.shape[-2:] != (self.num_persons, 4):
+                raise ValueError(f"boxes must have shape (N, 4) or (B, N, 4) with N = {self.num_persons}, got {tuple(boxes.shape)}")
+            return boxes
+        if self.num_persons > 1 and self.strips_when_no_boxes:
+            return equal_strips(self.num_persons)
+        return None
+
+
+def equal_strips(count: int) -> torch.Tensor:
+    """The authors' default layout: [0, i/N, 1, (i+1)/N] for person i."""
+    edges = torch.arange(count + 1, dtype=torch.float32) / count
+    return torch.stack([torch.zeros(count), edges[:-1], torch.ones(count), edges[1:]], dim=1)
+
+
+# -- the gate, routing and layout as pure tensor functions ------------------------------------------
+
+
+def grid_shape(num_queries: int, latent_size: tuple[int, int] | None) -> tuple[int, int]:
+    """(h, w) of this layer's grid: the latent size halved (rounding up, as strided convs do) until it fits."""
+    if latent_size is not None:
+        height, width = latent_size
+        for _ in range(8):
+            if height * width == num_queries:
+                return height, width
+            height, width = (height + 1) // 2, (width + 1) // 2
+    side = round(num_queries**0.5)
+    if side * side != num_queries:
+        raise ValueError(f"cannot place {num_queries} queries on a grid; pass latent_size=(height, width)")
+    return side, side
+
+
+def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, N, 4) boxes [y0, x0, y1, x1] -> (B, N, height*width): query cell centre inside the box."""
+    ys = (torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5) / height
+    xs = (torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5) / width
+    inside_y = (ys >= boxes[..., 0:1]) & (ys < boxes[..., 2:3])  # (B, N, h)
+    inside_x = (xs >= boxes[..., 1:2]) & (xs < boxes[..., 3:4])  # (B, N, w)
+    return (inside_y[..., :, None] & inside_x[..., None, :]).flatten(-2)
+
+
+def gate_from_logits(logits: torch.Tensor, threshold: float, eps: float = MINMAX_EPS) -> torch.Tensor:
+    """(B, heads, Nq, T) raw logits -> (B, Nq): summed, min-max normalised per batch element, thresholded."""
+    activation = logits.float().sum(dim=(1, 3))
+    low = activation.amin(dim=-1, keepdim=True)
+    high = activation.amax(dim=-1, keepdim=True)
+    gate = (activation - low) / (high - low).clamp_min(eps)
+    return torch.where(gate < threshold, torch.zeros_like(gate), gate)
+
+
+def apply_layout(gate: torch.Tensor, inside_any: torch.Tensor, strength: float | torch.Tensor) -> torch.Tensor:
+    """w /= s+1 everywhere, then w = w (s+1) + s inside the boxes."""
+    lowered = gate / (strength + 1)
+    return torch.where(inside_any, lowered * (strength + 1) + strength, lowered)
+
+
+def routing_mask(inside: torch.Tensor, tokens_per_person: int) -> torch.Tensor:
+    """(B, N, Nq) box membership -> (B, Nq, N*k) allowed ID tokens: a query inside boxes sees only
+    those persons' tokens; a query outside every box sees all."""
+    inside_any = inside.any(dim=1)  # (B, Nq)
+    allowed = inside.transpose(1, 2).repeat_interleave(tokens_per_person, dim=-1)  # (B, Nq, N*k)
+    return allowed | ~inside_any[..., None]
+
+
+# -- processors -------------------------------------------------------------------------------------
+
+
+class LoRALinear(nn.Module):
+    """down: in -> rank, up: rank -> out, no biases, no alpha (as the authors' checkpoints)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int):
+        super().__init__()
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=False)
+        nn.init.normal_(self.down.weight, std=1.0 / rank)
+        nn.init.zeros_(self.up.weight)  # starts as a no-op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x.to(self.down.weight.dtype))).to(x.dtype)
+
+
+class LoRAAttnProcessor(nn.Module):
+    """Plain attention (one SDPA call) with LoRA on q, k, v and out. Used for self-attention."""
+
+    def __init__(self, query_dim: int, inner_dim: int, context_dim: int, out_dim: int, rank: int = 128, name: str = ""):
+        super().__init__()
+        self.name = name
+        self.to_q_lora = LoRALinear(query_dim, inner_dim, rank)
+        self.to_k_lora = LoRALinear(context_dim, inner_dim, rank)
+        self.to_v_lora = LoRALinear(context_dim, inner_dim, rank)
+        self.to_out_lora = LoRALinear(inner_dim, out_dim, rank)
+
+    # The steps below mirror diffusers' AttnProcessor2_0 so that zero LoRA reproduces it exactly.
+    @staticmethod
+    def _begin(attn, hidden_states, temb):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        shape4d = None
+        if hidden_states.ndim == 4:
+            shape4d = hidden_states.shape
+            batch, channels, height, width = shape4d
+            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        return residual, hidden_states, shape4d
+
+    @staticmethod
+    def _end(attn, hidden_states, residual, shape4d):
+        hidden_states = attn.to_out[1](hidden_states)
+        if shape4d is not None:
+            batch, channels, height, width = shape4d
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channels, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    def _mask(self, attn, attention_mask, length, batch):
+        if attention_mask is None:
+            return None
+        attention_mask = attn.prepare_attention_mask(attention_mask, length, batch)
+        return attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+
+    def _text_attention(self, attn, query, context, attention_mask, lora_scale):
+        key = attn.to_k(context) + lora_scale * self.to_k_lora(context)
+        value = attn.to_v(context) + lora_scale * self.to_v_lora(context)
+        head_dim = key.shape[-1] // attn.heads
+        batch = query.shape[0]
+        q = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        k = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        v = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        mask = self._mask(attn, attention_mask, k.shape[2], batch)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
+        return out, q
+
+    def _project_out(self, attn, hidden_states, lora_scale):
+        return attn.to_out[0](hidden_states) + lora_scale * self.to_out_lora(hidden_states)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 dynamicid: SAASettings | None = None):
+        lora_scale = dynamicid.lora_scale if dynamicid is not None else 1.0
+        residual, hidden_states, shape4d = self._begin(attn, hidden_states, temb)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        query = attn.to_q(hidden_states) + lora_scale * self.to_q_lora(hidden_states)
+        out, _ = self._text_attention(attn, query, context, attention_mask, lora_scale)
+        out = out.transpose(1, 2).flatten(2).to(query.dtype)
+        return self._end(attn, self._project_out(attn, out, lora_scale), residual, shape4d)
+
+
+class SAAProcessor(LoRAAttnProcessor):
+    """Cross-attention with the decoupled, gated and routed identity path."""
+
+    def __init__(self, query_dim: int, inner_dim: int, context_dim: int, out_dim: int, rank: int = 128, name: str = ""):
+        super().__init__(query_dim, inner_dim, context_dim, out_dim, rank, name)
+        self.to_k_ip = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_v_ip = nn.Linear(context_dim, inner_dim, bias=False)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 dynamicid: SAASettings | None = None):
+        if dynamicid is None or encoder_hidden_states is None or dynamicid.num_persons == 0:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, dynamicid)
+        settings = dynamicid
+        lora_scale = settings.lora_scale
+        residual, hidden_states, shape4d = self._begin(attn, hidden_states, temb)
+        id_count = settings.num_id_tokens
+        text, id_tokens = encoder_hidden_states[:, :-id_count], encoder_hidden_states[:, -id_count:]
+        if attn.norm_cross:
+            text = attn.norm_encoder_hidden_states(text)
+
+        query = attn.to_q(hidden_states) + lora_scale * self.to_q_lora(hidden_states)
+        text_out, q = self._text_attention(attn, query, text, attention_mask, lora_scale)
+
+        batch, heads, num_queries, head_dim = q.shape
+        k_ip = self.to_k_ip(id_tokens).view(batch, -1, heads, head_dim).transpose(1, 2)
+        v_ip = self.to_v_ip(id_tokens).view(batch, -1, heads, head_dim).transpose(1, 2)
+        scale = head_dim**-0.25
+        logits = (q * scale) @ (k_ip * scale).transpose(-2, -1)  # (B, heads, Nq, kN), computed once
+
+        boxes = settings.resolved_boxes()
+        height, width = grid_shape(num_queries, settings.latent_size)
+        inside = None
+        if boxes is not None:
+            boxes = boxes.to(q.device).expand(batch, -1, -1) if boxes.ndim == 2 else boxes.to(q.device)
+            inside = box_masks(boxes, height, width)  # (B, N, Nq)
+            allowed = routing_mask(inside, settings.tokens_per_person)
+            logits_for_softmax = logits.float().masked_fill(~allowed[:, None], float("-inf"))
+        else:
+            logits_for_softmax = logits.float()
+        id_out = torch.softmax(logits_for_softmax, dim=-1).to(v_ip.dtype) @ v_ip
+
+        if settings.gate:
+            gate = gate_from_logits(logits, settings.gate_threshold)
+            if inside is not None:
+                gate = apply_layout(gate, inside.any(dim=1), settings.layout_strength)
+        else:
+            gate = torch.ones(batch, num_queries, device=q.device)
+        if settings.gate_maps is not None:
+            settings.gate_maps.append({"layer": self.name, "gate": gate.detach().float().reshape(batch, height, width).cpu()})
+
+        text_out = text_out.transpose(1, 2).flatten(2)
+        id_out = id_out.transpose(1, 2).flatten(2)
+        hidden = text_out + settings.id_scale * gate[..., None].to(id_out.dtype) * id_out
+        hidden = hidden.to(query.dtype)
+        return self._end(attn, self._project_out(attn, hidden, lora_scale), residual, shape4d)
+
+
+# -- installing on a UNet ----------------------------------------------------------------------------
+
+
+def processor_layout(unet) -> list[tuple[str, dict[str, Any]]]:
+    """(processor name, sizes) in `unet.attn_processors` order, the order of the authors' SAA_module."""
+    layout = []
+    for name in unet.attn_processors:
+        attn = unet.get_submodule(name[: -len(".processor")])
+        sizes = {
+            "query_dim": attn.to_q.in_features,
+            "inner_dim": attn.to_q.out_features,
+            "context_dim": attn.to_k.in_features,
+            "out_dim": attn.to_out[0].out_features,
+            "cross": bool(attn.is_cross_attention),
+        }
+        layout.append((name, sizes))
+    return layout
+
+
+class DynamicIDAttention(nn.Module):
+    """All processors of one UNet, in `attn_processors` order: SAA on cross-attention, LoRA on self-attention.
+
+    Its state dict has exactly the keys of the authors' "SAA_module".
+    """
+
+    def __init__(self, layout: list[tuple[str, dict[str, Any]]], rank: int = 128):
+        super().__init__()
+        self.names = [name for name, _ in layout]
+        self.rank = rank
+        processors = []
+        for name, sizes in layout:
+            kind = SAAProcessor if sizes["cross"] else LoRAAttnProcessor
+            dims = {k: sizes[k] for k in ("query_dim", "inner_dim", "context_dim", "out_dim")}
+            processors.append(kind(**dims, rank=rank, name=name))
+        self.processors = nn.ModuleList(processors)
+
+    @classmethod
+    def for_unet(cls, unet, rank: int = 128, init_ip_from_unet: bool = True) -> "DynamicIDAttention":
+        adapter = cls(processor_layout(unet), rank)
+        if init_ip_from_unet:
+            adapter.init_ip_from(unet)
+        return adapter.to(device=unet.device, dtype=unet.dtype)
+
+    def init_ip_from(self, unet) -> None:
+        """to_k_ip / to_v_ip start as copies of the layer's to_k / to_v, as for training."""
+        with torch.no_grad():
+            for name, processor in zip(self.names, self.processors):
+                if isinstance(processor, SAAProcessor):
+                    attn = unet.get_submodule(name[: -len(".processor")])
+                    processor.to_k_ip.weight.copy_(attn.to_k.weight)
+                    processor.to_v_ip.weight.copy_(attn.to_v.weight)
+
+    def state_dict(self, *args, **kwargs):
+        # Keys "{i}.to_q_lora.down.weight", as the authors' SAA_module (a bare ModuleList).
+        return self.processors.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.processors.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def install_processors(unet, adapter: DynamicIDAttention) -> dict:
+    """Put the adapter's processors on the UNet. Returns the processors it replaced (for `remove_processors`)."""
+    current = unet.attn_processors
+    if list(current) != adapter.names:
+        raise ValueError("this adapter was built for a UNet with a different attention layout")
+    unet.set_attn_processor(dict(zip(adapter.names, adapter.processors)))
+    return current
+
+
+def remove_processors(unet, previous: dict) -> None:
+    """Restore the processors `install_processors` replaced."""
+    unet.set_attn_processor(dict(previous))
