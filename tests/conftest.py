@@ -59,3 +59,11 @@ def load_rgb(path) -> "np.ndarray":
 
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """`make-tiny-models` output: DIR/sd15, DIR/clip-image, DIR/dynamicid."""
+    from dynamicid.tiny_models import make_tiny_models
+
+    return make_tiny_models(str(tmp_path_factory.mktemp("tiny_models")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dynamicid import __version__
@@ -52,7 +53,8 @@ def _add_prep(sub) -> None:
                    help="by-identity: the first-level subfolder names the person; flat: no identities")
     p.add_argument("--multi-face", choices=MULTI_FACE_POLICIES, default="largest",
                    help="several faces in one photo: keep the largest, skip the photo, or keep every face")
-    p.add_argument("--images-per-partition", type=int, default=8, help="images per Spark task")
+    p.add_argument("--images-per-partition", type=int, default=32,
+                   help="images per Spark task (each task costs ~150 ms of scheduling; at least 4 tasks per core are made)")
     p.add_argument("--detect-side", type=int, default=640, help="detection runs on the photo shrunk to this many px")
     p.add_argument("--min-detection-score", type=float, default=None,
                    help="drop detections scoring below this (default: the detector's own; dlib-hog 0.25)")
@@ -202,6 +204,202 @@ def _run_convert_weights(args) -> int:
     return 0
 
 
+def _add_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate images of one or several persons from one photo each",
+        description=(
+            "Generate images with DynamicID. Give each person with --person PHOTO; the i-th --face-prompt, "
+            "--box and --target-landmarks apply to the i-th person ('-' for none). Several persons without boxes "
+            "are placed automatically. Writes NAME_k.png and NAME_k.json (every setting, the seed, the boxes; "
+            "readable by `dynamicid eval`), and with --save-gate-maps gates/NAME_k.png."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--base-model", required=True, help="Stable Diffusion 1.5 (or a fine-tune) folder in diffusers layout")
+    p.add_argument("--weights", required=True, help="DynamicID weights: our safetensors folder or the authors' .bin files")
+    p.add_argument("--clip-image-encoder", required=True, help="CLIP ViT-H/14 vision model folder (transformers layout)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--person", action="append", required=True, help="reference photo of a person (repeat per person)")
+    p.add_argument("--face-prompt", action="append", default=[], help="e.g. 'in a happy expression, in side view'")
+    p.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 as fractions of the image")
+    p.add_argument("--target-landmarks", action="append", default=[], help="a 96x96 landmark map or prep's NAME.png")
+    p.add_argument("--name", action="append", default=[], help="person names for the sidecar")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--file-name", default="dynamicid", help="stem of the written files")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--height", type=int, default=None, help="default 512 for one person, 768 for two, 1024 for more")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--images", type=int, default=1, help="images per prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--id-scale", type=float, default=1.0)
+    p.add_argument("--infer-scale", type=float, default=None, help="layout strength (default 2 with boxes)")
+    p.add_argument("--infer-end", type=int, default=None, help="layout steps (default 12 with boxes, else 0)")
+    p.add_argument("--no-gate", action="store_true", help="turn SAA's gate off (IP-Adapter-style injection)")
+    p.add_argument("--save-gate-maps", action="store_true")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float16" if _cuda() else "float32")
+    _add_face_backend_options(p)
+    p.set_defaults(handler=_run_generate)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def _nth(values: list[str], index: int) -> str | None:
+    value = values[index] if index < len(values) else None
+    return None if value in (None, "", "-") else value
+
+
+def _run_generate(args) -> int:
+    import torch
+
+    from dynamicid.pipeline import DynamicIDPipeline, Person
+    from dynamicid.pipeline.outputs import save_generation
+
+    for option in ("face_prompt", "box", "target_landmarks", "name"):
+        if len(getattr(args, option)) > len(args.person):
+            raise ValueError(f"more --{option.replace('_', '-')} than --person")
+    persons = []
+    for i, photo in enumerate(args.person):
+        box = _nth(args.box, i)
+        if box is not None:
+            try:
+                box = tuple(float(v) for v in box.replace(" ", ",").split(",") if v)
+            except ValueError:
+                raise ValueError(f"--box {box!r} must be four numbers x0,y0,x1,y1") from None
+        persons.append(Person(photo, _nth(args.face_prompt, i), _nth(args.target_landmarks, i), box,
+                              _nth(args.name, i) or f"person{i}"))
+    size = {1: 512, 2: 768}.get(len(persons), 1024)
+    pipe = DynamicIDPipeline.from_pretrained(args.base_model, args.weights, args.clip_image_encoder,
+                                             face_config=_face_config(args), device=args.device,
+                                             dtype=getattr(torch, args.dtype))
+    result = pipe(args.prompt, persons, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                  guidance_scale=args.guidance, height=args.height or size, width=args.width or size,
+                  num_images_per_prompt=args.images, seed=args.seed, id_scale=args.id_scale,
+                  infer_scale=args.infer_scale, infer_end=args.infer_end, gate=not args.no_gate,
+                  return_gate_maps=args.save_gate_maps)
+    for path in save_generation(result, persons, args.output, args.file_name,
+                                extra={"base_model": args.base_model, "weights": args.weights}):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_make_tiny_models(sub) -> None:
+    p = sub.add_parser(
+        "make-tiny-models",
+        help="write tiny random models with the real interfaces, to smoke-test every command without weights",
+        description=(
+            "Writes DIR/sd15 (a Stable Diffusion 1.5-layout diffusers folder), DIR/clip-image (a CLIP vision model) "
+            "and DIR/dynamicid (DynamicID weights for them). The weights are random: images are noise."
+        ),
+    )
+    p.add_argument("folder")
+    p.set_defaults(handler=_run_make_tiny_models)
+
+
+def _run_make_tiny_models(args) -> int:
+    from dynamicid.tiny_models import make_tiny_models
+
+    for name, path in make_tiny_models(args.folder).items():
+        print(f"{name:<11} {path}")
+    return 0
+
+
+def _add_train(sub) -> None:
+    from dynamicid.training.config import PORTRAIT_PROMPT
+
+    train = sub.add_parser(
+        "train",
+        help="train DynamicID on prep's output: `anchor` (stage 1), then `reconfig` (stage 2)",
+        description="Two-stage training. Several GPUs: `accelerate launch -m dynamicid.cli train anchor ...`.",
+    )
+    stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
+
+    def common(p) -> None:
+        p.add_argument("data", help="prep's output folder (manifest.parquet and images/)")
+        p.add_argument("output", help="where checkpoints, losses, samples and weights go")
+        p.add_argument("--base-model", required=True, help="Stable Diffusion 1.5 folder in diffusers layout")
+        p.add_argument("--clip-image-encoder", required=True, help="CLIP ViT-H/14 vision model folder")
+        p.add_argument("--steps", type=int, default=1000)
+        p.add_argument("--learning-rate", type=float, default=1e-4)
+        p.add_argument("--weight-decay", type=float, default=1e-2)
+        p.add_argument("--resolution", type=int, default=512)
+        p.add_argument("--gradient-accumulation", type=int, default=1)
+        p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+        p.add_argument("--gradient-checkpointing", action="store_true")
+        p.add_argument("--checkpoint-every", type=int, default=500)
+        p.add_argument("--keep-checkpoints", type=int, default=3)
+        p.add_argument("--sample-every", type=int, default=0, help="write a sample image every N steps (0: never)")
+        p.add_argument("--sample-steps", type=int, default=20, help="denoising steps of each sample image")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--no-resume", action="store_true", help="start over even if OUTPUT has checkpoints")
+        p.add_argument("--no-progress", action="store_true")
+
+    anchor = stages.add_parser("anchor", help="stage 1: face encoder, SAA ID projections and LoRA",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(anchor)
+    anchor.add_argument("--batch-size", type=int, default=8)
+    anchor.add_argument("--lora-rank", type=int, default=128)
+    anchor.add_argument("--init-weights", default=None, help="start from these DynamicID weights")
+    anchor.add_argument("--drop-text", type=float, default=0.05)
+    anchor.add_argument("--drop-image", type=float, default=0.05)
+    anchor.add_argument("--drop-both", type=float, default=0.05)
+    anchor.add_argument("--no-gate", action="store_true", help="train with SAA's gate off")
+    anchor.add_argument("--no-gate-gradients", action="store_true", help="stop gradients through the gate")
+    anchor.set_defaults(handler=_run_train)
+    reconfig = stages.add_parser("reconfig", help="stage 2: IMR and KeyPointEncoder",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common(reconfig)
+    reconfig.add_argument("--weights", required=True, help="stage-1 weights (ours or the authors')")
+    reconfig.add_argument("--max-targets", type=int, default=32)
+    reconfig.add_argument("--ldc-weight", type=float, default=1.0, help="lambda in L_DFM + lambda * L_LDC")
+    reconfig.add_argument("--prompt", default=PORTRAIT_PROMPT)
+    reconfig.add_argument("--imr-depth", type=int, default=1)
+    reconfig.set_defaults(handler=_run_train)
+
+
+def _run_train(args) -> int:
+    from dynamicid.training.config import AnchorConfig, ReconfigConfig
+
+    shared = dict(
+        data=args.data, output=args.output, base_model=args.base_model, clip_image_encoder=args.clip_image_encoder,
+        steps=args.steps, learning_rate=args.learning_rate, weight_decay=args.weight_decay, resolution=args.resolution,
+        gradient_accumulation=args.gradient_accumulation, mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints, sample_every=args.sample_every, sample_steps=args.sample_steps, seed=args.seed,
+        resume=not args.no_resume, progress=not args.no_progress,
+    )
+    if args.stage == "anchor":
+        from dynamicid.training.stages import train_anchor
+
+        config = AnchorConfig(**shared, batch_size=args.batch_size, lora_rank=args.lora_rank, init_weights=args.init_weights,
+                              drop_text=args.drop_text, drop_image=args.drop_image, drop_both=args.drop_both,
+                              gate=not args.no_gate, gate_gradients=not args.no_gate_gradients)
+        result = train_anchor(config)
+    else:
+        from dynamicid.training.stages import train_reconfig
+
+        config = ReconfigConfig(**shared, weights=args.weights, max_targets=args.max_targets,
+                                ldc_weight=args.ldc_weight, prompt=args.prompt, imr_depth=args.imr_depth)
+        result = train_reconfig(config)
+    history = result["history"]
+    first, last = history[0]["loss"], history[-1]["loss"]
+    print(f"\ntrain {args.stage}: {len(history)} steps, loss {first:.4f} -> {last:.4f}")
+    for name, path in result["paths"].items():
+        print(f"  {name:<16} {path}")
+    print(f"  loss curve       {os.path.join(config.output, 'loss.png')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dynamicid",
@@ -213,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_sample(sub)
     _add_eval(sub)
     _add_convert_weights(sub)
+    _add_generate(sub)
+    _add_make_tiny_models(sub)
+    _add_train(sub)
     return parser
 
 
@@ -224,12 +425,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from dynamicid.faces.backends import BackendError
     from dynamicid.models.checkpoints import CheckpointError
+    from dynamicid.pipeline.pipeline import GenerationError
     from dynamicid.prep.runner import PrepError
     from dynamicid.sparkenv import JavaNotFound
+    from dynamicid.training.data import TrainingDataError
 
     try:
         return args.handler(args)
-    except (PrepError, BackendError, CheckpointError, JavaNotFound, ValueError, FileNotFoundError) as err:
+    except (PrepError, BackendError, CheckpointError, GenerationError, TrainingDataError,
+            JavaNotFound, ValueError, FileNotFoundError) as err:
         print(f"dynamicid {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -105,8 +105,8 @@ def build_session(master: str | None = None, app_name: str = "dynamicid", extra_
     conf = {
         "spark.python.worker.reuse": "true",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
-        # Rows carry landmarks, not pixels, but keep batches small so one slow image does not stall many.
-        "spark.sql.execution.arrow.maxRecordsPerBatch": "4",
+        # Rows carry paths and landmarks, never pixels, so batches can hold a whole task's images.
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "32",
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.enabled": "false",
         "spark.dynamicAllocation.enabled": "false",

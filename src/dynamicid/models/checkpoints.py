@@ -110,7 +110,7 @@ class DynamicIDWeights:
         if self.imr is not None:
             out["imr"] = self.imr.config.to_dict()
         if self.keypoint_encoder is not None:
-            out["keypoint"] = {"out_dim": self.keypoint_encoder.out_dim}
+            out["keypoint"] = {"out_dim": self.keypoint_encoder.out_dim, "base": self.keypoint_encoder.base}
         return out
 
 

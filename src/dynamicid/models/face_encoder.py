@@ -31,6 +31,14 @@ class FaceEncoderConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def for_width(cls, id_dim: int, clip_dim: int, cross_attention_dim: int) -> "FaceEncoderConfig":
+        """The method's encoder at SD1.5 width (12 heads of 64); narrower test models get 2 heads."""
+        if cross_attention_dim >= 768:
+            return cls(id_dim=id_dim, clip_dim=clip_dim, cross_attention_dim=cross_attention_dim)
+        return cls(id_dim=id_dim, clip_dim=clip_dim, cross_attention_dim=cross_attention_dim,
+                   heads=2, dim_head=max(1, cross_attention_dim // 2))
+
 
 class FacePerceiverResampler(nn.Module):
     def __init__(self, c: FaceEncoderConfig):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,20 +29,31 @@ class ConvUnit(nn.Module):
         return torch.relu(y + x if self.residual else y)
 
 
-# (in, out, stride, residual units after it) per block b1..b5
-_STAGES = [(16, 32, 2, 2), (32, 64, 2, 3), (64, 128, 2, 2), (128, 256, 2, 2), (256, 512, 2, 1)]
+# (width multiple in, width multiple out, residual units after the strided one) for blocks b1..b5
+_STAGES = [(1, 2, 2), (2, 4, 3), (4, 8, 2), (8, 16, 2), (16, 32, 1)]
+
+
+def keypoint_base_for(out_dim: int) -> int:
+    """The method's base width 16 at SD1.5 size; 2 for narrow test models."""
+    return 16 if out_dim >= 768 else 2
 
 
 class KeyPointEncoder(nn.Module):
-    def __init__(self, out_dim: int = 768):
+    """b0: 7x7 conv 1->16; b1..b5: stride-2 conv doubling the width, then residual units; b6: 3x3 conv
+    (no padding) and 1x1 conv to out_dim. `base` 16 is the method's (widths 16..512); smaller is for tests."""
+
+    def __init__(self, out_dim: int = 768, base: int = 16):
         super().__init__()
-        blocks = [nn.Sequential(ConvUnit(1, 16, kernel=7, stride=1, padding=3))]
-        for cin, cout, stride, repeats in _STAGES:
-            units = [ConvUnit(cin, cout, stride=stride)] + [ConvUnit(cout, cout, residual=True) for _ in range(repeats)]
+        blocks = [nn.Sequential(ConvUnit(1, base, kernel=7, stride=1, padding=3))]
+        for cin, cout, repeats in _STAGES:
+            cin, cout = cin * base, cout * base
+            units = [ConvUnit(cin, cout, stride=2)] + [ConvUnit(cout, cout, residual=True) for _ in range(repeats)]
             blocks.append(nn.Sequential(*units))
-        blocks.append(nn.Sequential(ConvUnit(512, 512, kernel=3, padding=0), ConvUnit(512, out_dim, kernel=1, padding=0)))
+        top = 32 * base
+        blocks.append(nn.Sequential(ConvUnit(top, top, kernel=3, padding=0), ConvUnit(top, out_dim, kernel=1, padding=0)))
         self.blocks = nn.Sequential(*blocks)
         self.out_dim = out_dim
+        self.base = base
 
     def forward(self, landmark_map: torch.Tensor) -> torch.Tensor:
         """(B, 1, 96, 96) in [-1, 1] -> (B, out_dim)"""
@@ -52,7 +64,7 @@ class KeyPointEncoder(nn.Module):
 
 def landmark_map_to_tensor(map96) -> torch.Tensor:
     """A uint8 96x96 map (0/255, from prep's NAME.png) -> (1, 96, 96) float in [-1, 1]."""
-    tensor = torch.as_tensor(map96, dtype=torch.float32)
+    tensor = torch.tensor(np.asarray(map96), dtype=torch.float32)  # a copy: prep's arrays may be read-only
     return (tensor / 127.5 - 1.0).reshape(1, 96, 96)
 
 
@@ -69,6 +81,13 @@ class IMRConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def for_width(cls, token_dim: int, motion_dim: int, depth: int = 1) -> "IMRConfig":
+        """The method's IMR at SD1.5 width (1024 wide, 16 heads); narrower test models are scaled down."""
+        if token_dim >= 768:
+            return cls(token_dim=token_dim, motion_dim=motion_dim, depth=depth)
+        return cls(token_dim=token_dim, motion_dim=motion_dim, width=2 * token_dim, heads=2, dim_head=token_dim, depth=depth)
 
 
 def _stack(c: IMRConfig) -> nn.ModuleList:

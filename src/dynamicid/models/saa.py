@@ -37,6 +37,7 @@ class SAASettings:
     lora_scale: float = 1.0
     gate: bool = True
     gate_threshold: float = 0.3
+    detach_gate: bool = False  # training: stop gradients through the gate's min-max
     # Normalised [y_min, x_min, y_max, x_max] per person on the latent grid: (N, 4) or (B, N, 4).
     boxes: Sequence | torch.Tensor | None = None
     strips_when_no_boxes: bool = True  # several persons without boxes get equal vertical strips
@@ -254,6 +255,8 @@ class SAAProcessor(LoRAAttnProcessor):
 
         if settings.gate:
             gate = gate_from_logits(logits, settings.gate_threshold)
+            if settings.detach_gate:
+                gate = gate.detach()
             if inside is not None:
                 gate = apply_layout(gate, inside.any(dim=1), settings.layout_strength)
         else:
@@ -287,22 +290,21 @@ def processor_layout(unet) -> list[tuple[str, dict[str, Any]]]:
     return layout
 
 
-class DynamicIDAttention(nn.Module):
+class DynamicIDAttention(nn.ModuleList):
     """All processors of one UNet, in `attn_processors` order: SAA on cross-attention, LoRA on self-attention.
 
-    Its state dict has exactly the keys of the authors' "SAA_module".
+    A ModuleList, so its state dict has exactly the keys of the authors' "SAA_module" ("{i}.to_q_lora.down.weight").
     """
 
     def __init__(self, layout: list[tuple[str, dict[str, Any]]], rank: int = 128):
-        super().__init__()
-        self.names = [name for name, _ in layout]
-        self.rank = rank
         processors = []
         for name, sizes in layout:
             kind = SAAProcessor if sizes["cross"] else LoRAAttnProcessor
             dims = {k: sizes[k] for k in ("query_dim", "inner_dim", "context_dim", "out_dim")}
             processors.append(kind(**dims, rank=rank, name=name))
-        self.processors = nn.ModuleList(processors)
+        super().__init__(processors)
+        self.names = [name for name, _ in layout]
+        self.rank = rank
 
     @classmethod
     def for_unet(cls, unet, rank: int = 128, init_ip_from_unet: bool = True) -> "DynamicIDAttention":
@@ -314,18 +316,11 @@ class DynamicIDAttention(nn.Module):
     def init_ip_from(self, unet) -> None:
         """to_k_ip / to_v_ip start as copies of the layer's to_k / to_v, as for training."""
         with torch.no_grad():
-            for name, processor in zip(self.names, self.processors):
+            for name, processor in zip(self.names, self):
                 if isinstance(processor, SAAProcessor):
                     attn = unet.get_submodule(name[: -len(".processor")])
                     processor.to_k_ip.weight.copy_(attn.to_k.weight)
                     processor.to_v_ip.weight.copy_(attn.to_v.weight)
-
-    def state_dict(self, *args, **kwargs):
-        # Keys "{i}.to_q_lora.down.weight", as the authors' SAA_module (a bare ModuleList).
-        return self.processors.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return self.processors.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def install_processors(unet, adapter: DynamicIDAttention) -> dict:
@@ -333,7 +328,7 @@ def install_processors(unet, adapter: DynamicIDAttention) -> dict:
     current = unet.attn_processors
     if list(current) != adapter.names:
         raise ValueError("this adapter was built for a UNet with a different attention layout")
-    unet.set_attn_processor(dict(zip(adapter.names, adapter.processors)))
+    unet.set_attn_processor(dict(zip(adapter.names, adapter)))
     return current
 
 

@@ -25,7 +25,7 @@ class PrepConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     jpeg_quality: int = 95
     master: str | None = None  # None: local[*], or whatever spark-submit set
-    images_per_partition: int = 8
+    images_per_partition: int = 32
     contact_sheet_faces: int = 48
     progress: bool = True
 

@@ -1,0 +1,83 @@
+"""Loading the frozen base models from local folders, with errors that say what to put where."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from dynamicid.models.checkpoints import CheckpointError
+
+BASE_MODEL_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def check_folder(folder: str | None, parts: tuple[str, ...], what: str) -> None:
+    if not folder or not os.path.isdir(folder):
+        raise CheckpointError(f"{what} folder not found: {folder!r}")
+    missing = [p for p in parts if not os.path.exists(os.path.join(folder, p))]
+    if missing:
+        raise CheckpointError(f"{what} folder {folder} is missing {', '.join(missing)} (diffusers layout expected)")
+
+
+@dataclass
+class BaseModel:
+    unet: object
+    vae: object
+    text_encoder: object
+    tokenizer: object
+    scheduler_config: dict
+
+
+def load_base_model(folder: str) -> BaseModel:
+    """Stable Diffusion 1.5 (or a fine-tune) in diffusers layout."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    check_folder(folder, BASE_MODEL_PARTS, "base model")
+    from diffusers import DDIMScheduler
+
+    return BaseModel(
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True),
+        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True),
+        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True),
+        tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True),
+        scheduler_config=dict(DDIMScheduler.load_config(folder, subfolder="scheduler", local_files_only=True)),
+    )
+
+
+def load_clip_image_encoder(folder: str):
+    """(CLIPVisionModelWithProjection, CLIPImageProcessor); the default processor when the folder has none."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    check_folder(folder, ("config.json",), "CLIP image encoder")
+    model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True)
+    if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+        processor = CLIPImageProcessor.from_pretrained(folder, local_files_only=True)
+    else:
+        processor = CLIPImageProcessor()
+    return model, processor
+
+
+def encode_text(tokenizer, text_encoder, texts: list[str], device):
+    """(last hidden states (B, 77, D), pooled (B, D)), as diffusers' SD pipeline encodes prompts."""
+    tokens = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    out = text_encoder(tokens.input_ids.to(device), attention_mask=None)
+    return out[0], out[1]
+
+
+def clip_hidden_states(image_encoder, image_processor, images, device, dtype):
+    """CLIP penultimate hidden states; None for an image gives those of an all-zero pixel tensor."""
+    import torch
+
+    size = image_processor.crop_size
+    blank = torch.zeros(3, size["height"], size["width"])
+    real = [im for im in images if im is not None]
+    pixels = image_processor(images=real, return_tensors="pt").pixel_values if real else None
+    stacked, cursor = [], 0
+    for im in images:
+        if im is None:
+            stacked.append(blank)
+        else:
+            stacked.append(pixels[cursor])
+            cursor += 1
+    out = image_encoder(torch.stack(stacked).to(device, dtype), output_hidden_states=True)
+    return out.hidden_states[-2]

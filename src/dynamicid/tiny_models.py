@@ -1,0 +1,114 @@
+"""`dynamicid make-tiny-models DIR`: random models with the real interfaces, a few MB in all.
+
+  DIR/sd15/          a Stable Diffusion 1.5-layout diffusers folder (unet, vae, text_encoder,
+                     tokenizer, scheduler), tiny widths
+  DIR/clip-image/    a CLIP vision model with projection and its image processor
+  DIR/dynamicid/     DynamicID weights (face encoder for 128-d dlib embeddings, SAA for that UNet,
+                     IMR, KeyPointEncoder) as safetensors
+
+Every command can run on these, which checks an install without downloading anything. The images
+they make are noise: the weights are random.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+CROSS_DIM = 32
+VISION_DIM = 48
+
+
+def tiny_tokenizer(folder: str):
+    """A CLIP tokenizer over single letters (no merges), written to `folder`."""
+    from transformers import CLIPTokenizer
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789,.'-")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in letters + [c + "</w>" for c in letters]:
+        vocab.setdefault(token, len(vocab))
+    with open(os.path.join(folder, "vocab.json"), "w") as handle:
+        json.dump(vocab, handle)
+    with open(os.path.join(folder, "merges.txt"), "w") as handle:
+        handle.write("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"))
+    tokenizer.model_max_length = 77
+    return tokenizer
+
+
+def tiny_unet(seed: int = 0):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=CROSS_DIM, attention_head_dim=8, norm_num_groups=8,
+    )
+
+
+def tiny_sd15(folder: str, seed: int = 0):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    import tempfile
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = tiny_tokenizer(scratch)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=CROSS_DIM, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"), up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        norm_num_groups=8, sample_size=64,
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=tiny_unet(seed),
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return pipe
+
+
+def tiny_clip_image(folder: str, seed: int = 0):
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=VISION_DIM, intermediate_size=96, num_hidden_layers=3, num_attention_heads=2,
+        image_size=32, patch_size=8, projection_dim=32,
+    ))
+    model.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return model
+
+
+def tiny_dynamicid(folder: str, unet, seed: int = 0, id_dim: int = 128):
+    from dynamicid.models import IMR, FaceEncoder, FaceEncoderConfig, IMRConfig, KeyPointEncoder
+    from dynamicid.models.imr import keypoint_base_for
+    from dynamicid.models.checkpoints import DynamicIDWeights, save_ours
+    from dynamicid.models.saa import DynamicIDAttention
+
+    torch.manual_seed(seed)
+    weights = DynamicIDWeights(
+        face_encoder=FaceEncoder(FaceEncoderConfig.for_width(id_dim, VISION_DIM, CROSS_DIM)),
+        attention=DynamicIDAttention.for_unet(unet, rank=4),
+        imr=IMR(IMRConfig.for_width(CROSS_DIM, CROSS_DIM)),
+        keypoint_encoder=KeyPointEncoder(out_dim=CROSS_DIM, base=keypoint_base_for(CROSS_DIM)),
+    )
+    save_ours(weights, folder)
+    return weights
+
+
+def make_tiny_models(folder: str, seed: int = 0) -> dict[str, str]:
+    paths = {name: os.path.join(folder, name) for name in ("sd15", "clip-image", "dynamicid")}
+    pipe = tiny_sd15(paths["sd15"], seed)
+    tiny_clip_image(paths["clip-image"], seed)
+    tiny_dynamicid(paths["dynamicid"], pipe.unet, seed)
+    return paths

@@ -1,0 +1,280 @@
+"""Stage 1 (anchoring) and stage 2 (reconfiguration), method spec section 5."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynamicid.basemodel import clip_hidden_states, encode_text, load_base_model, load_clip_image_encoder
+from dynamicid.models import IMR, FaceEncoder, FaceEncoderConfig, IMRConfig, KeyPointEncoder
+from dynamicid.models.checkpoints import DynamicIDWeights, save_authors, save_ours
+from dynamicid.models.imr import keypoint_base_for, landmark_map_to_tensor
+from dynamicid.models.saa import DynamicIDAttention, SAASettings, install_processors, processor_layout
+from dynamicid.training import data as td
+from dynamicid.training.config import AnchorConfig, ReconfigConfig
+from dynamicid.training.trainer import Trainer
+
+
+class Frozen:
+    """The frozen models of both stages, loaded once, in eval mode, without gradients."""
+
+    def __init__(self, config, device, dtype):
+        base = load_base_model(config.base_model)
+        self.unet, self.vae, self.text_encoder, self.tokenizer = base.unet, base.vae, base.text_encoder, base.tokenizer
+        self.image_encoder, self.image_processor = load_clip_image_encoder(config.clip_image_encoder)
+        from diffusers import DDPMScheduler
+
+        self.noise_scheduler = DDPMScheduler.from_config(base.scheduler_config)
+        self.scheduler_config = base.scheduler_config
+        self.device, self.dtype = device, dtype
+        for module in (self.unet, self.vae, self.text_encoder, self.image_encoder):
+            module.requires_grad_(False).eval().to(device)
+            if dtype != torch.float32:
+                module.to(dtype)
+        if config.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def text(self, texts: list[str]):
+        with torch.no_grad():
+            hidden, pooled = encode_text(self.tokenizer, self.text_encoder, texts, self.device)
+        return hidden, pooled
+
+    def clip(self, images: list):
+        with torch.no_grad():
+            return clip_hidden_states(self.image_encoder, self.image_processor, images, self.device, self.dtype)
+
+    def latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            encoded = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist.mode()
+        return encoded * self.vae.config.scaling_factor
+
+    def noisy(self, latents: torch.Tensor, generator: torch.Generator):
+        noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator).to(latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        return noisy, timesteps, target
+
+
+class AnchorModules(nn.Module):
+    def __init__(self, face_encoder: FaceEncoder, attention: DynamicIDAttention):
+        super().__init__()
+        self.face_encoder = face_encoder
+        self.attention = attention
+
+
+class ReconfigModules(nn.Module):
+    def __init__(self, imr: IMR, keypoint_encoder: KeyPointEncoder):
+        super().__init__()
+        self.imr = imr
+        self.keypoint_encoder = keypoint_encoder
+
+
+def _write_final(weights: DynamicIDWeights, config, trainer: Trainer, extra: dict) -> dict:
+    paths = {}
+    if trainer.is_main:
+        paths["weights"] = os.path.join(config.output, "weights")
+        save_ours(weights, paths["weights"])
+        if weights.face_encoder is not None and weights.attention is not None or weights.imr is not None:
+            paths["weights_authors"] = os.path.join(config.output, "weights-authors")
+            save_authors(weights, paths["weights_authors"])
+        with open(os.path.join(config.output, "train_config.json"), "w") as handle:
+            json.dump(config.to_dict() | extra, handle, indent=2)
+    return paths
+
+
+def _sampler_callback(config, frozen: Frozen, weights_of, reference: str):
+    """Sample images while training, through the generation pipeline itself."""
+
+    def sample(step: int) -> None:
+        from diffusers import DDIMScheduler
+
+        from dynamicid.faces import FaceAnalyzer
+        from dynamicid.pipeline import DynamicIDPipeline, Person
+
+        weights = weights_of()
+        pipe = DynamicIDPipeline(frozen.vae, frozen.text_encoder, frozen.tokenizer, frozen.unet,
+                                 DDIMScheduler.from_config(frozen.scheduler_config), frozen.image_encoder,
+                                 frozen.image_processor, weights, FaceAnalyzer(), device=frozen.device,
+                                 dtype=frozen.dtype, prepare_modules=False)
+        try:
+            result = pipe("a portrait photo of a person", [Person(reference)], num_inference_steps=config.sample_steps,
+                          height=config.resolution, width=config.resolution, seed=config.seed)
+        except Exception as err:  # a sample must never stop training
+            print(f"sample at step {step} skipped: {err}")
+            return
+        folder = os.path.join(config.output, "samples")
+        os.makedirs(folder, exist_ok=True)
+        result.images[0].save(os.path.join(folder, f"step-{step:07d}.png"))
+
+    return sample
+
+
+def train_anchor(config: AnchorConfig) -> dict:
+    faces = td.load_faces(config.data)
+    sampler = td.AnchorSampler(faces)
+    id_dim = td.embedding_dim(faces)
+    trainer = Trainer(config, "anchor")
+    frozen = Frozen(config, trainer.device, trainer.weight_dtype)
+    torch.manual_seed(config.seed)  # the new modules' initial weights are part of the run
+    if config.init_weights:
+        from dynamicid.pipeline.pipeline import load_dynamicid_weights
+
+        start = load_dynamicid_weights(config.init_weights, processor_layout(frozen.unet))
+        face_encoder, attention = start.face_encoder, start.attention
+        if face_encoder.config.id_dim != id_dim:
+            raise td.TrainingDataError(f"--init-weights takes {face_encoder.config.id_dim}-d embeddings; the data has {id_dim}-d")
+    else:
+        face_encoder = FaceEncoder(FaceEncoderConfig.for_width(
+            id_dim, frozen.image_encoder.config.hidden_size, frozen.unet.config.cross_attention_dim))
+        attention = DynamicIDAttention.for_unet(frozen.unet, rank=config.lora_rank)
+    trainer.prepare(AnchorModules(face_encoder, attention))
+    install_processors(frozen.unet, trainer.unwrapped().attention)
+    if sampler.single_photo:
+        trainer.log(f"note: {len(sampler.single_photo)} of {len(sampler.groups)} identities have one photo; "
+                    "their reference is the target photo itself")
+    settings = SAASettings(num_persons=1, gate=config.gate, detach_gate=not config.gate_gradients)
+    p_text, p_image, p_both = config.drop_text, config.drop_image, config.drop_both
+
+    def loss_of(micro: int):
+        pairs = sampler.batch(config.seed, micro, config.batch_size, trainer.accelerator.process_index)
+        rng = td.step_rng(config.seed + 1, micro, trainer.accelerator.process_index)
+        generator = td.step_generator(config.seed + 2, micro, trainer.accelerator.process_index)
+        draws = rng.random(len(pairs))
+        drop_text = (draws < p_text) | (draws >= p_text + p_image) & (draws < p_text + p_image + p_both)
+        drop_image = (draws >= p_text) & (draws < p_text + p_image + p_both)
+        captions = ["" if drop else td.read_caption(p.target.txt) for p, drop in zip(pairs, drop_text)]
+        pixels = torch.stack([td.read_image(p.target.jpg, config.resolution) for p in pairs])
+        embeddings = torch.stack([torch.zeros(id_dim) if drop else td.read_embedding(p.reference.pt)
+                                  for p, drop in zip(pairs, drop_image)]).to(frozen.device)
+        clip = frozen.clip([None if drop else td.read_rgb(p.reference.jpg) for p, drop in zip(pairs, drop_image)])
+        text, _ = frozen.text(captions)
+        latents = frozen.latents(pixels)
+        noisy, timesteps, target = frozen.noisy(latents, generator)
+        module = trainer.unwrapped()
+        tokens = module.face_encoder(embeddings.float(), clip.float()).to(text.dtype)
+        prediction = frozen.unet(noisy, timesteps, torch.cat([text, tokens], dim=1),
+                                 cross_attention_kwargs={"dynamicid": settings}).sample
+        return F.mse_loss(prediction.float(), target.float()), {}
+
+    def weights_now() -> DynamicIDWeights:
+        module = trainer.unwrapped()
+        return DynamicIDWeights(face_encoder=module.face_encoder, attention=module.attention)
+
+    reference = sampler.faces[0].jpg
+    history = trainer.run(loss_of, _sampler_callback(config, frozen, weights_now, reference))
+    extra = {"stage": "anchor", "gate_during_training": config.gate, "gradients_through_gate": config.gate_gradients,
+             "single_photo_identities": len(sampler.single_photo), "identities": len(sampler.groups), "faces": len(faces)}
+    paths = _write_final(weights_now(), config, trainer, extra)
+    return {"history": history, "paths": paths, "modules": trainer.unwrapped(), "frozen": frozen}
+
+
+def _tensor_hash(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def cache_tokens(config: ReconfigConfig, faces, face_encoder: FaceEncoder, frozen: Frozen) -> dict[str, torch.Tensor]:
+    """ID tokens of every photo through the frozen face encoder, computed once and kept on disk."""
+    path = os.path.join(config.output, f"token_cache-{_tensor_hash(face_encoder)}.pt")
+    if os.path.isfile(path):
+        cached = torch.load(path, weights_only=True)
+        if set(cached) >= {f.name for f in faces}:
+            return cached
+    tokens = {}
+    with torch.no_grad():
+        for face in faces:
+            embedding = td.read_embedding(face.pt)[None].to(frozen.device)
+            tokens[face.name] = face_encoder(embedding, frozen.clip([td.read_rgb(face.jpg)]).float())[0].cpu()
+    os.makedirs(config.output, exist_ok=True)
+    torch.save(tokens, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return tokens
+
+
+def train_reconfig(config: ReconfigConfig) -> dict:
+    from dynamicid.pipeline.pipeline import load_dynamicid_weights
+
+    if not config.weights:
+        raise ValueError("reconfig needs the stage-1 weights: --weights FOLDER (ours or the authors')")
+    faces = td.load_faces(config.data)
+    sampler = td.ReconfigSampler(faces, config.max_targets)
+    trainer = Trainer(config, "reconfig")
+    frozen = Frozen(config, trainer.device, trainer.weight_dtype)
+    stage1 = load_dynamicid_weights(config.weights, processor_layout(frozen.unet))
+    face_encoder = stage1.face_encoder.to(frozen.device).eval().requires_grad_(False)
+    attention = stage1.attention.to(frozen.device).requires_grad_(False)
+    install_processors(frozen.unet, attention)
+    if face_encoder.config.id_dim != td.embedding_dim(faces):
+        raise td.TrainingDataError(f"the stage-1 face encoder takes {face_encoder.config.id_dim}-d embeddings; "
+                                   f"the data has {td.embedding_dim(faces)}-d")
+    width = frozen.text_encoder.config.hidden_size
+    token_dim = frozen.unet.config.cross_attention_dim
+    if stage1.imr is not None and stage1.keypoint_encoder is not None:
+        imr, keypoints = stage1.imr, stage1.keypoint_encoder
+    else:
+        torch.manual_seed(config.seed)
+        imr = IMR(IMRConfig.for_width(token_dim, width, config.imr_depth))
+        keypoints = KeyPointEncoder(out_dim=width, base=keypoint_base_for(width))
+
+    used = [f for group in sampler.groups.values() for f in group]
+    tokens = cache_tokens(config, used, face_encoder, frozen)
+    maps = {f.name: landmark_map_to_tensor(td.read_map96(f.png)) for f in used}
+    prompts = sorted({f.face_prompt for f in used})
+    _, pooled_all = frozen.text(prompts)
+    pooled = {p: pooled_all[i].float() for i, p in enumerate(prompts)}
+    context, _ = frozen.text([config.prompt])
+
+    trainer.prepare(ReconfigModules(imr, keypoints))
+    if sampler.skipped:
+        trainer.log(f"note: {len(sampler.skipped)} identities have one photo and are left out of reconfig")
+    settings = SAASettings(num_persons=1)
+
+    def loss_of(micro: int):
+        process = trainer.accelerator.process_index
+        source, targets = sampler.pick(config.seed, micro, process)
+        generator = td.step_generator(config.seed + 2, micro, process)
+        module = trainer.unwrapped()
+        device = frozen.device
+        features = module.keypoint_encoder(torch.stack([maps[f.name] for f in [source, *targets]]).to(device))
+        prompt = torch.stack([pooled[f.face_prompt] for f in [source, *targets]]).to(device)
+        edited = module.imr.edit(tokens[source.name].to(device), features[:1], prompt[:1], features[1:], prompt[1:])
+        wanted = torch.stack([tokens[f.name] for f in targets]).to(device)
+        dfm = F.mse_loss(edited.float(), wanted.float())
+        logs = {"dfm": float(dfm.detach())}
+        loss = dfm
+        if config.ldc_weight > 0:
+            latents = frozen.latents(torch.stack([td.read_image(f.jpg, config.resolution) for f in targets]))
+            noisy, timesteps, _ = frozen.noisy(latents, generator)
+            text = context.expand(len(targets), -1, -1)
+            with torch.no_grad():
+                reference = frozen.unet(noisy, timesteps, torch.cat([text, wanted.to(text.dtype)], 1),
+                                        cross_attention_kwargs={"dynamicid": settings}).sample
+            predicted = frozen.unet(noisy, timesteps, torch.cat([text, edited.to(text.dtype)], 1),
+                                    cross_attention_kwargs={"dynamicid": settings}).sample
+            ldc = F.mse_loss(predicted.float(), reference.float())
+            logs["ldc"] = float(ldc.detach())
+            loss = dfm + config.ldc_weight * ldc
+        return loss, logs
+
+    history = trainer.run(loss_of)
+    module = trainer.unwrapped()
+    weights = DynamicIDWeights(face_encoder=face_encoder, attention=attention, imr=module.imr, keypoint_encoder=module.keypoint_encoder)
+    extra = {"stage": "reconfig", "identities": len(sampler.groups), "skipped_single_photo": len(sampler.skipped)}
+    paths = _write_final(weights, config, trainer, extra)
+    return {"history": history, "paths": paths, "modules": module, "frozen": frozen}

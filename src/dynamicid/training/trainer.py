@@ -1,0 +1,191 @@
+"""The loop both stages share: accelerate (mixed precision, accumulation, several GPUs), checkpoints
+with resume, a progress bar, losses.csv and loss.png."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from dynamicid.training.config import TrainCommon
+
+CHECKPOINTS = "checkpoints"
+
+
+def _line_plot(path: str, series: dict[str, list[tuple[int, float]]], title: str) -> None:
+    """A small loss curve drawn with Pillow (no plotting library needed)."""
+    from PIL import Image, ImageDraw
+
+    from dynamicid.prep.report import _font
+
+    width, height, margin = 720, 400, 50
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    points = [p for values in series.values() for p in values]
+    if not points:
+        image.save(path)
+        return
+    steps = [s for s, _ in points]
+    values = [v for _, v in points]
+    low, high = min(values), max(values)
+    high = high if high > low else low + 1e-6
+    first, last = min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1
+
+    def xy(step, value):
+        return (margin + (step - first) / (last - first) * (width - 2 * margin),
+                height - margin - (value - low) / (high - low) * (height - 2 * margin))
+
+    draw.rectangle((margin, margin, width - margin, height - margin), outline=(180, 180, 180))
+    font = _font(12)
+    draw.text((margin, 12), title, fill="black", font=_font(16))
+    draw.text((4, margin - 6), f"{high:.4g}", fill="black", font=font)
+    draw.text((4, height - margin - 6), f"{low:.4g}", fill="black", font=font)
+    draw.text((margin, height - margin + 8), f"step {first}", fill="black", font=font)
+    draw.text((width - margin - 60, height - margin + 8), f"step {last}", fill="black", font=font)
+    colours = [(52, 152, 219), (231, 76, 60), (46, 204, 113), (155, 89, 182)]
+    for index, (name, values_) in enumerate(series.items()):
+        colour = colours[index % len(colours)]
+        if len(values_) > 1:
+            draw.line([xy(s, v) for s, v in values_], fill=colour, width=2)
+        draw.text((width - margin - 150, margin + 6 + 16 * index), name, fill=colour, font=font)
+    image.save(path)
+
+
+class Trainer:
+    def __init__(self, config: TrainCommon, stage: str):
+        from accelerate import Accelerator
+
+        if config.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"--mixed-precision must be no, fp16 or bf16, not {config.mixed_precision!r}")
+        if config.steps < 1 or config.batch_size < 1 or config.gradient_accumulation < 1:
+            raise ValueError("--steps, --batch-size and --gradient-accumulation must be at least 1")
+        self.config = config
+        self.stage = stage
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        self.device = self.accelerator.device
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
+        self.history: list[dict] = []
+        self.start_step = 0
+        os.makedirs(config.output, exist_ok=True)
+
+    def prepare(self, trainable: nn.Module) -> None:
+        """Hand the trainable modules (fp32) and their AdamW to accelerate."""
+        trainable.float().requires_grad_(True).to(self.device)
+        c = self.config
+        optimizer = torch.optim.AdamW(trainable.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(trainable, optimizer)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def unwrapped(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def checkpoint_dirs(self) -> list[str]:
+        folder = os.path.join(self.config.output, CHECKPOINTS)
+        if not os.path.isdir(folder):
+            return []
+        done = [d for d in os.listdir(folder) if d.startswith("step-") and os.path.isfile(os.path.join(folder, d, "trainer.json"))]
+        return [os.path.join(folder, d) for d in sorted(done)]
+
+    def save_checkpoint(self, step: int) -> str:
+        folder = os.path.join(self.config.output, CHECKPOINTS, f"step-{step:07d}")
+        self.accelerator.save_state(folder)
+        if self.is_main:
+            with open(os.path.join(folder, "trainer.json.tmp"), "w") as handle:
+                json.dump({"step": step, "history": self.history, "stage": self.stage}, handle)
+            os.replace(os.path.join(folder, "trainer.json.tmp"), os.path.join(folder, "trainer.json"))  # written last
+            for old in self.checkpoint_dirs()[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def resume(self) -> int:
+        found = self.checkpoint_dirs() if self.config.resume else []
+        if not found:
+            return 0
+        latest = found[-1]
+        with open(os.path.join(latest, "trainer.json")) as handle:
+            state = json.load(handle)
+        if state.get("stage") != self.stage:
+            raise ValueError(f"{latest} is a {state.get('stage')} checkpoint, not {self.stage}; use another --output")
+        self.accelerator.load_state(latest)
+        self.history = state["history"]
+        self.start_step = state["step"]
+        self.log(f"resumed from {latest} at step {self.start_step}")
+        return self.start_step
+
+    def log(self, text: str) -> None:
+        if self.is_main:
+            print(text, flush=True)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, loss_of: Callable[[int], tuple[torch.Tensor, dict]], on_sample: Callable[[int], None] | None = None) -> list[dict]:
+        """`loss_of(micro_step)` gives (loss, extra logs) for one micro-batch; micro-steps are numbered
+        step * accumulation + k, so data and noise depend only on the step."""
+        c = self.config
+        start = self.resume()
+        bar = None
+        if c.progress and self.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=c.steps, initial=start, unit="step", desc=self.stage, dynamic_ncols=True)
+        self.model.train()
+        for step in range(start, c.steps):
+            began = time.perf_counter()
+            total, extras = 0.0, {}
+            for k in range(c.gradient_accumulation):
+                context = self.accelerator.no_sync(self.model) if k < c.gradient_accumulation - 1 else _nullcontext()
+                with context, self.accelerator.autocast():
+                    loss, logs = loss_of(step * c.gradient_accumulation + k)
+                    self.accelerator.backward(loss / c.gradient_accumulation)
+                total += float(loss.detach()) / c.gradient_accumulation
+                for key, value in logs.items():
+                    extras[key] = extras.get(key, 0.0) + float(value) / c.gradient_accumulation
+            if not torch.isfinite(torch.tensor(total)):
+                raise FloatingPointError(f"the loss became {total} at step {step}; lower --learning-rate or check the data")
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            record = {"step": step + 1, "loss": total, "seconds": time.perf_counter() - began} | extras
+            self.history.append(record)
+            if bar is not None:
+                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("step", "seconds")})
+                bar.update(1)
+            if c.checkpoint_every and (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps:
+                self.save_checkpoint(step + 1)
+                self.write_curves()
+            if on_sample is not None and c.sample_every and (step + 1) % c.sample_every == 0 and self.is_main:
+                self.model.eval()
+                on_sample(step + 1)
+                self.model.train()
+        if bar is not None:
+            bar.close()
+        self.save_checkpoint(c.steps)
+        self.write_curves()
+        return self.history
+
+    def write_curves(self) -> None:
+        if not self.is_main or not self.history:
+            return
+        keys = [k for k in self.history[-1] if k not in ("step", "seconds")]
+        with open(os.path.join(self.config.output, "losses.csv"), "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["step", "seconds", *keys], extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.history)
+        series = {k: [(r["step"], r[k]) for r in self.history if k in r] for k in keys}
+        _line_plot(os.path.join(self.config.output, "loss.png"), series, f"dynamicid train {self.stage}")
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

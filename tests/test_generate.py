@@ -1,0 +1,179 @@
+"""`DynamicIDPipeline` and `dynamicid generate` on tiny models (random weights, so images are noise)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dynamicid import cli
+from dynamicid.models.checkpoints import CheckpointError
+from dynamicid.pipeline import DynamicIDPipeline, GenerationError, Person, automatic_boxes
+from dynamicid.pipeline.layout import LayoutError, check_boxes
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_models):
+    return DynamicIDPipeline.from_pretrained(tiny_models["sd15"], tiny_models["dynamicid"], tiny_models["clip-image"])
+
+
+@pytest.fixture()
+def unet_calls(pipe, monkeypatch):
+    calls = []
+    original = pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def photo(shared_faces, name):
+    return str(shared_faces / "identities" / name)
+
+
+def run(pipe, persons, **options):
+    settings = dict(num_inference_steps=3, height=64, width=64, seed=7, output_type="np") | options
+    return pipe("a portrait photo", persons, **settings)
+
+
+def test_images_have_the_requested_size(pipe, shared_faces):
+    out = run(pipe, [Person(photo(shared_faces, "obama/1.jpg"))], height=64, width=96, num_images_per_prompt=2)
+    assert out.images.shape == (2, 64, 96, 3)
+    assert out.metadata["source_face_prompts"] == ["in a happy expression, in front view"]
+
+
+def test_the_same_seed_gives_the_same_image(pipe, shared_faces):
+    persons = [Person(photo(shared_faces, "obama/1.jpg"))]
+    a, b = run(pipe, persons).images, run(pipe, persons).images
+    c = run(pipe, persons, seed=8).images
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_id_scale_zero_equals_the_plain_sd_pipeline(pipe, tiny_models, shared_faces):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    sd = StableDiffusionPipeline.from_pretrained(tiny_models["sd15"], safety_checker=None, requires_safety_checker=False)
+    sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
+    sd.set_progress_bar_config(disable=True)
+    plain = sd("a portrait photo", num_inference_steps=3, height=64, width=64, guidance_scale=5.0,
+               generator=torch.Generator().manual_seed(7), output_type="np").images
+    ours = run(pipe, [Person(photo(shared_faces, "obama/1.jpg"))], id_scale=0.0).images
+    np.testing.assert_allclose(ours, plain, atol=1e-5)
+    assert np.abs(run(pipe, [Person(photo(shared_faces, "obama/1.jpg"))]).images - plain).max() > 1e-4
+
+
+def test_two_persons_with_boxes_and_with_automatic_layout(pipe, shared_faces):
+    people = [photo(shared_faces, "obama/1.jpg"), photo(shared_faces, "rose_leslie/2.jpg")]
+    boxed = run(pipe, [Person(people[0], box=(0.05, 0.1, 0.45, 0.6)), Person(people[1], box=(0.55, 0.1, 0.95, 0.6))],
+                return_gate_maps=True)
+    assert boxed.metadata["boxes"] == [[0.05, 0.1, 0.45, 0.6], [0.55, 0.1, 0.95, 0.6]]
+    assert not boxed.metadata["boxes_automatic"] and boxed.metadata["infer_end"] == 12
+    assert boxed.gate_maps.shape == (1, 32, 32) and np.isfinite(boxed.gate_maps).all()
+    auto = run(pipe, [Person(p) for p in people], height=64, width=96)
+    assert auto.metadata["boxes_automatic"]
+    assert auto.metadata["boxes"] == [list(b) for b in automatic_boxes(2, 96, 64)]
+
+
+def test_automatic_layout_rule():
+    two = automatic_boxes(2, 768, 768)
+    np.testing.assert_allclose(two, [[0.1, 0.23, 0.4, 0.53], [0.6, 0.23, 0.9, 0.53]], atol=1e-9)
+    wide = automatic_boxes(3, 1536, 512)  # one row of three
+    assert len({round(b[1], 6) for b in wide}) == 1
+    grid = automatic_boxes(4, 1024, 1024)  # two by two
+    assert len({round(b[0], 6) for b in grid}) == 2 and len({round(b[1], 6) for b in grid}) == 2
+    for boxes, (w, h) in ((two, (768, 768)), (wide, (1536, 512)), (grid, (1024, 1024))):
+        for x0, y0, x1, y1 in boxes:
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+            assert (x1 - x0) * w == pytest.approx((y1 - y0) * h)  # square in pixels
+    assert automatic_boxes(1, 512, 512) == []
+
+
+def test_imr_editing_changes_the_tokens_and_no_edit_leaves_them(pipe, shared_faces):
+    run(pipe, [Person(photo(shared_faces, "obama/1.jpg")),
+               Person(photo(shared_faces, "biden/1.jpg"), face_prompt="in a surprise expression, facing up, in front view")])
+    plain, edited = pipe.last_encoded
+    assert not plain.edited and torch.equal(plain.tokens, plain.source_tokens)
+    assert edited.edited and (edited.tokens - edited.source_tokens).abs().max() > 1e-4
+    assert edited.source_face_prompt == "in a neutral expression, in side view, turned right"
+
+
+def test_target_landmarks_from_a_prep_sheet(pipe, shared_faces, tmp_path):
+    from PIL import Image
+
+    from dynamicid.faces import landmark_image
+
+    sheet = landmark_image.compose_landmark_png(np.random.default_rng(0).uniform(100, 400, (68, 2)), "ibug68")
+    Image.fromarray(sheet).save(tmp_path / "target.png")
+    run(pipe, [Person(photo(shared_faces, "obama/1.jpg"), target_landmarks=str(tmp_path / "target.png"))])
+    assert pipe.last_encoded[0].edited
+    Image.fromarray(np.zeros((50, 50), np.uint8)).save(tmp_path / "bad.png")
+    with pytest.raises(GenerationError, match="96x96 map or prep's 608x512"):
+        run(pipe, [Person(photo(shared_faces, "obama/1.jpg"), target_landmarks=str(tmp_path / "bad.png"))])
+
+
+@pytest.mark.parametrize("case,match", [
+    ("no_face", "no face was detected"),
+    ("outside", "lies outside"),
+    ("zero_area", "zero area"),
+    ("size", "multiple of 8"),
+    ("partial_boxes", "a box for every person"),
+])
+def test_bad_requests_fail_before_any_denoising(pipe, shared_faces, tmp_path, unet_calls, case, match):
+    from PIL import Image
+    from skimage import data
+
+    obama = photo(shared_faces, "obama/1.jpg")
+    persons = [Person(obama)]
+    options = {}
+    if case == "no_face":
+        Image.fromarray(data.coffee()).save(tmp_path / "cup.png")
+        persons = [Person(obama), Person(str(tmp_path / "cup.png"))]
+    elif case == "outside":
+        persons = [Person(obama, box=(0.5, 0.2, 1.3, 0.8))]
+    elif case == "zero_area":
+        persons = [Person(obama, box=(0.5, 0.2, 0.5, 0.8))]
+    elif case == "size":
+        options = {"height": 60}
+    elif case == "partial_boxes":
+        persons = [Person(obama, box=(0, 0, 0.5, 0.5)), Person(obama)]
+    with pytest.raises(GenerationError, match=match):
+        run(pipe, persons, **options)
+    assert unet_calls == []
+
+
+def test_more_boxes_than_persons_is_refused():
+    with pytest.raises(LayoutError, match="at most one box per person"):
+        check_boxes([(0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5)], 1)
+
+
+def test_missing_weights_are_named(tiny_models, tmp_path):
+    with pytest.raises(CheckpointError, match="no DynamicID weights .* SAA.bin"):
+        DynamicIDPipeline.from_pretrained(tiny_models["sd15"], str(tmp_path), tiny_models["clip-image"])
+    with pytest.raises(CheckpointError, match="base model folder .* is missing unet"):
+        DynamicIDPipeline.from_pretrained(str(tmp_path), tiny_models["dynamicid"], tiny_models["clip-image"])
+
+
+def test_cli_writes_images_sidecars_and_gate_maps_that_eval_reads(tiny_models, shared_faces, tmp_path, capsys):
+    out = tmp_path / "gen"
+    code = cli.main([
+        "generate", "--base-model", tiny_models["sd15"], "--weights", tiny_models["dynamicid"],
+        "--clip-image-encoder", tiny_models["clip-image"], "--prompt", "two friends",
+        "--person", photo(shared_faces, "obama/1.jpg"), "--person", photo(shared_faces, "biden/2.jpg"),
+        "--face-prompt", "-", "--face-prompt", "in a happy expression, in front view", "--name", "obama", "--name", "biden",
+        "--steps", "2", "--height", "64", "--width", "64", "--seed", "5", "--output", str(out), "--save-gate-maps",
+    ])
+    assert code == 0
+    sidecar = json.loads((out / "dynamicid_0.json").read_text())
+    assert sidecar["seed"] == 5 and sidecar["steps"] == 2 and len(sidecar["persons"]) == 2
+    assert sidecar["persons"][1]["face_prompt"] == "in a happy expression, in front view"
+    assert (out / "dynamicid_0.png").exists() and (out / "gates" / "dynamicid_0.png").exists()
+    assert sidecar["gate_map"] == "gates/dynamicid_0.png"
+    assert cli.main(["eval", str(out), str(tmp_path / "scores"), "--no-progress"]) == 0
+    assert "eval: 1 images, 2 requested persons" in capsys.readouterr().out
+
+
+def test_cli_refuses_extra_options(tiny_models, shared_faces, tmp_path, capsys):
+    code = cli.main(["generate", "--base-model", tiny_models["sd15"], "--weights", tiny_models["dynamicid"],
+                     "--clip-image-encoder", tiny_models["clip-image"], "--prompt", "x",
+                     "--person", photo(shared_faces, "obama/1.jpg"), "--box", "0,0,.5,.5", "--box", ".5,0,1,.5",
+                     "--output", str(tmp_path)])
+    assert code == 1 and "more --box than --person" in capsys.readouterr().err

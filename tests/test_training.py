@@ -1,0 +1,164 @@
+"""Both training stages on tiny models and a small prep output made from real photos."""
+
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dynamicid import cli
+from dynamicid.prep import PrepConfig, run_prep
+from dynamicid.training.config import AnchorConfig, ReconfigConfig
+from dynamicid.training.data import TrainingDataError, load_faces
+from dynamicid.training.stages import train_anchor, train_reconfig
+
+
+@pytest.fixture(scope="module")
+def dataset(spark, shared_faces, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train_data")
+    run_prep(PrepConfig(input=str(shared_faces / "identities"), output=str(out), progress=False), spark=spark)
+    return str(out)
+
+
+def anchor_config(dataset, tiny_models, output, **options):
+    settings = dict(data=dataset, base_model=tiny_models["sd15"], clip_image_encoder=tiny_models["clip-image"],
+                    output=str(output), steps=4, batch_size=2, resolution=32, lora_rank=4, checkpoint_every=2,
+                    progress=False, learning_rate=1e-3) | options
+    return AnchorConfig(**settings)
+
+
+def reconfig_config(dataset, tiny_models, output, **options):
+    settings = dict(data=dataset, base_model=tiny_models["sd15"], clip_image_encoder=tiny_models["clip-image"],
+                    output=str(output), weights=tiny_models["dynamicid"], steps=3, max_targets=3, resolution=32,
+                    checkpoint_every=0, progress=False, learning_rate=1e-3) | options
+    return ReconfigConfig(**settings)
+
+
+def frozen_state(frozen, skip_processors=True):
+    state = {}
+    for name, module in (("unet", frozen.unet), ("vae", frozen.vae), ("text", frozen.text_encoder), ("clip", frozen.image_encoder)):
+        for key, value in module.state_dict().items():
+            if skip_processors and ".processor." in key:
+                continue
+            state[f"{name}.{key}"] = value.detach().clone()
+    return state
+
+
+def test_anchor_trains_only_its_modules(dataset, tiny_models, tmp_path, capsys, monkeypatch):
+    snapshots = {}
+    original_prepare = __import__("dynamicid.training.trainer", fromlist=["Trainer"]).Trainer.prepare
+
+    def remember(self, trainable):
+        snapshots["trainable"] = {k: v.detach().clone() for k, v in trainable.state_dict().items()}
+        return original_prepare(self, trainable)
+
+    monkeypatch.setattr("dynamicid.training.trainer.Trainer.prepare", remember)
+    from dynamicid.basemodel import load_base_model, load_clip_image_encoder
+
+    base = load_base_model(tiny_models["sd15"])
+    clip, _ = load_clip_image_encoder(tiny_models["clip-image"])
+    before = {**{f"unet.{k}": v for k, v in base.unet.state_dict().items()}, **{f"vae.{k}": v for k, v in base.vae.state_dict().items()},
+              **{f"text.{k}": v for k, v in base.text_encoder.state_dict().items()}, **{f"clip.{k}": v for k, v in clip.state_dict().items()}}
+    result = train_anchor(anchor_config(dataset, tiny_models, tmp_path))
+    losses = [r["loss"] for r in result["history"]]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    after = frozen_state(result["frozen"])
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a frozen tensor changed"
+    trained = result["modules"].state_dict()
+    unchanged = [k for k, v in snapshots["trainable"].items() if torch.equal(v, trained[k].cpu())]
+    assert unchanged == []
+    out = capsys.readouterr().out
+    assert "1 of 6 identities have one photo" in out  # lin_manuel_miranda
+    for name in ("weights/dynamicid.json", "weights/saa.safetensors", "weights-authors/SAA.bin", "loss.png", "losses.csv",
+                 "train_config.json"):
+        assert (tmp_path / name).exists(), name
+    config = (tmp_path / "train_config.json").read_text()
+    assert '"gate_during_training": true' in config and '"gradients_through_gate": true' in config
+
+
+def test_resume_reproduces_the_uninterrupted_losses(dataset, tiny_models, tmp_path):
+    whole = train_anchor(anchor_config(dataset, tiny_models, tmp_path / "whole", steps=6, checkpoint_every=3))["history"]
+    train_anchor(anchor_config(dataset, tiny_models, tmp_path / "split", steps=3, checkpoint_every=3))
+    resumed = train_anchor(anchor_config(dataset, tiny_models, tmp_path / "split", steps=6, checkpoint_every=3))["history"]
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in whole], rtol=1e-5, atol=1e-7)
+
+
+def test_the_anchor_loss_falls_on_a_fixed_set(dataset, tiny_models, tmp_path):
+    # A tiny UNet and rank-4 LoRA at a high rate: the noise-prediction loss drops within a few dozen steps.
+    history = train_anchor(anchor_config(dataset, tiny_models, tmp_path, steps=40, batch_size=4, checkpoint_every=0,
+                                         learning_rate=1e-2, seed=3))["history"]
+    losses = np.array([r["loss"] for r in history])
+    assert losses[-8:].mean() < 0.8 * losses[:8].mean(), losses
+
+
+def test_reconfig_trains_imr_and_keypoint_encoder_only(dataset, tiny_models, tmp_path, capsys):
+    result = train_reconfig(reconfig_config(dataset, tiny_models, tmp_path))
+    history = result["history"]
+    assert all(np.isfinite([r["loss"], r["dfm"], r["ldc"]]).all() for r in history)
+    assert "1 identities have one photo and are left out" in capsys.readouterr().out
+    from dynamicid.models.checkpoints import load_ours
+    from dynamicid.models.saa import processor_layout
+
+    start = load_ours(tiny_models["dynamicid"], processor_layout(result["frozen"].unet))
+    final = load_ours(str(tmp_path / "weights"), processor_layout(result["frozen"].unet))
+    for name in ("face_encoder", "attention"):
+        a, b = getattr(start, name).state_dict(), getattr(final, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    for name in ("imr", "keypoint_encoder"):
+        a, b = getattr(start, name).state_dict(), getattr(final, name).state_dict()
+        changed = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
+        assert changed, name
+    assert (tmp_path / "weights-authors" / "IMR.bin").exists()
+
+
+def test_the_reconfig_loss_falls(dataset, tiny_models, tmp_path):
+    history = train_reconfig(reconfig_config(dataset, tiny_models, tmp_path, steps=30, ldc_weight=0.0,
+                                             learning_rate=3e-3))["history"]
+    dfm = np.array([r["dfm"] for r in history])
+    assert dfm[-5:].mean() < 0.5 * dfm[:5].mean(), dfm
+
+
+def test_bad_data_is_rejected_with_a_clear_message(dataset, tiny_models, tmp_path, spark, sample):
+    folder, _ = sample
+    broken_only = tmp_path / "broken_only"
+    shutil.copytree(folder / "broken", broken_only / "in" / "broken")
+    run_prep(PrepConfig(input=str(broken_only / "in"), output=str(broken_only / "out"), progress=False), spark=spark)
+    with pytest.raises(TrainingDataError, match="lists no kept faces"):
+        load_faces(str(broken_only / "out"))
+    with pytest.raises(TrainingDataError, match="no manifest.parquet"):
+        load_faces(str(tmp_path))
+
+    single = tmp_path / "single"
+    shutil.copytree(dataset, single)
+    manifest = pd.read_parquet(single / "manifest.parquet")
+    manifest.drop_duplicates("identity").to_parquet(single / "manifest.parquet")
+    with pytest.raises(TrainingDataError, match="at least two photos"):
+        train_reconfig(reconfig_config(str(single), tiny_models, tmp_path / "r"))
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(dataset, mixed)
+    manifest = pd.read_parquet(mixed / "manifest.parquet")
+    manifest.loc[manifest.index[0], "embedding_dim"] = 512
+    manifest.to_parquet(mixed / "manifest.parquet")
+    with pytest.raises(TrainingDataError, match=r"mixes embeddings of dimensions \[128, 512\]"):
+        load_faces(str(mixed))
+
+
+def test_cli_make_tiny_models_and_train(dataset, tmp_path, capsys):
+    assert cli.main(["make-tiny-models", str(tmp_path / "tiny")]) == 0
+    for part in ("sd15/unet", "clip-image/config.json", "dynamicid/dynamicid.json"):
+        assert (tmp_path / "tiny" / part).exists()
+    code = cli.main(["train", "anchor", dataset, str(tmp_path / "run"), "--base-model", str(tmp_path / "tiny/sd15"),
+                     "--clip-image-encoder", str(tmp_path / "tiny/clip-image"), "--steps", "2", "--batch-size", "1",
+                     "--resolution", "32", "--lora-rank", "4", "--sample-every", "2", "--sample-steps", "2",
+                     "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "train anchor: 2 steps" in out and (tmp_path / "run" / "samples" / "step-0000002.png").exists()
+    assert cli.main(["train", "anchor", str(tmp_path), str(tmp_path / "run2"), "--base-model", str(tmp_path / "tiny/sd15"),
+                     "--clip-image-encoder", str(tmp_path / "tiny/clip-image")]) == 1
+    assert "no manifest.parquet" in capsys.readouterr().err
