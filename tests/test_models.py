@@ -257,3 +257,46 @@ def test_stage_one_gradients_reach_only_the_adapter_and_face_encoder(unet):
     assert all(p.grad is not None for p in encoder.parameters())
     ip = [p for n, p in adapter.named_parameters() if "_ip" in n]
     assert ip and all(p.grad is not None and p.grad.abs().sum() > 0 for p in ip)
+
+
+def test_the_saa_processor_traces_without_graph_breaks(unet):
+    """The gate, layout and routing are tensor code: torch.compile sees one graph (no telemetry asked)."""
+    import torch._dynamo
+
+    attn = _attn2(unet)
+    processor = SAAProcessor(32, 32, CROSS_DIM, 32, rank=4)
+    hidden = torch.randn(2, 16 * 16, 32)
+    context = torch.randn(2, 77 + 8, CROSS_DIM)
+    settings = SAASettings(num_persons=2, boxes=[[0, 0, 1, 0.5], [0, 0.5, 1, 1]], step=3, infer_scale=2.0, infer_end=12)
+
+    def call(h, c):
+        return processor(attn, h, c, dynamicid=settings)
+
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(call)(hidden, context)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_changing_steps_do_not_recompile(unet):
+    """With the step as a tensor, the layout switch at infer_end is arithmetic, not a new graph."""
+    from torch._dynamo.testing import CompileCounter
+
+    attn = _attn2(unet)
+    processor = SAAProcessor(32, 32, CROSS_DIM, 32, rank=4)
+    hidden, context = torch.randn(2, 256, 32), torch.randn(2, 85, CROSS_DIM)
+    counter = CompileCounter()
+
+    def call(h, c, settings):
+        return processor(attn, h, c, dynamicid=settings)
+
+    compiled = torch.compile(call, backend=counter)
+    boxes = [[0, 0, 1, 0.5], [0, 0.5, 1, 1]]
+    outputs = []
+    for step in range(4):
+        settings = SAASettings(num_persons=2, boxes=boxes, step=torch.tensor(step), infer_scale=2.0, infer_end=2)
+        outputs.append(compiled(hidden, context, settings))
+        eager = processor(attn, hidden, context, dynamicid=SAASettings(num_persons=2, boxes=boxes, step=step, infer_scale=2.0, infer_end=2))
+        torch.testing.assert_close(outputs[-1], eager)
+    assert counter.frame_count == 1
+    assert (outputs[1] - outputs[2]).abs().max() > 1e-5  # the layout did switch off at infer_end

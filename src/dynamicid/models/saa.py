@@ -41,7 +41,7 @@ class SAASettings:
     # Normalised [y_min, x_min, y_max, x_max] per person on the latent grid: (N, 4) or (B, N, 4).
     boxes: Sequence | torch.Tensor | None = None
     strips_when_no_boxes: bool = True  # several persons without boxes get equal vertical strips
-    step: int = 0
+    step: int | torch.Tensor = 0  # the pipeline passes a 0-dim tensor, so compiled code does not specialise on it
     infer_scale: float = 0.0
     infer_end: int = 0
     latent_size: tuple[int, int] | None = None  # (height, width) of the UNet input; None: square
@@ -52,7 +52,10 @@ class SAASettings:
         return self.num_persons * self.tokens_per_person
 
     @property
-    def layout_strength(self) -> float:
+    def layout_strength(self) -> float | torch.Tensor:
+        """infer_scale before infer_end, 0 after; a tensor when `step` is one (no Python branch on its value)."""
+        if isinstance(self.step, torch.Tensor):
+            return self.infer_scale * (self.step < self.infer_end).to(torch.float32)
         return float(self.infer_scale) if self.step < self.infer_end else 0.0
 
     def resolved_boxes(self) -> torch.Tensor | None:

@@ -242,7 +242,7 @@ class DynamicIDPipeline:
         for step, timestep in enumerate(self.scheduler.timesteps):
             settings = SAASettings(
                 num_persons=len(persons), id_scale=id_scale, lora_scale=lora_scale, gate=gate,
-                boxes=to_saa(boxes) if boxes else None, step=step, infer_scale=infer_scale, infer_end=infer_end,
+                boxes=to_saa(boxes) if boxes else None, step=torch.tensor(step), infer_scale=infer_scale, infer_end=infer_end,
                 latent_size=(latent_h, latent_w), gate_maps=[] if return_gate_maps else None,
             )
             model_input = torch.cat([latents] * 2) if do_guidance else latents
