@@ -55,7 +55,7 @@ def _add_prep(sub) -> None:
                    help="several faces in one photo: keep the largest, skip the photo, or keep every face")
     p.add_argument("--images-per-partition", type=int, default=32,
                    help="images per Spark task (each task costs ~150 ms of scheduling; at least 4 tasks per core are made)")
-    p.add_argument("--detect-side", type=int, default=640, help="detection runs on the photo shrunk to this many px")
+    p.add_argument("--detect-side", type=int, default=512, help="detection runs on the photo shrunk to this many px")
     p.add_argument("--min-detection-score", type=float, default=None,
                    help="drop detections scoring below this (default: the detector's own; dlib-hog 0.25)")
     p.add_argument("--aligned-size", type=int, default=512, help="side of the aligned face crop")

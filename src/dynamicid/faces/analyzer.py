@@ -24,7 +24,7 @@ class FaceAnalysisConfig:
     embedder: str = "dlib-resnet"
     embedder_model: str | None = None
     aligned_size: int = 512
-    detect_side: int = 640  # detection runs on the image shrunk to at most this many px
+    detect_side: int = 512  # detection runs on the photo shrunk to at most this many px (7 ms less than 640)
     min_detection_score: float | None = None  # None: the detector's own default
 
     def identity(self) -> dict:

@@ -66,7 +66,7 @@ class DlibHogDetector:
     # SVM margin; real faces in our test photos score >= 0.55, false hits on patterns score ~0.06.
     DEFAULT_MIN_SCORE = 0.25
 
-    def __init__(self, model_path: str | None = None, detect_side: int = 640, min_score: float | None = None):
+    def __init__(self, model_path: str | None = None, detect_side: int = 512, min_score: float | None = None):
         self._dlib = _import_dlib()
         self._detector = self._dlib.get_frontal_face_detector()
         self.detect_side = detect_side
