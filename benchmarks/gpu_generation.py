@@ -95,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny UNet on CPU: checks the script runs")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--size", type=int, default=None, help="image side (default 512; 64 with --tiny)")
     parser.add_argument("--modes", default="eager")
     parser.add_argument("--configs", default="vanilla,ip-adapter,saa-1,saa-2")
     parser.add_argument("--decode", action="store_true", help="also decode with the SD VAE (a whole image)")
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    args.size = args.size or (64 if args.tiny else 512)
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     dtype = torch.float32 if device.type == "cpu" else torch.float16
     if device.type == "cuda":

@@ -163,3 +163,15 @@ def test_hard_photos_each_get_a_row(spark, shared_faces, tmp_path):
     assert sorted(manifest.index) == sorted(p.name for p in (shared_faces / "hard").iterdir())
     assert manifest.loc["32bit_rgba.png", "status"] == "ok"
     assert manifest.identity.isna().all()
+
+
+def test_listing_through_spark_and_reading_uris(spark, sample):
+    """The path taken for hdfs://, s3a:// and other inputs: Spark lists, pyarrow reads; run here on file://."""
+    from dynamicid.prep.discover import list_local, list_with_spark, read_uri
+
+    folder, expected = sample
+    listed = list_with_spark(spark, "file://" + str(folder), "by-identity")
+    assert sorted(f.relative for f in listed) == sorted(expected)
+    assert {f.relative: f.identity for f in listed} == {f.relative: f.identity for f in list_local(str(folder), "by-identity")}
+    one = next(f for f in listed if f.relative == "astronaut/original.png")
+    assert read_uri(one.path) == (folder / "astronaut/original.png").read_bytes()

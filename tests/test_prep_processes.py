@@ -186,3 +186,23 @@ def test_cluster_job_survives_a_lost_worker_with_the_same_outputs_as_local(share
     for key, vector in cluster_vectors.items():
         np.testing.assert_allclose(vector, local_vectors[key], atol=1e-5)
     assert not list(out.rglob("*.tmp-*"))
+
+
+def test_spark_submit_runs_the_same_job(sample, tmp_path):
+    """spark-submit owns --master; the job must take it from there."""
+    import pyspark
+
+    from dynamicid import cli
+
+    folder, expected = sample
+    submit = os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
+    result = subprocess.run(
+        [submit, "--master", "local[2]", "--conf", f"spark.pyspark.python={sys.executable}", cli.__file__,
+         "prep", str(folder), str(tmp_path / "out"), "--no-progress"],
+        env=ENV | {"PYSPARK_PYTHON": sys.executable, "SPARK_HOME": os.path.dirname(pyspark.__file__)},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    assert sorted(manifest.relative_path) == sorted(expected)
+    assert "prep finished" in result.stdout

@@ -9,8 +9,6 @@ import numpy as np
 # (left-eye points, right-eye points, nose tip, left mouth corner, right mouth corner); "left" is image-left.
 FIVE_POINT_INDICES: dict[str, tuple[tuple[int, ...], tuple[int, ...], int, int, int]] = {
     "ibug68": (tuple(range(36, 42)), tuple(range(42, 48)), 30, 48, 54),
-    # insightface 2d106: eye centres 38 / 88, nose tip 86, mouth corners 52 / 61
-    "insightface106": ((38,), (88,), 86, 52, 61),
     "five": ((0,), (1,), 2, 3, 4),
 }
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from dynamicid.faces import alignment, expression, face_prompt, pose
-from dynamicid.faces.backends import create
+from dynamicid.faces.backends import BackendError, create
 from dynamicid.faces.types import FaceAnalysis, FaceBox
 
 
@@ -53,6 +53,10 @@ class FaceAnalyzer:
         )
         self.landmark_model = create("landmarks", c.landmarks, c.landmarks_model)
         self.embedder = create("embedder", c.embedder, c.embedder_model) if with_embedder else None
+        provided = getattr(self.landmark_model, "conventions", (self.landmark_model.convention,))
+        if "ibug68" not in provided:
+            raise BackendError(f"landmark backend {c.landmarks!r} gives {', '.join(provided)} points; the face prompt "
+                               "needs the 68-point (ibug68) layout as well")
 
     @property
     def backend_ids(self) -> dict[str, str]:
@@ -69,24 +73,25 @@ class FaceAnalyzer:
         timings: dict[str, float] = {}
         clock = _Clock(timings)
         convention = self.landmark_model.convention
-        points = self.landmark_model.landmarks(rgb, box)
+        if hasattr(self.landmark_model, "landmark_sets"):
+            sets = self.landmark_model.landmark_sets(rgb, box)
+        else:
+            sets = {convention: self.landmark_model.landmarks(rgb, box)}
+        points = sets[convention]
+        face68 = sets["ibug68"]  # alignment, pose and expression read the 68-point layout
         clock.lap("landmarks")
         size = self.config.aligned_size
-        matrix = alignment.alignment_matrix(points, convention, size)
+        matrix = alignment.alignment_matrix(face68, "ibug68", size)
         aligned = alignment.warp_face(rgb, matrix, size)
         aligned_points = alignment.apply_affine(matrix, points)
         sharp = alignment.sharpness(aligned)
         clock.lap("align")
-        head = pose.estimate_pose(points, convention)
-        cues = expression.expression_cues(aligned_points, convention)
+        head = pose.estimate_pose(face68, "ibug68")
+        cues = expression.expression_cues(alignment.apply_affine(matrix, face68), "ibug68")
         emotion = expression.emotion_from_cues(cues)
         prompt = face_prompt.from_measurements(emotion, head).text()
         clock.lap("prompt")
-        embedding = None
-        if embed and self.embedder is not None:
-            embedding = self.embedder.embed(rgb, points, convention)
-            clock.lap("embed")
-        return FaceAnalysis(
+        analysis = FaceAnalysis(
             box=box,
             landmarks=points,
             landmark_convention=convention,
@@ -98,9 +103,17 @@ class FaceAnalyzer:
             emotion=emotion,
             face_prompt=prompt,
             sharpness=sharp,
-            embedding=embedding,
+            landmarks68=face68,
             timings_ms=timings,
         )
+        if embed and self.embedder is not None:
+            analysis.embedding = self.embed(rgb, analysis)
+            clock.lap("embed")
+        return analysis
+
+    def embed(self, rgb: np.ndarray, analysis: FaceAnalysis) -> np.ndarray:
+        """The identity embedding of an analysed face (its landmarks and its box's detector keypoints)."""
+        return self.embedder.embed(rgb, analysis.landmarks68, "ibug68", analysis.box)
 
     def analyze(self, rgb: np.ndarray, max_faces: int | None = None, embed: bool = True) -> list[FaceAnalysis]:
         boxes = self.detect(rgb)

@@ -26,7 +26,6 @@ GENERIC_FACE_IBUG68 = {
     31: (-13.0, 4.0, 15.0),  # nostril wings
     35: (13.0, 4.0, 15.0),
 }
-# insightface 2d106 points for the same anatomy (nose tip 86, chin 0... see alignment.FIVE_POINT_INDICES)
 POSE_POINTS = {"ibug68": GENERIC_FACE_IBUG68}
 
 

@@ -16,6 +16,8 @@ class FaceBox:
     x1: float
     y1: float
     score: float = 1.0
+    # Five points from detectors that give them (eye centres, nose tip, mouth corners), else None.
+    keypoints: tuple[tuple[float, float], ...] | None = None
 
     @property
     def width(self) -> float:
@@ -30,7 +32,8 @@ class FaceBox:
         return max(self.width, 0.0) * max(self.height, 0.0)
 
     def scaled(self, factor: float) -> "FaceBox":
-        return FaceBox(self.x0 * factor, self.y0 * factor, self.x1 * factor, self.y1 * factor, self.score)
+        points = tuple((x * factor, y * factor) for x, y in self.keypoints) if self.keypoints else None
+        return FaceBox(self.x0 * factor, self.y0 * factor, self.x1 * factor, self.y1 * factor, self.score, points)
 
     def as_list(self) -> list[float]:
         return [float(self.x0), float(self.y0), float(self.x1), float(self.y1)]
@@ -60,8 +63,8 @@ class FaceAnalysis:
     """Everything measured about one face. Coordinates are in the analysed (decoded) image."""
 
     box: FaceBox
-    landmarks: np.ndarray  # (K, 2) float32
-    landmark_convention: str  # e.g. "ibug68"
+    landmarks: np.ndarray  # (K, 2) float32, the landmark backend's primary layout
+    landmark_convention: str  # e.g. "ibug68", "insightface106"
     affine: np.ndarray  # (2, 3) float64: image -> aligned crop
     aligned: np.ndarray  # (S, S, 3) uint8 RGB
     aligned_landmarks: np.ndarray  # (K, 2) in aligned-crop pixels
@@ -70,5 +73,6 @@ class FaceAnalysis:
     emotion: str
     face_prompt: str
     sharpness: float
+    landmarks68: np.ndarray | None = None  # the ibug68 layout (= landmarks for 68-point backends)
     embedding: np.ndarray | None = None  # (D,) float32
     timings_ms: dict[str, float] = field(default_factory=dict)

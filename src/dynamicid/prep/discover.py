@@ -54,21 +54,25 @@ def list_local(root: str, layout: str) -> list[InputFile]:
 
 
 def list_with_spark(spark, root: str, layout: str) -> list[InputFile]:
-    """Any Hadoop-readable path. binaryFile without its content column lists files without reading them."""
-    frame = (
-        spark.read.format("binaryFile")
-        .option("recursiveFileLookup", "true")
-        .load(root)
-        .select("path", "length")
-    )
-    prefix = root.rstrip("/") + "/"
+    """Any Hadoop-readable path, listed through Hadoop's FileSystem API: names and sizes, no content.
+
+    (Spark's binaryFile source would also list, but it drops zero-byte files, which must get a row.)
+    """
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(root)
+    filesystem = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not filesystem.exists(path):
+        raise FileNotFoundError(f"input not found: {root}")
+    prefix = filesystem.makeQualified(path).toString().rstrip("/") + "/"
     found = []
-    for row in frame.toLocalIterator():
-        path = row["path"]
-        relative = path[len(prefix):] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
+    listing = filesystem.listFiles(path, True)
+    while listing.hasNext():
+        status = listing.next()
+        full = status.getPath().toString()
+        relative = full[len(prefix):] if full.startswith(prefix) else full.rsplit("/", 1)[-1]
         if _hidden(relative):
             continue
-        found.append(InputFile(path, relative, identity_of(relative, layout), int(row["length"])))
+        found.append(InputFile(full, relative, identity_of(relative, layout), int(status.getLen())))
     return sorted(found, key=lambda f: f.relative)
 
 
@@ -80,13 +84,18 @@ def list_input(root: str, layout: str, spark=None) -> list[InputFile]:
     return list_with_spark(spark, root, layout)
 
 
+def read_uri(uri: str) -> bytes:
+    """Any URI pyarrow's filesystems open (hdfs://, s3://, gs://, file://)."""
+    from pyarrow import fs
+
+    filesystem, inner = fs.FileSystem.from_uri(uri)
+    with filesystem.open_input_stream(inner) as stream:
+        return stream.read()
+
+
 def read_bytes(path: str) -> bytes:
     """Read on a worker: local files directly, other URIs through pyarrow's filesystems."""
     if is_local(path):
         with open(local_path(path), "rb") as handle:
             return handle.read()
-    from pyarrow import fs
-
-    filesystem, inner = fs.FileSystem.from_uri(path)
-    with filesystem.open_input_stream(inner) as stream:
-        return stream.read()
+    return read_uri(path)

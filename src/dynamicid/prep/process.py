@@ -151,7 +151,7 @@ class PrepStage:
 
     def _keep(self, image: DecodedImage, analysis: FaceAnalysis, index: int, base: str, base_row: dict, timings: dict, start: float) -> dict:
         clock = time.perf_counter()
-        analysis.embedding = self.analyzer.embedder.embed(image.rgb, analysis.landmarks, analysis.landmark_convention)
+        analysis.embedding = self.analyzer.embed(image.rgb, analysis)
         timings["embed"] = (time.perf_counter() - clock) * 1000
 
         clock = time.perf_counter()

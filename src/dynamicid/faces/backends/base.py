@@ -30,7 +30,11 @@ class LandmarkModel(Protocol):
     convention: str  # e.g. "ibug68"; see faces.alignment.FIVE_POINT_INDICES
 
     def landmarks(self, rgb: np.ndarray, box: FaceBox) -> np.ndarray:
-        """(K, 2) float32 points for the face in `box`."""
+        """(K, 2) float32 points for the face in `box`.
+
+        A backend that measures several layouts at once may also define
+        `landmark_sets(rgb, box) -> {convention: points}`; `convention` names the primary set, and an
+        "ibug68" set, when given, feeds pose and expression."""
 
 
 @runtime_checkable
@@ -39,8 +43,9 @@ class FaceEmbedder(Protocol):
     model_id: str
     dim: int
 
-    def embed(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str) -> np.ndarray:
-        """(dim,) float32 identity embedding of the face with these landmarks."""
+    def embed(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None) -> np.ndarray:
+        """(dim,) float32 identity embedding of the face with these landmarks (and its box, whose
+        detector keypoints some embedders align on)."""
 
 
 @runtime_checkable
@@ -86,3 +91,6 @@ register("detector", "dlib-hog", "dynamicid.faces.backends.dlib_backend:DlibHogD
 register("landmarks", "dlib-68", "dynamicid.faces.backends.dlib_backend:DlibLandmarks68")
 register("embedder", "dlib-resnet", "dynamicid.faces.backends.dlib_backend:DlibResNetEmbedder")
 register("captioner", "measured", "dynamicid.faces.caption:MeasuredCaptioner")
+register("detector", "insightface", "dynamicid.faces.backends.insightface_backend:InsightFaceDetector")
+register("landmarks", "insightface", "dynamicid.faces.backends.insightface_backend:InsightFaceLandmarks")
+register("embedder", "insightface", "dynamicid.faces.backends.insightface_backend:InsightFaceEmbedder")

@@ -119,7 +119,7 @@ class DlibResNetEmbedder:
         self._model = self._dlib.face_recognition_model_v1(path)
         self.model_id = f"dlib-resnet-v1:{_short_hash(path)}"
 
-    def embed(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str) -> np.ndarray:
+    def embed(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None) -> np.ndarray:
         if convention != "ibug68" or len(landmarks) != 68:
             raise BackendError(f"dlib-resnet needs 68 iBUG landmarks, got {len(landmarks)} ({convention})")
         dlib = self._dlib
