@@ -47,7 +47,8 @@ def format_summary(summary: dict, output: str) -> str:
     lines = [
         "",
         f"prep finished: {summary['files']} files, {summary['kept_faces']} faces kept "
-        f"from {summary['kept_images']} images ({summary['identities']} identities)",
+        f"from {summary['kept_images']} images ({summary['identities']} "
+        f"{'identity' if summary['identities'] == 1 else 'identities'})",
     ]
     if summary["resumed"]:
         lines.append(f"  resumed from earlier runs: {summary['resumed']} files (skipped, outputs already complete)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+from functools import lru_cache
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -12,6 +14,16 @@ from dynamicid.faces.types import FaceBox
 
 class BackendError(RuntimeError):
     """A backend cannot be built: unknown name, missing or broken model files."""
+
+
+@lru_cache(maxsize=None)
+def model_file_hash(path: str) -> str:
+    """12 hex digits of a model file's sha256: with its name, what the manifest records as the model."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 @runtime_checkable

@@ -5,14 +5,12 @@ Licence note: dlib's 68-point shape predictor was trained on iBUG 300-W, which e
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
-from functools import lru_cache
 
 import numpy as np
 
-from dynamicid.faces.backends.base import BackendError
+from dynamicid.faces.backends.base import BackendError, model_file_hash
 from dynamicid.faces.types import FaceBox
 
 MODEL_FILES = {
@@ -46,15 +44,6 @@ def _model_file(model_dir: str | None, key: str) -> str:
     if not os.path.isfile(path):
         raise BackendError(f"missing dlib model file: expected {MODEL_FILES[key]} in {folder}")
     return path
-
-
-@lru_cache(maxsize=None)
-def _short_hash(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
 
 
 class DlibHogDetector:
@@ -99,7 +88,7 @@ class DlibLandmarks68:
         self._dlib = _import_dlib()
         path = _model_file(model_path, "landmarks68")
         self._predictor = self._dlib.shape_predictor(path)
-        self.model_id = f"dlib-68:{_short_hash(path)}"
+        self.model_id = f"dlib-68:{model_file_hash(path)}"
 
     def landmarks(self, rgb: np.ndarray, box: FaceBox) -> np.ndarray:
         rect = self._dlib.rectangle(int(round(box.x0)), int(round(box.y0)), int(round(box.x1)) - 1, int(round(box.y1)) - 1)
@@ -117,7 +106,7 @@ class DlibResNetEmbedder:
         self._dlib = _import_dlib()
         path = _model_file(model_path, "embedder")
         self._model = self._dlib.face_recognition_model_v1(path)
-        self.model_id = f"dlib-resnet-v1:{_short_hash(path)}"
+        self.model_id = f"dlib-resnet-v1:{model_file_hash(path)}"
 
     def embed(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None) -> np.ndarray:
         if convention != "ibug68" or len(landmarks) != 68:

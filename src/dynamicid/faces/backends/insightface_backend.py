@@ -16,7 +16,6 @@ INSIGHTFACE_DET_SIZE. Licence: the InsightFace model packs are for non-commercia
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 from functools import lru_cache
 
@@ -24,7 +23,7 @@ import cv2
 import numpy as np
 
 from dynamicid.faces.alignment import apply_affine, five_points, similarity_transform
-from dynamicid.faces.backends.base import BackendError
+from dynamicid.faces.backends.base import BackendError, model_file_hash
 from dynamicid.faces.types import FaceBox
 
 INSIGHTFACE_DET_SIZE = 640
@@ -71,15 +70,6 @@ def providers() -> list:
     return ["CPUExecutionProvider"]
 
 
-@lru_cache(maxsize=None)
-def _file_hash(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
-
-
 class OnnxModel:
     def __init__(self, path: str):
         ort = _onnxruntime()
@@ -90,7 +80,7 @@ class OnnxModel:
         self.path = path
         self.input = self.session.get_inputs()[0]
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.model_id = f"{os.path.basename(path)}:{_file_hash(path)}"
+        self.model_id = f"{os.path.basename(path)}:{model_file_hash(path)}"
 
     def run(self, blob: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.outputs, {self.input.name: blob})
