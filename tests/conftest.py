@@ -51,7 +51,7 @@ def analyzer():
     return FaceAnalyzer()
 
 
-def load_rgb(path) -> "np.ndarray":
+def load_rgb(path):
     import numpy as np
     from PIL import Image, ImageOps
 

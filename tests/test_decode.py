@@ -4,7 +4,6 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from dynamicid.imagefile import ValidationConfig, Rejected, decode_image, sniff_format
 from dynamicid.prep.sample import astronaut, broken_files, exif_rotated_jpeg, jpeg_bytes, png_bytes, rgba_png, sixteen_bit_png

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 

@@ -2,7 +2,6 @@
 
 import itertools
 import os
-import shutil
 
 import numpy as np
 import pandas as pd

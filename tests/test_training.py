@@ -1,6 +1,5 @@
 """Both training stages on tiny models and a small prep output made from real photos."""
 
-import os
 import shutil
 
 import numpy as np

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from dynamicid.prep.report import _font
+from dynamicid.drawing import font
 
 COLOURS = [(46, 204, 113), (52, 152, 219), (241, 196, 15), (231, 76, 60), (155, 89, 182), (26, 188, 156)]
 THUMB = 320
@@ -28,14 +28,14 @@ def annotated_thumbnail(rgb: np.ndarray, rows: list[dict], source_width: int, si
     image = image.resize((max(1, round(image.width * shrink)), max(1, round(image.height * shrink))), Image.BILINEAR)
     scale = image.width / source_width
     draw = ImageDraw.Draw(image)
-    font = _font(13)
+    label_font = font(13)
     for index, row in enumerate(rows):
         if row["box"] is None:
             continue
         colour = COLOURS[index % len(COLOURS)]
         x0, y0, x1, y1 = (v * scale for v in row["box"])
         draw.rectangle((x0, y0, x1, y1), outline=colour, width=3)
-        draw.text((x0 + 3, max(0, y0 - 16)), f"{row['person']} {row['face_sim']:.2f}", fill=colour, font=font)
+        draw.text((x0 + 3, max(0, y0 - 16)), f"{row['person']} {row['face_sim']:.2f}", fill=colour, font=label_font)
     return image
 
 
@@ -119,15 +119,15 @@ def write_png(path: str, cards: list[dict], thumbs_dir: str, columns: int = 4) -
     rows = max(1, -(-len(cards) // columns))
     sheet = Image.new("RGB", (columns * tile_w, rows * (tile_w + text_h)), (30, 30, 30))
     draw = ImageDraw.Draw(sheet)
-    font = _font(12)
+    label_font = font(12)
     for slot, card in enumerate(cards):
         x, y = (slot % columns) * tile_w, (slot // columns) * (tile_w + text_h)
         thumb = Image.open(os.path.join(thumbs_dir, os.path.basename(card["thumb"])))
         sheet.paste(thumb, (x + (tile_w - thumb.width) // 2, y + (tile_w - thumb.height) // 2))
-        draw.text((x + 4, y + tile_w + 2), card["name"][:44], fill=(240, 240, 240), font=font)
+        draw.text((x + 4, y + tile_w + 2), card["name"][:44], fill=(240, 240, 240), font=label_font)
         for i, person in enumerate(card["persons"]):
             text = f"{person['person']}: sim {_fmt(person['face_sim'], 2)}  margin {_fmt(person['leak_margin'], 2)}"
-            draw.text((x + 4, y + tile_w + 18 + 16 * i), text[:48], fill=person["colour"], font=font)
+            draw.text((x + 4, y + tile_w + 18 + 16 * i), text[:48], fill=person["colour"], font=label_font)
     temporary = path + ".tmp-report.png"
     sheet.save(temporary, format="PNG")
     os.replace(temporary, path)

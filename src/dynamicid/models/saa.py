@@ -17,7 +17,7 @@ All of it is tensor arithmetic: nothing branches on tensor values, so it compile
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch

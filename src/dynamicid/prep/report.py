@@ -7,10 +7,10 @@ import os
 import textwrap
 from collections import Counter
 
-import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from dynamicid.drawing import font
 from dynamicid.prep import outputs
 from dynamicid.prep.schema import points_array
 
@@ -78,13 +78,6 @@ def write_summary(summary: dict, output: str) -> None:
     outputs.write_atomic(os.path.join(output, "summary.json"), json.dumps(summary, indent=2).encode())
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType sizing
-        return ImageFont.load_default()
-
-
 def _spread_over_identities(kept: pd.DataFrame, limit: int) -> pd.DataFrame:
     """Round-robin over identities so one large identity does not fill the sheet."""
     groups = [g for _, g in kept.sort_values(["identity", "relative_path"]).groupby(kept.identity.fillna(""), sort=True)]
@@ -109,7 +102,7 @@ def contact_sheet(manifest: pd.DataFrame, output: str, limit: int = 48, tile: in
     rows = max(1, -(-len(chosen) // columns))
     sheet = Image.new("RGB", (columns * tile, header + rows * (tile + caption_height)), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
-    title_font, text_font = _font(18), _font(12)
+    title_font, text_font = font(18), font(12)
     draw.text((10, 6), f"dynamicid prep: {len(kept)} faces kept, {counts.get('rejected', 0)} files rejected, "
               f"{counts.get('error', 0)} errors", fill=(240, 240, 240), font=title_font)
     detail = ", ".join(f"{r} {n}" for r, n in reasons.most_common()) or "none rejected"

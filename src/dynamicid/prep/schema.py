@@ -67,7 +67,7 @@ def empty_row() -> dict:
     return {name: None for name in COLUMN_NAMES}
 
 
-def points_array(value) -> "np.ndarray":
+def points_array(value):
     """A manifest point list (nested lists, or the array of arrays pandas gives) as a float (K, 2) array."""
     import numpy as np
 

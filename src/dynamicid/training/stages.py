@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn

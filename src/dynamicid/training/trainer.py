@@ -22,7 +22,7 @@ def _line_plot(path: str, series: dict[str, list[tuple[int, float]]], title: str
     """A small loss curve drawn with Pillow (no plotting library needed)."""
     from PIL import Image, ImageDraw
 
-    from dynamicid.prep.report import _font
+    from dynamicid.drawing import font
 
     width, height, margin = 720, 400, 50
     image = Image.new("RGB", (width, height), "white")
@@ -42,18 +42,18 @@ def _line_plot(path: str, series: dict[str, list[tuple[int, float]]], title: str
                 height - margin - (value - low) / (high - low) * (height - 2 * margin))
 
     draw.rectangle((margin, margin, width - margin, height - margin), outline=(180, 180, 180))
-    font = _font(12)
-    draw.text((margin, 12), title, fill="black", font=_font(16))
-    draw.text((4, margin - 6), f"{high:.4g}", fill="black", font=font)
-    draw.text((4, height - margin - 6), f"{low:.4g}", fill="black", font=font)
-    draw.text((margin, height - margin + 8), f"step {first}", fill="black", font=font)
-    draw.text((width - margin - 60, height - margin + 8), f"step {last}", fill="black", font=font)
+    label_font = font(12)
+    draw.text((margin, 12), title, fill="black", font=font(16))
+    draw.text((4, margin - 6), f"{high:.4g}", fill="black", font=label_font)
+    draw.text((4, height - margin - 6), f"{low:.4g}", fill="black", font=label_font)
+    draw.text((margin, height - margin + 8), f"step {first}", fill="black", font=label_font)
+    draw.text((width - margin - 60, height - margin + 8), f"step {last}", fill="black", font=label_font)
     colours = [(52, 152, 219), (231, 76, 60), (46, 204, 113), (155, 89, 182)]
     for index, (name, values_) in enumerate(series.items()):
         colour = colours[index % len(colours)]
         if len(values_) > 1:
             draw.line([xy(s, v) for s, v in values_], fill=colour, width=2)
-        draw.text((width - margin - 150, margin + 6 + 16 * index), name, fill=colour, font=font)
+        draw.text((width - margin - 150, margin + 6 + 16 * index), name, fill=colour, font=label_font)
     image.save(path)
 
 
