@@ -76,3 +76,35 @@ def test_make_sample_writes_kept_and_rejected_files(tmp_path, capsys):
     assert cli.main(["make-sample", str(tmp_path / "s")]) == 0
     assert "should be kept" in capsys.readouterr().out
     assert (tmp_path / "s" / "broken" / "empty.jpg").stat().st_size == 0
+
+
+def test_a_config_file_sets_options_and_the_command_line_wins(tmp_path, monkeypatch):
+    captured = {}
+    build = cli.build_parser
+
+    def build_capturing():  # prep's handler records the parsed options instead of running Spark
+        parser = build()
+        parser._subparsers._group_actions[0].choices["prep"].set_defaults(handler=lambda args: captured.update(vars(args)) or 0)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", build_capturing)
+    (tmp_path / "prep.toml").write_text(
+        'multi-face = "all"\ndetector = "insightface"\ndetector_model = "/models/buffalo_l"\nmin-sharpness = 5.0\n')
+    assert cli.main(["prep", "in", "out", "--config", str(tmp_path / "prep.toml"), "--min-sharpness", "9"]) == 0
+    assert captured["multi_face"] == "all" and captured["detector"] == "insightface"
+    assert captured["detector_model"] == "/models/buffalo_l"
+    assert captured["min_sharpness"] == 9.0  # the command line wins
+
+
+def test_config_file_errors_are_named(tmp_path, capsys):
+    (tmp_path / "bad.toml").write_text('detektor = "dlib-hog"\n')
+    assert cli.main(["prep", "in", "out", "--config", str(tmp_path / "bad.toml")]) == 1
+    assert "unknown option(s) detektor" in capsys.readouterr().err
+    (tmp_path / "choice.json").write_text('{"multi_face": "some"}')
+    assert cli.main(["prep", "in", "out", "--config", str(tmp_path / "choice.json")]) == 1
+    assert "multi_face must be one of largest, skip, all" in capsys.readouterr().err
+    (tmp_path / "broken.toml").write_text("detector = \n")
+    assert cli.main(["prep", "in", "out", "--config", str(tmp_path / "broken.toml")]) == 1
+    assert "is not valid TOML" in capsys.readouterr().err
+    assert cli.main(["prep", "in", "out", "--config", str(tmp_path / "missing.toml")]) == 1
+    assert "config file" in capsys.readouterr().err

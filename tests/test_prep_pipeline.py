@@ -174,3 +174,14 @@ def test_listing_through_spark_and_reading_uris(spark, sample):
     assert {f.relative: f.identity for f in listed} == {f.relative: f.identity for f in list_local(str(folder), "by-identity")}
     one = next(f for f in listed if f.relative == "astronaut/original.png")
     assert read_uri(one.path) == (folder / "astronaut/original.png").read_bytes()
+
+
+def test_a_config_file_reaches_the_job(spark, sample, tmp_path):
+    from dynamicid import cli
+
+    folder, expected = sample
+    (tmp_path / "strict.toml").write_text("min-sharpness = 100000.0\nno-progress = true\n")
+    assert cli.main(["prep", str(folder), str(tmp_path / "out"), "--config", str(tmp_path / "strict.toml")]) == 0
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    faces = [path for path, (status, _) in expected.items() if status == "ok"]
+    assert (manifest.set_index("relative_path").loc[faces, "reason"] == "too_blurry").all()

@@ -46,6 +46,9 @@ def _add_prep(sub) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument("--config", default=None,
+                   help="a TOML or JSON file setting any of these options (e.g. detector = \"insightface\"); "
+                        "options given on the command line win")
     p.add_argument("input", help="folder of photos (searched recursively), or any path Spark can read (hdfs://, s3a://)")
     p.add_argument("output", help="output folder (local, or a filesystem shared by all Spark workers)")
     p.add_argument("--master", default=None, help="Spark master, e.g. spark://host:7077 (default: local[*], or spark-submit's)")
@@ -417,8 +420,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def read_config_file(path: str) -> dict:
+    """Options from a TOML or JSON file, keyed as on the command line (dashes or underscores)."""
+    import json
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            values = json.load(handle) if path.lower().endswith(".json") else tomllib.load(handle)
+    except OSError as err:
+        raise ValueError(f"config file {path}: {err.strerror}") from None
+    except (ValueError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"config file {path} is not valid {'JSON' if path.lower().endswith('.json') else 'TOML'}: {err}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a table of options")
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """Make a --config file's values the defaults of its subcommand, so explicit options still win."""
+    args, _ = parser.parse_known_args(argv)
+    path = getattr(args, "config", None)
+    if not path:
+        return
+    sub = parser._subparsers._group_actions[0].choices[args.command]
+    known = {action.dest: action for action in sub._actions}
+    values = read_config_file(path)
+    unknown = sorted(set(values) - set(known) - {"input", "output"})
+    if unknown:
+        raise ValueError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+    for key, value in values.items():
+        action = known.get(key)
+        if action is not None and action.choices is not None and value not in action.choices:
+            raise ValueError(f"config file {path}: {key} must be one of {', '.join(map(str, action.choices))}")
+    sub.set_defaults(**{k: v for k, v in values.items() if k in known and not known[k].required
+                        and k not in ("input", "output")})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    try:
+        _apply_config_file(parser, argv)
+    except ValueError as err:
+        print(f"dynamicid: error: {err}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
