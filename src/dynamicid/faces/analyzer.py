@@ -69,17 +69,30 @@ class FaceAnalyzer:
         """Faces, largest first."""
         return sorted(self.detector.detect(rgb), key=lambda b: b.area, reverse=True)
 
+    def landmark_sets(self, rgb: np.ndarray, boxes: list[FaceBox]) -> list[dict[str, np.ndarray]]:
+        """Every landmark layout for each face; one batch when the backend takes batches."""
+        model = self.landmark_model
+        if hasattr(model, "landmarks_batch"):
+            return [{model.convention: points} for points in model.landmarks_batch(rgb, boxes)]
+        if hasattr(model, "landmark_sets"):
+            return [model.landmark_sets(rgb, box) for box in boxes]
+        return [{model.convention: model.landmarks(rgb, box)} for box in boxes]
+
+    def analyze_faces(self, rgb: np.ndarray, boxes: list[FaceBox], embed: bool = True) -> list[FaceAnalysis]:
+        started = time.perf_counter()
+        all_sets = self.landmark_sets(rgb, boxes)
+        share = (time.perf_counter() - started) * 1000 / max(len(boxes), 1)
+        return [self._analyze_one(rgb, box, sets, share, embed) for box, sets in zip(boxes, all_sets)]
+
     def analyze_face(self, rgb: np.ndarray, box: FaceBox, embed: bool = True) -> FaceAnalysis:
-        timings: dict[str, float] = {}
+        return self.analyze_faces(rgb, [box], embed)[0]
+
+    def _analyze_one(self, rgb: np.ndarray, box: FaceBox, sets: dict, landmark_ms: float, embed: bool) -> FaceAnalysis:
+        timings: dict[str, float] = {"landmarks": landmark_ms}
         clock = _Clock(timings)
         convention = self.landmark_model.convention
-        if hasattr(self.landmark_model, "landmark_sets"):
-            sets = self.landmark_model.landmark_sets(rgb, box)
-        else:
-            sets = {convention: self.landmark_model.landmarks(rgb, box)}
         points = sets[convention]
         face68 = sets["ibug68"]  # alignment, pose and expression read the 68-point layout
-        clock.lap("landmarks")
         size = self.config.aligned_size
         matrix = alignment.alignment_matrix(face68, "ibug68", size)
         aligned = alignment.warp_face(rgb, matrix, size)
@@ -119,7 +132,7 @@ class FaceAnalyzer:
         boxes = self.detect(rgb)
         if max_faces is not None:
             boxes = boxes[:max_faces]
-        return [self.analyze_face(rgb, box, embed=embed) for box in boxes]
+        return self.analyze_faces(rgb, boxes, embed=embed)
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:

@@ -131,9 +131,9 @@ class PrepStage:
             return reject("face_too_small", f"the face is {side:.0f} px, below the minimum of {rules.min_face_side} px")
 
         rows = []
-        for index, box in enumerate(large_enough):
+        analyses = self.analyzer.analyze_faces(image.rgb, large_enough, embed=False)  # landmarks in one batch
+        for index, analysis in enumerate(analyses):
             face_timings = dict(timings)
-            analysis = self.analyzer.analyze_face(image.rgb, box, embed=False)
             for stage, ms in analysis.timings_ms.items():
                 face_timings[stage] = face_timings.get(stage, 0.0) + ms
             if analysis.sharpness < rules.min_sharpness:

@@ -16,6 +16,19 @@ class BackendError(RuntimeError):
     """A backend cannot be built: unknown name, missing or broken model files."""
 
 
+def gpu_for_this_task() -> int | None:
+    """The GPU Spark gave this task (spark.task.resource.gpu.amount), if any."""
+    try:
+        from pyspark import TaskContext
+    except ImportError:
+        return None
+    context = TaskContext.get()
+    if context is None:
+        return None
+    gpus = context.resources().get("gpu")
+    return int(gpus.addresses[0]) if gpus and gpus.addresses else None
+
+
 @lru_cache(maxsize=None)
 def model_file_hash(path: str) -> str:
     """12 hex digits of a model file's sha256: with its name, what the manifest records as the model."""
@@ -106,3 +119,4 @@ register("captioner", "measured", "dynamicid.faces.caption:MeasuredCaptioner")
 register("detector", "insightface", "dynamicid.faces.backends.insightface_backend:InsightFaceDetector")
 register("landmarks", "insightface", "dynamicid.faces.backends.insightface_backend:InsightFaceLandmarks")
 register("embedder", "insightface", "dynamicid.faces.backends.insightface_backend:InsightFaceEmbedder")
+register("landmarks", "fan", "dynamicid.faces.backends.fan_backend:FanLandmarks")

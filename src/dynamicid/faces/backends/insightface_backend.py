@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from dynamicid.faces.alignment import apply_affine, five_points, similarity_transform
-from dynamicid.faces.backends.base import BackendError, model_file_hash
+from dynamicid.faces.backends.base import BackendError, gpu_for_this_task, model_file_hash
 from dynamicid.faces.types import FaceBox
 
 INSIGHTFACE_DET_SIZE = 640
@@ -47,19 +47,6 @@ def _onnxruntime():
     except ImportError as err:
         raise BackendError("the insightface backends need ONNX Runtime: pip install 'dynamicid[insightface]'") from err
     return onnxruntime
-
-
-def gpu_for_this_task() -> int | None:
-    """The GPU Spark gave this task (spark.task.resource.gpu.amount), if any."""
-    try:
-        from pyspark import TaskContext
-    except ImportError:
-        return None
-    context = TaskContext.get()
-    if context is None:
-        return None
-    gpus = context.resources().get("gpu")
-    return int(gpus.addresses[0]) if gpus and gpus.addresses else None
 
 
 def providers() -> list:
