@@ -27,28 +27,37 @@ from dynamicid.models.imr import keypoint_base_for
 from dynamicid.models.saa import DynamicIDAttention, SAASettings, install_processors
 
 
+def training_step(parameters, loss, device):
+    """One optimiser step of `loss()` under bf16 autocast, with AdamW as both stages use."""
+    optimizer = torch.optim.AdamW(list(parameters), lr=1e-4, weight_decay=1e-2)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            value = loss()
+        value.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def peer_step(unet, batch, size, device):
     use_ip_adapter(unet)
     trainable = [p for n, p in unet.named_parameters() if "to_k_ip" in n or "to_v_ip" in n]
     for p in trainable:
         p.requires_grad_(True)
         p.data = p.data.float()
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=1e-2)
     width = unet.config.cross_attention_dim
     latents = torch.randn(batch, 4, size, size, device=device)
     text = torch.randn(batch, 77, width, device=device)
     tokens = torch.randn(batch, 1, 4, width, device=device)
 
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            t = torch.randint(0, 1000, (batch,), device=device)
-            out = unet(latents, t, text, added_cond_kwargs={"image_embeds": [tokens]}).sample
-            loss = F.mse_loss(out.float(), latents)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def loss():
+        t = torch.randint(0, 1000, (batch,), device=device)
+        out = unet(latents, t, text, added_cond_kwargs={"image_embeds": [tokens]}).sample
+        return F.mse_loss(out.float(), latents)
 
-    return step
+    return training_step(trainable, loss, device)
 
 
 def anchor_step(unet, batch, size, device, tiny):
@@ -56,25 +65,19 @@ def anchor_step(unet, batch, size, device, tiny):
     install_processors(unet, adapter)
     width = unet.config.cross_attention_dim
     encoder = FaceEncoder(FaceEncoderConfig.for_width(512, 64 if tiny else 1280, width)).to(device)
-    params = list(adapter.parameters()) + list(encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
     latents = torch.randn(batch, 4, size, size, device=device)
     text = torch.randn(batch, 77, width, device=device)
     arcface = torch.randn(batch, 512, device=device)
     clip = torch.randn(batch, 257, 64 if tiny else 1280, device=device)
     settings = SAASettings(num_persons=1)
 
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            tokens = encoder(arcface, clip)
-            t = torch.randint(0, 1000, (batch,), device=device)
-            out = unet(latents, t, torch.cat([text, tokens.to(text.dtype)], 1), cross_attention_kwargs={"dynamicid": settings}).sample
-            loss = F.mse_loss(out.float(), latents)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def loss():
+        tokens = encoder(arcface, clip)
+        t = torch.randint(0, 1000, (batch,), device=device)
+        out = unet(latents, t, torch.cat([text, tokens.to(text.dtype)], 1), cross_attention_kwargs={"dynamicid": settings}).sample
+        return F.mse_loss(out.float(), latents)
 
-    return step
+    return training_step([*adapter.parameters(), *encoder.parameters()], loss, device)
 
 
 def reconfig_step(unet, targets, size, device, tiny):
@@ -83,7 +86,6 @@ def reconfig_step(unet, targets, size, device, tiny):
     width = unet.config.cross_attention_dim
     imr = IMR(IMRConfig.for_width(width, width)).to(device)
     keypoints = KeyPointEncoder(out_dim=width, base=keypoint_base_for(width)).to(device)
-    optimizer = torch.optim.AdamW(list(imr.parameters()) + list(keypoints.parameters()), lr=1e-4, weight_decay=1e-2)
     latents = torch.randn(targets, 4, size, size, device=device)
     text = torch.randn(1, 77, width, device=device).expand(targets, -1, -1)
     source = torch.randn(4, width, device=device)
@@ -92,20 +94,16 @@ def reconfig_step(unet, targets, size, device, tiny):
     prompts = torch.randn(targets + 1, width, device=device)
     settings = SAASettings(num_persons=1)
 
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            features = keypoints(maps)
-            edited = imr.edit(source, features[:1], prompts[:1], features[1:], prompts[1:])
-            t = torch.randint(0, 1000, (targets,), device=device)
-            with torch.no_grad():
-                reference = unet(latents, t, torch.cat([text, wanted], 1), cross_attention_kwargs={"dynamicid": settings}).sample
-            predicted = unet(latents, t, torch.cat([text, edited.to(text.dtype)], 1), cross_attention_kwargs={"dynamicid": settings}).sample
-            loss = F.mse_loss(edited.float(), wanted) + F.mse_loss(predicted.float(), reference.float())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def loss():
+        features = keypoints(maps)
+        edited = imr.edit(source, features[:1], prompts[:1], features[1:], prompts[1:])
+        t = torch.randint(0, 1000, (targets,), device=device)
+        with torch.no_grad():
+            reference = unet(latents, t, torch.cat([text, wanted], 1), cross_attention_kwargs={"dynamicid": settings}).sample
+        predicted = unet(latents, t, torch.cat([text, edited.to(text.dtype)], 1), cross_attention_kwargs={"dynamicid": settings}).sample
+        return F.mse_loss(edited.float(), wanted) + F.mse_loss(predicted.float(), reference.float())
 
-    return step
+    return training_step([*imr.parameters(), *keypoints.parameters()], loss, device)
 
 
 def main() -> None:

@@ -145,8 +145,9 @@ class ImageAnalyses:
 
 def score_image(item: EvalItem, analyses: ImageAnalyses, bank: ReferenceBank) -> ImageScore:
     image, faces = analyses.get(item.image)
-    references = [bank.person(p) for p in item.persons]
-    similarity = np.array([[float(unit(f.embedding) @ r) for f in faces] for r in references]).reshape(len(references), len(faces))
+    references = np.stack([bank.person(p) for p in item.persons])  # (persons, D), unit rows
+    face_units = np.stack([unit(f.embedding) for f in faces]) if faces else np.zeros((0, references.shape[1]))
+    similarity = references @ face_units.T  # (persons, faces) cosines
     face_boxes = [(f.box.x0 / image.rgb.shape[1], f.box.y0 / image.rgb.shape[0],
                    f.box.x1 / image.rgb.shape[1], f.box.y1 / image.rgb.shape[0]) for f in faces]
     matches, how = match_faces(similarity, [p.box for p in item.persons], face_boxes)

@@ -206,6 +206,18 @@ def load_ours(folder: str, layout=None) -> DynamicIDWeights:
     return weights
 
 
+def load_weights(folder: str, layout=None) -> DynamicIDWeights:
+    """Our safetensors folder or the authors' .bin files, whichever the folder holds."""
+    if os.path.isfile(os.path.join(folder, CONFIG_FILE)):
+        return load_ours(folder, layout)
+    if any(os.path.isfile(os.path.join(folder, name)) for name in AUTHORS_FILES.values()):
+        return load_authors(folder, layout)
+    raise CheckpointError(
+        f"no DynamicID weights in {folder!r}: put our safetensors folder there (with {CONFIG_FILE}) "
+        f"or the authors' {', '.join(AUTHORS_FILES.values())}"
+    )
+
+
 def convert(source: str, target: str, to: str = "ours", layout=None) -> list[str]:
     """authors -> ours (default), or ours -> authors."""
     if to == "ours":

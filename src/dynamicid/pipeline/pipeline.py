@@ -8,7 +8,6 @@ untrained LoRA it reproduces that pipeline's image for the same seed.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from dynamicid.basemodel import clip_hidden_states, encode_text, load_base_model, load_clip_image_encoder
 from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer, landmark_image
 from dynamicid.imagefile import Rejected, load_image
-from dynamicid.models.checkpoints import AUTHORS_FILES, CONFIG_FILE, CheckpointError, DynamicIDWeights, load_authors, load_ours
+from dynamicid.models.checkpoints import CheckpointError, DynamicIDWeights, load_weights
 from dynamicid.models.imr import landmark_map_to_tensor
 from dynamicid.models.saa import SAASettings, install_processors, processor_layout
 from dynamicid.pipeline.layout import LayoutError, automatic_boxes, check_boxes, to_saa
@@ -51,17 +50,6 @@ class DynamicIDOutput:
     images: list
     gate_maps: np.ndarray | None = None  # (images, h, w), mean over steps and SAA layers
     metadata: dict = field(default_factory=dict)
-
-
-def load_dynamicid_weights(folder: str, layout) -> DynamicIDWeights:
-    if os.path.isfile(os.path.join(folder, CONFIG_FILE)):
-        return load_ours(folder, layout)
-    if any(os.path.isfile(os.path.join(folder, name)) for name in AUTHORS_FILES.values()):
-        return load_authors(folder, layout)
-    raise CheckpointError(
-        f"no DynamicID weights in {folder!r}: put our safetensors folder there (with {CONFIG_FILE}) "
-        f"or the authors' {', '.join(AUTHORS_FILES.values())}"
-    )
 
 
 class DynamicIDPipeline:
@@ -122,7 +110,7 @@ class DynamicIDPipeline:
             scheduler=DDIMScheduler.from_config(base.scheduler_config),
             image_encoder=image_encoder,
             image_processor=image_processor,
-            weights=load_dynamicid_weights(weights, processor_layout(base.unet)),
+            weights=load_weights(weights, processor_layout(base.unet)),
             face_analyzer=FaceAnalyzer(face_config or FaceAnalysisConfig()),
             device=device,
             dtype=dtype,

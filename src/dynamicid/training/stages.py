@@ -12,7 +12,7 @@ from torch import nn
 
 from dynamicid.basemodel import clip_hidden_states, encode_text, load_base_model, load_clip_image_encoder
 from dynamicid.models import IMR, FaceEncoder, FaceEncoderConfig, IMRConfig, KeyPointEncoder
-from dynamicid.models.checkpoints import DynamicIDWeights, save_authors, save_ours
+from dynamicid.models.checkpoints import DynamicIDWeights, load_weights, save_authors, save_ours
 from dynamicid.models.imr import keypoint_base_for, landmark_map_to_tensor
 from dynamicid.models.saa import DynamicIDAttention, SAASettings, install_processors, processor_layout
 from dynamicid.training import data as td
@@ -85,9 +85,8 @@ def _write_final(weights: DynamicIDWeights, config, trainer: Trainer, extra: dic
     if trainer.is_main:
         paths["weights"] = os.path.join(config.output, "weights")
         save_ours(weights, paths["weights"])
-        if weights.face_encoder is not None and weights.attention is not None or weights.imr is not None:
-            paths["weights_authors"] = os.path.join(config.output, "weights-authors")
-            save_authors(weights, paths["weights_authors"])
+        paths["weights_authors"] = os.path.join(config.output, "weights-authors")
+        save_authors(weights, paths["weights_authors"])
         with open(os.path.join(config.output, "train_config.json"), "w") as handle:
             json.dump(config.to_dict() | extra, handle, indent=2)
     return paths
@@ -128,9 +127,7 @@ def train_anchor(config: AnchorConfig) -> dict:
     frozen = Frozen(config, trainer.device, trainer.weight_dtype)
     torch.manual_seed(config.seed)  # the new modules' initial weights are part of the run
     if config.init_weights:
-        from dynamicid.pipeline.pipeline import load_dynamicid_weights
-
-        start = load_dynamicid_weights(config.init_weights, processor_layout(frozen.unet))
+        start = load_weights(config.init_weights, processor_layout(frozen.unet))
         face_encoder, attention = start.face_encoder, start.attention
         if face_encoder.config.id_dim != id_dim:
             raise td.TrainingDataError(f"--init-weights takes {face_encoder.config.id_dim}-d embeddings; the data has {id_dim}-d")
@@ -206,15 +203,13 @@ def cache_tokens(config: ReconfigConfig, faces, face_encoder: FaceEncoder, froze
 
 
 def train_reconfig(config: ReconfigConfig) -> dict:
-    from dynamicid.pipeline.pipeline import load_dynamicid_weights
-
     if not config.weights:
         raise ValueError("reconfig needs the stage-1 weights: --weights FOLDER (ours or the authors')")
     faces = td.load_faces(config.data)
     sampler = td.ReconfigSampler(faces, config.max_targets)
     trainer = Trainer(config, "reconfig")
     frozen = Frozen(config, trainer.device, trainer.weight_dtype)
-    stage1 = load_dynamicid_weights(config.weights, processor_layout(frozen.unet))
+    stage1 = load_weights(config.weights, processor_layout(frozen.unet))
     face_encoder = stage1.face_encoder.to(frozen.device).eval().requires_grad_(False)
     attention = stage1.attention.to(frozen.device).requires_grad_(False)
     install_processors(frozen.unet, attention)
