@@ -69,7 +69,10 @@ def _add_prep(sub) -> None:
     p.add_argument("--jpeg-quality", type=int, default=95)
     _add_face_backend_options(p)
     p.add_argument("--captioner", default="measured", help=f"captioner ({', '.join(available('captioner'))})")
-    p.add_argument("--captioner-model", default=None, help="model folder for the captioner")
+    p.add_argument("--captioner-model", default=None,
+                   help="model folder for the captioner (internvl: a transformers-format folder such as InternVL3-2B-hf)")
+    p.add_argument("--caption-max-tokens", type=int, default=64, help="new tokens a model captioner may write")
+    p.add_argument("--caption-batch-size", type=int, default=16, help="faces per captioning batch on the GPU")
     p.add_argument("--contact-sheet-faces", type=int, default=48, help="faces shown on contact_sheet.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_prep)
@@ -93,6 +96,8 @@ def _run_prep(args) -> int:
         ),
         captioner=args.captioner,
         captioner_model=args.captioner_model,
+        caption_max_tokens=args.caption_max_tokens,
+        caption_batch_size=args.caption_batch_size,
         validation=ValidationConfig(
             min_side=args.min_side,
             max_pixels=args.max_pixels,
@@ -302,7 +307,8 @@ def _add_make_tiny_models(sub) -> None:
         help="write tiny random models with the real interfaces, to smoke-test every command without weights",
         description=(
             "Writes DIR/sd15 (a Stable Diffusion 1.5-layout diffusers folder), DIR/clip-image (a CLIP vision model) "
-            "and DIR/dynamicid (DynamicID weights for them). The weights are random: images are noise."
+            "DIR/dynamicid (DynamicID weights for them) and DIR/internvl (an InternVL captioner for prep --captioner "
+            "internvl). The weights are random: images are noise, captions fall back to the measured ones."
         ),
     )
     p.add_argument("folder")

@@ -5,6 +5,8 @@
   DIR/clip-image/    a CLIP vision model with projection and its image processor
   DIR/dynamicid/     DynamicID weights (face encoder for 128-d dlib embeddings, SAA for that UNet,
                      IMR, KeyPointEncoder) as safetensors
+  DIR/internvl/      a transformers-format InternVL (InternViT + Qwen2) and a word-level tokenizer,
+                     for `prep --captioner internvl`
 
 Every command can run on these, which checks an install without downloading anything. The images
 they make are noise: the weights are random.
@@ -106,9 +108,60 @@ def tiny_dynamicid(folder: str, unet, seed: int = 0, id_dim: int = 128):
     return weights
 
 
+INTERNVL_WORDS = ("A a photo of person man woman wearing glasses hat shirt jacket in the park office studio indoors "
+                  "outdoors standing sitting holding cup natural lighting portrait style black white red blue , .").split()
+INTERNVL_SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+CHATML_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                   "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# InternVL3-2B: InternViT-300M (448 px, patch 14) and Qwen2.5-1.5B; random weights for benchmarks.
+INTERNVL_2B = {
+    "vision_config": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                          image_size=[448, 448], patch_size=[14, 14]),
+    "text_config": dict(model_type="qwen2", hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
+                        num_key_value_heads=2, intermediate_size=8960, vocab_size=151674),
+}
+INTERNVL_TINY = {
+    "vision_config": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                          image_size=[56, 56], patch_size=[14, 14]),
+    "text_config": dict(model_type="qwen2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        num_key_value_heads=1, intermediate_size=64),
+}
+
+
+def tiny_internvl(folder: str, seed: int = 0, size: dict = INTERNVL_TINY, chat_template: str | None = CHATML_TEMPLATE,
+                  device: str = "cpu", dtype=torch.float32):
+    """A transformers-format InternVL folder with a word-level tokenizer (InternVL's image tokens and
+    ChatML markers as special tokens). `size=INTERNVL_2B` gives InternVL3-2B's shapes."""
+    import transformers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate(INTERNVL_SPECIAL + ["user", "assistant"] + INTERNVL_WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\s+"), behavior="removed")
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>",
+        extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
+                              "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
+    )
+    tokenizer.add_tokens(INTERNVL_SPECIAL[2:], special_tokens=True)  # ChatML markers are never split
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    text_config = {"vocab_size": len(vocab)} | size["text_config"] | {"eos_token_id": vocab["<|im_end|>"], "pad_token_id": 0}
+    config = transformers.InternVLConfig(vision_config=size["vision_config"], text_config=text_config,
+                                         image_token_id=vocab["<IMG_CONTEXT>"], downsample_ratio=0.5)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = transformers.InternVLForConditionalGeneration(config).to(dtype).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
 def make_tiny_models(folder: str, seed: int = 0) -> dict[str, str]:
-    paths = {name: os.path.join(folder, name) for name in ("sd15", "clip-image", "dynamicid")}
+    paths = {name: os.path.join(folder, name) for name in ("sd15", "clip-image", "dynamicid", "internvl")}
     pipe = tiny_sd15(paths["sd15"], seed)
     tiny_clip_image(paths["clip-image"], seed)
     tiny_dynamicid(paths["dynamicid"], pipe.unet, seed)
+    tiny_internvl(paths["internvl"], seed)
     return paths

@@ -22,6 +22,8 @@ class PrepConfig:
     faces: FaceAnalysisConfig = field(default_factory=FaceAnalysisConfig)
     captioner: str = "measured"
     captioner_model: str | None = None
+    caption_max_tokens: int = 64  # new tokens a model captioner may write
+    caption_batch_size: int = 16  # faces per generation batch (a task's faces are captioned together)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     jpeg_quality: int = 95
     master: str | None = None  # None: local[*], or whatever spark-submit set
@@ -36,6 +38,8 @@ class PrepConfig:
             raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
         if self.images_per_partition < 1:
             raise ValueError("--images-per-partition must be at least 1")
+        if self.caption_max_tokens < 1 or self.caption_batch_size < 1:
+            raise ValueError("--caption-max-tokens and --caption-batch-size must be at least 1")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError("--jpeg-quality must be in 1..100")
         if self.faces.aligned_size % 8 or self.faces.aligned_size < 64:
@@ -46,11 +50,14 @@ class PrepConfig:
         return {
             "faces": self.faces.identity(),
             "multi_face": self.multi_face,
-            "captioner": [self.captioner, self.captioner_model],
+            "captioner": [self.captioner, self.captioner_model, self.caption_max_tokens],
             "validation": asdict(self.validation),
             "jpeg_quality": self.jpeg_quality,
             "format": 1,
         }
+
+    def captioner_options(self) -> dict:
+        return {"max_new_tokens": self.caption_max_tokens, "batch_size": self.caption_batch_size}
 
     def config_hash(self) -> str:
         blob = json.dumps(self.output_affecting(), sort_keys=True, default=str)

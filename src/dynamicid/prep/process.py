@@ -9,6 +9,7 @@ import os
 import socket
 import time
 import traceback
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -16,12 +17,44 @@ from PIL import Image
 
 from dynamicid.faces import FaceAnalyzer, landmark_image
 from dynamicid.faces.backends import create
+from dynamicid.faces.caption import caption_many
 from dynamicid.faces.types import FaceAnalysis
 from dynamicid.prep import outputs
 from dynamicid.prep.config import PrepConfig
 from dynamicid.imagefile import DecodedImage, Rejected, decode_image
 from dynamicid.prep.discover import read_bytes
 from dynamicid.prep.schema import COLUMN_NAMES, STAGE_TIMINGS, empty_row
+
+
+@dataclass
+class _KeptFace:
+    """A face analysed and embedded, waiting for its caption (captions are made a batch at a time).
+    It keeps the 512 px crop, not the decoded photo, so a batch in flight stays small."""
+
+    decode_scale: float
+    analysis: FaceAnalysis
+    index: int
+    base: str
+    base_row: dict
+    timings: dict
+    start: float
+    facts: dict
+    caption: str | None = None
+    caption_error: str | None = None
+
+
+@dataclass
+class _FileWork:
+    """One input file in flight: its finished rows, or its items (rows and kept faces) still to write."""
+
+    base_row: dict
+    start: float
+    record_file: str | None = None
+    items: list = field(default_factory=list)
+    rows: list[dict] | None = None
+
+    def kept_faces(self) -> list[_KeptFace]:
+        return [item for item in self.items if isinstance(item, _KeptFace)] if self.rows is None else []
 
 
 class PrepStage:
@@ -34,18 +67,26 @@ class PrepStage:
     def setup(self) -> "PrepStage":
         if self.analyzer is None:
             self.analyzer = FaceAnalyzer(self.config.faces)
-            self.captioner = create("captioner", self.config.captioner, self.config.captioner_model)
+            self.captioner = create("captioner", self.config.captioner, self.config.captioner_model,
+                                    **self.config.captioner_options())
         return self
 
     # -- one batch -------------------------------------------------------------------------------
     def process_batch(self, files: pd.DataFrame) -> pd.DataFrame:
-        rows: list[dict] = []
-        for item in files.itertuples(index=False):
-            rows.extend(self.process_file(item.path, item.relative, item.identity))
+        """Analyse every file, caption all kept faces together, then write each file's outputs."""
+        works = [self._start_file(item.path, item.relative, item.identity) for item in files.itertuples(index=False)]
+        self._caption([face for work in works for face in work.kept_faces()])
+        rows = [row for work in works for row in self._finish_file(work)]
         return pd.DataFrame(rows, columns=COLUMN_NAMES)
 
-    # -- one file --------------------------------------------------------------------------------
     def process_file(self, path: str, relative: str, identity: str | None) -> list[dict]:
+        """The rows of one file (a batch of one)."""
+        work = self._start_file(path, relative, identity)
+        self._caption(work.kept_faces())
+        return self._finish_file(work)
+
+    # -- one file, in three steps: analyse, (caption with the batch), write ------------------------
+    def _start_file(self, path: str, relative: str, identity: str | None) -> _FileWork:
         start = time.perf_counter()
         base_row = empty_row() | {
             "source_path": path,
@@ -54,27 +95,43 @@ class PrepStage:
             "config_hash": self.config_hash,
             "resumed": False,
         }
+        work = _FileWork(base_row, start)
         timings: dict[str, float] = {}
         try:
             data = read_bytes(path)
         except OSError as err:
-            return [self._finish(base_row | {"status": "error", "reason": "read_error", "message": str(err)}, timings, start)]
+            work.rows = [self._finish(base_row | {"status": "error", "reason": "read_error", "message": str(err)}, timings, start)]
+            return work
         timings["read"] = (time.perf_counter() - start) * 1000
         sha = hashlib.sha256(data).hexdigest()
         base_row |= {"source_bytes": len(data), "sha256": sha}
         base = outputs.base_name(relative, sha)
-        record_file = outputs.record_path(self.config.output, self.config_hash, identity, base)
+        work.record_file = outputs.record_path(self.config.output, self.config_hash, identity, base)
 
-        cached = self._resume(record_file, sha, identity)
+        cached = self._resume(work.record_file, sha, identity)
         if cached is not None:
-            return [row | {"source_path": path, "relative_path": relative, "resumed": True} for row in cached]
+            work.rows = [row | {"source_path": path, "relative_path": relative, "resumed": True} for row in cached]
+            return work
         try:
-            rows = self._analyse(data, base, base_row, timings, start)
+            work.items = self._analyse(data, base, base_row, timings, start)
         except Exception as err:  # one bad image must never stop the job
-            detail = "".join(traceback.format_exception_only(type(err), err)).strip()
-            return [self._finish(base_row | {"status": "error", "reason": "internal_error", "message": detail}, timings, start)]
-        outputs.write_record(record_file, {"sha256": sha, "host": socket.gethostname(), "rows": rows})
+            work.rows = [self._internal_error(base_row, err, timings, start)]
+        return work
+
+    def _finish_file(self, work: _FileWork) -> list[dict]:
+        if work.rows is not None:
+            return work.rows
+        try:
+            rows = [self._write_face(item) if isinstance(item, _KeptFace) else item for item in work.items]
+        except Exception as err:
+            return [self._internal_error(work.base_row, err, {}, work.start)]
+        if all(row["status"] != "error" for row in rows):  # an error is retried by the next run
+            outputs.write_record(work.record_file, {"sha256": work.base_row["sha256"], "host": socket.gethostname(), "rows": rows})
         return rows
+
+    def _internal_error(self, base_row: dict, err: Exception, timings: dict, start: float) -> dict:
+        detail = "".join(traceback.format_exception_only(type(err), err)).strip()
+        return self._finish(base_row | {"status": "error", "reason": "internal_error", "message": detail}, timings, start)
 
     def _resume(self, record_file: str, sha: str, identity: str | None) -> list[dict] | None:
         record = outputs.load_record(record_file)
@@ -93,7 +150,8 @@ class PrepStage:
             row[f"ms_{stage}"] = float(timings[stage]) if stage in timings else None
         return row
 
-    def _analyse(self, data: bytes, base: str, base_row: dict, timings: dict, start: float) -> list[dict]:
+    def _analyse(self, data: bytes, base: str, base_row: dict, timings: dict, start: float) -> list:
+        """Rows for rejected faces and `_KeptFace`s for the rest, in face order."""
         self.setup()
         rules = self.config.validation
         clock = time.perf_counter()
@@ -130,7 +188,7 @@ class PrepStage:
             side = min(chosen[0].width, chosen[0].height) / image.decode_scale
             return reject("face_too_small", f"the face is {side:.0f} px, below the minimum of {rules.min_face_side} px")
 
-        rows = []
+        items = []
         analyses = self.analyzer.analyze_faces(image.rgb, large_enough, embed=False)  # landmarks in one batch
         for index, analysis in enumerate(analyses):
             face_timings = dict(timings)
@@ -144,17 +202,15 @@ class PrepStage:
                     "message": f"face sharpness {analysis.sharpness:.1f} is below {rules.min_sharpness}",
                     "sharpness": analysis.sharpness,
                 }
-                rows.append(self._finish(row, face_timings, start))
+                items.append(self._finish(row, face_timings, start))
                 continue
-            rows.append(self._keep(image, analysis, index, base, base_row, face_timings, start))
-        return rows
+            items.append(self._keep(image, analysis, index, base, base_row, face_timings, start))
+        return items
 
-    def _keep(self, image: DecodedImage, analysis: FaceAnalysis, index: int, base: str, base_row: dict, timings: dict, start: float) -> dict:
+    def _keep(self, image: DecodedImage, analysis: FaceAnalysis, index: int, base: str, base_row: dict, timings: dict, start: float) -> _KeptFace:
         clock = time.perf_counter()
         analysis.embedding = self.analyzer.embed(image.rgb, analysis)
         timings["embed"] = (time.perf_counter() - clock) * 1000
-
-        clock = time.perf_counter()
         facts = {
             "face_prompt": analysis.face_prompt,
             "emotion": analysis.emotion,
@@ -167,11 +223,38 @@ class PrepStage:
             "brows_raised": analysis.expression.brows_raised,
             "grayscale": image.grayscale,
         }
-        caption = self.captioner.caption(analysis.aligned, facts)
-        timings["caption"] = (time.perf_counter() - clock) * 1000
+        return _KeptFace(image.decode_scale, analysis, index, base, base_row, timings, start, facts)
 
+    def _caption(self, faces: list[_KeptFace]) -> None:
+        """Caption the faces in one call (the captioner batches); each face is charged an equal share."""
+        if not faces:
+            return
+        self.setup()
         clock = time.perf_counter()
-        name = outputs.face_name(base, index, self.config.multi_face)
+        try:
+            captions = caption_many(self.captioner, [f.analysis.aligned for f in faces], [f.facts for f in faces])
+        except Exception:  # find the face that fails, caption the rest
+            captions = []
+            for face in faces:
+                try:
+                    captions.append(caption_many(self.captioner, [face.analysis.aligned], [face.facts])[0])
+                except Exception as err:
+                    captions.append(None)
+                    face.caption_error = "".join(traceback.format_exception_only(type(err), err)).strip()
+        share = (time.perf_counter() - clock) * 1000 / len(faces)
+        for face, caption in zip(faces, captions):
+            face.caption = caption
+            face.timings["caption"] = share
+
+    def _write_face(self, face: _KeptFace) -> dict:
+        analysis, index, base_row, timings = face.analysis, face.index, face.base_row, face.timings
+        if face.caption is None:
+            row = base_row | {"face_index": index, "status": "error", "reason": "caption_error",
+                              "message": face.caption_error or "no caption"}
+            return self._finish(row, timings, face.start)
+        caption = face.caption
+        clock = time.perf_counter()
+        name = outputs.face_name(face.base, index, self.config.multi_face)
         paths = outputs.face_paths(self.config.output, base_row["identity"], name)
         jpeg = io.BytesIO()
         Image.fromarray(analysis.aligned).save(jpeg, format="JPEG", quality=self.config.jpeg_quality)
@@ -198,7 +281,7 @@ class PrepStage:
         timings["write"] = (time.perf_counter() - clock) * 1000
 
         # Coordinates go back to full-resolution source pixels (the decode may have been reduced).
-        scale = image.decode_scale
+        scale = face.decode_scale
         affine = analysis.affine.copy()
         affine[:, :2] *= scale
         row = base_row | {
@@ -216,8 +299,8 @@ class PrepStage:
             "captioner_model": self.captioner.model_id,
             "caption": caption,
             "sharpness": analysis.sharpness,
-        } | {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in facts.items() if k != "grayscale"}
-        return self._finish(row, timings, start)
+        } | {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in face.facts.items() if k != "grayscale"}
+        return self._finish(row, timings, face.start)
 
 
 _STAGES: dict[str, PrepStage] = {}

@@ -12,7 +12,11 @@ from PIL import Image, ImageDraw
 
 from dynamicid.drawing import font
 from dynamicid.prep import outputs
-from dynamicid.prep.schema import points_array
+from dynamicid.prep.schema import STAGE_TIMINGS, points_array
+
+# What the summary and the contact sheet read; the point lists are fetched for the sheet's faces only.
+REPORT_COLUMNS = ["relative_path", "face_index", "identity", "name", "status", "reason", "resumed", "face_prompt"] + [
+    f"ms_{stage}" for stage in STAGE_TIMINGS]
 
 
 def summarize(manifest: pd.DataFrame, job_seconds: float, wall_seconds: float) -> dict:
@@ -90,15 +94,29 @@ def _spread_over_identities(kept: pd.DataFrame, limit: int) -> pd.DataFrame:
     return pd.DataFrame(picked)
 
 
-def contact_sheet(manifest: pd.DataFrame, output: str, limit: int = 48, tile: int = 224, columns: int = 6) -> str | None:
-    """A grid of aligned faces with their landmarks and face prompts. Returns the PNG path."""
+def _with_landmarks(chosen: pd.DataFrame, manifest_path: str | None) -> pd.DataFrame:
+    """The chosen rows with their aligned landmarks, read from the manifest file for these rows only."""
+    if "aligned_landmarks" in chosen.columns or not len(chosen) or manifest_path is None:
+        return chosen
+    import pyarrow.parquet as pq
+
+    points = pq.read_table(manifest_path, columns=["relative_path", "face_index", "aligned_landmarks"],
+                           filters=[("relative_path", "in", list(chosen.relative_path))]).to_pandas()
+    return chosen.merge(points, on=["relative_path", "face_index"], how="left")
+
+
+def contact_sheet(manifest: pd.DataFrame, output: str, limit: int = 48, tile: int = 224, columns: int = 6,
+                  manifest_path: str | None = None) -> str | None:
+    """A grid of aligned faces with their landmarks and face prompts. Returns the PNG path.
+
+    `manifest` may lack the point lists; they are then read from `manifest_path` for the faces shown."""
     kept = manifest[manifest.status == "ok"]
     path = os.path.join(output, "contact_sheet.png")
     counts = Counter(manifest.drop_duplicates("relative_path").status)
     reasons = Counter(manifest[manifest.status == "rejected"].reason)
     header = 56
     caption_height = 58
-    chosen = _spread_over_identities(kept, limit) if len(kept) else kept
+    chosen = _with_landmarks(_spread_over_identities(kept, limit) if len(kept) else kept, manifest_path)
     rows = max(1, -(-len(chosen) // columns))
     sheet = Image.new("RGB", (columns * tile, header + rows * (tile + caption_height)), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
@@ -118,7 +136,7 @@ def contact_sheet(manifest: pd.DataFrame, output: str, limit: int = 48, tile: in
         scale = tile / face.width
         face = face.resize((tile, tile), Image.BILINEAR)
         overlay = ImageDraw.Draw(face)
-        for px, py in points_array(row.aligned_landmarks) * scale:
+        for px, py in points_array(row.get("aligned_landmarks")) * scale:
             overlay.ellipse((px - 1.5, py - 1.5, px + 1.5, py + 1.5), fill=(0, 255, 120))
         sheet.paste(face, (x, y))
         label = f"{row.identity or ''}/{row['name']}"[:34]

@@ -38,19 +38,22 @@ def check_backends(config: PrepConfig) -> None:
 
     try:
         FaceAnalyzer(config.faces)
-        create("captioner", config.captioner, config.captioner_model)
+        create("captioner", config.captioner, config.captioner_model, **config.captioner_options())
     except BackendError as err:
         raise PrepError(str(err)) from None
 
 
 def merge_rows(rows_dir: str, manifest_path: str) -> pd.DataFrame:
-    """Gather the job's Parquet parts into one sorted manifest file, replaced atomically."""
+    """Gather the job's Parquet parts into one sorted manifest file, replaced atomically.
+
+    Returns only the columns the summary and contact sheet read: the point lists stay in Arrow, since
+    as pandas objects they would cost the driver ~30 GB at a million rows."""
     table = pq.read_table(rows_dir, schema=ARROW_SCHEMA)
     table = table.sort_by([("relative_path", "ascending"), ("face_index", "ascending")])
     temporary = f"{manifest_path}.tmp-{uuid.uuid4().hex[:8]}"
     pq.write_table(table, temporary, compression="zstd")
     os.replace(temporary, manifest_path)
-    return table.to_pandas()
+    return table.select(report.REPORT_COLUMNS).to_pandas()
 
 
 def run_prep(config: PrepConfig, spark=None) -> PrepResult:
@@ -83,7 +86,7 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
     manifest = merge_rows(rows_dir, manifest_path)
     shutil.rmtree(rows_dir, ignore_errors=True)
 
-    sheet = report.contact_sheet(manifest, output, limit=config.contact_sheet_faces)
+    sheet = report.contact_sheet(manifest, output, limit=config.contact_sheet_faces, manifest_path=manifest_path)
     summary = report.summarize(manifest, job_seconds, time.perf_counter() - started)
     report.write_summary(summary, output)
     return PrepResult(manifest_path, sheet, summary)

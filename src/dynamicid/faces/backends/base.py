@@ -29,6 +29,17 @@ def gpu_for_this_task() -> int | None:
     return int(gpus.addresses[0]) if gpus and gpus.addresses else None
 
 
+def cpus_for_this_task() -> int | None:
+    """The cores Spark gave this task (spark.task.cpus), if running inside one: a library that
+    starts a thread per core of the machine would otherwise oversubscribe it."""
+    try:
+        from pyspark import TaskContext
+    except ImportError:
+        return None
+    context = TaskContext.get()
+    return int(context.cpus()) if context is not None else None
+
+
 @lru_cache(maxsize=None)
 def model_file_hash(path: str) -> str:
     """12 hex digits of a model file's sha256: with its name, what the manifest records as the model."""
@@ -79,7 +90,10 @@ class Captioner(Protocol):
     model_id: str
 
     def caption(self, aligned_rgb: np.ndarray, facts: dict) -> str:
-        """One caption for an aligned face. `facts` holds what was measured (face prompt, pose, cues)."""
+        """One caption for an aligned face. `facts` holds what was measured (face prompt, pose, cues).
+
+        A backend that batches may also define `caption_batch(images, facts) -> list[str]`
+        (see `faces.caption.caption_many`); `prep` hands it all the faces of a Spark batch at once."""
 
 
 STAGES = ("detector", "landmarks", "embedder", "captioner")
@@ -119,4 +133,5 @@ register("captioner", "measured", "dynamicid.faces.caption:MeasuredCaptioner")
 register("detector", "insightface", "dynamicid.faces.backends.insightface_backend:InsightFaceDetector")
 register("landmarks", "insightface", "dynamicid.faces.backends.insightface_backend:InsightFaceLandmarks")
 register("embedder", "insightface", "dynamicid.faces.backends.insightface_backend:InsightFaceEmbedder")
+register("captioner", "internvl", "dynamicid.faces.backends.internvl_backend:InternVLCaptioner")
 register("landmarks", "fan", "dynamicid.faces.backends.fan_backend:FanLandmarks")

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from dynamicid.faces.alignment import apply_affine, five_points, similarity_transform
-from dynamicid.faces.backends.base import BackendError, gpu_for_this_task, model_file_hash
+from dynamicid.faces.backends.base import BackendError, cpus_for_this_task, gpu_for_this_task, model_file_hash
 from dynamicid.faces.types import FaceBox
 
 INSIGHTFACE_DET_SIZE = 640
@@ -58,10 +58,15 @@ def providers() -> list:
 
 
 class OnnxModel:
-    def __init__(self, path: str):
+    def __init__(self, path: str, threads: int | None = None):
         ort = _onnxruntime()
+        options = ort.SessionOptions()
+        threads = threads or cpus_for_this_task()
+        if threads:  # inside Spark: the task's cores, not the machine's
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(path, providers=providers())
+            self.session = ort.InferenceSession(path, sess_options=options, providers=providers())
         except Exception as err:
             raise BackendError(f"{path} is not a loadable ONNX model: {err}") from None
         self.path = path

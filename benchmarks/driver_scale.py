@@ -1,0 +1,131 @@
+"""What `prep`'s driver costs at scale (issue 4's table: 7,000 and 1,000,000 images).
+
+The workers' cost grows with the images and shrinks with the cores; the driver's does not shrink.
+This times, for N synthetic manifest rows shaped like real ones (68 landmarks, aligned landmarks,
+affine, every column), each driver step that runs after or around the Spark job:
+  listing   the input listing handed to Spark (pandas -> Arrow -> JVM, repartitioned, counted)
+  merge     `runner.merge_rows`: read the job's Parquet parts (one per task of 32 images), sort, write
+            manifest.parquet, and turn it into pandas
+  summary   `report.summarize` and `report.contact_sheet` on that manifest
+and the driver's peak memory. Listing the files themselves is not timed here (it depends on the
+filesystem); `prep_throughput.py` measures the workers.
+
+    python benchmarks/driver_scale.py --rows 7000 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def template_rows(count: int, seed: int = 0) -> pa.Table:
+    from dynamicid.prep.schema import ARROW_SCHEMA, empty_row
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        points = (rng.random((68, 2)) * 1000).round(3)
+        rows.append(empty_row() | {
+            "source_bytes": 1_500_000, "sha256": f"{i:064x}", "identity": f"person{i % 500}",
+            "name": f"photo{i}-{i:08x}", "face_index": 0, "faces_detected": 1, "status": "ok" if i % 50 else "rejected",
+            "reason": None if i % 50 else "no_face", "format": "JPEG", "width": 3000, "height": 2000,
+            "exif_rotated": False, "bbox": [100.0, 200.0, 600.0, 700.0], "landmarks": points.tolist(),
+            "aligned_landmarks": (points / 2).tolist(), "landmark_convention": "ibug68",
+            "affine": [[0.5, 0.01, -10.0], [-0.01, 0.5, -20.0]], "detector_model": "dlib-hog-frontal",
+            "landmarks_model": "dlib-68", "embedding_model": "dlib-resnet", "embedding_dim": 128,
+            "captioner_model": "measured-v1", "caption": "a close-up photo of a person's face, with a smile, looking ahead",
+            "face_prompt": "with a smile, looking ahead", "emotion": "happy", "pitch": 1.0, "yaw": 2.0, "roll": 0.5,
+            "smile": 0.6, "mouth_open": 0.1, "eyes_closed": 0.0, "brows_raised": 0.2, "sharpness": 150.0,
+            "config_hash": "abcdef123456", "resumed": False,
+        } | {f"ms_{s}": 10.0 for s in ("read", "decode", "detect", "landmarks", "align", "prompt", "embed", "caption", "write", "total")})
+    return pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
+
+
+def write_parts(folder: str, rows: int, per_part: int = 32) -> None:
+    part = template_rows(per_part)
+    index = part.schema.get_field_index
+    for start in range(0, rows, per_part):
+        n = min(per_part, rows - start)
+        names = pa.array([f"person{(start + i) % 500}/img{start + i:08d}.jpg" for i in range(n)])
+        table = part.slice(0, n)
+        table = table.set_column(index("relative_path"), "relative_path", names)
+        table = table.set_column(index("source_path"), "source_path", pa.array([f"/data/{x}" for x in names.to_pylist()]))
+        pq.write_table(table, os.path.join(folder, f"part-{start // per_part:06d}.parquet"))
+
+
+def measure(rows: int, spark, workdir: str) -> dict:
+    from dynamicid.prep import report
+    from dynamicid.prep.runner import merge_rows
+    from dynamicid.prep.spark_job import INPUT_DDL
+
+    result = {"rows": rows, "parts": -(-rows // 32)}
+    listing = pd.DataFrame({"path": [f"/data/person{i % 500}/img{i:08d}.jpg" for i in range(rows)],
+                            "relative": [f"person{i % 500}/img{i:08d}.jpg" for i in range(rows)],
+                            "identity": [f"person{i % 500}" for i in range(rows)],
+                            "size": np.full(rows, 1_500_000)})
+    started = time.perf_counter()
+    partitions = max(-(-rows // 32), 8)
+    count = spark.createDataFrame(listing, schema=INPUT_DDL).repartition(partitions).count()
+    result["listing_s"] = time.perf_counter() - started
+    assert count == rows
+    del listing
+
+    parts = os.path.join(workdir, f"rows-{rows}")
+    os.makedirs(parts)
+    started = time.perf_counter()
+    write_parts(parts, rows)
+    result["writing_parts_s (not a driver cost)"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    manifest_path = os.path.join(workdir, f"manifest-{rows}.parquet")
+    manifest = merge_rows(parts, manifest_path)
+    result["merge_s"] = time.perf_counter() - started
+
+    output = os.path.join(workdir, f"out-{rows}")
+    os.makedirs(output)
+    started = time.perf_counter()
+    report.summarize(manifest, 1.0, 1.0)
+    report.contact_sheet(manifest, output, limit=48, manifest_path=manifest_path)  # no faces on disk: tiles stay empty
+    result["summary_s"] = time.perf_counter() - started
+    result["driver_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    shutil.rmtree(parts)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[7000, 1_000_000])
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    from dynamicid.sparkenv import build_session
+
+    spark = build_session("local[2]", app_name="driver-scale")
+    workdir = tempfile.mkdtemp(prefix="driver-scale-")
+    results = []
+    try:
+        for rows in args.rows:
+            result = measure(rows, spark, workdir)
+            results.append(result)
+            print(json.dumps(result))
+    finally:
+        spark.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
