@@ -119,6 +119,7 @@ INTERNVL_2B = {
                           image_size=[448, 448], patch_size=[14, 14]),
     "text_config": dict(model_type="qwen2", hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
                         num_key_value_heads=2, intermediate_size=8960, vocab_size=151674),
+    "tie_word_embeddings": False,
 }
 INTERNVL_TINY = {
     "vision_config": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -149,7 +150,8 @@ def tiny_internvl(folder: str, seed: int = 0, size: dict = INTERNVL_TINY, chat_t
         tokenizer.chat_template = chat_template
     text_config = {"vocab_size": len(vocab)} | size["text_config"] | {"eos_token_id": vocab["<|im_end|>"], "pad_token_id": 0}
     config = transformers.InternVLConfig(vision_config=size["vision_config"], text_config=text_config,
-                                         image_token_id=vocab["<IMG_CONTEXT>"], downsample_ratio=0.5)
+                                         image_token_id=vocab["<IMG_CONTEXT>"], downsample_ratio=0.5,
+                                         tie_word_embeddings=size.get("tie_word_embeddings", True))
     torch.manual_seed(seed)
     with torch.device(device):
         model = transformers.InternVLForConditionalGeneration(config).to(dtype).eval()
