@@ -41,12 +41,8 @@ def main() -> None:
     model = tiny_internvl(folder, size=INTERNVL_TINY if args.tiny else INTERNVL_2B, device=device, dtype=dtype)
     parameters = sum(p.numel() for p in model.parameters())
     del model
-    config_path = os.path.join(folder, "generation_config.json")
-    generation = json.load(open(config_path)) if os.path.exists(config_path) else {}
-    generation["eos_token_id"] = None  # random weights: never stop early, always write --new-tokens
-    json.dump(generation, open(config_path, "w"))
     captioner = InternVLCaptioner(folder, max_new_tokens=args.new_tokens)
-    captioner.model.generation_config.eos_token_id = None
+    captioner.model.generation_config.eos_token_id = None  # random weights: never stop early, write --new-tokens
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"{parameters / 1e9:.2f} B parameters, {dtype}, on {name}; built and loaded in {time.perf_counter() - started:.0f} s")
 

@@ -26,6 +26,10 @@ from dynamicid.prep.discover import read_bytes
 from dynamicid.prep.schema import COLUMN_NAMES, STAGE_TIMINGS, empty_row
 
 
+def _error_text(err: Exception) -> str:
+    return "".join(traceback.format_exception_only(type(err), err)).strip()
+
+
 @dataclass
 class _KeptFace:
     """A face analysed and embedded, waiting for its caption (captions are made a batch at a time).
@@ -73,17 +77,18 @@ class PrepStage:
 
     # -- one batch -------------------------------------------------------------------------------
     def process_batch(self, files: pd.DataFrame) -> pd.DataFrame:
-        """Analyse every file, caption all kept faces together, then write each file's outputs."""
-        works = [self._start_file(item.path, item.relative, item.identity) for item in files.itertuples(index=False)]
-        self._caption([face for work in works for face in work.kept_faces()])
-        rows = [row for work in works for row in self._finish_file(work)]
-        return pd.DataFrame(rows, columns=COLUMN_NAMES)
+        files = [(item.path, item.relative, item.identity) for item in files.itertuples(index=False)]
+        return pd.DataFrame(self._process(files), columns=COLUMN_NAMES)
 
     def process_file(self, path: str, relative: str, identity: str | None) -> list[dict]:
         """The rows of one file (a batch of one)."""
-        work = self._start_file(path, relative, identity)
-        self._caption(work.kept_faces())
-        return self._finish_file(work)
+        return self._process([(path, relative, identity)])
+
+    def _process(self, files: list[tuple[str, str, str | None]]) -> list[dict]:
+        """Analyse every file, caption all kept faces together, then write each file's outputs."""
+        works = [self._start_file(*file) for file in files]
+        self._caption([face for work in works for face in work.kept_faces()])
+        return [row for work in works for row in self._finish_file(work)]
 
     # -- one file, in three steps: analyse, (caption with the batch), write ------------------------
     def _start_file(self, path: str, relative: str, identity: str | None) -> _FileWork:
@@ -130,8 +135,8 @@ class PrepStage:
         return rows
 
     def _internal_error(self, base_row: dict, err: Exception, timings: dict, start: float) -> dict:
-        detail = "".join(traceback.format_exception_only(type(err), err)).strip()
-        return self._finish(base_row | {"status": "error", "reason": "internal_error", "message": detail}, timings, start)
+        return self._finish(base_row | {"status": "error", "reason": "internal_error", "message": _error_text(err)},
+                            timings, start)
 
     def _resume(self, record_file: str, sha: str, identity: str | None) -> list[dict] | None:
         record = outputs.load_record(record_file)
@@ -240,7 +245,7 @@ class PrepStage:
                     captions.append(caption_many(self.captioner, [face.analysis.aligned], [face.facts])[0])
                 except Exception as err:
                     captions.append(None)
-                    face.caption_error = "".join(traceback.format_exception_only(type(err), err)).strip()
+                    face.caption_error = _error_text(err)
         share = (time.perf_counter() - clock) * 1000 / len(faces)
         for face, caption in zip(faces, captions):
             face.caption = caption
