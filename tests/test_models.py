@@ -112,7 +112,8 @@ def test_boxes_grids_and_routing_masks():
     assert allowed[0, 3].tolist() == [False, False, True, True]
     lone = routing_mask(torch.zeros(1, 2, 3, dtype=torch.bool), 2)
     assert lone.all()  # outside every box: all tokens
-    torch.testing.assert_close(equal_strips(2), torch.tensor([[0, 0, 1, 0.5], [0, 0.5, 1, 1]]))
+    torch.testing.assert_close(equal_strips(2), torch.tensor([[0, 0, 1, 0.5], [0, 0.5, 1, 1]], dtype=torch.float64))
+    torch.testing.assert_close(equal_strips(1), torch.tensor([[0.0, 0.0, 1.0, 1.0]], dtype=torch.float64))
 
 
 def _attn2(unet):
@@ -123,21 +124,25 @@ def test_routing_hides_the_other_persons_tokens(unet):
     attn = _attn2(unet)
     torch.manual_seed(0)
     processor = SAAProcessor(32, 32, CROSS_DIM, 32, rank=4)
+    half = CROSS_DIM // 2
+    with torch.no_grad():
+        processor.to_k_ip.weight[:, half:] = 0  # keys ignore the second half of each ID token's features
     hidden = torch.randn(1, 16 * 16, 32)
     text = torch.randn(1, 77, CROSS_DIM)
-    ids_a, ids_b, ids_b2 = (torch.randn(1, 4, CROSS_DIM) for _ in range(3))
+    ids_a, ids_b = (torch.randn(1, 4, CROSS_DIM) for _ in range(2))
+    ids_b2 = ids_b.clone()
+    ids_b2[..., half:] = torch.randn(1, 4, CROSS_DIM - half)  # B's values change, its keys (and so the gate) do not
     boxes = [[0.0, 0.0, 1.0, 0.5], [0.0, 0.5, 1.0, 1.0]]
-    # The gate's min-max spans all queries, so B's tokens would move it everywhere: turn it off here.
-    settings = SAASettings(num_persons=2, gate=False, boxes=boxes)
+    settings = SAASettings(num_persons=2, boxes=boxes, gate_threshold=0.0)
     with torch.no_grad():
         first = processor(attn, hidden, torch.cat([text, ids_a, ids_b], 1), dynamicid=settings)
         second = processor(attn, hidden, torch.cat([text, ids_a, ids_b2], 1), dynamicid=settings)
     left = box_masks(torch.tensor([boxes]), 16, 16)[0, 0]
     torch.testing.assert_close(first[0, left], second[0, left], atol=1e-6, rtol=0)
     assert (first[0, ~left] - second[0, ~left]).abs().max() > 1e-3
-    # Without routing, A's region also sees B.
+    # Without routing (IP-Adapter style, gate off), A's region also sees B.
     with torch.no_grad():
-        unrouted = SAASettings(num_persons=2, gate=False, strips_when_no_boxes=False)
+        unrouted = SAASettings(num_persons=2, gate=False, boxes=boxes)
         a = processor(attn, hidden, torch.cat([text, ids_a, ids_b], 1), dynamicid=unrouted)
         b = processor(attn, hidden, torch.cat([text, ids_a, ids_b2], 1), dynamicid=unrouted)
     assert (a[0, left] - b[0, left]).abs().max() > 1e-3

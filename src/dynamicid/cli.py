@@ -243,9 +243,14 @@ def _add_generate(sub) -> None:
     p.add_argument("--images", type=int, default=1, help="images per prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--id-scale", type=float, default=1.0)
-    p.add_argument("--infer-scale", type=float, default=None, help="layout strength (default 2 with boxes)")
-    p.add_argument("--infer-end", type=int, default=None, help="layout steps (default 12 with boxes, else 0)")
-    p.add_argument("--no-gate", action="store_true", help="turn SAA's gate off (IP-Adapter-style injection)")
+    p.add_argument("--infer-scale", type=float, default=None,
+                   help="the authors' infer_scale, the layout strength s: for the first --infer-end steps the gate "
+                        "becomes w/(s+1) outside the boxes and w+s inside (default 2 with boxes or several persons, else 0)")
+    p.add_argument("--infer-end", type=int, default=None,
+                   help="the authors' infer_end: the number of denoising steps the layout boost lasts "
+                        "(default 12 with boxes or several persons, else 0); routing holds at every step")
+    p.add_argument("--no-gate", action="store_true",
+                   help="turn SAA's gate off: IP-Adapter-style injection with no gate, no layout boost and no routing")
     p.add_argument("--save-gate-maps", action="store_true")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float16" if _cuda() else "float32")

@@ -9,9 +9,14 @@ Context layout for cross-attention: [text (T tokens), id_1 (k tokens), ..., id_N
 Per cross-attention layer (method spec section 3):
   S = (q d^-1/4)(k_ip d^-1/4)^T, q the LoRA-augmented query        (B, heads, Nq, kN)
   gate w = minmax_q(sum over heads and ID tokens of S), w = 0 where w < threshold
-  layout (boxes, steps < infer_end, strength s): w /= s+1; inside any box: w = w (s+1) + s
-  routing (boxes): inside person i's box only person i's tokens are attended
+  layout (steps < infer_end, strength s): w /= s+1; inside any box: w = w (s+1) + s
+  routing: inside person i's box only person i's tokens are attended
   h = text_attention + id_scale * w * softmax(S) v_ip, then to_out (+ LoRA)
+Boxes cover grid cells as the authors' code does: rows int(y0 h) .. int(y1 h) - 1, columns likewise.
+Without boxes, N persons (N >= 1) get equal vertical strips, so a lone person's strip is the whole grid.
+With the gate off the ID path is IP-Adapter's decoupled cross-attention: no gate, no layout, no routing.
+One deliberate deviation: where boxes overlap, a query sees every person whose box holds it and the
+boost applies once (the authors' code gives NaN there).
 All of it is tensor arithmetic: nothing branches on tensor values, so it compiles without breaks.
 """
 
@@ -40,7 +45,7 @@ class SAASettings:
     detach_gate: bool = False  # training: stop gradients through the gate's min-max
     # Normalised [y_min, x_min, y_max, x_max] per person on the latent grid: (N, 4) or (B, N, 4).
     boxes: Sequence | torch.Tensor | None = None
-    strips_when_no_boxes: bool = True  # several persons without boxes get equal vertical strips
+    strips_when_no_boxes: bool = True  # persons without boxes get equal vertical strips (one person: the whole grid)
     step: int | torch.Tensor = 0  # the pipeline passes a 0-dim tensor, so compiled code does not specialise on it
     infer_scale: float = 0.0
     infer_end: int = 0
@@ -60,19 +65,20 @@ class SAASettings:
 
     def resolved_boxes(self) -> torch.Tensor | None:
         if self.boxes is not None:
-            boxes = torch.as_tensor(self.boxes, dtype=torch.float32)
+            boxes = torch.as_tensor(self.boxes, dtype=torch.float64)  # float64 keeps edges truncating as Python's do
             if boxes.shape[-2:] != (self.num_persons, 4):
                 raise ValueError(f"boxes must have shape (N, 4) or (B, N, 4) with N = {self.num_persons}, got {tuple(boxes.shape)}")
             return boxes
-        if self.num_persons > 1 and self.strips_when_no_boxes:
+        if self.num_persons >= 1 and self.strips_when_no_boxes:
             return equal_strips(self.num_persons)
         return None
 
 
 def equal_strips(count: int) -> torch.Tensor:
     """The authors' default layout: [0, i/N, 1, (i+1)/N] for person i."""
-    edges = torch.arange(count + 1, dtype=torch.float32) / count
-    return torch.stack([torch.zeros(count), edges[:-1], torch.ones(count), edges[1:]], dim=1)
+    edges = torch.arange(count + 1, dtype=torch.float64) / count
+    zeros, ones = torch.zeros(count, dtype=torch.float64), torch.ones(count, dtype=torch.float64)
+    return torch.stack([zeros, edges[:-1], ones, edges[1:]], dim=1)
 
 
 # -- the gate, routing and layout as pure tensor functions ------------------------------------------
@@ -93,11 +99,16 @@ def grid_shape(num_queries: int, latent_size: tuple[int, int] | None) -> tuple[i
 
 
 def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, N, 4) boxes [y0, x0, y1, x1] -> (B, N, height*width): query cell centre inside the box."""
-    ys = (torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5) / height
-    xs = (torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5) / width
-    inside_y = (ys >= boxes[..., 0:1]) & (ys < boxes[..., 2:3])  # (B, N, h)
-    inside_x = (xs >= boxes[..., 1:2]) & (xs < boxes[..., 3:4])  # (B, N, w)
+    """(B, N, 4) boxes [y0, x0, y1, x1] -> (B, N, height*width), the authors' truncation rule.
+
+    Row r is inside when int(y0 h) <= r < int(y1 h), and column c likewise with x and w. The products
+    are taken in float64, as the authors' Python floats are, so an edge like 0.7 * 10 truncates the same.
+    """
+    edges = boxes.to(torch.float64)
+    rows = torch.arange(height, device=boxes.device, dtype=torch.float64)
+    cols = torch.arange(width, device=boxes.device, dtype=torch.float64)
+    inside_y = (rows >= torch.floor(edges[..., 0:1] * height)) & (rows < torch.floor(edges[..., 2:3] * height))
+    inside_x = (cols >= torch.floor(edges[..., 1:2] * width)) & (cols < torch.floor(edges[..., 3:4] * width))
     return (inside_y[..., :, None] & inside_x[..., None, :]).flatten(-2)
 
 
@@ -244,7 +255,8 @@ class SAAProcessor(LoRAAttnProcessor):
         scale = head_dim**-0.25
         logits = (q * scale) @ (k_ip * scale).transpose(-2, -1)  # (B, heads, Nq, kN), computed once
 
-        boxes = settings.resolved_boxes()
+        # Gate off is IP-Adapter style: no boxes, so no routing and no layout either.
+        boxes = settings.resolved_boxes() if settings.gate else None
         height, width = grid_shape(num_queries, settings.latent_size)
         inside = None
         if boxes is not None:
