@@ -67,9 +67,9 @@ def main() -> None:
         results["runs"].append({"batch": batch, "seconds": seconds, "images_per_s": rate, "peak_gib": peak})
         print(f"batch {batch:>3}: {rate:7.2f} images/s ({seconds:.1f} s for {len(faces)}), {rate / baseline:5.2f}x "
               f"one at a time" + (f", peak {peak:.1f} GiB" if peak else ""))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+        if args.json:  # after every row: a run stopped at its budget keeps what it measured
+            with open(args.json, "w") as handle:
+                json.dump(results, handle, indent=2)
 
 
 if __name__ == "__main__":

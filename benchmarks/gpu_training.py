@@ -144,6 +144,7 @@ def main() -> None:
             times.append(time.perf_counter() - began)
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
         results.append({"config": config, "ms": 1000 * statistics.median(times), "peak_gib": peak})
+        write_json(args.json, name, results)  # after every row: a run stopped at its budget keeps what it measured
         del unet, step
         if device.type == "cuda":
             torch.cuda.empty_cache()
