@@ -35,6 +35,10 @@ def denoise_fn(unet, config: str, steps: int, latents, text, device):
 
     def run(forward):
         x = latents
+        # As the pipeline does: one settings object per image, boxes on the device, the step updated in place.
+        settings = SAASettings(num_persons=2 if config == "saa-2" else 1,
+                               boxes=torch.tensor(boxes, dtype=torch.float64, device=device) if config == "saa-2" else None,
+                               infer_scale=2.0, infer_end=12 if config == "saa-2" else 0, latent_size=(h, w))
         for step, t in enumerate(timesteps):
             model_in = torch.cat([x, x])
             if config == "vanilla":
@@ -42,10 +46,7 @@ def denoise_fn(unet, config: str, steps: int, latents, text, device):
             elif config == "ip-adapter":
                 noise = forward(model_in, t, text, added_cond_kwargs={"image_embeds": [ids[:, None]]})
             else:
-                # The step lives on the device, so CUDA graphs can take it as an input.
-                settings = SAASettings(num_persons=2 if config == "saa-2" else 1, boxes=boxes if config == "saa-2" else None,
-                                       step=torch.tensor(step, device=device), infer_scale=2.0, infer_end=12 if config == "saa-2" else 0,
-                                       latent_size=(h, w))
+                settings.step = torch.tensor(step, device=device)  # on the device, so CUDA graphs take it as an input
                 noise = forward(model_in, t, torch.cat([text, ids], 1), cross_attention_kwargs={"dynamicid": settings})
             uncond, cond = noise.chunk(2)
             x = x - 0.01 * (uncond + 5.0 * (cond - uncond))  # scheduler arithmetic is negligible

@@ -184,3 +184,28 @@ def test_overlapping_boxes_give_finite_output_and_one_boost():
     _, plain = _gate_of(processor, attn, hidden, context, num_persons=2, boxes=overlapping)
     both = box_masks(torch.tensor([overlapping]), 16, 16)[0].all(0).reshape(16, 16)
     torch.testing.assert_close(gate[:, both], plain[:, both] + 2.0)
+
+
+def test_one_settings_object_serves_every_step_and_builds_its_masks_once():
+    """The pipeline keeps one SAASettings per image and moves its step: masks are built once per grid,
+    and the layout still switches off at infer_end."""
+    unet = tiny_unet()
+    from dynamicid.models.saa import DynamicIDAttention, install_processors
+
+    install_processors(unet, DynamicIDAttention.for_unet(unet, rank=4))
+    g = torch.Generator().manual_seed(0)
+    latents, text = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77 + 2 * TOKENS, CROSS_DIM, generator=g)
+    boxes = torch.tensor(OFF_EDGES[:2], dtype=torch.float64)
+    shared = SAASettings(num_persons=2, boxes=boxes, infer_scale=2.0, infer_end=1, latent_size=(16, 16))
+    outputs, cells = [], []
+    with torch.no_grad():
+        for step in (0, 1):
+            shared.step = torch.tensor(step)
+            outputs.append(unet(latents, torch.full((2,), 500), text, cross_attention_kwargs={"dynamicid": shared}).sample)
+            cells.append({key: value[0] for key, value in shared._cells.items()})
+            fresh = SAASettings(num_persons=2, boxes=boxes, step=step, infer_scale=2.0, infer_end=1, latent_size=(16, 16))
+            expected = unet(latents, torch.full((2,), 500), text, cross_attention_kwargs={"dynamicid": fresh}).sample
+            torch.testing.assert_close(outputs[-1], expected, atol=0, rtol=0)
+    assert sorted(key[:2] for key in cells[0]) == [(8, 8), (16, 16)]  # one entry per grid the UNet's SAA layers use
+    assert all(cells[1][key] is cells[0][key] for key in cells[0])  # the second step reused them
+    assert (outputs[0] - outputs[1]).abs().max() > 1e-4  # and the layout boost did stop at infer_end

@@ -22,7 +22,7 @@ All of it is tensor arithmetic: nothing branches on tensor values, so it compile
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -51,6 +51,9 @@ class SAASettings:
     infer_end: int = 0
     latent_size: tuple[int, int] | None = None  # (height, width) of the UNet input; None: square
     gate_maps: list | None = None  # when a list, every SAA layer appends {"layer", "gate": (B, h, w)}
+    # Box cells and routing masks per (grid, device), built once per call on the device: eager layers then
+    # share them instead of each copying boxes from the host (a copy that waits for the GPU queue).
+    _cells: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_id_tokens(self) -> int:
@@ -63,21 +66,41 @@ class SAASettings:
             return self.infer_scale * (self.step < self.infer_end).to(torch.float32)
         return float(self.infer_scale) if self.step < self.infer_end else 0.0
 
-    def resolved_boxes(self) -> torch.Tensor | None:
+    def resolved_boxes(self, device: torch.device | str | None = None) -> torch.Tensor | None:
+        """(N, 4) or (B, N, 4) float64 boxes on `device`: the given ones, else equal strips, else None."""
         if self.boxes is not None:
-            boxes = torch.as_tensor(self.boxes, dtype=torch.float64)  # float64 keeps edges truncating as Python's do
+            boxes = torch.as_tensor(self.boxes, dtype=torch.float64, device=device)  # float64: edges truncate as Python's do
             if boxes.shape[-2:] != (self.num_persons, 4):
                 raise ValueError(f"boxes must have shape (N, 4) or (B, N, 4) with N = {self.num_persons}, got {tuple(boxes.shape)}")
             return boxes
         if self.num_persons >= 1 and self.strips_when_no_boxes:
-            return equal_strips(self.num_persons)
+            return equal_strips(self.num_persons, device)
         return None
 
+    def box_cells(self, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(inside any box (B|1, h*w), blocked ID tokens (B|1, 1, h*w, N*k)) on this grid; None when the gate is
+        off (IP-Adapter style: no layout, no routing) or there are no boxes. Cached for the call in eager mode."""
+        if not self.gate:
+            return None
+        key = (height, width, str(device))
+        compiling = torch.compiler.is_compiling()
+        if not compiling and key in self._cells:
+            return self._cells[key]
+        boxes = self.resolved_boxes(device)
+        cells = None
+        if boxes is not None:
+            inside = box_masks(boxes if boxes.ndim == 3 else boxes[None], height, width)  # (B|1, N, h*w)
+            cells = inside.any(dim=1), ~routing_mask(inside, self.tokens_per_person)[:, None]
+        if not compiling:
+            self._cells[key] = cells
+        return cells
 
-def equal_strips(count: int) -> torch.Tensor:
-    """The authors' default layout: [0, i/N, 1, (i+1)/N] for person i."""
-    edges = torch.arange(count + 1, dtype=torch.float64) / count
-    zeros, ones = torch.zeros(count, dtype=torch.float64), torch.ones(count, dtype=torch.float64)
+
+def equal_strips(count: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The authors' default layout: [0, i/N, 1, (i+1)/N] for person i (made on `device`, not copied there)."""
+    edges = torch.arange(count + 1, dtype=torch.float64, device=device) / count
+    zeros = torch.zeros(count, dtype=torch.float64, device=device)
+    ones = torch.ones(count, dtype=torch.float64, device=device)
     return torch.stack([zeros, edges[:-1], ones, edges[1:]], dim=1)
 
 
@@ -255,25 +278,19 @@ class SAAProcessor(LoRAAttnProcessor):
         scale = head_dim**-0.25
         logits = (q * scale) @ (k_ip * scale).transpose(-2, -1)  # (B, heads, Nq, kN), computed once
 
-        # Gate off is IP-Adapter style: no boxes, so no routing and no layout either.
-        boxes = settings.resolved_boxes() if settings.gate else None
         height, width = grid_shape(num_queries, settings.latent_size)
-        inside = None
-        if boxes is not None:
-            boxes = boxes.to(q.device).expand(batch, -1, -1) if boxes.ndim == 2 else boxes.to(q.device)
-            inside = box_masks(boxes, height, width)  # (B, N, Nq)
-            allowed = routing_mask(inside, settings.tokens_per_person)
-            logits_for_softmax = logits.float().masked_fill(~allowed[:, None], float("-inf"))
-        else:
-            logits_for_softmax = logits.float()
+        cells = settings.box_cells(height, width, q.device)  # None with the gate off: IP-Adapter style
+        logits_for_softmax = logits.float()
+        if cells is not None:
+            logits_for_softmax = logits_for_softmax.masked_fill(cells[1], float("-inf"))
         id_out = torch.softmax(logits_for_softmax, dim=-1).to(v_ip.dtype) @ v_ip
 
         if settings.gate:
             gate = gate_from_logits(logits, settings.gate_threshold)
             if settings.detach_gate:
                 gate = gate.detach()
-            if inside is not None:
-                gate = apply_layout(gate, inside.any(dim=1), settings.layout_strength)
+            if cells is not None:
+                gate = apply_layout(gate, cells[0], settings.layout_strength)
         else:
             gate = torch.ones(batch, num_queries, device=q.device)
         if settings.gate_maps is not None:

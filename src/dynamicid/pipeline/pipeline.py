@@ -227,12 +227,15 @@ class DynamicIDPipeline:
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
 
         gate_sum = torch.zeros(count, latent_h, latent_w) if return_gate_maps else None
+        # One settings object for the whole call: its box masks are built once, on the device.
+        settings = SAASettings(
+            num_persons=len(persons), id_scale=id_scale, lora_scale=lora_scale, gate=gate,
+            boxes=torch.tensor(to_saa(boxes), dtype=torch.float64, device=self.device) if boxes else None,
+            infer_scale=infer_scale, infer_end=infer_end, latent_size=(latent_h, latent_w),
+        )
         for step, timestep in enumerate(self.scheduler.timesteps):
-            settings = SAASettings(
-                num_persons=len(persons), id_scale=id_scale, lora_scale=lora_scale, gate=gate,
-                boxes=to_saa(boxes) if boxes else None, step=torch.tensor(step), infer_scale=infer_scale, infer_end=infer_end,
-                latent_size=(latent_h, latent_w), gate_maps=[] if return_gate_maps else None,
-            )
+            settings.step = torch.tensor(step)
+            settings.gate_maps = [] if return_gate_maps else None
             model_input = torch.cat([latents] * 2) if do_guidance else latents
             model_input = self.scheduler.scale_model_input(model_input, timestep)
             noise = self.unet(model_input, timestep, encoder_hidden_states=context,
