@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	# CPU torch first, so that nothing pulls a CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev]"
+	# InsightFace's own code, which the tests run beside ours; --no-deps because it asks for opencv-python,
+	# which would shadow our opencv-python-headless (its other needs are in [dev]).
+	$(BIN)/pip install -q --no-deps "insightface==2.1"
 	$(BIN)/python -m dynamicid.sparkenv --check
 	touch $(STAMP)
 

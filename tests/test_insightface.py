@@ -27,42 +27,50 @@ def _save(path, nodes, inputs, outputs, initializers):
     onnx.save(model, str(path))
 
 
-def tiny_detector(path):
-    """SCRFD's 9 outputs. Only stride 32 fires, where the 32x32 cell is bright; boxes reach 3 strides each way."""
-    nodes, initializers, outputs = [], {}, {"score": [], "bbox": [], "kps": []}
+WIDTHS = {"score": 1, "obj": 1, "bbox": 4, "kps": 10}
+
+
+def tiny_detector(path, strides=(8, 16, 32), kinds=("score", "bbox", "kps"), anchors=2):
+    """SCRFD's outputs: `kinds` per stride, grouped by kind (9 by default). Only stride 32 fires, where the
+    32x32 cell is bright; boxes reach 3 strides each way. kinds=("score", "obj", "bbox", "kps") is YuNet's layout."""
+    nodes, initializers, outputs = [], {}, {kind: [] for kind in kinds}
     keypoints = np.array([-0.3, -0.2, 0.3, -0.2, 0.0, 0.0, -0.25, 0.3, 0.25, 0.3], np.float32)
-    for s in (8, 16, 32):
+    for s in strides:
         nodes.append(helper.make_node("AveragePool", ["input.1"], [f"pool{s}"], kernel_shape=[s, s], strides=[s, s]))
-        for kind, channels, width in (("score", 2, 1), ("bbox", 8, 4), ("kps", 20, 10)):
+        for kind in kinds:
+            width = WIDTHS[kind]
+            channels = width * anchors
             weight = np.zeros((channels, 3, 1, 1), np.float32)
             bias = np.zeros(channels, np.float32)
-            if kind == "score":
+            if kind in ("score", "obj"):
                 weight[:] = 10.0 if s == 32 else 0.0
                 bias[:] = -5.0 if s == 32 else -20.0
             elif kind == "bbox":
                 bias[:] = 3.0
             else:
-                bias[:] = np.tile(keypoints, 2)
+                bias[:] = np.tile(keypoints, anchors)
             initializers[f"w_{kind}{s}"], initializers[f"b_{kind}{s}"] = weight, bias
             nodes.append(helper.make_node("Conv", [f"pool{s}", f"w_{kind}{s}", f"b_{kind}{s}"], [f"c_{kind}{s}"]))
             source = f"c_{kind}{s}"
-            if kind == "score":
-                nodes.append(helper.make_node("Sigmoid", [source], [f"sig{s}"]))
-                source = f"sig{s}"
+            if kind in ("score", "obj"):
+                nodes.append(helper.make_node("Sigmoid", [source], [f"sig_{kind}{s}"]))
+                source = f"sig_{kind}{s}"
             nodes.append(helper.make_node("Transpose", [source], [f"t_{kind}{s}"], perm=[0, 2, 3, 1]))
             initializers[f"shape_{kind}{s}"] = np.array([-1, width], np.int64)
             nodes.append(helper.make_node("Reshape", [f"t_{kind}{s}", f"shape_{kind}{s}"], [f"{kind}_{s}"]))
             outputs[kind].append(helper.make_tensor_value_info(f"{kind}_{s}", TensorProto.FLOAT, [None, width]))
     _save(path, nodes, [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, None, None])],
-          outputs["score"] + outputs["bbox"] + outputs["kps"], initializers)
+          [o for kind in kinds for o in outputs[kind]], initializers)
 
 
-def tiny_head(path, input_name, side, weight, bias, raw_pixels):
-    """GlobalAveragePool -> MatMul -> Add; MXNet-style models start with Sub and Mul (normalising inside)."""
+def tiny_head(path, input_name, side, weight, bias, raw_pixels, names=("Sub_0", "Mul_1")):
+    """GlobalAveragePool -> MatMul -> Add. MXNet-style models start with nodes that normalise inside,
+    named as InsightFace looks for them: `names` gives the first nodes' names (Sub/Mul, _minus/_mul, bn_data)."""
     nodes, initializers, source = [], {"w": weight.astype(np.float32), "b": bias.astype(np.float32)}, input_name
     if raw_pixels:
         initializers["mean"], initializers["scale"] = np.array(127.5, np.float32), np.array(1 / 128, np.float32)
-        nodes += [helper.make_node("Sub", [source, "mean"], ["sub"]), helper.make_node("Mul", ["sub", "scale"], ["mul"])]
+        nodes += [helper.make_node("Sub", [source, "mean"], ["sub"], name=names[0]),
+                  helper.make_node("Mul", ["sub", "scale"], ["mul"], name=names[-1])]
         source = "mul"
     nodes += [helper.make_node("GlobalAveragePool", [source], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
               helper.make_node("MatMul", ["flat", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["out"])]
@@ -177,3 +185,79 @@ def test_prep_records_the_backends_it_used(buffalo, spark, shared_faces, tmp_pat
     assert manifest.landmarks_model.str.match(r"2d106:2d106det.onnx:[0-9a-f]{12}\+3d68:1k3d68.onnx:[0-9a-f]{12}").all()
     assert manifest.embedding_model.str.startswith("arcface:w600k_r50.onnx:").all()
     assert (manifest.embedding_dim == 512).all() and (manifest.landmark_convention == "insightface106").all()
+
+
+# -- roles, normalisation and refusals (issue 13) ----------------------------------------------------------
+
+
+def _bright_square():
+    image = np.zeros((1280, 1280, 3), np.uint8)
+    image[640:768, 320:448] = 255
+    return image
+
+
+@pytest.mark.parametrize("strides,kinds,anchors", [
+    ((8, 16, 32), ("score", "bbox"), 2),  # 6 outputs: no keypoints
+    ((8, 16, 32, 64, 128), ("score", "bbox"), 1),  # 10 outputs
+    ((8, 16, 32, 64, 128), ("score", "bbox", "kps"), 1),  # 15 outputs
+])
+def test_every_scrfd_output_layout_decodes(tmp_path, strides, kinds, anchors):
+    tiny_detector(tmp_path / "det.onnx", strides, kinds, anchors)
+    detector = InsightFaceDetector(str(tmp_path))
+    faces = detector.detect(_bright_square())
+    assert len(faces) == 1
+    assert faces[0].width == pytest.approx(2 * 192)
+    assert detector.gives_keypoints == ("kps" in kinds)
+    assert (faces[0].keypoints is not None) == ("kps" in kinds)
+
+
+def test_a_keypoint_less_detector_takes_five_points_from_the_landmarks(tmp_path, reference_face, buffalo):
+    rgb, dlib_face = reference_face
+    folder = tmp_path / "pack"
+    folder.mkdir()
+    tiny_detector(folder / "det.onnx", kinds=("score", "bbox"))
+    shutil.copy(buffalo / "w600k_r50.onnx", folder / "w600k_r50.onnx")
+    auto = FaceAnalyzer(FaceAnalysisConfig(embedder="insightface", embedder_model=str(folder)))
+    embedder = auto.embedder
+    from_landmarks = embedder.embed(rgb, dlib_face.landmarks68, "ibug68", None)
+    np.testing.assert_allclose(auto.embed(rgb, dlib_face), from_landmarks)  # dlib's box has no keypoints
+    with pytest.raises(BackendError, match=r"five_points is 'detector' but the insightface detector \(.*det.onnx\) gives no keypoints"):
+        FaceAnalyzer(FaceAnalysisConfig(detector="insightface", detector_model=str(folder), five_points="detector"))
+    with pytest.raises(BackendError, match="five_points must be one of auto, detector, landmarks"):
+        FaceAnalyzer(FaceAnalysisConfig(five_points="nose"))
+
+
+def test_models_that_fit_no_role_are_refused_before_any_image(tmp_path):
+    yunet = tmp_path / "yunet"
+    yunet.mkdir()
+    tiny_detector(yunet / "face_detection_yunet.onnx", kinds=("score", "obj", "bbox", "kps"), anchors=1)  # 12 outputs
+    with pytest.raises(BackendError, match=r"face_detection_yunet.onnx fits no InsightFace role: .*12 output\(s\).*SCRFD detector"):
+        InsightFaceDetector(str(yunet))
+    narrow = tmp_path / "narrow"
+    narrow.mkdir()
+    tiny_head(narrow / "r18_128.onnx", "input.1", 112, np.zeros((3, 128)), np.zeros(128), raw_pixels=False)
+    with pytest.raises(BackendError, match=r"r18_128.onnx is a 128-d recogniser; the insightface embedder takes a 512-d"):
+        InsightFaceEmbedder(str(narrow))
+
+
+def test_genderage_in_a_pack_is_ignored(tmp_path, buffalo):
+    pack = tmp_path / "pack"
+    shutil.copytree(buffalo, pack)
+    tiny_head(pack / "genderage.onnx", "data", 96, np.zeros((3, 3)), np.zeros(3), raw_pixels=False)
+    assert "genderage" in find_models(str(pack)) and InsightFaceEmbedder(str(pack))
+
+
+@pytest.mark.parametrize("names,landmark_model,inside", [
+    (("Sub_0", "Mul_1"), False, True),  # PyTorch-style names
+    (("_minus0", "_mul0"), False, True),  # MXNet-style names
+    (("Sub_0", "conv_1"), False, False),  # only one of the two
+    (("bn_data", "conv0"), True, True),  # a landmark model that starts with bn_data
+    (("bn_data", "conv0"), False, False),  # ... which a recogniser rule ignores
+    (("norm_a", "norm_b"), True, False),  # Sub and Mul ops under other names: not InsightFace's signal
+])
+def test_input_normalisation_follows_insightface_naming_rule(tmp_path, names, landmark_model, inside):
+    from dynamicid.faces.backends.insightface_backend import OnnxModel
+
+    path = tmp_path / "model.onnx"
+    tiny_head(path, "data", 192, np.zeros((3, 212)), np.zeros(212), raw_pixels=True, names=names)
+    assert OnnxModel(str(path)).normalises_inside(landmark_model=landmark_model) is inside

@@ -16,6 +16,9 @@ def _add_face_backend_options(p) -> None:
                                  ("embedder", "dlib-resnet", "identity embedder")):
         p.add_argument(f"--{stage}", default=default, help=f"{what} ({', '.join(available(stage))})")
         p.add_argument(f"--{stage}-model", default=None, help=f"model folder for the {what}")
+    p.add_argument("--five-points", choices=("auto", "detector", "landmarks"), default="auto",
+                   help="where the embedder's five alignment points come from: the detector's keypoints when it "
+                        "gives them, else the landmarks' (auto); only the detector's; only the landmarks'")
 
 
 def _face_config(args, **extra):
@@ -24,7 +27,7 @@ def _face_config(args, **extra):
     return FaceAnalysisConfig(
         detector=args.detector, detector_model=args.detector_model,
         landmarks=args.landmarks, landmarks_model=args.landmarks_model,
-        embedder=args.embedder, embedder_model=args.embedder_model,
+        embedder=args.embedder, embedder_model=args.embedder_model, five_points=args.five_points,
         **extra,
     )
 

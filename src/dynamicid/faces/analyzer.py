@@ -15,6 +15,9 @@ from dynamicid.faces.backends import BackendError, create
 from dynamicid.faces.types import FaceAnalysis, FaceBox
 
 
+FIVE_POINT_SOURCES = ("auto", "detector", "landmarks")
+
+
 @dataclass(frozen=True)
 class FaceAnalysisConfig:
     detector: str = "dlib-hog"
@@ -26,6 +29,10 @@ class FaceAnalysisConfig:
     aligned_size: int = 512
     detect_side: int = 512  # detection runs on the photo shrunk to at most this many px (7 ms less than 640)
     min_detection_score: float | None = None  # None: the detector's own default
+    # Where the embedder's five alignment points come from: "auto" takes the detector's keypoints when it
+    # gives them (as InsightFace's own pipeline does) and the landmarks' otherwise; "detector" insists on
+    # the detector's; "landmarks" always derives them from the 68 landmarks.
+    five_points: str = "auto"
 
     def identity(self) -> dict:
         return asdict(self) | {"template": alignment.TEMPLATE_VERSION}
@@ -53,10 +60,23 @@ class FaceAnalyzer:
         )
         self.landmark_model = create("landmarks", c.landmarks, c.landmarks_model)
         self.embedder = create("embedder", c.embedder, c.embedder_model) if with_embedder else None
+        self._check_five_points()
         provided = getattr(self.landmark_model, "conventions", (self.landmark_model.convention,))
         if "ibug68" not in provided:
             raise BackendError(f"landmark backend {c.landmarks!r} gives {', '.join(provided)} points; the face prompt "
                                "needs the 68-point (ibug68) layout as well")
+
+    def _check_five_points(self) -> None:
+        choice = self.config.five_points
+        if choice not in FIVE_POINT_SOURCES:
+            raise BackendError(f"five_points must be one of {', '.join(FIVE_POINT_SOURCES)}, not {choice!r}")
+        if choice == "detector" and not getattr(self.detector, "gives_keypoints", False):
+            model = getattr(getattr(self.detector, "model", None), "path", self.config.detector_model)
+            raise BackendError(
+                f"five_points is 'detector' but the {self.config.detector} detector ({model}) gives no keypoints "
+                "(an SCRFD model without the keypoint outputs has 6 or 10 outputs, not 9 or 15). Use a detector "
+                "with keypoints (det_10g.onnx, scrfd_*_bnkps.onnx), or set five_points to 'auto' or 'landmarks'."
+            )
 
     @property
     def backend_ids(self) -> dict[str, str]:
@@ -126,7 +146,8 @@ class FaceAnalyzer:
 
     def embed(self, rgb: np.ndarray, analysis: FaceAnalysis) -> np.ndarray:
         """The identity embedding of an analysed face (its landmarks and its box's detector keypoints)."""
-        return self.embedder.embed(rgb, analysis.landmarks68, "ibug68", analysis.box)
+        box = None if self.config.five_points == "landmarks" else analysis.box
+        return self.embedder.embed(rgb, analysis.landmarks68, "ibug68", box)
 
     def analyze(self, rgb: np.ndarray, max_faces: int | None = None, embed: bool = True) -> list[FaceAnalysis]:
         boxes = self.detect(rgb)

@@ -1,16 +1,28 @@
 """InsightFace model packs (buffalo_l, antelopev2) run with ONNX Runtime, from a local folder.
 
-Files are recognised by their inputs and outputs, so both packs work:
-  detector     SCRFD (det_10g.onnx / scrfd_10g_bnkps.onnx): 9 outputs (score, box, 5 keypoints at strides 8/16/32)
-  embedder     ArcFace (w600k_r50.onnx / glintr100.onnx): 112x112 in, 512 out
+Files are recognised by their inputs and outputs (never by name or output count alone):
+  detector     SCRFD: one 3-channel input; 3 or 5 strides of score (width 1), box (width 4) and, for the
+               *_kps models (det_10g.onnx, scrfd_*_bnkps.onnx), 5 keypoints (width 10): 6, 9, 10 or 15 outputs
+  embedder     ArcFace-style recogniser (w600k_r50.onnx / glintr100.onnx): 112x112 in, one 512-wide output
   landmarks    2d106det.onnx (192 in, 212 out: 106 points) and 1k3d68.onnx (192 in, 3309 out: 68 3-D points)
+  (ignored)    genderage.onnx (96 in, 3 out), which the packs also hold
+Any other .onnx file in the folder is refused, naming the file and these signatures.
+
+Input normalisation follows InsightFace's own rule, by node names: a model whose first 8 nodes include
+one named Sub*/_minus* and one named Mul*/_mul* normalises inside and takes raw pixels; so does a
+landmark model with a node named bn_data among its first 3. Otherwise pixels are (x - 127.5) / 127.5
+for recognisers and (x - 127.5) / 128 for detectors and landmark models.
 
 Colour order: the networks were trained on RGB. InsightFace's own Python API takes BGR images from
 OpenCV and swaps them back when it builds the input blob; DynamicID's authors handed that API RGB
 arrays, so their networks saw BGR. Our images are RGB throughout and go to the networks as RGB,
 with no swap anywhere.
-Detection runs on a fixed 640x640 canvas (the photo shrunk to fit, padded at the bottom/right):
-INSIGHTFACE_DET_SIZE. Licence: the InsightFace model packs are for non-commercial research only.
+Detection runs as InsightFace's SCRFD does by default, on two square canvases, 128 and 640 px
+(DETECTION_CANVASES): the photo is resized to fit each (linear interpolation, the fitted side exact and
+the other truncated with int()), padded at the bottom/right, and the candidates of both canvases are
+merged by one NMS. The small canvas finds close-ups, whose faces are too large for SCRFD's anchors at
+640 px; the large one finds small faces. A model with a fixed input size runs at that size alone.
+Licence: the InsightFace model packs are for non-commercial research only.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ from dynamicid.faces.alignment import apply_affine, five_points, similarity_tran
 from dynamicid.faces.backends.base import BackendError, cpus_for_this_task, gpu_for_this_task, model_file_hash
 from dynamicid.faces.types import FaceBox
 
-INSIGHTFACE_DET_SIZE = 640
+DETECTION_CANVASES = (128, 640)
 DET_THRESHOLD = 0.5
 NMS_IOU = 0.4
 # The standard ArcFace crop: where the five points sit in a 112x112 face.
@@ -34,7 +46,7 @@ ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
 )
 EXPECTED = {
-    "detector": "det_10g.onnx (buffalo_l) or scrfd_10g_bnkps.onnx (antelopev2)",
+    "detector": "an SCRFD detector such as det_10g.onnx (buffalo_l) or scrfd_10g_bnkps.onnx (antelopev2)",
     "embedder": "w600k_r50.onnx (buffalo_l) or glintr100.onnx (antelopev2)",
     "landmarks2d": "2d106det.onnx",
     "landmarks3d": "1k3d68.onnx",
@@ -85,15 +97,49 @@ class OnnxModel:
         shape = self.session.get_outputs()[0].shape
         return shape[-1] if isinstance(shape[-1], int) else None
 
-    def normalises_inside(self) -> bool:
-        """MXNet-exported models subtract and scale in the graph (as InsightFace checks): then feed raw pixels."""
+    def normalises_inside(self, landmark_model: bool = False) -> bool:
+        """InsightFace's rule, by node names: Sub*/_minus* and Mul*/_mul* among the first 8 nodes (or, for
+        landmark models, a node named bn_data among the first 3) mean the graph normalises its input itself."""
         try:
             import onnx
         except ImportError:
             return False
-        graph = onnx.load(self.path, load_external_data=False).graph
-        names = [node.op_type for node in graph.node[:8]]
-        return "Sub" in names and "Mul" in names
+        nodes = onnx.load(self.path, load_external_data=False).graph.node
+        subtracts = any(n.name.startswith(("Sub", "_minus")) for n in nodes[:8])
+        multiplies = any(n.name.startswith(("Mul", "_mul")) for n in nodes[:8])
+        batch_norm_first = landmark_model and any(n.name == "bn_data" for n in nodes[:3])
+        return (subtracts and multiplies) or batch_norm_first
+
+
+SIGNATURES = (
+    "SCRFD detector: one 3-channel NCHW input; 6, 9, 10 or 15 outputs of widths 1 (scores), 4 (boxes) "
+    "and 10 (keypoints), one per stride; recogniser: 112x112 input, one output; landmarks: 192x192 input, "
+    "one output of 212 (2d106det) or 3309 (1k3d68) values; genderage: 96x96 input, one output of 3 values (ignored)"
+)
+
+
+def model_role(inputs: list, outputs: list) -> str | None:
+    """What a model is, from its input and output shapes; None when it fits no role."""
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, None, "?"):
+        return None
+    spatial = list(inputs[0].shape[2:])
+    widths = [o.shape[-1] if o.shape else None for o in outputs]
+    if len(outputs) in (6, 9, 10, 15):
+        strides = 3 if len(outputs) in (6, 9) else 5
+        expected = [1] * strides + [4] * strides + ([10] * strides if len(outputs) in (9, 15) else [])
+        ranks_ok = all(len(o.shape) in (2, 3) for o in outputs)
+        return "detector" if widths == expected and ranks_ok else None
+    if len(outputs) != 1:
+        return None
+    if spatial == [112, 112]:
+        return "embedder"
+    if spatial == [192, 192] and widths[0] == 212:
+        return "landmarks2d"
+    if spatial == [192, 192] and widths[0] == 3309:
+        return "landmarks3d"
+    if spatial == [96, 96] and widths[0] == 3:
+        return "genderage"
+    return None
 
 
 @lru_cache(maxsize=None)
@@ -109,16 +155,16 @@ def find_models(folder: str) -> dict[str, str]:
             session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         except Exception as err:
             raise BackendError(f"{path} is not a loadable ONNX model: {err}") from None
-        inputs, outputs = session.get_inputs()[0].shape, session.get_outputs()
-        width = outputs[0].shape[-1]
-        if len(outputs) >= 6:
-            roles.setdefault("detector", path)
-        elif inputs[2:] == [112, 112] and width == 512:
-            roles.setdefault("embedder", path)
-        elif inputs[2:] == [192, 192] and width == 212:
-            roles.setdefault("landmarks2d", path)
-        elif inputs[2:] == [192, 192] and width == 3309:
-            roles.setdefault("landmarks3d", path)
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        role = model_role(inputs, outputs)
+        if role is None:
+            shapes = ", ".join(str(o.shape) for o in outputs)
+            raise BackendError(
+                f"{path} fits no InsightFace role: input {inputs[0].shape if inputs else None}, "
+                f"{len(outputs)} output(s) {shapes}. Expected one of: {SIGNATURES}. Remove it from {folder} "
+                "or point the option at a folder holding only InsightFace models."
+            )
+        roles.setdefault(role, path)
     return roles
 
 
@@ -140,66 +186,93 @@ def _anchor_centres(height: int, width: int, stride: int, anchors: int) -> np.nd
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
-    order = scores.argsort()[::-1]
+    """InsightFace's NMS: a stable order by score, and box sides counted in whole pixels (+1)."""
+    order = np.argsort(-scores, kind="stable")
     keep = []
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
     while order.size:
         best = order[0]
         keep.append(int(best))
-        xx0 = np.maximum(boxes[best, 0], boxes[order[1:], 0])
-        yy0 = np.maximum(boxes[best, 1], boxes[order[1:], 1])
-        xx1 = np.minimum(boxes[best, 2], boxes[order[1:], 2])
-        yy1 = np.minimum(boxes[best, 3], boxes[order[1:], 3])
-        inter = np.clip(xx1 - xx0, 0, None) * np.clip(yy1 - yy0, 0, None)
-        overlap = inter / (areas[best] + areas[order[1:]] - inter + 1e-9)
-        order = order[1:][overlap <= iou]
+        rest = order[1:]
+        xx0 = np.maximum(boxes[best, 0], boxes[rest, 0])
+        yy0 = np.maximum(boxes[best, 1], boxes[rest, 1])
+        xx1 = np.minimum(boxes[best, 2], boxes[rest, 2])
+        yy1 = np.minimum(boxes[best, 3], boxes[rest, 3])
+        inter = np.maximum(0.0, xx1 - xx0 + 1) * np.maximum(0.0, yy1 - yy0 + 1)
+        overlap = inter / (areas[best] + areas[rest] - inter)
+        order = rest[overlap <= iou]
     return keep
 
 
 def decode_scrfd(outputs: list[np.ndarray], canvas: int, threshold: float = DET_THRESHOLD):
-    """SCRFD's raw outputs -> (boxes (N, 4), scores (N,), keypoints (N, 5, 2)) on the detection canvas."""
-    levels = len(outputs) // 3
-    strides = (8, 16, 32, 64, 128)[:levels]
+    """SCRFD's raw outputs -> (boxes (N, 4), scores (N,), keypoints (N, 5, 2) or None) on the canvas.
+
+    6 or 9 outputs: strides 8/16/32 with 2 anchors per cell; 10 or 15: strides 8..128 with one. The
+    keypoint outputs (9 and 15) come last."""
+    levels = 3 if len(outputs) in (6, 9) else 5
+    anchors = 2 if levels == 3 else 1
+    with_keypoints = len(outputs) in (9, 15)
     boxes, scores, points = [], [], []
-    for level, stride in enumerate(strides):
+    for level, stride in enumerate((8, 16, 32, 64, 128)[:levels]):
         score = outputs[level].reshape(-1)
         distance = outputs[level + levels].reshape(-1, 4) * stride
-        keypoint = outputs[level + 2 * levels].reshape(-1, 10) * stride
         side = canvas // stride
-        anchors = max(1, score.size // (side * side))
         centres = _anchor_centres(side, side, stride, anchors)
         chosen = score >= threshold
         c = centres[chosen]
         boxes.append(np.concatenate([c - distance[chosen, :2], c + distance[chosen, 2:]], axis=1))
         scores.append(score[chosen])
-        points.append(c[:, None, :] + keypoint[chosen].reshape(-1, 5, 2))
-    return np.concatenate(boxes), np.concatenate(scores), np.concatenate(points)
+        if with_keypoints:
+            keypoint = outputs[level + 2 * levels].reshape(-1, 10) * stride
+            points.append(c[:, None, :] + keypoint[chosen].reshape(-1, 5, 2))
+    return np.concatenate(boxes), np.concatenate(scores), (np.concatenate(points) if with_keypoints else None)
+
+
+def fit_to_canvas(rgb: np.ndarray, canvas: int) -> tuple[np.ndarray, float]:
+    """InsightFace's detection input: resized to fit (linear; the other side truncated), padded bottom/right.
+    Returns the canvas (uint8) and the scale from photo to canvas."""
+    height, width = rgb.shape[:2]
+    if height / width > 1.0:
+        new_height, new_width = canvas, int(canvas / (height / width))
+    else:
+        new_width, new_height = canvas, int(canvas * (height / width))
+    new_width, new_height = max(1, new_width), max(1, new_height)
+    padded = np.zeros((canvas, canvas, 3), dtype=np.uint8)
+    padded[:new_height, :new_width] = cv2.resize(rgb, (new_width, new_height))
+    return padded, new_height / height
 
 
 class InsightFaceDetector:
     name = "insightface"
 
-    def __init__(self, model_path: str | None = None, detect_side: int = INSIGHTFACE_DET_SIZE,
-                 min_score: float | None = None):
+    def __init__(self, model_path: str | None = None, detect_side: int | None = None, min_score: float | None = None):
+        # detect_side is the dlib detector's setting; SCRFD uses DETECTION_CANVASES (or the model's fixed size).
         if model_path is None:
             raise BackendError("--detector insightface needs --detector-model FOLDER (buffalo_l or antelopev2)")
         self.model = OnnxModel(_model(model_path, "detector"))
         self.model_id = f"scrfd:{self.model.model_id}"
-        self.canvas = INSIGHTFACE_DET_SIZE  # fixed: the anchors assume it
+        self.gives_keypoints = len(self.model.outputs) in (9, 15)
+        fixed = self.model.input_side()
+        self.canvases = (fixed,) if fixed else DETECTION_CANVASES
         self.threshold = DET_THRESHOLD if min_score is None else min_score
 
+    def candidates(self, rgb: np.ndarray, canvas: int):
+        """One canvas's detections above the threshold, in photo pixels, best first."""
+        padded, scale = fit_to_canvas(rgb, canvas)
+        blob = ((padded.astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None]
+        boxes, scores, points = decode_scrfd(self.model.run(blob), canvas, self.threshold)
+        order = np.argsort(-scores, kind="stable")
+        return boxes[order] / scale, scores[order], (points[order] / scale if points is not None else None)
+
     def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        height, width = rgb.shape[:2]
-        scale = self.canvas / max(height, width)
-        resized = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
-        canvas = np.zeros((self.canvas, self.canvas, 3), dtype=np.float32)
-        canvas[: resized.shape[0], : resized.shape[1]] = resized
-        blob = ((canvas - 127.5) / 128.0).transpose(2, 0, 1)[None].astype(np.float32)
-        boxes, scores, points = decode_scrfd(self.model.run(blob), self.canvas, self.threshold)
+        found = [self.candidates(rgb, canvas) for canvas in self.canvases]
+        boxes = np.concatenate([f[0] for f in found])
+        scores = np.concatenate([f[1] for f in found])
+        points = np.concatenate([f[2] for f in found]) if self.gives_keypoints else None
         keep = nms(boxes, scores, NMS_IOU) if len(scores) else []
         return [
-            FaceBox(*(boxes[i] / scale).tolist(), float(scores[i]),
-                    tuple(tuple(float(v) for v in p) for p in points[i] / scale))
+            FaceBox(*boxes[i].tolist(), float(scores[i]),
+                    tuple(tuple(float(v) for v in p) for p in points[i]) if points is not None else None)
             for i in keep
         ]
 
@@ -213,7 +286,7 @@ class _LandmarkNet:
     def __init__(self, path: str):
         self.model = OnnxModel(path)
         self.side = self.model.input_side() or 192
-        self.raw_pixels = self.model.normalises_inside()
+        self.raw_pixels = self.model.normalises_inside(landmark_model=True)
 
     def run(self, rgb: np.ndarray, box: FaceBox, dims: int) -> np.ndarray:
         cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
@@ -269,6 +342,13 @@ class InsightFaceEmbedder:
         if model_path is None:
             raise BackendError("--embedder insightface needs --embedder-model FOLDER (buffalo_l or antelopev2)")
         self.model = OnnxModel(_model(model_path, "embedder"))
+        width = self.model.output_width()
+        if width is not None and width != self.dim:
+            raise BackendError(
+                f"{self.model.path} is a {width}-d recogniser; the insightface embedder takes a {self.dim}-d "
+                "ArcFace-style model (w600k_r50.onnx, glintr100.onnx), which is what the DynamicID weights were "
+                "trained with. Use such a model, or the default embedder (--embedder dlib-resnet)."
+            )
         self.raw_pixels = self.model.normalises_inside()
         self.model_id = f"arcface:{self.model.model_id}"
 
