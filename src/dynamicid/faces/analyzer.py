@@ -10,12 +10,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from dynamicid.faces import alignment, expression, face_prompt, pose
+from dynamicid.faces import alignment, emotion, expression, face_prompt, pose
 from dynamicid.faces.backends import BackendError, create
 from dynamicid.faces.types import FaceAnalysis, FaceBox
 
 
 FIVE_POINT_SOURCES = ("auto", "detector", "landmarks")
+EXPRESSION_SOURCES = ("fer", "landmarks")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class FaceAnalysisConfig:
     # gives them (as InsightFace's own pipeline does) and the landmarks' otherwise; "detector" insists on
     # the detector's; "landmarks" always derives them from the 68 landmarks.
     five_points: str = "auto"
+    # The emotion word of the face prompt: "fer" (the shipped FER2013 classifier, all seven emotions) or
+    # "landmarks" (geometry alone: happy, surprise or neutral).
+    expression: str = "fer"
 
     def identity(self) -> dict:
         return asdict(self) | {"template": alignment.TEMPLATE_VERSION}
@@ -61,6 +65,9 @@ class FaceAnalyzer:
         self.landmark_model = create("landmarks", c.landmarks, c.landmarks_model)
         self.embedder = create("embedder", c.embedder, c.embedder_model) if with_embedder else None
         self._check_five_points()
+        if c.expression not in EXPRESSION_SOURCES:
+            raise BackendError(f"expression must be one of {', '.join(EXPRESSION_SOURCES)}, not {c.expression!r}")
+        self.expression_model = emotion.ExpressionClassifier() if c.expression == "fer" else None
         provided = getattr(self.landmark_model, "conventions", (self.landmark_model.convention,))
         if "ibug68" not in provided:
             raise BackendError(f"landmark backend {c.landmarks!r} gives {', '.join(provided)} points; the face prompt "
@@ -80,7 +87,8 @@ class FaceAnalyzer:
 
     @property
     def backend_ids(self) -> dict[str, str]:
-        ids = {"detector": self.detector.model_id, "landmarks": self.landmark_model.model_id}
+        ids = {"detector": self.detector.model_id, "landmarks": self.landmark_model.model_id,
+               "expression": self.expression_model.model_id if self.expression_model else "landmark-cues"}
         if self.embedder is not None:
             ids["embedder"] = self.embedder.model_id
         return ids
@@ -98,11 +106,30 @@ class FaceAnalyzer:
             return [model.landmark_sets(rgb, box) for box in boxes]
         return [{model.convention: model.landmarks(rgb, box)} for box in boxes]
 
-    def analyze_faces(self, rgb: np.ndarray, boxes: list[FaceBox], embed: bool = True) -> list[FaceAnalysis]:
+    def analyze_faces(self, rgb: np.ndarray, boxes: list[FaceBox], embed: bool = True,
+                      expressions: bool = True) -> list[FaceAnalysis]:
+        """Every face of one image. expressions=False leaves the classifier to a later, larger batch
+        (`classify_expressions`), as prep does for a whole Spark task; until then the emotion is the landmarks'."""
         started = time.perf_counter()
         all_sets = self.landmark_sets(rgb, boxes)
         share = (time.perf_counter() - started) * 1000 / max(len(boxes), 1)
-        return [self._analyze_one(rgb, box, sets, share, embed) for box, sets in zip(boxes, all_sets)]
+        analyses = [self._analyze_one(rgb, box, sets, share, embed) for box, sets in zip(boxes, all_sets)]
+        if expressions:
+            self.classify_expressions(analyses)
+        return analyses
+
+    def classify_expressions(self, analyses: list[FaceAnalysis]) -> None:
+        """Emotion probabilities, emotion and face prompt of many faces, in one batch of the classifier."""
+        if self.expression_model is None or not analyses:
+            return
+        started = time.perf_counter()
+        probabilities = self.expression_model.probabilities([a.aligned for a in analyses])
+        share = (time.perf_counter() - started) * 1000 / len(analyses)
+        for analysis, row in zip(analyses, probabilities):
+            analysis.emotion_probabilities = row
+            analysis.emotion = emotion.emotion_from_probabilities(row)
+            analysis.face_prompt = face_prompt.from_measurements(analysis.emotion, analysis.pose).text()
+            analysis.timings_ms["prompt"] = analysis.timings_ms.get("prompt", 0.0) + share
 
     def analyze_face(self, rgb: np.ndarray, box: FaceBox, embed: bool = True) -> FaceAnalysis:
         return self.analyze_faces(rgb, [box], embed)[0]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from dynamicid.faces.types import HeadPose
 
 EMOTIONS = ("happy", "surprise", "sad", "anger", "disgust", "fear", "neutral")
+# The expression classifier's classes (FER2013's order), in the method's words: manifest columns emotion_<word>.
+CLASSIFIER_EMOTIONS = ("anger", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 ANGLE_THRESHOLD = 10.0
 
 

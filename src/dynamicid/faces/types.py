@@ -75,4 +75,5 @@ class FaceAnalysis:
     sharpness: float
     landmarks68: np.ndarray | None = None  # the ibug68 layout (= landmarks for 68-point backends)
     embedding: np.ndarray | None = None  # (D,) float32
+    emotion_probabilities: np.ndarray | None = None  # (7,) in faces.emotion.EMOTION_ORDER, from the classifier
     timings_ms: dict[str, float] = field(default_factory=dict)

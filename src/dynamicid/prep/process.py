@@ -18,6 +18,7 @@ from PIL import Image
 from dynamicid.faces import FaceAnalyzer, landmark_image
 from dynamicid.faces.backends import create
 from dynamicid.faces.caption import caption_many
+from dynamicid.faces.face_prompt import CLASSIFIER_EMOTIONS
 from dynamicid.faces.types import FaceAnalysis
 from dynamicid.prep import outputs
 from dynamicid.prep.config import PrepConfig
@@ -87,7 +88,9 @@ class PrepStage:
     def _process(self, files: list[tuple[str, str, str | None]]) -> list[dict]:
         """Analyse every file, caption all kept faces together, then write each file's outputs."""
         works = [self._start_file(*file) for file in files]
-        self._caption([face for work in works for face in work.kept_faces()])
+        kept = [face for work in works for face in work.kept_faces()]
+        self._classify_expressions(kept)
+        self._caption(kept)
         return [row for work in works for row in self._finish_file(work)]
 
     # -- one file, in three steps: analyse, (caption with the batch), write ------------------------
@@ -194,7 +197,8 @@ class PrepStage:
             return reject("face_too_small", f"the face is {side:.0f} px, below the minimum of {rules.min_face_side} px")
 
         items = []
-        analyses = self.analyzer.analyze_faces(image.rgb, large_enough, embed=False)  # landmarks in one batch
+        # Landmarks in one batch; the expression classifier runs later, over the whole task's faces.
+        analyses = self.analyzer.analyze_faces(image.rgb, large_enough, embed=False, expressions=False)
         for index, analysis in enumerate(analyses):
             face_timings = dict(timings)
             for stage, ms in analysis.timings_ms.items():
@@ -229,6 +233,18 @@ class PrepStage:
             "grayscale": image.grayscale,
         }
         return _KeptFace(image.decode_scale, analysis, index, base, base_row, timings, start, facts)
+
+    def _classify_expressions(self, faces: list[_KeptFace]) -> None:
+        """The expression classifier over every kept face of the batch at once; the emotion, the face prompt
+        and the probabilities go into each face's facts (the caption then carries the face prompt)."""
+        self.setup()
+        self.analyzer.classify_expressions([face.analysis for face in faces])
+        for face in faces:
+            analysis = face.analysis
+            face.facts |= {"emotion": analysis.emotion, "face_prompt": analysis.face_prompt}
+            if analysis.emotion_probabilities is not None:
+                face.facts |= {f"emotion_{w}": float(p) for w, p in zip(CLASSIFIER_EMOTIONS, analysis.emotion_probabilities)}
+            face.timings["prompt"] = analysis.timings_ms.get("prompt", 0.0)
 
     def _caption(self, faces: list[_KeptFace]) -> None:
         """Caption the faces in one call (the captioner batches); each face is charged an equal share."""
@@ -299,6 +315,7 @@ class PrepStage:
             "landmark_convention": analysis.landmark_convention,
             "affine": affine.tolist(),
             "landmarks_model": self.analyzer.landmark_model.model_id,
+            "expression_model": self.analyzer.backend_ids["expression"],
             "embedding_model": embedder.model_id,
             "embedding_dim": int(embedder.dim),
             "captioner_model": self.captioner.model_id,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from dynamicid.faces.face_prompt import CLASSIFIER_EMOTIONS
+
 STAGE_TIMINGS = ("read", "decode", "detect", "landmarks", "align", "prompt", "embed", "caption", "write", "total")
 
 # (column, Spark DDL type); one row per input file, or per kept face under --multi-face all.
@@ -36,6 +38,8 @@ COLUMNS: list[tuple[str, str]] = [
     ("caption", "string"),
     ("face_prompt", "string"),
     ("emotion", "string"),
+] + [(f"emotion_{word}", "double") for word in CLASSIFIER_EMOTIONS] + [  # the classifier's probabilities
+    ("expression_model", "string"),
     ("pitch", "double"),
     ("yaw", "double"),
     ("roll", "double"),
