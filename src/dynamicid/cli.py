@@ -19,6 +19,9 @@ def _add_face_backend_options(p) -> None:
     p.add_argument("--five-points", choices=("auto", "detector", "landmarks"), default="auto",
                    help="where the embedder's five alignment points come from: the detector's keypoints when it "
                         "gives them, else the landmarks' (auto); only the detector's; only the landmarks'")
+    p.add_argument("--expression", choices=("fer", "landmarks"), default="fer",
+                   help="the face prompt's emotion: the shipped FER2013 classifier, all seven emotions (fer), or "
+                        "landmark geometry alone: happy, surprise or neutral (landmarks)")
 
 
 def _face_config(args, **extra):
@@ -28,6 +31,7 @@ def _face_config(args, **extra):
         detector=args.detector, detector_model=args.detector_model,
         landmarks=args.landmarks, landmarks_model=args.landmarks_model,
         embedder=args.embedder, embedder_model=args.embedder_model, five_points=args.five_points,
+        expression=args.expression,
         **extra,
     )
 
