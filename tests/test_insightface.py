@@ -164,7 +164,7 @@ def test_mixed_backends_give_106_points_and_the_68_point_face_prompt(buffalo, re
     face = analyzer.analyze(rgb, max_faces=1)[0]
     assert face.landmark_convention == "insightface106" and face.landmarks.shape == (106, 2)
     np.testing.assert_allclose(face.landmarks68, dlib_face.landmarks, atol=0.05)
-    assert face.face_prompt == dlib_face.face_prompt == "in a neutral expression, in side view, turned right"
+    assert face.face_prompt == dlib_face.face_prompt and face.face_prompt.endswith(", in side view, turned right")
     assert face.embedding.shape == (512,)
     assert analyzer.backend_ids["embedder"].startswith("arcface:w600k_r50.onnx:")
 

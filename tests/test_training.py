@@ -161,3 +161,38 @@ def test_cli_make_tiny_models_and_train(dataset, tmp_path, capsys):
     assert cli.main(["train", "anchor", str(tmp_path), str(tmp_path / "run2"), "--base-model", str(tmp_path / "tiny/sd15"),
                      "--clip-image-encoder", str(tmp_path / "tiny/clip-image")]) == 1
     assert "no manifest.parquet" in capsys.readouterr().err
+
+
+# -- the data path (issue 18): read-ahead workers and the CLIP feature cache ------------------------------
+
+
+def test_read_ahead_gives_the_same_micro_batches_in_any_order(dataset):
+    from dynamicid.training import data as td
+
+    faces = load_faces(dataset)
+    batches = td.AnchorBatches(td.AnchorSampler(faces), seed=3, batch_size=2, resolution=32, id_dim=128,
+                               drops=(0.3, 0.3, 0.2))
+    direct = [batches[k] for k in range(6)]
+    reader = td.ReadAhead(batches, workers=2)
+    ahead = [reader[k] for k in range(4)] + [reader[1], reader[2]]  # then as a resumed run would ask
+    reader.close()
+    for got, want in zip(ahead, direct[:4] + direct[1:3]):
+        assert got["captions"] == want["captions"]
+        torch.testing.assert_close(got["pixels"], want["pixels"])
+        torch.testing.assert_close(got["embeddings"], want["embeddings"])
+        assert got["drop_image"].tolist() == want["drop_image"].tolist()
+    assert any(d["drop_image"].any() for d in direct) and any("" in d["captions"] for d in direct)
+
+
+def test_cached_clip_features_train_as_the_encoder_in_the_step_does(dataset, tiny_models, tmp_path):
+    cached = train_anchor(anchor_config(dataset, tiny_models, tmp_path / "cached", steps=3, checkpoint_every=0))
+    files = sorted((tmp_path / "cached" / "clip-cache").rglob("*.safetensors"))
+    assert len(files) == len(load_faces(dataset))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    live = train_anchor(anchor_config(dataset, tiny_models, tmp_path / "live", steps=3, checkpoint_every=0,
+                                      cache_clip=False, data_workers=0))
+    assert not (tmp_path / "live" / "clip-cache").exists()
+    np.testing.assert_allclose([h["loss"] for h in cached["history"]], [h["loss"] for h in live["history"]], rtol=1e-4)
+    # a second run with the same encoder reuses the cache instead of rewriting it
+    train_anchor(anchor_config(dataset, tiny_models, tmp_path / "cached", steps=4, checkpoint_every=0))
+    assert [f.stat().st_mtime_ns for f in files] == stamps

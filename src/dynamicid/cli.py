@@ -376,6 +376,10 @@ def _add_train(sub) -> None:
     anchor.add_argument("--drop-both", type=float, default=0.05)
     anchor.add_argument("--no-gate", action="store_true", help="train with SAA's gate off")
     anchor.add_argument("--no-gate-gradients", action="store_true", help="stop gradients through the gate")
+    anchor.add_argument("--data-workers", type=int, default=2,
+                        help="DataLoader workers that read and decode micro-batches ahead of the step (0: in the step)")
+    anchor.add_argument("--no-clip-cache", action="store_true",
+                        help="run the CLIP image encoder in every step instead of caching each face's features once")
     anchor.set_defaults(handler=_run_train)
     reconfig = stages.add_parser("reconfig", help="stage 2: IMR and KeyPointEncoder",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -404,7 +408,8 @@ def _run_train(args) -> int:
 
         config = AnchorConfig(**shared, batch_size=args.batch_size, lora_rank=args.lora_rank, init_weights=args.init_weights,
                               drop_text=args.drop_text, drop_image=args.drop_image, drop_both=args.drop_both,
-                              gate=not args.no_gate, gate_gradients=not args.no_gate_gradients)
+                              gate=not args.no_gate, gate_gradients=not args.no_gate_gradients,
+                              data_workers=args.data_workers, cache_clip=not args.no_clip_cache)
         result = train_anchor(config)
     else:
         from dynamicid.training.stages import train_reconfig

@@ -171,10 +171,15 @@ class FaceAnalyzer:
             clock.lap("embed")
         return analysis
 
-    def embed(self, rgb: np.ndarray, analysis: FaceAnalysis) -> np.ndarray:
-        """The identity embedding of an analysed face (its landmarks and its box's detector keypoints)."""
+    def embed_input(self, rgb: np.ndarray, analysis: FaceAnalysis) -> np.ndarray:
+        """The embedder's small input for an analysed face (its landmarks and its box's detector keypoints),
+        which can wait for a batch without the photo."""
         box = None if self.config.five_points == "landmarks" else analysis.box
-        return self.embedder.embed(rgb, analysis.landmarks68, "ibug68", box)
+        return self.embedder.prepare(rgb, analysis.landmarks68, "ibug68", box)
+
+    def embed(self, rgb: np.ndarray, analysis: FaceAnalysis) -> np.ndarray:
+        """The identity embedding of one analysed face."""
+        return self.embedder.embed_prepared([self.embed_input(rgb, analysis)])[0]
 
     def analyze(self, rgb: np.ndarray, max_faces: int | None = None, embed: bool = True) -> list[FaceAnalysis]:
         boxes = self.detect(rgb)

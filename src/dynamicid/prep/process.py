@@ -44,6 +44,8 @@ class _KeptFace:
     timings: dict
     start: float
     facts: dict
+    embed_input: np.ndarray | None = None  # the embedder's small crop, until the batch is embedded
+    embed_error: str | None = None
     caption: str | None = None
     caption_error: str | None = None
 
@@ -89,6 +91,7 @@ class PrepStage:
         """Analyse every file, caption all kept faces together, then write each file's outputs."""
         works = [self._start_file(*file) for file in files]
         kept = [face for work in works for face in work.kept_faces()]
+        self._embed(kept)
         self._classify_expressions(kept)
         self._caption(kept)
         return [row for work in works for row in self._finish_file(work)]
@@ -218,7 +221,7 @@ class PrepStage:
 
     def _keep(self, image: DecodedImage, analysis: FaceAnalysis, index: int, base: str, base_row: dict, timings: dict, start: float) -> _KeptFace:
         clock = time.perf_counter()
-        analysis.embedding = self.analyzer.embed(image.rgb, analysis)
+        embed_input = self.analyzer.embed_input(image.rgb, analysis)  # the crop; the network runs per batch
         timings["embed"] = (time.perf_counter() - clock) * 1000
         facts = {
             "face_prompt": analysis.face_prompt,
@@ -232,7 +235,29 @@ class PrepStage:
             "brows_raised": analysis.expression.brows_raised,
             "grayscale": image.grayscale,
         }
-        return _KeptFace(image.decode_scale, analysis, index, base, base_row, timings, start, facts)
+        return _KeptFace(image.decode_scale, analysis, index, base, base_row, timings, start, facts, embed_input)
+
+    def _embed(self, faces: list[_KeptFace]) -> None:
+        """The embedding network over every kept face of the batch at once; if the batch fails, face by
+        face, and a face that still fails becomes an error row (retried by the next run)."""
+        if not faces:
+            return
+        embedder = self.analyzer.embedder
+        clock = time.perf_counter()
+        try:
+            vectors = list(embedder.embed_prepared([face.embed_input for face in faces]))
+        except Exception:
+            vectors = []
+            for face in faces:
+                try:
+                    vectors.append(embedder.embed_prepared([face.embed_input])[0])
+                except Exception as err:
+                    vectors.append(None)
+                    face.embed_error = _error_text(err)
+        share = (time.perf_counter() - clock) * 1000 / len(faces)
+        for face, vector in zip(faces, vectors):
+            face.analysis.embedding, face.embed_input = vector, None
+            face.timings["embed"] = face.timings.get("embed", 0.0) + share
 
     def _classify_expressions(self, faces: list[_KeptFace]) -> None:
         """The expression classifier over every kept face of the batch at once; the emotion, the face prompt
@@ -269,6 +294,9 @@ class PrepStage:
 
     def _write_face(self, face: _KeptFace) -> dict:
         analysis, index, base_row, timings = face.analysis, face.index, face.base_row, face.timings
+        if face.embed_error is not None:
+            row = base_row | {"face_index": index, "status": "error", "reason": "internal_error", "message": face.embed_error}
+            return self._finish(row, timings, face.start)
         if face.caption is None:
             row = base_row | {"face_index": index, "status": "error", "reason": "caption_error",
                               "message": face.caption_error or "no caption"}

@@ -46,6 +46,10 @@ class AnchorConfig(TrainCommon):
     # the target face is. Both can be changed; the choice is saved with the weights.
     gate: bool = True
     gate_gradients: bool = True
+    # The data path: DataLoader workers read and decode micro-batches ahead of the step, and a first pass
+    # caches every face's CLIP image features under output/clip-cache, so no step runs the image encoder.
+    data_workers: int = 2
+    cache_clip: bool = True
 
 
 @dataclass(frozen=True)

@@ -147,3 +147,72 @@ class ReconfigSampler:
         source = group[order[0]]
         targets = [group[i] for i in order[1 : 1 + self.max_targets]]
         return source, targets
+
+
+# -- the anchoring data path: a Dataset of micro-batches, read ahead by DataLoader workers -------------
+
+
+class AnchorBatches(torch.utils.data.Dataset):
+    """Micro-batch k of anchoring, read and decoded: everything the step needs from disk. It depends only
+    on (seed, k, process), as the samplers do, so workers can read ahead and a resumed run reads the same.
+
+    With `clip_cache` (face name -> features file), the CLIP features of each reference are read from
+    the cache instead of running the image encoder in the step."""
+
+    def __init__(self, sampler: AnchorSampler, seed: int, batch_size: int, resolution: int, id_dim: int,
+                 drops: tuple[float, float, float], process: int = 0, clip_cache: dict[str, str] | None = None):
+        self.sampler, self.seed, self.batch_size, self.resolution = sampler, seed, batch_size, resolution
+        self.id_dim, self.drops, self.process, self.clip_cache = id_dim, drops, process, clip_cache
+
+    def __len__(self) -> int:  # micro-batches are drawn by index from an unbounded stream
+        return 2**62
+
+    def __getitem__(self, micro: int) -> dict:
+        pairs = self.sampler.batch(self.seed, micro, self.batch_size, self.process)
+        draws = step_rng(self.seed + 1, micro, self.process).random(len(pairs))
+        p_text, p_image, p_both = self.drops
+        drop_text = (draws < p_text) | (draws >= p_text + p_image) & (draws < p_text + p_image + p_both)
+        drop_image = (draws >= p_text) & (draws < p_text + p_image + p_both)
+        batch = {
+            "captions": ["" if drop else read_caption(p.target.txt) for p, drop in zip(pairs, drop_text)],
+            "pixels": torch.stack([read_image(p.target.jpg, self.resolution) for p in pairs]),
+            "embeddings": torch.stack([torch.zeros(self.id_dim) if drop else read_embedding(p.reference.pt)
+                                       for p, drop in zip(pairs, drop_image)]),
+            "drop_image": torch.from_numpy(drop_image),
+        }
+        if self.clip_cache is None:
+            batch["references"] = [None if drop else read_rgb(p.reference.jpg) for p, drop in zip(pairs, drop_image)]
+        else:
+            from safetensors.torch import load_file
+
+            batch["clip"] = [None if drop else load_file(self.clip_cache[p.reference.name])["clip"]
+                             for p, drop in zip(pairs, drop_image)]
+        return batch
+
+
+def _as_is(item):
+    return item
+
+
+class ReadAhead:
+    """Micro-batches by index, read ahead by `workers` DataLoader processes. Indices are asked in order;
+    any other index (a resumed run) starts a fresh reader there."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, workers: int, prefetch: int = 2):
+        self.dataset, self.workers, self.prefetch = dataset, workers, prefetch
+        self._reader, self._next = None, None
+
+    def __getitem__(self, index: int):
+        if self.workers == 0:
+            return self.dataset[index]
+        if self._reader is None or index != self._next:
+            loader = torch.utils.data.DataLoader(
+                self.dataset, batch_size=None, sampler=range(index, len(self.dataset)), num_workers=self.workers,
+                prefetch_factor=self.prefetch, collate_fn=_as_is,
+            )
+            self._reader = iter(loader)
+        self._next = index + 1
+        return next(self._reader)
+
+    def close(self) -> None:
+        self._reader = None  # the DataLoader's workers stop with their iterator

@@ -141,22 +141,22 @@ def train_anchor(config: AnchorConfig) -> dict:
         trainer.log(f"note: {len(sampler.single_photo)} of {len(sampler.groups)} identities have one photo; "
                     "their reference is the target photo itself")
     settings = SAASettings(num_persons=1, gate=config.gate, detach_gate=not config.gate_gradients)
-    p_text, p_image, p_both = config.drop_text, config.drop_image, config.drop_both
+    cache = cache_clip_features(config, faces, frozen, trainer) if config.cache_clip else None
+    batches = td.ReadAhead(td.AnchorBatches(sampler, config.seed, config.batch_size, config.resolution, id_dim,
+                                            (config.drop_text, config.drop_image, config.drop_both),
+                                            trainer.accelerator.process_index, cache), config.data_workers)
+    blank_clip = frozen.clip([None])[0]  # the features of a dropped image
 
     def loss_of(micro: int):
-        pairs = sampler.batch(config.seed, micro, config.batch_size, trainer.accelerator.process_index)
-        rng = td.step_rng(config.seed + 1, micro, trainer.accelerator.process_index)
+        batch = batches[micro]
         generator = td.step_generator(config.seed + 2, micro, trainer.accelerator.process_index)
-        draws = rng.random(len(pairs))
-        drop_text = (draws < p_text) | (draws >= p_text + p_image) & (draws < p_text + p_image + p_both)
-        drop_image = (draws >= p_text) & (draws < p_text + p_image + p_both)
-        captions = ["" if drop else td.read_caption(p.target.txt) for p, drop in zip(pairs, drop_text)]
-        pixels = torch.stack([td.read_image(p.target.jpg, config.resolution) for p in pairs])
-        embeddings = torch.stack([torch.zeros(id_dim) if drop else td.read_embedding(p.reference.pt)
-                                  for p, drop in zip(pairs, drop_image)]).to(frozen.device)
-        clip = frozen.clip([None if drop else td.read_rgb(p.reference.jpg) for p, drop in zip(pairs, drop_image)])
-        text, _ = frozen.text(captions)
-        latents = frozen.latents(pixels)
+        embeddings = batch["embeddings"].to(frozen.device)
+        if cache is None:
+            clip = frozen.clip(batch["references"])
+        else:
+            clip = torch.stack([blank_clip if c is None else c.to(blank_clip.device, blank_clip.dtype) for c in batch["clip"]])
+        text, _ = frozen.text(batch["captions"])
+        latents = frozen.latents(batch["pixels"])
         noisy, timesteps, target = frozen.noisy(latents, generator)
         module = trainer.unwrapped()
         tokens = module.face_encoder(embeddings.float(), clip.float()).to(text.dtype)
@@ -169,11 +169,40 @@ def train_anchor(config: AnchorConfig) -> dict:
         return DynamicIDWeights(face_encoder=module.face_encoder, attention=module.attention)
 
     reference = sampler.faces[0].jpg
-    history = trainer.run(loss_of, _sampler_callback(config, frozen, weights_now, reference))
+    try:
+        history = trainer.run(loss_of, _sampler_callback(config, frozen, weights_now, reference))
+    finally:
+        batches.close()
     extra = {"stage": "anchor", "gate_during_training": config.gate, "gradients_through_gate": config.gate_gradients,
              "single_photo_identities": len(sampler.single_photo), "identities": len(sampler.groups), "faces": len(faces)}
     paths = _write_final(weights_now(), config, trainer, extra)
     return {"history": history, "paths": paths, "modules": trainer.unwrapped(), "frozen": frozen}
+
+
+def cache_clip_features(config: AnchorConfig, faces: list[td.Face], frozen: Frozen, trainer: Trainer) -> dict[str, str]:
+    """A first pass: every face's CLIP image features, written once per image encoder under
+    output/clip-cache/<encoder>/<name>.safetensors (the main process writes, the others wait).
+    Returns face name -> file. A rerun, or a resumed run, reuses what is there."""
+    from safetensors.torch import save_file
+
+    encoder = hashlib.sha256((os.path.abspath(config.clip_image_encoder) + frozen.image_encoder.config.to_json_string())
+                             .encode()).hexdigest()[:12]
+    folder = os.path.join(config.output, "clip-cache", encoder)
+    paths = {face.name: os.path.join(folder, f"{face.name}.safetensors") for face in faces}
+    if trainer.is_main:
+        os.makedirs(folder, exist_ok=True)
+        todo = list({face.name: face for face in faces if not os.path.exists(paths[face.name])}.values())
+        for start in range(0, len(todo), 16):
+            chunk = todo[start : start + 16]
+            features = frozen.clip([td.read_rgb(face.jpg) for face in chunk]).cpu()
+            for face, feature in zip(chunk, features):
+                partial = paths[face.name] + ".partial"
+                save_file({"clip": feature.contiguous()}, partial)
+                os.replace(partial, paths[face.name])  # a killed pass leaves no half-written file
+        if todo:
+            trainer.log(f"cached the CLIP features of {len(todo)} faces in {folder}")
+    trainer.accelerator.wait_for_everyone()
+    return paths
 
 
 def _tensor_hash(module: nn.Module) -> str:

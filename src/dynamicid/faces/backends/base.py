@@ -79,9 +79,15 @@ class FaceEmbedder(Protocol):
     model_id: str
     dim: int
 
+    def prepare(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None) -> np.ndarray:
+        """The network's input for one face: a small aligned crop, cut from the photo with these landmarks
+        (and the box, whose detector keypoints some embedders align on). Small, so a batch can wait for it."""
+
+    def embed_prepared(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """(N, dim) float32 identity embeddings of prepared inputs, in batches where the model takes them."""
+
     def embed(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None) -> np.ndarray:
-        """(dim,) float32 identity embedding of the face with these landmarks (and its box, whose
-        detector keypoints some embedders align on)."""
+        """(dim,) float32 identity embedding of one face: `embed_prepared([prepare(...)])[0]`."""
 
 
 @runtime_checkable
@@ -129,6 +135,7 @@ def create(stage: str, name: str, model_path: str | None = None, **options):
 register("detector", "dlib-hog", "dynamicid.faces.backends.dlib_backend:DlibHogDetector")
 register("landmarks", "dlib-68", "dynamicid.faces.backends.dlib_backend:DlibLandmarks68")
 register("embedder", "dlib-resnet", "dynamicid.faces.backends.dlib_backend:DlibResNetEmbedder")
+register("embedder", "dlib-resnet-native", "dynamicid.faces.backends.dlib_backend:DlibNativeResNetEmbedder")
 register("captioner", "measured", "dynamicid.faces.caption:MeasuredCaptioner")
 register("detector", "insightface", "dynamicid.faces.backends.insightface_backend:InsightFaceDetector")
 register("landmarks", "insightface", "dynamicid.faces.backends.insightface_backend:InsightFaceLandmarks")

@@ -352,11 +352,25 @@ class InsightFaceEmbedder:
         self.raw_pixels = self.model.normalises_inside()
         self.model_id = f"arcface:{self.model.model_id}"
 
-    def embed(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None) -> np.ndarray:
-        # The detector's own five points when it gave them (as InsightFace does), else five from the landmarks.
+    def prepare(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None) -> np.ndarray:
+        """The normalised (3, 112, 112) crop on five points: the detector's keypoints when the box has them
+        (as InsightFace does), else five from the landmarks."""
         five = np.array(box.keypoints) if box is not None and box.keypoints else five_points(landmarks, convention)
         crop = arcface_crop(rgb, five).astype(np.float32)
         if not self.raw_pixels:
             crop = (crop - 127.5) / 127.5
-        vector = self.model.run(crop.transpose(2, 0, 1)[None])[0].reshape(-1)
-        return (vector / (np.linalg.norm(vector) + 1e-12)).astype(np.float32)
+        return np.ascontiguousarray(crop.transpose(2, 0, 1))
+
+    def embed_prepared(self, inputs: list[np.ndarray]) -> np.ndarray:
+        if not inputs:
+            return np.zeros((0, self.dim), np.float32)
+        batch = self.model.input.shape[0]
+        if isinstance(batch, int):  # a fixed batch size (often 1): run in pieces of that size
+            vectors = np.concatenate([self.model.run(np.stack(inputs[i : i + batch]))[0] for i in range(0, len(inputs), batch)])
+        else:
+            vectors = self.model.run(np.stack(inputs))[0]
+        vectors = vectors.reshape(len(inputs), -1)
+        return (vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
+
+    def embed(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None) -> np.ndarray:
+        return self.embed_prepared([self.prepare(rgb, landmarks, convention, box)])[0]
