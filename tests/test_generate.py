@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+
+from dynamicid.imagefile import load_image
 import torch
 
 from dynamicid import cli
@@ -93,7 +95,9 @@ def test_imr_editing_changes_the_tokens_and_no_edit_leaves_them(pipe, shared_fac
     plain, edited = pipe.last_encoded
     assert not plain.edited and torch.equal(plain.tokens, plain.source_tokens)
     assert edited.edited and (edited.tokens - edited.source_tokens).abs().max() > 1e-4
-    assert edited.source_face_prompt == "in a neutral expression, in side view, turned right"
+    measured = pipe.face_analyzer.analyze(load_image(photo(shared_faces, "biden/1.jpg")).rgb, max_faces=1, embed=False)[0]
+    assert edited.source_face_prompt == measured.face_prompt  # what face analysis measured on the reference
+    assert edited.source_face_prompt.endswith(", in side view, turned right")
 
 
 def test_target_landmarks_from_a_prep_sheet(pipe, shared_faces, tmp_path):
