@@ -223,3 +223,38 @@ def test_one_failing_face_gets_caption_error_and_is_retried_on_rerun(shared_face
     assert list(rerun.status) == ["ok", "ok", "ok"]
     assert list(rerun.resumed) == [True, False, True]
     assert stage.captioner.batches == [1]
+
+
+def test_one_face_the_embedder_fails_on_is_an_error_row_and_the_rest_are_kept(shared_faces, tmp_path):
+    """The embedding network runs over the task's faces at once; a face it fails on costs only itself."""
+    from dynamicid.prep import PrepConfig
+    from dynamicid.prep.process import PrepStage
+
+    photos = [("obama", "1.jpg"), ("obama", "4.jpg"), ("biden", "1.jpg")]
+    source = _copy_photos(shared_faces, tmp_path / "in", photos)
+    config = PrepConfig(input=str(source), output=str(tmp_path / "out"), progress=False)
+    files = pd.DataFrame([(str(source / p / n), f"{p}/{n}", p) for p, n in photos],
+                         columns=["path", "relative", "identity"])
+    stage = PrepStage(config).setup()
+    embedder = stage.analyzer.embedder
+    real_prepare, real_embed = embedder.prepare, embedder.embed_prepared
+    chips, batches = [], []
+
+    def prepare(*args, **kwargs):
+        chips.append(real_prepare(*args, **kwargs))
+        return chips[-1]
+
+    def embed_prepared(inputs):
+        batches.append(len(inputs))
+        if any(x is chips[0] for x in inputs):  # the first file's face breaks the network
+            raise RuntimeError("embedding failed (simulated)")
+        return real_embed(inputs)
+
+    embedder.prepare, embedder.embed_prepared = prepare, embed_prepared
+    rows = stage.process_batch(files)
+    assert batches == [3, 1, 1, 1]  # the whole batch, then face by face
+    assert list(rows.status) == ["error", "ok", "ok"]
+    assert rows.reason[0] == "internal_error" and "embedding failed" in rows.message[0]
+    embedder.prepare, embedder.embed_prepared = real_prepare, real_embed
+    rerun = stage.process_batch(files)
+    assert list(rerun.status) == ["ok", "ok", "ok"] and list(rerun.resumed) == [False, True, True]

@@ -31,10 +31,28 @@ def _error_text(err: Exception) -> str:
     return "".join(traceback.format_exception_only(type(err), err)).strip()
 
 
+def _batch_or_singly(run, items: list) -> tuple[list, list[str | None]]:
+    """`run(items)` gives one result per item. If the batch fails, each item alone, so that one bad item
+    costs only itself: (results, error texts), with None as the result of an item that failed."""
+    try:
+        return list(run(items)), [None] * len(items)
+    except Exception:
+        results, errors = [], []
+        for item in items:
+            try:
+                results.append(run([item])[0])
+                errors.append(None)
+            except Exception as err:
+                results.append(None)
+                errors.append(_error_text(err))
+        return results, errors
+
+
 @dataclass
 class _KeptFace:
-    """A face analysed and embedded, waiting for its caption (captions are made a batch at a time).
-    It keeps the 512 px crop, not the decoded photo, so a batch in flight stays small."""
+    """A face analysed, waiting for the batch steps: embedding, expression and caption run over all the
+    kept faces of a Spark task at once. It keeps the 512 px crop and the embedder's small input, not the
+    decoded photo, so a batch in flight stays small."""
 
     decode_scale: float
     analysis: FaceAnalysis
@@ -88,7 +106,7 @@ class PrepStage:
         return self._process([(path, relative, identity)])
 
     def _process(self, files: list[tuple[str, str, str | None]]) -> list[dict]:
-        """Analyse every file, caption all kept faces together, then write each file's outputs."""
+        """Analyse every file; embed, classify and caption all kept faces together; then write each file's outputs."""
         works = [self._start_file(*file) for file in files]
         kept = [face for work in works for face in work.kept_faces()]
         self._embed(kept)
@@ -244,19 +262,10 @@ class PrepStage:
             return
         embedder = self.analyzer.embedder
         clock = time.perf_counter()
-        try:
-            vectors = list(embedder.embed_prepared([face.embed_input for face in faces]))
-        except Exception:
-            vectors = []
-            for face in faces:
-                try:
-                    vectors.append(embedder.embed_prepared([face.embed_input])[0])
-                except Exception as err:
-                    vectors.append(None)
-                    face.embed_error = _error_text(err)
+        vectors, errors = _batch_or_singly(lambda items: embedder.embed_prepared([f.embed_input for f in items]), faces)
         share = (time.perf_counter() - clock) * 1000 / len(faces)
-        for face, vector in zip(faces, vectors):
-            face.analysis.embedding, face.embed_input = vector, None
+        for face, vector, error in zip(faces, vectors, errors):
+            face.analysis.embedding, face.embed_input, face.embed_error = vector, None, error
             face.timings["embed"] = face.timings.get("embed", 0.0) + share
 
     def _classify_expressions(self, faces: list[_KeptFace]) -> None:
@@ -277,19 +286,11 @@ class PrepStage:
             return
         self.setup()
         clock = time.perf_counter()
-        try:
-            captions = caption_many(self.captioner, [f.analysis.aligned for f in faces], [f.facts for f in faces])
-        except Exception:  # find the face that fails, caption the rest
-            captions = []
-            for face in faces:
-                try:
-                    captions.append(caption_many(self.captioner, [face.analysis.aligned], [face.facts])[0])
-                except Exception as err:
-                    captions.append(None)
-                    face.caption_error = _error_text(err)
+        captions, errors = _batch_or_singly(
+            lambda items: caption_many(self.captioner, [f.analysis.aligned for f in items], [f.facts for f in items]), faces)
         share = (time.perf_counter() - clock) * 1000 / len(faces)
-        for face, caption in zip(faces, captions):
-            face.caption = caption
+        for face, caption, error in zip(faces, captions, errors):
+            face.caption, face.caption_error = caption, error
             face.timings["caption"] = share
 
     def _write_face(self, face: _KeptFace) -> dict:
