@@ -76,6 +76,17 @@ def run_spark(corpus: str, config: PrepConfig, cores: int) -> tuple[float, float
     return result.summary["job_seconds"], wall, result.summary
 
 
+def spark_run(corpus: str, folder: str, output: str, embedder: str, cores: int, images: int) -> dict:
+    """One Spark job over `folder` with this embedder; prints and returns its figures."""
+    config = PrepConfig(input=folder, output=output, progress=False, faces=FaceAnalysisConfig(embedder=embedder))
+    job, wall, summary = run_spark(corpus, config, cores)
+    print(f"spark local[{cores}], {embedder}: {images / job:6.2f} images/s  (job {job:.1f} s, wall {wall:.1f} s incl. start-up)")
+    print(f"  kept {summary['kept_faces']}, rejected {summary['rejected']}")
+    print(f"  mean ms per kept image: {summary['mean_stage_ms_kept']}")
+    return {"spark_job_s": round(job, 1), "spark_wall_s": round(wall, 1), "spark_images_per_s": round(images / job, 2),
+            "kept": summary["kept_faces"], "rejected": summary["rejected"], "mean_stage_ms": summary["mean_stage_ms_kept"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("corpus")
@@ -121,17 +132,9 @@ def main() -> None:
             os.makedirs(os.path.join(input_folder, os.path.dirname(f.relative)), exist_ok=True)
             os.symlink(f.path, os.path.join(input_folder, f.relative))
     for embedder in embedders:
-        spark_config = PrepConfig(input=input_folder, output=os.path.join(scratch, f"spark-{embedder}"), progress=False,
-                                  faces=FaceAnalysisConfig(embedder=embedder))
-        job, wall, summary = run_spark(args.corpus, spark_config, args.cores)
-        run = {"spark_job_s": round(job, 1), "spark_wall_s": round(wall, 1),
-               "spark_images_per_s": round(len(items) / job, 2), "kept": summary["kept_faces"],
-               "rejected": summary["rejected"], "mean_stage_ms": summary["mean_stage_ms_kept"]}
+        run = spark_run(args.corpus, input_folder, os.path.join(scratch, f"spark-{embedder}"), embedder, args.cores, len(items))
         figures.setdefault("spark_runs", {})[embedder] = run
         figures |= run  # the last embedder's run is the headline
-        print(f"spark local[{args.cores}], {embedder}: {len(items) / job:6.2f} images/s  (job {job:.1f} s, wall {wall:.1f} s incl. start-up)")
-        print(f"  kept {summary['kept_faces']}, rejected {summary['rejected']}")
-        print(f"  mean ms per kept image: {summary['mean_stage_ms_kept']}")
     if "pool_images_per_s" in figures:
         figures["spark_vs_pool"] = round(figures["spark_images_per_s"] / figures["pool_images_per_s"], 3)
         print(f"spark / pool = {figures['spark_vs_pool']:.3f}")
