@@ -108,3 +108,27 @@ def test_config_file_errors_are_named(tmp_path, capsys):
     assert "is not valid TOML" in capsys.readouterr().err
     assert cli.main(["prep", "in", "out", "--config", str(tmp_path / "missing.toml")]) == 1
     assert "config file" in capsys.readouterr().err
+
+
+def test_settings_that_cannot_work_are_refused_before_any_work(tmp_path, capsys):
+    from dynamicid.faces import FaceAnalysisConfig
+    from dynamicid.prep import PrepConfig
+    from dynamicid.training.config import AnchorConfig
+
+    with pytest.raises(ValueError, match="--detect-side must be at least 64 px, not 0"):
+        PrepConfig(input="in", output="out", faces=FaceAnalysisConfig(detect_side=0))
+    with pytest.raises(ValueError, match="--keep-checkpoints must be at least 1"):
+        AnchorConfig(data="d", base_model="b", clip_image_encoder="c", output="o", keep_checkpoints=0)
+    assert cli.main(["prep", str(tmp_path), str(tmp_path / "out"), "--detect-side", "0"]) == 1
+    assert "--detect-side must be at least 64 px" in capsys.readouterr().err
+
+
+def test_a_loss_that_becomes_nan_is_a_clear_error_not_a_traceback(monkeypatch, capsys, tmp_path):
+    def diverging(config):
+        raise FloatingPointError("the loss became nan at step 3; lower --learning-rate or check the data")
+
+    monkeypatch.setattr("dynamicid.training.stages.train_anchor", diverging)
+    code = cli.main(["train", "anchor", str(tmp_path), str(tmp_path / "run"), "--base-model", "b",
+                     "--clip-image-encoder", "c"])
+    err = capsys.readouterr().err
+    assert code == 1 and "the loss became nan at step 3" in err and "Traceback" not in err

@@ -90,3 +90,16 @@ def test_limits_are_configurable(face):
         decode_image(data, ValidationConfig(max_pixels=512 * 511))
     with pytest.raises(Rejected, match="too_large_file"):
         decode_image(data, ValidationConfig(max_bytes=100))
+
+
+def test_an_invalid_exif_orientation_means_upright(face):
+    """EXIF orientation is 1..8; a file that says 9 is neither turned nor recorded as rotated."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 9
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(face)).save(buffer, format="JPEG", exif=exif.tobytes())
+    decoded = decode_image(buffer.getvalue(), RULES)
+    assert not decoded.exif_rotated
+    assert np.abs(decoded.rgb.astype(float) - np.asarray(face, dtype=float)).mean() < 6

@@ -120,6 +120,7 @@ def test_target_landmarks_from_a_prep_sheet(pipe, shared_faces, tmp_path):
     ("zero_area", "zero area"),
     ("size", "multiple of 8"),
     ("partial_boxes", "a box for every person"),
+    ("no_images", r"num_images_per_prompt \(--images\) must be at least 1, not 0"),
 ])
 def test_bad_requests_fail_before_any_denoising(pipe, shared_faces, tmp_path, unet_calls, case, match):
     from PIL import Image
@@ -139,6 +140,8 @@ def test_bad_requests_fail_before_any_denoising(pipe, shared_faces, tmp_path, un
         options = {"height": 60}
     elif case == "partial_boxes":
         persons = [Person(obama, box=(0, 0, 0.5, 0.5)), Person(obama)]
+    elif case == "no_images":
+        options = {"num_images_per_prompt": 0}
     with pytest.raises(GenerationError, match=match):
         run(pipe, persons, **options)
     assert unet_calls == []

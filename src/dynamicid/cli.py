@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (PrepError, BackendError, CheckpointError, GenerationError, TrainingDataError,
-            JavaNotFound, ValueError, FileNotFoundError) as err:
+            JavaNotFound, ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"dynamicid {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

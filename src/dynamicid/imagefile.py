@@ -132,7 +132,9 @@ def decode_image(data: bytes, rules: ValidationConfig) -> DecodedImage:
         reason = "truncated" if "truncat" in text.lower() or "end of file" in text.lower() else "corrupt"
         raise Rejected(reason, f"decoding failed: {text}") from None
     orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
-    upright = ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
+    if orientation not in range(1, 9):  # EXIF defines 1..8; anything else means upright
+        orientation = 1
+    upright = ImageOps.exif_transpose(image) if orientation != 1 else image
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     rgb = np.ascontiguousarray(_to_rgb(upright))
@@ -146,7 +148,7 @@ def decode_image(data: bytes, rules: ValidationConfig) -> DecodedImage:
         width=width,
         height=height,
         decode_scale=scale,
-        exif_rotated=orientation not in (None, 1),
+        exif_rotated=orientation != 1,
         grayscale=grayscale,
     )
 

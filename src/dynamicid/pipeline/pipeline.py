@@ -175,7 +175,10 @@ class DynamicIDPipeline:
         return EncodedPerson(edited, tokens, face.face_prompt, wants_edit, face.box.as_list())
 
     # -- generation --------------------------------------------------------------------------------
-    def check_request(self, persons: list[Person], height: int, width: int, steps: int, guidance: float):
+    def check_request(self, persons: list[Person], height: int, width: int, steps: int, guidance: float,
+                      images: int = 1):
+        if images < 1:
+            raise GenerationError(f"num_images_per_prompt (--images) must be at least 1, not {images}")
         if not persons:
             raise GenerationError("give at least one person (a reference photo)")
         for name, value in (("height", height), ("width", width)):
@@ -201,7 +204,7 @@ class DynamicIDPipeline:
                  num_images_per_prompt: int = 1, seed: int | None = None, id_scale: float = 1.0, lora_scale: float = 1.0,
                  infer_scale: float | None = None, infer_end: int | None = None, gate: bool = True,
                  return_gate_maps: bool = False, output_type: str = "pil") -> DynamicIDOutput:
-        boxes = self.check_request(persons, height, width, num_inference_steps, guidance_scale)
+        boxes = self.check_request(persons, height, width, num_inference_steps, guidance_scale, num_images_per_prompt)
         analysed = [self.analyse_reference(p, i) for i, p in enumerate(persons)]  # every face error before any work
         layout_default = boxes is not None
         infer_scale = (2.0 if layout_default else 0.0) if infer_scale is None else infer_scale

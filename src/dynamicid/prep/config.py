@@ -42,6 +42,8 @@ class PrepConfig:
             raise ValueError("--caption-max-tokens and --caption-batch-size must be at least 1")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError("--jpeg-quality must be in 1..100")
+        if self.faces.detect_side < 64:
+            raise ValueError(f"--detect-side must be at least 64 px, not {self.faces.detect_side}")
         if self.faces.aligned_size % 8 or self.faces.aligned_size < 64:
             raise ValueError("the aligned size must be a multiple of 8, at least 64")
 

@@ -30,6 +30,11 @@ class TrainCommon:
     progress: bool = True
     log_every: int = 1
 
+    def __post_init__(self):
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"--keep-checkpoints must be at least 1 (the latest is what a rerun resumes from), "
+                             f"not {self.keep_checkpoints}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
