@@ -4,9 +4,10 @@ The workers' cost grows with the images and shrinks with the cores; the driver's
 This times, for N synthetic manifest rows shaped like real ones (68 landmarks, aligned landmarks,
 affine, every column), each driver step that runs after or around the Spark job:
   listing   the input listing handed to Spark (pandas -> Arrow -> JVM, repartitioned, counted)
-  merge     `runner.merge_rows`: read the job's Parquet parts (one per task of 32 images), sort, write
-            manifest.parquet, and turn it into pandas
-  summary   `report.summarize` and `report.contact_sheet` on that manifest
+  merge     `runner.merge_rows`: Spark reads the job's Parquet parts (one per task of 32 images), sorts
+            and writes manifest.parquet
+  summary   `report.tally_manifest` (the report's columns, a batch at a time), the summary and the
+            contact sheet
 and the driver's peak memory. Listing the files themselves is not timed here (it depends on the
 filesystem); `prep_throughput.py` measures the workers.
 
@@ -89,14 +90,15 @@ def measure(rows: int, spark, workdir: str) -> dict:
 
     started = time.perf_counter()
     manifest_path = os.path.join(workdir, f"manifest-{rows}.parquet")
-    manifest = merge_rows(parts, manifest_path)
+    merge_rows(spark, parts, manifest_path)
     result["merge_s"] = time.perf_counter() - started
 
     output = os.path.join(workdir, f"out-{rows}")
     os.makedirs(output)
     started = time.perf_counter()
-    report.summarize(manifest, 1.0, 1.0)
-    report.contact_sheet(manifest, output, limit=48, manifest_path=manifest_path)  # no faces on disk: tiles stay empty
+    tally = report.tally_manifest(manifest_path, 48)
+    tally.summary(1.0, 1.0)
+    report.contact_sheet(tally, output, limit=48, manifest_path=manifest_path)  # no faces on disk: tiles stay empty
     result["summary_s"] = time.perf_counter() - started
     result["driver_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     shutil.rmtree(parts)

@@ -74,6 +74,24 @@ def test_summary_and_contact_sheet(sample_run):
     assert sheet.width >= 1000 and np.asarray(sheet).std() > 20  # faces were drawn, not a blank canvas
 
 
+def test_the_report_streams_over_the_manifest_in_batches(sample_run):
+    """The summary counted a few rows at a time (files spanning batch boundaries) equals one pass over
+    the whole manifest, and the manifest stays sorted with one row per file."""
+    from dynamicid.prep import report
+
+    result, _ = sample_run
+    manifest = result.manifest()
+    assert list(manifest.relative_path) == sorted(manifest.relative_path)
+    whole = report.summarize(manifest[report.REPORT_COLUMNS], 1.0, 1.0)
+    for rows in (1, 2, 3, 7):
+        tally = report.tally_manifest(result.manifest_path, sheet_limit=48, batch_rows=rows)
+        assert tally.summary(1.0, 1.0) == whole, rows
+        assert len(tally.sheet_rows()) == whole["kept_faces"]  # fewer kept faces than the sheet holds
+    assert whole["files"] == manifest.relative_path.nunique() and whole["kept_faces"] == (manifest.status == "ok").sum()
+    few = report.tally_manifest(result.manifest_path, sheet_limit=1, batch_rows=2)
+    assert len(few.sheet_rows()) == 1  # the sheet's candidates stay bounded by its size
+
+
 def test_manifest_reads_in_spark(sample_run, spark):
     frame = spark.read.parquet(sample_run[0].manifest_path)
     assert frame.count() == len(sample_run[1])

@@ -19,32 +19,98 @@ REPORT_COLUMNS = ["relative_path", "face_index", "identity", "name", "status", "
     f"ms_{stage}" for stage in STAGE_TIMINGS]
 
 
+class ManifestTally:
+    """The summary and the contact sheet's candidates, counted over the manifest in record batches, so
+    the driver's memory does not grow with the manifest. The manifest is sorted by relative path, so a
+    file's rows are adjacent and distinct paths are counted at their first row."""
+
+    def __init__(self, sheet_limit: int = 48):
+        self.limit = sheet_limit
+        self.files = self.kept = self.kept_images = self.resumed_files = 0
+        self.files_by_status, self.rejected, self.errors = Counter(), Counter(), Counter()
+        self.identities: set = set()
+        self.stage_sums: dict[str, float] = {}
+        self.stage_counts: dict[str, int] = {}
+        self.candidates: dict = {}  # identity -> up to `limit` kept rows, for the first `limit` identities
+        self._last_path = self._last_kept_path = None
+
+    def add(self, batch: pd.DataFrame) -> None:
+        paths = batch.relative_path
+        first = _starts(paths, self._last_path)
+        self._last_path = paths.iloc[-1] if len(paths) else self._last_path
+        resumed = batch.resumed.fillna(False).astype(bool)
+        self.files += int(first.sum())
+        self.files_by_status.update(batch.status[first])
+        self.resumed_files += int(resumed[first].sum())
+        ok = batch.status.eq("ok")
+        kept_paths = paths[ok]
+        self.kept += int(ok.sum())
+        self.kept_images += int(_starts(kept_paths, self._last_kept_path).sum())
+        self._last_kept_path = kept_paths.iloc[-1] if len(kept_paths) else self._last_kept_path
+        self.identities.update(batch.identity[ok].dropna().unique())
+        self.rejected.update(batch.reason[batch.status.eq("rejected")])
+        self.errors.update(batch.reason[batch.status.eq("error")])
+        fresh = batch[ok & ~resumed]
+        for column in (c for c in batch.columns if c.startswith("ms_")):
+            values = fresh[column].dropna()
+            self.stage_sums[column] = self.stage_sums.get(column, 0.0) + float(values.sum())
+            self.stage_counts[column] = self.stage_counts.get(column, 0) + int(len(values))
+        self._keep_candidates(batch[ok])
+
+    def _keep_candidates(self, kept: pd.DataFrame) -> None:
+        for identity, group in kept.groupby(kept.identity.fillna(""), sort=False):  # in order of appearance
+            if identity not in self.candidates and len(self.candidates) >= self.limit:
+                continue
+            rows = self.candidates.setdefault(identity, [])
+            rows.extend(row for _, row in group.head(self.limit - len(rows)).iterrows())
+
+    def sheet_rows(self) -> pd.DataFrame:
+        rows = [row for rows in self.candidates.values() for row in rows]
+        return pd.DataFrame(rows, columns=REPORT_COLUMNS) if rows else pd.DataFrame(columns=REPORT_COLUMNS)
+
+    def summary(self, job_seconds: float, wall_seconds: float) -> dict:
+        processed = self.files - self.resumed_files
+        stage_ms = {column[3:]: round(self.stage_sums[column] / count, 2)
+                    for column, count in self.stage_counts.items() if count}
+        return {
+            "files": self.files,
+            "kept_faces": self.kept,
+            "kept_images": self.kept_images,
+            "identities": len(self.identities),
+            "rejected": dict(self.rejected.most_common()),
+            "errors": dict(self.errors.most_common()),
+            "resumed": self.resumed_files,
+            "processed_this_run": processed,
+            "job_seconds": round(job_seconds, 2),
+            "wall_seconds": round(wall_seconds, 2),
+            "images_per_second": round(processed / job_seconds, 2) if job_seconds > 0 and processed else None,
+            "mean_stage_ms_kept": stage_ms,
+        }
+
+
+def _starts(paths: pd.Series, last) -> pd.Series:
+    """True where a path differs from the one before it (the previous batch's last path for the first)."""
+    previous = paths.shift(1)
+    if last is not None and len(previous):
+        previous.iloc[0] = last
+    return paths.ne(previous)
+
+
+def tally_manifest(manifest_path: str, sheet_limit: int = 48, batch_rows: int = 65536) -> ManifestTally:
+    """Read only the report's columns, a batch at a time."""
+    import pyarrow.parquet as pq
+
+    tally = ManifestTally(sheet_limit)
+    for batch in pq.ParquetFile(manifest_path).iter_batches(batch_size=batch_rows, columns=REPORT_COLUMNS):
+        tally.add(batch.to_pandas())
+    return tally
+
+
 def summarize(manifest: pd.DataFrame, job_seconds: float, wall_seconds: float) -> dict:
-    files = manifest.drop_duplicates("relative_path")
-    kept = manifest[manifest.status == "ok"]
-    processed = files[~files.resumed.fillna(False).astype(bool)]
-    rejected = manifest[manifest.status == "rejected"]
-    errors = manifest[manifest.status == "error"]
-    fresh_ok = kept[~kept.resumed.fillna(False).astype(bool)]
-    stage_ms = {
-        column[3:]: round(float(fresh_ok[column].mean()), 2)
-        for column in manifest.columns
-        if column.startswith("ms_") and len(fresh_ok) and fresh_ok[column].notna().any()
-    }
-    return {
-        "files": int(len(files)),
-        "kept_faces": int(len(kept)),
-        "kept_images": int(kept.relative_path.nunique()),
-        "identities": int(kept.identity.nunique()),
-        "rejected": dict(Counter(rejected.reason).most_common()),
-        "errors": dict(Counter(errors.reason).most_common()),
-        "resumed": int(len(files) - len(processed)),
-        "processed_this_run": int(len(processed)),
-        "job_seconds": round(job_seconds, 2),
-        "wall_seconds": round(wall_seconds, 2),
-        "images_per_second": round(len(processed) / job_seconds, 2) if job_seconds > 0 and len(processed) else None,
-        "mean_stage_ms_kept": stage_ms,
-    }
+    """The summary of a manifest already in memory (one batch of the tally)."""
+    tally = ManifestTally()
+    tally.add(manifest)
+    return tally.summary(job_seconds, wall_seconds)
 
 
 def format_summary(summary: dict, output: str) -> str:
@@ -105,15 +171,14 @@ def _with_landmarks(chosen: pd.DataFrame, manifest_path: str | None) -> pd.DataF
     return chosen.merge(points, on=["relative_path", "face_index"], how="left")
 
 
-def contact_sheet(manifest: pd.DataFrame, output: str, limit: int = 48, tile: int = 224, columns: int = 6,
+def contact_sheet(tally: ManifestTally, output: str, limit: int = 48, tile: int = 224, columns: int = 6,
                   manifest_path: str | None = None) -> str | None:
     """A grid of aligned faces with their landmarks and face prompts. Returns the PNG path.
 
-    `manifest` may lack the point lists; they are then read from `manifest_path` for the faces shown."""
-    kept = manifest[manifest.status == "ok"]
+    The faces come from the tally's candidates; their point lists are read from `manifest_path`."""
+    kept = tally.sheet_rows()
     path = os.path.join(output, "contact_sheet.png")
-    counts = Counter(manifest.drop_duplicates("relative_path").status)
-    reasons = Counter(manifest[manifest.status == "rejected"].reason)
+    counts, reasons = tally.files_by_status, tally.rejected
     header = 56
     caption_height = 58
     chosen = _with_landmarks(_spread_over_identities(kept, limit) if len(kept) else kept, manifest_path)
@@ -121,7 +186,7 @@ def contact_sheet(manifest: pd.DataFrame, output: str, limit: int = 48, tile: in
     sheet = Image.new("RGB", (columns * tile, header + rows * (tile + caption_height)), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
     title_font, text_font = font(18), font(12)
-    draw.text((10, 6), f"dynamicid prep: {len(kept)} faces kept, {counts.get('rejected', 0)} files rejected, "
+    draw.text((10, 6), f"dynamicid prep: {tally.kept} faces kept, {counts.get('rejected', 0)} files rejected, "
               f"{counts.get('error', 0)} errors", fill=(240, 240, 240), font=title_font)
     detail = ", ".join(f"{r} {n}" for r, n in reasons.most_common()) or "none rejected"
     draw.text((10, 32), f"rejected: {detail}"[:160], fill=(200, 200, 200), font=text_font)

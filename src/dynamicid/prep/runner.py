@@ -9,12 +9,11 @@ import uuid
 from dataclasses import dataclass
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from dynamicid.prep import outputs, report
 from dynamicid.prep.config import PrepConfig
 from dynamicid.prep.discover import is_local, list_input
-from dynamicid.prep.schema import ARROW_SCHEMA
+from dynamicid.prep.schema import SPARK_DDL
 
 
 class PrepError(RuntimeError):
@@ -43,17 +42,20 @@ def check_backends(config: PrepConfig) -> None:
         raise PrepError(str(err)) from None
 
 
-def merge_rows(rows_dir: str, manifest_path: str) -> pd.DataFrame:
-    """Gather the job's Parquet parts into one sorted manifest file, replaced atomically.
+def merge_rows(spark, rows_dir: str, manifest_path: str) -> None:
+    """Gather the job's Parquet parts into one manifest sorted by relative path and face, replaced atomically.
 
-    Returns only the columns the summary and contact sheet read: the point lists stay in Arrow, since
-    as pandas objects they would cost the driver ~30 GB at a million rows."""
-    table = pq.read_table(rows_dir, schema=ARROW_SCHEMA)
-    table = table.sort_by([("relative_path", "ascending"), ("face_index", "ascending")])
-    temporary = f"{manifest_path}.tmp-{uuid.uuid4().hex[:8]}"
-    pq.write_table(table, temporary, compression="zstd")
-    os.replace(temporary, manifest_path)
-    return table.select(report.REPORT_COLUMNS).to_pandas()
+    Spark reads, sorts (spilling to disk as it needs) and writes one file, so the driver's Python process
+    never holds the manifest: its memory does not grow with the corpus."""
+    staging = f"{manifest_path}.tmp-{uuid.uuid4().hex[:8]}"
+    table = spark.read.schema(SPARK_DDL).parquet("file://" + rows_dir)
+    (table.orderBy("relative_path", "face_index").coalesce(1)
+     .write.option("compression", "zstd").parquet("file://" + staging))
+    parts = [name for name in os.listdir(staging) if name.endswith(".parquet")]
+    if len(parts) != 1:
+        raise PrepError(f"merging the manifest gave {len(parts)} files in {staging}, expected one")
+    os.replace(os.path.join(staging, parts[0]), manifest_path)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_prep(config: PrepConfig, spark=None) -> PrepResult:
@@ -83,11 +85,12 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
 
     job_seconds = run_stage_on_spark(spark, files, config, "file://" + rows_dir)
     manifest_path = os.path.join(output, "manifest.parquet")
-    manifest = merge_rows(rows_dir, manifest_path)
+    merge_rows(spark, rows_dir, manifest_path)
     shutil.rmtree(rows_dir, ignore_errors=True)
 
-    sheet = report.contact_sheet(manifest, output, limit=config.contact_sheet_faces, manifest_path=manifest_path)
-    summary = report.summarize(manifest, job_seconds, time.perf_counter() - started)
+    tally = report.tally_manifest(manifest_path, config.contact_sheet_faces)
+    sheet = report.contact_sheet(tally, output, limit=config.contact_sheet_faces, manifest_path=manifest_path)
+    summary = tally.summary(job_seconds, time.perf_counter() - started)
     report.write_summary(summary, output)
     return PrepResult(manifest_path, sheet, summary)
 
