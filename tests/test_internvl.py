@@ -201,7 +201,8 @@ class FailingOnOneFace:
         return [f"a photo of a person, {fact['face_prompt']}" for fact in facts]
 
 
-def test_one_failing_face_gets_caption_error_and_is_retried_on_rerun(shared_faces, tmp_path):
+def _stage_and_three_files(shared_faces, tmp_path):
+    """A prep stage (default backends) and a batch of three real photos, two people."""
     from dynamicid.prep import PrepConfig
     from dynamicid.prep.process import PrepStage
 
@@ -210,7 +211,11 @@ def test_one_failing_face_gets_caption_error_and_is_retried_on_rerun(shared_face
     config = PrepConfig(input=str(source), output=str(tmp_path / "out"), progress=False)
     files = pd.DataFrame([(str(source / p / n), f"{p}/{n}", p) for p, n in photos],
                          columns=["path", "relative", "identity"])
-    stage = PrepStage(config).setup()
+    return PrepStage(config).setup(), files
+
+
+def test_one_failing_face_gets_caption_error_and_is_retried_on_rerun(shared_faces, tmp_path):
+    stage, files = _stage_and_three_files(shared_faces, tmp_path)
     stage.captioner = FailingOnOneFace()
     rows = stage.process_batch(files)
     assert stage.captioner.batches == [3, 1, 1, 1]  # the whole batch at once, then face by face
@@ -227,15 +232,7 @@ def test_one_failing_face_gets_caption_error_and_is_retried_on_rerun(shared_face
 
 def test_one_face_the_embedder_fails_on_is_an_error_row_and_the_rest_are_kept(shared_faces, tmp_path):
     """The embedding network runs over the task's faces at once; a face it fails on costs only itself."""
-    from dynamicid.prep import PrepConfig
-    from dynamicid.prep.process import PrepStage
-
-    photos = [("obama", "1.jpg"), ("obama", "4.jpg"), ("biden", "1.jpg")]
-    source = _copy_photos(shared_faces, tmp_path / "in", photos)
-    config = PrepConfig(input=str(source), output=str(tmp_path / "out"), progress=False)
-    files = pd.DataFrame([(str(source / p / n), f"{p}/{n}", p) for p, n in photos],
-                         columns=["path", "relative", "identity"])
-    stage = PrepStage(config).setup()
+    stage, files = _stage_and_three_files(shared_faces, tmp_path)
     embedder = stage.analyzer.embedder
     real_prepare, real_embed = embedder.prepare, embedder.embed_prepared
     chips, batches = [], []
