@@ -162,7 +162,7 @@ def _spread_over_identities(kept: pd.DataFrame, limit: int) -> pd.DataFrame:
 
 def _with_landmarks(chosen: pd.DataFrame, manifest_path: str | None) -> pd.DataFrame:
     """The chosen rows with their aligned landmarks, read from the manifest file for these rows only."""
-    if "aligned_landmarks" in chosen.columns or not len(chosen) or manifest_path is None:
+    if not len(chosen) or manifest_path is None:
         return chosen
     import pyarrow.parquet as pq
 

@@ -145,7 +145,7 @@ def train_anchor(config: AnchorConfig) -> dict:
     batches = td.ReadAhead(td.AnchorBatches(sampler, config.seed, config.batch_size, config.resolution, id_dim,
                                             (config.drop_text, config.drop_image, config.drop_both),
                                             trainer.accelerator.process_index, cache), config.data_workers)
-    blank_clip = frozen.clip([None])[0]  # the features of a dropped image
+    blank_clip = frozen.clip([None])[0] if cache is not None else None  # the cached path's dropped image
 
     def loss_of(micro: int):
         batch = batches[micro]

@@ -90,6 +90,13 @@ class FaceEmbedder(Protocol):
         """(dim,) float32 identity embedding of one face: `embed_prepared([prepare(...)])[0]`."""
 
 
+class PreparedEmbedder:
+    """What every embedder shares: one face is a batch of one prepared input."""
+
+    def embed(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None) -> np.ndarray:
+        return self.embed_prepared([self.prepare(rgb, landmarks, convention, box)])[0]
+
+
 @runtime_checkable
 class Captioner(Protocol):
     name: str

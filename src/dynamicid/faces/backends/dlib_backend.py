@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from dynamicid.faces.backends.base import BackendError, model_file_hash
+from dynamicid.faces.backends.base import BackendError, PreparedEmbedder, model_file_hash
 from dynamicid.faces.types import FaceBox
 
 MODEL_FILES = {
@@ -96,7 +96,7 @@ class DlibLandmarks68:
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
 
-class DlibResNetEmbedder:
+class DlibResNetEmbedder(PreparedEmbedder):
     """dlib's 128-d ResNet descriptor: dlib cuts its 150 px chip aligned on 68 points, and the network,
     read from dlib's own file, runs in PyTorch (`dlib_torch`), in batches. The same embeddings as dlib's
     own code (`dlib-resnet-native`), about 7x faster on one core."""
@@ -133,9 +133,6 @@ class DlibResNetEmbedder:
             return np.zeros((0, self.dim), np.float32)
         with torch.no_grad():
             return self.network(torch.from_numpy(np.stack(inputs))).numpy().astype(np.float32)
-
-    def embed(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None) -> np.ndarray:
-        return self.embed_prepared([self.prepare(rgb, landmarks, convention, box)])[0]
 
 
 class DlibNativeResNetEmbedder(DlibResNetEmbedder):

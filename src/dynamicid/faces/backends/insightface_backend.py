@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from dynamicid.faces.alignment import apply_affine, five_points, similarity_transform
-from dynamicid.faces.backends.base import BackendError, cpus_for_this_task, gpu_for_this_task, model_file_hash
+from dynamicid.faces.backends.base import BackendError, PreparedEmbedder, cpus_for_this_task, gpu_for_this_task, model_file_hash
 from dynamicid.faces.types import FaceBox
 
 DETECTION_CANVASES = (128, 640)
@@ -332,7 +332,7 @@ def arcface_crop(rgb: np.ndarray, five: np.ndarray) -> np.ndarray:
     return cv2.warpAffine(rgb, matrix, (112, 112), borderValue=0)
 
 
-class InsightFaceEmbedder:
+class InsightFaceEmbedder(PreparedEmbedder):
     """ArcFace, 512-d, L2-normalised (InsightFace's `normed_embedding`), from the 112 px crop on five points."""
 
     name = "insightface"
@@ -371,6 +371,3 @@ class InsightFaceEmbedder:
             vectors = self.model.run(np.stack(inputs))[0]
         vectors = vectors.reshape(len(inputs), -1)
         return (vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12)).astype(np.float32)
-
-    def embed(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None) -> np.ndarray:
-        return self.embed_prepared([self.prepare(rgb, landmarks, convention, box)])[0]
