@@ -74,7 +74,7 @@ def measure(rows: int, spark, workdir: str) -> dict:
     listing = pd.DataFrame({"path": [f"/data/person{i % 500}/img{i:08d}.jpg" for i in range(rows)],
                             "relative": [f"person{i % 500}/img{i:08d}.jpg" for i in range(rows)],
                             "identity": [f"person{i % 500}" for i in range(rows)],
-                            "size": np.full(rows, 1_500_000)})
+                            "size": np.full(rows, 1_500_000), "problem": [None] * rows})
     started = time.perf_counter()
     partitions = max(-(-rows // 32), 8)
     count = spark.createDataFrame(listing, schema=INPUT_DDL).repartition(partitions).count()

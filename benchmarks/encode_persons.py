@@ -24,7 +24,7 @@ import torch
 from benchmarks_common import build_unet, sync, write_json  # same folder
 from gpu_generation import denoise_fn
 from dynamicid.basemodel import clip_hidden_states
-from dynamicid.models import IMR, FaceEncoder, FaceEncoderConfig, IMRConfig, KeyPointEncoder
+from dynamicid.models import IMR, FaceEncoder, KeyPointEncoder
 from dynamicid.models.imr import keypoint_base_for
 from dynamicid.models.saa import DynamicIDAttention, install_processors
 
@@ -59,8 +59,8 @@ def build_encoders(tiny: bool, device, dtype):
     processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     text_encoder = CLIPTextModel(text).to(device, dtype).eval()
     width = text.hidden_size
-    face_encoder = FaceEncoder(FaceEncoderConfig.for_width(128, vision.hidden_size, width)).to(device, dtype).eval()
-    imr = IMR(IMRConfig.for_width(width, width)).to(device, dtype).eval()
+    face_encoder = FaceEncoder.for_width(128, vision.hidden_size, width).to(device, dtype).eval()
+    imr = IMR.for_width(width, width).to(device, dtype).eval()
     keypoints = KeyPointEncoder(out_dim=width, base=keypoint_base_for(width)).to(device, dtype).eval()
     return image_encoder, processor, text_encoder, face_encoder, imr, keypoints
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks_common import build_unet, peak_text, sync, use_ip_adapter, write_json  # same folder
-from dynamicid.models import IMR, FaceEncoder, FaceEncoderConfig, IMRConfig, KeyPointEncoder
+from dynamicid.models import IMR, FaceEncoder, KeyPointEncoder
 from dynamicid.models.imr import keypoint_base_for
 from dynamicid.models.saa import DynamicIDAttention, SAASettings, install_processors
 
@@ -64,7 +64,7 @@ def anchor_step(unet, batch, size, device, tiny):
     adapter = DynamicIDAttention.for_unet(unet, rank=4 if tiny else 128).float()
     install_processors(unet, adapter)
     width = unet.config.cross_attention_dim
-    encoder = FaceEncoder(FaceEncoderConfig.for_width(512, 64 if tiny else 1280, width)).to(device)
+    encoder = FaceEncoder.for_width(512, 64 if tiny else 1280, width).to(device)
     latents = torch.randn(batch, 4, size, size, device=device)
     text = torch.randn(batch, 77, width, device=device)
     arcface = torch.randn(batch, 512, device=device)
@@ -84,7 +84,7 @@ def reconfig_step(unet, targets, size, device, tiny):
     adapter = DynamicIDAttention.for_unet(unet, rank=4 if tiny else 128).requires_grad_(False)
     install_processors(unet, adapter)
     width = unet.config.cross_attention_dim
-    imr = IMR(IMRConfig.for_width(width, width)).to(device)
+    imr = IMR.for_width(width, width).to(device)
     keypoints = KeyPointEncoder(out_dim=width, base=keypoint_base_for(width)).to(device)
     latents = torch.randn(targets, 4, size, size, device=device)
     text = torch.randn(1, 77, width, device=device).expand(targets, -1, -1)

@@ -227,3 +227,19 @@ def test_report_renders_in_headless_chromium(side_by_side, tmp_path):
     assert colourful.mean() > 0.02
     grid = Image.open(result.report_png)
     assert grid.width >= 1000 and np.asarray(grid).std() > 20
+
+
+def test_the_real_photo_check_reports_mirror_agreement_of_face_prompts(shared_faces, tmp_path):
+    """eval --mirror-check on the 16 identity photos, each against itself: a face and its mirror image must
+    get the same emotion, tilt and view and the opposite side. The share that do is reported."""
+    entries = [{"image": str(p), "persons": [{"name": p.parent.name, "reference": str(p)}]}
+               for p in identity_photos(shared_faces)]
+    (tmp_path / "photos.json").write_text(json.dumps(entries))
+    result = evaluate(tmp_path / "photos.json", tmp_path / "out", mirror_check=True)
+    scores = result.scores
+    assert scores.mirror_face_prompt.notna().all()
+    assert result.summary["mirror_consistency"] == round(float(scores.mirror_consistent.mean()), 4)
+    assert result.summary["mirror_consistency"] >= 0.9, scores[~scores.mirror_consistent][["image", "measured_face_prompt", "mirror_face_prompt"]]
+    turned = scores[scores.measured_face_prompt.str.endswith("turned right")]
+    assert len(turned) and turned.mirror_face_prompt.str.endswith("turned left").all()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["mirror_consistency"] >= 0.9

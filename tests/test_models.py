@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from dynamicid.models import IMR, FaceEncoder, FaceEncoderConfig, KeyPointEncoder
+from dynamicid.models import IMR, FaceEncoder, KeyPointEncoder
 from dynamicid.models.imr import landmark_map_to_tensor
 from dynamicid.models.saa import (
     DynamicIDAttention,
@@ -209,7 +209,7 @@ def test_low_precision_runs_close_to_fp32(unet, dtype):
 
 
 def test_face_encoder_shapes_and_unconditional_tokens():
-    encoder = FaceEncoder(FaceEncoderConfig(id_dim=128, clip_dim=64, cross_attention_dim=32, heads=2, dim_head=8))
+    encoder = FaceEncoder(id_dim=128, clip_dim=64, cross_attention_dim=32, heads=2, dim_head=8)
     tokens = encoder(torch.randn(3, 128), torch.randn(3, 257, 64))
     assert tokens.shape == (3, 4, 32)
     assert encoder.unconditional(torch.randn(2, 257, 64)).shape == (2, 4, 32)
@@ -233,7 +233,7 @@ def test_keypoint_encoder_and_imr_shapes():
 
 
 def test_stage_two_gradients_reach_only_imr_and_keypoint_encoder():
-    face_encoder = FaceEncoder(FaceEncoderConfig(id_dim=128, clip_dim=64, heads=2, dim_head=8)).requires_grad_(False)
+    face_encoder = FaceEncoder(id_dim=128, clip_dim=64, heads=2, dim_head=8).requires_grad_(False)
     keypoints, imr = KeyPointEncoder(), IMR()
     source = face_encoder(torch.randn(1, 128), torch.randn(1, 257, 64))
     maps = torch.rand(3, 1, 96, 96) * 2 - 1
@@ -250,7 +250,7 @@ def test_stage_one_gradients_reach_only_the_adapter_and_face_encoder(unet):
     unet.requires_grad_(False)
     adapter = DynamicIDAttention.for_unet(unet, rank=4)
     install_processors(unet, adapter)
-    encoder = FaceEncoder(FaceEncoderConfig(id_dim=128, clip_dim=64, cross_attention_dim=CROSS_DIM, heads=2, dim_head=8))
+    encoder = FaceEncoder(id_dim=128, clip_dim=64, cross_attention_dim=CROSS_DIM, heads=2, dim_head=8)
     latents, t, text, _ = inputs(batch=1)
     ids = encoder(torch.randn(1, 128), torch.randn(1, 257, 64))
     out = unet(latents, t, torch.cat([text, ids], 1), cross_attention_kwargs={"dynamicid": SAASettings(num_persons=1)}).sample

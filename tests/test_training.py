@@ -86,6 +86,46 @@ def test_resume_reproduces_the_uninterrupted_losses(dataset, tiny_models, tmp_pa
     np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in whole], rtol=1e-5, atol=1e-7)
 
 
+def test_a_damaged_latest_checkpoint_is_skipped_for_the_newest_intact_one(dataset, tiny_models, tmp_path, caplog):
+    """A cut model.safetensors or a garbage optimizer.bin: the run resumes from the checkpoint before, says
+    which was skipped and why, and still reproduces the uninterrupted losses."""
+    import glob
+    import os
+
+    whole = train_anchor(anchor_config(dataset, tiny_models, tmp_path / "whole", steps=6, checkpoint_every=2))["history"]
+    split = tmp_path / "split"
+    train_anchor(anchor_config(dataset, tiny_models, split, steps=4, checkpoint_every=2))
+    latest = sorted(glob.glob(str(split / "checkpoints" / "step-*")))[-1]
+    model = glob.glob(os.path.join(latest, "*.safetensors"))[0]
+    with open(model, "r+b") as handle:
+        handle.truncate(os.path.getsize(model) // 2)
+    resumed = train_anchor(anchor_config(dataset, tiny_models, split, steps=6, checkpoint_every=2))["history"]
+    assert f"skipping checkpoint {latest}" in caplog.text and "cannot be loaded" in caplog.text
+    np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in whole], rtol=1e-5, atol=1e-7)
+    for folder in glob.glob(str(split / "checkpoints" / "step-*")):  # now every one is damaged
+        with open(glob.glob(os.path.join(folder, "optimizer*.bin"))[0], "wb") as handle:
+            handle.write(b"garbage")
+    with pytest.raises(TrainingDataError, match="no checkpoint in .* can be loaded .*--no-resume"):
+        train_anchor(anchor_config(dataset, tiny_models, split, steps=8, checkpoint_every=2))
+
+
+def test_damaged_face_files_are_left_out_before_the_first_step_with_a_list(dataset, tmp_path, caplog):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(dataset, damaged)
+    faces = load_faces(str(damaged))
+    cut, garbage, narrow = faces[0], faces[1], faces[2]
+    data = open(cut.jpg, "rb").read()
+    open(cut.jpg, "wb").write(data[: len(data) // 2])
+    open(garbage.pt, "wb").write(b"not a tensor file")
+    torch.save({"embedding": torch.zeros(64), "dim": 64}, narrow.pt)
+    kept = load_faces(str(damaged))
+    assert len(kept) == len(faces) - 3 and {f.name for f in kept} == {f.name for f in faces[3:]}
+    assert "leaving out 3 of" in caplog.text
+    for path in (cut.jpg, garbage.pt, narrow.pt):
+        assert path in caplog.text
+    assert "should be 128 numbers" in caplog.text
+
+
 def test_the_anchor_loss_falls_on_a_fixed_set(dataset, tiny_models, tmp_path):
     # A tiny UNet and rank-4 LoRA at a high rate: the noise-prediction loss drops within a few dozen steps.
     history = train_anchor(anchor_config(dataset, tiny_models, tmp_path, steps=40, batch_size=4, checkpoint_every=0,

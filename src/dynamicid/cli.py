@@ -7,6 +7,7 @@ import os
 import sys
 
 from dynamicid import __version__
+from dynamicid.errors import ConfigError, DynamicIDError
 
 
 def _add_face_backend_options(p) -> None:
@@ -56,8 +57,11 @@ def _add_prep(sub) -> None:
     p.add_argument("--config", default=None,
                    help="a TOML or JSON file setting any of these options (e.g. detector = \"insightface\"); "
                         "options given on the command line win")
-    p.add_argument("input", help="folder of photos (searched recursively), or any path Spark can read (hdfs://, s3a://)")
-    p.add_argument("output", help="output folder (local, or a filesystem shared by all Spark workers)")
+    p.add_argument("input", nargs="?", help="folder of photos (searched recursively), or any path Spark can read (hdfs://, s3a://)")
+    p.add_argument("output", nargs="?", help="output folder (local, or a filesystem shared by all Spark workers)")
+    p.add_argument("--verify", metavar="OUTPUT", default=None,
+                   help="check a finished OUTPUT instead of running: images/ must hold exactly the files the manifest "
+                        "lists; reports every difference and exits 1 if there is one")
     p.add_argument("--master", default=None, help="Spark master, e.g. spark://host:7077 (default: local[*], or spark-submit's)")
     p.add_argument("--layout", choices=LAYOUTS, default="by-identity",
                    help="by-identity: the first-level subfolder names the person; flat: no identities")
@@ -89,6 +93,15 @@ def _run_prep(args) -> int:
     from dynamicid.prep.config import PrepConfig, ValidationConfig
     from dynamicid.prep.report import format_summary
     from dynamicid.prep.runner import run_prep
+
+    if args.verify:
+        from dynamicid.prep.verify import check_outputs
+
+        check = check_outputs(args.verify)
+        print(check.describe())
+        return 0 if check.ok else 1
+    if not args.input or not args.output:
+        raise ConfigError("prep needs INPUT and OUTPUT folders (or --verify OUTPUT); see dynamicid prep --help")
 
     config = PrepConfig(
         input=args.input,
@@ -158,6 +171,10 @@ def _add_eval(sub) -> None:
     p.add_argument("input", help="folder with sidecars, .csv or .json")
     p.add_argument("output", help="folder for the scores and the report")
     p.add_argument("--clip-model", default=None, help="local CLIP folder (transformers layout) to compute CLIP-T")
+    p.add_argument("--mirror-check", action="store_true",
+                   help="also analyse every image's mirror image: the face prompts of a face and its mirror must "
+                        "agree (same emotion, tilt and view, opposite side); reports the share that do "
+                        "(mirror_consistency), a check of the face-prompt measurement itself on real photos")
     _add_face_backend_options(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_eval)
@@ -172,6 +189,7 @@ def _run_eval(args) -> int:
         output=args.output,
         faces=_face_config(args),
         clip_model=args.clip_model,
+        mirror_check=args.mirror_check,
         progress=not args.no_progress,
     )
     result = run_eval(config)
@@ -199,27 +217,17 @@ def _add_convert_weights(sub) -> None:
 
 
 def _run_convert_weights(args) -> int:
-    from dynamicid.models.checkpoints import convert
+    from dynamicid.models.checkpoints import convert, unet_config_layout
 
-    layout = None
-    if args.unet_config:
-        import json
-
-        import torch
-        from diffusers import UNet2DConditionModel
-
-        from dynamicid.models.saa import processor_layout
-
-        with open(args.unet_config) as handle:
-            config = json.load(handle)
-        with torch.device("meta"):
-            layout = processor_layout(UNet2DConditionModel.from_config(config))
+    layout = unet_config_layout(args.unet_config) if args.unet_config else None
     for path in convert(args.source, args.target, to=args.to, layout=layout):
         print(f"wrote {path}")
     return 0
 
 
 def _add_generate(sub) -> None:
+    from dynamicid.pipeline.request import MAX_OUTPUT_PIXELS
+
     p = sub.add_parser(
         "generate",
         help="generate images of one or several persons from one photo each",
@@ -248,6 +256,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--height", type=int, default=None, help="default 512 for one person, 768 for two, 1024 for more")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--images", type=int, default=1, help="images per prompt")
+    p.add_argument("--max-output-pixels", type=int, default=MAX_OUTPUT_PIXELS,
+                   help="refuse a call whose height x width x images is larger (memory grows with it; raise it on a "
+                        "device with the memory)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--id-scale", type=float, default=1.0)
     p.add_argument("--infer-scale", type=float, default=None,
@@ -282,7 +293,7 @@ def _nth(values: list[str], index: int) -> str | None:
 def _run_generate(args) -> int:
     import torch
 
-    from dynamicid.pipeline import DynamicIDPipeline, Person
+    from dynamicid.pipeline import DynamicIDPipeline, Person, check_request
     from dynamicid.pipeline.outputs import save_generation
 
     for option in ("face_prompt", "box", "target_landmarks", "name"):
@@ -299,14 +310,17 @@ def _run_generate(args) -> int:
         persons.append(Person(photo, _nth(args.face_prompt, i), _nth(args.target_landmarks, i), box,
                               _nth(args.name, i) or f"person{i}"))
     size = {1: 512, 2: 768}.get(len(persons), 1024)
+    height, width = args.height or size, args.width or size
+    # The whole request is checked before the model load, which takes many seconds.
+    check_request(persons, height, width, args.steps, args.guidance, args.images, args.max_output_pixels)
     pipe = DynamicIDPipeline.from_pretrained(args.base_model, args.weights, args.clip_image_encoder,
                                              face_config=_face_config(args), device=args.device,
                                              dtype=getattr(torch, args.dtype))
     result = pipe(args.prompt, persons, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                  guidance_scale=args.guidance, height=args.height or size, width=args.width or size,
+                  guidance_scale=args.guidance, height=height, width=width,
                   num_images_per_prompt=args.images, seed=args.seed, id_scale=args.id_scale,
                   infer_scale=args.infer_scale, infer_end=args.infer_end, gate=not args.no_gate,
-                  return_gate_maps=args.save_gate_maps)
+                  return_gate_maps=args.save_gate_maps, max_output_pixels=args.max_output_pixels)
     for path in save_generation(result, persons, args.output, args.file_name,
                                 extra={"base_model": args.base_model, "weights": args.weights}):
         print(f"wrote {path}")
@@ -480,7 +494,29 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str] | None) 
                         and k not in ("input", "output")})
 
 
+def _configure_logging() -> None:
+    """The toolkit's own messages (INFO and up) as plain lines on stderr; other libraries' warnings only."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    package = logging.getLogger("dynamicid")
+    if not package.handlers:
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+
+
+def _save_traceback() -> str:
+    import tempfile
+    import traceback
+
+    with tempfile.NamedTemporaryFile("w", prefix="dynamicid-error-", suffix=".txt", delete=False) as handle:
+        traceback.print_exc(file=handle)
+        return handle.name
+
+
 def main(argv: list[str] | None = None) -> int:
+    _configure_logging()
     parser = build_parser()
     try:
         _apply_config_file(parser, argv)
@@ -491,22 +527,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    from dynamicid.faces.backends import BackendError
-    from dynamicid.models.checkpoints import CheckpointError
-    from dynamicid.pipeline.pipeline import GenerationError
-    from dynamicid.prep.runner import PrepError
-    from dynamicid.sparkenv import JavaNotFound
-    from dynamicid.training.data import TrainingDataError
-
     try:
         return args.handler(args)
-    except (PrepError, BackendError, CheckpointError, GenerationError, TrainingDataError,
-            JavaNotFound, ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (DynamicIDError, ValueError, OSError, FloatingPointError) as err:
         print(f"dynamicid {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug: one paragraph for the user, the traceback in a file for the report
+        print(f"dynamicid {args.command}: internal error: {type(err).__name__}: {err}. This is a bug in dynamicid; "
+              f"the traceback is in {_save_traceback()}; please attach it to a bug report.", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":  # also the entry for spark-submit

@@ -3,7 +3,7 @@ Every rejection carries a reason code.
 
 Reason codes (also in the README):
   empty_file, too_large_file, not_an_image, unsupported_format, truncated, corrupt, too_small,
-  decompression_bomb
+  extreme_aspect_ratio, decompression_bomb
 (face-level reasons such as no_face come from the face stage.)
 """
 
@@ -24,6 +24,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 @dataclass(frozen=True)
 class ValidationConfig:
     min_side: int = 64  # px; smaller images are rejected as too_small
+    max_aspect_ratio: float = 20.0  # long side / short side above this is rejected as extreme_aspect_ratio
     max_pixels: int = 180_000_000  # width*height above this is a decompression bomb (read from the header)
     max_bytes: int = 200 * 1024 * 1024
     decode_side: int = 1280  # large JPEGs are decoded at a reduced scale, never below this long side
@@ -90,7 +91,13 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image if mode == "RGB" else image.convert("RGB"))
 
 
-def decode_image(data: bytes, rules: ValidationConfig) -> DecodedImage:
+def _webp_cut_short(data: bytes) -> bool:
+    """A WebP's RIFF header states its length; Pillow says only "could not create decoder" when it is cut."""
+    return len(data) >= 12 and int.from_bytes(data[4:8], "little") + 8 > len(data)
+
+
+def _open_checked(data: bytes, rules: ValidationConfig) -> Image.Image:
+    """The opened image, its header checked against the rules; no pixel is decoded yet."""
     if len(data) == 0:
         raise Rejected("empty_file", "the file has zero bytes")
     if len(data) > rules.max_bytes:
@@ -100,6 +107,9 @@ def decode_image(data: bytes, rules: ValidationConfig) -> DecodedImage:
         raise Rejected("not_an_image", "the content is not a JPEG, PNG, WebP, BMP or TIFF image")
     if kind == "gif":
         raise Rejected("unsupported_format", "GIF is not accepted; convert it to PNG or JPEG")
+    if kind == "webp" and _webp_cut_short(data):
+        raise Rejected("truncated", f"the WebP header declares {int.from_bytes(data[4:8], 'little') + 8} bytes, "
+                                    f"the file has {len(data)}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -116,7 +126,16 @@ def decode_image(data: bytes, rules: ValidationConfig) -> DecodedImage:
         )
     if min(width, height) < rules.min_side:
         raise Rejected("too_small", f"{width}x{height} is below the minimum side of {rules.min_side} px")
-    source_mode = image.mode
+    if max(width, height) > rules.max_aspect_ratio * min(width, height):
+        raise Rejected("extreme_aspect_ratio", f"{width}x{height} is more than {rules.max_aspect_ratio:g} times "
+                                               "longer than wide; no face can be found at the detector's scale")
+    return image
+
+
+def _decode_reduced(image: Image.Image, rules: ValidationConfig) -> tuple[Image.Image, float]:
+    """Decodes the pixels, large images at a reduced scale (long side never below decode_side), so that
+    memory per image stays near the decoder's own buffer. Returns (image, decoded px per source px)."""
+    width, height = image.size
     scale = 1.0
     if image.format in ("JPEG", "MPO") and max(width, height) >= 2 * rules.decode_side:
         # DCT-domain downscale by 1/2, 1/4 or 1/8, several times faster than a full decode. Pillow keeps
@@ -131,26 +150,41 @@ def decode_image(data: bytes, rules: ValidationConfig) -> DecodedImage:
         text = str(err)
         reason = "truncated" if "truncat" in text.lower() or "end of file" in text.lower() else "corrupt"
         raise Rejected(reason, f"decoding failed: {text}") from None
+    if scale == 1.0 and max(width, height) >= 2 * rules.decode_side:
+        # Other formats decode only at full size: shrink at once by a whole factor, before any conversion
+        # copies the full-size pixels.
+        factor = max(width, height) // rules.decode_side
+        try:
+            return image.reduce(factor), 1.0 / factor
+        except ValueError:  # modes reduce() lacks (16-bit, palette, 1-bit): resize does them all
+            return image.resize((-(-width // factor), -(-height // factor)), Image.Resampling.BOX), 1.0 / factor
+    return image, scale
+
+
+# EXIF orientation -> the transposition that makes the image upright (EXIF defines 1..8; 1 is upright).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def decode_image(data: bytes, rules: ValidationConfig) -> DecodedImage:
+    """Checks and decodes one image; raises Rejected with a reason code for anything unusable."""
+    image = _open_checked(data, rules)
+    image_format, source_mode = SUPPORTED_FORMATS[image.format], image.mode
+    width, height = image.size
     orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
-    if orientation not in range(1, 9):  # EXIF defines 1..8; anything else means upright
-        orientation = 1
-    upright = ImageOps.exif_transpose(image) if orientation != 1 else image
-    if orientation in (5, 6, 7, 8):
+    decoded, scale = _decode_reduced(image, rules)
+    transpose = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None  # anything else: upright
+    upright = decoded.transpose(transpose) if transpose is not None else decoded
+    if transpose in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
+                     Image.Transpose.ROTATE_90):
         width, height = height, width
     rgb = np.ascontiguousarray(_to_rgb(upright))
     grayscale = source_mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F") or bool(
         np.array_equal(rgb[::7, ::7, 0], rgb[::7, ::7, 1]) and np.array_equal(rgb[::7, ::7, 1], rgb[::7, ::7, 2])
     )
-    return DecodedImage(
-        rgb=rgb,
-        format=SUPPORTED_FORMATS[image.format],
-        source_mode=source_mode,
-        width=width,
-        height=height,
-        decode_scale=scale,
-        exif_rotated=orientation != 1,
-        grayscale=grayscale,
-    )
+    return DecodedImage(rgb=rgb, format=image_format, source_mode=source_mode, width=width, height=height,
+                        decode_scale=scale, exif_rotated=transpose is not None, grayscale=grayscale)
 
 
 def load_image(path: str, rules: ValidationConfig | None = None) -> DecodedImage:

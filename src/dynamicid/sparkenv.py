@@ -9,11 +9,13 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from dynamicid.errors import DynamicIDError
+
 MIN_JAVA = 17
 QUIET_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2-quiet.properties")
 
 
-class JavaNotFound(RuntimeError):
+class JavaNotFound(DynamicIDError, RuntimeError):
     pass
 
 

@@ -92,16 +92,16 @@ def tiny_clip_image(folder: str, seed: int = 0):
 
 
 def tiny_dynamicid(folder: str, unet, seed: int = 0, id_dim: int = 128):
-    from dynamicid.models import IMR, FaceEncoder, FaceEncoderConfig, IMRConfig, KeyPointEncoder
+    from dynamicid.models import IMR, FaceEncoder, KeyPointEncoder
     from dynamicid.models.imr import keypoint_base_for
     from dynamicid.models.checkpoints import DynamicIDWeights, save_ours
     from dynamicid.models.saa import DynamicIDAttention
 
     torch.manual_seed(seed)
     weights = DynamicIDWeights(
-        face_encoder=FaceEncoder(FaceEncoderConfig.for_width(id_dim, VISION_DIM, CROSS_DIM)),
+        face_encoder=FaceEncoder.for_width(id_dim, VISION_DIM, CROSS_DIM),
         attention=DynamicIDAttention.for_unet(unet, rank=4),
-        imr=IMR(IMRConfig.for_width(CROSS_DIM, CROSS_DIM)),
+        imr=IMR.for_width(CROSS_DIM, CROSS_DIM),
         keypoint_encoder=KeyPointEncoder(out_dim=CROSS_DIM, base=keypoint_base_for(CROSS_DIM)),
     )
     save_ours(weights, folder)

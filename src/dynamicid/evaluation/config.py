@@ -14,4 +14,5 @@ class EvalConfig:
     faces: FaceAnalysisConfig = field(default_factory=FaceAnalysisConfig)
     clip_model: str | None = None  # local CLIP folder (transformers layout) for CLIP-T
     report_columns: int = 4
+    mirror_check: bool = False  # also measure each face in the mirror image and report the face prompts' agreement
     progress: bool = True

@@ -18,10 +18,12 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from dynamicid.errors import DynamicIDError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-class EvalInputError(ValueError):
+class EvalInputError(DynamicIDError, ValueError):
     pass
 
 
@@ -40,38 +42,70 @@ class EvalItem:
     prompt: str | None = None
 
 
-def _paths(value, base: str) -> tuple[str, ...]:
-    values = value if isinstance(value, list) else [v for v in str(value or "").split(";")]
-    resolved = tuple(os.path.normpath(os.path.join(base, v.strip())) for v in values if v and v.strip())
-    return resolved
+def _text(entry: dict, key: str, where: str) -> str | None:
+    value = entry.get(key)
+    if value is None or isinstance(value, str):
+        return value or None
+    raise EvalInputError(f"{where}: field {key!r} must be text, found {type(value).__name__} {value!r}")
 
 
-def _person(entry: dict, index: int, base: str, where: str) -> Person:
-    references = _paths(entry.get("reference", entry.get("references")), base)
+def _paths(value, base: str, where: str) -> tuple[str, ...]:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        values = value
+    elif value is None or isinstance(value, str):
+        values = str(value or "").split(";")
+    else:
+        raise EvalInputError(f"{where}: field 'reference' must be a path or a list of paths, found {value!r}")
+    return tuple(os.path.normpath(os.path.join(base, v.strip())) for v in values if v and v.strip())
+
+
+def _box(value, where: str) -> tuple[float, float, float, float] | None:
+    if value is None:
+        return None
+    parts = value.replace(";", " ").replace(",", " ").split() if isinstance(value, str) else value
+    try:
+        if isinstance(parts, (str, bytes, dict)) or len(parts) != 4 or any(isinstance(v, bool) for v in parts):
+            raise TypeError
+        box = tuple(float(v) for v in parts)
+    except (TypeError, ValueError):
+        raise EvalInputError(f"{where}: field 'box' must be four numbers x0 y0 x1 y1, found {value!r}") from None
+    if not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+        raise EvalInputError(f"{where}: field 'box' {list(box)} must lie within [0, 1] with x0 < x1 and y0 < y1")
+    return box
+
+
+def _person(entry, index: int, base: str, where: str) -> Person:
+    where = f"{where}: person {index}"
+    if not isinstance(entry, dict):
+        raise EvalInputError(f"{where} must be an object with name, reference, face_prompt and box; found {entry!r}")
+    references = _paths(entry.get("reference", entry.get("references")), base, where)
     if not references:
-        raise EvalInputError(f"{where}: person {index} has no reference photo")
-    box = entry.get("box")
-    if box is not None:
-        if isinstance(box, str):
-            box = [float(v) for v in box.replace(";", " ").replace(",", " ").split()]
-        if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
-            raise EvalInputError(f"{where}: person {index} box {box} must be [x0, y0, x1, y1] within [0, 1], x0 < x1, y0 < y1")
-        box = tuple(float(v) for v in box)
-    return Person(str(entry.get("name") or f"person{index}"), references, entry.get("face_prompt") or None, box)
+        raise EvalInputError(f"{where} has no reference photo (field 'reference')")
+    name = entry.get("name")
+    if name is not None and not isinstance(name, (str, int)):
+        raise EvalInputError(f"{where}: field 'name' must be text, found {name!r}")
+    return Person(str(name or f"person{index}"), references, _text(entry, "face_prompt", where), _box(entry.get("box"), where))
 
 
-def _item(entry: dict, base: str, where: str) -> EvalItem:
-    if "image" not in entry:
-        raise EvalInputError(f"{where}: an entry has no 'image'")
-    persons = [_person(p, i, base, where) for i, p in enumerate(entry.get("persons") or [])]
-    return EvalItem(os.path.normpath(os.path.join(base, entry["image"])), persons, entry.get("prompt") or None)
+def _item(entry, base: str, where: str) -> EvalItem:
+    if not isinstance(entry, dict):
+        raise EvalInputError(f"{where}: must be a JSON object with image, prompt and persons; found a {type(entry).__name__}")
+    image = entry.get("image")
+    if not isinstance(image, str) or not image:
+        raise EvalInputError(f"{where}: field 'image' must be the image's path, found {image!r}")
+    persons = entry.get("persons")
+    if not isinstance(persons, list) or not persons:
+        raise EvalInputError(f"{where}: field 'persons' must be a list of at least one person "
+                             f"({{\"name\", \"reference\", \"face_prompt\", \"box\"}}), found {persons!r}")
+    return EvalItem(os.path.normpath(os.path.join(base, image)), [_person(p, i, base, where) for i, p in enumerate(persons)],
+                    _text(entry, "prompt", where))
 
 
-def read_folder(folder: str) -> list[EvalItem]:
+def read_folder(folder: str, exclude: frozenset[str] = frozenset()) -> list[EvalItem]:
     items = []
     for name in sorted(os.listdir(folder)):
         stem, suffix = os.path.splitext(name)
-        if suffix.lower() not in IMAGE_SUFFIXES:
+        if suffix.lower() not in IMAGE_SUFFIXES or os.path.abspath(os.path.join(folder, name)) in exclude:
             continue
         sidecar = os.path.join(folder, stem + ".json")
         if not os.path.exists(sidecar):
@@ -81,6 +115,8 @@ def read_folder(folder: str) -> list[EvalItem]:
                 meta = json.load(handle)
             except ValueError as err:
                 raise EvalInputError(f"{sidecar} is not valid JSON: {err}") from None
+        if not isinstance(meta, dict):
+            raise EvalInputError(f"{sidecar}: must be a JSON object with prompt and persons; found a {type(meta).__name__}")
         items.append(_item(meta | {"image": name}, folder, sidecar))
     return items
 
@@ -115,11 +151,13 @@ def read_json(path: str) -> list[EvalItem]:
     return [_item(entry, base, path) for entry in entries]
 
 
-def read_items(source: str) -> list[EvalItem]:
+def read_items(source: str, exclude: tuple[str, ...] = ()) -> list[EvalItem]:
+    """The items to score; `exclude` names files never to read as input (eval's own report, when OUTPUT is
+    INPUT)."""
     if not os.path.exists(source):
         raise EvalInputError(f"input not found: {source}")
     if os.path.isdir(source):
-        items = read_folder(source)
+        items = read_folder(source, frozenset(os.path.abspath(p) for p in exclude))
     elif source.lower().endswith(".csv"):
         items = read_csv(source)
     elif source.lower().endswith(".json"):

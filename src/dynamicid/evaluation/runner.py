@@ -46,6 +46,7 @@ def summarize(scores: pd.DataFrame, embedder: str) -> dict:
         "view_agreement": _mean(scores.view_match),
         "side_agreement": _mean(scores.side_match),
         "clip_t_mean": _mean(scores.clip_t) if "clip_t" in scores else None,
+        "mirror_consistency": _mean(scores.mirror_consistent) if "mirror_consistent" in scores else None,
         "embedding_model": embedder,
     }
 
@@ -54,7 +55,7 @@ def format_summary(summary: dict, output: str) -> str:
     lines = ["", f"eval: {summary['images']} images, {summary['persons']} requested persons, "
                  f"detection rate {summary['detection_rate']:.0%}"]
     for key in ("face_sim_mean", "face_sim_min_per_image_mean", "leak_margin_mean", "leak_positive_share",
-                "prompt_agreement_mean", "clip_t_mean"):
+                "prompt_agreement_mean", "clip_t_mean", "mirror_consistency"):
         if summary.get(key) is not None:
             lines.append(f"  {key:<28} {summary[key]:.4f}")
     lines.append(f"  embeddings: {summary['embedding_model']}")
@@ -63,8 +64,12 @@ def format_summary(summary: dict, output: str) -> str:
     return "\n".join(lines)
 
 
+REPORT_FILES = ("scores.parquet", "summary.json", "report.html", "report.png")
+
+
 def run_eval(config: EvalConfig) -> EvalResult:
-    items = read_items(config.input)
+    # With OUTPUT equal to INPUT, eval's own report must never be read back as an image to score.
+    items = read_items(config.input, exclude=tuple(os.path.join(config.output, name) for name in REPORT_FILES))
     analyzer = FaceAnalyzer(config.faces)
     clip = None
     if config.clip_model:
@@ -84,7 +89,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
 
         iterator = tqdm(items, unit="img", desc="eval")
     for number, item in enumerate(iterator):
-        scored = score_image(item, analyses, bank)
+        scored = score_image(item, analyses, bank, mirror=config.mirror_check)
         clip_t = clip.score(scored.image.rgb, item.prompt) if clip and item.prompt else None
         for row in scored.rows:
             row["clip_t"] = clip_t

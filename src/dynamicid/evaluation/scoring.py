@@ -132,6 +132,7 @@ class ImageAnalyses:
     def __init__(self, analyzer: FaceAnalyzer):
         self.analyzer = analyzer
         self._last: tuple[str, DecodedImage, list[FaceAnalysis]] | None = None
+        self._mirrored: list[FaceAnalysis] | None = None
 
     def get(self, path: str) -> tuple[DecodedImage, list[FaceAnalysis]]:
         if self._last is None or self._last[0] != path:
@@ -140,10 +141,35 @@ class ImageAnalyses:
             except Rejected as rejection:
                 raise EvalInputError(f"image {path}: {rejection.reason}: {rejection.message}") from None
             self._last = (path, image, self.analyzer.analyze(image.rgb))
+            self._mirrored = None
         return self._last[1], self._last[2]
 
+    def mirrored(self, path: str) -> list[FaceAnalysis]:
+        """The faces of the image's mirror image (left and right swapped), analysed once."""
+        image, _ = self.get(path)
+        if self._mirrored is None:
+            self._mirrored = self.analyzer.analyze(np.ascontiguousarray(image.rgb[:, ::-1]))
+        return self._mirrored
 
-def score_image(item: EvalItem, analyses: ImageAnalyses, bank: ReferenceBank) -> ImageScore:
+
+_FLIPPED_SIDE = {"left": "right", "right": "left", None: None}
+
+
+def mirror_check(face: FaceAnalysis, width: int, mirrored: list[FaceAnalysis]) -> dict:
+    """The face prompt measured on the same face in the mirror image, and whether the two agree as a mirror
+    demands: the same emotion, tilt and view, the opposite side. A face the mirror analysis misses disagrees."""
+    mirrored_box = (width - face.box.x1, face.box.y0, width - face.box.x0, face.box.y1)
+    twin = max(mirrored, key=lambda f: _overlap(mirrored_box, (f.box.x0, f.box.y0, f.box.x1, f.box.y1)), default=None)
+    if twin is None or _overlap(mirrored_box, (twin.box.x0, twin.box.y0, twin.box.x1, twin.box.y1)) < 0.3:
+        return {"mirror_face_prompt": None, "mirror_consistent": False}
+    a, b = face_prompt.parse(face.face_prompt), face_prompt.parse(twin.face_prompt)
+    consistent = (a.emotion, a.tilt, a.view, _FLIPPED_SIDE[a.side]) == (b.emotion, b.tilt, b.view, b.side)
+    return {"mirror_face_prompt": twin.face_prompt, "mirror_consistent": consistent}
+
+
+def score_image(item: EvalItem, analyses: ImageAnalyses, bank: ReferenceBank, mirror: bool = False) -> ImageScore:
+    """One row per requested person; with `mirror`, each matched face's face prompt is also checked against
+    the mirror image's (`mirror_check`)."""
     image, faces = analyses.get(item.image)
     references = np.stack([bank.person(p) for p in item.persons])  # (persons, D), unit rows
     face_units = np.stack([unit(f.embedding) for f in faces]) if faces else np.zeros((0, references.shape[1]))
@@ -192,6 +218,8 @@ def score_image(item: EvalItem, analyses: ImageAnalyses, bank: ReferenceBank) ->
             }
             if person.face_prompt:
                 row |= prompt_agreement(person.face_prompt, face.face_prompt)
+            if mirror:
+                row |= mirror_check(face, image.rgb.shape[1], analyses.mirrored(item.image))
         rows.append(row)
     minimum = min((r["face_sim"] for r in rows), default=None)
     for row in rows:

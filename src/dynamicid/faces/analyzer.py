@@ -39,7 +39,7 @@ class FaceAnalysisConfig:
     expression: str = "fer"
 
     def identity(self) -> dict:
-        return asdict(self) | {"template": alignment.TEMPLATE_VERSION}
+        return asdict(self) | {"template": alignment.TEMPLATE_VERSION, "pose_model": pose.MODEL_VERSION}
 
 
 class _Clock:

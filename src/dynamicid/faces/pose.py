@@ -1,4 +1,4 @@
-"""Head pose from 2-D landmarks: a PnP fit of a generic 3-D face.
+"""Head pose from 2-D landmarks: a PnP fit of the rigid points of a mean 3-D face.
 
 Frame: x to the image's right, y down, z away from the camera; the generic face looks along -z.
 """
@@ -12,21 +12,42 @@ import numpy as np
 
 from dynamicid.faces.types import HeadPose
 
-# A generic adult face in millimetres, nose tip at the origin. Keys are iBUG-68 indices.
-GENERIC_FACE_IBUG68 = {
+# The rigid part of a mean 3-D face, iBUG-68 indices: nose bridge and tip, the nostrils' base and the eye
+# corners, which expressions hardly move (a smile lifts the mouth corners and an open mouth drops the chin,
+# and a fit that used them read those as the head pitching). Coordinates are those of the 68-point mean
+# shape that InsightFace's Python package ships (data/objects/meanshape_68.pkl, MIT licence), a 3-D
+# morphable model's mean face, moved so the nose tip is the origin, z turned to point away from the
+# camera, scaled by 100 (the eyes' outer corners 76 units apart) and made symmetric about the midline, so a
+# mirrored face reads the opposite yaw. `tools/pose_mean_face.py` extracts them.
+MEAN_FACE_IBUG68 = {
+    27: (0.0, -18.0, 13.7),  # nose root
+    28: (0.0, -11.3, 8.8),
+    29: (0.0, -5.7, 4.6),
     30: (0.0, 0.0, 0.0),  # nose tip
-    27: (0.0, -40.0, 22.0),  # nose root
-    8: (0.0, 64.0, 13.0),  # chin
-    36: (-44.0, -33.0, 27.0),  # eye outer corners
-    45: (44.0, -33.0, 27.0),
-    39: (-14.0, -32.0, 23.0),  # eye inner corners
-    42: (14.0, -32.0, 23.0),
-    48: (-29.0, 29.0, 24.0),  # mouth corners
-    54: (29.0, 29.0, 24.0),
-    31: (-13.0, 4.0, 15.0),  # nostril wings
-    35: (13.0, 4.0, 15.0),
+    31: (-13.9, 17.0, 17.9),  # nostrils' base, subject's right to left
+    33: (0.0, 18.2, 8.4),
+    35: (13.9, 17.0, 17.9),
+    36: (-38.2, -17.1, 33.7),  # eye corners: right outer, right inner, left inner, left outer
+    39: (-14.7, -17.0, 28.2),
+    42: (14.7, -17.0, 28.2),
+    45: (38.2, -17.1, 33.7),
 }
-POSE_POINTS = {"ibug68": GENERIC_FACE_IBUG68}
+# The mean face's own frame is pitched against a head that faces the camera: on the 16 portraits of
+# ../shared/faces/identities and their mirror images (people looking into the camera) the median pitch it
+# gives is -13.1 degrees. The model is turned by that angle, so that pitch 0 is the median portrait
+# (benchmarks/RESULTS.md, "Head pose").
+PITCH_OF_MEAN_FACE = -13.1
+MODEL_VERSION = "mean-face-rigid-1"  # part of prep's configuration hash: a new model recomputes face prompts
+
+
+def _turned(table: dict, pitch_degrees: float) -> dict:
+    """The model's points rotated about the x axis so that a face measured at `pitch_degrees` reads 0."""
+    angle = -math.radians(pitch_degrees)  # rotation_to_pose of this turn reads pitch_degrees
+    rotation = np.array([[1, 0, 0], [0, math.cos(angle), -math.sin(angle)], [0, math.sin(angle), math.cos(angle)]])
+    return {key: tuple(rotation @ np.asarray(point, dtype=np.float64)) for key, point in table.items()}
+
+
+POSE_POINTS = {"ibug68": _turned(MEAN_FACE_IBUG68, PITCH_OF_MEAN_FACE)}
 
 
 def generic_face(convention: str) -> tuple[list[int], np.ndarray]:
@@ -57,7 +78,7 @@ def estimate_pose(landmarks: np.ndarray, convention: str) -> HeadPose:
     camera = np.array([[focal, 0, centre[0]], [0, focal, centre[1]], [0, 0, 1]], dtype=np.float64)
     # Start in front of the camera, facing it, so the iterative fit cannot flip to the mirror solution.
     rvec0 = np.zeros((3, 1))
-    tvec0 = np.array([[0.0], [0.0], [focal * 120.0 / spread]])
+    tvec0 = np.array([[0.0], [0.0], [focal * float(np.ptp(model[:, :2], axis=0).max()) / spread]])
     ok, rvec, _ = cv2.solvePnP(
         model, image_points, camera, None, rvec0, tvec0, useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE
     )

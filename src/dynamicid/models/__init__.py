@@ -7,16 +7,14 @@ never on prep, training or the pipeline.
   checkpoints                     the authors' .bin files and our safetensors
 """
 
-from dynamicid.models.face_encoder import FaceEncoder, FaceEncoderConfig
-from dynamicid.models.imr import IMR, IMRConfig, KeyPointEncoder
+from dynamicid.models.face_encoder import FaceEncoder
+from dynamicid.models.imr import IMR, KeyPointEncoder
 from dynamicid.models.saa import DynamicIDAttention, SAASettings, install_processors, remove_processors
 
 __all__ = [
     "DynamicIDAttention",
     "FaceEncoder",
-    "FaceEncoderConfig",
     "IMR",
-    "IMRConfig",
     "KeyPointEncoder",
     "SAASettings",
     "install_processors",

@@ -20,8 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dynamicid.models.face_encoder import FaceEncoder, FaceEncoderConfig
-from dynamicid.models.imr import IMR, IMRConfig, KeyPointEncoder
+from dynamicid.errors import DynamicIDError
+from dynamicid.models.face_encoder import FaceEncoder
+from dynamicid.models.imr import IMR, KeyPointEncoder
 from dynamicid.models.saa import DynamicIDAttention, processor_layout
 
 AUTHORS_FILES = {"saa": "SAA.bin", "imr": "IMR.bin", "keypoint": "key_point_encoder.bin"}
@@ -47,8 +48,13 @@ SD15_UNET_CONFIG = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DynamicIDError, ValueError):
     pass
+
+
+def public_config(module) -> dict:
+    """A ConfigMixin module's own settings, without diffusers' bookkeeping keys (those starting with _)."""
+    return {key: value for key, value in dict(module.config).items() if not key.startswith("_")}
 
 
 def check_state_dict(module: nn.Module, state: dict, what: str) -> None:
@@ -79,10 +85,13 @@ def load_strict(module: nn.Module, state: dict, what: str) -> nn.Module:
 def read_pickle(path: str) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish; fetch it again")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path} is not a loadable weights file: {err}") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a loadable weights file ({reason}); fetch it again") from None
 
 
 def sd15_layout():
@@ -92,6 +101,24 @@ def sd15_layout():
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
     return processor_layout(unet)
+
+
+def unet_config_layout(path: str):
+    """The processor layout of the UNet a diffusers config.json describes, built on the meta device."""
+    from diffusers import UNet2DConditionModel
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except OSError as err:
+        raise CheckpointError(f"--unet-config {path}: {err.strerror}") from None
+    except ValueError as err:
+        raise CheckpointError(f"--unet-config {path} is not valid JSON: {err}") from None
+    try:
+        with torch.device("meta"):
+            return processor_layout(UNet2DConditionModel.from_config(config))
+    except Exception as err:  # diffusers raises several kinds for a config it cannot build
+        raise CheckpointError(f"--unet-config {path} does not describe a UNet diffusers can build: {err}") from None
 
 
 @dataclass
@@ -104,37 +131,100 @@ class DynamicIDWeights:
     def configs(self) -> dict:
         out = {}
         if self.face_encoder is not None:
-            out["face_encoder"] = self.face_encoder.config.to_dict()
+            out["face_encoder"] = public_config(self.face_encoder)
         if self.attention is not None:
             out["saa"] = {"rank": self.attention.rank, "processors": self.attention.names}
         if self.imr is not None:
-            out["imr"] = self.imr.config.to_dict()
+            out["imr"] = public_config(self.imr)
         if self.keypoint_encoder is not None:
             out["keypoint"] = {"out_dim": self.keypoint_encoder.out_dim, "base": self.keypoint_encoder.base}
         return out
 
 
-def load_authors(folder: str, layout=None, face_config: FaceEncoderConfig | None = None) -> DynamicIDWeights:
-    """Read whichever of SAA.bin, IMR.bin and key_point_encoder.bin the folder holds."""
+def _heads_of(inner: int) -> dict:
+    """Heads are not in the tensors: the method's 64-wide heads where the width allows, else two heads
+    (the narrow test models'); the same rule the `for_width` constructors follow."""
+    dim_head = 64 if inner % 64 == 0 and inner >= 128 else max(1, inner // 2)
+    return {"heads": inner // dim_head, "dim_head": dim_head}
+
+
+def _shape(state: dict, key: str, what: str) -> tuple[int, ...]:
+    tensor = state.get(key)
+    if not isinstance(tensor, torch.Tensor):
+        raise CheckpointError(f"{what} lacks the tensor {key!r}, which every file of this kind holds")
+    return tuple(tensor.shape)
+
+
+def face_encoder_config_of(state: dict, what: str) -> dict:
+    """Every width of the face encoder, read from its tensors."""
+    hidden, id_dim = _shape(state, "proj.0.weight", what)
+    (cross,) = _shape(state, "norm.weight", what)
+    clip_dim = _shape(state, "perceiver_resampler.proj_in.weight", what)[1]
+    tokens = _shape(state, "proj.2.weight", what)[0] // cross
+    inner = _shape(state, "perceiver_resampler.layers.0.0.to_q.weight", what)[0]
+    ff_inner = _shape(state, "perceiver_resampler.layers.0.1.1.weight", what)[0]
+    depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("perceiver_resampler.layers."))
+    return dict(id_dim=id_dim, clip_dim=clip_dim, cross_attention_dim=cross, num_tokens=tokens,
+                depth=depth, ff_mult=ff_inner // cross, proj_hidden=hidden, **_heads_of(inner))
+
+
+def imr_config_of(state: dict, what: str) -> dict:
+    """Every width of IMR, read from its tensors."""
+    width, token_dim = _shape(state, "proj_in.weight", what)
+    motion_dim = _shape(state, "feature_fusion.1.weight", what)[1] // 2
+    queries = _shape(state, "feature_fusion.4.weight", what)[0] // width
+    inner = _shape(state, "disentangleNet.0.0.to_q.weight", what)[0]
+    ff_inner = _shape(state, "disentangleNet.0.2.1.weight", what)[0]
+    return dict(token_dim=token_dim, motion_dim=motion_dim, width=width, num_queries=queries,
+                depth=IMR.depth_of(state), ff_mult=ff_inner // width, **_heads_of(inner))
+
+
+def keypoint_config_of(state: dict, what: str) -> dict:
+    """KeyPointEncoder's base width and output width, read from its first and last convolutions."""
+    base = _shape(state, "blocks.0.0.conv_block.0.weight", what)[0]
+    last = max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    out_dim = _shape(state, f"blocks.{last}.1.conv_block.0.weight", what)[0]
+    return {"out_dim": out_dim, "base": base}
+
+
+def _state_dict(blob, what: str) -> dict:
+    """`blob` as a state dict: a dict of tensors whose values are finite."""
+    if not isinstance(blob, dict):
+        raise CheckpointError(f"{what} must be a state dict (names to tensors), found a {type(blob).__name__}")
+    for key, value in blob.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{what}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{what}: tensor {key!r} holds NaN or infinite values; the file is damaged")
+    return blob
+
+
+def load_authors(folder: str, layout=None, face_config: dict | None = None) -> DynamicIDWeights:
+    """Read whichever of SAA.bin, IMR.bin and key_point_encoder.bin the folder holds; every width comes
+    from the tensors, so files trained for any UNet load (the attention layout comes from that UNet)."""
     present = {key: os.path.join(folder, name) for key, name in AUTHORS_FILES.items() if os.path.isfile(os.path.join(folder, name))}
     if not present:
         raise CheckpointError(f"{folder} holds none of {', '.join(AUTHORS_FILES.values())}")
     weights = DynamicIDWeights()
     if "saa" in present:
-        blob = read_pickle(present["saa"])
+        path = present["saa"]
+        blob = read_pickle(path)
         if not isinstance(blob, dict) or set(blob) != {"proj_module", "SAA_module"}:
-            keys = sorted(blob)[:6] if isinstance(blob, dict) else type(blob).__name__
-            raise CheckpointError(f"{present['saa']} must hold exactly 'proj_module' and 'SAA_module', found {keys}")
-        config = face_config or FaceEncoderConfig(id_dim=blob["proj_module"]["proj.0.weight"].shape[1])
-        weights.face_encoder = load_strict(FaceEncoder(config), blob["proj_module"], f"{present['saa']} proj_module")
-        rank = _lora_rank(blob["SAA_module"])
-        attention = DynamicIDAttention(layout or sd15_layout(), rank=rank)
-        weights.attention = load_strict(attention, blob["SAA_module"], f"{present['saa']} SAA_module")
+            keys = sorted(map(str, blob))[:6] if isinstance(blob, dict) else f"a {type(blob).__name__}"
+            raise CheckpointError(f"{path} must hold exactly 'proj_module' and 'SAA_module', found {keys}")
+        projection = _state_dict(blob["proj_module"], f"{path} proj_module")
+        processors = _state_dict(blob["SAA_module"], f"{path} SAA_module")
+        config = face_config or face_encoder_config_of(projection, f"{path} proj_module")
+        weights.face_encoder = load_strict(FaceEncoder(**config), projection, f"{path} proj_module")
+        attention = DynamicIDAttention(layout or sd15_layout(), rank=_lora_rank(processors))
+        weights.attention = load_strict(attention, processors, f"{path} SAA_module")
     if "imr" in present:
-        state = read_pickle(present["imr"])
-        weights.imr = load_strict(IMR(IMRConfig(depth=IMR.depth_of(state))), state, present["imr"])
+        state = _state_dict(read_pickle(present["imr"]), present["imr"])
+        weights.imr = load_strict(IMR(**imr_config_of(state, present["imr"])), state, present["imr"])
     if "keypoint" in present:
-        weights.keypoint_encoder = load_strict(KeyPointEncoder(), read_pickle(present["keypoint"]), present["keypoint"])
+        path = present["keypoint"]
+        state = _state_dict(read_pickle(path), path)
+        weights.keypoint_encoder = load_strict(KeyPointEncoder(**keypoint_config_of(state, path)), state, path)
     return weights
 
 
@@ -177,32 +267,66 @@ def save_ours(weights: DynamicIDWeights, folder: str) -> list[str]:
     return written
 
 
-def load_ours(folder: str, layout=None) -> DynamicIDWeights:
+def _read_config(folder: str) -> dict:
     config_path = os.path.join(folder, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise CheckpointError(f"{folder} is not a dynamicid weights folder: {CONFIG_FILE} is missing")
-    with open(config_path) as handle:
-        configs = json.load(handle)
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            configs = json.load(handle)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{config_path} is not valid JSON ({err}); rewrite it with `dynamicid convert-weights` "
+                              "or restore it from the weights' source") from None
+    if not isinstance(configs, dict) or not all(isinstance(v, dict) for v in configs.values()):
+        raise CheckpointError(f"{config_path} must be an object of objects, one per part "
+                              f"({', '.join(OUR_FILES)}); found {type(configs).__name__}")
+    unknown = sorted(set(configs) - set(OUR_FILES))
+    if unknown:
+        raise CheckpointError(f"{config_path}: unknown part(s) {', '.join(unknown)}; known: {', '.join(OUR_FILES)}")
+    return configs
+
+
+def _build(factory, options: dict, where: str):
+    try:
+        return factory(**options)
+    except TypeError as err:
+        raise CheckpointError(f"{where}: {err}; the file was written by another version, or edited") from None
+
+
+def load_ours(folder: str, layout=None) -> DynamicIDWeights:
+    configs = _read_config(folder)
     weights = DynamicIDWeights()
 
     def state(key: str) -> dict:
         path = os.path.join(folder, OUR_FILES[key])
         if not os.path.isfile(path):
             raise CheckpointError(f"{CONFIG_FILE} lists {key} but {OUR_FILES[key]} is missing in {folder}")
-        return load_file(path)
+        try:
+            return _state_dict(load_file(path), path)
+        except CheckpointError:
+            raise
+        except Exception as err:  # safetensors raises its own error types for a cut or damaged file
+            raise CheckpointError(f"{path} is not a readable safetensors file ({err}); it is truncated or "
+                                  "damaged: fetch or convert it again") from None
 
+    where = os.path.join(folder, CONFIG_FILE)
     if "face_encoder" in configs:
-        module = FaceEncoder(FaceEncoderConfig(**configs["face_encoder"]))
+        module = _build(FaceEncoder, configs["face_encoder"], f"{where} face_encoder")
         weights.face_encoder = load_strict(module, state("face_encoder"), OUR_FILES["face_encoder"])
     if "saa" in configs:
-        attention = DynamicIDAttention(layout or sd15_layout(), rank=configs["saa"]["rank"])
+        rank = configs["saa"].get("rank")
+        if not isinstance(rank, int) or rank < 1:
+            raise CheckpointError(f"{where}: saa.rank must be a positive whole number, found {rank!r}")
+        attention = DynamicIDAttention(layout or sd15_layout(), rank=rank)
         if configs["saa"].get("processors") and configs["saa"]["processors"] != attention.names:
             raise CheckpointError("saa.safetensors was made for a UNet with a different attention layout")
         weights.attention = load_strict(attention, state("saa"), OUR_FILES["saa"])
     if "imr" in configs:
-        weights.imr = load_strict(IMR(IMRConfig(**configs["imr"])), state("imr"), OUR_FILES["imr"])
+        module = _build(IMR, configs["imr"], f"{where} imr")
+        weights.imr = load_strict(module, state("imr"), OUR_FILES["imr"])
     if "keypoint" in configs:
-        weights.keypoint_encoder = load_strict(KeyPointEncoder(**configs["keypoint"]), state("keypoint"), OUR_FILES["keypoint"])
+        module = _build(KeyPointEncoder, configs["keypoint"], f"{where} keypoint")
+        weights.keypoint_encoder = load_strict(module, state("keypoint"), OUR_FILES["keypoint"])
     return weights
 
 

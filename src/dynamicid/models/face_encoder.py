@@ -6,42 +6,16 @@ which a perceiver resampler refines by attending to the CLIP features.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from dynamicid.models.layers import PerceiverAttention, feed_forward
 
 
-@dataclass(frozen=True)
-class FaceEncoderConfig:
-    id_dim: int = 512  # 512 for ArcFace buffalo_l; 128 when trained on prep's default dlib embedder
-    clip_dim: int = 1280  # CLIP ViT-H/14 hidden size
-    cross_attention_dim: int = 768  # SD1.5
-    num_tokens: int = 4
-    depth: int = 4
-    heads: int = 12
-    dim_head: int = 64
-    ff_mult: int = 4
-    proj_hidden: int = 1024
-    shortcut: bool = False  # FaceID-Plus-v2 adds the proj tokens back; the authors' encoder does not
-    shortcut_scale: float = 1.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def for_width(cls, id_dim: int, clip_dim: int, cross_attention_dim: int) -> "FaceEncoderConfig":
-        """The method's encoder at SD1.5 width (12 heads of 64); narrower test models get 2 heads."""
-        if cross_attention_dim >= 768:
-            return cls(id_dim=id_dim, clip_dim=clip_dim, cross_attention_dim=cross_attention_dim)
-        return cls(id_dim=id_dim, clip_dim=clip_dim, cross_attention_dim=cross_attention_dim,
-                   heads=2, dim_head=max(1, cross_attention_dim // 2))
-
-
 class FacePerceiverResampler(nn.Module):
-    def __init__(self, c: FaceEncoderConfig):
+    def __init__(self, c):
         super().__init__()
         dim = c.cross_attention_dim
         self.proj_in = nn.Linear(c.clip_dim, dim)
@@ -59,15 +33,38 @@ class FacePerceiverResampler(nn.Module):
         return self.norm_out(self.proj_out(latents))
 
 
-class FaceEncoder(nn.Module):
-    def __init__(self, config: FaceEncoderConfig | None = None):
+class FaceEncoder(ModelMixin, ConfigMixin):
+    """Identity embedding + CLIP features -> `num_tokens` ID tokens of the UNet's cross-attention width.
+
+    Args:
+        id_dim: width of the identity embedding (512 for ArcFace buffalo_l; 128 for prep's default dlib).
+        clip_dim: width of the CLIP image encoder's hidden states (1280 for ViT-H/14).
+        cross_attention_dim: the UNet's cross-attention width (768 for SD1.5).
+        num_tokens: ID tokens per person.
+        depth, heads, dim_head, ff_mult: the perceiver resampler's size.
+        proj_hidden: hidden width of the embedding projection.
+        shortcut, shortcut_scale: add the projected tokens back (FaceID-Plus-v2); the authors' encoder does not.
+    """
+
+    @register_to_config
+    def __init__(self, id_dim: int = 512, clip_dim: int = 1280, cross_attention_dim: int = 768, num_tokens: int = 4,
+                 depth: int = 4, heads: int = 12, dim_head: int = 64, ff_mult: int = 4, proj_hidden: int = 1024,
+                 shortcut: bool = False, shortcut_scale: float = 1.0):
         super().__init__()
-        self.config = c = config or FaceEncoderConfig()
+        c = self.config
         self.proj = nn.Sequential(
             nn.Linear(c.id_dim, c.proj_hidden), nn.GELU(), nn.Linear(c.proj_hidden, c.cross_attention_dim * c.num_tokens)
         )
         self.norm = nn.LayerNorm(c.cross_attention_dim)
         self.perceiver_resampler = FacePerceiverResampler(c)
+
+    @classmethod
+    def for_width(cls, id_dim: int, clip_dim: int, cross_attention_dim: int) -> "FaceEncoder":
+        """The method's encoder at SD1.5 width (12 heads of 64); narrower test models get 2 heads."""
+        if cross_attention_dim >= 768:
+            return cls(id_dim=id_dim, clip_dim=clip_dim, cross_attention_dim=cross_attention_dim)
+        return cls(id_dim=id_dim, clip_dim=clip_dim, cross_attention_dim=cross_attention_dim,
+                   heads=2, dim_head=max(1, cross_attention_dim // 2))
 
     def forward(self, id_embedding: torch.Tensor, clip_features: torch.Tensor) -> torch.Tensor:
         """(B, id_dim), (B, L, clip_dim) -> (B, num_tokens, cross_attention_dim)"""

@@ -7,10 +7,10 @@ one set per target. A motion is [landmark feature, face-prompt text embedding] f
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from dynamicid.models.layers import PerceiverAttention, SelfAttention, feed_forward
@@ -38,10 +38,11 @@ def keypoint_base_for(out_dim: int) -> int:
     return 16 if out_dim >= 768 else 2
 
 
-class KeyPointEncoder(nn.Module):
+class KeyPointEncoder(ModelMixin, ConfigMixin):
     """b0: 7x7 conv 1->16; b1..b5: stride-2 conv doubling the width, then residual units; b6: 3x3 conv
     (no padding) and 1x1 conv to out_dim. `base` 16 is the method's (widths 16..512); smaller is for tests."""
 
+    @register_to_config
     def __init__(self, out_dim: int = 768, base: int = 16):
         super().__init__()
         blocks = [nn.Sequential(ConvUnit(1, base, kernel=7, stride=1, padding=3))]
@@ -68,29 +69,7 @@ def landmark_map_to_tensor(map96) -> torch.Tensor:
     return (tensor / 127.5 - 1.0).reshape(1, 96, 96)
 
 
-@dataclass(frozen=True)
-class IMRConfig:
-    token_dim: int = 768  # ID token width (SD1.5 cross-attention)
-    motion_dim: int = 768  # landmark feature and face-prompt embedding width each
-    width: int = 1024
-    heads: int = 16
-    dim_head: int = 64
-    num_queries: int = 4
-    depth: int = 1  # the authors' pipeline uses depth 1
-    ff_mult: int = 4
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def for_width(cls, token_dim: int, motion_dim: int, depth: int = 1) -> "IMRConfig":
-        """The method's IMR at SD1.5 width (1024 wide, 16 heads); narrower test models are scaled down."""
-        if token_dim >= 768:
-            return cls(token_dim=token_dim, motion_dim=motion_dim, depth=depth)
-        return cls(token_dim=token_dim, motion_dim=motion_dim, width=2 * token_dim, heads=2, dim_head=token_dim, depth=depth)
-
-
-def _stack(c: IMRConfig) -> nn.ModuleList:
+def _stack(c) -> nn.ModuleList:
     return nn.ModuleList(
         nn.ModuleList([
             PerceiverAttention(c.width, c.dim_head, c.heads),
@@ -109,10 +88,21 @@ def _run_stack(stack: nn.ModuleList, x: torch.Tensor, motion: torch.Tensor) -> t
     return x
 
 
-class IMR(nn.Module):
-    def __init__(self, config: IMRConfig | None = None):
+class IMR(ModelMixin, ConfigMixin):
+    """Identity-Motion Reconfigurator: edits ID tokens from a source motion to target motions.
+
+    Args:
+        token_dim: ID token width (the UNet's cross-attention width, 768 for SD1.5).
+        motion_dim: width of the landmark feature and of the face-prompt embedding, each.
+        width, heads, dim_head, num_queries, ff_mult: the perceiver stacks' size.
+        depth: blocks in each of the two stacks (the authors' pipeline uses 1).
+    """
+
+    @register_to_config
+    def __init__(self, token_dim: int = 768, motion_dim: int = 768, width: int = 1024, heads: int = 16,
+                 dim_head: int = 64, num_queries: int = 4, depth: int = 1, ff_mult: int = 4):
         super().__init__()
-        self.config = c = config or IMRConfig()
+        c = self.config
         fused = 2 * c.motion_dim
         self.feature_fusion = nn.Sequential(
             nn.LayerNorm(fused), nn.Linear(fused, c.width), nn.GELU(),
@@ -124,6 +114,13 @@ class IMR(nn.Module):
         self.entangleNet = _stack(c)
         self.norm_out = nn.LayerNorm(c.width)
         self.proj_out = nn.Linear(c.width, c.token_dim)
+
+    @classmethod
+    def for_width(cls, token_dim: int, motion_dim: int, depth: int = 1) -> "IMR":
+        """The method's IMR at SD1.5 width (1024 wide, 16 heads); narrower test models are scaled down."""
+        if token_dim >= 768:
+            return cls(token_dim=token_dim, motion_dim=motion_dim, depth=depth)
+        return cls(token_dim=token_dim, motion_dim=motion_dim, width=2 * token_dim, heads=2, dim_head=token_dim, depth=depth)
 
     def motion(self, landmark_feature: torch.Tensor, prompt_embedding: torch.Tensor) -> torch.Tensor:
         """(M, motion_dim) x2 -> (M, num_queries, width) motion latents."""

@@ -27,6 +27,8 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 MINMAX_EPS = 1e-6
@@ -322,21 +324,35 @@ def processor_layout(unet) -> list[tuple[str, dict[str, Any]]]:
     return layout
 
 
-class DynamicIDAttention(nn.ModuleList):
+class DynamicIDAttention(ModelMixin, ConfigMixin):
     """All processors of one UNet, in `attn_processors` order: SAA on cross-attention, LoRA on self-attention.
 
-    A ModuleList, so its state dict has exactly the keys of the authors' "SAA_module" ("{i}.to_q_lora.down.weight").
+    The processors are children named "0", "1", ..., so the state dict has exactly the keys of the
+    authors' "SAA_module" ("{i}.to_q_lora.down.weight"). The processors hold weights, never call state.
+
+    Args:
+        layout: (processor name, sizes) per attention layer, from `processor_layout(unet)`.
+        rank: the LoRA rank.
     """
 
-    def __init__(self, layout: list[tuple[str, dict[str, Any]]], rank: int = 128):
-        processors = []
-        for name, sizes in layout:
+    @register_to_config
+    def __init__(self, layout: list, rank: int = 128):
+        super().__init__()
+        for index, (name, sizes) in enumerate(layout):
             kind = SAAProcessor if sizes["cross"] else LoRAAttnProcessor
             dims = {k: sizes[k] for k in ("query_dim", "inner_dim", "context_dim", "out_dim")}
-            processors.append(kind(**dims, rank=rank, name=name))
-        super().__init__(processors)
+            self.add_module(str(index), kind(**dims, rank=rank, name=name))
         self.names = [name for name, _ in layout]
         self.rank = rank
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return self._modules[str(index % len(self))]
 
     @classmethod
     def for_unet(cls, unet, rank: int = 128, init_ip_from_unet: bool = True) -> "DynamicIDAttention":

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import math
 
+from dynamicid.errors import DynamicIDError
 
-class LayoutError(ValueError):
+
+class LayoutError(DynamicIDError, ValueError):
     pass
 
 
@@ -30,9 +32,10 @@ def check_boxes(boxes: list | None, persons: int) -> list[tuple[float, float, fl
         raise LayoutError(f"{len(boxes)} boxes for {persons} persons: give a box for every person, or for none")
     checked = []
     for index, box in enumerate(boxes):
-        if len(box) != 4:
-            raise LayoutError(f"box {index} must be [x0, y0, x1, y1], got {box}")
-        x0, y0, x1, y1 = (float(v) for v in box)
+        try:
+            x0, y0, x1, y1 = (float(v) for v in box)
+        except (TypeError, ValueError):
+            raise LayoutError(f"box {index} must be four numbers [x0, y0, x1, y1], got {box!r}") from None
         if not all(0.0 <= v <= 1.0 for v in (x0, y0, x1, y1)):
             raise LayoutError(f"box {index} {list(box)} lies outside [0, 1]: boxes are fractions of the image")
         if x1 <= x0 or y1 <= y0:

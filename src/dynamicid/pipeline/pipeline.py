@@ -20,20 +20,8 @@ from dynamicid.imagefile import Rejected, load_image
 from dynamicid.models.checkpoints import CheckpointError, DynamicIDWeights, load_weights
 from dynamicid.models.imr import landmark_map_to_tensor
 from dynamicid.models.saa import SAASettings, install_processors, processor_layout
-from dynamicid.pipeline.layout import LayoutError, automatic_boxes, check_boxes, to_saa
-
-
-class GenerationError(ValueError):
-    """A problem with the request, found before any denoising."""
-
-
-@dataclass
-class Person:
-    reference: str | np.ndarray  # a photo path, or an RGB uint8 array
-    face_prompt: str | None = None  # e.g. "in a happy expression, in side view, turned left"
-    target_landmarks: str | np.ndarray | None = None  # a 96x96 map, or prep's NAME.png sheet
-    box: tuple[float, float, float, float] | None = None  # [x0, y0, x1, y1] as fractions of the image
-    name: str | None = None
+from dynamicid.pipeline.layout import to_saa
+from dynamicid.pipeline.request import MAX_OUTPUT_PIXELS, GenerationError, Person, check_request
 
 
 @dataclass
@@ -176,35 +164,24 @@ class DynamicIDPipeline:
 
     # -- generation --------------------------------------------------------------------------------
     def check_request(self, persons: list[Person], height: int, width: int, steps: int, guidance: float,
-                      images: int = 1):
-        if images < 1:
-            raise GenerationError(f"num_images_per_prompt (--images) must be at least 1, not {images}")
-        if not persons:
-            raise GenerationError("give at least one person (a reference photo)")
+                      images: int = 1, max_output_pixels: int | None = None):
+        """`check_request` (the module function) plus this model's own size rule. Returns the boxes."""
+        multiple = self.vae_scale_factor * 4
         for name, value in (("height", height), ("width", width)):
-            if value <= 0 or value % 8:
-                raise GenerationError(f"{name} {value} must be a positive multiple of 8")
-            if value % (self.vae_scale_factor * 4):
-                raise GenerationError(f"{name} {value} must be a multiple of {self.vae_scale_factor * 4} for this model")
-        if steps < 1:
-            raise GenerationError("num_inference_steps must be at least 1")
-        if guidance < 0:
-            raise GenerationError("guidance_scale must not be negative")
-        try:
-            boxes = check_boxes([p.box for p in persons if p.box is not None], len(persons))
-        except LayoutError as err:
-            raise GenerationError(str(err)) from None
-        if boxes is None and len(persons) > 1:
-            boxes = automatic_boxes(len(persons), width, height)
-        return boxes
+            if isinstance(value, int) and value > 0 and value % multiple:
+                raise GenerationError(f"{name} {value} must be a multiple of {multiple} for this model")
+        return check_request(persons, height, width, steps, guidance, images,
+                             MAX_OUTPUT_PIXELS if max_output_pixels is None else max_output_pixels)
 
     @torch.no_grad()
     def __call__(self, prompt: str, persons: list[Person], negative_prompt: str | None = None,
                  num_inference_steps: int = 50, guidance_scale: float = 5.0, height: int = 512, width: int = 512,
                  num_images_per_prompt: int = 1, seed: int | None = None, id_scale: float = 1.0, lora_scale: float = 1.0,
                  infer_scale: float | None = None, infer_end: int | None = None, gate: bool = True,
-                 return_gate_maps: bool = False, output_type: str = "pil") -> DynamicIDOutput:
-        boxes = self.check_request(persons, height, width, num_inference_steps, guidance_scale, num_images_per_prompt)
+                 return_gate_maps: bool = False, output_type: str = "pil",
+                 max_output_pixels: int | None = None) -> DynamicIDOutput:
+        boxes = self.check_request(persons, height, width, num_inference_steps, guidance_scale, num_images_per_prompt,
+                                   max_output_pixels)
         analysed = [self.analyse_reference(p, i) for i, p in enumerate(persons)]  # every face error before any work
         layout_default = boxes is not None
         infer_scale = (2.0 if layout_default else 0.0) if infer_scale is None else infer_scale

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import logging
 import os
+import stat
 from dataclasses import dataclass
 from urllib.parse import urlparse
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -12,7 +18,8 @@ class InputFile:
     path: str  # absolute local path, or a URI the workers can open (hdfs://, s3a://, ...)
     relative: str  # path below the input root, with "/" separators
     identity: str | None
-    size: int
+    size: int  # bytes; -1 when it could not be read
+    problem: str | None = None  # why the file cannot be read, found while listing (it still gets a row)
 
 
 def is_local(path: str) -> bool:
@@ -35,22 +42,58 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(".") or part.startswith("_") for part in relative.split("/"))
 
 
-def list_local(root: str, layout: str) -> list[InputFile]:
+def _not_utf8(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _inspect(full: str) -> tuple[int, str | None]:
+    """(size, problem) of one listed entry, following links."""
+    try:
+        info = os.stat(full)
+    except OSError as err:
+        kind = "a symbolic link loop" if err.errno == errno.ELOOP else (
+            "a broken symbolic link" if os.path.islink(full) else "unreadable")
+        return -1, f"{kind}: {err.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        return -1, "not a regular file (a FIFO, socket or device); only files are read"
+    return info.st_size, None
+
+
+def list_local(root: str, layout: str, exclude: str | None = None) -> list[InputFile]:
+    """Every file below `root`, sorted, with links to folders followed once (a loop or a second link to a
+    folder already listed is not walked again). `exclude` (prep's OUTPUT, when it lies inside the input)
+    is never listed, so a run never reads what prep wrote."""
     root = os.path.abspath(local_path(root))
     if os.path.isfile(root):
         return [InputFile(root, os.path.basename(root), None, os.path.getsize(root))]
     if not os.path.isdir(root):
         raise FileNotFoundError(f"input not found: {root}")
+    skip = os.path.realpath(exclude) if exclude else None
+    seen: set[tuple[int, int]] = set()
     found = []
-    for folder, dirs, files in os.walk(root):
+    def unreadable(err: OSError) -> None:
+        logger.warning("cannot list %s: %s", err.filename, err.strerror)
+
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=unreadable):
+        here = os.stat(folder)
+        if (here.st_dev, here.st_ino) in seen or (skip and os.path.realpath(folder) == skip):
+            dirs[:] = []
+            if folder != root:
+                logger.warning("not listing %s again: it is a link to a folder already listed, or prep's output", folder)
+            continue
+        seen.add((here.st_dev, here.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
         for name in sorted(files):
             full = os.path.join(folder, name)
             relative = os.path.relpath(full, root).replace(os.sep, "/")
-            if _hidden(relative) or not os.path.isfile(full):
+            if _hidden(relative):
                 continue
-            found.append(InputFile(full, relative, identity_of(relative, layout), os.path.getsize(full)))
-    return found
+            size, problem = _inspect(full)
+            if _not_utf8(full):  # Arrow and Parquet hold UTF-8 only: the row names the file as well as it can
+                problem = "the file name is not valid UTF-8; rename it"
+                full, relative = (text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for text in (full, relative))
+            found.append(InputFile(full, relative, identity_of(relative, layout), size, problem))
+    return sorted(found, key=lambda f: f.relative)
 
 
 def list_with_spark(spark, root: str, layout: str) -> list[InputFile]:
@@ -76,9 +119,9 @@ def list_with_spark(spark, root: str, layout: str) -> list[InputFile]:
     return sorted(found, key=lambda f: f.relative)
 
 
-def list_input(root: str, layout: str, spark=None) -> list[InputFile]:
+def list_input(root: str, layout: str, spark=None, exclude: str | None = None) -> list[InputFile]:
     if is_local(root):
-        return list_local(root, layout)
+        return list_local(root, layout, exclude)
     if spark is None:
         raise ValueError(f"listing {root} needs a Spark session")
     return list_with_spark(spark, root, layout)
@@ -93,9 +136,26 @@ def read_uri(uri: str) -> bytes:
         return stream.read()
 
 
-def read_bytes(path: str) -> bytes:
-    """Read on a worker: local files directly, other URIs through pyarrow's filesystems."""
+def _open_stream(path: str):
     if is_local(path):
-        with open(local_path(path), "rb") as handle:
-            return handle.read()
-    return read_uri(path)
+        return open(local_path(path), "rb")
+    from pyarrow import fs
+
+    filesystem, inner = fs.FileSystem.from_uri(path)
+    return filesystem.open_input_stream(inner)
+
+
+def read_limited(path: str, limit: int, chunk: int = 1 << 20) -> tuple[bytes, str]:
+    """(bytes, SHA-256 hex) of a file, hashed as it streams in; past `limit` bytes it stops reading and
+    raises Rejected("too_large_file"), so no file costs more memory than the limit."""
+    from dynamicid.imagefile import Rejected
+
+    digest, parts, total = hashlib.sha256(), [], 0
+    with _open_stream(path) as stream:
+        while block := stream.read(chunk):
+            total += len(block)
+            if total > limit:
+                raise Rejected("too_large_file", f"over {limit} bytes (the limit); reading stopped there")
+            digest.update(block)
+            parts.append(block)
+    return b"".join(parts), digest.hexdigest()

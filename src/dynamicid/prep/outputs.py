@@ -4,33 +4,53 @@ Layout under OUTPUT:
   images/<identity>/<name>.jpg|.png|.txt|.pt   one set per kept face ("flat" layout: images/<name>.*)
   manifest.parquet                             one file, replaced atomically at the end of a run
   summary.json, contact_sheet.png
-  _state/<config-hash>/<identity>/<name>.json  per-image completion records: written last, they make a rerun resume
+  _state/records/<xx>/<input path>.json        per-input completion records: written last, they make a rerun resume
+  _state/lock                                  held by the running job, so a second run on OUTPUT stops at once
 Temporary files are "<target>.tmp-<random>" and renamed into place; a run deletes any it finds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
-import re
 import uuid
 
 STATE_DIR = "_state"
+RECORDS_DIR = "records"
 IMAGES_DIR = "images"
-NO_IDENTITY = "_"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+OUTPUT_EXTENSIONS = ("jpg", "png", "txt", "pt")
+LOCK_FILE = "lock"
+_ESCAPED = set('/\\%:*?"<>|') | {chr(c) for c in range(32)} | {"\x7f"}
+_MAX_COMPONENT_BYTES = 180  # leaves room for "-<sha>_f<k>.jpg" under the usual 255-byte name limit
 
 
-def sanitize(text: str, limit: int = 60) -> str:
-    clean = _UNSAFE.sub("_", text).strip("._-")
-    return clean[:limit] or "image"
+def path_component(text: str) -> str:
+    """One file or folder name for `text`, readable in any script and distinct for distinct texts.
+
+    Only what a filesystem cannot hold or would read specially is escaped, as %XX of its UTF-8 bytes:
+    separators, '%' itself (so the escaping is reversible), control and Windows-reserved characters,
+    and a leading '.' or '_' (hidden names, and '_' is prep's own). A name too long for a filesystem is
+    cut and given a hash of the whole text."""
+    escaped = "".join(_escape(ch) if ch in _ESCAPED or "\udc80" <= ch <= "\udcff" else ch for ch in text)
+    if escaped[:1] in (".", "_"):
+        escaped = f"%{ord(escaped[0]):02X}" + escaped[1:]
+    encoded = escaped.encode("utf-8")
+    if len(encoded) <= _MAX_COMPONENT_BYTES:
+        return escaped or "%00"
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return encoded[: _MAX_COMPONENT_BYTES - 17].decode("utf-8", "ignore") + "~" + digest
+
+
+def _escape(char: str) -> str:
+    return "".join(f"%{b:02X}" for b in char.encode("utf-8", "surrogateescape"))
 
 
 def base_name(relative: str, sha256: str) -> str:
-    """Stable and unique: the file's stem (sanitised) plus 12 hex digits of its content hash."""
+    """The outputs' name: the file's stem, readable, plus 12 hex digits of its content hash."""
     stem = relative.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return f"{sanitize(stem)}-{sha256[:12]}"
+    return f"{path_component(stem)}-{sha256[:12]}"
 
 
 def face_name(base: str, face_index: int, policy: str) -> str:
@@ -38,16 +58,20 @@ def face_name(base: str, face_index: int, policy: str) -> str:
 
 
 def identity_folder(identity: str | None) -> str:
-    return sanitize(identity) if identity else ""
+    """The identity's folder under images/: its name exactly, escaped only where a filesystem needs it."""
+    return path_component(identity) if identity else ""
 
 
 def face_paths(output: str, identity: str | None, name: str) -> dict[str, str]:
     folder = os.path.join(output, IMAGES_DIR, identity_folder(identity))
-    return {ext: os.path.join(folder, f"{name}.{ext}") for ext in ("jpg", "png", "txt", "pt")}
+    return {ext: os.path.join(folder, f"{name}.{ext}") for ext in OUTPUT_EXTENSIONS}
 
 
-def record_path(output: str, config_hash: str, identity: str | None, base: str) -> str:
-    return os.path.join(output, STATE_DIR, config_hash, identity_folder(identity) or NO_IDENTITY, f"{base}.json")
+def record_path(output: str, relative: str) -> str:
+    """The completion record of one input file, keyed by its path below INPUT (not by its content or the
+    settings, which the record holds), so a changed input or setting finds the outputs it replaces."""
+    shard = hashlib.sha256(relative.encode("utf-8", "surrogatepass")).hexdigest()[:2]
+    return os.path.join(output, STATE_DIR, RECORDS_DIR, shard, path_component(relative) + ".json")
 
 
 def write_atomic(path: str, data: bytes) -> None:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import io
 import os
 import socket
@@ -23,7 +23,7 @@ from dynamicid.faces.types import FaceAnalysis
 from dynamicid.prep import outputs
 from dynamicid.prep.config import PrepConfig
 from dynamicid.imagefile import DecodedImage, Rejected, decode_image
-from dynamicid.prep.discover import read_bytes
+from dynamicid.prep.discover import read_limited
 from dynamicid.prep.schema import COLUMN_NAMES, STAGE_TIMINGS, empty_row
 
 
@@ -75,6 +75,7 @@ class _FileWork:
     base_row: dict
     start: float
     record_file: str | None = None
+    previous: dict | None = None  # the completion record an earlier run left for this input
     items: list = field(default_factory=list)
     rows: list[dict] | None = None
 
@@ -98,14 +99,16 @@ class PrepStage:
 
     # -- one batch -------------------------------------------------------------------------------
     def process_batch(self, files: pd.DataFrame) -> pd.DataFrame:
-        files = [(item.path, item.relative, item.identity) for item in files.itertuples(index=False)]
-        return pd.DataFrame(self._process(files), columns=COLUMN_NAMES)
+        listed = [(item.path, item.relative, item.identity, getattr(item, "size", None), getattr(item, "problem", None))
+                  for item in files.itertuples(index=False)]
+        return pd.DataFrame(self._process(listed), columns=COLUMN_NAMES)
 
-    def process_file(self, path: str, relative: str, identity: str | None) -> list[dict]:
+    def process_file(self, path: str, relative: str, identity: str | None, size: int | None = None,
+                     problem: str | None = None) -> list[dict]:
         """The rows of one file (a batch of one)."""
-        return self._process([(path, relative, identity)])
+        return self._process([(path, relative, identity, size, problem)])
 
-    def _process(self, files: list[tuple[str, str, str | None]]) -> list[dict]:
+    def _process(self, files: list[tuple]) -> list[dict]:
         """Analyse every file; embed, classify and caption all kept faces together; then write each file's outputs."""
         works = [self._start_file(*file) for file in files]
         kept = [face for work in works for face in work.kept_faces()]
@@ -115,7 +118,8 @@ class PrepStage:
         return [row for work in works for row in self._finish_file(work)]
 
     # -- one file, in three steps: analyse, (caption with the batch), write ------------------------
-    def _start_file(self, path: str, relative: str, identity: str | None) -> _FileWork:
+    def _start_file(self, path: str, relative: str, identity: str | None, size: int | None = None,
+                    problem: str | None = None) -> _FileWork:
         start = time.perf_counter()
         base_row = empty_row() | {
             "source_path": path,
@@ -127,25 +131,37 @@ class PrepStage:
         work = _FileWork(base_row, start)
         timings: dict[str, float] = {}
         try:
-            data = read_bytes(path)
+            data, sha = self._read(path, size, problem)
         except OSError as err:
-            work.rows = [self._finish(base_row | {"status": "error", "reason": "read_error", "message": str(err)}, timings, start)]
+            work.rows = [self._finish(base_row | {"status": "error", "reason": "read_error", "message": f"{relative}: {err}"}, timings, start)]
+            return work
+        except Rejected as rejection:
+            work.rows = [self._finish(base_row | {"status": "rejected", "reason": rejection.reason, "message": rejection.message}, timings, start)]
             return work
         timings["read"] = (time.perf_counter() - start) * 1000
-        sha = hashlib.sha256(data).hexdigest()
         base_row |= {"source_bytes": len(data), "sha256": sha}
         base = outputs.base_name(relative, sha)
-        work.record_file = outputs.record_path(self.config.output, self.config_hash, identity, base)
-
-        cached = self._resume(work.record_file, sha, identity)
-        if cached is not None:
-            work.rows = [row | {"source_path": path, "relative_path": relative, "resumed": True} for row in cached]
+        work.record_file = outputs.record_path(self.config.output, relative)
+        work.previous = outputs.load_record(work.record_file)
+        if self._resumable(work.previous, sha, identity):
+            work.rows = [row | {"source_path": path, "relative_path": relative, "resumed": True}
+                         for row in work.previous["rows"]]
             return work
         try:
             work.items = self._analyse(data, base, base_row, timings, start)
         except Exception as err:  # one bad image must never stop the job
             work.rows = [self._internal_error(base_row, err, timings, start)]
         return work
+
+    def _read(self, path: str, size: int | None, problem: str | None) -> tuple[bytes, str]:
+        """The file's bytes and SHA-256. A file over the byte limit is refused by the listing's size, before
+        any byte is read, and a file that grew since is cut off as it streams in."""
+        if problem is not None:
+            raise OSError(problem)
+        limit = self.config.validation.max_bytes
+        if size is not None and size > limit:
+            raise Rejected("too_large_file", f"{size} bytes is over the limit of {limit}")
+        return read_limited(path, limit)
 
     def _finish_file(self, work: _FileWork) -> list[dict]:
         if work.rows is not None:
@@ -155,23 +171,38 @@ class PrepStage:
         except Exception as err:
             return [self._internal_error(work.base_row, err, {}, work.start)]
         if all(row["status"] != "error" for row in rows):  # an error is retried by the next run
-            outputs.write_record(work.record_file, {"sha256": work.base_row["sha256"], "host": socket.gethostname(), "rows": rows})
+            outputs.write_record(work.record_file, {
+                "sha256": work.base_row["sha256"], "config_hash": self.config_hash, "identity": work.base_row["identity"],
+                "host": socket.gethostname(), "rows": rows})
+            self._remove_replaced(work.previous, rows)
         return rows
+
+    def _remove_replaced(self, previous: dict | None, rows: list[dict]) -> None:
+        """Delete the outputs an earlier run wrote for this input that the new rows no longer list (the
+        input's content or a setting changed), so images/ never keeps stale faces beside new ones."""
+        if not previous:
+            return
+        current = {(row["identity"], row["name"]) for row in rows if row["status"] == "ok"}
+        for row in previous.get("rows", []):
+            if row.get("status") == "ok" and (row.get("identity"), row.get("name")) not in current:
+                for path in outputs.face_paths(self.config.output, row.get("identity"), row["name"]).values():
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
 
     def _internal_error(self, base_row: dict, err: Exception, timings: dict, start: float) -> dict:
         return self._finish(base_row | {"status": "error", "reason": "internal_error", "message": _error_text(err)},
                             timings, start)
 
-    def _resume(self, record_file: str, sha: str, identity: str | None) -> list[dict] | None:
-        record = outputs.load_record(record_file)
-        if not record or record.get("sha256") != sha:
-            return None
+    def _resumable(self, record: dict | None, sha: str, identity: str | None) -> bool:
+        """Whether the record is this content, these settings and this identity, with every output present."""
+        if not record or (record.get("sha256"), record.get("config_hash"), record.get("identity")) != (sha, self.config_hash, identity):
+            return False
         for row in record["rows"]:
             if row["status"] == "ok":
                 paths = outputs.face_paths(self.config.output, identity, row["name"])
                 if not all(os.path.exists(p) for p in paths.values()):
-                    return None
-        return record["rows"]
+                    return False
+        return True
 
     def _finish(self, row: dict, timings: dict[str, float], start: float) -> dict:
         timings["total"] = (time.perf_counter() - start) * 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import textwrap
@@ -122,6 +123,9 @@ def format_summary(summary: dict, output: str) -> str:
     ]
     if summary["resumed"]:
         lines.append(f"  resumed from earlier runs: {summary['resumed']} files (skipped, outputs already complete)")
+    if summary.get("stale_outputs_removed"):
+        lines.append(f"  removed {summary['stale_outputs_removed']} output files no row lists any more "
+                     "(their input changed or is gone, or a setting changed)")
     if summary["images_per_second"]:
         lines.append(
             f"  processed {summary['processed_this_run']} files in {summary['job_seconds']:.1f} s: "
@@ -208,7 +212,7 @@ def contact_sheet(tally: ManifestTally, output: str, limit: int = 48, tile: int 
         draw.text((x + 4, y + tile + 2), label, fill=(255, 220, 120), font=text_font)
         for i, line in enumerate(textwrap.wrap(row.face_prompt or "", 34)[:3]):
             draw.text((x + 4, y + tile + 16 + 13 * i), line, fill=(220, 220, 220), font=text_font)
-    buffer_path = path + ".tmp-sheet"
-    sheet.save(buffer_path, format="PNG")
-    os.replace(buffer_path, path)
+    encoded = io.BytesIO()
+    sheet.save(encoded, format="PNG")
+    outputs.write_atomic(path, encoded.getvalue())
     return path

@@ -13,11 +13,11 @@ import pandas as pd
 from dynamicid.prep import outputs, report
 from dynamicid.prep.config import PrepConfig
 from dynamicid.prep.discover import is_local, list_input
+from dynamicid.prep.guard import OutputLock, PrepError, check_paths, check_writable
 from dynamicid.prep.schema import SPARK_DDL
+from dynamicid.prep.verify import remove_unlisted
 
-
-class PrepError(RuntimeError):
-    """A problem with the job as a whole (bad input path, missing model), found before any image."""
+__all__ = ["PrepError", "PrepResult", "run_prep"]
 
 
 @dataclass
@@ -59,6 +59,8 @@ def merge_rows(spark, rows_dir: str, manifest_path: str) -> None:
 
 
 def run_prep(config: PrepConfig, spark=None) -> PrepResult:
+    """List INPUT, process every file on Spark, then write the manifest, remove outputs no row lists, and
+    report. Everything that can be checked without an image is checked first."""
     started = time.perf_counter()
     if not is_local(config.output):
         raise PrepError(f"the output must be a local or shared-filesystem folder, not {config.output}")
@@ -67,32 +69,37 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
     output = os.path.abspath(config.output)
     if os.path.isfile(output):
         raise PrepError(f"the output {output} is a file; give a folder")
-    os.makedirs(output, exist_ok=True)
+    skip = check_paths(config.input, output) if is_local(config.input) else None
+    check_writable(output)
     config = _with_output(config, output)
-    check_backends(config)
-    outputs.remove_temporaries(output)
+    with OutputLock(output):
+        check_backends(config)
+        outputs.remove_temporaries(output)
+        if spark is None:
+            from dynamicid.sparkenv import build_session
 
-    if spark is None:
-        from dynamicid.sparkenv import build_session
+            spark = build_session(config.master)
+        files = list_input(config.input, config.layout, spark, exclude=skip)
+        if not files:
+            raise PrepError(f"no files found under {config.input}")
+        job_seconds, manifest_path = _process_and_merge(spark, files, config, output)
+        removed = remove_unlisted(output, manifest_path)
+        tally = report.tally_manifest(manifest_path, config.contact_sheet_faces)
+        sheet = report.contact_sheet(tally, output, limit=config.contact_sheet_faces, manifest_path=manifest_path)
+        summary = tally.summary(job_seconds, time.perf_counter() - started) | {"stale_outputs_removed": removed}
+        report.write_summary(summary, output)
+    return PrepResult(manifest_path, sheet, summary)
 
-        spark = build_session(config.master)
-    files = list_input(config.input, config.layout, spark)
-    if not files:
-        raise PrepError(f"no files found under {config.input}")
 
-    rows_dir = os.path.join(output, outputs.STATE_DIR, "runs", uuid.uuid4().hex[:12])
+def _process_and_merge(spark, files, config: PrepConfig, output: str) -> tuple[float, str]:
     from dynamicid.prep.spark_job import run_stage_on_spark
 
+    rows_dir = os.path.join(output, outputs.STATE_DIR, "runs", uuid.uuid4().hex[:12])
     job_seconds = run_stage_on_spark(spark, files, config, "file://" + rows_dir)
     manifest_path = os.path.join(output, "manifest.parquet")
     merge_rows(spark, rows_dir, manifest_path)
     shutil.rmtree(rows_dir, ignore_errors=True)
-
-    tally = report.tally_manifest(manifest_path, config.contact_sheet_faces)
-    sheet = report.contact_sheet(tally, output, limit=config.contact_sheet_faces, manifest_path=manifest_path)
-    summary = tally.summary(job_seconds, time.perf_counter() - started)
-    report.write_summary(summary, output)
-    return PrepResult(manifest_path, sheet, summary)
+    return job_seconds, manifest_path
 
 
 def _with_output(config: PrepConfig, output: str) -> PrepConfig:

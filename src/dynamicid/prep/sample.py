@@ -62,9 +62,13 @@ def rgba_png(upright: Image.Image) -> bytes:
 def broken_files(face: Image.Image) -> dict[str, tuple[bytes, str]]:
     """name -> (bytes, the reason `prep` must record)."""
     whole = jpeg_bytes(face)
+    webp = io.BytesIO()
+    face.save(webp, format="WEBP", quality=80)
     return {
         "empty.jpg": (b"", "empty_file"),
         "truncated.jpg": (whole[: len(whole) * 6 // 10], "truncated"),
+        "truncated.webp": (webp.getvalue()[: webp.tell() // 2], "truncated"),
+        "strip_4000x64.png": (png_bytes(Image.new("RGB", (4000, 64), (90, 120, 150))), "extreme_aspect_ratio"),
         "notes.jpg": (b"this is a text file with an image extension\n" * 3, "not_an_image"),
         "one_pixel.png": (png_bytes(Image.new("RGB", (1, 1), (128, 128, 128))), "too_small"),
         "bomb_30000x30000.png": (bomb_png(), "decompression_bomb"),

@@ -13,7 +13,7 @@ from dynamicid.prep.config import PrepConfig
 from dynamicid.prep.discover import InputFile
 from dynamicid.prep.schema import SPARK_DDL
 
-INPUT_DDL = "path string, relative string, identity string, size bigint"
+INPUT_DDL = "path string, relative string, identity string, size bigint, problem string"
 
 
 def _process_partition(config: PrepConfig):
@@ -78,7 +78,8 @@ def run_stage_on_spark(spark, files: list[InputFile], config: PrepConfig, rows_u
     cores = spark.sparkContext.defaultParallelism
     partitions = min(len(files), max(math.ceil(len(files) / config.images_per_partition), 4 * cores))
     listing = pd.DataFrame(
-        [(f.path, f.relative, f.identity, f.size) for f in files], columns=["path", "relative", "identity", "size"]
+        [(f.path, f.relative, f.identity, f.size, f.problem) for f in files],
+        columns=["path", "relative", "identity", "size", "problem"],
     )
     # From pandas through Arrow, the listing lives in the JVM: no Python worker runs just to unpickle it
     # (as it would for an RDD from parallelize). Round-robin then gives every task an equal share.

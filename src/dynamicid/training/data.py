@@ -3,6 +3,7 @@ resumed run draws exactly what an uninterrupted one would."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -11,11 +12,15 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from dynamicid.errors import DynamicIDError
 from dynamicid.faces import landmark_image
 from dynamicid.prep import outputs
 
 
-class TrainingDataError(ValueError):
+logger = logging.getLogger(__name__)
+
+
+class TrainingDataError(DynamicIDError, ValueError):
     pass
 
 
@@ -30,7 +35,39 @@ class Face:
     face_prompt: str
 
 
-def load_faces(folder: str) -> list[Face]:
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+def _file_problem(face: "Face", dim: int) -> str | None:
+    """Why a kept face's files cannot be trained on, from cheap checks: the JPEG and PNG end where their
+    format says (a cut file does not), the caption is UTF-8, and the embedding loads with the manifest's
+    width and finite values. None when all is well."""
+    try:
+        for path, ending in ((face.jpg, b"\xff\xd9"), (face.png, _PNG_END)):
+            with open(path, "rb") as handle:
+                handle.seek(max(0, os.path.getsize(path) - len(ending)))
+                if handle.read() != ending:
+                    return f"{path}: the file is cut short (no end marker)"
+        with open(face.txt, encoding="utf-8") as handle:
+            handle.read()
+        payload = torch.load(face.pt, map_location="cpu", weights_only=True)
+    except UnicodeDecodeError:
+        return f"{face.txt}: not UTF-8 text"
+    except Exception as err:
+        return f"{getattr(err, 'filename', None) or face.pt}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+    vector = payload.get("embedding") if isinstance(payload, dict) else None
+    if not isinstance(vector, torch.Tensor) or tuple(vector.shape) != (dim,):
+        found = tuple(vector.shape) if isinstance(vector, torch.Tensor) else type(vector).__name__
+        return f"{face.pt}: the embedding should be {dim} numbers (the manifest's embedding_dim), found {found}"
+    if not bool(torch.isfinite(vector).all()):
+        return f"{face.pt}: the embedding holds NaN or infinite values"
+    return None
+
+
+def load_faces(folder: str, check_files: bool = True) -> list[Face]:
+    """The kept faces of prep's output. Before any training step, every face's files are checked
+    (`_file_problem`); bad ones are left out, counted and listed in a warning, so a run never dies at
+    step N on a file that could have been checked at step 0."""
     manifest_path = os.path.join(folder, "manifest.parquet")
     if not os.path.isfile(manifest_path):
         raise TrainingDataError(f"{folder} has no manifest.parquet: run `dynamicid prep INPUT {folder}` first")
@@ -51,7 +88,22 @@ def load_faces(folder: str) -> list[Face]:
             raise TrainingDataError(f"{missing[0]} is listed as kept but missing; rerun prep to complete the output")
         faces.append(Face(row.identity or row.name, row.name, paths["jpg"], paths["png"], paths["txt"], paths["pt"],
                           row.face_prompt or ""))
-    return faces
+    return _without_bad_files(faces, dims[0], manifest_path) if check_files and dims else faces
+
+
+def _without_bad_files(faces: list[Face], dim: int, manifest_path: str) -> list[Face]:
+    problems = [(face, problem) for face in faces if (problem := _file_problem(face, dim))]
+    if not problems:
+        return faces
+    bad = {face for face, _ in problems}
+    good = [face for face in faces if face not in bad]
+    shown = "; ".join(problem for _, problem in problems[:5]) + (f"; ... ({len(problems)} in all)" if len(problems) > 5 else "")
+    if not good:
+        raise TrainingDataError(f"none of the {len(faces)} kept faces of {manifest_path} can be read: {shown}. "
+                                "Rerun prep on the same output to rewrite them.")
+    logger.warning("leaving out %d of %d faces whose files are damaged (rerun prep on the same output to "
+                   "repair them):\n  %s", len(problems), len(faces), "\n  ".join(problem for _, problem in problems))
+    return good
 
 
 def embedding_dim(faces: list[Face]) -> int:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynamicid.basemodel import clip_hidden_states, encode_text, load_base_model, load_clip_image_encoder
-from dynamicid.models import IMR, FaceEncoder, FaceEncoderConfig, IMRConfig, KeyPointEncoder
+from dynamicid.models import IMR, FaceEncoder, KeyPointEncoder
 from dynamicid.models.checkpoints import DynamicIDWeights, load_weights, save_authors, save_ours
 from dynamicid.models.imr import keypoint_base_for, landmark_map_to_tensor
 from dynamicid.models.saa import DynamicIDAttention, SAASettings, install_processors, processor_layout
@@ -132,8 +132,8 @@ def train_anchor(config: AnchorConfig) -> dict:
         if face_encoder.config.id_dim != id_dim:
             raise td.TrainingDataError(f"--init-weights takes {face_encoder.config.id_dim}-d embeddings; the data has {id_dim}-d")
     else:
-        face_encoder = FaceEncoder(FaceEncoderConfig.for_width(
-            id_dim, frozen.image_encoder.config.hidden_size, frozen.unet.config.cross_attention_dim))
+        face_encoder = FaceEncoder.for_width(
+            id_dim, frozen.image_encoder.config.hidden_size, frozen.unet.config.cross_attention_dim)
         attention = DynamicIDAttention.for_unet(frozen.unet, rank=config.lora_rank)
     trainer.prepare(AnchorModules(face_encoder, attention))
     install_processors(frozen.unet, trainer.unwrapped().attention)
@@ -251,7 +251,7 @@ def train_reconfig(config: ReconfigConfig) -> dict:
         imr, keypoints = stage1.imr, stage1.keypoint_encoder
     else:
         torch.manual_seed(config.seed)
-        imr = IMR(IMRConfig.for_width(token_dim, width, config.imr_depth))
+        imr = IMR.for_width(token_dim, width, config.imr_depth)
         keypoints = KeyPointEncoder(out_dim=width, base=keypoint_base_for(width))
 
     used = [f for group in sampler.groups.values() for f in group]

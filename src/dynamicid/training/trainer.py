@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import time
@@ -14,7 +15,9 @@ import torch
 from torch import nn
 
 from dynamicid.training.config import TrainCommon
+from dynamicid.training.data import TrainingDataError
 
+logger = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 
 
@@ -108,19 +111,44 @@ class Trainer:
         return folder
 
     def resume(self) -> int:
+        """Continue from the newest intact checkpoint. One that cannot be loaded (cut short by a crash,
+        damaged on disk) is skipped with a warning that names it and says why; older ones are tried next."""
         found = self.checkpoint_dirs() if self.config.resume else []
-        if not found:
-            return 0
-        latest = found[-1]
-        with open(os.path.join(latest, "trainer.json")) as handle:
-            state = json.load(handle)
+        skipped = []
+        for folder in reversed(found):
+            try:
+                state = self._checkpoint_state(folder)
+                self.accelerator.load_state(folder)
+            except TrainingDataError:
+                raise
+            except Exception as err:  # accelerate, torch and safetensors each raise their own kinds
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                skipped.append(folder)
+                logger.warning("skipping checkpoint %s: it cannot be loaded (%s); trying an older one", folder, reason)
+                continue
+            self.history = state["history"]
+            self.start_step = state["step"]
+            self.log(f"resumed from {folder} at step {self.start_step}"
+                     + (f" (skipped {len(skipped)} damaged: {', '.join(map(os.path.basename, skipped))})" if skipped else ""))
+            return self.start_step
+        if skipped:
+            raise TrainingDataError(f"no checkpoint in {os.path.dirname(skipped[0])} can be loaded "
+                                    f"({len(skipped)} tried, see the warnings above); delete them or use --no-resume "
+                                    "to start over")
+        return 0
+
+    def _checkpoint_state(self, folder: str) -> dict:
+        path = os.path.join(folder, "trainer.json")
+        try:
+            with open(path) as handle:
+                state = json.load(handle)
+            step, history = int(state["step"]), list(state["history"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"trainer.json is damaged: {err}") from None
         if state.get("stage") != self.stage:
-            raise ValueError(f"{latest} is a {state.get('stage')} checkpoint, not {self.stage}; use another --output")
-        self.accelerator.load_state(latest)
-        self.history = state["history"]
-        self.start_step = state["step"]
-        self.log(f"resumed from {latest} at step {self.start_step}")
-        return self.start_step
+            raise TrainingDataError(f"{folder} is a {state.get('stage')} checkpoint, not {self.stage}; "
+                                    "use another --output")
+        return {"step": step, "history": history}
 
     def log(self, text: str) -> None:
         if self.is_main:

@@ -9,10 +9,11 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from dynamicid.errors import DynamicIDError
 from dynamicid.faces.types import FaceBox
 
 
-class BackendError(RuntimeError):
+class BackendError(DynamicIDError, RuntimeError):
     """A backend cannot be built: unknown name, missing or broken model files."""
 
 

@@ -1,0 +1,13 @@
+"""The one error family. Every problem the toolkit reports to a user is a `DynamicIDError`, whose text is
+the whole message: what is wrong, where (file, field, option) and how to fix it. The command line prints
+that text, never a traceback."""
+
+from __future__ import annotations
+
+
+class DynamicIDError(Exception):
+    """Root of every error the toolkit raises on purpose."""
+
+
+class ConfigError(DynamicIDError, ValueError):
+    """A setting that cannot work, found before any work starts."""

@@ -1,0 +1,200 @@
+"""Models by local folder or by Hugging Face repo id, resolved through `huggingface_hub` into its normal
+cache (so `HF_HUB_OFFLINE=1` and a filled cache work without a network, and `HF_ENDPOINT` picks the Hub).
+
+A reference is a local folder when one exists at that path; otherwise `org/name[/sub/folder]` names a
+repo and, after the first two parts, a folder inside it. Every failure is a `HubError` that names the
+reference and says what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+
+from dynamicid.errors import DynamicIDError
+
+logger = logging.getLogger(__name__)
+
+
+class HubError(DynamicIDError):
+    """A model reference that is neither a local folder nor a repo the Hub (or its cache) has."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one model comes from by default, and which of its files are needed."""
+
+    repo: str
+    subfolder: str | None = None
+    patterns: tuple[str, ...] | None = None  # None: the whole repo (or subfolder)
+    licence: str = ""
+
+    @property
+    def reference(self) -> str:
+        return f"{self.repo}/{self.subfolder}" if self.subfolder else self.repo
+
+
+def base_model_patterns(variant: str | None) -> tuple[str, ...]:
+    """The files of an SD1.5-layout repo that the pipeline reads, in one precision."""
+    suffix = f".{variant}" if variant else ""
+    return ("model_index.json", "scheduler/*", "tokenizer/*", "unet/config.json", "vae/config.json",
+            "text_encoder/config.json", f"unet/diffusion_pytorch_model{suffix}.safetensors",
+            f"vae/diffusion_pytorch_model{suffix}.safetensors", f"text_encoder/model{suffix}.safetensors")
+
+
+DEFAULTS = {
+    "base_model": Source("stable-diffusion-v1-5/stable-diffusion-v1-5", licence="CreativeML OpenRAIL-M"),
+    "clip_image_encoder": Source("h94/IP-Adapter", "models/image_encoder",
+                                 ("models/image_encoder/config.json", "models/image_encoder/model.safetensors"),
+                                 licence="Apache-2.0"),
+    "weights": Source("meteorite2023/DynamicID", patterns=("*SAA.bin", "*IMR.bin", "*key_point_encoder.bin"),
+                      licence="the authors' (see the repo's model card)"),
+}
+# InsightFace publishes buffalo_l as a release asset on GitHub, not on the Hub; its models are for
+# non-commercial research only.
+BUFFALO_L_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
+BUFFALO_L_FILES = ("det_10g.onnx", "w600k_r50.onnx", "2d106det.onnx", "1k3d68.onnx", "genderage.onnx")
+
+
+def split_reference(reference: str) -> tuple[str, str | None]:
+    """`org/name/sub/folder` -> ("org/name", "sub/folder")."""
+    parts = reference.strip("/").split("/")
+    if len(parts) < 2 or not all(parts[:2]):
+        raise HubError(f"{reference!r} is neither a folder on this machine nor a Hugging Face repo id "
+                       "(org/name, optionally followed by /sub/folder)")
+    return "/".join(parts[:2]), "/".join(parts[2:]) or None
+
+
+def resolve(reference: str, what: str, patterns: tuple[str, ...] | None = None, progress: bool = False,
+            cache_dir: str | None = None) -> str:
+    """A local folder for `reference`: the folder itself, or the repo's snapshot in the Hugging Face cache
+    (downloaded when not cached and the network is allowed), with the subfolder appended."""
+    if os.path.isdir(reference):
+        return reference
+    if os.path.exists(reference):
+        raise HubError(f"{what}: {reference} is a file; give the model's folder or a Hugging Face repo id")
+    repo, subfolder = split_reference(reference)
+    if patterns is None and subfolder:
+        patterns = (f"{subfolder}/*",)
+    snapshot = _snapshot(repo, patterns, what, reference, progress, cache_dir)
+    folder = os.path.join(snapshot, subfolder) if subfolder else snapshot
+    if not os.path.isdir(folder):
+        raise HubError(f"{what}: the repo {repo} has no folder {subfolder!r}")
+    return folder
+
+
+def _snapshot(repo: str, patterns, what: str, reference: str, progress: bool, cache_dir: str | None) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    (enable_progress_bars if progress else disable_progress_bars)()
+    try:
+        return snapshot_download(repo, allow_patterns=list(patterns) if patterns else None, cache_dir=cache_dir)
+    except GatedRepoError:
+        raise HubError(f"{what}: {repo} is gated on the Hub; accept its licence on its page, then log in with "
+                       "`hf auth login` (or set HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise HubError(f"{what}: {reference!r} is not a folder here, and the Hub has no repo {repo} "
+                       "(or it is private: log in with `hf auth login`)") from None
+    except RevisionNotFoundError as err:
+        raise HubError(f"{what}: {repo}: {err}") from None
+    except LocalEntryNotFoundError:
+        raise HubError(f"{what}: {repo} is not in the Hugging Face cache and the Hub cannot be reached "
+                       "(HF_HUB_OFFLINE is set, or there is no network). Run `dynamicid download` where there is "
+                       "a network, and copy the cache (HF_HOME) here, or give a local folder.") from None
+    except (HfHubHTTPError, OSError) as err:
+        raise HubError(f"{what}: downloading {repo} failed: {str(err).splitlines()[0]}") from None
+    finally:
+        enable_progress_bars()
+
+
+def find_files(folder: str, names: tuple[str, ...]) -> dict[str, str]:
+    """name -> path of the first file so named anywhere below `folder` (sorted walk, so stable)."""
+    found: dict[str, str] = {}
+    for here, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in names:
+            if name in files and name not in found:
+                found[name] = os.path.join(here, name)
+    return found
+
+
+def default_cache() -> str:
+    from huggingface_hub import constants
+
+    return os.path.join(constants.HF_HOME, "dynamicid")
+
+
+def fetch_buffalo_l(url: str = BUFFALO_L_URL, target: str | None = None, progress: bool = True) -> str:
+    """InsightFace's buffalo_l pack, unpacked into `target` (default: HF_HOME/dynamicid/buffalo_l); a pack
+    already there is reused. Returns the folder with the .onnx files."""
+    target = target or os.path.join(default_cache(), "buffalo_l")
+    if all(os.path.isfile(os.path.join(target, name)) for name in BUFFALO_L_FILES):
+        return target
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise HubError(f"face pack: {target} holds no buffalo_l and HF_HUB_OFFLINE is set; run "
+                       f"`dynamicid download` with a network, or unpack {url} there")
+    archive = target + ".zip.part"
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    try:
+        _download(url, archive, progress)
+        with zipfile.ZipFile(archive) as bundle:
+            for member in bundle.namelist():
+                name = os.path.basename(member)
+                if name.endswith(".onnx"):  # the zip may or may not hold a top folder
+                    with bundle.open(member) as source, open(os.path.join(_made(target), name), "wb") as sink:
+                        shutil.copyfileobj(source, sink)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise HubError(f"face pack: fetching {url} failed: {err}") from None
+    finally:
+        if os.path.exists(archive):
+            os.remove(archive)
+    missing = [name for name in BUFFALO_L_FILES if not os.path.isfile(os.path.join(target, name))]
+    if missing:
+        raise HubError(f"face pack: {url} lacks {', '.join(missing)}")
+    return target
+
+
+def _made(folder: str) -> str:
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def _download(url: str, path: str, progress: bool) -> None:
+    import urllib.request
+
+    from tqdm import tqdm
+
+    with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as sink:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(url), disable=not progress) as bar:
+            while block := response.read(1 << 20):
+                sink.write(block)
+                bar.update(len(block))
+
+
+@dataclass
+class Downloaded:
+    parts: dict[str, str] = field(default_factory=dict)  # part -> local folder
+
+
+def download_defaults(to: str | None = None, variant: str | None = None, progress: bool = True,
+                      buffalo_url: str = BUFFALO_L_URL) -> Downloaded:
+    """Every default model: the base, the CLIP image encoder, the authors' weights and buffalo_l. With `to`,
+    the files go to `to/hub` (a Hugging Face cache: use it with HF_HOME=`to`) and `to/dynamicid`."""
+    cache = os.path.join(os.path.abspath(to), "hub") if to else None
+    done = Downloaded()
+    for part, source in DEFAULTS.items():
+        patterns = base_model_patterns(variant) if part == "base_model" else source.patterns
+        logger.info("fetching %s (%s)", part, source.reference)
+        done.parts[part] = resolve(source.reference, part, patterns, progress=progress, cache_dir=cache)
+    pack = os.path.join(os.path.abspath(to), "dynamicid", "buffalo_l") if to else None
+    done.parts["face_pack"] = fetch_buffalo_l(buffalo_url, pack, progress=progress)
+    return done

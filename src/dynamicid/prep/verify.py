@@ -1,0 +1,95 @@
+"""Keeping images/ equal to the manifest: after a run, files no row lists are removed (outputs of inputs
+that changed or left); `dynamicid prep --verify OUTPUT` reports any difference without changing anything."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+from dynamicid.prep import outputs
+
+MANIFEST = "manifest.parquet"
+
+
+def listed_outputs(manifest_path: str, batch_rows: int = 65536) -> set[str]:
+    """The kept faces the manifest names, as "<identity folder>/<name>" (each has four files). Read a batch
+    of three short columns at a time; the set costs about 100 bytes per kept face."""
+    import pyarrow.parquet as pq
+
+    listed: set[str] = set()
+    manifest = pq.ParquetFile(manifest_path)
+    for batch in manifest.iter_batches(batch_size=batch_rows, columns=["status", "identity", "name"]):
+        for status, identity, name in zip(*(batch.column(i).to_pylist() for i in range(3))):
+            if status == "ok":
+                listed.add(os.path.join(outputs.identity_folder(identity), name))
+    return listed
+
+
+def _is_listed(relative: str, listed: set[str]) -> bool:
+    stem, _, extension = relative.rpartition(".")
+    return extension in outputs.OUTPUT_EXTENSIONS and stem in listed
+
+
+def _files_under(folder: str):
+    for here, _, files in os.walk(folder):
+        for name in files:
+            yield os.path.relpath(os.path.join(here, name), folder)
+
+
+@dataclass
+class OutputsCheck:
+    output: str
+    listed: int = 0
+    missing: list[str] = field(default_factory=list)  # named by the manifest, absent from images/
+    unlisted: list[str] = field(default_factory=list)  # in images/, named by no row
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.unlisted
+
+    def describe(self, limit: int = 20) -> str:
+        head = (f"{self.output}: images/ holds exactly the {self.listed} files the manifest lists" if self.ok else
+                f"{self.output}: images/ differs from the manifest: {len(self.missing)} listed files missing, "
+                f"{len(self.unlisted)} files no row lists. Rerun the same prep command to repair it.")
+        lines = [head]
+        for title, paths in (("missing", self.missing), ("not listed", self.unlisted)):
+            lines += [f"  {title}: images/{path}" for path in sorted(paths)[:limit]]
+            if len(paths) > limit:
+                lines.append(f"  ... and {len(paths) - limit} more {title}")
+        return "\n".join(lines)
+
+
+def check_outputs(output: str) -> OutputsCheck:
+    """Compares images/ with the manifest's kept faces, changing nothing."""
+    from dynamicid.prep.guard import PrepError
+
+    manifest_path = os.path.join(output, MANIFEST)
+    if not os.path.isfile(manifest_path):
+        raise PrepError(f"{manifest_path} not found: {output} is not a finished prep output folder.")
+    try:
+        listed = listed_outputs(manifest_path)
+    except Exception as err:  # pyarrow raises several kinds for a damaged file
+        raise PrepError(f"{manifest_path} cannot be read ({err}); rerun prep to rewrite it.") from None
+    present = set(_files_under(os.path.join(output, outputs.IMAGES_DIR)))
+    expected = {f"{stem}.{extension}" for stem in listed for extension in outputs.OUTPUT_EXTENSIONS}
+    return OutputsCheck(output, listed=len(expected), missing=sorted(expected - present),
+                        unlisted=sorted(present - expected))
+
+
+def remove_unlisted(output: str, manifest_path: str) -> int:
+    """Deletes every file under images/ that no kept face of the manifest names, and the folders that
+    leaves empty. Returns how many files went."""
+    listed = listed_outputs(manifest_path)
+    images = os.path.join(output, outputs.IMAGES_DIR)
+    removed = 0
+    for relative in list(_files_under(images)):
+        if not _is_listed(relative, listed):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(images, relative))
+                removed += 1
+    for here, _, _ in os.walk(images, topdown=False):
+        if here != images and not os.listdir(here):
+            with contextlib.suppress(OSError):
+                os.rmdir(here)
+    return removed

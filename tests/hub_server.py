@@ -1,0 +1,114 @@
+"""A small stand-in for the Hugging Face Hub on the loopback address: the few endpoints the real
+`huggingface_hub` client calls to list and download a repo, serving local folders. Tests point the client
+at it with HF_ENDPOINT. Also serves plain files under /files/ (the face pack's zip)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlparse
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _files(folder: str) -> dict[str, str]:
+    found = {}
+    for here, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(here, name)
+            found[os.path.relpath(path, folder).replace(os.sep, "/")] = path
+    return found
+
+
+class HubServer:
+    """`repos`: repo id -> local folder; `files`: name -> local path, served at /files/<name>."""
+
+    def __init__(self, repos: dict[str, str], files: dict[str, str] | None = None):
+        self.repos, self.files, self.requests = repos, files or {}, []
+        handler = self._handler()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "HubServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_HEAD(self):
+                self._serve(body=False)
+
+            def do_GET(self):
+                self._serve(body=True)
+
+            def _serve(self, body: bool):
+                path = unquote(urlparse(self.path).path)
+                server.requests.append((self.command, path))
+                parts = path.strip("/").split("/")
+                if parts[:1] == ["files"]:
+                    return self._file(server.files.get("/".join(parts[1:])), body, "EntryNotFound")
+                if parts[:2] == ["api", "models"] and len(parts) >= 6:
+                    return self._api(parts[2] + "/" + parts[3], parts[4], parts[6:] if parts[4] == "tree" else [])
+                if len(parts) >= 5 and parts[2] == "resolve":
+                    repo = parts[0] + "/" + parts[1]
+                    if repo not in server.repos:
+                        return self._error(404, "RepoNotFound")
+                    return self._file(_files(server.repos[repo]).get("/".join(parts[4:])), body, "EntryNotFound")
+                self._error(404, "RepoNotFound")
+
+            def _api(self, repo: str, kind: str, below: list[str]):
+                if repo not in server.repos:
+                    return self._error(404, "RepoNotFound")
+                files = _files(server.repos[repo])
+                if kind == "revision":
+                    payload = {"id": repo, "modelId": repo, "sha": COMMIT, "private": False,
+                               "siblings": [{"rfilename": name} for name in sorted(files)]}
+                else:  # tree, recursive
+                    prefix = "/".join(below)
+                    payload = [{"type": "file", "oid": hashlib.sha1(name.encode()).hexdigest(),
+                                "size": os.path.getsize(local), "path": name}
+                               for name, local in sorted(files.items()) if name.startswith(prefix)]
+                data = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _file(self, local: str | None, body: bool, missing_code: str):
+                if local is None:
+                    return self._error(404, missing_code)
+                with open(local, "rb") as handle:
+                    data = handle.read()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def _error(self, status: int, code: str):
+                data = json.dumps({"error": code}).encode()
+                self.send_response(status)
+                self.send_header("X-Error-Code", code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+        return Handler

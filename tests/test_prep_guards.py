@@ -1,0 +1,218 @@
+"""prep keeps its dataset true under hostile input (issue 14, items 1-8): it never reads its own output,
+identities never collide, stale outputs go, one run at a time, bounded memory, a row for every path."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dynamicid.faces.analyzer import FaceAnalysisConfig
+from dynamicid.prep import PrepConfig, outputs, run_prep
+from dynamicid.prep.discover import list_local
+from dynamicid.prep.guard import OutputLock, PrepError
+from dynamicid.prep.verify import check_outputs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def prep(spark, input_dir, output_dir, **options):
+    return run_prep(PrepConfig(input=str(input_dir), output=str(output_dir), progress=False, **options), spark=spark)
+
+
+@pytest.fixture(scope="module")
+def face_png(sample):
+    return (sample[0] / "astronaut" / "original.png").read_bytes()
+
+
+def test_output_inside_input_is_never_read_and_output_equal_to_input_is_refused(spark, sample, tmp_path):
+    source = tmp_path / "in"
+    shutil.copytree(sample[0], source)
+    files = len(sample[1])
+    first = prep(spark, source, source / "out").manifest()
+    second = prep(spark, source, source / "out").manifest()
+    assert len(first) == len(second) == files
+    assert not second.relative_path.str.startswith("out/").any() and "out" not in set(second.identity)
+    assert second.resumed.all()
+    with pytest.raises(PrepError, match="is the input folder"):
+        prep(spark, source, source)
+    with pytest.raises(PrepError, match="inside prep's own images/"):
+        prep(spark, source / "out" / "images", source / "out")
+
+
+def test_identities_are_their_folder_names_and_never_collide(spark, face_png, tmp_path):
+    names = ["a b", "a_b", "ü", "é", "张伟", "阮文", "Nguyễn Văn"]
+    for name in names:
+        (tmp_path / "in" / name).mkdir(parents=True)
+        (tmp_path / "in" / name / "photo.png").write_bytes(face_png)
+    result = prep(spark, tmp_path / "in", tmp_path / "out")
+    manifest = result.manifest()
+    assert sorted(manifest.identity) == sorted(names)
+    assert (manifest.status == "ok").all() and not manifest.resumed.any()  # none takes another's record
+    folders = {row.identity: os.path.dirname(outputs.face_paths(str(tmp_path / "out"), row.identity, row.name)["jpg"])
+               for row in manifest.itertuples()}
+    assert len(set(folders.values())) == len(names)
+    assert sorted(os.listdir(tmp_path / "out" / "images")) == sorted(names)  # readable, in any script
+    again = prep(spark, tmp_path / "in", tmp_path / "out").manifest()
+    assert again.resumed.all() and sorted(again.identity) == sorted(names)
+
+
+def test_changed_inputs_and_settings_leave_no_stale_outputs_and_verify_finds_differences(spark, sample, tmp_path, capsys):
+    from dynamicid import cli
+
+    source = tmp_path / "in"
+    shutil.copytree(sample[0] / "astronaut", source / "astronaut")
+    out = tmp_path / "out"
+    first = prep(spark, source, out).manifest().set_index("relative_path")
+    assert check_outputs(str(out)).ok
+    old = [outputs.face_paths(str(out), "astronaut", first.loc[f"astronaut/{name}", "name"]).values()
+           for name in ("original.png", "rgba.png")]
+    # New content under the same name: the worker replaces the old face's files.
+    Image.open(source / "astronaut" / "mirrored.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
+        source / "astronaut" / "original.png")
+    os.remove(source / "astronaut" / "rgba.png")  # an input that is gone takes its outputs with it
+    result = prep(spark, source, out)
+    check = check_outputs(str(out))
+    assert check.ok and check.listed == 4 * result.summary["kept_faces"]
+    assert not any(os.path.exists(path) for paths in old for path in paths)
+    assert result.summary["stale_outputs_removed"] == 4  # rgba.png's four, by the sweep after the job
+    # A setting that renames every output (all faces get _f<k>): only the new names remain.
+    prep(spark, source, out, multi_face="all")
+    names = {p.rsplit(".", 1)[0] for p in os.listdir(out / "images" / "astronaut")}
+    assert names and all(name.endswith("_f0") for name in names)
+    assert check_outputs(str(out)).ok
+    # --verify reports a stray file and a missing one, and fails.
+    (out / "images" / "astronaut" / "stray.jpg").write_bytes(b"x")
+    os.remove(out / "images" / "astronaut" / sorted(os.listdir(out / "images" / "astronaut"))[0])
+    assert cli.main(["prep", "--verify", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "1 listed files missing, 1 files no row lists" in text and "images/astronaut/stray.jpg" in text
+
+
+def test_a_second_run_on_the_same_output_stops_at_once_naming_the_first(spark, sample, tmp_path):
+    out = tmp_path / "out"
+    with OutputLock(str(out)):
+        with pytest.raises(PrepError, match=rf"another prep run is writing to .*\"pid\": {os.getpid()}"):
+            prep(spark, sample[0], out)
+    assert not (out / "manifest.parquet").exists()
+    prep(spark, sample[0], out)  # the lock went with its holder
+
+
+def test_an_unwritable_output_fails_before_any_image(spark, sample, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PrepError, match="cannot write to the output folder"):
+        prep(spark, sample[0], blocker / "out")
+    if os.getuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(PrepError, match="cannot write to the output folder"):
+            prep(spark, sample[0], locked)
+
+
+def test_every_listed_path_gets_a_row_and_folder_links_are_followed_once(spark, face_png, tmp_path):
+    source = tmp_path / "in"
+    (source / "ann").mkdir(parents=True)
+    (source / "ann" / "a.png").write_bytes(face_png)
+    elsewhere = tmp_path / "elsewhere" / "bob"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "b.png").write_bytes(face_png)
+    os.symlink(elsewhere, source / "bob")  # a linked identity folder is read
+    os.symlink(source / "ann", source / "ann" / "again")  # a folder loop is walked once
+    os.symlink(source / "ann" / "loop.png", source / "ann" / "loop.png")  # a link to itself
+    os.symlink(tmp_path / "nowhere.png", source / "ann" / "broken.png")
+    os.mkfifo(source / "ann" / "pipe.png")
+    listed = {f.relative: f.problem for f in list_local(str(source), "by-identity")}
+    assert set(listed) == {"ann/a.png", "ann/loop.png", "ann/broken.png", "ann/pipe.png", "bob/b.png"}
+    manifest = prep(spark, source, tmp_path / "out").manifest().set_index("relative_path")
+    assert manifest.loc["bob/b.png", "status"] == "ok" and manifest.loc["bob/b.png", "identity"] == "bob"
+    for name, words in (("loop.png", "symbolic link loop"), ("broken.png", "broken symbolic link"),
+                        ("pipe.png", "not a regular file")):
+        row = manifest.loc[f"ann/{name}"]
+        assert (row.status, row.reason) == ("error", "read_error") and words in row.message, row.message
+
+
+def _streamed_png(path, width: int, height: int) -> None:
+    """A large RGB PNG written a row at a time, so the test itself never holds the pixels."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+
+    row = b"\x00" + (np.arange(width * 3) % 251).astype(np.uint8).tobytes()
+    packer = zlib.compressobj(1)
+    with open(path, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"))
+        data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+        handle.write(chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+# The peak is read from VmHWM, this process's own high-water mark: getrusage's ru_maxrss would carry the
+# forking pytest process's size across the exec.
+MEMORY_PROBE = """
+import json, os, sys
+from dynamicid.prep import PrepConfig
+from dynamicid.prep.process import PrepStage
+
+def peak_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+stage = PrepStage(PrepConfig(input=".", output=sys.argv[1], progress=False)).setup()
+before = peak_mb()
+rows = [stage.process_file(p, os.path.basename(p), None, os.path.getsize(p))[0] for p in sys.argv[2:]]
+print(json.dumps({"models_mb": before, "peak_mb": peak_mb(), "reasons": [r["reason"] for r in rows]}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak from Linux's /proc")
+def test_no_single_input_takes_a_worker_past_1_5_gb(tmp_path):
+    """At the defaults: the largest PNG under the pixel limit (13400x13400 = 179.6 MP, 4 MB on disk) and a
+    3 GiB file. The worker's whole peak, models included, stays under 1.5 GB."""
+    png, huge = tmp_path / "wide.png", tmp_path / "huge.jpg"
+    _streamed_png(png, 13400, 13400)
+    with open(huge, "wb") as handle:
+        handle.truncate(3 * 2**30)  # sparse: no disk used, but 3 GiB to read
+    probe = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path / "out"), str(png), str(huge)],
+                           capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert result["reasons"] == ["no_face", "too_large_file"]
+    assert result["peak_mb"] < 1536, result
+    assert result["peak_mb"] - result["models_mb"] < 1000, result
+
+
+def test_degenerate_images_are_rejections_with_reasons():
+    from dynamicid.imagefile import Rejected, ValidationConfig, decode_image
+    from dynamicid.prep.sample import png_bytes
+
+    rules = ValidationConfig()
+    strip = png_bytes(Image.new("L", (100000, 64), 128))
+    with pytest.raises(Rejected) as caught:
+        decode_image(strip, rules)
+    assert caught.value.reason == "extreme_aspect_ratio"
+    with pytest.raises(ValueError, match="--detect-side must be at least 64"):
+        PrepConfig(input="in", output="out", faces=FaceAnalysisConfig(detect_side=0))
+
+
+def test_a_file_that_grows_past_the_limit_is_cut_off_while_streaming(tmp_path):
+    from dynamicid.imagefile import Rejected
+    from dynamicid.prep.discover import read_limited
+
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"\x01" * 5000)
+    data, sha = read_limited(str(path), 5000, chunk=1024)
+    assert len(data) == 5000 and sha == hashlib.sha256(data).hexdigest()
+    with pytest.raises(Rejected, match="over 4999 bytes"):
+        read_limited(str(path), 4999, chunk=1024)
+
+
+def test_path_components_are_readable_and_distinct():
+    texts = ["a b", "a_b", "ü", "u\u0308", "张伟", "a/b", "a%2Fb", ".x", "%2Ex", "_", "x" * 400, "x" * 401, "a\udcffb"]
+    encoded = [outputs.path_component(t) for t in texts]
+    assert len(set(encoded)) == len(texts)
+    assert encoded[:3] == ["a b", "a_b", "ü"] and encoded[4] == "张伟"
+    assert all("/" not in e and not e.startswith((".", "_")) and len(e.encode()) <= 200 for e in encoded)
