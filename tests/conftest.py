@@ -67,3 +67,23 @@ def tiny_models(tmp_path_factory):
     from dynamicid.tiny_models import make_tiny_models
 
     return make_tiny_models(str(tmp_path_factory.mktemp("tiny_models")))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_models):
+    """The generation pipeline on the tiny models, shared by the generation tests."""
+    from dynamicid.pipeline import DynamicIDPipeline
+
+    pipe = DynamicIDPipeline.from_pretrained(tiny_models["sd15"], tiny_models["dynamicid"], tiny_models["clip-image"])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def identity_photo(shared_faces, name: str) -> str:
+    return str(shared_faces / "identities" / name)
+
+
+def generate_small(pipe, persons, **options):
+    """Three steps at 64x64, seed 7, as numpy arrays, unless `options` say otherwise."""
+    settings = dict(num_inference_steps=3, height=64, width=64, seed=7, output_type="np") | options
+    return pipe("a portrait photo", persons, **settings)

@@ -16,7 +16,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 def _files(folder: str) -> dict[str, str]:
     found = {}
-    for here, _, names in os.walk(folder):
+    for here, _, names in os.walk(folder, followlinks=True):
         for name in names:
             path = os.path.join(here, name)
             found[os.path.relpath(path, folder).replace(os.sep, "/")] = path

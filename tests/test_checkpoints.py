@@ -96,8 +96,9 @@ def test_partial_and_wrong_files_name_their_keys(authors_folder, tmp_path, layou
     (tmp_path / "d" / "key_point_encoder.bin").write_bytes(b"not a pickle")
     with pytest.raises(CheckpointError, match="not a loadable weights file"):
         load_authors(str(tmp_path / "d"), layout)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="holds none of SAA.bin"):
-        load_authors(str(tmp_path), layout)
+        load_authors(str(tmp_path / "empty"), layout)
 
 
 def test_pickles_that_run_code_are_refused(tmp_path, layout):

@@ -13,10 +13,12 @@ from dynamicid.models.checkpoints import CheckpointError
 from dynamicid.pipeline import DynamicIDPipeline, GenerationError, Person, automatic_boxes
 from dynamicid.pipeline.layout import LayoutError, check_boxes
 
+from conftest import generate_small, identity_photo
 
-@pytest.fixture(scope="module")
-def pipe(tiny_models):
-    return DynamicIDPipeline.from_pretrained(tiny_models["sd15"], tiny_models["dynamicid"], tiny_models["clip-image"])
+
+@pytest.fixture()
+def pipe(tiny_pipe):
+    return tiny_pipe
 
 
 @pytest.fixture()
@@ -27,13 +29,7 @@ def unet_calls(pipe, monkeypatch):
     return calls
 
 
-def photo(shared_faces, name):
-    return str(shared_faces / "identities" / name)
-
-
-def run(pipe, persons, **options):
-    settings = dict(num_inference_steps=3, height=64, width=64, seed=7, output_type="np") | options
-    return pipe("a portrait photo", persons, **settings)
+photo, run = identity_photo, generate_small
 
 
 def test_images_have_the_requested_size(pipe, shared_faces):
@@ -90,9 +86,9 @@ def test_automatic_layout_rule():
 
 
 def test_imr_editing_changes_the_tokens_and_no_edit_leaves_them(pipe, shared_faces):
-    run(pipe, [Person(photo(shared_faces, "obama/1.jpg")),
-               Person(photo(shared_faces, "biden/1.jpg"), face_prompt="in a surprise expression, facing up, in front view")])
-    plain, edited = pipe.last_encoded
+    out = run(pipe, [Person(photo(shared_faces, "obama/1.jpg")),
+                     Person(photo(shared_faces, "biden/1.jpg"), face_prompt="in a surprise expression, facing up, in front view")])
+    plain, edited = out.persons
     assert not plain.edited and torch.equal(plain.tokens, plain.source_tokens)
     assert edited.edited and (edited.tokens - edited.source_tokens).abs().max() > 1e-4
     measured = pipe.face_analyzer.analyze(load_image(photo(shared_faces, "biden/1.jpg")).rgb, max_faces=1, embed=False)[0]
@@ -107,8 +103,8 @@ def test_target_landmarks_from_a_prep_sheet(pipe, shared_faces, tmp_path):
 
     sheet = landmark_image.compose_landmark_png(np.random.default_rng(0).uniform(100, 400, (68, 2)), "ibug68")
     Image.fromarray(sheet).save(tmp_path / "target.png")
-    run(pipe, [Person(photo(shared_faces, "obama/1.jpg"), target_landmarks=str(tmp_path / "target.png"))])
-    assert pipe.last_encoded[0].edited
+    out = run(pipe, [Person(photo(shared_faces, "obama/1.jpg"), target_landmarks=str(tmp_path / "target.png"))])
+    assert out.persons[0].edited
     Image.fromarray(np.zeros((50, 50), np.uint8)).save(tmp_path / "bad.png")
     with pytest.raises(GenerationError, match="96x96 map or prep's 608x512"):
         run(pipe, [Person(photo(shared_faces, "obama/1.jpg"), target_landmarks=str(tmp_path / "bad.png"))])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from dynamicid.hub import base_model_patterns, resolve
 from dynamicid.models.checkpoints import CheckpointError
 
 BASE_MODEL_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -18,6 +19,13 @@ def check_folder(folder: str | None, parts: tuple[str, ...], what: str) -> None:
         raise CheckpointError(f"{what} folder {folder} is missing {', '.join(missing)} (diffusers layout expected)")
 
 
+def _local(reference: str, what: str, patterns: tuple[str, ...] | None = None) -> str:
+    """A folder as given, or a Hugging Face repo id resolved to its cached snapshot."""
+    if not reference or os.path.isdir(reference):
+        return reference
+    return resolve(reference, what, patterns)
+
+
 @dataclass
 class BaseModel:
     unet: object
@@ -27,18 +35,20 @@ class BaseModel:
     scheduler_config: dict
 
 
-def load_base_model(folder: str) -> BaseModel:
-    """Stable Diffusion 1.5 (or a fine-tune) in diffusers layout."""
+def load_base_model(folder: str, variant: str | None = None) -> BaseModel:
+    """Stable Diffusion 1.5 (or a fine-tune) in diffusers layout; `variant` "fp16" reads the half-size files."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    folder = _local(folder, "base model", base_model_patterns(variant))
     check_folder(folder, BASE_MODEL_PARTS, "base model")
     from diffusers import DDIMScheduler
 
     return BaseModel(
-        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True),
-        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True),
-        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True),
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True, variant=variant),
+        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True, variant=variant),
+        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True,
+                                                   variant=variant),
         tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True),
         scheduler_config=dict(DDIMScheduler.load_config(folder, subfolder="scheduler", local_files_only=True)),
     )
@@ -48,6 +58,7 @@ def load_clip_image_encoder(folder: str):
     """(CLIPVisionModelWithProjection, CLIPImageProcessor); the default processor when the folder has none."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+    folder = _local(folder, "CLIP image encoder")
     check_folder(folder, ("config.json",), "CLIP image encoder")
     model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True)
     if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):

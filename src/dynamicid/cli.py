@@ -170,7 +170,8 @@ def _add_eval(sub) -> None:
     )
     p.add_argument("input", help="folder with sidecars, .csv or .json")
     p.add_argument("output", help="folder for the scores and the report")
-    p.add_argument("--clip-model", default=None, help="local CLIP folder (transformers layout) to compute CLIP-T")
+    p.add_argument("--clip-model", default=None,
+                   help="CLIP model (transformers layout) to compute CLIP-T: a folder or a Hugging Face repo id")
     p.add_argument("--mirror-check", action="store_true",
                    help="also analyse every image's mirror image: the face prompts of a face and its mirror must "
                         "agree (same emotion, tilt and view, opposite side); reports the share that do "
@@ -226,6 +227,7 @@ def _run_convert_weights(args) -> int:
 
 
 def _add_generate(sub) -> None:
+    from dynamicid.hub import DEFAULTS
     from dynamicid.pipeline.request import MAX_OUTPUT_PIXELS
 
     p = sub.add_parser(
@@ -239,9 +241,15 @@ def _add_generate(sub) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--base-model", required=True, help="Stable Diffusion 1.5 (or a fine-tune) folder in diffusers layout")
-    p.add_argument("--weights", required=True, help="DynamicID weights: our safetensors folder or the authors' .bin files")
-    p.add_argument("--clip-image-encoder", required=True, help="CLIP ViT-H/14 vision model folder (transformers layout)")
+    p.add_argument("--base-model", default=None,
+                   help="Stable Diffusion 1.5 (or a fine-tune) in diffusers layout: a folder or a Hugging Face repo id "
+                        f"(default {DEFAULTS['base_model'].reference})")
+    p.add_argument("--weights", default=None,
+                   help="DynamicID weights, our safetensors or the authors' .bin files: a folder or a repo id (default "
+                        f"{DEFAULTS['weights'].reference}, with InsightFace buffalo_l for the reference photos)")
+    p.add_argument("--clip-image-encoder", default=None,
+                   help="CLIP ViT-H/14 vision model: a folder or a repo id with a subfolder "
+                        f"(default {DEFAULTS['clip_image_encoder'].reference})")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--person", action="append", required=True, help="reference photo of a person (repeat per person)")
@@ -272,8 +280,37 @@ def _add_generate(sub) -> None:
     p.add_argument("--save-gate-maps", action="store_true")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float16" if _cuda() else "float32")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_face_backend_options(p)
     p.set_defaults(handler=_run_generate)
+
+
+def _add_download(sub) -> None:
+    from dynamicid.hub import BUFFALO_L_URL, DEFAULTS
+
+    lines = "; ".join(f"{part}: {source.reference} ({source.licence})" for part, source in DEFAULTS.items())
+    p = sub.add_parser(
+        "download",
+        help="fetch the default models ahead of time (base, CLIP image encoder, DynamicID weights, buffalo_l)",
+        description=(f"Fetches every model `generate` uses by default, into the Hugging Face cache (HF_HOME), or into "
+                     f"--to DIR. {lines}; face pack: InsightFace buffalo_l from {BUFFALO_L_URL} (non-commercial "
+                     "research use only). HF_ENDPOINT and HF_TOKEN are honoured."),
+    )
+    p.add_argument("--to", default=None, help="a folder to hold everything (use it later with HF_HOME=DIR)")
+    p.add_argument("--fp16", action="store_true", help="the base model's half-precision files (for a GPU)")
+    p.add_argument("--face-pack-url", default=BUFFALO_L_URL, help="where to fetch buffalo_l.zip from")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_run_download)
+
+
+def _run_download(args) -> int:
+    from dynamicid.hub import download_defaults
+
+    done = download_defaults(args.to, "fp16" if args.fp16 else None, progress=not args.no_progress,
+                             buffalo_url=args.face_pack_url)
+    for part, folder in done.parts.items():
+        print(f"{part:<19} {folder}")
+    return 0
 
 
 def _cuda() -> bool:
@@ -283,6 +320,11 @@ def _cuda() -> bool:
         return torch.cuda.is_available()
     except Exception:
         return False
+
+
+def _face_options_given(args) -> bool:
+    defaults = {"detector": "dlib-hog", "landmarks": "dlib-68", "embedder": "dlib-resnet"}
+    return any(getattr(args, stage) != name or getattr(args, f"{stage}_model") for stage, name in defaults.items())
 
 
 def _nth(values: list[str], index: int) -> str | None:
@@ -313,9 +355,12 @@ def _run_generate(args) -> int:
     height, width = args.height or size, args.width or size
     # The whole request is checked before the model load, which takes many seconds.
     check_request(persons, height, width, args.steps, args.guidance, args.images, args.max_output_pixels)
+    # Default weights are the authors', made with InsightFace's ArcFace: the pipeline then picks that analysis.
+    face_config = _face_config(args) if args.weights or _face_options_given(args) else None
     pipe = DynamicIDPipeline.from_pretrained(args.base_model, args.weights, args.clip_image_encoder,
-                                             face_config=_face_config(args), device=args.device,
+                                             face_config=face_config, device=args.device,
                                              dtype=getattr(torch, args.dtype))
+    pipe.set_progress_bar_config(disable=args.no_progress)
     result = pipe(args.prompt, persons, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, height=height, width=width,
                   num_images_per_prompt=args.images, seed=args.seed, id_scale=args.id_scale,
@@ -362,8 +407,10 @@ def _add_train(sub) -> None:
     def common(p) -> None:
         p.add_argument("data", help="prep's output folder (manifest.parquet and images/)")
         p.add_argument("output", help="where checkpoints, losses, samples and weights go")
-        p.add_argument("--base-model", required=True, help="Stable Diffusion 1.5 folder in diffusers layout")
-        p.add_argument("--clip-image-encoder", required=True, help="CLIP ViT-H/14 vision model folder")
+        p.add_argument("--base-model", required=True,
+                       help="Stable Diffusion 1.5 in diffusers layout: a folder or a Hugging Face repo id")
+        p.add_argument("--clip-image-encoder", required=True,
+                       help="CLIP ViT-H/14 vision model: a folder or a repo id with a subfolder (h94/IP-Adapter/models/image_encoder)")
         p.add_argument("--steps", type=int, default=1000)
         p.add_argument("--learning-rate", type=float, default=1e-4)
         p.add_argument("--weight-decay", type=float, default=1e-2)
@@ -452,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_convert_weights(sub)
     _add_generate(sub)
+    _add_download(sub)
     _add_make_tiny_models(sub)
     _add_train(sub)
     return parser

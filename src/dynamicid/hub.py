@@ -48,7 +48,7 @@ def base_model_patterns(variant: str | None) -> tuple[str, ...]:
 DEFAULTS = {
     "base_model": Source("stable-diffusion-v1-5/stable-diffusion-v1-5", licence="CreativeML OpenRAIL-M"),
     "clip_image_encoder": Source("h94/IP-Adapter", "models/image_encoder",
-                                 ("models/image_encoder/config.json", "models/image_encoder/model.safetensors"),
+                                 ("models/image_encoder/*.json", "models/image_encoder/*.safetensors"),
                                  licence="Apache-2.0"),
     "weights": Source("meteorite2023/DynamicID", patterns=("*SAA.bin", "*IMR.bin", "*key_point_encoder.bin"),
                       licence="the authors' (see the repo's model card)"),
@@ -68,6 +68,11 @@ def split_reference(reference: str) -> tuple[str, str | None]:
     return "/".join(parts[:2]), "/".join(parts[2:]) or None
 
 
+def looks_like_path(reference: str) -> bool:
+    """An absolute or explicitly relative path ("/...", "./...", "~/...") is never a repo id."""
+    return reference.startswith(("/", "./", "../", "~")) or os.path.isabs(reference) or "\\" in reference
+
+
 def resolve(reference: str, what: str, patterns: tuple[str, ...] | None = None, progress: bool = False,
             cache_dir: str | None = None) -> str:
     """A local folder for `reference`: the folder itself, or the repo's snapshot in the Hugging Face cache
@@ -76,7 +81,11 @@ def resolve(reference: str, what: str, patterns: tuple[str, ...] | None = None, 
         return reference
     if os.path.exists(reference):
         raise HubError(f"{what}: {reference} is a file; give the model's folder or a Hugging Face repo id")
+    if looks_like_path(reference):
+        raise HubError(f"{what}: folder not found: {reference}")
     repo, subfolder = split_reference(reference)
+    known = {source.reference: source.patterns for source in DEFAULTS.values()}
+    patterns = patterns if patterns is not None else known.get(reference)
     if patterns is None and subfolder:
         patterns = (f"{subfolder}/*",)
     snapshot = _snapshot(repo, patterns, what, reference, progress, cache_dir)

@@ -1,5 +1,5 @@
-"""DynamicID model parts. They depend only on torch (and diffusers' UNet for the processors),
-never on prep, training or the pipeline.
+"""DynamicID model parts, each a diffusers `ModelMixin` + `ConfigMixin` (save_pretrained, from_pretrained,
+from_config). They depend only on torch and diffusers, never on prep, training or the pipeline.
 
   face_encoder.FaceEncoder        ArcFace + CLIP hidden states -> 4 ID tokens per person
   saa                             SAA cross-attention and LoRA self-attention processors, install/remove
@@ -7,9 +7,23 @@ never on prep, training or the pipeline.
   checkpoints                     the authors' .bin files and our safetensors
 """
 
+import logging
+
 from dynamicid.models.face_encoder import FaceEncoder
 from dynamicid.models.imr import IMR, KeyPointEncoder
 from dynamicid.models.saa import DynamicIDAttention, SAASettings, install_processors, remove_processors
+
+
+
+class _NoEmptyFloat32Warning(logging.Filter):
+    """diffusers 0.42 warns on every `ModelMixin.to(dtype)` that modules "should be kept in float32: []",
+    an empty list: no module is concerned, so the line says nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoEmptyFloat32Warning())
 
 __all__ = [
     "DynamicIDAttention",

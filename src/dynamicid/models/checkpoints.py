@@ -199,10 +199,25 @@ def _state_dict(blob, what: str) -> dict:
     return blob
 
 
+def authors_files(folder: str) -> dict[str, str]:
+    """Where the authors' files are: in `folder` itself, or else anywhere below it (a Hub snapshot may keep
+    them in a subfolder). Keys as in AUTHORS_FILES."""
+    present = {key: os.path.join(folder, name) for key, name in AUTHORS_FILES.items()
+               if os.path.isfile(os.path.join(folder, name))}
+    if present:
+        return present
+    for here, dirs, files in os.walk(folder):
+        dirs.sort()
+        for key, name in AUTHORS_FILES.items():
+            if name in files and key not in present:
+                present[key] = os.path.join(here, name)
+    return present
+
+
 def load_authors(folder: str, layout=None, face_config: dict | None = None) -> DynamicIDWeights:
     """Read whichever of SAA.bin, IMR.bin and key_point_encoder.bin the folder holds; every width comes
     from the tensors, so files trained for any UNet load (the attention layout comes from that UNet)."""
-    present = {key: os.path.join(folder, name) for key, name in AUTHORS_FILES.items() if os.path.isfile(os.path.join(folder, name))}
+    present = authors_files(folder)
     if not present:
         raise CheckpointError(f"{folder} holds none of {', '.join(AUTHORS_FILES.values())}")
     weights = DynamicIDWeights()
@@ -330,11 +345,19 @@ def load_ours(folder: str, layout=None) -> DynamicIDWeights:
     return weights
 
 
+WEIGHT_PATTERNS = ("*.bin", "*.safetensors", "*.json")
+
+
 def load_weights(folder: str, layout=None) -> DynamicIDWeights:
-    """Our safetensors folder or the authors' .bin files, whichever the folder holds."""
+    """Our safetensors folder or the authors' .bin files, whichever the folder (or Hugging Face repo id, with
+    the files anywhere in it) holds."""
+    if folder and not os.path.isdir(folder):
+        from dynamicid.hub import resolve
+
+        folder = resolve(folder, "DynamicID weights", WEIGHT_PATTERNS)
     if os.path.isfile(os.path.join(folder, CONFIG_FILE)):
         return load_ours(folder, layout)
-    if any(os.path.isfile(os.path.join(folder, name)) for name in AUTHORS_FILES.values()):
+    if authors_files(folder):
         return load_authors(folder, layout)
     raise CheckpointError(
         f"no DynamicID weights in {folder!r}: put our safetensors folder there (with {CONFIG_FILE}) "

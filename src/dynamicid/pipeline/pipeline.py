@@ -1,5 +1,7 @@
 """DynamicIDPipeline: one or several persons from one photo each, a scene prompt, per-person face prompts.
 
+A diffusers `DiffusionPipeline`: its parts are registered modules, so `.to()`, `save_pretrained()` /
+`from_pretrained()` of a saved pipeline, `components`, `from_pipe()` and `enable_model_cpu_offload()` work.
 Reference photos go through `dynamicid.faces` (the same analysis as prep and eval). Every input is
 checked before the first denoising step. The denoising loop is the one of diffusers'
 StableDiffusionPipeline (same noise, scheduler calls and guidance), so with `id_scale=0` and
@@ -8,249 +10,387 @@ untrained LoRA it reproduces that pipeline's image for the same seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 
-from dynamicid.basemodel import clip_hidden_states, encode_text, load_base_model, load_clip_image_encoder
+from dynamicid.basemodel import clip_hidden_states, encode_text
 from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer, landmark_image
-from dynamicid.imagefile import Rejected, load_image
-from dynamicid.models.checkpoints import CheckpointError, DynamicIDWeights, load_weights
+from dynamicid.models.checkpoints import CheckpointError, DynamicIDWeights
 from dynamicid.models.imr import landmark_map_to_tensor
-from dynamicid.models.saa import SAASettings, install_processors, processor_layout
+from dynamicid.models.saa import SAASettings, install_processors, remove_processors
 from dynamicid.pipeline.layout import to_saa
+from dynamicid.pipeline.persons import EncodedPerson, load_rgb, target_map
 from dynamicid.pipeline.request import MAX_OUTPUT_PIXELS, GenerationError, Person, check_request
 
 
 @dataclass
-class EncodedPerson:
-    tokens: torch.Tensor  # (k, D), after any IMR edit
-    source_tokens: torch.Tensor  # (k, D), straight from the face encoder
-    source_face_prompt: str
-    edited: bool
-    face_box: list[float]
+class DynamicIDPipelineOutput(BaseOutput):
+    """
+    Args:
+        images: the generated images, as PIL images, a numpy array (N, H, W, 3) or a torch tensor, by `output_type`.
+        gate_maps: (N, h, w) SAA gates averaged over steps and layers, when `return_gate_maps` was set.
+        persons: the encoded persons the images were made from (pass them back as `person_embeds`).
+        metadata: every setting of the call, the boxes used and the measured source face prompts.
+    """
+
+    images: Any
+    gate_maps: np.ndarray | None = None
+    persons: list[EncodedPerson] | None = None
+    metadata: dict | None = None
 
 
-@dataclass
-class DynamicIDOutput:
-    images: list
-    gate_maps: np.ndarray | None = None  # (images, h, w), mean over steps and SAA layers
-    metadata: dict = field(default_factory=dict)
+# Kept for code that imported the old name.
+DynamicIDOutput = DynamicIDPipelineOutput
 
 
-class DynamicIDPipeline:
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, image_encoder, image_processor,
-                 weights: DynamicIDWeights, face_analyzer: FaceAnalyzer | None = None, device="cpu", dtype=torch.float32,
-                 prepare_modules: bool = True):
-        if weights.face_encoder is None or weights.attention is None:
+class DynamicIDPipeline(DiffusionPipeline):
+    r"""
+    Identity-preserving generation of one or several persons with DynamicID (SAA, IMR) on Stable Diffusion 1.5.
+
+    Args:
+        vae, text_encoder, tokenizer, unet, scheduler: a Stable Diffusion 1.5 pipeline's parts (any fine-tune).
+        image_encoder: CLIP vision model whose penultimate hidden states feed the face encoder (ViT-H/14).
+        feature_extractor: its `CLIPImageProcessor`.
+        face_encoder: `FaceEncoder`, identity embedding + CLIP features -> ID tokens.
+        saa: `DynamicIDAttention`, the SAA and LoRA processors; installed on `unet` here.
+        imr, keypoint_encoder: `IMR` and `KeyPointEncoder`, for face editing; optional.
+        face_analysis: the `FaceAnalysisConfig` fields of the face analysis reference photos go through; its
+            embedder must be the one the face encoder was trained with.
+    """
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->face_encoder->keypoint_encoder->imr->unet->vae"
+    _optional_components = ["imr", "keypoint_encoder"]
+    _exclude_from_cpu_offload = ["saa"]  # its processors live inside the UNet and move with it
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, image_encoder, feature_extractor, face_encoder,
+                 saa, imr=None, keypoint_encoder=None, face_analysis: dict | None = None):
+        super().__init__()
+        if face_encoder is None or saa is None:
             raise CheckpointError("the DynamicID weights lack the face encoder or the SAA processors (SAA.bin / saa.safetensors)")
-        self.vae, self.text_encoder, self.tokenizer, self.unet, self.scheduler = vae, text_encoder, tokenizer, unet, scheduler
-        self.image_encoder, self.image_processor = image_encoder, image_processor
-        self.weights = weights
-        self.face_analyzer = face_analyzer or FaceAnalyzer(FaceAnalysisConfig())
-        self.device, self.dtype = torch.device(device), dtype
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                              image_encoder=image_encoder, feature_extractor=feature_extractor, face_encoder=face_encoder,
+                              saa=saa, imr=imr, keypoint_encoder=keypoint_encoder)
+        self.register_to_config(face_analysis=face_analysis)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        from diffusers.image_processor import VaeImageProcessor
-
-        self.output_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
-        if prepare_modules:  # training passes False: its modules stay where they are, trainable
-            for module in self._modules():
-                module.to(self.device).eval().requires_grad_(False)
-                if dtype != torch.float32:  # diffusers warns on any dtype cast, so cast only when asked
-                    module.to(dtype)
-            install_processors(unet, weights.attention)
-        self._check_dimensions()
-
-    def _modules(self):
-        parts = [self.vae, self.text_encoder, self.unet, self.image_encoder, self.weights.face_encoder, self.weights.attention]
-        return [m for m in parts + [self.weights.imr, self.weights.keypoint_encoder] if m is not None]
-
-    def _check_dimensions(self) -> None:
-        encoder = self.weights.face_encoder.config
-        clip_width = self.image_encoder.config.hidden_size
-        if clip_width != encoder.clip_dim:
-            raise CheckpointError(f"the face encoder takes CLIP features of width {encoder.clip_dim}, the image encoder gives {clip_width}")
-        if self.face_analyzer.embedder.dim != encoder.id_dim:
-            raise CheckpointError(
-                f"the face encoder takes {encoder.id_dim}-d identity embeddings but the embedder "
-                f"{self.face_analyzer.embedder.name!r} gives {self.face_analyzer.embedder.dim}-d; use the embedder the "
-                "weights were trained with (512-d ArcFace for the authors' weights)"
-            )
-        if encoder.cross_attention_dim != self.unet.config.cross_attention_dim:
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._base_processors = install_processors(unet, saa)
+        self._face_analyzer: FaceAnalyzer | None = None
+        self._interrupt = False
+        encoder_width = face_encoder.config.clip_dim
+        if image_encoder.config.hidden_size != encoder_width:
+            raise CheckpointError(f"the face encoder takes CLIP features of width {encoder_width}, the image encoder "
+                                  f"gives {image_encoder.config.hidden_size}")
+        if face_encoder.config.cross_attention_dim != unet.config.cross_attention_dim:
             raise CheckpointError("the face encoder's token width does not match the UNet's cross-attention width")
 
+    # -- loading -------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, base_model: str, weights: str, clip_image_encoder: str,
-                        face_config: FaceAnalysisConfig | None = None, device: str = "cpu", dtype=torch.float32):
-        """base_model: SD1.5 (or a fine-tune) in diffusers layout; weights: ours or the authors';
-        clip_image_encoder: a CLIP vision model folder (CLIPVisionModelWithProjection)."""
-        from diffusers import DDIMScheduler
+    def from_pretrained(cls, pretrained_model_name_or_path=None, weights=None, clip_image_encoder=None,
+                        face_config: FaceAnalysisConfig | None = None, device=None, dtype=None, **kwargs):
+        """A saved DynamicIDPipeline (a folder or repo with its model_index.json), or one built from parts:
+        `pretrained_model_name_or_path` an SD1.5-layout base, `weights` ours or the authors', and
+        `clip_image_encoder`. Each is a folder or a Hugging Face repo id; left out, the defaults of
+        `dynamicid.hub.DEFAULTS`."""
+        from dynamicid.pipeline import loading
 
-        base = load_base_model(base_model)
-        image_encoder, image_processor = load_clip_image_encoder(clip_image_encoder)
-        return cls(
-            vae=base.vae,
-            text_encoder=base.text_encoder,
-            tokenizer=base.tokenizer,
-            unet=base.unet,
-            scheduler=DDIMScheduler.from_config(base.scheduler_config),
-            image_encoder=image_encoder,
-            image_processor=image_processor,
-            weights=load_weights(weights, processor_layout(base.unet)),
-            face_analyzer=FaceAnalyzer(face_config or FaceAnalysisConfig()),
-            device=device,
-            dtype=dtype,
-        )
+        if weights is None and clip_image_encoder is None and loading.is_saved_pipeline(pretrained_model_name_or_path):
+            pipe = super().from_pretrained(loading.local_pipeline(pretrained_model_name_or_path), **kwargs)
+            return pipe.to(device=device, dtype=dtype) if device or dtype else pipe
+        return loading.from_parts(cls, pretrained_model_name_or_path, weights, clip_image_encoder, face_config,
+                                  device, dtype)
+
+    @classmethod
+    def from_pipe(cls, pipeline, weights=None, clip_image_encoder=None, face_config: FaceAnalysisConfig | None = None,
+                  **kwargs):
+        """DynamicID on an existing pipeline's parts (a `StableDiffusionPipeline` of any SD1.5 fine-tune): its
+        vae, text encoder, tokenizer, UNet and scheduler are shared, not copied; our processors go on its UNet."""
+        from dynamicid.pipeline import loading
+
+        if isinstance(pipeline, cls) and weights is None:
+            return super().from_pipe(pipeline, **kwargs)
+        return loading.onto_pipe(cls, pipeline, weights, clip_image_encoder, face_config, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Saves every part; the UNet is saved without our processors (they are saved as `saa`)."""
+        remove_processors(self.unet, self._base_processors)
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+        finally:
+            install_processors(self.unet, self.saa)
+
+    @property
+    def weights(self) -> DynamicIDWeights:
+        return DynamicIDWeights(self.face_encoder, self.saa, self.imr, self.keypoint_encoder)
+
+    @property
+    def face_analyzer(self) -> FaceAnalyzer:
+        """The face analysis of reference photos, built on first use from the `face_analysis` config."""
+        if self._face_analyzer is None:
+            self._face_analyzer = FaceAnalyzer(FaceAnalysisConfig(**(self.config.face_analysis or {})))
+        return self._face_analyzer
+
+    @face_analyzer.setter
+    def face_analyzer(self, analyzer: FaceAnalyzer) -> None:
+        self._face_analyzer = analyzer
+        self.register_to_config(face_analysis=asdict(analyzer.config))
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
 
     # -- encoders ----------------------------------------------------------------------------------
-    def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(last hidden states (B, 77, D), pooled (B, D)) from the SD text encoder."""
-        return encode_text(self.tokenizer, self.text_encoder, texts, self.device)
+    def encode_prompt(self, prompt: list[str], device, num_images_per_prompt: int, do_classifier_free_guidance: bool,
+                      negative_prompt: str | list[str] | None = None, prompt_embeds: torch.Tensor | None = None,
+                      negative_prompt_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text embeddings (B * num_images_per_prompt, 77, D), and those of the negative prompt under guidance."""
+        if prompt_embeds is None:
+            prompt_embeds = encode_text(self.tokenizer, self.text_encoder, prompt, device)[0]
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * len(prompt_embeds)
+            if len(negatives) != len(prompt_embeds):
+                raise GenerationError(f"{len(negatives)} negative prompts for {len(prompt_embeds)} prompts")
+            negative_prompt_embeds = encode_text(self.tokenizer, self.text_encoder, negatives, device)[0]
+        dtype = self.unet.dtype
+        prompt_embeds = prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
+        return prompt_embeds, negative_prompt_embeds
 
     def clip_features(self, rgb: np.ndarray | None) -> torch.Tensor:
         """CLIP penultimate hidden states of a photo; None gives those of an all-zero pixel tensor."""
-        return clip_hidden_states(self.image_encoder, self.image_processor, [rgb], self.device, self.dtype)
-
-    def _load_rgb(self, source, what: str) -> np.ndarray:
-        if isinstance(source, np.ndarray):
-            return source
-        try:
-            return load_image(str(source)).rgb
-        except Rejected as rejection:
-            raise GenerationError(f"{what} {source}: {rejection.reason}: {rejection.message}") from None
-
-    def _target_map(self, source) -> np.ndarray:
-        if isinstance(source, np.ndarray):
-            array = source
-        else:
-            from PIL import Image
-
-            try:
-                array = np.asarray(Image.open(source).convert("L"))
-            except OSError as err:
-                raise GenerationError(f"target landmarks {source}: {err}") from None
-        if array.shape == (landmark_image.LANDMARK_PNG_SIZE[1], landmark_image.LANDMARK_PNG_SIZE[0]):
-            array = landmark_image.split_landmark_png(array)[1]
-        if array.shape != (landmark_image.MAP_SIZE, landmark_image.MAP_SIZE):
-            raise GenerationError(f"target landmarks must be a 96x96 map or prep's 608x512 NAME.png, got shape {array.shape}")
-        return array
+        return clip_hidden_states(self.image_encoder, self.feature_extractor, [rgb], self._execution_device,
+                                  self.image_encoder.dtype)
 
     def analyse_reference(self, person: Person, index: int):
-        rgb = self._load_rgb(person.reference, f"reference photo of person {index}")
+        rgb = load_rgb(person.reference, f"reference photo of person {index}")
         faces = self.face_analyzer.analyze(rgb, max_faces=1)
         if not faces:
             where = person.reference if isinstance(person.reference, str) else f"person {index}"
             raise GenerationError(f"reference photo {where}: no face was detected; use a photo with one clear face")
+        embedder = self.face_analyzer.embedder
+        if embedder.dim != self.face_encoder.config.id_dim:
+            raise CheckpointError(
+                f"the face encoder takes {self.face_encoder.config.id_dim}-d identity embeddings but the embedder "
+                f"{embedder.name!r} gives {embedder.dim}-d; use the embedder the weights were trained with (512-d "
+                "ArcFace for the authors' weights)")
         return rgb, faces[0]
 
     def encode_person(self, person: Person, rgb: np.ndarray, face) -> EncodedPerson:
-        w = self.weights
-        embedding = torch.as_tensor(face.embedding, dtype=self.dtype, device=self.device)[None]
-        tokens = w.face_encoder(embedding, self.clip_features(rgb))[0]
-        edited = tokens
+        """The person's ID tokens: face encoder on (embedding, CLIP features), then IMR when a face prompt or
+        target landmarks ask for an edit."""
+        device, dtype = self._execution_device, self.face_encoder.dtype
+        embedding = torch.as_tensor(face.embedding, dtype=dtype, device=device)[None]
+        tokens = self.face_encoder(embedding, self.clip_features(rgb).to(dtype))[0]
         wants_edit = bool(person.face_prompt) or person.target_landmarks is not None
-        if wants_edit:
-            if w.imr is None or w.keypoint_encoder is None:
-                raise CheckpointError("face editing needs IMR and the KeyPointEncoder (IMR.bin, key_point_encoder.bin)")
-            source_map = landmark_image.render_map96(face.aligned_landmarks, face.aligned.shape[0])
-            target_map = self._target_map(person.target_landmarks) if person.target_landmarks is not None else source_map
-            maps = torch.stack([landmark_map_to_tensor(source_map), landmark_map_to_tensor(target_map)]).to(self.device, self.dtype)
-            features = w.keypoint_encoder(maps)
-            _, pooled = self.encode_text([face.face_prompt, person.face_prompt or face.face_prompt])
-            edited = w.imr.edit(tokens, features[:1], pooled[:1], features[1:], pooled[1:])[0]
-        return EncodedPerson(edited, tokens, face.face_prompt, wants_edit, face.box.as_list())
+        if not wants_edit:
+            return EncodedPerson(tokens, tokens, face.face_prompt, False, face.box.as_list())
+        if self.imr is None or self.keypoint_encoder is None:
+            raise CheckpointError("face editing needs IMR and the KeyPointEncoder (IMR.bin, key_point_encoder.bin)")
+        source_map = landmark_image.render_map96(face.aligned_landmarks, face.aligned.shape[0])
+        target = target_map(person.target_landmarks) if person.target_landmarks is not None else source_map
+        maps = torch.stack([landmark_map_to_tensor(source_map), landmark_map_to_tensor(target)])
+        features = self.keypoint_encoder(maps.to(device, self.keypoint_encoder.dtype))
+        _, pooled = encode_text(self.tokenizer, self.text_encoder, [face.face_prompt, person.face_prompt or face.face_prompt],
+                                device)
+        edited = self.imr.edit(tokens, features[:1], pooled[:1], features[1:], pooled[1:])[0]
+        return EncodedPerson(edited, tokens, face.face_prompt, True, face.box.as_list())
 
-    # -- generation --------------------------------------------------------------------------------
-    def check_request(self, persons: list[Person], height: int, width: int, steps: int, guidance: float,
-                      images: int = 1, max_output_pixels: int | None = None):
-        """`check_request` (the module function) plus this model's own size rule. Returns the boxes."""
+    @torch.no_grad()
+    def encode_persons(self, persons: list[Person]) -> list[EncodedPerson]:
+        """Every person's ID tokens; all reference photos are analysed (and their errors raised) first."""
+        analysed = [self.analyse_reference(person, index) for index, person in enumerate(persons)]
+        return [self.encode_person(person, rgb, face) for person, (rgb, face) in zip(persons, analysed)]
+
+    # -- the call's steps ----------------------------------------------------------------------------
+    def check_inputs(self, prompt, persons, person_embeds, height, width, steps, guidance, images, max_output_pixels,
+                     callback_on_step_end_tensor_inputs):
+        """The request (`check_request`) plus this model's size rule and the callback's tensor names. Returns
+        the prompts as a list and the persons' boxes."""
+        if prompt is not None and not isinstance(prompt, (str, list)):
+            raise GenerationError(f"prompt must be a string or a list of strings, not {type(prompt).__name__}")
+        if person_embeds is not None and persons is not None and len(persons) != len(person_embeds):
+            raise GenerationError(f"{len(person_embeds)} person_embeds for {len(persons)} persons")
+        unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise GenerationError(f"callback_on_step_end_tensor_inputs may name {self._callback_tensor_inputs}, not {sorted(unknown)}")
         multiple = self.vae_scale_factor * 4
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, int) and value > 0 and value % multiple:
                 raise GenerationError(f"{name} {value} must be a multiple of {multiple} for this model")
-        return check_request(persons, height, width, steps, guidance, images,
-                             MAX_OUTPUT_PIXELS if max_output_pixels is None else max_output_pixels)
+        if persons is None:
+            persons = [Person(None) for _ in person_embeds or []]
+        boxes = check_request(persons, height, width, steps, guidance, images,
+                              MAX_OUTPUT_PIXELS if max_output_pixels is None else max_output_pixels)
+        return ([prompt] if isinstance(prompt, str) else list(prompt or [])), persons, boxes
 
+    def prepare_latents(self, batch: int, height: int, width: int, dtype, device, generator, latents=None):
+        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise GenerationError(f"latents have shape {tuple(latents.shape)}, this call needs {shape}")
+        return latents.to(device, dtype) * self.scheduler.init_noise_sigma
+
+    def prepare_extra_step_kwargs(self, generator, eta: float) -> dict:
+        """`eta` and `generator` for schedulers whose step takes them (DDIM does; Euler and DPM-Solver differ)."""
+        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        return {key: value for key, value in (("eta", eta), ("generator", generator)) if key in accepted}
+
+    def identity_context(self, encoded: list[EncodedPerson], prompt_embeds, negative_prompt_embeds):
+        """[text, every person's ID tokens] per image, unconditional first under guidance."""
+        batch = len(prompt_embeds)
+        id_tokens = torch.cat([e.tokens for e in encoded])[None].to(prompt_embeds.dtype)
+        cond = torch.cat([prompt_embeds, id_tokens.expand(batch, -1, -1)], dim=1)
+        if negative_prompt_embeds is None:
+            return cond
+        blank = self.face_encoder.unconditional(self.clip_features(None).to(self.face_encoder.dtype))
+        uncond_tokens = blank.repeat(1, len(encoded), 1).to(prompt_embeds.dtype)
+        return torch.cat([torch.cat([negative_prompt_embeds, uncond_tokens.expand(batch, -1, -1)], dim=1), cond])
+
+    # -- the call ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, prompt: str, persons: list[Person], negative_prompt: str | None = None,
-                 num_inference_steps: int = 50, guidance_scale: float = 5.0, height: int = 512, width: int = 512,
-                 num_images_per_prompt: int = 1, seed: int | None = None, id_scale: float = 1.0, lora_scale: float = 1.0,
-                 infer_scale: float | None = None, infer_end: int | None = None, gate: bool = True,
-                 return_gate_maps: bool = False, output_type: str = "pil",
-                 max_output_pixels: int | None = None) -> DynamicIDOutput:
-        boxes = self.check_request(persons, height, width, num_inference_steps, guidance_scale, num_images_per_prompt,
-                                   max_output_pixels)
-        analysed = [self.analyse_reference(p, i) for i, p in enumerate(persons)]  # every face error before any work
+    def __call__(self, prompt: str | list[str] | None = None, persons: list[Person] | None = None,
+                 negative_prompt: str | list[str] | None = None, num_inference_steps: int = 50,
+                 guidance_scale: float = 5.0, height: int = 512, width: int = 512, num_images_per_prompt: int = 1,
+                 generator: torch.Generator | None = None, seed: int | None = None, latents: torch.Tensor | None = None,
+                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 person_embeds: list[EncodedPerson] | None = None, id_scale: float = 1.0, lora_scale: float = 1.0,
+                 infer_scale: float | None = None, infer_end: int | None = None, gate: bool = True, eta: float = 0.0,
+                 return_gate_maps: bool = False, output_type: str = "pil", return_dict: bool = True,
+                 callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: list[str] | None = None, max_output_pixels: int | None = None):
+        r"""
+        Generate images of the given persons.
+
+        Args:
+            prompt: the scene, a string or one string per image batch. Leave out when giving `prompt_embeds`.
+            persons: one `Person` each: a reference photo, and optionally a face prompt ("in a happy
+                expression, in side view, turned left"), target landmarks and a box [x0, y0, x1, y1] as
+                fractions of the image. With `person_embeds`, only their boxes are read (and may be left out).
+            negative_prompt: what to avoid, a string or one per prompt.
+            num_inference_steps: denoising steps.
+            guidance_scale: classifier-free guidance; 1 or below turns it off.
+            height, width: the image size in pixels (multiples of 32 for SD1.5).
+            num_images_per_prompt: images per prompt.
+            generator: a `torch.Generator` for the noise; `seed` makes one when it is not given.
+            seed: a convenience for `generator`.
+            latents: starting noise of shape (images, 4, height / 8, width / 8), instead of drawing it.
+            prompt_embeds, negative_prompt_embeds: text encoder outputs (B, 77, D) instead of prompts.
+            person_embeds: the output of `encode_persons`, reused instead of analysing the photos again.
+            id_scale: strength of the identity path in every SAA layer.
+            lora_scale: strength of the LoRA on every attention layer.
+            infer_scale, infer_end: the authors' layout strength and the number of steps it lasts (default 2
+                and 12 with boxes or several persons, else 0).
+            gate: SAA's gate; off gives IP-Adapter-style injection with no routing.
+            eta: DDIM's eta, for schedulers that take it.
+            return_gate_maps: also return the gates averaged over steps and layers.
+            output_type: "pil", "np", "pt" or "latent".
+            return_dict: a `DynamicIDPipelineOutput`, or the tuple (images, gate_maps, persons).
+            callback_on_step_end: called as `f(pipe, step, timestep, tensors)` after every step, with the tensors
+                named in `callback_on_step_end_tensor_inputs`; it returns a dict of replaced tensors. Setting
+                `pipe._interrupt = True` in it stops the denoising.
+            max_output_pixels: the largest height x width x images one call may make (`MAX_OUTPUT_PIXELS`).
+
+        Returns:
+            `DynamicIDPipelineOutput` (or a tuple with `return_dict=False`).
+        """
+        prompts, persons, boxes = self.check_inputs(
+            prompt if prompt_embeds is None else ["" for _ in prompt_embeds], persons, person_embeds, height, width,
+            num_inference_steps, guidance_scale, num_images_per_prompt, max_output_pixels,
+            callback_on_step_end_tensor_inputs)
+        device = self._execution_device
+        if generator is None and seed is not None:
+            generator = torch.Generator(device=device).manual_seed(seed)
+        encoded = person_embeds if person_embeds is not None else self.encode_persons(persons)
         layout_default = boxes is not None
         infer_scale = (2.0 if layout_default else 0.0) if infer_scale is None else infer_scale
         infer_end = (12 if layout_default else 0) if infer_end is None else infer_end
-
-        encoded = [self.encode_person(p, rgb, face) for p, (rgb, face) in zip(persons, analysed)]
-        count = num_images_per_prompt
-        text, _ = self.encode_text([prompt])
-        negative, _ = self.encode_text([negative_prompt or ""])
-        id_tokens = torch.cat([e.tokens for e in encoded])[None]  # (1, N*k, D)
-        uncond_tokens = self.weights.face_encoder.unconditional(self.clip_features(None)).repeat(1, len(persons), 1)
-        cond = torch.cat([text, id_tokens], dim=1).repeat(count, 1, 1)
-        uncond = torch.cat([negative, uncond_tokens], dim=1).repeat(count, 1, 1)
-        do_guidance = guidance_scale > 1.0
-        context = torch.cat([uncond, cond]) if do_guidance else cond
-
-        from diffusers.utils.torch_utils import randn_tensor
-
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        latent_h, latent_w = height // self.vae_scale_factor, width // self.vae_scale_factor
-        shape = (count, self.unet.config.in_channels, latent_h, latent_w)
-        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype) * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-
-        gate_sum = torch.zeros(count, latent_h, latent_w) if return_gate_maps else None
-        # One settings object for the whole call: its box masks are built once, on the device.
+        guided = guidance_scale > 1.0
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompts, device, num_images_per_prompt, guided, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        count = len(prompt_embeds)
+        latents = self.prepare_latents(count, height, width, prompt_embeds.dtype, device, generator, latents)
         settings = SAASettings(
-            num_persons=len(persons), id_scale=id_scale, lora_scale=lora_scale, gate=gate,
-            boxes=torch.tensor(to_saa(boxes), dtype=torch.float64, device=self.device) if boxes else None,
-            infer_scale=infer_scale, infer_end=infer_end, latent_size=(latent_h, latent_w),
-        )
-        for step, timestep in enumerate(self.scheduler.timesteps):
-            settings.step = torch.tensor(step)
-            settings.gate_maps = [] if return_gate_maps else None
-            model_input = torch.cat([latents] * 2) if do_guidance else latents
-            model_input = self.scheduler.scale_model_input(model_input, timestep)
-            noise = self.unet(model_input, timestep, encoder_hidden_states=context,
-                              cross_attention_kwargs={"dynamicid": settings}, return_dict=False)[0]
-            if do_guidance:
-                noise_uncond, noise_text = noise.chunk(2)
-                noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
-            latents = self.scheduler.step(noise, timestep, latents, eta=0.0, generator=generator, return_dict=False)[0]
-            if return_gate_maps:
-                gate_sum += _mean_gate(settings.gate_maps, count, (latent_h, latent_w))
+            num_persons=len(encoded), id_scale=id_scale, lora_scale=lora_scale, gate=gate,
+            boxes=torch.tensor(to_saa(boxes), dtype=torch.float64, device=device) if boxes else None,
+            infer_scale=infer_scale, infer_end=infer_end, latent_size=tuple(latents.shape[-2:]))
+        latents, gate_sum = self._denoise(latents, settings, encoded, prompt_embeds, negative_prompt_embeds,
+                                          guidance_scale, num_inference_steps, generator, eta, return_gate_maps,
+                                          callback_on_step_end, callback_on_step_end_tensor_inputs or [])
+        images = self._decode(latents, output_type, generator)
+        gate_maps = (gate_sum / num_inference_steps).numpy() if gate_sum is not None else None
+        self.maybe_free_model_hooks()
+        metadata = self._metadata(prompts, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
+                                  settings, boxes, persons, encoded)
+        if not return_dict:
+            return images, gate_maps, encoded
+        return DynamicIDPipelineOutput(images=images, gate_maps=gate_maps, persons=encoded, metadata=metadata)
 
-        image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-        images = self.output_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * count)
-        gate_maps = (gate_sum / num_inference_steps).numpy() if return_gate_maps else None
-        metadata = {
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
-            "height": height,
-            "width": width,
-            "seed": seed,
-            "id_scale": id_scale,
-            "lora_scale": lora_scale,
-            "infer_scale": infer_scale,
-            "infer_end": infer_end,
-            "gate": gate,
+    def _denoise(self, latents, settings, encoded, prompt_embeds, negative_prompt_embeds, guidance_scale, steps,
+                 generator, eta, return_gate_maps, callback, callback_inputs):
+        guided = negative_prompt_embeds is not None
+        context = self.identity_context(encoded, prompt_embeds, negative_prompt_embeds)
+        self.scheduler.set_timesteps(steps, device=latents.device)
+        extra = self.prepare_extra_step_kwargs(generator, eta)
+        count = len(latents)
+        gate_sum = torch.zeros(count, *latents.shape[-2:]) if return_gate_maps else None
+        self._interrupt = False
+        with self.progress_bar(total=steps) as bar:
+            for step, timestep in enumerate(self.scheduler.timesteps):
+                if self._interrupt:
+                    break
+                settings.step = torch.tensor(step)
+                settings.gate_maps = [] if return_gate_maps else None
+                model_input = self.scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, timestep)
+                noise = self.unet(model_input, timestep, encoder_hidden_states=context,
+                                  cross_attention_kwargs={"dynamicid": settings}, return_dict=False)[0]
+                if guided:
+                    noise_uncond, noise_text = noise.chunk(2)
+                    noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+                latents = self.scheduler.step(noise, timestep, latents, **extra, return_dict=False)[0]
+                if return_gate_maps:
+                    gate_sum += _mean_gate(settings.gate_maps, count, tuple(latents.shape[-2:]))
+                if callback is not None:
+                    named = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
+                    replaced = callback(self, step, timestep, {name: named[name] for name in callback_inputs}) or {}
+                    latents = replaced.get("latents", latents)
+                    if "prompt_embeds" in replaced or "negative_prompt_embeds" in replaced:
+                        prompt_embeds = replaced.get("prompt_embeds", prompt_embeds)
+                        negative_prompt_embeds = replaced.get("negative_prompt_embeds", negative_prompt_embeds)
+                        context = self.identity_context(encoded, prompt_embeds, negative_prompt_embeds)
+                bar.update()
+        return latents, gate_sum
+
+    def _decode(self, latents, output_type: str, generator):
+        if output_type == "latent":
+            return latents
+        image = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False,
+                                generator=generator)[0]
+        return self.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * len(image))
+
+    def _metadata(self, prompts, negative_prompt, steps, guidance, height, width, seed, settings, boxes, persons,
+                  encoded) -> dict:
+        return {
+            "prompt": prompts[0] if len(prompts) == 1 else prompts, "negative_prompt": negative_prompt,
+            "steps": steps, "guidance_scale": guidance, "height": height, "width": width, "seed": seed,
+            "id_scale": settings.id_scale, "lora_scale": settings.lora_scale, "infer_scale": settings.infer_scale,
+            "infer_end": settings.infer_end, "gate": settings.gate,
             "boxes": [list(b) for b in boxes] if boxes else None,
             "boxes_automatic": bool(boxes) and all(p.box is None for p in persons),
             "source_face_prompts": [e.source_face_prompt for e in encoded],
             "edited": [e.edited for e in encoded],
             "embedder": self.face_analyzer.embedder.model_id,
         }
-        self.last_encoded = encoded
-        return DynamicIDOutput(images, gate_maps, metadata)
 
 
 def _mean_gate(maps: list[dict], count: int, size: tuple[int, int]) -> torch.Tensor:

@@ -22,7 +22,7 @@ MAX_OUTPUT_PIXELS = 8 * 1024 * 1024
 
 @dataclass
 class Person:
-    reference: str | np.ndarray  # a photo path, or an RGB uint8 array
+    reference: str | np.ndarray | None  # a photo path or an RGB uint8 array; None only with person_embeds
     face_prompt: str | None = None  # e.g. "in a happy expression, in side view, turned left"
     target_landmarks: str | np.ndarray | None = None  # a 96x96 map, or prep's NAME.png sheet
     box: tuple[float, float, float, float] | None = None  # [x0, y0, x1, y1] as fractions of the image

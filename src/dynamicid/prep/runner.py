@@ -30,16 +30,26 @@ class PrepResult:
         return pd.read_parquet(self.manifest_path)
 
 
-def check_backends(config: PrepConfig) -> None:
-    """Build every backend once on the driver, so a missing model fails before any image."""
+def check_backends(config: PrepConfig) -> PrepConfig:
+    """Resolve every model reference (a Hugging Face repo id becomes its cached folder, once, here on the
+    driver) and build every backend once, so a missing model fails before any image. Returns the config
+    with local model paths, which the workers receive."""
+    from dataclasses import replace
+
     from dynamicid.faces import FaceAnalyzer
     from dynamicid.faces.backends import BackendError, create
+    from dynamicid.faces.backends.base import resolve_model
 
     try:
+        faces = config.faces
+        faces = replace(faces, **{field: resolve_model(getattr(faces, field), field.replace("_", " "))
+                                  for field in ("detector_model", "landmarks_model", "embedder_model")})
+        config = replace(config, faces=faces, captioner_model=resolve_model(config.captioner_model, "captioner model"))
         FaceAnalyzer(config.faces)
         create("captioner", config.captioner, config.captioner_model, **config.captioner_options())
     except BackendError as err:
         raise PrepError(str(err)) from None
+    return config
 
 
 def merge_rows(spark, rows_dir: str, manifest_path: str) -> None:
@@ -73,7 +83,7 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
     check_writable(output)
     config = _with_output(config, output)
     with OutputLock(output):
-        check_backends(config)
+        config = check_backends(config)
         outputs.remove_temporaries(output)
         if spark is None:
             from dynamicid.sparkenv import build_session

@@ -104,8 +104,10 @@ def _sampler_callback(config, frozen: Frozen, weights_of, reference: str):
         weights = weights_of()
         pipe = DynamicIDPipeline(frozen.vae, frozen.text_encoder, frozen.tokenizer, frozen.unet,
                                  DDIMScheduler.from_config(frozen.scheduler_config), frozen.image_encoder,
-                                 frozen.image_processor, weights, FaceAnalyzer(), device=frozen.device,
-                                 dtype=frozen.dtype, prepare_modules=False)
+                                 frozen.image_processor, weights.face_encoder, weights.attention, weights.imr,
+                                 weights.keypoint_encoder)
+        pipe.face_analyzer = FaceAnalyzer()
+        pipe.set_progress_bar_config(disable=True)
         try:
             result = pipe("a portrait photo of a person", [Person(reference)], num_inference_steps=config.sample_steps,
                           height=config.resolution, width=config.resolution, seed=config.seed)

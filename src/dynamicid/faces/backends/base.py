@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 from functools import lru_cache
 from typing import Callable, Protocol, runtime_checkable
 
@@ -137,7 +138,20 @@ def create(stage: str, name: str, model_path: str | None = None, **options):
     if isinstance(factory, str):
         module_name, attribute = factory.split(":")
         factory = getattr(importlib.import_module(module_name), attribute)
-    return factory(model_path, **options)
+    return factory(resolve_model(model_path, f"{stage} {name}"), **options)
+
+
+def resolve_model(model_path: str | None, what: str) -> str | None:
+    """A model folder or file as given, or a Hugging Face repo id (org/name[/subfolder]) resolved to its
+    snapshot in the Hugging Face cache."""
+    if model_path is None or os.path.exists(model_path):
+        return model_path
+    from dynamicid.hub import HubError, resolve
+
+    try:
+        return resolve(model_path, what)
+    except HubError as err:
+        raise BackendError(str(err)) from None
 
 
 register("detector", "dlib-hog", "dynamicid.faces.backends.dlib_backend:DlibHogDetector")

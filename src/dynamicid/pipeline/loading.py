@@ -1,0 +1,99 @@
+"""Building a DynamicIDPipeline: from parts (each a folder or a Hugging Face repo id, with defaults), from a
+saved pipeline, or on top of an existing Stable Diffusion pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+
+import torch
+
+from dynamicid import hub
+from dynamicid.basemodel import load_base_model, load_clip_image_encoder
+from dynamicid.faces import FaceAnalysisConfig
+from dynamicid.models.checkpoints import load_weights
+from dynamicid.models.saa import processor_layout
+
+def _model_index(reference: str) -> dict | None:
+    """The model_index.json of a folder or repo, or None when it has none (without downloading the repo)."""
+    if os.path.isdir(reference):
+        path = os.path.join(reference, "model_index.json")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            repo, subfolder = hub.split_reference(reference)
+            path = hf_hub_download(repo, "model_index.json", subfolder=subfolder)
+        except Exception:  # no such repo or file, or offline and not cached: not a saved pipeline
+            return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def is_saved_pipeline(reference: str | None) -> bool:
+    return bool(reference) and (_model_index(reference) or {}).get("_class_name") == "DynamicIDPipeline"
+
+
+def local_pipeline(reference: str) -> str:
+    return hub.resolve(reference, "DynamicID pipeline")
+
+
+def default_face_config(weights_reference: str | None) -> FaceAnalysisConfig:
+    """The authors' weights expect InsightFace buffalo_l's 512-d ArcFace: with the default weights, fetch the
+    pack and use it; other weights get the default analysis (their dimension is checked at use)."""
+    if weights_reference is not None:
+        return FaceAnalysisConfig()
+    pack = hub.fetch_buffalo_l()
+    return FaceAnalysisConfig(detector="insightface", detector_model=pack, embedder="insightface", embedder_model=pack)
+
+
+def _variant(device, dtype) -> str | None:
+    return "fp16" if dtype == torch.float16 and str(device or "").startswith("cuda") else None
+
+
+def _default(reference: str | None, part: str) -> str:
+    return reference or hub.DEFAULTS[part].reference
+
+
+def from_parts(cls, base, weights, clip_image_encoder, face_config, device, dtype):
+    from diffusers import DDIMScheduler
+
+    variant = _variant(device, dtype)
+    parts = load_base_model(_default(base, "base_model"), variant)
+    image_encoder, feature_extractor = load_clip_image_encoder(_default(clip_image_encoder, "clip_image_encoder"))
+    loaded = load_weights(_default(weights, "weights"), processor_layout(parts.unet))
+    face_config = face_config or default_face_config(weights)
+    pipe = cls(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
+               scheduler=DDIMScheduler.from_config(parts.scheduler_config), image_encoder=image_encoder,
+               feature_extractor=feature_extractor, face_encoder=loaded.face_encoder, saa=loaded.attention,
+               imr=loaded.imr, keypoint_encoder=loaded.keypoint_encoder, face_analysis=asdict(face_config))
+    return _ready(pipe, device, dtype)
+
+
+def onto_pipe(cls, pipeline, weights, clip_image_encoder, face_config, **kwargs):
+    """The pipeline's base parts, shared, plus the DynamicID parts loaded for its UNet."""
+    image_encoder, feature_extractor = load_clip_image_encoder(_default(clip_image_encoder, "clip_image_encoder"))
+    loaded = load_weights(_default(weights, "weights"), processor_layout(pipeline.unet))
+    face_config = face_config or default_face_config(weights)
+    parts = pipeline.components
+    pipe = cls(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=parts["unet"],
+               scheduler=kwargs.get("scheduler", parts["scheduler"]), image_encoder=image_encoder,
+               feature_extractor=feature_extractor, face_encoder=loaded.face_encoder, saa=loaded.attention,
+               imr=loaded.imr, keypoint_encoder=loaded.keypoint_encoder, face_analysis=asdict(face_config))
+    return _ready(pipe, pipeline.device, pipeline.unet.dtype)
+
+
+def _ready(pipe, device, dtype):
+    """Inference mode for every part, then the device and dtype asked for."""
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval().requires_grad_(False)
+    if device is not None:
+        pipe.to(device)
+    if dtype is not None and dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    return pipe

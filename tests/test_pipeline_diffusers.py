@@ -1,0 +1,149 @@
+"""DynamicIDPipeline as a diffusers pipeline (issue 16), on the tiny models: the same images as before the
+rewrite, save/load, from_pipe, callbacks, prompt lists, person_embeds, other schedulers."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dynamicid.pipeline import DynamicIDPipeline, Person
+
+from conftest import generate_small, identity_photo
+
+FIXTURE = Path(__file__).parent / "data" / "generation_fixture.npz"
+
+
+@pytest.fixture()
+def pipe(tiny_pipe):
+    return tiny_pipe
+
+
+photo, make = identity_photo, generate_small
+
+
+def test_the_same_seed_gives_the_same_images_as_before_the_rewrite(pipe, shared_faces):
+    """tests/data/generation_fixture.npz was made by the pipeline before it became a DiffusionPipeline
+    (tools/record_generation_fixture.py, same requests)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tools"))
+    from record_generation_fixture import REQUESTS, generate
+
+    recorded = np.load(FIXTURE)
+    for name, request in REQUESTS.items():
+        np.testing.assert_allclose(generate(pipe, str(shared_faces), request), recorded[name], atol=1e-6)
+
+
+def test_the_parts_are_registered_diffusers_components(pipe):
+    from dynamicid.models import IMR, DynamicIDAttention, FaceEncoder, KeyPointEncoder
+
+    parts = pipe.components
+    assert isinstance(parts["face_encoder"], FaceEncoder) and isinstance(parts["saa"], DynamicIDAttention)
+    assert isinstance(parts["imr"], IMR) and isinstance(parts["keypoint_encoder"], KeyPointEncoder)
+    assert {"vae", "text_encoder", "tokenizer", "unet", "scheduler", "image_encoder", "feature_extractor"} <= set(parts)
+
+
+def test_save_pretrained_then_from_pretrained_gives_the_same_image(pipe, shared_faces, tmp_path):
+    persons = [Person(photo(shared_faces, "obama/1.jpg"), face_prompt="in a sad expression, in front view")]
+    before = make(pipe, persons).images
+    pipe.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "model_index.json").exists() and (tmp_path / "saved" / "saa").is_dir()
+    unet_keys = load_file(
+        next((tmp_path / "saved" / "unet").glob("*.safetensors"))).keys()
+    assert not any(".processor." in key for key in unet_keys)  # the UNet is saved clean, SAA on its own
+    loaded = DynamicIDPipeline.from_pretrained(str(tmp_path / "saved"))
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(make(loaded, persons).images, before, atol=1e-5)
+    assert make(pipe, persons).images.tolist() == before.tolist()  # saving left the pipeline as it was
+
+
+def test_from_pipe_puts_dynamicid_on_a_stable_diffusion_pipeline(pipe, tiny_models, shared_faces):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    sd = StableDiffusionPipeline.from_pretrained(tiny_models["sd15"], safety_checker=None, requires_safety_checker=False)
+    sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
+    built = DynamicIDPipeline.from_pipe(sd, weights=tiny_models["dynamicid"], clip_image_encoder=tiny_models["clip-image"])
+    built.set_progress_bar_config(disable=True)
+    assert built.unet is sd.unet and built.vae is sd.vae  # shared, not copied
+    persons = [Person(photo(shared_faces, "obama/1.jpg"))]
+    np.testing.assert_allclose(make(built, persons).images, make(pipe, persons).images, atol=1e-5)
+
+
+def test_callbacks_see_every_step_and_can_stop_early(pipe, shared_faces):
+    seen = []
+
+    def watch(p, step, timestep, tensors):
+        seen.append((step, int(timestep), tuple(tensors["latents"].shape)))
+        return {}
+
+    make(pipe, [Person(photo(shared_faces, "obama/1.jpg"))], num_inference_steps=4, callback_on_step_end=watch,
+         callback_on_step_end_tensor_inputs=["latents"])
+    side = 64 // pipe.vae_scale_factor
+    assert [s for s, _, _ in seen] == [0, 1, 2, 3] and seen[0][2] == (1, 4, side, side)
+
+    def stop_after_two(p, step, timestep, tensors):
+        seen.append(step)
+        if step == 1:
+            p._interrupt = True
+        return {}
+
+    seen.clear()
+    out = make(pipe, [Person(photo(shared_faces, "obama/1.jpg"))], num_inference_steps=6, callback_on_step_end=stop_after_two)
+    assert seen == [0, 1] and out.images.shape == (1, 64, 64, 3)
+
+
+def test_a_list_of_prompts_and_return_dict_false(pipe, shared_faces):
+    persons = [Person(photo(shared_faces, "obama/1.jpg"))]
+    images, gate_maps, encoded = pipe(["a portrait photo", "a photo at the beach"], persons, num_inference_steps=2,
+                                      height=64, width=64, num_images_per_prompt=2, seed=1, output_type="np",
+                                      return_dict=False)
+    assert images.shape == (4, 64, 64, 3) and gate_maps is None and len(encoded) == 1
+    assert np.abs(images[0] - images[2]).max() > 1e-3  # different prompts, different images
+
+
+def test_person_embeds_reused_give_the_same_image_as_the_photos(pipe, shared_faces):
+    persons = [Person(photo(shared_faces, "obama/1.jpg"), box=(0.05, 0.1, 0.45, 0.6)),
+               Person(photo(shared_faces, "biden/1.jpg"), face_prompt="in a happy expression, in front view",
+                      box=(0.55, 0.1, 0.95, 0.6))]
+    from_photos = make(pipe, persons, width=96)
+    embeds = pipe.encode_persons(persons)
+    again = make(pipe, [Person(None, box=p.box) for p in persons], width=96, person_embeds=embeds)
+    np.testing.assert_array_equal(again.images, from_photos.images)
+    assert again.metadata["source_face_prompts"] == from_photos.metadata["source_face_prompts"]
+
+
+@pytest.mark.parametrize("scheduler", ["DPMSolverMultistepScheduler", "EulerDiscreteScheduler"])
+def test_other_diffusers_schedulers_can_be_swapped_in(pipe, shared_faces, scheduler):
+    import diffusers
+
+    original = pipe.scheduler
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(original.config)
+    try:
+        out = make(pipe, [Person(photo(shared_faces, "obama/1.jpg"))], num_inference_steps=4)
+    finally:
+        pipe.scheduler = original
+    assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
+    assert np.abs(out.images - make(pipe, [Person(photo(shared_faces, "obama/1.jpg"))], num_inference_steps=4).images).max() > 1e-4
+
+
+def test_latents_and_prompt_embeds_can_be_given(pipe, shared_faces):
+    persons = [Person(photo(shared_faces, "obama/1.jpg"))]
+    generator = torch.Generator().manual_seed(5)
+    side = 64 // pipe.vae_scale_factor
+    latents = torch.randn(1, 4, side, side, generator=generator)
+    from dynamicid.basemodel import encode_text
+
+    embeds = encode_text(pipe.tokenizer, pipe.text_encoder, ["a portrait photo"], "cpu")[0]
+    a = pipe(None, persons, prompt_embeds=embeds, latents=latents, num_inference_steps=2, height=64, width=64,
+             output_type="np").images
+    b = pipe("a portrait photo", persons, latents=latents, num_inference_steps=2, height=64, width=64, output_type="np").images
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="model CPU offload needs a GPU")
+def test_model_cpu_offload(pipe, shared_faces):
+    pipe.enable_model_cpu_offload()
+    out = make(pipe, [Person(photo(shared_faces, "obama/1.jpg"))])
+    assert out.images.shape == (1, 64, 64, 3)
