@@ -144,9 +144,10 @@ def create(stage: str, name: str, model_path: str | None = None, **options):
 def resolve_model(model_path: str | None, what: str) -> str | None:
     """A model folder or file as given, or a Hugging Face repo id (org/name[/subfolder]) resolved to its
     snapshot in the Hugging Face cache."""
-    if model_path is None or os.path.exists(model_path):
-        return model_path
-    from dynamicid.hub import HubError, resolve
+    from dynamicid.hub import HubError, looks_like_path, resolve
+
+    if model_path is None or os.path.exists(model_path) or looks_like_path(model_path):
+        return model_path  # a path: the backend says what is missing, in its own words
 
     try:
         return resolve(model_path, what)

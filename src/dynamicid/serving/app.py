@@ -1,0 +1,337 @@
+"""The Gradio page and API of `dynamicid serve`.
+
+Page: one to four person panels (photo, checked on upload; expression and orientation, or a face prompt of
+one's own; optional target landmarks; a box), a layout preview that follows the size, prompts and settings
+(advanced ones folded), and results (gallery, gate maps, the PNGs with their JSON sidecars to download).
+API: `/generate` takes the prompt, the photos as files, and JSON lists of face prompts and boxes plus a
+JSON object of settings, and returns the images and their sidecars (README: gradio_client and curl)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from dynamicid.errors import DynamicIDError
+from dynamicid.faces import face_prompt
+from dynamicid.pipeline.layout import automatic_boxes
+from dynamicid.serving.engine import Engine, GenerationRequest, PersonRequest
+
+logger = logging.getLogger(__name__)
+
+MAX_PERSONS = 4
+AS_IN_PHOTO = "as in the photo"
+EXPRESSIONS = (AS_IN_PHOTO, "neutral", "happy", "sad", "surprise", "anger")
+ORIENTATIONS = (AS_IN_PHOTO, "front", "side left", "side right", "up", "down")
+_POSES = {"front": (None, "front", None), "side left": (None, "side", "left"), "side right": (None, "side", "right"),
+          "up": ("up", "front", None), "down": ("down", "front", None)}
+BOX_FIELDS = ("x0", "y0", "x1", "y1")
+
+
+def compose_face_prompt(expression: str, orientation: str, typed: str, measured: str | None) -> str | None:
+    """The face prompt a panel asks for: typed text wins; else the choices, each "as in the photo" taken from
+    the measured prompt; None when nothing asks for a change (the person is not edited)."""
+    if typed and typed.strip():
+        return typed.strip()
+    if expression == AS_IN_PHOTO and orientation == AS_IN_PHOTO:
+        return None
+    base = face_prompt.parse(measured) if measured else face_prompt.FacePrompt("neutral", None, "front", None)
+    emotion = base.emotion if expression == AS_IN_PHOTO else expression
+    tilt, view, side = (base.tilt, base.view, base.side) if orientation == AS_IN_PHOTO else _POSES[orientation]
+    return face_prompt.FacePrompt(emotion, tilt, view, side).text()
+
+
+def layout_preview(boxes: list, width: int, height: int) -> np.ndarray:
+    """The image's outline at the chosen aspect ratio with each person's numbered box."""
+    scale = 256 / max(width, height)
+    canvas = Image.new("RGB", (max(1, round(width * scale)), max(1, round(height * scale))), (236, 238, 242))
+    draw = ImageDraw.Draw(canvas)
+    colours = [(230, 80, 60), (40, 120, 220), (40, 170, 90), (200, 140, 30)]
+    for index, box in enumerate(boxes):
+        if box is None:
+            continue
+        x0, y0, x1, y1 = box[0] * canvas.width, box[1] * canvas.height, box[2] * canvas.width, box[3] * canvas.height
+        draw.rectangle((x0, y0, x1, y1), outline=colours[index % 4], width=3)
+        draw.text((x0 + 4, y0 + 2), str(index + 1), fill=colours[index % 4])
+    return np.asarray(canvas)
+
+
+def _boxes_from_fields(count: int, values: list) -> list:
+    """Four numbers per person; a person whose fields are all empty has no box."""
+    boxes = []
+    for index in range(count):
+        numbers = values[4 * index: 4 * index + 4]
+        boxes.append(None if all(v in (None, "") for v in numbers) else tuple(float(v or 0) for v in numbers))
+    return boxes
+
+
+def _settings_request(prompt, negative, count, photos, prompts, boxes, settings: dict) -> GenerationRequest:
+    persons = [PersonRequest(photos[i], prompts[i] or None, None, boxes[i] if i < len(boxes) else None, f"person{i}")
+               for i in range(count)]
+    seed = int(settings.get("seed", -1))
+    return GenerationRequest(
+        prompt=prompt or "", persons=persons, negative_prompt=negative or None, steps=int(settings.get("steps", 30)),
+        guidance=float(settings.get("guidance", 5.0)), height=int(settings.get("height", 512)),
+        width=int(settings.get("width", 512)), seed=seed if seed >= 0 else int(np.random.randint(0, 2**31 - 1)),
+        id_scale=float(settings.get("id_scale", 1.0)), infer_scale=settings.get("infer_scale"),
+        infer_end=settings.get("infer_end"), gate_maps=bool(settings.get("gate_maps", False)))
+
+
+def run_generation(engine: Engine, request: GenerationRequest, progress=None):
+    """Runs the request on a worker thread and yields (None, status) while it runs, then (result, status).
+    Closing the generator (the page's Cancel, a client's cancel) stops the run at its next step."""
+    import gradio as gr
+
+    stop, state = threading.Event(), {"done": 0}
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["result"] = engine.generate(request, lambda done, total: state.update(done=done), stop.is_set)
+        except DynamicIDError as err:
+            outcome["error"] = str(err)
+        except Exception as err:  # never a stack trace in the page; the log has it
+            logger.exception("generation failed")
+            outcome["error"] = f"internal error: {type(err).__name__}: {err}"
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+            if progress is not None:
+                progress((state["done"], request.steps), desc="denoising", unit="steps")
+            yield None, f"step {state['done']} of {request.steps}"
+    finally:
+        if worker.is_alive():  # closed early: cancelled
+            stop.set()
+            worker.join()
+    if "error" in outcome:
+        raise gr.Error(outcome["error"], print_exception=False)
+    yield outcome["result"], f"done in {outcome['result'].seconds:.1f} s, seed {request.seed}"
+
+
+def _person_panel(gr, index: int, visible: bool) -> dict:
+    with gr.Column(visible=visible, min_width=220, elem_id=f"person{index}") as column:
+        photo = gr.Image(type="filepath", label=f"Person {index + 1}", height=200, elem_id=f"person{index}-photo",
+                         sources=["upload"])
+        status = gr.Markdown("upload a photo with one face", elem_id=f"person{index}-status")
+        expression = gr.Radio(list(EXPRESSIONS), value=AS_IN_PHOTO, label="Expression", elem_id=f"person{index}-expression")
+        orientation = gr.Radio(list(ORIENTATIONS), value=AS_IN_PHOTO, label="Head", elem_id=f"person{index}-orientation")
+        typed = gr.Textbox(label="or your own face prompt", placeholder="in a happy expression, in side view, turned left",
+                           elem_id=f"person{index}-prompt")
+        with gr.Accordion("Target landmarks (optional)", open=False):
+            landmarks = gr.Image(type="filepath", label="96x96 map or prep's NAME.png", height=120, sources=["upload"])
+        with gr.Row():
+            box = [gr.Number(label=name, precision=3, minimum=0, maximum=1, min_width=50,
+                             elem_id=f"person{index}-{name}") for name in BOX_FIELDS]
+    return {"column": column, "photo": photo, "status": status, "expression": expression,
+            "orientation": orientation, "typed": typed, "landmarks": landmarks, "box": box, "measured": gr.State(None)}
+
+
+def build_app(engine: Engine, examples: list[list] | None = None, tiny: bool = False, concurrency: int = 1):
+    """The Blocks app over `engine`. `examples`: rows of (photo 1, photo 2, prompt) a newcomer can click.
+    `concurrency`: generations at once, page and API together (one pipeline: 1)."""
+    import gradio as gr
+
+    size = 128 if tiny else 512
+    with gr.Blocks(title="DynamicID") as app:
+        gr.Markdown("# DynamicID\nSeveral people in one image, each from one photo, each with their own expression "
+                    "and head orientation, placed where you want them.")
+        count = gr.Slider(1, MAX_PERSONS, value=2, step=1, label="Persons", elem_id="count")
+        with gr.Row():
+            panels = [_person_panel(gr, i, i < 2) for i in range(MAX_PERSONS)]
+        with gr.Row():
+            with gr.Column(scale=2):
+                prompt = gr.Textbox(label="Prompt", value="two friends at a cafe, film photo", elem_id="prompt")
+                negative = gr.Textbox(label="Negative prompt", value="blurry, lowres, deformed")
+                with gr.Row():
+                    width = gr.Slider(64, 1024, value=size, step=64 if not tiny else 32, label="Width", elem_id="width")
+                    height = gr.Slider(64, 1024, value=size, step=64 if not tiny else 32, label="Height", elem_id="height")
+                seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="seed")
+                with gr.Accordion("Advanced", open=False):
+                    steps = gr.Slider(1, 100, value=4 if tiny else 30, step=1, label="Steps", elem_id="steps")
+                    guidance = gr.Slider(1.0, 12.0, value=5.0, step=0.5, label="Guidance")
+                    id_scale = gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="Identity strength (id_scale)")
+                    infer_scale = gr.Slider(0.0, 4.0, value=2.0, step=0.5, label="Layout strength (infer_scale)")
+                    infer_end = gr.Slider(0, 50, value=12, step=1, label="Layout steps (infer_end)")
+                    show_gates = gr.Checkbox(False, label="Show where each identity went (gate maps)", elem_id="gates")
+            with gr.Column(scale=1):
+                auto = gr.Checkbox(True, label="Automatic layout", elem_id="auto")
+                preview = gr.Image(label="Layout", interactive=False, height=260, elem_id="preview")
+        with gr.Row():
+            run = gr.Button("Generate", variant="primary", elem_id="generate")
+            cancel = gr.Button("Cancel", elem_id="cancel")
+        status = gr.Markdown("", elem_id="message")
+        gallery = gr.Gallery(label="Result", columns=2, height=400, elem_id="result")
+        sidecar = gr.JSON(label="Settings used (the JSON sidecar)", elem_id="sidecar")
+        files = gr.File(label="Download: PNG and JSON sidecar", file_count="multiple", elem_id="files")
+        page = SimpleNamespace(count=count, panels=panels, prompt=prompt, negative=negative, width=width, height=height,
+                               seed=seed, steps=steps, guidance=guidance, id_scale=id_scale, infer_scale=infer_scale,
+                               infer_end=infer_end, show_gates=show_gates, auto=auto, preview=preview, run=run,
+                               cancel=cancel, status=status, gallery=gallery, sidecar=sidecar, files=files,
+                               concurrency=concurrency)
+        _wire_layout(gr, page)
+        _wire_photos(gr, engine, page)
+        _wire_generation(gr, engine, page)
+        _add_api(gr, engine, concurrency)
+        if examples:
+            gr.Examples(examples, [panels[0]["photo"], panels[1]["photo"], prompt], label="Examples")
+    return app
+
+
+def _box_fields(page) -> list:
+    return [field for panel in page.panels for field in panel["box"]]
+
+
+def _wire_layout(gr, page) -> None:
+    """Automatic boxes follow the persons and the size while "Automatic layout" is on; typing in a box field
+    turns it off. The preview always shows the boxes in the fields."""
+    fields = _box_fields(page)
+
+    def relayout(count, width, height, auto, *values):
+        count, width, height = int(count), int(width), int(height)
+        if auto:
+            boxes = automatic_boxes(count, width, height) if count > 1 else []
+            values = [round(v, 3) for box in boxes for v in box] + [None] * (4 * MAX_PERSONS - 4 * len(boxes))
+        visible = [gr.update(visible=i < count) for i in range(MAX_PERSONS)]
+        return [*values, layout_preview(_boxes_from_fields(count, list(values)), width, height), *visible]
+
+    outputs = [*fields, page.preview, *[panel["column"] for panel in page.panels]]
+    inputs = [page.count, page.width, page.height, page.auto, *fields]
+    for trigger in (page.count.change, page.width.change, page.height.change, page.auto.change):
+        trigger(relayout, inputs, outputs, queue=False)
+    def edited(count, width, height, auto, *values):
+        return False, layout_preview(_boxes_from_fields(int(count), list(values)), int(width), int(height))
+
+    for field in fields:
+        field.input(edited, inputs, [page.auto, page.preview], queue=False)
+
+
+def _wire_photos(gr, engine: Engine, page) -> None:
+    """A photo is analysed as soon as it is uploaded: its face prompt, or why it cannot be used."""
+    def check(path):
+        result = engine.check_photo(path)
+        if not path:
+            return "upload a photo with one face", None
+        return (f"face found: *{result.message}*" if result.ok else f"**cannot use this photo:** {result.message}"), (
+            result.message if result.ok else None)
+
+    for panel in page.panels:
+        panel["photo"].change(check, panel["photo"], [panel["status"], panel["measured"]], concurrency_id="analysis",
+                              concurrency_limit=2, api_name=False)
+
+
+def _panel_inputs(page) -> list:
+    return [c for panel in page.panels for c in (panel["photo"], panel["expression"], panel["orientation"],
+                                                 panel["typed"], panel["landmarks"], panel["measured"])]
+
+
+def _wire_generation(gr, engine: Engine, page) -> None:
+    settings = [page.count, page.prompt, page.negative, page.width, page.height, page.seed, page.steps, page.guidance,
+                page.id_scale, page.infer_scale, page.infer_end, page.show_gates, page.auto]
+
+    def generate(*values, progress=gr.Progress()):
+        (count, prompt, negative, width, height, seed, steps, guidance, id_scale, infer_scale, infer_end, gates,
+         auto) = values[:13]
+        count = int(count)
+        panels = [values[13 + 6 * i: 19 + 6 * i] for i in range(MAX_PERSONS)][:count]
+        boxes = [None] * count if auto else _boxes_from_fields(count, list(values[13 + 6 * MAX_PERSONS:]))
+        missing = [str(i + 1) for i, panel in enumerate(panels) if not panel[0]]
+        if missing:
+            raise gr.Error(f"person {', '.join(missing)}: upload a photo first", print_exception=False)
+        request = _settings_request(prompt, negative, count, [p[0] for p in panels],
+                                    [compose_face_prompt(p[1], p[2], p[3], p[5]) for p in panels], boxes,
+                                    {"seed": seed, "steps": steps, "guidance": guidance, "height": height, "width": width,
+                                     "id_scale": id_scale, "infer_scale": infer_scale, "infer_end": infer_end,
+                                     "gate_maps": gates})
+        for i, panel in enumerate(panels):
+            request.persons[i].target_landmarks = panel[4] or None
+        for result, message in run_generation(engine, request, progress):
+            if result is None:
+                yield gr.update(), gr.update(), gr.update(), message
+            else:
+                shown = [(path, "result") for path in result.images] + [(path, "gate map") for path in result.overlays]
+                yield shown, result.sidecars[0], result.files, message
+
+    event = page.run.click(generate, [*settings, *_panel_inputs(page), *_box_fields(page)],
+                           [page.gallery, page.sidecar, page.files, page.status], concurrency_id="gpu",
+                           concurrency_limit=page.concurrency, api_name=False)
+    page.cancel.click(None, None, None, cancels=[event], queue=False)
+
+
+def _add_api(gr, engine: Engine, concurrency: int) -> None:
+    """/generate for programs: prompt, photos (files), face prompts and boxes (JSON lists, one entry per photo,
+    null for none) and settings (a JSON object: steps, guidance, seed, height, width, id_scale, infer_scale,
+    infer_end, negative_prompt). Returns the images and the first image's JSON sidecar."""
+    with gr.Row(visible=False):
+        prompt, photos = gr.Textbox(), gr.File(file_count="multiple")
+        face_prompts, boxes, settings = gr.Textbox(value="[]"), gr.Textbox(value="[]"), gr.Textbox(value="{}")
+        images, sidecar, button = gr.Gallery(), gr.JSON(), gr.Button()
+
+    def generate(prompt, photos, face_prompts, boxes, settings):
+        try:
+            prompts, box_list, options = json.loads(face_prompts or "[]"), json.loads(boxes or "[]"), json.loads(settings or "{}")
+        except ValueError as err:
+            raise gr.Error(f"face_prompts, boxes and settings must be JSON: {err}", print_exception=False) from None
+        paths = [getattr(photo, "name", photo) for photo in photos or []]
+        if not paths:
+            raise gr.Error("give at least one photo", print_exception=False)
+        prompts = list(prompts) + [None] * (len(paths) - len(prompts))
+        request = _settings_request(prompt, options.get("negative_prompt"), len(paths), paths, prompts,
+                                    [tuple(b) if b else None for b in box_list], options)
+        for result, _ in run_generation(engine, request):
+            if result is not None:
+                yield result.images, result.sidecars[0]
+
+    button.click(generate, [prompt, photos, face_prompts, boxes, settings], [images, sidecar], api_name="generate",
+                 concurrency_id="gpu", concurrency_limit=concurrency)
+
+
+def example_photos(folder: str) -> list[list]:
+    """Two example persons made from the scikit-image astronaut the demo already uses: the photo, and the
+    photo mirrored with its colours turned, as a second person."""
+    import os
+
+    from dynamicid.prep.sample import astronaut
+
+    os.makedirs(folder, exist_ok=True)
+    first, second = os.path.join(folder, "astronaut.png"), os.path.join(folder, "astronaut_mirrored.png")
+    photo = astronaut()
+    photo.save(first)
+    rgb = np.asarray(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).convert("RGB"))
+    Image.fromarray(np.ascontiguousarray(rgb[..., [1, 2, 0]])).save(second)  # channels turned: another look
+    return [[first, second, "two astronauts in a space station, photo"],
+            [first, second, "two friends at a cafe, film photo"]]
+
+
+def serve(config, block: bool = True):
+    """Loads the models once, builds the page and starts serving. Returns (app, engine, url)."""
+    import tempfile
+
+    import torch
+
+    from dynamicid.imagefile import ValidationConfig
+    from dynamicid.pipeline import DynamicIDPipeline
+
+    if config.tiny:
+        from dynamicid.tiny_models import make_tiny_models
+
+        models = make_tiny_models(tempfile.mkdtemp(prefix="dynamicid-tiny-"))
+        pipe = DynamicIDPipeline.from_pretrained(models["sd15"], models["dynamicid"], models["clip-image"])
+    else:
+        pipe = DynamicIDPipeline.from_pretrained(config.base_model, config.weights, config.clip_image_encoder,
+                                                 device=config.device, dtype=getattr(torch, config.dtype))
+    pipe.set_progress_bar_config(disable=True)
+    engine = Engine(pipe, ValidationConfig(max_pixels=config.max_image_pixels, max_bytes=config.max_upload_mb * 2**20))
+    app = build_app(engine, example_photos(tempfile.mkdtemp(prefix="dynamicid-examples-")), config.tiny,
+                    config.concurrency)
+    app.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
+    _, url, _ = app.launch(server_name=config.host, server_port=config.port, prevent_thread_lock=not block,
+                           auth=config.check_auth if config.auth else None, max_file_size=f"{config.max_upload_mb}mb",
+                           quiet=not block)
+    return app, engine, url

@@ -1,0 +1,195 @@
+"""The work behind `dynamicid serve`, free of any web framework: checking an uploaded photo, encoding persons
+once and reusing their tokens, and one generation at a time on the pipeline, with progress and cancellation.
+
+Every request writes into a folder of its own, so one session never sees another's outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from dynamicid.imagefile import Rejected, ValidationConfig, decode_image
+from dynamicid.pipeline.outputs import gate_map_image, save_generation
+from dynamicid.pipeline.request import GenerationError, Person, check_request
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PhotoCheck:
+    """What the face analysis found on an uploaded reference photo."""
+
+    ok: bool
+    message: str  # the measured face prompt, or why the photo is refused
+    face: np.ndarray | None = None  # the aligned face, for the page to show
+
+
+@dataclass
+class PersonRequest:
+    photo: str  # an uploaded file (a path the web framework gave us, never one a client named)
+    face_prompt: str | None = None
+    target_landmarks: str | None = None
+    box: tuple[float, float, float, float] | None = None
+    name: str | None = None
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str
+    persons: list[PersonRequest]
+    negative_prompt: str | None = None
+    steps: int = 30
+    guidance: float = 5.0
+    height: int = 512
+    width: int = 512
+    seed: int = 0
+    id_scale: float = 1.0
+    infer_scale: float | None = None
+    infer_end: int | None = None
+    gate_maps: bool = False
+
+
+@dataclass
+class GenerationResult:
+    images: list[str]  # PNG paths
+    sidecars: list[dict]
+    files: list[str]  # everything written: PNGs, JSON sidecars, gate maps
+    overlays: list[str] = field(default_factory=list)  # the gate maps laid over the images
+    seconds: float = 0.0
+    steps_done: int = 0
+    interrupted: bool = False
+
+
+class Engine:
+    """One pipeline, loaded once; generation runs one request at a time on it (a lock), encoded persons are
+    kept (least recently used first out) keyed by photo content and edit, so repeated persons cost nothing."""
+
+    def __init__(self, pipe, rules: ValidationConfig | None = None, cache_size: int = 32,
+                 output_root: str | None = None):
+        self.pipe = pipe
+        self.rules = rules or ValidationConfig(max_pixels=40_000_000, max_bytes=20 * 1024 * 1024)
+        self.cache: OrderedDict[str, object] = OrderedDict()
+        self.cache_size = cache_size
+        self.output_root = output_root or tempfile.mkdtemp(prefix="dynamicid-serve-")
+        self.lock = threading.Lock()
+        self.encoded_count = 0  # persons encoded (not taken from the cache), for tests and stats
+        self.last: GenerationResult | None = None
+
+    # -- photos ----------------------------------------------------------------------------------
+    def load_photo(self, path: str) -> np.ndarray:
+        """An upload decoded under the serving limits; refusals are GenerationErrors with the reason."""
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(self.rules.max_bytes + 1)
+            return decode_image(data, self.rules).rgb
+        except Rejected as rejection:
+            raise GenerationError(f"the photo cannot be used: {rejection.reason}: {rejection.message}") from None
+        except OSError as err:
+            raise GenerationError(f"the photo cannot be read: {err.strerror}") from None
+
+    def check_photo(self, path: str | None) -> PhotoCheck:
+        if not path:
+            return PhotoCheck(False, "no photo")
+        try:
+            rgb = self.load_photo(path)
+        except GenerationError as err:
+            return PhotoCheck(False, str(err))
+        faces = self.pipe.face_analyzer.analyze(rgb, max_faces=3, embed=False)
+        if not faces:
+            return PhotoCheck(False, "no face was detected: use a photo with one clear face")
+        if len(faces) > 1:
+            return PhotoCheck(False, f"{len(faces)} faces were found: crop the photo to the one person")
+        side = min(faces[0].box.width, faces[0].box.height)
+        if side < self.rules.min_face_side:
+            return PhotoCheck(False, f"the face is {side:.0f} px, below {self.rules.min_face_side} px: use a larger photo")
+        return PhotoCheck(True, faces[0].face_prompt, faces[0].aligned)
+
+    # -- persons ---------------------------------------------------------------------------------
+    def _key(self, person: PersonRequest) -> str:
+        digest = hashlib.sha256()
+        for path in (person.photo, person.target_landmarks):
+            if path:
+                with open(path, "rb") as handle:
+                    digest.update(hashlib.sha256(handle.read()).digest())
+            digest.update(b"|")
+        digest.update((person.face_prompt or "").encode())
+        return digest.hexdigest()
+
+    def encode(self, person: PersonRequest, index: int):
+        key = self._key(person)
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        rgb = self.load_photo(person.photo)
+        encoded = self.pipe.encode_persons([Person(rgb, person.face_prompt, person.target_landmarks, None,
+                                                   person.name or f"person{index}")])[0]
+        self.encoded_count += 1
+        self.cache[key] = encoded
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return encoded
+
+    # -- generation ------------------------------------------------------------------------------
+    def generate(self, request: GenerationRequest, on_step: Callable[[int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> GenerationResult:
+        """Checks the request as `generate` does, then runs it alone on the pipeline; `on_step(done, total)`
+        after every step; `should_stop()` true ends it at the next step."""
+        persons = [Person(p.photo, p.face_prompt, p.target_landmarks, p.box, p.name or f"person{i}")
+                   for i, p in enumerate(request.persons)]
+        check_request(persons, request.height, request.width, request.steps, request.guidance)
+        with self.lock:
+            started = time.perf_counter()
+            embeds = [self.encode(person, index) for index, person in enumerate(request.persons)]
+            steps_done = [0]
+
+            def step_end(pipe, step, timestep, tensors):
+                steps_done[0] = step + 1
+                if on_step is not None:
+                    on_step(step + 1, request.steps)
+                if should_stop is not None and should_stop():
+                    pipe._interrupt = True
+                return {}
+
+            result = self.pipe(request.prompt, persons, negative_prompt=request.negative_prompt,
+                               num_inference_steps=request.steps, guidance_scale=request.guidance,
+                               height=request.height, width=request.width, seed=request.seed, person_embeds=embeds,
+                               id_scale=request.id_scale, infer_scale=request.infer_scale,
+                               infer_end=request.infer_end, return_gate_maps=request.gate_maps,
+                               callback_on_step_end=step_end)
+            done = self._write(result, persons, request, time.perf_counter() - started)
+            done.steps_done, done.interrupted = steps_done[0], steps_done[0] < request.steps
+            self.last = done
+            return done
+
+    def _write(self, result, persons, request: GenerationRequest, seconds: float) -> GenerationResult:
+        import json
+
+        folder = tempfile.mkdtemp(prefix="request-", dir=self.output_root)
+        files = save_generation(result, persons, folder, "dynamicid")
+        images = [path for path in files if path.endswith(".png") and os.sep + "gates" + os.sep not in path]
+        sidecars = []
+        for path in images:
+            with open(path[:-4] + ".json", encoding="utf-8") as handle:
+                sidecars.append(json.load(handle))
+        overlays = []
+        if result.gate_maps is not None:
+            for index, path in enumerate(images):
+                overlays.append(path[:-4] + "_gates.png")
+                overlay_gates(path, result.gate_maps[index]).save(overlays[-1])
+        return GenerationResult(images, sidecars, files, overlays, seconds)
+
+
+def overlay_gates(image_path: str, gate: np.ndarray) -> Image.Image:
+    """The image with its gate map laid over it, half and half, so one sees where the identity went."""
+    image = Image.open(image_path).convert("RGB")
+    return Image.blend(image, gate_map_image(gate, image.size), 0.5)
