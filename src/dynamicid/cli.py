@@ -372,6 +372,40 @@ def _run_generate(args) -> int:
     return 0
 
 
+def _add_serve(sub) -> None:
+    from dynamicid.cli_options import add_options
+    from dynamicid.serving.config import ServeConfig
+
+    p = sub.add_parser(
+        "serve",
+        help="the web app and HTTP API: several persons, each with a face prompt and a box, in the browser",
+        description=(
+            "Serves DynamicID in the browser and over HTTP (Gradio). Models load once at start and take the same "
+            "options as `generate` (folders or Hugging Face repo ids). Requests wait in a queue, one generation at a "
+            "time per pipeline; the page shows the queue position and progress, and a request can be cancelled. "
+            "Listens on 127.0.0.1 unless --host says otherwise; use --auth when you open it. The API: "
+            "gradio_client's Client(URL).predict(prompt, photos, face_prompts_json, boxes_json, settings_json, "
+            "api_name='/generate') returns the images and the JSON sidecar (README)."
+        ),
+    )
+    add_options(p, ServeConfig)
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args) -> int:
+    from dynamicid.cli_options import config_from
+    from dynamicid.serving.app import serve
+    from dynamicid.serving.config import ServeConfig
+
+    config = config_from(args, ServeConfig)
+    _, _, url = serve(config, block=False)
+    print(f"serving on {url} (ctrl-c to stop)", flush=True)
+    import threading
+
+    threading.Event().wait()  # until interrupted
+    return 0
+
+
 def _add_make_tiny_models(sub) -> None:
     p = sub.add_parser(
         "make-tiny-models",
@@ -500,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_weights(sub)
     _add_generate(sub)
     _add_download(sub)
+    _add_serve(sub)
     _add_make_tiny_models(sub)
     _add_train(sub)
     return parser

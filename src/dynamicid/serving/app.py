@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -61,11 +62,11 @@ def layout_preview(boxes: list, width: int, height: int) -> np.ndarray:
 
 
 def _boxes_from_fields(count: int, values: list) -> list:
-    """Four numbers per person; a person whose fields are all empty has no box."""
+    """Four numbers per person; a person whose fields are all empty (or all 0) has no box."""
     boxes = []
     for index in range(count):
         numbers = values[4 * index: 4 * index + 4]
-        boxes.append(None if all(v in (None, "") for v in numbers) else tuple(float(v or 0) for v in numbers))
+        boxes.append(None if all(v in (None, "", 0) for v in numbers) else tuple(float(v or 0) for v in numbers))
     return boxes
 
 
@@ -101,11 +102,14 @@ def run_generation(engine: Engine, request: GenerationRequest, progress=None):
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
     try:
+        shown, last = -1, time.monotonic()
         while worker.is_alive():
-            worker.join(0.2)
-            if progress is not None:
-                progress((state["done"], request.steps), desc="denoising", unit="steps")
-            yield None, f"step {state['done']} of {request.steps}"
+            worker.join(0.02)  # short: the run's end is noticed at once
+            if state["done"] != shown or time.monotonic() - last > 0.5:  # a yield lets a cancel in
+                shown, last = state["done"], time.monotonic()
+                if progress is not None:
+                    progress((shown, request.steps), desc="denoising", unit="steps")
+                yield None, f"step {shown} of {request.steps}"
     finally:
         if worker.is_alive():  # closed early: cancelled
             stop.set()
@@ -174,7 +178,7 @@ def build_app(engine: Engine, examples: list[list] | None = None, tiny: bool = F
                                seed=seed, steps=steps, guidance=guidance, id_scale=id_scale, infer_scale=infer_scale,
                                infer_end=infer_end, show_gates=show_gates, auto=auto, preview=preview, run=run,
                                cancel=cancel, status=status, gallery=gallery, sidecar=sidecar, files=files,
-                               concurrency=concurrency)
+                               concurrency=concurrency, app=app)
         _wire_layout(gr, page)
         _wire_photos(gr, engine, page)
         _wire_generation(gr, engine, page)
@@ -203,13 +207,13 @@ def _wire_layout(gr, page) -> None:
 
     outputs = [*fields, page.preview, *[panel["column"] for panel in page.panels]]
     inputs = [page.count, page.width, page.height, page.auto, *fields]
-    for trigger in (page.count.change, page.width.change, page.height.change, page.auto.change):
-        trigger(relayout, inputs, outputs, queue=False)
+    for trigger in (page.count.change, page.width.change, page.height.change, page.auto.change, page.app.load):
+        trigger(relayout, inputs, outputs, queue=False, api_name=False)
     def edited(count, width, height, auto, *values):
         return False, layout_preview(_boxes_from_fields(int(count), list(values)), int(width), int(height))
 
     for field in fields:
-        field.input(edited, inputs, [page.auto, page.preview], queue=False)
+        field.input(edited, inputs, [page.auto, page.preview], queue=False, api_name=False)
 
 
 def _wire_photos(gr, engine: Engine, page) -> None:
@@ -261,7 +265,7 @@ def _wire_generation(gr, engine: Engine, page) -> None:
     event = page.run.click(generate, [*settings, *_panel_inputs(page), *_box_fields(page)],
                            [page.gallery, page.sidecar, page.files, page.status], concurrency_id="gpu",
                            concurrency_limit=page.concurrency, api_name=False)
-    page.cancel.click(None, None, None, cancels=[event], queue=False)
+    page.cancel.click(None, None, None, cancels=[event], queue=False, api_name=False)
 
 
 def _add_api(gr, engine: Engine, concurrency: int) -> None:
@@ -285,8 +289,8 @@ def _add_api(gr, engine: Engine, concurrency: int) -> None:
         request = _settings_request(prompt, options.get("negative_prompt"), len(paths), paths, prompts,
                                     [tuple(b) if b else None for b in box_list], options)
         for result, _ in run_generation(engine, request):
-            if result is not None:
-                yield result.images, result.sidecars[0]
+            # Yield while it runs, so a client's cancel reaches the run between two yields.
+            yield (gr.skip(), gr.skip()) if result is None else (result.images, result.sidecars[0])
 
     button.click(generate, [prompt, photos, face_prompts, boxes, settings], [images, sidecar], api_name="generate",
                  concurrency_id="gpu", concurrency_limit=concurrency)

@@ -1,27 +1,32 @@
-"""Typed configuration of `dynamicid serve`."""
+"""Typed configuration of `dynamicid serve`. The command line's options are made from these fields
+(`dynamicid.cli_options.add_options`): each default and help text is written here once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dynamicid.errors import ConfigError
 
 
+def option(default, text: str, **extra):
+    return field(default=default, metadata={"help": text, **extra})
+
+
 @dataclass(frozen=True)
 class ServeConfig:
-    host: str = "127.0.0.1"  # loopback only, unless the operator opens it
-    port: int = 7860
-    base_model: str | None = None  # folders or Hugging Face repo ids, as for `generate`; None: the defaults
-    weights: str | None = None
-    clip_image_encoder: str | None = None
-    tiny: bool = False  # tiny random models made at start: every control works, images are noise
-    auth: str | None = None  # "user:password", or a bare token that any user name may use as password
-    max_upload_mb: int = 20
-    max_image_pixels: int = 40_000_000
-    concurrency: int = 1  # generations at once on the one pipeline (one GPU)
-    queue_size: int = 64  # requests waiting at most; more are refused
-    device: str = "cpu"
-    dtype: str = "float32"
+    host: str = option("127.0.0.1", "address to listen on; the default serves this machine only (0.0.0.0: everyone)")
+    port: int = option(7860, "port to listen on")
+    base_model: str | None = option(None, "Stable Diffusion 1.5: a folder or a Hugging Face repo id (default: as generate)")
+    weights: str | None = option(None, "DynamicID weights: a folder or a repo id (default: the authors')")
+    clip_image_encoder: str | None = option(None, "CLIP ViT-H/14 image encoder: a folder or a repo id")
+    tiny: bool = option(False, "run on tiny random models made at start: every control works, images are noise")
+    auth: str | None = option(None, "require a login: user:password, or a bare token any user name may use as password")
+    max_upload_mb: int = option(20, "largest photo upload, in MB")
+    max_image_pixels: int = option(40_000_000, "largest photo, in pixels (width x height)")
+    concurrency: int = option(1, "generations at once (one pipeline on one GPU: 1); the rest wait in the queue")
+    queue_size: int = option(64, "requests waiting at most; more are refused")
+    device: str = option("cpu", "torch device (cuda when there is a GPU)")
+    dtype: str = option("float32", "float32, float16 or bfloat16", choices=("float32", "float16", "bfloat16"))
 
     def __post_init__(self):
         if not 1 <= self.port <= 65535:

@@ -1,0 +1,184 @@
+"""`dynamicid serve` (issue 17) on the tiny models, on the loopback address: in a real headless Chromium
+(Debian's package, driven by Playwright) and through gradio_client, as users and programs reach it."""
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOT = REPO / "docs" / "serve.png"
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _launch(tiny_pipe, **config):
+    from dynamicid.serving.app import build_app
+    from dynamicid.serving.config import ServeConfig
+    from dynamicid.serving.engine import Engine
+
+    settings = ServeConfig(tiny=True, port=_free_port(), **config)
+    engine = Engine(tiny_pipe)
+    app = build_app(engine, tiny=True)
+    app.queue(default_concurrency_limit=1, max_size=settings.queue_size)
+    _, url, _ = app.launch(server_name=settings.host, server_port=settings.port, prevent_thread_lock=True, quiet=True,
+                           auth=settings.check_auth if settings.auth else None, max_file_size="20mb")
+    return app, engine, url
+
+
+@pytest.fixture(scope="module")
+def server(tiny_pipe):
+    app, engine, url = _launch(tiny_pipe)
+    yield url, engine
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not _chromium():
+        pytest.skip("Chromium is not installed (make test installs it from Debian's packages)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def _upload(page, index: int, path: str, expect: str) -> str:
+    page.locator(f"#person{index}-photo input[type=file]").set_input_files(path)
+    page.wait_for_function(f"document.querySelector('#person{index}-status').innerText.includes({expect!r})",
+                           timeout=60000)
+    return page.locator(f"#person{index}-status").inner_text()
+
+
+def _sidecar(page) -> dict:
+    link = page.locator('#files a[download="dynamicid_0.json"]').first
+    return json.loads(page.request.get(link.get_attribute("href")).text())
+
+
+def test_two_persons_with_face_prompts_and_an_edited_box_in_the_browser(server, browser, shared_faces, tmp_path):
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1400, "height": 2000})
+    page.goto(url)
+    page.wait_for_selector("#person0-photo")
+    assert "face found: in a happy expression" in _upload(page, 0, str(shared_faces / "identities/obama/1.jpg"), "face found")
+    _upload(page, 1, str(shared_faces / "identities/biden/2.jpg"), "face found")
+    page.locator("#person0-expression label", has_text="sad").click()
+    page.locator("#person1-orientation label", has_text="side left").click()
+    page.locator("#person1-x0 input").fill("0.5")
+    page.locator("#person1-x0 input").press("Enter")
+    page.wait_for_function("!document.querySelector('#auto input').checked", timeout=10000)  # editing a box: manual
+    page.locator("#seed input").fill("11")
+    page.locator("#seed input").press("Enter")
+    page.click("#generate")
+    page.wait_for_selector("#files a", timeout=120000)
+    sidecar = _sidecar(page)
+    assert [p["face_prompt"] for p in sidecar["persons"]] == ["in a sad expression, in front view",
+                                                               "in a happy expression, in side view, turned left"]
+    assert sidecar["boxes"][1][0] == 0.5 and not sidecar["boxes_automatic"]
+    assert (sidecar["seed"], sidecar["width"], sidecar["height"], sidecar["steps"]) == (11, 128, 128, 4)
+    result = page.locator("#result img").first
+    result.screenshot(path=str(tmp_path / "result.png"))
+    assert np.asarray(Image.open(tmp_path / "result.png").convert("L")).std() > 10  # an image, not a blank box
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    if os.environ.get("DYNAMICID_SCREENSHOT"):  # refresh the README's picture
+        shot = Image.open(tmp_path / "page.png").convert("RGB")
+        shot = shot.resize((shot.width // 2, shot.height // 2)).crop((0, 0, shot.width // 2, min(shot.height // 2, 1100)))
+        shot.convert("P", palette=Image.Palette.ADAPTIVE, colors=128).save(SCREENSHOT, optimize=True)
+    page.close()
+
+
+def test_a_photo_without_a_face_is_refused_and_the_server_keeps_serving(server, browser, shared_faces, tmp_path):
+    from skimage import data
+
+    Image.fromarray(data.coffee()).save(tmp_path / "coffee.png")
+    url, _ = server
+    page = browser.new_page()
+    page.goto(url)
+    page.wait_for_selector("#person0-photo")
+    refused = _upload(page, 0, str(tmp_path / "coffee.png"), "cannot use")
+    assert "no face was detected" in refused
+    assert "face found" in _upload(page, 1, str(shared_faces / "identities/obama/1.jpg"), "face found")
+    page.click("#generate")  # person 1's photo is refused: the page says so, nothing runs
+    page.wait_for_function("document.body.innerText.includes('cannot be used') || "
+                           "document.body.innerText.includes('no face')", timeout=60000)
+    page.close()
+
+
+def _api(url, auth=None):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, auth=auth)
+
+
+def _api_args(shared_faces, steps=2, seed=0, **settings):
+    from gradio_client import handle_file
+
+    photos = [handle_file(str(shared_faces / "identities/obama/1.jpg"))]
+    return ("a portrait", photos, json.dumps(["in a sad expression, in front view"]), "[]",
+            json.dumps({"steps": steps, "height": 64, "width": 64, "seed": seed} | settings))
+
+
+def test_eight_requests_at_once_all_complete_and_a_cancelled_one_stops(server, shared_faces):
+    url, engine = server
+    client = _api(url)
+    jobs = [client.submit(*_api_args(shared_faces, seed=seed), api_name="/generate") for seed in range(8)]
+    results = [job.result(timeout=300) for job in jobs]
+    seeds = sorted(sidecar["seed"] for _, sidecar in results)
+    assert seeds == list(range(8)) and all(os.path.isfile(images[0]["image"]) for images, _ in results)
+    long = client.submit(*_api_args(shared_faces, steps=400), api_name="/generate")
+    deadline = time.time() + 60
+    while not str(long.status().code).endswith("PROCESSING") and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # some steps run
+    long.cancel()
+    while (engine.last is None or engine.last.sidecars[0]["steps"] != 400) and time.time() < deadline:
+        time.sleep(0.2)  # the stopped run still writes what it made
+    assert engine.last.sidecars[0]["steps"] == 400 and engine.last.interrupted
+    assert 0 < engine.last.steps_done < 400
+
+
+def test_the_api_refuses_a_file_path_on_the_server(server):
+    import httpx
+
+    url, _ = server
+    started = httpx.post(f"{url}gradio_api/call/generate", json={"data": [
+        "p", [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}], "[]", "[]", "{}"]})
+    events = httpx.get(f"{url}gradio_api/call/generate/{started.json()['event_id']}", timeout=60).text
+    assert "event: error" in events and "root:" not in events
+
+
+def test_persons_are_encoded_once_and_reused_between_requests(server, shared_faces):
+    url, engine = server
+    client = _api(url)
+    client.predict(*_api_args(shared_faces, seed=1), api_name="/generate")
+    before = engine.encoded_count
+    client.predict(*_api_args(shared_faces, seed=2), api_name="/generate")
+    assert engine.encoded_count == before
+
+
+def test_without_the_token_requests_are_refused(tiny_pipe, shared_faces):
+    app, _, url = _launch(tiny_pipe, auth="s3cret-token")
+    try:
+        with pytest.raises(Exception):
+            _api(url).predict(*_api_args(shared_faces), api_name="/generate")
+        images, sidecar = _api(url, auth=("anyone", "s3cret-token")).predict(*_api_args(shared_faces),
+                                                                              api_name="/generate")
+        assert sidecar["steps"] == 2 and os.path.isfile(images[0]["image"])
+    finally:
+        app.close()
