@@ -143,12 +143,12 @@ def test_eight_requests_at_once_all_complete_and_a_cancelled_one_stops(server, s
     assert seeds == list(range(8)) and all(os.path.isfile(images[0]["image"]) for images, _ in results)
     long = client.submit(*_api_args(shared_faces, steps=400), api_name="/generate")
     deadline = time.time() + 60
-    while not str(long.status().code).endswith("PROCESSING") and time.time() < deadline:
+    while not str(long.status().code).endswith(("PROCESSING", "ITERATING")) and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(2)  # some steps run
-    long.cancel()
     while (engine.last is None or engine.last.sidecars[0]["steps"] != 400) and time.time() < deadline:
-        time.sleep(0.2)  # the stopped run still writes what it made
+        long.cancel()  # gradio_client's cancel can race the job's start; asking again is harmless
+        time.sleep(1)  # the stopped run still writes what it made
     assert engine.last.sidecars[0]["steps"] == 400 and engine.last.interrupted
     assert 0 < engine.last.steps_done < 400
 

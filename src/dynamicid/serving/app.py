@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import closing
 import threading
 import time
 from types import SimpleNamespace
@@ -255,12 +256,13 @@ def _wire_generation(gr, engine: Engine, page) -> None:
                                      "gate_maps": gates})
         for i, panel in enumerate(panels):
             request.persons[i].target_landmarks = panel[4] or None
-        for result, message in run_generation(engine, request, progress):
-            if result is None:
-                yield gr.update(), gr.update(), gr.update(), message
-            else:
-                shown = [(path, "result") for path in result.images] + [(path, "gate map") for path in result.overlays]
-                yield shown, result.sidecars[0], result.files, message
+        with closing(run_generation(engine, request, progress)) as running:  # closed with us: a cancel reaches it
+            for result, message in running:
+                if result is None:
+                    yield gr.update(), gr.update(), gr.update(), message
+                else:
+                    shown = [(path, "result") for path in result.images] + [(path, "gate map") for path in result.overlays]
+                    yield shown, result.sidecars[0], result.files, message
 
     event = page.run.click(generate, [*settings, *_panel_inputs(page), *_box_fields(page)],
                            [page.gallery, page.sidecar, page.files, page.status], concurrency_id="gpu",
@@ -288,9 +290,9 @@ def _add_api(gr, engine: Engine, concurrency: int) -> None:
         prompts = list(prompts) + [None] * (len(paths) - len(prompts))
         request = _settings_request(prompt, options.get("negative_prompt"), len(paths), paths, prompts,
                                     [tuple(b) if b else None for b in box_list], options)
-        for result, _ in run_generation(engine, request):
-            # Yield while it runs, so a client's cancel reaches the run between two yields.
-            yield (gr.skip(), gr.skip()) if result is None else (result.images, result.sidecars[0])
+        with closing(run_generation(engine, request)) as running:  # closed with us: a client's cancel reaches it
+            for result, _ in running:  # yields while it runs, so the cancel gets in between two
+                yield (gr.skip(), gr.skip()) if result is None else (result.images, result.sidecars[0])
 
     button.click(generate, [prompt, photos, face_prompts, boxes, settings], [images, sidecar], api_name="generate",
                  concurrency_id="gpu", concurrency_limit=concurrency)
