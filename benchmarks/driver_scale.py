@@ -3,7 +3,8 @@
 The workers' cost grows with the images and shrinks with the cores; the driver's does not shrink.
 This times, for N synthetic manifest rows shaped like real ones (68 landmarks, aligned landmarks,
 affine, every column), each driver step that runs after or around the Spark job:
-  listing   the input listing handed to Spark (pandas -> Arrow -> JVM, repartitioned, counted)
+  listing   the input listing, streamed into a Parquet file a batch at a time (`spark_job.write_listing`),
+            then read by Spark, repartitioned and counted
   merge     `runner.merge_rows`: Spark reads the job's Parquet parts (one per task of 32 images), sorts
             and writes manifest.parquet
   summary   `report.tally_manifest` (the report's columns, a batch at a time), the summary and the
@@ -25,7 +26,6 @@ import tempfile
 import time
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -68,19 +68,20 @@ def write_parts(folder: str, rows: int, per_part: int = 32) -> None:
 def measure(rows: int, spark, workdir: str) -> dict:
     from dynamicid.prep import report
     from dynamicid.prep.runner import merge_rows
-    from dynamicid.prep.spark_job import INPUT_DDL
+    from dynamicid.prep.discover import InputFile
+    from dynamicid.prep.spark_job import INPUT_DDL, write_listing
 
     result = {"rows": rows, "parts": -(-rows // 32)}
-    listing = pd.DataFrame({"path": [f"/data/person{i % 500}/img{i:08d}.jpg" for i in range(rows)],
-                            "relative": [f"person{i % 500}/img{i:08d}.jpg" for i in range(rows)],
-                            "identity": [f"person{i % 500}" for i in range(rows)],
-                            "size": np.full(rows, 1_500_000), "problem": [None] * rows})
+    found = (InputFile(f"/data/person{i % 500}/img{i:08d}.jpg", f"person{i % 500}/img{i:08d}.jpg", f"person{i % 500}",
+                       1_500_000) for i in range(rows))  # as the walk yields them, one at a time
     started = time.perf_counter()
+    listing = os.path.join(workdir, f"listing-{rows}.parquet")
+    assert write_listing(found, listing) == rows
+    result["listing_write_s"] = time.perf_counter() - started
     partitions = max(-(-rows // 32), 8)
-    count = spark.createDataFrame(listing, schema=INPUT_DDL).repartition(partitions).count()
+    count = spark.read.schema(INPUT_DDL).parquet("file://" + listing).repartition(partitions).count()
     result["listing_s"] = time.perf_counter() - started
     assert count == rows
-    del listing
 
     parts = os.path.join(workdir, f"rows-{rows}")
     os.makedirs(parts)

@@ -216,3 +216,24 @@ def test_path_components_are_readable_and_distinct():
     assert len(set(encoded)) == len(texts)
     assert encoded[:3] == ["a b", "a_b", "ü"] and encoded[4] == "张伟"
     assert all("/" not in e and not e.startswith((".", "_")) and len(e.encode()) <= 200 for e in encoded)
+
+
+def test_the_listing_streams_to_parquet_a_batch_at_a_time(tmp_path):
+    """The driver writes the listing as it walks (a row group per batch) and never gathers it."""
+    import pyarrow.parquet as pq
+
+    from dynamicid.prep.discover import InputFile
+    from dynamicid.prep.spark_job import write_listing
+
+    def walk():
+        for i in range(10):
+            yield InputFile(f"/in/p/{i}.jpg", f"p/{i}.jpg", "p", i * 10, None if i else "a broken symbolic link")
+
+    path = tmp_path / "listing.parquet"
+    assert write_listing(walk(), str(path), batch_rows=3) == 10
+    table = pq.ParquetFile(path)
+    assert table.metadata.num_row_groups == 4 and table.metadata.num_rows == 10
+    rows = table.read().to_pylist()
+    assert rows[0]["problem"] == "a broken symbolic link" and rows[9] == {
+        "path": "/in/p/9.jpg", "relative": "p/9.jpg", "identity": "p", "size": 90, "problem": None}
+    assert write_listing(iter(()), str(tmp_path / "empty.parquet")) == 0

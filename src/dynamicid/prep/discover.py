@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 logger = logging.getLogger(__name__)
@@ -59,18 +60,18 @@ def _inspect(full: str) -> tuple[int, str | None]:
     return info.st_size, None
 
 
-def list_local(root: str, layout: str, exclude: str | None = None) -> list[InputFile]:
-    """Every file below `root`, sorted, with links to folders followed once (a loop or a second link to a
+def iter_local(root: str, layout: str, exclude: str | None = None) -> Iterator[InputFile]:
+    """Every file below `root`, found one at a time (no list is held), with links to folders followed once (a loop or a second link to a
     folder already listed is not walked again). `exclude` (prep's OUTPUT, when it lies inside the input)
     is never listed, so a run never reads what prep wrote."""
     root = os.path.abspath(local_path(root))
     if os.path.isfile(root):
-        return [InputFile(root, os.path.basename(root), None, os.path.getsize(root))]
+        yield InputFile(root, os.path.basename(root), None, os.path.getsize(root))
+        return
     if not os.path.isdir(root):
         raise FileNotFoundError(f"input not found: {root}")
     skip = os.path.realpath(exclude) if exclude else None
     seen: set[tuple[int, int]] = set()
-    found = []
     def unreadable(err: OSError) -> None:
         logger.warning("cannot list %s: %s", err.filename, err.strerror)
 
@@ -92,8 +93,12 @@ def list_local(root: str, layout: str, exclude: str | None = None) -> list[Input
             if _not_utf8(full):  # Arrow and Parquet hold UTF-8 only: the row names the file as well as it can
                 problem = "the file name is not valid UTF-8; rename it"
                 full, relative = (text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for text in (full, relative))
-            found.append(InputFile(full, relative, identity_of(relative, layout), size, problem))
-    return sorted(found, key=lambda f: f.relative)
+            yield InputFile(full, relative, identity_of(relative, layout), size, problem)
+
+
+def list_local(root: str, layout: str, exclude: str | None = None) -> list[InputFile]:
+    """`iter_local`, gathered and sorted by relative path."""
+    return sorted(iter_local(root, layout, exclude), key=lambda f: f.relative)
 
 
 def list_with_spark(spark, root: str, layout: str) -> list[InputFile]:
@@ -119,9 +124,10 @@ def list_with_spark(spark, root: str, layout: str) -> list[InputFile]:
     return sorted(found, key=lambda f: f.relative)
 
 
-def list_input(root: str, layout: str, spark=None, exclude: str | None = None) -> list[InputFile]:
+def list_input(root: str, layout: str, spark=None, exclude: str | None = None) -> Iterable[InputFile]:
+    """The input's files, streamed for a local folder (the driver never holds a local listing)."""
     if is_local(root):
-        return list_local(root, layout, exclude)
+        return iter_local(root, layout, exclude)
     if spark is None:
         raise ValueError(f"listing {root} needs a Spark session")
     return list_with_spark(spark, root, layout)

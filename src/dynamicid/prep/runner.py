@@ -89,10 +89,8 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
             from dynamicid.sparkenv import build_session
 
             spark = build_session(config.master)
-        files = list_input(config.input, config.layout, spark, exclude=skip)
-        if not files:
-            raise PrepError(f"no files found under {config.input}")
-        job_seconds, manifest_path = _process_and_merge(spark, files, config, output)
+        job_seconds, manifest_path = _process_and_merge(spark, list_input(config.input, config.layout, spark, skip),
+                                                        config, output)
         removed = remove_unlisted(output, manifest_path)
         tally = report.tally_manifest(manifest_path, config.contact_sheet_faces)
         sheet = report.contact_sheet(tally, output, limit=config.contact_sheet_faces, manifest_path=manifest_path)
@@ -102,13 +100,22 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
 
 
 def _process_and_merge(spark, files, config: PrepConfig, output: str) -> tuple[float, str]:
-    from dynamicid.prep.spark_job import run_stage_on_spark
+    """Streams the listing to OUTPUT/_state/runs/<id>/listing.parquet, runs the job on it, merges the rows."""
+    from dynamicid.prep.spark_job import run_stage_on_spark, write_listing
 
-    rows_dir = os.path.join(output, outputs.STATE_DIR, "runs", uuid.uuid4().hex[:12])
-    job_seconds = run_stage_on_spark(spark, files, config, "file://" + rows_dir)
-    manifest_path = os.path.join(output, "manifest.parquet")
-    merge_rows(spark, rows_dir, manifest_path)
-    shutil.rmtree(rows_dir, ignore_errors=True)
+    run_dir = os.path.join(output, outputs.STATE_DIR, "runs", uuid.uuid4().hex[:12])
+    os.makedirs(run_dir)
+    try:
+        listing = os.path.join(run_dir, "listing.parquet")
+        count = write_listing(files, listing)
+        if count == 0:
+            raise PrepError(f"no files found under {config.input}")
+        rows_dir = os.path.join(run_dir, "rows")
+        job_seconds = run_stage_on_spark(spark, listing, count, config, "file://" + rows_dir)
+        manifest_path = os.path.join(output, "manifest.parquet")
+        merge_rows(spark, rows_dir, manifest_path)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
     return job_seconds, manifest_path
 
 

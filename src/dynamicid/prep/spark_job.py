@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dynamicid.prep.config import PrepConfig
 from dynamicid.prep.discover import InputFile
@@ -71,21 +73,44 @@ class _SparkProgress:
             self.bar.close()
 
 
-def run_stage_on_spark(spark, files: list[InputFile], config: PrepConfig, rows_uri: str) -> float:
-    """Process every file; the rows land as Parquet under `rows_uri`. Returns the job's seconds."""
+LISTING_SCHEMA = pa.schema([("path", pa.string()), ("relative", pa.string()), ("identity", pa.string()),
+                            ("size", pa.int64()), ("problem", pa.string())])
+
+
+def write_listing(files: Iterable[InputFile], path: str, batch_rows: int = 65536) -> int:
+    """The listing as one Parquet file, written a batch at a time as the files are found, so the driver never
+    holds it; Spark then reads it from there (OUTPUT is on a filesystem every worker sees). Returns the count."""
+    count, batch = 0, []
+    with pq.ParquetWriter(path, LISTING_SCHEMA, compression="zstd") as writer:
+        for item in files:
+            batch.append(item)
+            if len(batch) == batch_rows:
+                writer.write_table(_listing_table(batch))
+                count, batch = count + len(batch), []
+        if batch or count == 0:
+            writer.write_table(_listing_table(batch))
+            count += len(batch)
+    return count
+
+
+def _listing_table(batch: list[InputFile]) -> pa.Table:
+    columns = [[getattr(item, name) for item in batch] for name in LISTING_SCHEMA.names]
+    return pa.Table.from_arrays([pa.array(values, type=field.type) for values, field in zip(columns, LISTING_SCHEMA)],
+                                schema=LISTING_SCHEMA)
+
+
+def run_stage_on_spark(spark, listing_path: str, count: int, config: PrepConfig, rows_uri: str) -> float:
+    """Process every file of the listing (`write_listing`); the rows land as Parquet under `rows_uri`.
+    Returns the job's seconds."""
     # A task costs ~150 ms of scheduling in local mode, so tasks are large (32 images by default); but
     # keep at least 4 per core so small inputs still spread over every core and the progress bar moves.
     cores = spark.sparkContext.defaultParallelism
-    partitions = min(len(files), max(math.ceil(len(files) / config.images_per_partition), 4 * cores))
-    listing = pd.DataFrame(
-        [(f.path, f.relative, f.identity, f.size, f.problem) for f in files],
-        columns=["path", "relative", "identity", "size", "problem"],
-    )
-    # From pandas through Arrow, the listing lives in the JVM: no Python worker runs just to unpickle it
-    # (as it would for an RDD from parallelize). Round-robin then gives every task an equal share.
-    frame = spark.createDataFrame(listing, schema=INPUT_DDL).repartition(partitions)
+    partitions = min(count, max(math.ceil(count / config.images_per_partition), 4 * cores))
+    # Spark reads the listing itself, so it never passes through the driver's Python process; round-robin
+    # then gives every task an equal share.
+    frame = spark.read.schema(INPUT_DDL).parquet("file://" + listing_path).repartition(partitions)
     result = frame.mapInPandas(_process_partition(config), schema=SPARK_DDL)
     started = time.perf_counter()
-    with _SparkProgress(spark, len(files), partitions, config.progress):
+    with _SparkProgress(spark, count, partitions, config.progress):
         result.write.mode("overwrite").parquet(rows_uri)
     return time.perf_counter() - started
