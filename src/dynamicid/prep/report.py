@@ -164,14 +164,23 @@ def _spread_over_identities(kept: pd.DataFrame, limit: int) -> pd.DataFrame:
     return pd.DataFrame(picked)
 
 
-def _with_landmarks(chosen: pd.DataFrame, manifest_path: str | None) -> pd.DataFrame:
-    """The chosen rows with their aligned landmarks, read from the manifest file for these rows only."""
+def _with_landmarks(chosen: pd.DataFrame, manifest_path: str | None, batch_rows: int = 8192) -> pd.DataFrame:
+    """The chosen rows with their aligned landmarks, read from the manifest a batch at a time and kept only for
+    these rows: the manifest is one row group, so a filtered read would load the whole landmark column."""
     if not len(chosen) or manifest_path is None:
         return chosen
     import pyarrow.parquet as pq
 
-    points = pq.read_table(manifest_path, columns=["relative_path", "face_index", "aligned_landmarks"],
-                           filters=[("relative_path", "in", list(chosen.relative_path))]).to_pandas()
+    wanted = set(zip(chosen.relative_path, chosen.face_index))
+    found = []
+    columns = ["relative_path", "face_index", "aligned_landmarks"]
+    for batch in pq.ParquetFile(manifest_path, pre_buffer=False).iter_batches(batch_size=batch_rows, columns=columns,
+                                                                            use_threads=False):
+        keys = zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())
+        keep = [index for index, key in enumerate(keys) if key in wanted]
+        if keep:
+            found.append(batch.take(keep).to_pandas())
+    points = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=columns)
     return chosen.merge(points, on=["relative_path", "face_index"], how="left")
 
 

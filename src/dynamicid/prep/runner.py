@@ -52,6 +52,11 @@ def check_backends(config: PrepConfig) -> PrepConfig:
     return config
 
 
+# Row groups of about 8 MB: readers (the report, the contact sheet, training) then hold one small group at a
+# time; Spark's default of 128 MB made one group of a 100,000-row manifest, read whole by every reader.
+MANIFEST_ROW_GROUP_BYTES = 8 * 1024 * 1024
+
+
 def merge_rows(spark, rows_dir: str, manifest_path: str) -> None:
     """Gather the job's Parquet parts into one manifest sorted by relative path and face, replaced atomically.
 
@@ -60,7 +65,8 @@ def merge_rows(spark, rows_dir: str, manifest_path: str) -> None:
     staging = f"{manifest_path}.tmp-{uuid.uuid4().hex[:8]}"
     table = spark.read.schema(SPARK_DDL).parquet("file://" + rows_dir)
     (table.orderBy("relative_path", "face_index").coalesce(1)
-     .write.option("compression", "zstd").parquet("file://" + staging))
+     .write.option("compression", "zstd").option("parquet.block.size", MANIFEST_ROW_GROUP_BYTES)
+     .parquet("file://" + staging))
     parts = [name for name in os.listdir(staging) if name.endswith(".parquet")]
     if len(parts) != 1:
         raise PrepError(f"merging the manifest gave {len(parts)} files in {staging}, expected one")
