@@ -9,5 +9,12 @@ class DynamicIDError(Exception):
     """Root of every error the toolkit raises on purpose."""
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (library messages run long), or its type's name when it
+    has none: what a one-paragraph error can quote of a cause."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class ConfigError(DynamicIDError, ValueError):
     """A setting that cannot work, found before any work starts."""

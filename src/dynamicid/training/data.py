@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from dynamicid.errors import DynamicIDError
+from dynamicid.errors import DynamicIDError, first_line
 from dynamicid.faces import landmark_image
 from dynamicid.prep import outputs
 
@@ -54,7 +54,7 @@ def _file_problem(face: "Face", dim: int) -> str | None:
     except UnicodeDecodeError:
         return f"{face.txt}: not UTF-8 text"
     except Exception as err:
-        return f"{getattr(err, 'filename', None) or face.pt}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+        return f"{getattr(err, 'filename', None) or face.pt}: {first_line(err)}"
     vector = payload.get("embedding") if isinstance(payload, dict) else None
     if not isinstance(vector, torch.Tensor) or tuple(vector.shape) != (dim,):
         found = tuple(vector.shape) if isinstance(vector, torch.Tensor) else type(vector).__name__

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from dynamicid.errors import first_line
 from dynamicid.training.config import TrainCommon
 from dynamicid.training.data import TrainingDataError
 
@@ -122,9 +123,9 @@ class Trainer:
             except TrainingDataError:
                 raise
             except Exception as err:  # accelerate, torch and safetensors each raise their own kinds
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 skipped.append(folder)
-                logger.warning("skipping checkpoint %s: it cannot be loaded (%s); trying an older one", folder, reason)
+                logger.warning("skipping checkpoint %s: it cannot be loaded (%s); trying an older one", folder,
+                               first_line(err))
                 continue
             self.history = state["history"]
             self.start_step = state["step"]
