@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from dynamicid.hub import base_model_patterns, resolve
+from dynamicid.hub import base_model_patterns, local_or_resolved
 from dynamicid.models.checkpoints import CheckpointError
 
 BASE_MODEL_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -17,13 +17,6 @@ def check_folder(folder: str | None, parts: tuple[str, ...], what: str) -> None:
     missing = [p for p in parts if not os.path.exists(os.path.join(folder, p))]
     if missing:
         raise CheckpointError(f"{what} folder {folder} is missing {', '.join(missing)} (diffusers layout expected)")
-
-
-def _local(reference: str, what: str, patterns: tuple[str, ...] | None = None) -> str:
-    """A folder as given, or a Hugging Face repo id resolved to its cached snapshot."""
-    if not reference or os.path.isdir(reference):
-        return reference
-    return resolve(reference, what, patterns)
 
 
 @dataclass
@@ -40,7 +33,7 @@ def load_base_model(folder: str, variant: str | None = None) -> BaseModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    folder = _local(folder, "base model", base_model_patterns(variant))
+    folder = local_or_resolved(folder, "base model", base_model_patterns(variant))
     check_folder(folder, BASE_MODEL_PARTS, "base model")
     from diffusers import DDIMScheduler
 
@@ -58,7 +51,7 @@ def load_clip_image_encoder(folder: str):
     """(CLIPVisionModelWithProjection, CLIPImageProcessor); the default processor when the folder has none."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    folder = _local(folder, "CLIP image encoder")
+    folder = local_or_resolved(folder, "CLIP image encoder")
     check_folder(folder, ("config.json",), "CLIP image encoder")
     model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True)
     if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):

@@ -14,7 +14,7 @@ import shutil
 import zipfile
 from dataclasses import dataclass, field
 
-from dynamicid.errors import DynamicIDError
+from dynamicid.errors import DynamicIDError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,14 @@ def looks_like_path(reference: str) -> bool:
     return reference.startswith(("/", "./", "../", "~")) or os.path.isabs(reference) or "\\" in reference
 
 
+def local_or_resolved(reference: str | None, what: str, patterns: tuple[str, ...] | None = None) -> str | None:
+    """What every model option does with its value: a path (one that exists, or one written as a path) is
+    returned as it is, for the loader to open or to name as missing; anything else is a repo id, resolved."""
+    if not reference or os.path.exists(reference) or looks_like_path(reference):
+        return reference
+    return resolve(reference, what, patterns)
+
+
 def resolve(reference: str, what: str, patterns: tuple[str, ...] | None = None, progress: bool = False,
             cache_dir: str | None = None) -> str:
     """A local folder for `reference`: the folder itself, or the repo's snapshot in the Hugging Face cache
@@ -117,20 +125,9 @@ def _snapshot(repo: str, patterns, what: str, reference: str, progress: bool, ca
                        "(HF_HUB_OFFLINE is set, or there is no network). Run `dynamicid download` where there is "
                        "a network, and copy the cache (HF_HOME) here, or give a local folder.") from None
     except (HfHubHTTPError, OSError) as err:
-        raise HubError(f"{what}: downloading {repo} failed: {str(err).splitlines()[0]}") from None
+        raise HubError(f"{what}: downloading {repo} failed: {first_line(err)}") from None
     finally:
         enable_progress_bars()
-
-
-def find_files(folder: str, names: tuple[str, ...]) -> dict[str, str]:
-    """name -> path of the first file so named anywhere below `folder` (sorted walk, so stable)."""
-    found: dict[str, str] = {}
-    for here, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in names:
-            if name in files and name not in found:
-                found[name] = os.path.join(here, name)
-    return found
 
 
 def default_cache() -> str:

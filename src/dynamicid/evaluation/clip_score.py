@@ -15,10 +15,9 @@ REQUIRED = ("config.json",)
 
 class ClipScorer:
     def __init__(self, folder: str):
-        from dynamicid.hub import looks_like_path, resolve
+        from dynamicid.hub import local_or_resolved
 
-        if not os.path.isdir(folder) and not looks_like_path(folder):
-            folder = resolve(folder, "--clip-model")
+        folder = local_or_resolved(folder, "--clip-model")
         missing = [name for name in REQUIRED if not os.path.exists(os.path.join(folder, name))]
         if not os.path.isdir(folder) or missing:
             raise FileNotFoundError(

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dynamicid.errors import DynamicIDError
+from dynamicid.errors import DynamicIDError, first_line
 from dynamicid.models.face_encoder import FaceEncoder
 from dynamicid.models.imr import IMR, KeyPointEncoder
 from dynamicid.models.saa import DynamicIDAttention, processor_layout
@@ -90,8 +90,7 @@ def read_pickle(path: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a loadable weights file ({reason}); fetch it again") from None
+        raise CheckpointError(f"{path} is not a loadable weights file ({first_line(err)}); fetch it again") from None
 
 
 def sd15_layout():
@@ -351,10 +350,9 @@ WEIGHT_PATTERNS = ("*.bin", "*.safetensors", "*.json")
 def load_weights(folder: str, layout=None) -> DynamicIDWeights:
     """Our safetensors folder or the authors' .bin files, whichever the folder (or Hugging Face repo id, with
     the files anywhere in it) holds."""
-    if folder and not os.path.isdir(folder):
-        from dynamicid.hub import resolve
+    from dynamicid.hub import local_or_resolved
 
-        folder = resolve(folder, "DynamicID weights", WEIGHT_PATTERNS)
+    folder = local_or_resolved(folder, "DynamicID weights", WEIGHT_PATTERNS)
     if os.path.isfile(os.path.join(folder, CONFIG_FILE)):
         return load_ours(folder, layout)
     if authors_files(folder):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import os
 from functools import lru_cache
 from typing import Callable, Protocol, runtime_checkable
 
@@ -144,13 +143,10 @@ def create(stage: str, name: str, model_path: str | None = None, **options):
 def resolve_model(model_path: str | None, what: str) -> str | None:
     """A model folder or file as given, or a Hugging Face repo id (org/name[/subfolder]) resolved to its
     snapshot in the Hugging Face cache."""
-    from dynamicid.hub import HubError, looks_like_path, resolve
+    from dynamicid.hub import HubError, local_or_resolved
 
-    if model_path is None or os.path.exists(model_path) or looks_like_path(model_path):
-        return model_path  # a path: the backend says what is missing, in its own words
-
-    try:
-        return resolve(model_path, what)
+    try:  # a path stays a path: the backend says what is missing, in its own words
+        return local_or_resolved(model_path, what)
     except HubError as err:
         raise BackendError(str(err)) from None
 
