@@ -73,7 +73,7 @@ def test_changed_inputs_and_settings_leave_no_stale_outputs_and_verify_finds_dif
     assert check_outputs(str(out)).ok
     old = [outputs.face_paths(str(out), "astronaut", first.loc[f"astronaut/{name}", "name"]).values()
            for name in ("original.png", "rgba.png")]
-    # New content under the same name: the worker replaces the old face's files.
+    # New content under the same name: the old face's files are no longer listed.
     Image.open(source / "astronaut" / "mirrored.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
         source / "astronaut" / "original.png")
     os.remove(source / "astronaut" / "rgba.png")  # an input that is gone takes its outputs with it
@@ -81,7 +81,7 @@ def test_changed_inputs_and_settings_leave_no_stale_outputs_and_verify_finds_dif
     check = check_outputs(str(out))
     assert check.ok and check.listed == 4 * result.summary["kept_faces"]
     assert not any(os.path.exists(path) for paths in old for path in paths)
-    assert result.summary["stale_outputs_removed"] == 4  # rgba.png's four, by the sweep after the job
+    assert result.summary["stale_outputs_removed"] == 8  # both faces' four files, by the sweep after the job
     # A setting that renames every output (all faces get _f<k>): only the new names remain.
     prep(spark, source, out, multi_face="all")
     names = {p.rsplit(".", 1)[0] for p in os.listdir(out / "images" / "astronaut")}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import socket
@@ -75,7 +74,7 @@ class _FileWork:
     base_row: dict
     start: float
     record_file: str | None = None
-    previous: dict | None = None  # the completion record an earlier run left for this input
+    previous: dict | None = None  # the completion record an earlier run left for this input (resume reads it)
     items: list = field(default_factory=list)
     rows: list[dict] | None = None
 
@@ -174,20 +173,7 @@ class PrepStage:
             outputs.write_record(work.record_file, {
                 "sha256": work.base_row["sha256"], "config_hash": self.config_hash, "identity": work.base_row["identity"],
                 "host": socket.gethostname(), "rows": rows})
-            self._remove_replaced(work.previous, rows)
         return rows
-
-    def _remove_replaced(self, previous: dict | None, rows: list[dict]) -> None:
-        """Delete the outputs an earlier run wrote for this input that the new rows no longer list (the
-        input's content or a setting changed), so images/ never keeps stale faces beside new ones."""
-        if not previous:
-            return
-        current = {(row["identity"], row["name"]) for row in rows if row["status"] == "ok"}
-        for row in previous.get("rows", []):
-            if row.get("status") == "ok" and (row.get("identity"), row.get("name")) not in current:
-                for path in outputs.face_paths(self.config.output, row.get("identity"), row["name"]).values():
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(path)
 
     def _internal_error(self, base_row: dict, err: Exception, timings: dict, start: float) -> dict:
         return self._finish(base_row | {"status": "error", "reason": "internal_error", "message": _error_text(err)},

@@ -166,7 +166,7 @@ def _spread_over_identities(kept: pd.DataFrame, limit: int) -> pd.DataFrame:
 
 def _with_landmarks(chosen: pd.DataFrame, manifest_path: str | None, batch_rows: int = 8192) -> pd.DataFrame:
     """The chosen rows with their aligned landmarks, read from the manifest a batch at a time and kept only for
-    these rows: the manifest is one row group, so a filtered read would load the whole landmark column."""
+    these rows, so the whole landmark column is never in memory at once."""
     if not len(chosen) or manifest_path is None:
         return chosen
     import pyarrow.parquet as pq
