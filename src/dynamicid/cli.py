@@ -10,12 +10,16 @@ from dynamicid import __version__
 from dynamicid.errors import ConfigError, DynamicIDError
 
 
+_FACE_STAGES = (("detector", "face detector"), ("landmarks", "landmark model"), ("embedder", "identity embedder"))
+
+
 def _add_face_backend_options(p) -> None:
+    from dynamicid.faces.analyzer import FaceAnalysisConfig
     from dynamicid.faces.backends import available
 
-    for stage, default, what in (("detector", "dlib-hog", "face detector"), ("landmarks", "dlib-68", "landmark model"),
-                                 ("embedder", "dlib-resnet", "identity embedder")):
-        p.add_argument(f"--{stage}", default=default, help=f"{what} ({', '.join(available(stage))})")
+    defaults = FaceAnalysisConfig()  # the one place the default backends are written
+    for stage, what in _FACE_STAGES:
+        p.add_argument(f"--{stage}", default=getattr(defaults, stage), help=f"{what} ({', '.join(available(stage))})")
         p.add_argument(f"--{stage}-model", default=None, help=f"model folder for the {what}")
     p.add_argument("--five-points", choices=("auto", "detector", "landmarks"), default="auto",
                    help="where the embedder's five alignment points come from: the detector's keypoints when it "
@@ -323,8 +327,11 @@ def _cuda() -> bool:
 
 
 def _face_options_given(args) -> bool:
-    defaults = {"detector": "dlib-hog", "landmarks": "dlib-68", "embedder": "dlib-resnet"}
-    return any(getattr(args, stage) != name or getattr(args, f"{stage}_model") for stage, name in defaults.items())
+    from dynamicid.faces.analyzer import FaceAnalysisConfig
+
+    defaults = FaceAnalysisConfig()
+    return any(getattr(args, stage) != getattr(defaults, stage) or getattr(args, f"{stage}_model")
+               for stage, _ in _FACE_STAGES)
 
 
 def _nth(values: list[str], index: int) -> str | None:
