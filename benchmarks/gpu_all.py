@@ -33,13 +33,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # name, script, arguments on the GPU, arguments with --tiny, budget in seconds on the GPU
 PARTS = [
     ("generation-eager", "gpu_generation.py", ["--modes", "eager", "--decode", "--repeats", "3"],
-     ["--tiny", "--steps", "2", "--modes", "eager", "--decode", "--repeats", "1"], 85),
+     ["--tiny", "--steps", "2", "--modes", "eager", "--decode", "--repeats", "1"], 95),
     ("generation-cudagraphs", "gpu_generation.py", ["--modes", "cudagraphs", "--configs", "vanilla,saa-2", "--repeats", "3"],
-     ["--tiny", "--steps", "2", "--modes", "compile", "--configs", "vanilla,saa-2", "--repeats", "1"], 180),
-    ("encode-persons", "encode_persons.py", [], ["--tiny", "--steps", "2", "--repeats", "2"], 55),
-    ("training", "gpu_training.py", ["--steps", "8", "--warmup", "2"], ["--tiny", "--steps", "2", "--warmup", "1"], 80),
-    ("captioning", "captioning.py", ["--faces", "32", "--batches", "1,8,32"], ["--tiny", "--faces", "4", "--batches", "1,4"], 90),
-    ("arcface", "arcface_onnx.py", ["--faces", "200"], ["--faces", "4"], 30),
+     ["--tiny", "--steps", "2", "--modes", "compile", "--configs", "vanilla,saa-2", "--repeats", "1"], 200),
+    ("encode-persons", "encode_persons.py", [], ["--tiny", "--steps", "2", "--repeats", "2"], 45),
+    ("training", "gpu_training.py", ["--steps", "8", "--warmup", "2"], ["--tiny", "--steps", "2", "--warmup", "1"], 75),
+    ("captioning", "captioning.py", ["--faces", "32", "--batches", "1,8,32"], ["--tiny", "--faces", "4", "--batches", "1,4"], 95),
+    ("arcface", "arcface_onnx.py", ["--faces", "200"], ["--faces", "4"], 20),
 ]
 
 
