@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 
-.PHONY: demo test venv clean browser
+.PHONY: demo test test-fast lint venv clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	# InsightFace's own code, which the tests run beside ours; --no-deps because it asks for opencv-python,
 	# which would shadow our opencv-python-headless (its other needs are in [dev]).
 	$(BIN)/pip install -q --no-deps "insightface==2.1"
-	$(BIN)/python -m dynamicid.sparkenv --check
+	$(BIN)/python -m dynamicid.prep.sparkenv --check
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -33,8 +33,19 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "note: Chromium is not installed; the report-rendering test will be skipped"
 
-test: $(STAMP) browser
+# ruff (lint and format check) over everything; mypy, strict, on the model and generation packages.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
+	$(BIN)/mypy
+
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -q -ra
+
+# The quick tier for local iterations: everything but the tests marked slow (extra Spark applications,
+# subprocesses, the browser). `make test`, which CI runs, runs both tiers.
+test-fast: $(STAMP) lint
+	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 clean:
 	rm -rf $(VENV) build

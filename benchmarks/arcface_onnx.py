@@ -41,8 +41,9 @@ def iresnet50_onnx(path: str, seed: int = 0) -> None:
         weights[w] = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(1.0 / (cin * k * k))).astype(np.float32)
         weights[b] = np.zeros(cout, np.float32)
         out = name("conv")
-        nodes.append(helper.make_node("Conv", [x, w, b], [out], kernel_shape=[k, k], strides=[stride, stride],
-                                      pads=[k // 2] * 4))
+        nodes.append(
+            helper.make_node("Conv", [x, w, b], [out], kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4)
+        )
         return out
 
     def batchnorm(x, channels):
@@ -85,7 +86,9 @@ def iresnet50_onnx(path: str, seed: int = 0) -> None:
     weights["fc_b"] = np.zeros(512, np.float32)
     nodes.append(helper.make_node("Gemm", [flat, "fc_w", "fc_b"], ["683"]))
     graph = helper.make_graph(
-        nodes, "iresnet50", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        nodes,
+        "iresnet50",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
         [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["N", 512])],
         [numpy_helper.from_array(v, k) for k, v in weights.items()],
     )
@@ -118,8 +121,10 @@ def main() -> None:
     path = os.path.join(folder, "w600k_r50.onnx")
     iresnet50_onnx(path)
     provider = "CUDA" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "CPU"
-    print(f"IResNet-50 ONNX graph: {os.path.getsize(path) / 2**20:.0f} MiB, provider {provider}, "
-          f"{os.cpu_count()} cores, onnxruntime {onnxruntime.__version__}")
+    print(
+        f"IResNet-50 ONNX graph: {os.path.getsize(path) / 2**20:.0f} MiB, provider {provider}, "
+        f"{os.cpu_count()} cores, onnxruntime {onnxruntime.__version__}"
+    )
     results = {"provider": provider, "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
     # The whole embedder (crop on five points from dlib's landmarks) needs dlib; the GPU machine has none,
     # so there only the network is timed.
@@ -153,7 +158,8 @@ def embedder_rows(path: str, folder: str, faces: int) -> dict:
     for threads in sorted({1, os.cpu_count()}):
         arcface.model = OnnxModel(path, threads=threads)
         rows[f"arcface_{threads}thread_ms"] = per_face_ms(
-            lambda: arcface.embed(photo, face.landmarks68, "ibug68", face.box), faces)
+            lambda: arcface.embed(photo, face.landmarks68, "ibug68", face.box), faces
+        )
     return rows
 
 

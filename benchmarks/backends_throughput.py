@@ -43,7 +43,9 @@ def build_corpus(folder: Path, copies: int) -> int:
         target.mkdir(parents=True, exist_ok=True)
         for suffix, image in variants.items():
             for copy in range(copies):
-                Image.fromarray(np.ascontiguousarray(image)).save(target / f"{path.stem}{suffix}_q{90 + copy}.jpg", quality=90 + copy)
+                Image.fromarray(np.ascontiguousarray(image)).save(
+                    target / f"{path.stem}{suffix}_q{90 + copy}.jpg", quality=90 + copy
+                )
                 count += 1
     return count
 
@@ -75,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from dynamicid.faces import FaceAnalysisConfig
-    from dynamicid.sparkenv import build_session
+    from dynamicid.prep.sparkenv import build_session
 
     models = str(SHARED / "models" / "insightface-real")
     work = Path(tempfile.mkdtemp(prefix="backends-bench-"))
@@ -84,15 +86,22 @@ def main() -> None:
     configs = {
         "dlib (default)": FaceAnalysisConfig(),
         "insightface (SCRFD-2.5G + EdgeFace-XS, dlib landmarks)": FaceAnalysisConfig(
-            detector="insightface", detector_model=models, embedder="insightface", embedder_model=models),
+            detector="insightface", detector_model=models, embedder="insightface", embedder_model=models
+        ),
     }
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "cores": args.cores,
-               "images": images, "runs": {}}
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "cores": args.cores,
+        "images": images,
+        "runs": {},
+    }
     for index, (label, faces) in enumerate(configs.items()):
         results["runs"][label] = run(spark, work / "in", work / f"out{index}", faces)
         r = results["runs"][label]
-        print(f"{label:55s} {r['images_per_s']:6.2f} images/s ({r['seconds']} s), kept {r['kept']}/{r['images']}, "
-              f"rejected {r['rejected']}, ms: {r['ms_per_kept_image']}")
+        print(
+            f"{label:55s} {r['images_per_s']:6.2f} images/s ({r['seconds']} s), kept {r['kept']}/{r['images']}, "
+            f"rejected {r['rejected']}, ms: {r['ms_per_kept_image']}"
+        )
     spark.stop()
     if args.json:
         with open(args.json, "w") as handle:

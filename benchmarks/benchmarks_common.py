@@ -9,11 +9,12 @@ import torch
 
 from dynamicid.models.checkpoints import SD15_UNET_CONFIG
 
+
 def build_unet(tiny: bool, device, dtype):
     """SD1.5's UNet with random weights, or the tiny test UNet for a CPU smoke run."""
     from diffusers import UNet2DConditionModel
 
-    from dynamicid.tiny_models import tiny_unet
+    from dynamicid.testing.tiny_models import tiny_unet
 
     torch.manual_seed(0)
     unet = tiny_unet() if tiny else UNet2DConditionModel(**SD15_UNET_CONFIG)
@@ -29,7 +30,9 @@ def use_ip_adapter(unet, tokens: int = 4) -> None:
     for name in unet.attn_processors:
         attn = unet.get_submodule(name[: -len(".processor")])
         if attn.is_cross_attention:
-            processors[name] = IPAdapterAttnProcessor2_0(attn.to_q.out_features, attn.to_k.in_features, num_tokens=(tokens,))
+            processors[name] = IPAdapterAttnProcessor2_0(
+                attn.to_q.out_features, attn.to_k.in_features, num_tokens=(tokens,)
+            )
         else:
             processors[name] = AttnProcessor2_0()
     unet.set_attn_processor(processors)
@@ -41,8 +44,6 @@ def use_ip_adapter(unet, tokens: int = 4) -> None:
 def sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
 
 
 def peak_text(gib: float | None) -> str:

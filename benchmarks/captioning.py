@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from dynamicid.faces.backends.internvl_backend import InternVLCaptioner
-    from dynamicid.tiny_models import INTERNVL_2B, INTERNVL_TINY, tiny_internvl
+    from dynamicid.testing.tiny_models import INTERNVL_2B, INTERNVL_TINY, tiny_internvl
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -44,7 +44,10 @@ def main() -> None:
     captioner = InternVLCaptioner(folder, max_new_tokens=args.new_tokens)
     captioner.model.generation_config.eos_token_id = None  # random weights: never stop early, write --new-tokens
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"{parameters / 1e9:.2f} B parameters, {dtype}, on {name}; built and loaded in {time.perf_counter() - started:.0f} s")
+    print(
+        f"{parameters / 1e9:.2f} B parameters, {dtype}, on {name}; "
+        f"built and loaded in {time.perf_counter() - started:.0f} s"
+    )
 
     rng = np.random.default_rng(0)
     faces = [rng.integers(0, 255, (512, 512, 3), dtype=np.uint8) for _ in range(args.faces)]
@@ -65,8 +68,10 @@ def main() -> None:
         baseline = baseline or rate
         peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
         results["runs"].append({"batch": batch, "seconds": seconds, "images_per_s": rate, "peak_gib": peak})
-        print(f"batch {batch:>3}: {rate:7.2f} images/s ({seconds:.1f} s for {len(faces)}), {rate / baseline:5.2f}x "
-              f"one at a time" + (f", peak {peak:.1f} GiB" if peak else ""))
+        print(
+            f"batch {batch:>3}: {rate:7.2f} images/s ({seconds:.1f} s for {len(faces)}), {rate / baseline:5.2f}x "
+            f"one at a time" + (f", peak {peak:.1f} GiB" if peak else "")
+        )
         if args.json:  # after every row: a run stopped at its budget keeps what it measured
             with open(args.json, "w") as handle:
                 json.dump(results, handle, indent=2)

@@ -37,19 +37,61 @@ def template_rows(count: int, seed: int = 0) -> pa.Table:
     rows = []
     for i in range(count):
         points = (rng.random((68, 2)) * 1000).round(3)
-        rows.append(empty_row() | {
-            "source_bytes": 1_500_000, "sha256": f"{i:064x}", "identity": f"person{i % 500}",
-            "name": f"photo{i}-{i:08x}", "face_index": 0, "faces_detected": 1, "status": "ok" if i % 50 else "rejected",
-            "reason": None if i % 50 else "no_face", "format": "JPEG", "width": 3000, "height": 2000,
-            "exif_rotated": False, "bbox": [100.0, 200.0, 600.0, 700.0], "landmarks": points.tolist(),
-            "aligned_landmarks": (points / 2).tolist(), "landmark_convention": "ibug68",
-            "affine": [[0.5, 0.01, -10.0], [-0.01, 0.5, -20.0]], "detector_model": "dlib-hog-frontal",
-            "landmarks_model": "dlib-68", "embedding_model": "dlib-resnet", "embedding_dim": 128,
-            "captioner_model": "measured-v1", "caption": "a close-up photo of a person's face, with a smile, looking ahead",
-            "face_prompt": "with a smile, looking ahead", "emotion": "happy", "pitch": 1.0, "yaw": 2.0, "roll": 0.5,
-            "smile": 0.6, "mouth_open": 0.1, "eyes_closed": 0.0, "brows_raised": 0.2, "sharpness": 150.0,
-            "config_hash": "abcdef123456", "resumed": False,
-        } | {f"ms_{s}": 10.0 for s in ("read", "decode", "detect", "landmarks", "align", "prompt", "embed", "caption", "write", "total")})
+        rows.append(
+            empty_row()
+            | {
+                "source_bytes": 1_500_000,
+                "sha256": f"{i:064x}",
+                "identity": f"person{i % 500}",
+                "name": f"photo{i}-{i:08x}",
+                "face_index": 0,
+                "faces_detected": 1,
+                "status": "ok" if i % 50 else "rejected",
+                "reason": None if i % 50 else "no_face",
+                "format": "JPEG",
+                "width": 3000,
+                "height": 2000,
+                "exif_rotated": False,
+                "bbox": [100.0, 200.0, 600.0, 700.0],
+                "landmarks": points.tolist(),
+                "aligned_landmarks": (points / 2).tolist(),
+                "landmark_convention": "ibug68",
+                "affine": [[0.5, 0.01, -10.0], [-0.01, 0.5, -20.0]],
+                "detector_model": "dlib-hog-frontal",
+                "landmarks_model": "dlib-68",
+                "embedding_model": "dlib-resnet",
+                "embedding_dim": 128,
+                "captioner_model": "measured-v1",
+                "caption": "a close-up photo of a person's face, with a smile, looking ahead",
+                "face_prompt": "with a smile, looking ahead",
+                "emotion": "happy",
+                "pitch": 1.0,
+                "yaw": 2.0,
+                "roll": 0.5,
+                "smile": 0.6,
+                "mouth_open": 0.1,
+                "eyes_closed": 0.0,
+                "brows_raised": 0.2,
+                "sharpness": 150.0,
+                "config_hash": "abcdef123456",
+                "resumed": False,
+            }
+            | {
+                f"ms_{s}": 10.0
+                for s in (
+                    "read",
+                    "decode",
+                    "detect",
+                    "landmarks",
+                    "align",
+                    "prompt",
+                    "embed",
+                    "caption",
+                    "write",
+                    "total",
+                )
+            }
+        )
     return pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
 
 
@@ -61,19 +103,25 @@ def write_parts(folder: str, rows: int, per_part: int = 32) -> None:
         names = pa.array([f"person{(start + i) % 500}/img{start + i:08d}.jpg" for i in range(n)])
         table = part.slice(0, n)
         table = table.set_column(index("relative_path"), "relative_path", names)
-        table = table.set_column(index("source_path"), "source_path", pa.array([f"/data/{x}" for x in names.to_pylist()]))
+        table = table.set_column(
+            index("source_path"), "source_path", pa.array([f"/data/{x}" for x in names.to_pylist()])
+        )
         pq.write_table(table, os.path.join(folder, f"part-{start // per_part:06d}.parquet"))
 
 
 def measure(rows: int, spark, workdir: str) -> dict:
     from dynamicid.prep import report
-    from dynamicid.prep.runner import merge_rows
     from dynamicid.prep.discover import InputFile
+    from dynamicid.prep.runner import merge_rows
     from dynamicid.prep.spark_job import INPUT_DDL, write_listing
 
     result = {"rows": rows, "parts": -(-rows // 32)}
-    found = (InputFile(f"/data/person{i % 500}/img{i:08d}.jpg", f"person{i % 500}/img{i:08d}.jpg", f"person{i % 500}",
-                       1_500_000) for i in range(rows))  # as the walk yields them, one at a time
+    found = (
+        InputFile(
+            f"/data/person{i % 500}/img{i:08d}.jpg", f"person{i % 500}/img{i:08d}.jpg", f"person{i % 500}", 1_500_000
+        )
+        for i in range(rows)
+    )  # as the walk yields them, one at a time
     started = time.perf_counter()
     listing = os.path.join(workdir, f"listing-{rows}.parquet")
     assert write_listing(found, listing) == rows
@@ -112,7 +160,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from dynamicid.sparkenv import build_session
+    from dynamicid.prep.sparkenv import build_session
 
     spark = build_session("local[2]", app_name="driver-scale")
     workdir = tempfile.mkdtemp(prefix="driver-scale-")

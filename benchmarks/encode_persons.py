@@ -18,13 +18,12 @@ import importlib.util
 import statistics
 import time
 
-import numpy as np
 import torch
-
 from benchmarks_common import build_unet, sync, write_json  # same folder
 from gpu_generation import denoise_fn
-from dynamicid.basemodel import clip_hidden_states
+
 from dynamicid.models import IMR, FaceEncoder, KeyPointEncoder
+from dynamicid.models.basemodel import clip_hidden_states
 from dynamicid.models.imr import keypoint_base_for
 from dynamicid.models.saa import DynamicIDAttention, install_processors
 
@@ -43,16 +42,39 @@ def timed(fn, repeats: int, device) -> float:
 
 
 def build_encoders(tiny: bool, device, dtype):
-    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     torch.manual_seed(0)
     if tiny:
-        vision = CLIPVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                                  image_size=32, patch_size=8, projection_dim=32)
-        text = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=1000)
+        vision = CLIPVisionConfig(
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            projection_dim=32,
+        )
+        text = CLIPTextConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=1000
+        )
     else:  # CLIP ViT-H/14 (IP-Adapter's image encoder) and SD1.5's text encoder
-        vision = CLIPVisionConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-                                  image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu")
+        vision = CLIPVisionConfig(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            projection_dim=1024,
+            hidden_act="gelu",
+        )
         text = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
     image_encoder = CLIPVisionModelWithProjection(vision).to(device, dtype).eval()
     size = vision.image_size
@@ -83,13 +105,17 @@ def main() -> None:
         from dynamicid.faces import FaceAnalyzer
 
         analyzer = FaceAnalyzer()
-        rows["face_analysis_cpu_ms"] = timed(lambda: analyzer.analyze(photo, max_faces=1), args.repeats, torch.device("cpu"))
+        rows["face_analysis_cpu_ms"] = timed(
+            lambda: analyzer.analyze(photo, max_faces=1), args.repeats, torch.device("cpu")
+        )
     image_encoder, processor, text_encoder, face_encoder, imr, keypoints = build_encoders(args.tiny, device, dtype)
     embedding = torch.randn(1, 128, device=device, dtype=dtype)
     tokens_ids = torch.randint(0, text_encoder.config.vocab_size, (2, 77), device=device)
     maps = torch.rand(2, 1, 96, 96, device=device, dtype=dtype) * 2 - 1
     with torch.no_grad():
-        rows["clip_image_ms"] = timed(lambda: clip_hidden_states(image_encoder, processor, [photo], device, dtype), args.repeats, device)
+        rows["clip_image_ms"] = timed(
+            lambda: clip_hidden_states(image_encoder, processor, [photo], device, dtype), args.repeats, device
+        )
         features = clip_hidden_states(image_encoder, processor, [photo], device, dtype)
         rows["face_encoder_ms"] = timed(lambda: face_encoder(embedding, features), args.repeats, device)
         tokens = face_encoder(embedding, features)[0]

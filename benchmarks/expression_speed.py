@@ -11,7 +11,6 @@ import json
 import os
 import time
 
-import numpy as np
 import torch
 
 

@@ -32,13 +32,29 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # name, script, arguments on the GPU, arguments with --tiny, budget in seconds on the GPU
 PARTS = [
-    ("generation-eager", "gpu_generation.py", ["--modes", "eager", "--decode", "--repeats", "3"],
-     ["--tiny", "--steps", "2", "--modes", "eager", "--decode", "--repeats", "1"], 95),
-    ("generation-cudagraphs", "gpu_generation.py", ["--modes", "cudagraphs", "--configs", "vanilla,saa-2", "--repeats", "3"],
-     ["--tiny", "--steps", "2", "--modes", "compile", "--configs", "vanilla,saa-2", "--repeats", "1"], 200),
+    (
+        "generation-eager",
+        "gpu_generation.py",
+        ["--modes", "eager", "--decode", "--repeats", "3"],
+        ["--tiny", "--steps", "2", "--modes", "eager", "--decode", "--repeats", "1"],
+        95,
+    ),
+    (
+        "generation-cudagraphs",
+        "gpu_generation.py",
+        ["--modes", "cudagraphs", "--configs", "vanilla,saa-2", "--repeats", "3"],
+        ["--tiny", "--steps", "2", "--modes", "compile", "--configs", "vanilla,saa-2", "--repeats", "1"],
+        200,
+    ),
     ("encode-persons", "encode_persons.py", [], ["--tiny", "--steps", "2", "--repeats", "2"], 45),
     ("training", "gpu_training.py", ["--steps", "8", "--warmup", "2"], ["--tiny", "--steps", "2", "--warmup", "1"], 75),
-    ("captioning", "captioning.py", ["--faces", "32", "--batches", "1,8,32"], ["--tiny", "--faces", "4", "--batches", "1,4"], 95),
+    (
+        "captioning",
+        "captioning.py",
+        ["--faces", "32", "--batches", "1,8,32"],
+        ["--tiny", "--faces", "4", "--batches", "1,4"],
+        95,
+    ),
     ("arcface", "arcface_onnx.py", ["--faces", "200"], ["--faces", "4"], 20),
 ]
 
@@ -95,12 +111,17 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU, to check every part runs")
     parser.add_argument("--parts", default=",".join(p[0] for p in PARTS), help="comma-separated part names")
     parser.add_argument("--scale-budgets", type=float, default=1.0, help="multiply every part's budget")
-    parser.add_argument("--out", default=None,
-                        help="the JSON file (default: $OUT/gpu_all.json on the device machine, else results-gpu[-tiny].json here)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="the JSON file (default: $OUT/gpu_all.json on the device machine, else results-gpu[-tiny].json here)",
+    )
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="gpu-all-")  # each part's own JSON and log; the report holds both
     default_name = "results-gpu-tiny.json" if args.tiny else "results-gpu.json"
-    out = args.out or (os.path.join(os.environ["OUT"], "gpu_all.json") if os.environ.get("OUT") else os.path.join(HERE, default_name))
+    out = args.out or (
+        os.path.join(os.environ["OUT"], "gpu_all.json") if os.environ.get("OUT") else os.path.join(HERE, default_name)
+    )
     wanted = args.parts.split(",")
     unknown = sorted(set(wanted) - {p[0] for p in PARTS})
     if unknown:

@@ -20,9 +20,10 @@ import statistics
 import time
 
 import torch
-
 from benchmarks_common import build_unet, peak_text, sync, use_ip_adapter, write_json  # same folder
+
 from dynamicid.models.saa import DynamicIDAttention, SAASettings, install_processors
+
 
 def denoise_fn(unet, config: str, steps: int, latents, text, device):
     """One 50-step run: the UNet calls with per-step settings, as the pipeline makes them."""
@@ -36,9 +37,13 @@ def denoise_fn(unet, config: str, steps: int, latents, text, device):
     def run(forward):
         x = latents
         # As the pipeline does: one settings object per image, boxes on the device, the step updated in place.
-        settings = SAASettings(num_persons=2 if config == "saa-2" else 1,
-                               boxes=torch.tensor(boxes, dtype=torch.float64, device=device) if config == "saa-2" else None,
-                               infer_scale=2.0, infer_end=12 if config == "saa-2" else 0, latent_size=(h, w))
+        settings = SAASettings(
+            num_persons=2 if config == "saa-2" else 1,
+            boxes=torch.tensor(boxes, dtype=torch.float64, device=device) if config == "saa-2" else None,
+            infer_scale=2.0,
+            infer_end=12 if config == "saa-2" else 0,
+            latent_size=(h, w),
+        )
         for step, t in enumerate(timesteps):
             model_in = torch.cat([x, x])
             if config == "vanilla":
@@ -113,13 +118,31 @@ def main() -> None:
     if args.decode:
         from diffusers import AutoencoderKL
 
-        vae = (AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                             up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8) if args.tiny
-               else AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                                  up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2)).to(device, dtype).eval()
+        vae = (
+            (
+                AutoencoderKL(
+                    block_out_channels=(16, 32),
+                    down_block_types=("DownEncoderBlock2D",) * 2,
+                    up_block_types=("UpDecoderBlock2D",) * 2,
+                    norm_num_groups=8,
+                )
+                if args.tiny
+                else AutoencoderKL(
+                    block_out_channels=(128, 256, 512, 512),
+                    down_block_types=("DownEncoderBlock2D",) * 4,
+                    up_block_types=("UpDecoderBlock2D",) * 4,
+                    layers_per_block=2,
+                )
+            )
+            .to(device, dtype)
+            .eval()
+        )
     results = []
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"device: {gpu}, dtype {dtype}, {args.steps} steps at {args.size}px, CFG batch 2{', with VAE decode' if vae else ''}")
+    print(
+        f"device: {gpu}, dtype {dtype}, {args.steps} steps at {args.size}px, "
+        f"CFG batch 2{', with VAE decode' if vae else ''}"
+    )
     for mode in args.modes.split(","):
         for config in args.configs.split(","):
             unet = build_unet(args.tiny, device, dtype)

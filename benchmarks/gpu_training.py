@@ -20,8 +20,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from benchmarks_common import build_unet, peak_text, sync, use_ip_adapter, write_json  # same folder
+
 from dynamicid.models import IMR, FaceEncoder, KeyPointEncoder
 from dynamicid.models.imr import keypoint_base_for
 from dynamicid.models.saa import DynamicIDAttention, SAASettings, install_processors
@@ -74,7 +74,9 @@ def anchor_step(unet, batch, size, device, tiny):
     def loss():
         tokens = encoder(arcface, clip)
         t = torch.randint(0, 1000, (batch,), device=device)
-        out = unet(latents, t, torch.cat([text, tokens.to(text.dtype)], 1), cross_attention_kwargs={"dynamicid": settings}).sample
+        out = unet(
+            latents, t, torch.cat([text, tokens.to(text.dtype)], 1), cross_attention_kwargs={"dynamicid": settings}
+        ).sample
         return F.mse_loss(out.float(), latents)
 
     return training_step([*adapter.parameters(), *encoder.parameters()], loss, device)
@@ -99,8 +101,12 @@ def reconfig_step(unet, targets, size, device, tiny):
         edited = imr.edit(source, features[:1], prompts[:1], features[1:], prompts[1:])
         t = torch.randint(0, 1000, (targets,), device=device)
         with torch.no_grad():
-            reference = unet(latents, t, torch.cat([text, wanted], 1), cross_attention_kwargs={"dynamicid": settings}).sample
-        predicted = unet(latents, t, torch.cat([text, edited.to(text.dtype)], 1), cross_attention_kwargs={"dynamicid": settings}).sample
+            reference = unet(
+                latents, t, torch.cat([text, wanted], 1), cross_attention_kwargs={"dynamicid": settings}
+            ).sample
+        predicted = unet(
+            latents, t, torch.cat([text, edited.to(text.dtype)], 1), cross_attention_kwargs={"dynamicid": settings}
+        ).sample
         return F.mse_loss(edited.float(), wanted) + F.mse_loss(predicted.float(), reference.float())
 
     return training_step([*imr.parameters(), *keypoints.parameters()], loss, device)

@@ -101,13 +101,18 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--images", type=int, default=7000)
     here = os.path.dirname(os.path.abspath(__file__))
-    parser.add_argument("--sources", default=os.path.join(here, "..", "..", "shared", "faces", "identities"),
-                        help="folder of real photos (default ../shared/faces/identities; the astronaut if absent)")
+    parser.add_argument(
+        "--sources",
+        default=os.path.join(here, "..", "..", "shared", "faces", "identities"),
+        help="folder of real photos (default ../shared/faces/identities; the astronaut if absent)",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     args = parser.parse_args()
     stats = build(args.out, args.images, args.sources, args.workers)
-    print(f"corpus: {stats['images']} images from {stats['sources']} photos, {stats['total_gb']:.2f} GB, "
-          f"{stats['mean_mb']:.2f} MB each, built in {stats['seconds']:.0f} s")
+    print(
+        f"corpus: {stats['images']} images from {stats['sources']} photos, {stats['total_gb']:.2f} GB, "
+        f"{stats['mean_mb']:.2f} MB each, built in {stats['seconds']:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -22,9 +22,17 @@ from dynamicid.faces import FaceAnalyzer, pose
 # Before: the hand-made generic face (millimetres, nose tip at the origin) the fit used until issue 15,
 # with the chin and the mouth corners among its points and no pitch calibration.
 GENERIC_FACE_BEFORE = {
-    30: (0.0, 0.0, 0.0), 27: (0.0, -40.0, 22.0), 8: (0.0, 64.0, 13.0), 36: (-44.0, -33.0, 27.0),
-    45: (44.0, -33.0, 27.0), 39: (-14.0, -32.0, 23.0), 42: (14.0, -32.0, 23.0), 48: (-29.0, 29.0, 24.0),
-    54: (29.0, 29.0, 24.0), 31: (-13.0, 4.0, 15.0), 35: (13.0, 4.0, 15.0),
+    30: (0.0, 0.0, 0.0),
+    27: (0.0, -40.0, 22.0),
+    8: (0.0, 64.0, 13.0),
+    36: (-44.0, -33.0, 27.0),
+    45: (44.0, -33.0, 27.0),
+    39: (-14.0, -32.0, 23.0),
+    42: (14.0, -32.0, 23.0),
+    48: (-29.0, 29.0, 24.0),
+    54: (29.0, 29.0, 24.0),
+    31: (-13.0, 4.0, 15.0),
+    35: (13.0, 4.0, 15.0),
 }
 
 
@@ -46,8 +54,15 @@ def estimates(folder: Path, reference: dict) -> list[dict]:
             before = pose.estimate_pose(face.landmarks, "before")
             after = pose.estimate_pose(face.landmarks, "ibug68")
             mp = reference[key + suffix]
-            rows.append({"photo": key + suffix, "before": [before.pitch, before.yaw], "after": [after.pitch, after.yaw],
-                         "mediapipe": [mp["pitch"], mp["yaw"]], "prompt": face.face_prompt})
+            rows.append(
+                {
+                    "photo": key + suffix,
+                    "before": [before.pitch, before.yaw],
+                    "after": [after.pitch, after.yaw],
+                    "mediapipe": [mp["pitch"], mp["yaw"]],
+                    "prompt": face.face_prompt,
+                }
+            )
     return rows
 
 
@@ -59,10 +74,15 @@ def errors(rows: list[dict], method: str) -> dict:
     yaw = np.array([r[method][1] - r["mediapipe"][1] for r in rows])
     slope = float(np.polyfit([r["mediapipe"][1] for r in rows], [r[method][1] for r in rows], 1)[0])
     astronaut = [r[method][0] for r in rows if r["photo"].startswith("astronaut")]
-    return {"median_pitch_of_portraits": round(zero, 2), "pitch_mean_abs_error": round(float(np.abs(pitch).mean()), 2),
-            "pitch_max_abs_error": round(float(np.abs(pitch).max()), 2),
-            "yaw_mean_abs_error": round(float(np.abs(yaw).mean()), 2), "yaw_max_abs_error": round(float(np.abs(yaw).max()), 2),
-            "yaw_scale_vs_mediapipe": round(slope, 2), "astronaut_pitch": [round(v, 1) for v in astronaut]}
+    return {
+        "median_pitch_of_portraits": round(zero, 2),
+        "pitch_mean_abs_error": round(float(np.abs(pitch).mean()), 2),
+        "pitch_max_abs_error": round(float(np.abs(pitch).max()), 2),
+        "yaw_mean_abs_error": round(float(np.abs(yaw).mean()), 2),
+        "yaw_max_abs_error": round(float(np.abs(yaw).max()), 2),
+        "yaw_scale_vs_mediapipe": round(slope, 2),
+        "astronaut_pitch": [round(v, 1) for v in astronaut],
+    }
 
 
 def main(folder: str, target: str) -> None:

@@ -24,7 +24,7 @@ from dynamicid.faces import FaceAnalysisConfig
 from dynamicid.prep import PrepConfig
 from dynamicid.prep.discover import list_local
 from dynamicid.prep.schema import STAGE_TIMINGS
-from dynamicid.sparkenv import worker_environment
+from dynamicid.prep.sparkenv import worker_environment
 
 os.environ.update({k: v for k, v in worker_environment().items() if k != "PYSPARK_PYTHON"})
 
@@ -66,7 +66,7 @@ def run_pool(files, config, cores: int) -> tuple[float, dict]:
 
 def run_spark(corpus: str, config: PrepConfig, cores: int) -> tuple[float, float, dict]:
     from dynamicid.prep.runner import run_prep
-    from dynamicid.sparkenv import build_session
+    from dynamicid.prep.sparkenv import build_session
 
     spark = build_session(f"local[{cores}]", app_name="prep-benchmark")
     started = time.perf_counter()
@@ -80,11 +80,20 @@ def spark_run(corpus: str, folder: str, output: str, embedder: str, cores: int, 
     """One Spark job over `folder` with this embedder; prints and returns its figures."""
     config = PrepConfig(input=folder, output=output, progress=False, faces=FaceAnalysisConfig(embedder=embedder))
     job, wall, summary = run_spark(corpus, config, cores)
-    print(f"spark local[{cores}], {embedder}: {images / job:6.2f} images/s  (job {job:.1f} s, wall {wall:.1f} s incl. start-up)")
+    print(
+        f"spark local[{cores}], {embedder}: {images / job:6.2f} images/s  "
+        f"(job {job:.1f} s, wall {wall:.1f} s incl. start-up)"
+    )
     print(f"  kept {summary['kept_faces']}, rejected {summary['rejected']}")
     print(f"  mean ms per kept image: {summary['mean_stage_ms_kept']}")
-    return {"spark_job_s": round(job, 1), "spark_wall_s": round(wall, 1), "spark_images_per_s": round(images / job, 2),
-            "kept": summary["kept_faces"], "rejected": summary["rejected"], "mean_stage_ms": summary["mean_stage_ms_kept"]}
+    return {
+        "spark_job_s": round(job, 1),
+        "spark_wall_s": round(wall, 1),
+        "spark_images_per_s": round(images / job, 2),
+        "kept": summary["kept_faces"],
+        "rejected": summary["rejected"],
+        "mean_stage_ms": summary["mean_stage_ms_kept"],
+    }
 
 
 def main() -> None:
@@ -95,8 +104,11 @@ def main() -> None:
     parser.add_argument("--skip-single", action="store_true")
     parser.add_argument("--skip-pool", action="store_true")
     parser.add_argument("--json", default=None, help="also write the figures here")
-    parser.add_argument("--embedders", default="dlib-resnet",
-                        help="comma-separated: one Spark run per embedder, in this order (e.g. dlib-resnet-native,dlib-resnet)")
+    parser.add_argument(
+        "--embedders",
+        default="dlib-resnet",
+        help="comma-separated: one Spark run per embedder, in this order (e.g. dlib-resnet-native,dlib-resnet)",
+    )
     args = parser.parse_args()
 
     files = list_local(args.corpus, "by-identity")
@@ -105,15 +117,23 @@ def main() -> None:
     items = [(f.path, f.relative, f.identity) for f in files]
     size_gb = sum(f.size for f in files) / 1e9
     scratch = tempfile.mkdtemp(prefix="prep-bench-")
-    figures = {"images": len(items), "gb": round(size_gb, 2), "cores": args.cores,
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
+    figures = {
+        "images": len(items),
+        "gb": round(size_gb, 2),
+        "cores": args.cores,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    }
     print(f"{len(items)} images, {size_gb:.2f} GB, {args.cores} cores")
 
     embedders = args.embedders.split(",")
 
     def config(name: str, embedder: str = embedders[0]) -> PrepConfig:
-        return PrepConfig(input=args.corpus, output=os.path.join(scratch, name), progress=False,
-                          faces=FaceAnalysisConfig(embedder=embedder))
+        return PrepConfig(
+            input=args.corpus,
+            output=os.path.join(scratch, name),
+            progress=False,
+            faces=FaceAnalysisConfig(embedder=embedder),
+        )
 
     if not args.skip_single:
         seconds, stages = run_single(items, config("single"))
@@ -124,7 +144,9 @@ def main() -> None:
         seconds, stages = run_pool(items, config("pool"), args.cores)
         figures["pool_images_per_s"] = round(len(items) / seconds, 2)
         figures["pool_stage_ms"] = stages
-        print(f"multiprocessing({args.cores}): {len(items) / seconds:6.2f} images/s  ({seconds:.1f} s)  ms/image {stages}")
+        print(
+            f"multiprocessing({args.cores}): {len(items) / seconds:6.2f} images/s  ({seconds:.1f} s)  ms/image {stages}"
+        )
     input_folder = args.corpus
     if args.images:  # Spark reads a folder: give it exactly the same files
         input_folder = os.path.join(scratch, "subset")
@@ -132,7 +154,9 @@ def main() -> None:
             os.makedirs(os.path.join(input_folder, os.path.dirname(f.relative)), exist_ok=True)
             os.symlink(f.path, os.path.join(input_folder, f.relative))
     for embedder in embedders:
-        run = spark_run(args.corpus, input_folder, os.path.join(scratch, f"spark-{embedder}"), embedder, args.cores, len(items))
+        run = spark_run(
+            args.corpus, input_folder, os.path.join(scratch, f"spark-{embedder}"), embedder, args.cores, len(items)
+        )
         figures.setdefault("spark_runs", {})[embedder] = run
         figures |= run  # the last embedder's run is the headline
     if "pool_images_per_s" in figures:
@@ -140,8 +164,10 @@ def main() -> None:
         print(f"spark / pool = {figures['spark_vs_pool']:.3f}")
     if "single_images_per_s" in figures:
         figures["per_core_images_per_s"] = round(figures["spark_images_per_s"] / args.cores, 2)
-        print(f"spark per core = {figures['per_core_images_per_s']:.2f} images/s; "
-              f"one process = {figures['single_images_per_s']:.2f} images/s")
+        print(
+            f"spark per core = {figures['per_core_images_per_s']:.2f} images/s; "
+            f"one process = {figures['single_images_per_s']:.2f} images/s"
+        )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(figures, handle, indent=2)

@@ -32,10 +32,10 @@ def _port() -> int:
 def per_request(photo: str, repeats: int) -> dict:
     from gradio_client import Client, handle_file
 
-    from dynamicid.pipeline import DynamicIDPipeline, Person
+    from dynamicid.generation import DynamicIDPipeline, Person
     from dynamicid.serving.app import build_app
     from dynamicid.serving.engine import Engine
-    from dynamicid.tiny_models import make_tiny_models
+    from dynamicid.testing.tiny_models import make_tiny_models
 
     models = make_tiny_models(tempfile.mkdtemp())
     pipe = DynamicIDPipeline.from_pretrained(models["sd15"], models["dynamicid"], models["clip-image"])
@@ -56,8 +56,13 @@ def per_request(photo: str, repeats: int) -> dict:
         served.append(time.perf_counter() - started)
     app.close()
     direct_s, served_s = statistics.median(direct[1:]), statistics.median(served[1:])
-    return {"direct_s": round(direct_s, 3), "served_s": round(served_s, 3),
-            "overhead_s": round(served_s - direct_s, 3), "ratio": round(served_s / direct_s, 3), "repeats": repeats}
+    return {
+        "direct_s": round(direct_s, 3),
+        "served_s": round(served_s, 3),
+        "overhead_s": round(served_s - direct_s, 3),
+        "ratio": round(served_s / direct_s, 3),
+        "repeats": repeats,
+    }
 
 
 def first_image(photo: str) -> dict:
@@ -65,16 +70,25 @@ def first_image(photo: str) -> dict:
 
     port = _port()
     started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "dynamicid.cli", "serve", "--tiny", "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dynamicid.cli", "serve", "--tiny", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         for line in server.stdout:
             if line.startswith("serving on"):
                 break
         ready = time.perf_counter() - started
         Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
-            "a portrait", [handle_file(photo)], "[]", "[]", json.dumps({"steps": 4, "height": 64, "width": 64}),
-            api_name="/generate")
+            "a portrait",
+            [handle_file(photo)],
+            "[]",
+            "[]",
+            json.dumps({"steps": 4, "height": 64, "width": 64}),
+            api_name="/generate",
+        )
         return {"start_to_ready_s": round(ready, 2), "start_to_first_image_s": round(time.perf_counter() - started, 2)}
     finally:
         server.terminate()

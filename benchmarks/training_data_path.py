@@ -46,8 +46,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from dynamicid.prep import PrepConfig, run_prep
-    from dynamicid.sparkenv import build_session
-    from dynamicid.tiny_models import make_tiny_models
+    from dynamicid.prep.sparkenv import build_session
+    from dynamicid.testing.tiny_models import make_tiny_models
     from dynamicid.training import data as td
     from dynamicid.training.config import AnchorConfig
     from dynamicid.training.stages import train_anchor
@@ -60,14 +60,29 @@ def main() -> None:
     spark.stop()
 
     def config(name, **options):
-        return AnchorConfig(data=os.path.join(work, "data"), base_model=models["sd15"], clip_image_encoder=models["clip-image"],
-                            output=os.path.join(work, name), steps=args.steps, batch_size=args.batch_size,
-                            resolution=args.resolution, lora_rank=4, checkpoint_every=0, progress=False, **options)
+        return AnchorConfig(
+            data=os.path.join(work, "data"),
+            base_model=models["sd15"],
+            clip_image_encoder=models["clip-image"],
+            output=os.path.join(work, name),
+            steps=args.steps,
+            batch_size=args.batch_size,
+            resolution=args.resolution,
+            lora_rank=4,
+            checkpoint_every=0,
+            progress=False,
+            **options,
+        )
 
     def step_seconds(result):
         return statistics.median(h["seconds"] for h in result["history"][args.warmup :])
 
-    results = {"cpus": os.cpu_count(), "steps": args.steps, "resolution": args.resolution, "batch_size": args.batch_size}
+    results = {
+        "cpus": os.cpu_count(),
+        "steps": args.steps,
+        "resolution": args.resolution,
+        "batch_size": args.batch_size,
+    }
     train_anchor(config("cache-warm"))  # fills the CLIP cache once, as a first run does
     cache_dir = os.path.join(work, "cache-warm", "clip-cache")
     for name in ("memory", "workers"):

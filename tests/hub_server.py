@@ -33,7 +33,7 @@ class HubServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         self.thread.start()
         return self
 
@@ -74,13 +74,25 @@ class HubServer:
                     return self._error(404, "RepoNotFound")
                 files = _files(server.repos[repo])
                 if kind == "revision":
-                    payload = {"id": repo, "modelId": repo, "sha": COMMIT, "private": False,
-                               "siblings": [{"rfilename": name} for name in sorted(files)]}
+                    payload = {
+                        "id": repo,
+                        "modelId": repo,
+                        "sha": COMMIT,
+                        "private": False,
+                        "siblings": [{"rfilename": name} for name in sorted(files)],
+                    }
                 else:  # tree, recursive
                     prefix = "/".join(below)
-                    payload = [{"type": "file", "oid": hashlib.sha1(name.encode()).hexdigest(),
-                                "size": os.path.getsize(local), "path": name}
-                               for name, local in sorted(files.items()) if name.startswith(prefix)]
+                    payload = [
+                        {
+                            "type": "file",
+                            "oid": hashlib.sha1(name.encode()).hexdigest(),
+                            "size": os.path.getsize(local),
+                            "path": name,
+                        }
+                        for name, local in sorted(files.items())
+                        if name.startswith(prefix)
+                    ]
                 data = json.dumps(payload).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -18,7 +18,10 @@ from dynamicid.models.saa import DynamicIDAttention
 
 def random_state(module: torch.nn.Module, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone() for k, v in module.state_dict().items()}
+    return {
+        k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
+        for k, v in module.state_dict().items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,9 @@ def test_partial_and_wrong_files_name_their_keys(authors_folder, tmp_path, layou
     broken["99.to_q_lora.down.weight"] = torch.zeros(128, 320)
     (tmp_path / "a").mkdir()
     torch.save({"proj_module": proj, "SAA_module": broken}, tmp_path / "a" / "SAA.bin")
-    with pytest.raises(CheckpointError, match=r"missing keys: 5.to_v_ip.weight.*unexpected keys: 99.to_q_lora.down.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"missing keys: 5.to_v_ip.weight.*unexpected keys: 99.to_q_lora.down.weight"
+    ):
         load_authors(str(tmp_path / "a"), layout)
     (tmp_path / "b").mkdir()
     imr = torch.load(folder / "IMR.bin", weights_only=True)

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from dynamicid import cli, sparkenv
+from dynamicid import cli
+from dynamicid.prep import sparkenv
 
 
 def run_cli(*args):
@@ -63,7 +64,7 @@ def test_missing_java_says_what_to_install(monkeypatch):
 
 def test_too_old_java_is_reported(monkeypatch, tmp_path):
     fake = tmp_path / "java"
-    fake.write_text('#!/bin/sh\necho \'openjdk version "11.0.2"\' >&2\n')
+    fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.2\"' >&2\n")
     fake.chmod(0o755)
     monkeypatch.delenv("JAVA_HOME", raising=False)
     monkeypatch.setattr(sparkenv.shutil, "which", lambda name: str(fake))
@@ -79,27 +80,73 @@ def test_make_sample_writes_kept_and_rejected_files(tmp_path, capsys):
 
 
 def test_a_config_file_sets_options_and_the_command_line_wins(tmp_path, monkeypatch):
+    from dynamicid.errors import DynamicIDError
+
     captured = {}
-    build = cli.build_parser
 
-    def build_capturing():  # prep's handler records the parsed options instead of running Spark
-        parser = build()
-        parser._subparsers._group_actions[0].choices["prep"].set_defaults(handler=lambda args: captured.update(vars(args)) or 0)
-        return parser
+    def capture(config):  # instead of running Spark: keep the config the command built, and stop
+        captured["config"] = config
+        raise DynamicIDError("stopped after the config was built")
 
-    monkeypatch.setattr(cli, "build_parser", build_capturing)
+    monkeypatch.setattr("dynamicid.prep.runner.run_prep", capture)
     (tmp_path / "prep.toml").write_text(
-        'multi-face = "all"\ndetector = "insightface"\ndetector_model = "/models/buffalo_l"\nmin-sharpness = 5.0\n')
-    assert cli.main(["prep", "in", "out", "--config", str(tmp_path / "prep.toml"), "--min-sharpness", "9"]) == 0
-    assert captured["multi_face"] == "all" and captured["detector"] == "insightface"
-    assert captured["detector_model"] == "/models/buffalo_l"
-    assert captured["min_sharpness"] == 9.0  # the command line wins
+        'multi-face = "all"\ndetector_model = "/models/buffalo_l"\nmin-sharpness = 5.0\n'
+        '[faces]\ndetector = "insightface"\n'
+    )
+    assert cli.main(["prep", "in", "out", "--config", str(tmp_path / "prep.toml"), "--min-sharpness", "9"]) == 1
+    config = captured["config"]
+    assert config.multi_face == "all" and config.faces.detector == "insightface"  # a [faces] table works too
+    assert config.faces.detector_model == "/models/buffalo_l"
+    assert config.face_rules.min_sharpness == 9.0  # the command line wins
+    assert config.images.min_side == 64 and config.jpeg_quality == 95  # the rest keep the dataclass defaults
+
+
+def test_a_required_option_may_come_from_the_config_file(tmp_path, monkeypatch, capsys):
+    from dynamicid.errors import DynamicIDError
+
+    captured = {}
+
+    def capture(config):
+        captured["config"] = config
+        raise DynamicIDError("stopped")
+
+    monkeypatch.setattr("dynamicid.training.stages.train_reconfig", capture)
+    assert cli.main(["train", "reconfig", "d", "o", "--base-model", "b", "--clip-image-encoder", "c"]) == 1
+    assert "reconfig needs --weights (on the command line, or as weights in a --config file)" in capsys.readouterr().err
+    (tmp_path / "r.json").write_text('{"weights": "/w", "max_targets": 4, "base_model": "b"}')
+    assert (
+        cli.main(["train", "reconfig", "d", "o", "--config", str(tmp_path / "r.json"), "--clip-image-encoder", "c"])
+        == 1
+    )
+    assert captured["config"].weights == "/w" and captured["config"].max_targets == 4
+    assert captured["config"].batch_size == 1  # one identity per step: not an option of reconfig
+    (tmp_path / "bad.json").write_text('{"max_targets": "many"}')
+    assert cli.main(["train", "reconfig", "d", "o", "--config", str(tmp_path / "bad.json")]) == 1
+    assert "max_targets must be a int, not 'many'" in capsys.readouterr().err
+
+
+def test_generate_lists_from_a_config_file_are_replaced_by_the_command_line(tmp_path):
+    from dynamicid import cli as dispatcher
+    from dynamicid.generation.config import GenerateConfig
+    from dynamicid.options import config_from
+
+    (tmp_path / "g.toml").write_text(
+        'prompt = "a photo"\noutput = "o"\nperson = ["a.jpg", "b.jpg"]\nface_prompt = ["-", "in a happy expression"]\n'
+    )
+    args = dispatcher.parse(["generate", "--config", str(tmp_path / "g.toml")])
+    config = config_from(args, GenerateConfig)
+    assert config.person == ("a.jpg", "b.jpg") and config.persons()[1].face_prompt == "in a happy expression"
+    assert config.persons()[0].face_prompt is None and config.size() == (768, 768)
+    args = dispatcher.parse(
+        ["generate", "--config", str(tmp_path / "g.toml"), "--person", "c.jpg", "--face-prompt", "-"]
+    )
+    assert config_from(args, GenerateConfig).person == ("c.jpg",)  # the command line's list, not appended
 
 
 def test_config_file_errors_are_named(tmp_path, capsys):
     (tmp_path / "bad.toml").write_text('detektor = "dlib-hog"\n')
     assert cli.main(["prep", "in", "out", "--config", str(tmp_path / "bad.toml")]) == 1
-    assert "unknown option(s) detektor" in capsys.readouterr().err
+    assert "unknown option(s) detektor; this command's options are" in capsys.readouterr().err
     (tmp_path / "choice.json").write_text('{"multi_face": "some"}')
     assert cli.main(["prep", "in", "out", "--config", str(tmp_path / "choice.json")]) == 1
     assert "multi_face must be one of largest, skip, all" in capsys.readouterr().err
@@ -115,20 +162,23 @@ def test_settings_that_cannot_work_are_refused_before_any_work(tmp_path, capsys)
     from dynamicid.prep import PrepConfig
     from dynamicid.training.config import AnchorConfig
 
-    with pytest.raises(ValueError, match="--detect-side must be at least 64 px, not 0"):
+    with pytest.raises(ValueError, match="detect_side must be at least 64 px, not 0"):
         PrepConfig(input="in", output="out", faces=FaceAnalysisConfig(detect_side=0))
-    with pytest.raises(ValueError, match="--keep-checkpoints must be at least 1"):
+    with pytest.raises(ValueError, match="keep_checkpoints must be at least 1"):
         AnchorConfig(data="d", base_model="b", clip_image_encoder="c", output="o", keep_checkpoints=0)
     assert cli.main(["prep", str(tmp_path), str(tmp_path / "out"), "--detect-side", "0"]) == 1
-    assert "--detect-side must be at least 64 px" in capsys.readouterr().err
+    assert "detect_side must be at least 64 px" in capsys.readouterr().err
 
 
 def test_a_loss_that_becomes_nan_is_a_clear_error_not_a_traceback(monkeypatch, capsys, tmp_path):
+    from dynamicid.errors import TrainingError
+
     def diverging(config):
-        raise FloatingPointError("the loss became nan at step 3; lower --learning-rate or check the data")
+        raise TrainingError("the loss became nan at step 3; lower learning_rate or check the data")
 
     monkeypatch.setattr("dynamicid.training.stages.train_anchor", diverging)
-    code = cli.main(["train", "anchor", str(tmp_path), str(tmp_path / "run"), "--base-model", "b",
-                     "--clip-image-encoder", "c"])
+    code = cli.main(
+        ["train", "anchor", str(tmp_path), str(tmp_path / "run"), "--base-model", "b", "--clip-image-encoder", "c"]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "the loss became nan at step 3" in err and "Traceback" not in err

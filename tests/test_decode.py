@@ -5,10 +5,18 @@ import io
 import numpy as np
 import pytest
 
-from dynamicid.imagefile import ValidationConfig, Rejected, decode_image, sniff_format
-from dynamicid.prep.sample import astronaut, broken_files, exif_rotated_jpeg, jpeg_bytes, png_bytes, rgba_png, sixteen_bit_png
+from dynamicid.imagefile import ImageRules, Rejected, decode_image, sniff_format
+from dynamicid.prep.sample import (
+    astronaut,
+    broken_files,
+    exif_rotated_jpeg,
+    jpeg_bytes,
+    png_bytes,
+    rgba_png,
+    sixteen_bit_png,
+)
 
-RULES = ValidationConfig()
+RULES = ImageRules()
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +93,11 @@ def test_large_jpeg_is_decoded_at_reduced_size_but_reports_full_size(face):
 def test_limits_are_configurable(face):
     data = png_bytes(face)
     with pytest.raises(Rejected, match="too_small"):
-        decode_image(data, ValidationConfig(min_side=600))
+        decode_image(data, ImageRules(min_side=600))
     with pytest.raises(Rejected, match="decompression_bomb"):
-        decode_image(data, ValidationConfig(max_pixels=512 * 511))
+        decode_image(data, ImageRules(max_pixels=512 * 511))
     with pytest.raises(Rejected, match="too_large_file"):
-        decode_image(data, ValidationConfig(max_bytes=100))
+        decode_image(data, ImageRules(max_bytes=100))
 
 
 def test_an_invalid_exif_orientation_means_upright(face):

@@ -2,19 +2,20 @@
 
 import numpy as np
 import pytest
+from conftest import load_rgb
 
 from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer
 from dynamicid.faces.backends import BackendError
 from dynamicid.faces.backends.dlib_backend import _model_file
 from dynamicid.faces.backends.dlib_torch import DlibResNet, read_network
 
-from conftest import load_rgb
-
 
 @pytest.fixture(scope="module")
 def both():
-    return (FaceAnalyzer(FaceAnalysisConfig(embedder="dlib-resnet")),
-            FaceAnalyzer(FaceAnalysisConfig(embedder="dlib-resnet-native")))
+    return (
+        FaceAnalyzer(FaceAnalysisConfig(embedder="dlib-resnet")),
+        FaceAnalyzer(FaceAnalysisConfig(embedder="dlib-resnet-native")),
+    )
 
 
 def test_the_port_equals_dlib_on_real_photos(both, shared_faces):

@@ -5,12 +5,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_rgb
 
 from dynamicid.faces import face_prompt
-from dynamicid.faces.emotion import EMOTION_ORDER, KERAS_CLASSES, MIN_CONFIDENCE, ExpressionClassifier, emotion_from_probabilities
+from dynamicid.faces.emotion import (
+    EMOTION_ORDER,
+    KERAS_CLASSES,
+    MIN_CONFIDENCE,
+    ExpressionClassifier,
+    emotion_from_probabilities,
+)
 from dynamicid.faces.types import HeadPose
-
-from conftest import load_rgb
 
 FIXTURE = Path(__file__).parent / "data" / "fer_fixture.npz"
 
@@ -85,7 +90,9 @@ def test_prep_writes_the_probabilities_and_the_model(sample, spark, tmp_path):
     from dynamicid.prep import PrepConfig, run_prep
 
     folder, _ = sample
-    manifest = run_prep(PrepConfig(input=str(folder), output=str(tmp_path / "out"), progress=False), spark=spark).manifest()
+    manifest = run_prep(
+        PrepConfig(input=str(folder), output=str(tmp_path / "out"), progress=False), spark=spark
+    ).manifest()
     kept = manifest[manifest.status == "ok"]
     assert len(kept) >= 1
     columns = [f"emotion_{word}" for word in EMOTION_ORDER]

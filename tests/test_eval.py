@@ -34,7 +34,9 @@ def test_greedy_matching_takes_the_largest_similarity_first():
 
 
 def test_prompt_agreement_counts_only_requested_attributes():
-    full = prompt_agreement("in a happy expression, in side view, turned left", "in a happy expression, in side view, turned right")
+    full = prompt_agreement(
+        "in a happy expression, in side view, turned left", "in a happy expression, in side view, turned right"
+    )
     assert full["side_match"] is False and full["prompt_agreement"] == pytest.approx(3 / 4)
     plain = prompt_agreement("in a neutral expression, in front view", "in a happy expression, in front view")
     assert plain["side_match"] is None and plain["prompt_agreement"] == pytest.approx(2 / 3)
@@ -87,13 +89,23 @@ def test_two_faces_side_by_side_are_matched_with_a_positive_margin(side_by_side,
 def test_swapped_references_give_a_negative_margin(side_by_side, tmp_path):
     folder, obama, rose = side_by_side
     boxes = {"obama": [0.0, 0.0, 0.5, 1.0], "rose": [0.5, 0.0, 1.0, 1.0]}  # obama was pasted on the left
-    _sidecar(folder, [{"name": "obama", "reference": str(obama), "box": boxes["obama"]},
-                      {"name": "rose", "reference": str(rose), "box": boxes["rose"]}])
+    _sidecar(
+        folder,
+        [
+            {"name": "obama", "reference": str(obama), "box": boxes["obama"]},
+            {"name": "rose", "reference": str(rose), "box": boxes["rose"]},
+        ],
+    )
     placed = evaluate(folder, tmp_path / "placed").scores
     assert (placed.matched_by == "box").all() and (placed.leak_margin > 0).all()
     # Now each person names the other's photo as reference, while asking for the same places.
-    _sidecar(folder, [{"name": "obama", "reference": str(rose), "box": boxes["obama"]},
-                      {"name": "rose", "reference": str(obama), "box": boxes["rose"]}])
+    _sidecar(
+        folder,
+        [
+            {"name": "obama", "reference": str(rose), "box": boxes["obama"]},
+            {"name": "rose", "reference": str(obama), "box": boxes["rose"]},
+        ],
+    )
     swapped = evaluate(folder, tmp_path / "swapped").scores
     assert (swapped.matched_by == "box").all()
     assert (swapped.leak_margin < 0).all()
@@ -114,8 +126,24 @@ def test_an_image_without_a_face_scores_zero_and_counts_as_missed(shared_faces, 
     with open(tmp_path / "list.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "person", "reference", "face_prompt", "prompt"])
-        writer.writerow(["coffee.png", "obama", str(shared_faces / "identities/obama/1.jpg"), "in a happy expression, in front view", "a cup"])
-        writer.writerow([str(shared_faces / "identities/obama/2.jpg"), "obama", str(shared_faces / "identities/obama/1.jpg"), "", ""])
+        writer.writerow(
+            [
+                "coffee.png",
+                "obama",
+                str(shared_faces / "identities/obama/1.jpg"),
+                "in a happy expression, in front view",
+                "a cup",
+            ]
+        )
+        writer.writerow(
+            [
+                str(shared_faces / "identities/obama/2.jpg"),
+                "obama",
+                str(shared_faces / "identities/obama/1.jpg"),
+                "",
+                "",
+            ]
+        )
     result = evaluate(tmp_path / "list.csv", tmp_path / "out")
     scores = result.scores.set_index(result.scores.image.map(os.path.basename))
     assert scores.loc["coffee.png", "face_sim"] == 0.0 and not scores.loc["coffee.png", "face_detected"]
@@ -129,13 +157,18 @@ def test_mirrored_photos_flip_the_requested_side(shared_faces, tmp_path):
     asked = "in a neutral expression, in side view, turned right"
     entries = [
         {"image": str(photo), "persons": [{"name": "obama", "reference": str(photo), "face_prompt": asked}]},
-        {"image": str(tmp_path / "mirrored.jpg"), "persons": [{"name": "obama", "reference": str(photo), "face_prompt": asked}]},
+        {
+            "image": str(tmp_path / "mirrored.jpg"),
+            "persons": [{"name": "obama", "reference": str(photo), "face_prompt": asked}],
+        },
     ]
     (tmp_path / "list.json").write_text(json.dumps(entries))
     scores = evaluate(tmp_path / "list.json", tmp_path / "out").scores
     original, mirrored = scores.iloc[0], scores.iloc[1]
     assert original.side_match and not mirrored.side_match
-    assert original.measured_face_prompt.endswith("turned right") and mirrored.measured_face_prompt.endswith("turned left")
+    assert original.measured_face_prompt.endswith("turned right") and mirrored.measured_face_prompt.endswith(
+        "turned left"
+    )
     assert original.prompt_agreement > mirrored.prompt_agreement
 
 
@@ -154,8 +187,16 @@ def test_bad_inputs_are_named(tmp_path, shared_faces):
     from skimage import data
 
     Image.fromarray(data.coffee()).save(tmp_path / "cup.png")
-    (tmp_path / "r.json").write_text(json.dumps([{"image": str(shared_faces / "identities/obama/1.jpg"),
-                                                  "persons": [{"reference": str(tmp_path / "cup.png")}]}]))
+    (tmp_path / "r.json").write_text(
+        json.dumps(
+            [
+                {
+                    "image": str(shared_faces / "identities/obama/1.jpg"),
+                    "persons": [{"reference": str(tmp_path / "cup.png")}],
+                }
+            ]
+        )
+    )
     with pytest.raises(EvalInputError, match="reference photo .*cup.png: no face"):
         evaluate(tmp_path / "r.json", tmp_path / "out")
 
@@ -172,15 +213,31 @@ def _tiny_clip(folder):
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     config = CLIPConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=16,
     )
     CLIPModel(config).save_pretrained(folder)
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                              tokenizer=tokenizer)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
     processor.save_pretrained(folder)
     return folder
 
@@ -206,19 +263,37 @@ def _chromium():
 
 def test_report_renders_in_headless_chromium(side_by_side, tmp_path):
     folder, obama, rose = side_by_side
-    _sidecar(folder, [{"name": "obama", "reference": str(obama), "face_prompt": "in a happy expression, in front view"},
-                      {"name": "rose", "reference": str(rose)}])
+    _sidecar(
+        folder,
+        [
+            {"name": "obama", "reference": str(obama), "face_prompt": "in a happy expression, in front view"},
+            {"name": "rose", "reference": str(rose)},
+        ],
+    )
     result = evaluate(folder, tmp_path / "out")
     page = open(result.report_html).read()
     for src in ("thumbs/00000.jpg", "thumbs/00000_face0.jpg", "thumbs/00000_ref1.jpg", "<svg"):
         assert src in page
     shot = tmp_path / "shot.png"
     subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900", f"--screenshot={shot}",
-         "file://" + result.report_html],
-        check=True, capture_output=True, timeout=120,
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,900",
+            f"--screenshot={shot}",
+            "file://" + result.report_html,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
     assert pixels.std() > 25  # not a blank page
@@ -232,14 +307,18 @@ def test_report_renders_in_headless_chromium(side_by_side, tmp_path):
 def test_the_real_photo_check_reports_mirror_agreement_of_face_prompts(shared_faces, tmp_path):
     """eval --mirror-check on the 16 identity photos, each against itself: a face and its mirror image must
     get the same emotion, tilt and view and the opposite side. The share that do is reported."""
-    entries = [{"image": str(p), "persons": [{"name": p.parent.name, "reference": str(p)}]}
-               for p in identity_photos(shared_faces)]
+    entries = [
+        {"image": str(p), "persons": [{"name": p.parent.name, "reference": str(p)}]}
+        for p in identity_photos(shared_faces)
+    ]
     (tmp_path / "photos.json").write_text(json.dumps(entries))
     result = evaluate(tmp_path / "photos.json", tmp_path / "out", mirror_check=True)
     scores = result.scores
     assert scores.mirror_face_prompt.notna().all()
     assert result.summary["mirror_consistency"] == round(float(scores.mirror_consistent.mean()), 4)
-    assert result.summary["mirror_consistency"] >= 0.9, scores[~scores.mirror_consistent][["image", "measured_face_prompt", "mirror_face_prompt"]]
+    assert result.summary["mirror_consistency"] >= 0.9, scores[~scores.mirror_consistent][
+        ["image", "measured_face_prompt", "mirror_face_prompt"]
+    ]
     turned = scores[scores.measured_face_prompt.str.endswith("turned right")]
     assert len(turned) and turned.mirror_face_prompt.str.endswith("turned left").all()
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["mirror_consistency"] >= 0.9

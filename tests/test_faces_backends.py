@@ -4,11 +4,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_rgb
 
 from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer, cosine_similarity, face_prompt
 from dynamicid.faces.backends import BackendError, available, create
-
-from conftest import load_rgb
 
 
 def test_registry_lists_the_default_backends_and_names_unknown_ones():

@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import load_rgb
 
 from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer
 from dynamicid.faces.alignment import apply_affine
 from dynamicid.faces.backends import BackendError
 from dynamicid.faces.backends.fan_backend import CROP, HEATMAP, FanLandmarks, crop_matrix, heatmap_peaks
 from dynamicid.faces.types import FaceBox
-
-from conftest import load_rgb
 
 
 class FixedFan(torch.nn.Module):
@@ -30,7 +29,12 @@ def bumps(cells: np.ndarray) -> torch.Tensor:
     for k, (x, y) in enumerate(cells):
         x0, y0 = int(np.floor(x)), int(np.floor(y))
         fx, fy = x - x0, y - y0
-        for dx, dy, weight in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        for dx, dy, weight in (
+            (0, 0, (1 - fx) * (1 - fy)),
+            (1, 0, fx * (1 - fy)),
+            (0, 1, (1 - fx) * fy),
+            (1, 1, fx * fy),
+        ):
             if 0 <= x0 + dx < HEATMAP and 0 <= y0 + dy < HEATMAP:
                 maps[k, y0 + dy, x0 + dx] = float(weight)
     return maps

@@ -4,16 +4,14 @@ import json
 
 import numpy as np
 import pytest
-
-from dynamicid.imagefile import load_image
 import torch
+from conftest import generate_small, identity_photo
 
 from dynamicid import cli
+from dynamicid.generation import DynamicIDPipeline, GenerationError, Person, automatic_boxes
+from dynamicid.generation.layout import LayoutError, check_boxes
+from dynamicid.imagefile import load_image
 from dynamicid.models.checkpoints import CheckpointError
-from dynamicid.pipeline import DynamicIDPipeline, GenerationError, Person, automatic_boxes
-from dynamicid.pipeline.layout import LayoutError, check_boxes
-
-from conftest import generate_small, identity_photo
 
 
 @pytest.fixture()
@@ -49,11 +47,20 @@ def test_the_same_seed_gives_the_same_image(pipe, shared_faces):
 def test_id_scale_zero_equals_the_plain_sd_pipeline(pipe, tiny_models, shared_faces):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    sd = StableDiffusionPipeline.from_pretrained(tiny_models["sd15"], safety_checker=None, requires_safety_checker=False)
+    sd = StableDiffusionPipeline.from_pretrained(
+        tiny_models["sd15"], safety_checker=None, requires_safety_checker=False
+    )
     sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
     sd.set_progress_bar_config(disable=True)
-    plain = sd("a portrait photo", num_inference_steps=3, height=64, width=64, guidance_scale=5.0,
-               generator=torch.Generator().manual_seed(7), output_type="np").images
+    plain = sd(
+        "a portrait photo",
+        num_inference_steps=3,
+        height=64,
+        width=64,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(7),
+        output_type="np",
+    ).images
     ours = run(pipe, [Person(photo(shared_faces, "obama/1.jpg"))], id_scale=0.0).images
     np.testing.assert_allclose(ours, plain, atol=1e-5)
     assert np.abs(run(pipe, [Person(photo(shared_faces, "obama/1.jpg"))]).images - plain).max() > 1e-4
@@ -61,8 +68,11 @@ def test_id_scale_zero_equals_the_plain_sd_pipeline(pipe, tiny_models, shared_fa
 
 def test_two_persons_with_boxes_and_with_automatic_layout(pipe, shared_faces):
     people = [photo(shared_faces, "obama/1.jpg"), photo(shared_faces, "rose_leslie/2.jpg")]
-    boxed = run(pipe, [Person(people[0], box=(0.05, 0.1, 0.45, 0.6)), Person(people[1], box=(0.55, 0.1, 0.95, 0.6))],
-                return_gate_maps=True)
+    boxed = run(
+        pipe,
+        [Person(people[0], box=(0.05, 0.1, 0.45, 0.6)), Person(people[1], box=(0.55, 0.1, 0.95, 0.6))],
+        return_gate_maps=True,
+    )
     assert boxed.metadata["boxes"] == [[0.05, 0.1, 0.45, 0.6], [0.55, 0.1, 0.95, 0.6]]
     assert not boxed.metadata["boxes_automatic"] and boxed.metadata["infer_end"] == 12
     assert boxed.gate_maps.shape == (1, 32, 32) and np.isfinite(boxed.gate_maps).all()
@@ -86,12 +96,21 @@ def test_automatic_layout_rule():
 
 
 def test_imr_editing_changes_the_tokens_and_no_edit_leaves_them(pipe, shared_faces):
-    out = run(pipe, [Person(photo(shared_faces, "obama/1.jpg")),
-                     Person(photo(shared_faces, "biden/1.jpg"), face_prompt="in a surprise expression, facing up, in front view")])
+    out = run(
+        pipe,
+        [
+            Person(photo(shared_faces, "obama/1.jpg")),
+            Person(
+                photo(shared_faces, "biden/1.jpg"), face_prompt="in a surprise expression, facing up, in front view"
+            ),
+        ],
+    )
     plain, edited = out.persons
     assert not plain.edited and torch.equal(plain.tokens, plain.source_tokens)
     assert edited.edited and (edited.tokens - edited.source_tokens).abs().max() > 1e-4
-    measured = pipe.face_analyzer.analyze(load_image(photo(shared_faces, "biden/1.jpg")).rgb, max_faces=1, embed=False)[0]
+    measured = pipe.face_analyzer.analyze(load_image(photo(shared_faces, "biden/1.jpg")).rgb, max_faces=1, embed=False)[
+        0
+    ]
     assert edited.source_face_prompt == measured.face_prompt  # what face analysis measured on the reference
     assert edited.source_face_prompt.endswith(", in side view, turned right")
 
@@ -110,14 +129,17 @@ def test_target_landmarks_from_a_prep_sheet(pipe, shared_faces, tmp_path):
         run(pipe, [Person(photo(shared_faces, "obama/1.jpg"), target_landmarks=str(tmp_path / "bad.png"))])
 
 
-@pytest.mark.parametrize("case,match", [
-    ("no_face", "no face was detected"),
-    ("outside", "lies outside"),
-    ("zero_area", "zero area"),
-    ("size", "multiple of 8"),
-    ("partial_boxes", "a box for every person"),
-    ("no_images", r"num_images_per_prompt \(--images\) must be at least 1, not 0"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("no_face", "no face was detected"),
+        ("outside", "lies outside"),
+        ("zero_area", "zero area"),
+        ("size", "multiple of 8"),
+        ("partial_boxes", "a box for every person"),
+        ("no_images", r"num_images_per_prompt \(images\) must be at least 1, not 0"),
+    ],
+)
 def test_bad_requests_fail_before_any_denoising(pipe, shared_faces, tmp_path, unet_calls, case, match):
     from PIL import Image
     from skimage import data
@@ -157,13 +179,42 @@ def test_missing_weights_are_named(tiny_models, tmp_path):
 
 def test_cli_writes_images_sidecars_and_gate_maps_that_eval_reads(tiny_models, shared_faces, tmp_path, capsys):
     out = tmp_path / "gen"
-    code = cli.main([
-        "generate", "--base-model", tiny_models["sd15"], "--weights", tiny_models["dynamicid"],
-        "--clip-image-encoder", tiny_models["clip-image"], "--prompt", "two friends",
-        "--person", photo(shared_faces, "obama/1.jpg"), "--person", photo(shared_faces, "biden/2.jpg"),
-        "--face-prompt", "-", "--face-prompt", "in a happy expression, in front view", "--name", "obama", "--name", "biden",
-        "--steps", "2", "--height", "64", "--width", "64", "--seed", "5", "--output", str(out), "--save-gate-maps",
-    ])
+    code = cli.main(
+        [
+            "generate",
+            "--base-model",
+            tiny_models["sd15"],
+            "--weights",
+            tiny_models["dynamicid"],
+            "--clip-image-encoder",
+            tiny_models["clip-image"],
+            "--prompt",
+            "two friends",
+            "--person",
+            photo(shared_faces, "obama/1.jpg"),
+            "--person",
+            photo(shared_faces, "biden/2.jpg"),
+            "--face-prompt",
+            "-",
+            "--face-prompt",
+            "in a happy expression, in front view",
+            "--name",
+            "obama",
+            "--name",
+            "biden",
+            "--steps",
+            "2",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--seed",
+            "5",
+            "--output",
+            str(out),
+            "--save-gate-maps",
+        ]
+    )
     assert code == 0
     sidecar = json.loads((out / "dynamicid_0.json").read_text())
     assert sidecar["seed"] == 5 and sidecar["steps"] == 2 and len(sidecar["persons"]) == 2
@@ -175,8 +226,25 @@ def test_cli_writes_images_sidecars_and_gate_maps_that_eval_reads(tiny_models, s
 
 
 def test_cli_refuses_extra_options(tiny_models, shared_faces, tmp_path, capsys):
-    code = cli.main(["generate", "--base-model", tiny_models["sd15"], "--weights", tiny_models["dynamicid"],
-                     "--clip-image-encoder", tiny_models["clip-image"], "--prompt", "x",
-                     "--person", photo(shared_faces, "obama/1.jpg"), "--box", "0,0,.5,.5", "--box", ".5,0,1,.5",
-                     "--output", str(tmp_path)])
-    assert code == 1 and "more --box than --person" in capsys.readouterr().err
+    code = cli.main(
+        [
+            "generate",
+            "--base-model",
+            tiny_models["sd15"],
+            "--weights",
+            tiny_models["dynamicid"],
+            "--clip-image-encoder",
+            tiny_models["clip-image"],
+            "--prompt",
+            "x",
+            "--person",
+            photo(shared_faces, "obama/1.jpg"),
+            "--box",
+            "0,0,.5,.5",
+            "--box",
+            ".5,0,1,.5",
+            "--output",
+            str(tmp_path),
+        ]
+    )
+    assert code == 1 and "more box values (2) than persons (1)" in capsys.readouterr().err

@@ -17,8 +17,13 @@ pytestmark = pytest.mark.slow
 def run_gpu_all(tmp_path, *arguments):
     out = tmp_path / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
-    done = subprocess.run([sys.executable, SCRIPT, "--tiny", "--out", str(out), *arguments],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, SCRIPT, "--tiny", "--out", str(out), *arguments],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     return done, json.loads(out.read_text())
 
 
@@ -44,6 +49,9 @@ def test_a_part_past_its_budget_is_stopped_and_reported(tmp_path):
 
 
 def test_an_unknown_part_is_refused(tmp_path):
-    done = subprocess.run([sys.executable, SCRIPT, "--tiny", "--parts", "nope", "--out", str(tmp_path / "r.json")],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, SCRIPT, "--tiny", "--parts", "nope", "--out", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "unknown part(s) nope" in done.stderr

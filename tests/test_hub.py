@@ -9,11 +9,13 @@ import sys
 import zipfile
 
 import pytest
-
 from hub_server import HubServer
 
-DEFAULT_BASE, DEFAULT_CLIP, DEFAULT_WEIGHTS = ("stable-diffusion-v1-5/stable-diffusion-v1-5", "h94/IP-Adapter",
-                                               "meteorite2023/DynamicID")
+DEFAULT_BASE, DEFAULT_CLIP, DEFAULT_WEIGHTS = (
+    "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "h94/IP-Adapter",
+    "meteorite2023/DynamicID",
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +36,13 @@ def hub(tiny_models, tmp_path_factory):
         for name in ("det_10g.onnx", "w600k_r50.onnx", "2d106det.onnx", "1k3d68.onnx", "genderage.onnx"):
             bundle.writestr(f"buffalo_l/{name}", b"stand-in")
     (root / "buffalo_l.zip").write_bytes(pack.getvalue())
-    repos = {DEFAULT_BASE: tiny_models["sd15"], DEFAULT_CLIP: str(clip_repo), DEFAULT_WEIGHTS: str(authors),
-             "tiny/sd15": tiny_models["sd15"], "tiny/dynamicid": tiny_models["dynamicid"]}
+    repos = {
+        DEFAULT_BASE: tiny_models["sd15"],
+        DEFAULT_CLIP: str(clip_repo),
+        DEFAULT_WEIGHTS: str(authors),
+        "tiny/sd15": tiny_models["sd15"],
+        "tiny/dynamicid": tiny_models["dynamicid"],
+    }
     with HubServer(repos, {"buffalo_l.zip": str(root / "buffalo_l.zip")}) as server:
         yield server
 
@@ -47,13 +54,22 @@ def dynamicid(*args, home, hub=None, offline=False, timeout=300):
         env["HF_ENDPOINT"] = hub.url
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
-    return subprocess.run([sys.executable, "-m", "dynamicid.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dynamicid.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def test_download_fetches_every_default_part_and_says_where(hub, tmp_path):
-    done = dynamicid("download", "--to", str(tmp_path / "models"), "--no-progress", "--face-pack-url",
-                     f"{hub.url}/files/buffalo_l.zip", home=tmp_path / "home", hub=hub)
+    done = dynamicid(
+        "download",
+        "--to",
+        str(tmp_path / "models"),
+        "--no-progress",
+        "--face-pack-url",
+        f"{hub.url}/files/buffalo_l.zip",
+        home=tmp_path / "home",
+        hub=hub,
+    )
     assert done.returncode == 0, done.stderr
     parts = dict(line.split(None, 1) for line in done.stdout.strip().splitlines())
     assert set(parts) == {"base_model", "clip_image_encoder", "weights", "face_pack"}
@@ -70,9 +86,30 @@ def test_download_fetches_every_default_part_and_says_where(hub, tmp_path):
 def test_generate_by_repo_ids_then_offline_from_the_cache(hub, tmp_path, shared_faces):
     home = tmp_path / "home"
     photo = str(shared_faces / "identities" / "obama" / "1.jpg")
-    args = ["generate", "--base-model", "tiny/sd15", "--weights", "tiny/dynamicid", "--clip-image-encoder",
-            f"{DEFAULT_CLIP}/models/image_encoder", "--prompt", "a portrait", "--person", photo, "--steps", "2",
-            "--height", "64", "--width", "64", "--device", "cpu", "--dtype", "float32", "--no-progress"]
+    args = [
+        "generate",
+        "--base-model",
+        "tiny/sd15",
+        "--weights",
+        "tiny/dynamicid",
+        "--clip-image-encoder",
+        f"{DEFAULT_CLIP}/models/image_encoder",
+        "--prompt",
+        "a portrait",
+        "--person",
+        photo,
+        "--steps",
+        "2",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--no-progress",
+    ]
     online = dynamicid(*args, "--output", str(tmp_path / "a"), home=home, hub=hub)
     assert online.returncode == 0, online.stderr
     assert (tmp_path / "a" / "dynamicid_0.png").exists()
@@ -83,17 +120,36 @@ def test_generate_by_repo_ids_then_offline_from_the_cache(hub, tmp_path, shared_
     assert (tmp_path / "b" / "dynamicid_0.png").read_bytes() == (tmp_path / "a" / "dynamicid_0.png").read_bytes()
 
 
-@pytest.mark.parametrize("case,words", [
-    ("missing_repo", ["nobody/nothing", "the Hub has no repo"]),
-    ("missing_folder", ["tiny/sd15", "no folder 'nowhere'"]),
-    ("offline_not_cached", ["tiny/sd15", "not in the Hugging Face cache", "HF_HUB_OFFLINE"]),
-])
+@pytest.mark.parametrize(
+    "case,words",
+    [
+        ("missing_repo", ["nobody/nothing", "the Hub has no repo"]),
+        ("missing_folder", ["tiny/sd15", "no folder 'nowhere'"]),
+        ("offline_not_cached", ["tiny/sd15", "not in the Hugging Face cache", "HF_HUB_OFFLINE"]),
+    ],
+)
 def test_hub_errors_are_one_clear_paragraph(hub, tmp_path, shared_faces, case, words):
-    base = {"missing_repo": "nobody/nothing", "missing_folder": "tiny/sd15/nowhere", "offline_not_cached": "tiny/sd15"}[case]
-    done = dynamicid("generate", "--base-model", base, "--weights", "tiny/dynamicid", "--clip-image-encoder",
-                     f"{DEFAULT_CLIP}/models/image_encoder", "--prompt", "p", "--person",
-                     str(shared_faces / "identities" / "obama" / "1.jpg"), "--output", str(tmp_path / "o"),
-                     home=tmp_path / "empty_home", hub=hub, offline=case == "offline_not_cached")
+    base = {"missing_repo": "nobody/nothing", "missing_folder": "tiny/sd15/nowhere", "offline_not_cached": "tiny/sd15"}[
+        case
+    ]
+    done = dynamicid(
+        "generate",
+        "--base-model",
+        base,
+        "--weights",
+        "tiny/dynamicid",
+        "--clip-image-encoder",
+        f"{DEFAULT_CLIP}/models/image_encoder",
+        "--prompt",
+        "p",
+        "--person",
+        str(shared_faces / "identities" / "obama" / "1.jpg"),
+        "--output",
+        str(tmp_path / "o"),
+        home=tmp_path / "empty_home",
+        hub=hub,
+        offline=case == "offline_not_cached",
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     message = [line for line in done.stderr.splitlines() if line.startswith("dynamicid generate: error:")]
     assert len(message) == 1, done.stderr

@@ -7,6 +7,7 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
+from conftest import load_rgb  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer  # noqa: E402
@@ -17,11 +18,11 @@ from dynamicid.faces.backends.insightface_backend import (  # noqa: E402
     find_models,
 )
 
-from conftest import load_rgb  # noqa: E402
-
 
 def _save(path, nodes, inputs, outputs, initializers):
-    graph = helper.make_graph(nodes, "tiny", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in initializers.items()])
+    graph = helper.make_graph(
+        nodes, "tiny", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in initializers.items()]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -59,8 +60,13 @@ def tiny_detector(path, strides=(8, 16, 32), kinds=("score", "bbox", "kps"), anc
             initializers[f"shape_{kind}{s}"] = np.array([-1, width], np.int64)
             nodes.append(helper.make_node("Reshape", [f"t_{kind}{s}", f"shape_{kind}{s}"], [f"{kind}_{s}"]))
             outputs[kind].append(helper.make_tensor_value_info(f"{kind}_{s}", TensorProto.FLOAT, [None, width]))
-    _save(path, nodes, [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, None, None])],
-          [o for kind in kinds for o in outputs[kind]], initializers)
+    _save(
+        path,
+        nodes,
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, None, None])],
+        [o for kind in kinds for o in outputs[kind]],
+        initializers,
+    )
 
 
 def tiny_head(path, input_name, side, weight, bias, raw_pixels, names=("Sub_0", "Mul_1")):
@@ -69,13 +75,24 @@ def tiny_head(path, input_name, side, weight, bias, raw_pixels, names=("Sub_0", 
     nodes, initializers, source = [], {"w": weight.astype(np.float32), "b": bias.astype(np.float32)}, input_name
     if raw_pixels:
         initializers["mean"], initializers["scale"] = np.array(127.5, np.float32), np.array(1 / 128, np.float32)
-        nodes += [helper.make_node("Sub", [source, "mean"], ["sub"], name=names[0]),
-                  helper.make_node("Mul", ["sub", "scale"], ["mul"], name=names[-1])]
+        nodes += [
+            helper.make_node("Sub", [source, "mean"], ["sub"], name=names[0]),
+            helper.make_node("Mul", ["sub", "scale"], ["mul"], name=names[-1]),
+        ]
         source = "mul"
-    nodes += [helper.make_node("GlobalAveragePool", [source], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
-              helper.make_node("MatMul", ["flat", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["out"])]
-    _save(path, nodes, [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 3, side, side])],
-          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, bias.shape[0]])], initializers)
+    nodes += [
+        helper.make_node("GlobalAveragePool", [source], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+        helper.make_node("Add", ["mm", "b"], ["out"]),
+    ]
+    _save(
+        path,
+        nodes,
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 3, side, side])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, bias.shape[0]])],
+        initializers,
+    )
 
 
 def crop_normalised(points, box):
@@ -113,7 +130,11 @@ def buffalo(tmp_path_factory, reference_face):
 def test_models_are_recognised_by_their_signatures(buffalo, tmp_path):
     roles = find_models(str(buffalo))
     assert {k: v.rsplit("/", 1)[1] for k, v in roles.items()} == {
-        "detector": "det_10g.onnx", "embedder": "w600k_r50.onnx", "landmarks2d": "2d106det.onnx", "landmarks3d": "1k3d68.onnx"}
+        "detector": "det_10g.onnx",
+        "embedder": "w600k_r50.onnx",
+        "landmarks2d": "2d106det.onnx",
+        "landmarks3d": "1k3d68.onnx",
+    }
     partial = tmp_path / "partial"
     shutil.copytree(buffalo, partial)
     (partial / "1k3d68.onnx").unlink()
@@ -125,7 +146,7 @@ def test_models_are_recognised_by_their_signatures(buffalo, tmp_path):
     (tmp_path / "broken" / "det_10g.onnx").write_bytes(b"not onnx")
     with pytest.raises(BackendError, match="not a loadable ONNX model"):
         InsightFaceDetector(str(tmp_path / "broken"))
-    with pytest.raises(BackendError, match="needs --detector-model"):
+    with pytest.raises(BackendError, match="needs detector_model"):
         InsightFaceDetector(None)
 
 
@@ -159,8 +180,11 @@ def test_arcface_sees_rgb_normalised_and_returns_a_unit_vector(buffalo):
 
 def test_mixed_backends_give_106_points_and_the_68_point_face_prompt(buffalo, reference_face):
     rgb, dlib_face = reference_face
-    analyzer = FaceAnalyzer(FaceAnalysisConfig(landmarks="insightface", landmarks_model=str(buffalo),
-                                               embedder="insightface", embedder_model=str(buffalo)))
+    analyzer = FaceAnalyzer(
+        FaceAnalysisConfig(
+            landmarks="insightface", landmarks_model=str(buffalo), embedder="insightface", embedder_model=str(buffalo)
+        )
+    )
     face = analyzer.analyze(rgb, max_faces=1)[0]
     assert face.landmark_convention == "insightface106" and face.landmarks.shape == (106, 2)
     np.testing.assert_allclose(face.landmarks68, dlib_face.landmarks, atol=0.05)
@@ -176,9 +200,14 @@ def test_prep_records_the_backends_it_used(buffalo, spark, shared_faces, tmp_pat
     source.mkdir(parents=True)
     for name in ("1.jpg", "4.jpg"):
         shutil.copy(shared_faces / "identities/obama" / name, source / name)
-    config = PrepConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), progress=False,
-                        faces=FaceAnalysisConfig(landmarks="insightface", landmarks_model=str(buffalo),
-                                                 embedder="insightface", embedder_model=str(buffalo)))
+    config = PrepConfig(
+        input=str(tmp_path / "in"),
+        output=str(tmp_path / "out"),
+        progress=False,
+        faces=FaceAnalysisConfig(
+            landmarks="insightface", landmarks_model=str(buffalo), embedder="insightface", embedder_model=str(buffalo)
+        ),
+    )
     manifest = run_prep(config, spark=spark).manifest()
     assert (manifest.status == "ok").all()
     assert (manifest.detector_model == "dlib-hog-frontal").all()
@@ -196,11 +225,14 @@ def _bright_square():
     return image
 
 
-@pytest.mark.parametrize("strides,kinds,anchors", [
-    ((8, 16, 32), ("score", "bbox"), 2),  # 6 outputs: no keypoints
-    ((8, 16, 32, 64, 128), ("score", "bbox"), 1),  # 10 outputs
-    ((8, 16, 32, 64, 128), ("score", "bbox", "kps"), 1),  # 15 outputs
-])
+@pytest.mark.parametrize(
+    "strides,kinds,anchors",
+    [
+        ((8, 16, 32), ("score", "bbox"), 2),  # 6 outputs: no keypoints
+        ((8, 16, 32, 64, 128), ("score", "bbox"), 1),  # 10 outputs
+        ((8, 16, 32, 64, 128), ("score", "bbox", "kps"), 1),  # 15 outputs
+    ],
+)
 def test_every_scrfd_output_layout_decodes(tmp_path, strides, kinds, anchors):
     tiny_detector(tmp_path / "det.onnx", strides, kinds, anchors)
     detector = InsightFaceDetector(str(tmp_path))
@@ -221,7 +253,9 @@ def test_a_keypoint_less_detector_takes_five_points_from_the_landmarks(tmp_path,
     embedder = auto.embedder
     from_landmarks = embedder.embed(rgb, dlib_face.landmarks68, "ibug68", None)
     np.testing.assert_allclose(auto.embed(rgb, dlib_face), from_landmarks)  # dlib's box has no keypoints
-    with pytest.raises(BackendError, match=r"five_points is 'detector' but the insightface detector \(.*det.onnx\) gives no keypoints"):
+    with pytest.raises(
+        BackendError, match=r"five_points is 'detector' but the insightface detector \(.*det.onnx\) gives no keypoints"
+    ):
         FaceAnalyzer(FaceAnalysisConfig(detector="insightface", detector_model=str(folder), five_points="detector"))
     with pytest.raises(BackendError, match="five_points must be one of auto, detector, landmarks"):
         FaceAnalyzer(FaceAnalysisConfig(five_points="nose"))
@@ -231,12 +265,16 @@ def test_models_that_fit_no_role_are_refused_before_any_image(tmp_path):
     yunet = tmp_path / "yunet"
     yunet.mkdir()
     tiny_detector(yunet / "face_detection_yunet.onnx", kinds=("score", "obj", "bbox", "kps"), anchors=1)  # 12 outputs
-    with pytest.raises(BackendError, match=r"face_detection_yunet.onnx fits no InsightFace role: .*12 output\(s\).*SCRFD detector"):
+    with pytest.raises(
+        BackendError, match=r"face_detection_yunet.onnx fits no InsightFace role: .*12 output\(s\).*SCRFD detector"
+    ):
         InsightFaceDetector(str(yunet))
     narrow = tmp_path / "narrow"
     narrow.mkdir()
     tiny_head(narrow / "r18_128.onnx", "input.1", 112, np.zeros((3, 128)), np.zeros(128), raw_pixels=False)
-    with pytest.raises(BackendError, match=r"r18_128.onnx is a 128-d recogniser; the insightface embedder takes a 512-d"):
+    with pytest.raises(
+        BackendError, match=r"r18_128.onnx is a 128-d recogniser; the insightface embedder takes a 512-d"
+    ):
         InsightFaceEmbedder(str(narrow))
 
 
@@ -247,14 +285,17 @@ def test_genderage_in_a_pack_is_ignored(tmp_path, buffalo):
     assert "genderage" in find_models(str(pack)) and InsightFaceEmbedder(str(pack))
 
 
-@pytest.mark.parametrize("names,landmark_model,inside", [
-    (("Sub_0", "Mul_1"), False, True),  # PyTorch-style names
-    (("_minus0", "_mul0"), False, True),  # MXNet-style names
-    (("Sub_0", "conv_1"), False, False),  # only one of the two
-    (("bn_data", "conv0"), True, True),  # a landmark model that starts with bn_data
-    (("bn_data", "conv0"), False, False),  # ... which a recogniser rule ignores
-    (("norm_a", "norm_b"), True, False),  # Sub and Mul ops under other names: not InsightFace's signal
-])
+@pytest.mark.parametrize(
+    "names,landmark_model,inside",
+    [
+        (("Sub_0", "Mul_1"), False, True),  # PyTorch-style names
+        (("_minus0", "_mul0"), False, True),  # MXNet-style names
+        (("Sub_0", "conv_1"), False, False),  # only one of the two
+        (("bn_data", "conv0"), True, True),  # a landmark model that starts with bn_data
+        (("bn_data", "conv0"), False, False),  # ... which a recogniser rule ignores
+        (("norm_a", "norm_b"), True, False),  # Sub and Mul ops under other names: not InsightFace's signal
+    ],
+)
 def test_input_normalisation_follows_insightface_naming_rule(tmp_path, names, landmark_model, inside):
     from dynamicid.faces.backends.insightface_backend import OnnxModel
 

@@ -8,9 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO, load_rgb
+from PIL import Image
 
 insightface_scrfd = pytest.importorskip("insightface.model_zoo.scrfd")
 insightface_arcface = pytest.importorskip("insightface.model_zoo.arcface_onnx")
@@ -106,10 +105,10 @@ def test_embeddings_equal_insightface_arcface_code(real_models, reference, test_
 
 
 def test_prep_with_real_weights_keeps_every_photo_and_separates_identities(real_models, test_images, spark, tmp_path):
-    from dynamicid.prep import PrepConfig, run_prep
-    from dynamicid.faces.analyzer import cosine_similarity
-
     import torch
+
+    from dynamicid.faces.analyzer import cosine_similarity
+    from dynamicid.prep import PrepConfig, run_prep
 
     source = tmp_path / "in"
     for key, rgb in test_images.items():
@@ -118,17 +117,28 @@ def test_prep_with_real_weights_keeps_every_photo_and_separates_identities(real_
         Image.fromarray(rgb).save(source / person / f"{stem}.png")
         if "_closeup" not in stem:
             Image.fromarray(np.ascontiguousarray(rgb[:, ::-1])).save(source / person / f"{stem}_mirror.png")
-    config = PrepConfig(input=str(source), output=str(tmp_path / "out"), progress=False,
-                        faces=FaceAnalysisConfig(detector="insightface", detector_model=real_models,
-                                                 embedder="insightface", embedder_model=real_models))
+    config = PrepConfig(
+        input=str(source),
+        output=str(tmp_path / "out"),
+        progress=False,
+        faces=FaceAnalysisConfig(
+            detector="insightface", detector_model=real_models, embedder="insightface", embedder_model=real_models
+        ),
+    )
     manifest = run_prep(config, spark=spark).manifest()
     assert len(manifest) == len(test_images) + 16
-    assert (manifest.status == "ok").all(), manifest.loc[manifest.status != "ok", ["relative_path", "reason", "message"]]
+    assert (manifest.status == "ok").all(), manifest.loc[
+        manifest.status != "ok", ["relative_path", "reason", "message"]
+    ]
     assert manifest.embedding_model.str.startswith("arcface:edgeface_xs_w512.onnx:").all()
 
     rows = manifest[~manifest.relative_path.str.contains("_mirror")]
-    vectors = {r.relative_path: torch.load(tmp_path / "out" / "images" / r.identity / f"{r.name}.pt", weights_only=True)["embedding"].numpy()
-               for r in rows.itertuples()}
+    vectors = {
+        r.relative_path: torch.load(tmp_path / "out" / "images" / r.identity / f"{r.name}.pt", weights_only=True)[
+            "embedding"
+        ].numpy()
+        for r in rows.itertuples()
+    }
     identity = dict(zip(rows.relative_path, rows.identity))
     same, different = [], []
     for a, b in itertools.combinations(vectors, 2):
@@ -155,4 +165,7 @@ def test_the_real_folder_is_recognised_by_signature(real_models, tmp_path):
     shutil.copy(REAL / "scrfd_2.5g_bnkps.onnx", renamed / "a.onnx")
     shutil.copy(REAL / "edgeface_xs_w512.onnx", renamed / "b.onnx")
     roles = find_models(str(renamed))
-    assert {role: os.path.basename(path) for role, path in roles.items()} == {"detector": "a.onnx", "embedder": "b.onnx"}
+    assert {role: os.path.basename(path) for role, path in roles.items()} == {
+        "detector": "a.onnx",
+        "embedder": "b.onnx",
+    }

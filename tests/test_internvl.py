@@ -14,7 +14,7 @@ if not hasattr(transformers, "InternVLForConditionalGeneration"):
 from dynamicid.faces.backends import BackendError, create  # noqa: E402
 from dynamicid.faces.backends.internvl_backend import PREFILL, InternVLCaptioner, image_seq_length  # noqa: E402
 from dynamicid.faces.caption import CaptionGuard, caption_from_description, guard_description  # noqa: E402
-from dynamicid.tiny_models import CHATML_TEMPLATE, tiny_internvl  # noqa: E402
+from dynamicid.testing.tiny_models import CHATML_TEMPLATE, tiny_internvl  # noqa: E402
 
 FACTS = {"face_prompt": "with a smile, looking ahead", "grayscale": False}
 
@@ -39,6 +39,7 @@ def faces(shared_faces, analyzer):
 
 # -- the guard --------------------------------------------------------------------------------------
 
+
 def test_guard_cuts_length_back_to_a_whole_clause():
     text = "A photo of a man in a grey suit, standing in a busy office, " + " ".join(f"word{i}" for i in range(30))
     guarded = guard_description(text, CaptionGuard(max_words=20))
@@ -51,32 +52,39 @@ def test_guard_cuts_repetition():
     assert guard_description("A photo of a red hat, a red hat, a red hat") == "a photo of a red hat"
 
 
-@pytest.mark.parametrize("text", [
-    "A photo of Barack Obama in a suit.",
-    "A photo of a man named John at a desk.",
-    "A photo of a man who looks like a famous actor.",
-    "A photo of a celebrity at an event.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "A photo of Barack Obama in a suit.",
+        "A photo of a man named John at a desk.",
+        "A photo of a man who looks like a famous actor.",
+        "A photo of a celebrity at an event.",
+    ],
+)
 def test_guard_drops_sentences_that_name_or_identify_people(text):
     assert guard_description(text) is None
     assert caption_from_description(guard_description(text), FACTS) == (
-        "a close-up photo of a person's face, with a smile, looking ahead")
+        "a close-up photo of a person's face, with a smile, looking ahead"
+    )
 
 
 def test_guard_keeps_the_other_sentences_and_ordinary_capitals():
     text = "A photo of a woman in a red coat in the snow. Behind her stands Joe Biden."
     assert guard_description(text) == "a photo of a woman in a red coat in the snow"
     assert guard_description("A photo of a man in a Grey suit, Black and White style") == (
-        "a photo of a man in a Grey suit, Black and White style")
+        "a photo of a man in a Grey suit, Black and White style"
+    )
     assert guard_description("A photo of a person with a TV") == "a photo of a person with a TV"
 
 
 def test_caption_is_the_description_then_the_measured_face_prompt():
     assert caption_from_description("a photo of a man in a park", FACTS) == (
-        "a photo of a man in a park, with a smile, looking ahead")
+        "a photo of a man in a park, with a smile, looking ahead"
+    )
 
 
 # -- the model ----------------------------------------------------------------------------------------
+
 
 def test_tokens_per_tile_follow_the_model_config():
     config = {"vision_config": {"image_size": [448, 448], "patch_size": [14, 14]}, "downsample_ratio": 0.5}
@@ -114,7 +122,7 @@ def test_text_generation_stops_at_the_token_limit(internvl_folder, faces):
     image = [faces[0].aligned]
     short_words, longer_words = short.describe(image)[0].split(), longer.describe(image)[0].split()
     assert len(short_words) <= 3 < len(longer_words)
-    assert longer_words[:len(short_words)] == short_words  # greedy: the same text, cut earlier
+    assert longer_words[: len(short_words)] == short_words  # greedy: the same text, cut earlier
 
 
 def test_a_folder_without_chat_template_uses_chatml(tmp_path):
@@ -160,6 +168,7 @@ def test_missing_or_wrong_folders_are_named(internvl_folder, tmp_path):
 
 # -- inside prep --------------------------------------------------------------------------------------
 
+
 def _copy_photos(shared_faces, target, names):
     for person, name in names:
         (target / person).mkdir(parents=True, exist_ok=True)
@@ -171,8 +180,14 @@ def test_prep_captions_with_internvl_and_records_it(internvl_folder, spark, shar
     from dynamicid.prep import PrepConfig, run_prep
 
     source = _copy_photos(shared_faces, tmp_path / "in", [("obama", "1.jpg"), ("obama", "4.jpg"), ("biden", "1.jpg")])
-    config = PrepConfig(input=str(source), output=str(tmp_path / "out"), progress=False, captioner="internvl",
-                        captioner_model=str(internvl_folder), caption_max_tokens=8)
+    config = PrepConfig(
+        input=str(source),
+        output=str(tmp_path / "out"),
+        progress=False,
+        captioner="internvl",
+        captioner_model=str(internvl_folder),
+        caption_max_tokens=8,
+    )
     manifest = run_prep(config, spark=spark).manifest()
     assert (manifest.status == "ok").all() and len(manifest) == 3
     assert manifest.captioner_model.str.startswith("internvl:InternVL-tiny-hf:").all()
@@ -209,8 +224,9 @@ def _stage_and_three_files(shared_faces, tmp_path):
     photos = [("obama", "1.jpg"), ("obama", "4.jpg"), ("biden", "1.jpg")]
     source = _copy_photos(shared_faces, tmp_path / "in", photos)
     config = PrepConfig(input=str(source), output=str(tmp_path / "out"), progress=False)
-    files = pd.DataFrame([(str(source / p / n), f"{p}/{n}", p) for p, n in photos],
-                         columns=["path", "relative", "identity"])
+    files = pd.DataFrame(
+        [(str(source / p / n), f"{p}/{n}", p) for p, n in photos], columns=["path", "relative", "identity"]
+    )
     return PrepStage(config).setup(), files
 
 

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from tiny import CROSS_DIM, tiny_unet
 
 from dynamicid.models import IMR, FaceEncoder, KeyPointEncoder
 from dynamicid.models.imr import landmark_map_to_tensor
@@ -21,8 +22,6 @@ from dynamicid.models.saa import (
     remove_processors,
     routing_mask,
 )
-
-from tiny import CROSS_DIM, tiny_unet
 
 
 @pytest.fixture()
@@ -52,10 +51,14 @@ def test_scale_zero_and_zero_lora_reproduce_the_base_unet(unet):
     with torch.no_grad():
         base = unet(latents, t, text).sample
         previous = install_processors(unet, DynamicIDAttention.for_unet(unet, rank=4))
-        settings = SAASettings(num_persons=2, id_scale=0.0, boxes=[[0, 0, 1, 0.5], [0, 0.5, 1, 1]], infer_scale=2, infer_end=5)
+        settings = SAASettings(
+            num_persons=2, id_scale=0.0, boxes=[[0, 0, 1, 0.5], [0, 0.5, 1, 1]], infer_scale=2, infer_end=5
+        )
         same = unet(latents, t, torch.cat([text, ids], 1), cross_attention_kwargs={"dynamicid": settings}).sample
         torch.testing.assert_close(same, base, atol=1e-5, rtol=0)
-        changed = unet(latents, t, torch.cat([text, ids], 1), cross_attention_kwargs={"dynamicid": SAASettings(num_persons=2)}).sample
+        changed = unet(
+            latents, t, torch.cat([text, ids], 1), cross_attention_kwargs={"dynamicid": SAASettings(num_persons=2)}
+        ).sample
         assert (changed - base).abs().max() > 1e-3
         remove_processors(unet, previous)
         torch.testing.assert_close(unet(latents, t, text).sample, base, atol=0, rtol=0)
@@ -69,7 +72,9 @@ def test_lora_scale_zero_ignores_trained_lora(unet):
         off = SAASettings(num_persons=2, id_scale=0.0, lora_scale=0.0)
         on = SAASettings(num_persons=2, id_scale=0.0, lora_scale=1.0)
         context = torch.cat([text, ids], 1)
-        torch.testing.assert_close(unet(latents, t, context, cross_attention_kwargs={"dynamicid": off}).sample, base, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            unet(latents, t, context, cross_attention_kwargs={"dynamicid": off}).sample, base, atol=1e-5, rtol=0
+        )
         assert (unet(latents, t, context, cross_attention_kwargs={"dynamicid": on}).sample - base).abs().max() > 1e-4
 
 
@@ -155,10 +160,17 @@ def test_batch_of_two_equals_two_batches_of_one(unet):
     context = torch.cat([text, ids], 1)
     with torch.no_grad():
         together = unet(latents, t, context, cross_attention_kwargs={"dynamicid": settings()}).sample
-        apart = torch.cat([
-            unet(latents[i : i + 1], t[i : i + 1], context[i : i + 1], cross_attention_kwargs={"dynamicid": settings()}).sample
-            for i in range(2)
-        ])
+        apart = torch.cat(
+            [
+                unet(
+                    latents[i : i + 1],
+                    t[i : i + 1],
+                    context[i : i + 1],
+                    cross_attention_kwargs={"dynamicid": settings()},
+                ).sample
+                for i in range(2)
+            ]
+        )
     torch.testing.assert_close(together, apart, atol=1e-5, rtol=1e-5)
 
 
@@ -168,9 +180,28 @@ def test_per_element_boxes_and_the_layout_window(unet):
     context = torch.cat([text, ids], 1)
     per_element = torch.tensor([[[0, 0, 1, 0.5], [0, 0.5, 1, 1]], [[0, 0.5, 1, 1], [0, 0, 1, 0.5]]])
     with torch.no_grad():
-        early = unet(latents, t, context, cross_attention_kwargs={"dynamicid": SAASettings(num_persons=2, boxes=per_element, step=0, infer_scale=2, infer_end=12)}).sample
-        late = unet(latents, t, context, cross_attention_kwargs={"dynamicid": SAASettings(num_persons=2, boxes=per_element, step=12, infer_scale=2, infer_end=12)}).sample
-        no_layout = unet(latents, t, context, cross_attention_kwargs={"dynamicid": SAASettings(num_persons=2, boxes=per_element, infer_scale=0)}).sample
+        early = unet(
+            latents,
+            t,
+            context,
+            cross_attention_kwargs={
+                "dynamicid": SAASettings(num_persons=2, boxes=per_element, step=0, infer_scale=2, infer_end=12)
+            },
+        ).sample
+        late = unet(
+            latents,
+            t,
+            context,
+            cross_attention_kwargs={
+                "dynamicid": SAASettings(num_persons=2, boxes=per_element, step=12, infer_scale=2, infer_end=12)
+            },
+        ).sample
+        no_layout = unet(
+            latents,
+            t,
+            context,
+            cross_attention_kwargs={"dynamicid": SAASettings(num_persons=2, boxes=per_element, infer_scale=0)},
+        ).sample
     assert (early - late).abs().max() > 1e-4  # the boost applies only before infer_end
     torch.testing.assert_close(late, no_layout, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="boxes must have shape"):
@@ -181,7 +212,14 @@ def test_non_square_grid_and_gate_telemetry(unet):
     install_processors(unet, DynamicIDAttention.for_unet(unet, rank=4))
     latents, t, text, ids = inputs(batch=1, size=(16, 24))
     maps = []
-    settings = SAASettings(num_persons=2, latent_size=(16, 24), boxes=[[0, 0, 1, 0.5], [0, 0.5, 1, 1]], infer_scale=2, infer_end=1, gate_maps=maps)
+    settings = SAASettings(
+        num_persons=2,
+        latent_size=(16, 24),
+        boxes=[[0, 0, 1, 0.5], [0, 0.5, 1, 1]],
+        infer_scale=2,
+        infer_end=1,
+        gate_maps=maps,
+    )
     with torch.no_grad():
         out = unet(latents, t, torch.cat([text, ids], 1), cross_attention_kwargs={"dynamicid": settings}).sample
     assert out.shape == (1, 4, 16, 24)
@@ -226,7 +264,9 @@ def test_keypoint_encoder_and_imr_shapes():
     with pytest.raises(ValueError, match="96, 96"):
         encoder(torch.zeros(1, 1, 64, 64))
     imr = IMR()
-    edited = imr.edit(torch.randn(4, 768), torch.randn(1, 768), torch.randn(1, 768), torch.randn(5, 768), torch.randn(5, 768))
+    edited = imr.edit(
+        torch.randn(4, 768), torch.randn(1, 768), torch.randn(1, 768), torch.randn(5, 768), torch.randn(5, 768)
+    )
     assert edited.shape == (5, 4, 768)
     batched = imr(torch.randn(2, 4, 768), torch.randn(2, 4, 1024), torch.randn(2, 3, 4, 1024))
     assert batched.shape == (2, 3, 4, 768)
@@ -253,7 +293,9 @@ def test_stage_one_gradients_reach_only_the_adapter_and_face_encoder(unet):
     encoder = FaceEncoder(id_dim=128, clip_dim=64, cross_attention_dim=CROSS_DIM, heads=2, dim_head=8)
     latents, t, text, _ = inputs(batch=1)
     ids = encoder(torch.randn(1, 128), torch.randn(1, 257, 64))
-    out = unet(latents, t, torch.cat([text, ids], 1), cross_attention_kwargs={"dynamicid": SAASettings(num_persons=1)}).sample
+    out = unet(
+        latents, t, torch.cat([text, ids], 1), cross_attention_kwargs={"dynamicid": SAASettings(num_persons=1)}
+    ).sample
     out.pow(2).mean().backward()
     adapter_ids = {id(p) for p in adapter.parameters()}
     for name, p in unet.named_parameters():
@@ -301,7 +343,12 @@ def test_changing_steps_do_not_recompile(unet):
     for step in range(4):
         settings = SAASettings(num_persons=2, boxes=boxes, step=torch.tensor(step), infer_scale=2.0, infer_end=2)
         outputs.append(compiled(hidden, context, settings))
-        eager = processor(attn, hidden, context, dynamicid=SAASettings(num_persons=2, boxes=boxes, step=step, infer_scale=2.0, infer_end=2))
+        eager = processor(
+            attn,
+            hidden,
+            context,
+            dynamicid=SAASettings(num_persons=2, boxes=boxes, step=step, infer_scale=2.0, infer_end=2),
+        )
         torch.testing.assert_close(outputs[-1], eager)
     assert counter.frame_count == 1
     assert (outputs[1] - outputs[2]).abs().max() > 1e-5  # the layout did switch off at infer_end

@@ -86,61 +86,158 @@ def corpus(tmp_path_factory, tiny_models, sample):
 
 
 def _generate(models, *extra, person=None, weights=None, base=BAD):
-    return ["generate", "--base-model", base, "--weights", weights or BAD, "--clip-image-encoder",
-            models["clip-image"] if base != BAD else BAD, "--prompt", "a photo", "--person", person, "--output",
-            "/tmp/dynamicid-never-written", "--device", "cpu", "--dtype", "float32", "--steps", "1", *extra]
+    return [
+        "generate",
+        "--base-model",
+        base,
+        "--weights",
+        weights or BAD,
+        "--clip-image-encoder",
+        models["clip-image"] if base != BAD else BAD,
+        "--prompt",
+        "a photo",
+        "--person",
+        person,
+        "--output",
+        "/tmp/dynamicid-never-written",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--steps",
+        "1",
+        *extra,
+    ]
 
 
 # (case id, argv builder, words the one-paragraph message must hold)
 CASES = [
-    ("prep-missing-input", lambda r, p, m: ["prep", str(r / "missing"), str(r / "out")], ["input not found", "missing"]),
+    (
+        "prep-missing-input",
+        lambda r, p, m: ["prep", str(r / "missing"), str(r / "out")],
+        ["input not found", "missing"],
+    ),
     ("prep-output-is-input", lambda r, p, m: ["prep", str(r / "eval"), str(r / "eval")], ["is the input folder"]),
-    ("prep-detect-side-0", lambda r, p, m: ["prep", str(r / "eval"), str(r / "o"), "--detect-side", "0"],
-     ["--detect-side must be at least 64"]),
+    (
+        "prep-detect-side-0",
+        lambda r, p, m: ["prep", str(r / "eval"), str(r / "o"), "--detect-side", "0"],
+        ["detect_side must be at least 64"],
+    ),
     ("prep-no-folders", lambda r, p, m: ["prep"], ["needs INPUT and OUTPUT"]),
     ("prep-verify-not-output", lambda r, p, m: ["prep", "--verify", str(r / "eval")], ["manifest.parquet not found"]),
-    ("prep-output-under-a-file", lambda r, p, m: ["prep", str(r / "eval"), p["file"] + "/out"],
-     ["cannot write to the output folder", "file/out"]),
+    (
+        "prep-output-under-a-file",
+        lambda r, p, m: ["prep", str(r / "eval"), p["file"] + "/out"],
+        ["cannot write to the output folder", "file/out"],
+    ),
     ("prep-unknown-embedder", lambda r, p, m: ["prep", str(r / "eval"), str(r / "o"), "--embedder", "nope"], ["nope"]),
-    ("generate-box-words", lambda r, p, m: _generate(m, "--box", "a,b,c,d", person=p["photo"]),
-     ["--box", "four numbers"]),
-    ("generate-box-zero-area", lambda r, p, m: _generate(m, "--box", "0.5,0.5,0.2,0.9", person=p["photo"]),
-     ["zero area"]),
-    ("generate-8192-square", lambda r, p, m: _generate(m, "--height", "8192", "--width", "8192", person=p["photo"]),
-     ["64.0 megapixels", "--max-output-pixels"]),
-    ("generate-images-0", lambda r, p, m: _generate(m, "--images", "0", person=p["photo"]), ["--images", "at least 1"]),
-    ("generate-missing-photo", lambda r, p, m: _generate(m, person=str(r / "nobody.jpg")),
-     ["reference photo", "nobody.jpg"]),
+    (
+        "generate-box-words",
+        lambda r, p, m: _generate(m, "--box", "a,b,c,d", person=p["photo"]),
+        ["box", "four numbers"],
+    ),
+    (
+        "generate-box-zero-area",
+        lambda r, p, m: _generate(m, "--box", "0.5,0.5,0.2,0.9", person=p["photo"]),
+        ["zero area"],
+    ),
+    (
+        "generate-8192-square",
+        lambda r, p, m: _generate(m, "--height", "8192", "--width", "8192", person=p["photo"]),
+        ["64.0 megapixels", "max_output_pixels"],
+    ),
+    ("generate-images-0", lambda r, p, m: _generate(m, "--images", "0", person=p["photo"]), ["(images)", "at least 1"]),
+    (
+        "generate-missing-photo",
+        lambda r, p, m: _generate(m, person=str(r / "nobody.jpg")),
+        ["reference photo", "nobody.jpg"],
+    ),
     ("generate-photo-not-an-image", lambda r, p, m: _generate(m, person=p["file"]), ["reference photo", "file"]),
-    ("generate-cut-safetensors", lambda r, p, m: _generate(m, person=p["photo"], weights=p["weights_cut"], base=m["sd15"]),
-     ["saa.safetensors", "truncated or damaged"]),
-    ("generate-broken-dynamicid-json", lambda r, p, m: _generate(m, person=p["photo"], weights=p["weights_badjson"],
-                                                                  base=m["sd15"]), ["dynamicid.json", "not valid JSON"]),
-    ("train-no-manifest", lambda r, p, m: ["train", "anchor", str(r), str(r / "t"), "--base-model", m["sd15"],
-                                           "--clip-image-encoder", m["clip-image"]], ["no manifest.parquet"]),
-    ("train-keep-0", lambda r, p, m: ["train", "anchor", str(r), str(r / "t"), "--base-model", m["sd15"],
-                                      "--clip-image-encoder", m["clip-image"], "--keep-checkpoints", "0"],
-     ["--keep-checkpoints"]),
+    (
+        "generate-cut-safetensors",
+        lambda r, p, m: _generate(m, person=p["photo"], weights=p["weights_cut"], base=m["sd15"]),
+        ["saa.safetensors", "truncated or damaged"],
+    ),
+    (
+        "generate-broken-dynamicid-json",
+        lambda r, p, m: _generate(m, person=p["photo"], weights=p["weights_badjson"], base=m["sd15"]),
+        ["dynamicid.json", "not valid JSON"],
+    ),
+    (
+        "train-no-manifest",
+        lambda r, p, m: [
+            "train",
+            "anchor",
+            str(r),
+            str(r / "t"),
+            "--base-model",
+            m["sd15"],
+            "--clip-image-encoder",
+            m["clip-image"],
+        ],
+        ["no manifest.parquet"],
+    ),
+    (
+        "train-keep-0",
+        lambda r, p, m: [
+            "train",
+            "anchor",
+            str(r),
+            str(r / "t"),
+            "--base-model",
+            m["sd15"],
+            "--clip-image-encoder",
+            m["clip-image"],
+            "--keep-checkpoints",
+            "0",
+        ],
+        ["keep_checkpoints"],
+    ),
     ("eval-sidecar-list", lambda r, p, m: ["eval", p["sidecar_list"], str(r / "e")], ["img.json", "found a list"]),
     ("eval-box-strings", lambda r, p, m: ["eval", p["box_strings"], str(r / "e")], ["img.json", "person 0", "'box'"]),
     ("eval-persons-string", lambda r, p, m: ["eval", p["persons_string"], str(r / "e")], ["img.json", "'persons'"]),
-    ("eval-persons-empty", lambda r, p, m: ["eval", p["persons_empty"], str(r / "e")], ["img.json", "at least one person"]),
+    (
+        "eval-persons-empty",
+        lambda r, p, m: ["eval", p["persons_empty"], str(r / "e")],
+        ["img.json", "at least one person"],
+    ),
     ("eval-name-list", lambda r, p, m: ["eval", p["name_list"], str(r / "e")], ["img.json", "'name'"]),
     ("eval-csv-box-words", lambda r, p, m: ["eval", p["csv_box"], str(r / "e")], ["boxes.csv:2", "'box'", "a b c d"]),
-    ("convert-missing-key", lambda r, p, m: ["convert-weights", p["authors_missing_key"], str(r / "c"), "--unet-config",
-                                             p["unet_config"]], ["SAA.bin proj_module", "norm.weight"]),
-    ("convert-proj-tensor", lambda r, p, m: ["convert-weights", p["authors_proj_tensor"], str(r / "c"), "--unet-config",
-                                             p["unet_config"]], ["proj_module must be a state dict", "Tensor"]),
-    ("convert-imr-list", lambda r, p, m: ["convert-weights", p["authors_imr_list"], str(r / "c"), "--unet-config",
-                                          p["unet_config"]], ["IMR.bin must be a state dict", "list"]),
-    ("convert-empty-file", lambda r, p, m: ["convert-weights", p["authors_empty"], str(r / "c"), "--unet-config",
-                                            p["unet_config"]], ["key_point_encoder.bin is empty"]),
-    ("convert-nan", lambda r, p, m: ["convert-weights", p["authors_nan"], str(r / "c"), "--unet-config", p["unet_config"]],
-     ["norm.weight", "NaN or infinite"]),
-    ("convert-broken-unet-config", lambda r, p, m: ["convert-weights", str(r), str(r / "c"), "--unet-config",
-                                                    p["broken_unet"]], ["--unet-config", "not valid JSON"]),
-    ("config-file-not-a-table", lambda r, p, m: ["prep", "--config", str(r / "eval" / "list" / "img.json"), "a", "b"],
-     ["must hold a table of options"]),
+    (
+        "convert-missing-key",
+        lambda r, p, m: ["convert-weights", p["authors_missing_key"], str(r / "c"), "--unet-config", p["unet_config"]],
+        ["SAA.bin proj_module", "norm.weight"],
+    ),
+    (
+        "convert-proj-tensor",
+        lambda r, p, m: ["convert-weights", p["authors_proj_tensor"], str(r / "c"), "--unet-config", p["unet_config"]],
+        ["proj_module must be a state dict", "Tensor"],
+    ),
+    (
+        "convert-imr-list",
+        lambda r, p, m: ["convert-weights", p["authors_imr_list"], str(r / "c"), "--unet-config", p["unet_config"]],
+        ["IMR.bin must be a state dict", "list"],
+    ),
+    (
+        "convert-empty-file",
+        lambda r, p, m: ["convert-weights", p["authors_empty"], str(r / "c"), "--unet-config", p["unet_config"]],
+        ["key_point_encoder.bin is empty"],
+    ),
+    (
+        "convert-nan",
+        lambda r, p, m: ["convert-weights", p["authors_nan"], str(r / "c"), "--unet-config", p["unet_config"]],
+        ["norm.weight", "NaN or infinite"],
+    ),
+    (
+        "convert-broken-unet-config",
+        lambda r, p, m: ["convert-weights", str(r), str(r / "c"), "--unet-config", p["broken_unet"]],
+        ["unet_config", "not valid JSON"],
+    ),
+    (
+        "config-file-not-a-table",
+        lambda r, p, m: ["prep", "--config", str(r / "eval" / "list" / "img.json"), "a", "b"],
+        ["must hold a table of options"],
+    ),
 ]
 
 
@@ -175,7 +272,7 @@ def test_a_bug_is_one_paragraph_with_the_traceback_in_a_file(monkeypatch, capsys
 
 def test_generate_checks_the_request_before_loading_any_model(corpus, monkeypatch, capsys):
     """A bad box fails in the request check; the model load is never reached."""
-    from dynamicid.pipeline import pipeline
+    from dynamicid.generation import pipeline
 
     loads = []
     monkeypatch.setattr(pipeline.DynamicIDPipeline, "from_pretrained", classmethod(lambda *a, **k: loads.append(a)))
@@ -193,8 +290,10 @@ def test_authors_files_for_any_unet_size_load(corpus):
     ours, theirs = load_ours(models["dynamicid"], layout), load_authors(os.path.join(root, "authors", "good"), layout)
     assert public_config(theirs.face_encoder) == public_config(ours.face_encoder)
     assert public_config(theirs.imr) == public_config(ours.imr)
-    assert (theirs.keypoint_encoder.out_dim, theirs.keypoint_encoder.base) == (ours.keypoint_encoder.out_dim,
-                                                                               ours.keypoint_encoder.base)
+    assert (theirs.keypoint_encoder.out_dim, theirs.keypoint_encoder.base) == (
+        ours.keypoint_encoder.out_dim,
+        ours.keypoint_encoder.base,
+    )
     for name in ("face_encoder", "attention", "imr", "keypoint_encoder"):
         a, b = getattr(ours, name).state_dict(), getattr(theirs, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name

@@ -6,11 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import generate_small, identity_photo
 from safetensors.torch import load_file
 
-from dynamicid.pipeline import DynamicIDPipeline, Person
-
-from conftest import generate_small, identity_photo
+from dynamicid.generation import DynamicIDPipeline, Person
 
 FIXTURE = Path(__file__).parent / "data" / "generation_fixture.npz"
 
@@ -50,8 +49,7 @@ def test_save_pretrained_then_from_pretrained_gives_the_same_image(pipe, shared_
     before = make(pipe, persons).images
     pipe.save_pretrained(tmp_path / "saved")
     assert (tmp_path / "saved" / "model_index.json").exists() and (tmp_path / "saved" / "saa").is_dir()
-    unet_keys = load_file(
-        next((tmp_path / "saved" / "unet").glob("*.safetensors"))).keys()
+    unet_keys = load_file(next((tmp_path / "saved" / "unet").glob("*.safetensors"))).keys()
     assert not any(".processor." in key for key in unet_keys)  # the UNet is saved clean, SAA on its own
     loaded = DynamicIDPipeline.from_pretrained(str(tmp_path / "saved"))
     loaded.set_progress_bar_config(disable=True)
@@ -62,9 +60,13 @@ def test_save_pretrained_then_from_pretrained_gives_the_same_image(pipe, shared_
 def test_from_pipe_puts_dynamicid_on_a_stable_diffusion_pipeline(pipe, tiny_models, shared_faces):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    sd = StableDiffusionPipeline.from_pretrained(tiny_models["sd15"], safety_checker=None, requires_safety_checker=False)
+    sd = StableDiffusionPipeline.from_pretrained(
+        tiny_models["sd15"], safety_checker=None, requires_safety_checker=False
+    )
     sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
-    built = DynamicIDPipeline.from_pipe(sd, weights=tiny_models["dynamicid"], clip_image_encoder=tiny_models["clip-image"])
+    built = DynamicIDPipeline.from_pipe(
+        sd, weights=tiny_models["dynamicid"], clip_image_encoder=tiny_models["clip-image"]
+    )
     built.set_progress_bar_config(disable=True)
     assert built.unet is sd.unet and built.vae is sd.vae  # shared, not copied
     persons = [Person(photo(shared_faces, "obama/1.jpg"))]
@@ -78,8 +80,13 @@ def test_callbacks_see_every_step_and_can_stop_early(pipe, shared_faces):
         seen.append((step, int(timestep), tuple(tensors["latents"].shape)))
         return {}
 
-    make(pipe, [Person(photo(shared_faces, "obama/1.jpg"))], num_inference_steps=4, callback_on_step_end=watch,
-         callback_on_step_end_tensor_inputs=["latents"])
+    make(
+        pipe,
+        [Person(photo(shared_faces, "obama/1.jpg"))],
+        num_inference_steps=4,
+        callback_on_step_end=watch,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
     side = 64 // pipe.vae_scale_factor
     assert [s for s, _, _ in seen] == [0, 1, 2, 3] and seen[0][2] == (1, 4, side, side)
 
@@ -90,23 +97,38 @@ def test_callbacks_see_every_step_and_can_stop_early(pipe, shared_faces):
         return {}
 
     seen.clear()
-    out = make(pipe, [Person(photo(shared_faces, "obama/1.jpg"))], num_inference_steps=6, callback_on_step_end=stop_after_two)
+    out = make(
+        pipe, [Person(photo(shared_faces, "obama/1.jpg"))], num_inference_steps=6, callback_on_step_end=stop_after_two
+    )
     assert seen == [0, 1] and out.images.shape == (1, 64, 64, 3)
 
 
 def test_a_list_of_prompts_and_return_dict_false(pipe, shared_faces):
     persons = [Person(photo(shared_faces, "obama/1.jpg"))]
-    images, gate_maps, encoded = pipe(["a portrait photo", "a photo at the beach"], persons, num_inference_steps=2,
-                                      height=64, width=64, num_images_per_prompt=2, seed=1, output_type="np",
-                                      return_dict=False)
+    images, gate_maps, encoded = pipe(
+        ["a portrait photo", "a photo at the beach"],
+        persons,
+        num_inference_steps=2,
+        height=64,
+        width=64,
+        num_images_per_prompt=2,
+        seed=1,
+        output_type="np",
+        return_dict=False,
+    )
     assert images.shape == (4, 64, 64, 3) and gate_maps is None and len(encoded) == 1
     assert np.abs(images[0] - images[2]).max() > 1e-3  # different prompts, different images
 
 
 def test_person_embeds_reused_give_the_same_image_as_the_photos(pipe, shared_faces):
-    persons = [Person(photo(shared_faces, "obama/1.jpg"), box=(0.05, 0.1, 0.45, 0.6)),
-               Person(photo(shared_faces, "biden/1.jpg"), face_prompt="in a happy expression, in front view",
-                      box=(0.55, 0.1, 0.95, 0.6))]
+    persons = [
+        Person(photo(shared_faces, "obama/1.jpg"), box=(0.05, 0.1, 0.45, 0.6)),
+        Person(
+            photo(shared_faces, "biden/1.jpg"),
+            face_prompt="in a happy expression, in front view",
+            box=(0.55, 0.1, 0.95, 0.6),
+        ),
+    ]
     from_photos = make(pipe, persons, width=96)
     embeds = pipe.encode_persons(persons)
     again = make(pipe, [Person(None, box=p.box) for p in persons], width=96, person_embeds=embeds)
@@ -125,7 +147,12 @@ def test_other_diffusers_schedulers_can_be_swapped_in(pipe, shared_faces, schedu
     finally:
         pipe.scheduler = original
     assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
-    assert np.abs(out.images - make(pipe, [Person(photo(shared_faces, "obama/1.jpg"))], num_inference_steps=4).images).max() > 1e-4
+    assert (
+        np.abs(
+            out.images - make(pipe, [Person(photo(shared_faces, "obama/1.jpg"))], num_inference_steps=4).images
+        ).max()
+        > 1e-4
+    )
 
 
 def test_latents_and_prompt_embeds_can_be_given(pipe, shared_faces):
@@ -133,12 +160,22 @@ def test_latents_and_prompt_embeds_can_be_given(pipe, shared_faces):
     generator = torch.Generator().manual_seed(5)
     side = 64 // pipe.vae_scale_factor
     latents = torch.randn(1, 4, side, side, generator=generator)
-    from dynamicid.basemodel import encode_text
+    from dynamicid.models.basemodel import encode_text
 
     embeds = encode_text(pipe.tokenizer, pipe.text_encoder, ["a portrait photo"], "cpu")[0]
-    a = pipe(None, persons, prompt_embeds=embeds, latents=latents, num_inference_steps=2, height=64, width=64,
-             output_type="np").images
-    b = pipe("a portrait photo", persons, latents=latents, num_inference_steps=2, height=64, width=64, output_type="np").images
+    a = pipe(
+        None,
+        persons,
+        prompt_embeds=embeds,
+        latents=latents,
+        num_inference_steps=2,
+        height=64,
+        width=64,
+        output_type="np",
+    ).images
+    b = pipe(
+        "a portrait photo", persons, latents=latents, num_inference_steps=2, height=64, width=64, output_type="np"
+    ).images
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 

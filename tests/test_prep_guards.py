@@ -55,15 +55,19 @@ def test_identities_are_their_folder_names_and_never_collide(spark, face_png, tm
     manifest = result.manifest()
     assert sorted(manifest.identity) == sorted(names)
     assert (manifest.status == "ok").all() and not manifest.resumed.any()  # none takes another's record
-    folders = {row.identity: os.path.dirname(outputs.face_paths(str(tmp_path / "out"), row.identity, row.name)["jpg"])
-               for row in manifest.itertuples()}
+    folders = {
+        row.identity: os.path.dirname(outputs.face_paths(str(tmp_path / "out"), row.identity, row.name)["jpg"])
+        for row in manifest.itertuples()
+    }
     assert len(set(folders.values())) == len(names)
     assert sorted(os.listdir(tmp_path / "out" / "images")) == sorted(names)  # readable, in any script
     again = prep(spark, tmp_path / "in", tmp_path / "out").manifest()
     assert again.resumed.all() and sorted(again.identity) == sorted(names)
 
 
-def test_changed_inputs_and_settings_leave_no_stale_outputs_and_verify_finds_differences(spark, sample, tmp_path, capsys):
+def test_changed_inputs_and_settings_leave_no_stale_outputs_and_verify_finds_differences(
+    spark, sample, tmp_path, capsys
+):
     from dynamicid import cli
 
     source = tmp_path / "in"
@@ -71,11 +75,14 @@ def test_changed_inputs_and_settings_leave_no_stale_outputs_and_verify_finds_dif
     out = tmp_path / "out"
     first = prep(spark, source, out).manifest().set_index("relative_path")
     assert check_outputs(str(out)).ok
-    old = [outputs.face_paths(str(out), "astronaut", first.loc[f"astronaut/{name}", "name"]).values()
-           for name in ("original.png", "rgba.png")]
+    old = [
+        outputs.face_paths(str(out), "astronaut", first.loc[f"astronaut/{name}", "name"]).values()
+        for name in ("original.png", "rgba.png")
+    ]
     # New content under the same name: the old face's files are no longer listed.
     Image.open(source / "astronaut" / "mirrored.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
-        source / "astronaut" / "original.png")
+        source / "astronaut" / "original.png"
+    )
     os.remove(source / "astronaut" / "rgba.png")  # an input that is gone takes its outputs with it
     result = prep(spark, source, out)
     check = check_outputs(str(out))
@@ -132,21 +139,28 @@ def test_every_listed_path_gets_a_row_and_folder_links_are_followed_once(spark, 
     assert set(listed) == {"ann/a.png", "ann/loop.png", "ann/broken.png", "ann/pipe.png", "bob/b.png"}
     manifest = prep(spark, source, tmp_path / "out").manifest().set_index("relative_path")
     assert manifest.loc["bob/b.png", "status"] == "ok" and manifest.loc["bob/b.png", "identity"] == "bob"
-    for name, words in (("loop.png", "symbolic link loop"), ("broken.png", "broken symbolic link"),
-                        ("pipe.png", "not a regular file")):
+    for name, words in (
+        ("loop.png", "symbolic link loop"),
+        ("broken.png", "broken symbolic link"),
+        ("pipe.png", "not a regular file"),
+    ):
         row = manifest.loc[f"ann/{name}"]
         assert (row.status, row.reason) == ("error", "read_error") and words in row.message, row.message
 
 
 def _streamed_png(path, width: int, height: int) -> None:
     """A large RGB PNG written a row at a time, so the test itself never holds the pixels."""
+
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
 
     row = b"\x00" + (np.arange(width * 3) % 251).astype(np.uint8).tobytes()
     packer = zlib.compressobj(1)
     with open(path, "wb") as handle:
-        handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"))
+        handle.write(
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02\x00\x00\x00")
+        )
         data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
         handle.write(chunk(b"IDAT", data) + chunk(b"IEND", b""))
 
@@ -177,8 +191,13 @@ def test_no_single_input_takes_a_worker_past_1_5_gb(tmp_path):
     _streamed_png(png, 13400, 13400)
     with open(huge, "wb") as handle:
         handle.truncate(3 * 2**30)  # sparse: no disk used, but 3 GiB to read
-    probe = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path / "out"), str(png), str(huge)],
-                           capture_output=True, text=True, timeout=300, check=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(tmp_path / "out"), str(png), str(huge)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     result = json.loads(probe.stdout.strip().splitlines()[-1])
     assert result["reasons"] == ["no_face", "too_large_file"]
     assert result["peak_mb"] < 1536, result
@@ -186,15 +205,15 @@ def test_no_single_input_takes_a_worker_past_1_5_gb(tmp_path):
 
 
 def test_degenerate_images_are_rejections_with_reasons():
-    from dynamicid.imagefile import Rejected, ValidationConfig, decode_image
+    from dynamicid.imagefile import ImageRules, Rejected, decode_image
     from dynamicid.prep.sample import png_bytes
 
-    rules = ValidationConfig()
+    rules = ImageRules()
     strip = png_bytes(Image.new("L", (100000, 64), 128))
     with pytest.raises(Rejected) as caught:
         decode_image(strip, rules)
     assert caught.value.reason == "extreme_aspect_ratio"
-    with pytest.raises(ValueError, match="--detect-side must be at least 64"):
+    with pytest.raises(ValueError, match="detect_side must be at least 64"):
         PrepConfig(input="in", output="out", faces=FaceAnalysisConfig(detect_side=0))
 
 
@@ -235,5 +254,10 @@ def test_the_listing_streams_to_parquet_a_batch_at_a_time(tmp_path):
     assert table.metadata.num_row_groups == 4 and table.metadata.num_rows == 10
     rows = table.read().to_pylist()
     assert rows[0]["problem"] == "a broken symbolic link" and rows[9] == {
-        "path": "/in/p/9.jpg", "relative": "p/9.jpg", "identity": "p", "size": 90, "problem": None}
+        "path": "/in/p/9.jpg",
+        "relative": "p/9.jpg",
+        "identity": "p",
+        "size": 90,
+        "problem": None,
+    }
     assert write_listing(iter(()), str(tmp_path / "empty.parquet")) == 0

@@ -136,7 +136,9 @@ def identities_run(spark, shared_faces, tmp_path_factory):
 
 def test_all_sixteen_identity_photos_are_kept_with_their_person(identities_run, shared_faces):
     manifest = identities_run[0].manifest()
-    files = sorted(p.relative_to(shared_faces / "identities").as_posix() for p in (shared_faces / "identities").rglob("*.*"))
+    files = sorted(
+        p.relative_to(shared_faces / "identities").as_posix() for p in (shared_faces / "identities").rglob("*.*")
+    )
     assert sorted(manifest.relative_path) == files and len(files) == 16
     assert (manifest.status == "ok").all()
     assert (manifest.identity == manifest.relative_path.str.split("/").str[0]).all()
@@ -171,7 +173,9 @@ def test_group_photos_follow_the_multi_face_policy(spark, shared_faces, tmp_path
         assert len(manifest) == 3 and (manifest.reason == "multiple_faces").all()
     else:
         assert (manifest.status == "ok").all()
-        assert (manifest.groupby("relative_path").size() == manifest.groupby("relative_path").faces_detected.first()).all()
+        assert (
+            manifest.groupby("relative_path").size() == manifest.groupby("relative_path").faces_detected.first()
+        ).all()
         assert manifest.name.is_unique and manifest.name.str.contains("_f1").any()
 
 
@@ -189,7 +193,9 @@ def test_listing_through_spark_and_reading_uris(spark, sample):
     folder, expected = sample
     listed = list_with_spark(spark, "file://" + str(folder), "by-identity")
     assert sorted(f.relative for f in listed) == sorted(expected)
-    assert {f.relative: f.identity for f in listed} == {f.relative: f.identity for f in list_local(str(folder), "by-identity")}
+    assert {f.relative: f.identity for f in listed} == {
+        f.relative: f.identity for f in list_local(str(folder), "by-identity")
+    }
     one = next(f for f in listed if f.relative == "astronaut/original.png")
     assert read_uri(one.path) == (folder / "astronaut/original.png").read_bytes()
 

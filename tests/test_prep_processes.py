@@ -34,8 +34,18 @@ def make_input(shared_faces: Path, target: Path, copies: int) -> Path:
 
 
 def prep_command(input_dir: Path, output_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "dynamicid.cli", "prep", str(input_dir), str(output_dir), "--no-progress",
-            "--images-per-partition", "2", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "dynamicid.cli",
+        "prep",
+        str(input_dir),
+        str(output_dir),
+        "--no-progress",
+        "--images-per-partition",
+        "2",
+        *extra,
+    ]
 
 
 def records(output_dir: Path) -> list[Path]:
@@ -67,7 +77,9 @@ def check_no_partial_outputs(output_dir: Path) -> None:
 def embeddings_by_file(output_dir: Path) -> dict[str, np.ndarray]:
     manifest = pd.read_parquet(output_dir / "manifest.parquet")
     return {
-        row.relative_path: torch.load(outputs.face_paths(str(output_dir), row.identity, row.name)["pt"], weights_only=True)["embedding"].numpy()
+        row.relative_path: torch.load(
+            outputs.face_paths(str(output_dir), row.identity, row.name)["pt"], weights_only=True
+        )["embedding"].numpy()
         for row in manifest[manifest.status == "ok"].itertuples()
     }
 
@@ -76,8 +88,9 @@ def test_killed_run_resumes_to_complete_outputs(shared_faces, tmp_path):
     source = make_input(shared_faces, tmp_path / "in", copies=3)
     files = sorted(p for p in source.rglob("*") if p.is_file())
     out = tmp_path / "out"
-    process = subprocess.Popen(prep_command(source, out), env=ENV, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        prep_command(source, out), env=ENV, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for_records(out, 6, process)
     finally:
@@ -123,13 +136,33 @@ class StandaloneCluster:
         self.workdir = workdir
         self.port = _free_port()
         self.url = f"spark://127.0.0.1:{self.port}"
-        self.master = self._start("master", "org.apache.spark.deploy.master.Master",
-                                  "--host", "127.0.0.1", "--port", str(self.port), "--webui-port", str(_free_port()))
+        self.master = self._start(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--webui-port",
+            str(_free_port()),
+        )
         self._wait_for(self.workdir / "master.log", "I have been elected leader")
         self.workers = [
-            self._start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", self.url, "--host", "127.0.0.1",
-                        "--cores", "1", "--memory", "2g", "--webui-port", str(_free_port()),
-                        "--work-dir", str(workdir / f"work{i}"))
+            self._start(
+                f"worker{i}",
+                "org.apache.spark.deploy.worker.Worker",
+                self.url,
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                "1",
+                "--memory",
+                "2g",
+                "--webui-port",
+                str(_free_port()),
+                "--work-dir",
+                str(workdir / f"work{i}"),
+            )
             for i in range(workers)
         ]
         for i in range(workers):
@@ -137,8 +170,13 @@ class StandaloneCluster:
 
     def _start(self, name: str, main_class: str, *args: str) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "w")
-        return subprocess.Popen([os.path.join(self.home, "bin", "spark-class"), main_class, *args],
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [os.path.join(self.home, "bin", "spark-class"), main_class, *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def _wait_for(self, log: Path, text: str, timeout: float = 90) -> None:
         deadline = time.time() + timeout
@@ -163,8 +201,13 @@ def test_cluster_job_survives_a_lost_worker_with_the_same_outputs_as_local(share
     cluster = StandaloneCluster(tmp_path)
     try:
         out = tmp_path / "cluster_out"
-        job = subprocess.Popen(prep_command(source, out, "--master", cluster.url), env=ENV,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        job = subprocess.Popen(
+            prep_command(source, out, "--master", cluster.url),
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         wait_for_records(out, 4, job)
         cluster.kill_worker(0)
         assert len(records(out)) < total, "the job finished before the worker was lost"
@@ -197,10 +240,22 @@ def test_spark_submit_runs_the_same_job(sample, tmp_path):
     folder, expected = sample
     submit = os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
     result = subprocess.run(
-        [submit, "--master", "local[2]", "--conf", f"spark.pyspark.python={sys.executable}", cli.__file__,
-         "prep", str(folder), str(tmp_path / "out"), "--no-progress"],
+        [
+            submit,
+            "--master",
+            "local[2]",
+            "--conf",
+            f"spark.pyspark.python={sys.executable}",
+            cli.__file__,
+            "prep",
+            str(folder),
+            str(tmp_path / "out"),
+            "--no-progress",
+        ],
         env=ENV | {"PYSPARK_PYTHON": sys.executable, "SPARK_HOME": os.path.dirname(pyspark.__file__)},
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")

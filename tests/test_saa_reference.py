@@ -18,10 +18,9 @@ import math
 
 import pytest
 import torch
+from tiny import CROSS_DIM, tiny_unet
 
 from dynamicid.models.saa import SAAProcessor, SAASettings, box_masks
-
-from tiny import CROSS_DIM, tiny_unet
 
 TOKENS = 4
 
@@ -74,7 +73,9 @@ def reference_saa(attn, processor, hidden, text, ids, persons, boxes, gate, stre
             if held_by:
                 w[:, cell] = w[:, cell] * (strength + 1) + strength
     id_out = torch.softmax(routed, dim=-1) @ v_ip
-    merged = text_out.transpose(1, 2).reshape(batch, queries, -1) + id_scale * w[..., None] * id_out.transpose(1, 2).reshape(batch, queries, -1)
+    merged = text_out.transpose(1, 2).reshape(batch, queries, -1) + id_scale * w[..., None] * id_out.transpose(
+        1, 2
+    ).reshape(batch, queries, -1)
     return attn.to_out[0](merged) + processor.to_out_lora(merged)
 
 
@@ -112,8 +113,17 @@ def test_processor_equals_the_reference(persons, boxes, gate, step, batch, grid)
     ids = torch.randn(batch, TOKENS * persons, CROSS_DIM, generator=g)
     chosen = {"none": None, "on": ON_EDGES[:persons], "off": OFF_EDGES[:persons]}[boxes]
     infer_scale, infer_end = 2.0, 12
-    settings = SAASettings(num_persons=persons, tokens_per_person=TOKENS, id_scale=0.8, boxes=chosen, gate=gate,
-                           step=torch.tensor(step), infer_scale=infer_scale, infer_end=infer_end, latent_size=grid)
+    settings = SAASettings(
+        num_persons=persons,
+        tokens_per_person=TOKENS,
+        id_scale=0.8,
+        boxes=chosen,
+        gate=gate,
+        step=torch.tensor(step),
+        infer_scale=infer_scale,
+        infer_end=infer_end,
+        latent_size=grid,
+    )
     with torch.no_grad():
         ours = processor(attn, hidden, torch.cat([text, ids], 1), dynamicid=settings)
         strength = infer_scale if step < infer_end else 0.0
@@ -127,8 +137,11 @@ def test_box_cells_follow_the_authors_truncation(side):
     inside = box_masks(boxes, side, side)
     for person, box in enumerate(boxes[0].tolist()):
         # rows int(y0 h) .. int(y1 h) - 1, columns int(x0 w) .. int(x1 w) - 1
-        expected = {(r, c) for r in range(int(0.1 * side), int(0.9 * side))
-                    for c in range(int(box[1] * side), int(box[3] * side))}
+        expected = {
+            (r, c)
+            for r in range(int(0.1 * side), int(0.9 * side))
+            for c in range(int(box[1] * side), int(box[3] * side))
+        }
         got = {(i // side, i % side) for i in inside[0, person].nonzero().flatten().tolist()}
         assert got == expected, (side, person)
 
@@ -166,7 +179,9 @@ def test_gate_off_is_ip_adapter_style_with_or_without_boxes():
     attn, processor = _layer_and_processor()
     hidden, context = torch.randn(1, 256, 32), torch.randn(1, 77 + 2 * TOKENS, CROSS_DIM)
     boxes = [[0.0, 0.0, 1.0, 0.5], [0.0, 0.5, 1.0, 1.0]]
-    with_boxes, gate = _gate_of(processor, attn, hidden, context, num_persons=2, gate=False, boxes=boxes, infer_scale=2.0, infer_end=12)
+    with_boxes, gate = _gate_of(
+        processor, attn, hidden, context, num_persons=2, gate=False, boxes=boxes, infer_scale=2.0, infer_end=12
+    )
     without, _ = _gate_of(processor, attn, hidden, context, num_persons=2, gate=False, strips_when_no_boxes=False)
     torch.testing.assert_close(with_boxes, without, atol=0, rtol=0)
     assert (gate == 1).all()
@@ -178,7 +193,9 @@ def test_overlapping_boxes_give_finite_output_and_one_boost():
     attn, processor = _layer_and_processor()
     hidden, context = torch.randn(2, 256, 32), torch.randn(2, 77 + 2 * TOKENS, CROSS_DIM)
     overlapping = [[0.0, 0.0, 1.0, 0.7], [0.0, 0.3, 1.0, 1.0]]
-    out, gate = _gate_of(processor, attn, hidden, context, num_persons=2, boxes=overlapping, infer_scale=2.0, infer_end=12)
+    out, gate = _gate_of(
+        processor, attn, hidden, context, num_persons=2, boxes=overlapping, infer_scale=2.0, infer_end=12
+    )
     assert torch.isfinite(out).all()
     assert gate.max() <= 3.0  # w <= 1 plus the boost of 2, applied once even where both boxes hold the cell
     _, plain = _gate_of(processor, attn, hidden, context, num_persons=2, boxes=overlapping)
@@ -201,9 +218,13 @@ def test_one_settings_object_serves_every_step_and_builds_its_masks_once():
     with torch.no_grad():
         for step in (0, 1):
             shared.step = torch.tensor(step)
-            outputs.append(unet(latents, torch.full((2,), 500), text, cross_attention_kwargs={"dynamicid": shared}).sample)
+            outputs.append(
+                unet(latents, torch.full((2,), 500), text, cross_attention_kwargs={"dynamicid": shared}).sample
+            )
             cells.append({key: value[0] for key, value in shared._cells.items()})
-            fresh = SAASettings(num_persons=2, boxes=boxes, step=step, infer_scale=2.0, infer_end=1, latent_size=(16, 16))
+            fresh = SAASettings(
+                num_persons=2, boxes=boxes, step=step, infer_scale=2.0, infer_end=1, latent_size=(16, 16)
+            )
             expected = unet(latents, torch.full((2,), 500), text, cross_attention_kwargs={"dynamicid": fresh}).sample
             torch.testing.assert_close(outputs[-1], expected, atol=0, rtol=0)
     assert sorted(key[:2] for key in cells[0]) == [(8, 8), (16, 16)]  # one entry per grid the UNet's SAA layers use

@@ -35,8 +35,14 @@ def _launch(tiny_pipe, **config):
     engine = Engine(tiny_pipe)
     app = build_app(engine, tiny=True)
     app.queue(default_concurrency_limit=1, max_size=settings.queue_size)
-    _, url, _ = app.launch(server_name=settings.host, server_port=settings.port, prevent_thread_lock=True, quiet=True,
-                           auth=settings.check_auth if settings.auth else None, max_file_size="20mb")
+    _, url, _ = app.launch(
+        server_name=settings.host,
+        server_port=settings.port,
+        prevent_thread_lock=True,
+        quiet=True,
+        auth=settings.check_auth if settings.auth else None,
+        max_file_size="20mb",
+    )
     return app, engine, url
 
 
@@ -61,8 +67,9 @@ def browser():
 
 def _upload(page, index: int, path: str, expect: str) -> str:
     page.locator(f"#person{index}-photo input[type=file]").set_input_files(path)
-    page.wait_for_function(f"document.querySelector('#person{index}-status').innerText.includes({expect!r})",
-                           timeout=60000)
+    page.wait_for_function(
+        f"document.querySelector('#person{index}-status').innerText.includes({expect!r})", timeout=60000
+    )
     return page.locator(f"#person{index}-status").inner_text()
 
 
@@ -76,7 +83,9 @@ def test_two_persons_with_face_prompts_and_an_edited_box_in_the_browser(server, 
     page = browser.new_page(viewport={"width": 1400, "height": 2000})
     page.goto(url)
     page.wait_for_selector("#person0-photo")
-    assert "face found: in a happy expression" in _upload(page, 0, str(shared_faces / "identities/obama/1.jpg"), "face found")
+    assert "face found: in a happy expression" in _upload(
+        page, 0, str(shared_faces / "identities/obama/1.jpg"), "face found"
+    )
     _upload(page, 1, str(shared_faces / "identities/biden/2.jpg"), "face found")
     page.locator("#person0-expression label", has_text="sad").click()
     page.locator("#person1-orientation label", has_text="side left").click()
@@ -88,8 +97,10 @@ def test_two_persons_with_face_prompts_and_an_edited_box_in_the_browser(server, 
     page.click("#generate")
     page.wait_for_selector("#files a", timeout=120000)
     sidecar = _sidecar(page)
-    assert [p["face_prompt"] for p in sidecar["persons"]] == ["in a sad expression, in front view",
-                                                               "in a happy expression, in side view, turned left"]
+    assert [p["face_prompt"] for p in sidecar["persons"]] == [
+        "in a sad expression, in front view",
+        "in a happy expression, in side view, turned left",
+    ]
     assert sidecar["boxes"][1][0] == 0.5 and not sidecar["boxes_automatic"]
     assert (sidecar["seed"], sidecar["width"], sidecar["height"], sidecar["steps"]) == (11, 128, 128, 4)
     result = page.locator("#result img").first
@@ -98,7 +109,9 @@ def test_two_persons_with_face_prompts_and_an_edited_box_in_the_browser(server, 
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     if os.environ.get("DYNAMICID_SCREENSHOT"):  # refresh the README's picture
         shot = Image.open(tmp_path / "page.png").convert("RGB")
-        shot = shot.resize((shot.width // 2, shot.height // 2)).crop((0, 0, shot.width // 2, min(shot.height // 2, 1100)))
+        shot = shot.resize((shot.width // 2, shot.height // 2)).crop(
+            (0, 0, shot.width // 2, min(shot.height // 2, 1100))
+        )
         shot.convert("P", palette=Image.Palette.ADAPTIVE, colors=128).save(SCREENSHOT, optimize=True)
     page.close()
 
@@ -115,8 +128,10 @@ def test_a_photo_without_a_face_is_refused_and_the_server_keeps_serving(server, 
     assert "no face was detected" in refused
     assert "face found" in _upload(page, 1, str(shared_faces / "identities/obama/1.jpg"), "face found")
     page.click("#generate")  # person 1's photo is refused: the page says so, nothing runs
-    page.wait_for_function("document.body.innerText.includes('cannot be used') || "
-                           "document.body.innerText.includes('no face')", timeout=60000)
+    page.wait_for_function(
+        "document.body.innerText.includes('cannot be used') || document.body.innerText.includes('no face')",
+        timeout=60000,
+    )
     page.close()
 
 
@@ -130,8 +145,13 @@ def _api_args(shared_faces, steps=2, seed=0, **settings):
     from gradio_client import handle_file
 
     photos = [handle_file(str(shared_faces / "identities/obama/1.jpg"))]
-    return ("a portrait", photos, json.dumps(["in a sad expression, in front view"]), "[]",
-            json.dumps({"steps": steps, "height": 64, "width": 64, "seed": seed} | settings))
+    return (
+        "a portrait",
+        photos,
+        json.dumps(["in a sad expression, in front view"]),
+        "[]",
+        json.dumps({"steps": steps, "height": 64, "width": 64, "seed": seed} | settings),
+    )
 
 
 def test_eight_requests_at_once_all_complete_and_a_cancelled_one_stops(server, shared_faces):
@@ -157,8 +177,10 @@ def test_the_api_refuses_a_file_path_on_the_server(server):
     import httpx
 
     url, _ = server
-    started = httpx.post(f"{url}gradio_api/call/generate", json={"data": [
-        "p", [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}], "[]", "[]", "{}"]})
+    started = httpx.post(
+        f"{url}gradio_api/call/generate",
+        json={"data": ["p", [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}], "[]", "[]", "{}"]},
+    )
     events = httpx.get(f"{url}gradio_api/call/generate/{started.json()['event_id']}", timeout=60).text
     assert "event: error" in events and "root:" not in events
 
@@ -177,8 +199,9 @@ def test_without_the_token_requests_are_refused(tiny_pipe, shared_faces):
     try:
         with pytest.raises(Exception):
             _api(url).predict(*_api_args(shared_faces), api_name="/generate")
-        images, sidecar = _api(url, auth=("anyone", "s3cret-token")).predict(*_api_args(shared_faces),
-                                                                              api_name="/generate")
+        images, sidecar = _api(url, auth=("anyone", "s3cret-token")).predict(
+            *_api_args(shared_faces), api_name="/generate"
+        )
         assert sidecar["steps"] == 2 and os.path.isfile(images[0]["image"])
     finally:
         app.close()

@@ -22,22 +22,53 @@ def dataset(spark, shared_faces, tmp_path_factory):
 
 
 def anchor_config(dataset, tiny_models, output, **options):
-    settings = dict(data=dataset, base_model=tiny_models["sd15"], clip_image_encoder=tiny_models["clip-image"],
-                    output=str(output), steps=4, batch_size=2, resolution=32, lora_rank=4, checkpoint_every=2,
-                    progress=False, learning_rate=1e-3) | options
+    settings = (
+        dict(
+            data=dataset,
+            base_model=tiny_models["sd15"],
+            clip_image_encoder=tiny_models["clip-image"],
+            output=str(output),
+            steps=4,
+            batch_size=2,
+            resolution=32,
+            lora_rank=4,
+            checkpoint_every=2,
+            progress=False,
+            learning_rate=1e-3,
+        )
+        | options
+    )
     return AnchorConfig(**settings)
 
 
 def reconfig_config(dataset, tiny_models, output, **options):
-    settings = dict(data=dataset, base_model=tiny_models["sd15"], clip_image_encoder=tiny_models["clip-image"],
-                    output=str(output), weights=tiny_models["dynamicid"], steps=3, max_targets=3, resolution=32,
-                    checkpoint_every=0, progress=False, learning_rate=1e-3) | options
+    settings = (
+        dict(
+            data=dataset,
+            base_model=tiny_models["sd15"],
+            clip_image_encoder=tiny_models["clip-image"],
+            output=str(output),
+            weights=tiny_models["dynamicid"],
+            steps=3,
+            max_targets=3,
+            resolution=32,
+            checkpoint_every=0,
+            progress=False,
+            learning_rate=1e-3,
+        )
+        | options
+    )
     return ReconfigConfig(**settings)
 
 
 def frozen_state(frozen, skip_processors=True):
     state = {}
-    for name, module in (("unet", frozen.unet), ("vae", frozen.vae), ("text", frozen.text_encoder), ("clip", frozen.image_encoder)):
+    for name, module in (
+        ("unet", frozen.unet),
+        ("vae", frozen.vae),
+        ("text", frozen.text_encoder),
+        ("clip", frozen.image_encoder),
+    ):
         for key, value in module.state_dict().items():
             if skip_processors and ".processor." in key:
                 continue
@@ -54,12 +85,16 @@ def test_anchor_trains_only_its_modules(dataset, tiny_models, tmp_path, capsys, 
         return original_prepare(self, trainable)
 
     monkeypatch.setattr("dynamicid.training.trainer.Trainer.prepare", remember)
-    from dynamicid.basemodel import load_base_model, load_clip_image_encoder
+    from dynamicid.models.basemodel import load_base_model, load_clip_image_encoder
 
     base = load_base_model(tiny_models["sd15"])
     clip, _ = load_clip_image_encoder(tiny_models["clip-image"])
-    before = {**{f"unet.{k}": v for k, v in base.unet.state_dict().items()}, **{f"vae.{k}": v for k, v in base.vae.state_dict().items()},
-              **{f"text.{k}": v for k, v in base.text_encoder.state_dict().items()}, **{f"clip.{k}": v for k, v in clip.state_dict().items()}}
+    before = {
+        **{f"unet.{k}": v for k, v in base.unet.state_dict().items()},
+        **{f"vae.{k}": v for k, v in base.vae.state_dict().items()},
+        **{f"text.{k}": v for k, v in base.text_encoder.state_dict().items()},
+        **{f"clip.{k}": v for k, v in clip.state_dict().items()},
+    }
     result = train_anchor(anchor_config(dataset, tiny_models, tmp_path))
     losses = [r["loss"] for r in result["history"]]
     assert len(losses) == 4 and all(np.isfinite(losses))
@@ -71,17 +106,27 @@ def test_anchor_trains_only_its_modules(dataset, tiny_models, tmp_path, capsys, 
     assert unchanged == []
     out = capsys.readouterr().out
     assert "1 of 6 identities have one photo" in out  # lin_manuel_miranda
-    for name in ("weights/dynamicid.json", "weights/saa.safetensors", "weights-authors/SAA.bin", "loss.png", "losses.csv",
-                 "train_config.json"):
+    for name in (
+        "weights/dynamicid.json",
+        "weights/saa.safetensors",
+        "weights-authors/SAA.bin",
+        "loss.png",
+        "losses.csv",
+        "train_config.json",
+    ):
         assert (tmp_path / name).exists(), name
     config = (tmp_path / "train_config.json").read_text()
     assert '"gate_during_training": true' in config and '"gradients_through_gate": true' in config
 
 
 def test_resume_reproduces_the_uninterrupted_losses(dataset, tiny_models, tmp_path):
-    whole = train_anchor(anchor_config(dataset, tiny_models, tmp_path / "whole", steps=6, checkpoint_every=3))["history"]
+    whole = train_anchor(anchor_config(dataset, tiny_models, tmp_path / "whole", steps=6, checkpoint_every=3))[
+        "history"
+    ]
     train_anchor(anchor_config(dataset, tiny_models, tmp_path / "split", steps=3, checkpoint_every=3))
-    resumed = train_anchor(anchor_config(dataset, tiny_models, tmp_path / "split", steps=6, checkpoint_every=3))["history"]
+    resumed = train_anchor(anchor_config(dataset, tiny_models, tmp_path / "split", steps=6, checkpoint_every=3))[
+        "history"
+    ]
     assert [r["step"] for r in resumed] == list(range(1, 7))
     np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in whole], rtol=1e-5, atol=1e-7)
 
@@ -92,7 +137,9 @@ def test_a_damaged_latest_checkpoint_is_skipped_for_the_newest_intact_one(datase
     import glob
     import os
 
-    whole = train_anchor(anchor_config(dataset, tiny_models, tmp_path / "whole", steps=6, checkpoint_every=2))["history"]
+    whole = train_anchor(anchor_config(dataset, tiny_models, tmp_path / "whole", steps=6, checkpoint_every=2))[
+        "history"
+    ]
     split = tmp_path / "split"
     train_anchor(anchor_config(dataset, tiny_models, split, steps=4, checkpoint_every=2))
     latest = sorted(glob.glob(str(split / "checkpoints" / "step-*")))[-1]
@@ -105,7 +152,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_for_the_newest_intact_one(datase
     for folder in glob.glob(str(split / "checkpoints" / "step-*")):  # now every one is damaged
         with open(glob.glob(os.path.join(folder, "optimizer*.bin"))[0], "wb") as handle:
             handle.write(b"garbage")
-    with pytest.raises(TrainingDataError, match="no checkpoint in .* can be loaded .*--no-resume"):
+    with pytest.raises(TrainingDataError, match="no checkpoint in .* can be loaded .*resume to false"):
         train_anchor(anchor_config(dataset, tiny_models, split, steps=8, checkpoint_every=2))
 
 
@@ -128,8 +175,11 @@ def test_damaged_face_files_are_left_out_before_the_first_step_with_a_list(datas
 
 def test_the_anchor_loss_falls_on_a_fixed_set(dataset, tiny_models, tmp_path):
     # A tiny UNet and rank-4 LoRA at a high rate: the noise-prediction loss drops within a few dozen steps.
-    history = train_anchor(anchor_config(dataset, tiny_models, tmp_path, steps=40, batch_size=4, checkpoint_every=0,
-                                         learning_rate=1e-2, seed=3))["history"]
+    history = train_anchor(
+        anchor_config(
+            dataset, tiny_models, tmp_path, steps=40, batch_size=4, checkpoint_every=0, learning_rate=1e-2, seed=3
+        )
+    )["history"]
     losses = np.array([r["loss"] for r in history])
     assert losses[-8:].mean() < 0.8 * losses[:8].mean(), losses
 
@@ -155,8 +205,9 @@ def test_reconfig_trains_imr_and_keypoint_encoder_only(dataset, tiny_models, tmp
 
 
 def test_the_reconfig_loss_falls(dataset, tiny_models, tmp_path):
-    history = train_reconfig(reconfig_config(dataset, tiny_models, tmp_path, steps=30, ldc_weight=0.0,
-                                             learning_rate=3e-3))["history"]
+    history = train_reconfig(
+        reconfig_config(dataset, tiny_models, tmp_path, steps=30, ldc_weight=0.0, learning_rate=3e-3)
+    )["history"]
     dfm = np.array([r["dfm"] for r in history])
     assert dfm[-5:].mean() < 0.5 * dfm[:5].mean(), dfm
 
@@ -191,15 +242,49 @@ def test_cli_make_tiny_models_and_train(dataset, tmp_path, capsys):
     assert cli.main(["make-tiny-models", str(tmp_path / "tiny")]) == 0
     for part in ("sd15/unet", "clip-image/config.json", "dynamicid/dynamicid.json"):
         assert (tmp_path / "tiny" / part).exists()
-    code = cli.main(["train", "anchor", dataset, str(tmp_path / "run"), "--base-model", str(tmp_path / "tiny/sd15"),
-                     "--clip-image-encoder", str(tmp_path / "tiny/clip-image"), "--steps", "2", "--batch-size", "1",
-                     "--resolution", "32", "--lora-rank", "4", "--sample-every", "2", "--sample-steps", "2",
-                     "--no-progress"])
+    code = cli.main(
+        [
+            "train",
+            "anchor",
+            dataset,
+            str(tmp_path / "run"),
+            "--base-model",
+            str(tmp_path / "tiny/sd15"),
+            "--clip-image-encoder",
+            str(tmp_path / "tiny/clip-image"),
+            "--steps",
+            "2",
+            "--batch-size",
+            "1",
+            "--resolution",
+            "32",
+            "--lora-rank",
+            "4",
+            "--sample-every",
+            "2",
+            "--sample-steps",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "train anchor: 2 steps" in out and (tmp_path / "run" / "samples" / "step-0000002.png").exists()
-    assert cli.main(["train", "anchor", str(tmp_path), str(tmp_path / "run2"), "--base-model", str(tmp_path / "tiny/sd15"),
-                     "--clip-image-encoder", str(tmp_path / "tiny/clip-image")]) == 1
+    assert (
+        cli.main(
+            [
+                "train",
+                "anchor",
+                str(tmp_path),
+                str(tmp_path / "run2"),
+                "--base-model",
+                str(tmp_path / "tiny/sd15"),
+                "--clip-image-encoder",
+                str(tmp_path / "tiny/clip-image"),
+            ]
+        )
+        == 1
+    )
     assert "no manifest.parquet" in capsys.readouterr().err
 
 
@@ -210,8 +295,9 @@ def test_read_ahead_gives_the_same_micro_batches_in_any_order(dataset):
     from dynamicid.training import data as td
 
     faces = load_faces(dataset)
-    batches = td.AnchorBatches(td.AnchorSampler(faces), seed=3, batch_size=2, resolution=32, id_dim=128,
-                               drops=(0.3, 0.3, 0.2))
+    batches = td.AnchorBatches(
+        td.AnchorSampler(faces), seed=3, batch_size=2, resolution=32, id_dim=128, drops=(0.3, 0.3, 0.2)
+    )
     direct = [batches[k] for k in range(6)]
     reader = td.ReadAhead(batches, workers=2)
     ahead = [reader[k] for k in range(4)] + [reader[1], reader[2]]  # then as a resumed run would ask
@@ -229,8 +315,11 @@ def test_cached_clip_features_train_as_the_encoder_in_the_step_does(dataset, tin
     files = sorted((tmp_path / "cached" / "clip-cache").rglob("*.safetensors"))
     assert len(files) == len(load_faces(dataset))
     stamps = [f.stat().st_mtime_ns for f in files]
-    live = train_anchor(anchor_config(dataset, tiny_models, tmp_path / "live", steps=3, checkpoint_every=0,
-                                      cache_clip=False, data_workers=0))
+    live = train_anchor(
+        anchor_config(
+            dataset, tiny_models, tmp_path / "live", steps=3, checkpoint_every=0, cache_clip=False, data_workers=0
+        )
+    )
     assert not (tmp_path / "live" / "clip-cache").exists()
     np.testing.assert_allclose([h["loss"] for h in cached["history"]], [h["loss"] for h in live["history"]], rtol=1e-4)
     # a second run with the same encoder reuses the cache instead of rewriting it

@@ -17,8 +17,13 @@ import torch
 
 def keras_to_torch_names() -> dict[str, str]:
     """Keras layer name -> our module path."""
-    names = {"conv2d_1": "conv1", "batch_normalization_1": "bn1", "conv2d_2": "conv2", "batch_normalization_2": "bn2",
-             "conv2d_7": "head"}
+    names = {
+        "conv2d_1": "conv1",
+        "batch_normalization_1": "bn1",
+        "conv2d_2": "conv2",
+        "batch_normalization_2": "bn2",
+        "conv2d_7": "head",
+    }
     for block in range(4):
         prefix = f"blocks.{block}"
         names[f"separable_conv2d_{2 * block + 1}"] = f"{prefix}.sep1"
@@ -33,11 +38,19 @@ def keras_to_torch_names() -> dict[str, str]:
 def layer_tensors(kind: str, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One Keras layer's tensors in PyTorch's names and layouts."""
     if kind == "batch_normalization":
-        return {"weight": weights["gamma"], "bias": weights["beta"], "running_mean": weights["moving_mean"],
-                "running_var": weights["moving_variance"]}
-    if kind == "separable_conv2d":  # depthwise (kh, kw, in, 1) -> (in, 1, kh, kw); pointwise (1, 1, in, out) -> (out, in, 1, 1)
-        return {"depthwise.weight": weights["depthwise_kernel"].transpose(2, 3, 0, 1),
-                "pointwise.weight": weights["pointwise_kernel"].transpose(3, 2, 0, 1)}
+        return {
+            "weight": weights["gamma"],
+            "bias": weights["beta"],
+            "running_mean": weights["moving_mean"],
+            "running_var": weights["moving_variance"],
+        }
+    if (
+        kind == "separable_conv2d"
+    ):  # depthwise (kh, kw, in, 1) -> (in, 1, kh, kw); pointwise (1, 1, in, out) -> (out, in, 1, 1)
+        return {
+            "depthwise.weight": weights["depthwise_kernel"].transpose(2, 3, 0, 1),
+            "pointwise.weight": weights["pointwise_kernel"].transpose(3, 2, 0, 1),
+        }
     tensors = {"weight": weights["kernel"].transpose(3, 2, 0, 1)}  # (kh, kw, in, out) -> (out, in, kh, kw)
     if "bias" in weights:
         tensors["bias"] = weights["bias"]
@@ -60,7 +73,9 @@ def convert(source: str) -> dict[str, torch.Tensor]:
             for suffix, array in layer_tensors(kind, weights).items():
                 key = f"{module}.{suffix}"
                 if tuple(expected[key].shape) != array.shape:
-                    raise ValueError(f"{keras_name}: {key} has shape {array.shape}, the port expects {tuple(expected[key].shape)}")
+                    raise ValueError(
+                        f"{keras_name}: {key} has shape {array.shape}, the port expects {tuple(expected[key].shape)}"
+                    )
                 state[key] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     if missing:

@@ -28,8 +28,10 @@ def record_inputs(target: str) -> None:
 
     analyzer = FaceAnalyzer(with_embedder=False)
     shared = Path(__file__).resolve().parents[2] / "shared" / "faces" / "identities"
-    photos = {f"{p.parent.name}/{p.stem}": np.asarray(ImageOps.exif_transpose(Image.open(p)).convert("RGB"))
-              for p in sorted(shared.glob("*/*"))}
+    photos = {
+        f"{p.parent.name}/{p.stem}": np.asarray(ImageOps.exif_transpose(Image.open(p)).convert("RGB"))
+        for p in sorted(shared.glob("*/*"))
+    }
     photos["astronaut"] = data.astronaut()
     names, faces = [], []
     for name, rgb in photos.items():

@@ -13,23 +13,39 @@ import numpy as np
 
 REQUESTS = {
     "one": dict(persons=[("obama/1.jpg", None, None)], height=64, width=64, seed=7),
-    "two_edited": dict(persons=[("obama/1.jpg", "in a sad expression, in front view", (0.05, 0.1, 0.45, 0.6)),
-                                ("biden/1.jpg", None, (0.55, 0.1, 0.95, 0.6))], height=64, width=96, seed=3),
+    "two_edited": dict(
+        persons=[
+            ("obama/1.jpg", "in a sad expression, in front view", (0.05, 0.1, 0.45, 0.6)),
+            ("biden/1.jpg", None, (0.55, 0.1, 0.95, 0.6)),
+        ],
+        height=64,
+        width=96,
+        seed=3,
+    ),
 }
 
 
 def generate(pipe, faces: str, request: dict) -> np.ndarray:
-    from dynamicid.pipeline import Person
+    from dynamicid.generation import Person
 
-    persons = [Person(f"{faces}/identities/{path}", face_prompt=prompt, box=box) for path, prompt, box in request["persons"]]
-    out = pipe("a portrait photo", persons, num_inference_steps=3, height=request["height"], width=request["width"],
-               seed=request["seed"], output_type="np")
+    persons = [
+        Person(f"{faces}/identities/{path}", face_prompt=prompt, box=box) for path, prompt, box in request["persons"]
+    ]
+    out = pipe(
+        "a portrait photo",
+        persons,
+        num_inference_steps=3,
+        height=request["height"],
+        width=request["width"],
+        seed=request["seed"],
+        output_type="np",
+    )
     return np.asarray(out.images)
 
 
 def main(faces: str, target: str) -> None:
-    from dynamicid.pipeline import DynamicIDPipeline
-    from dynamicid.tiny_models import make_tiny_models
+    from dynamicid.generation import DynamicIDPipeline
+    from dynamicid.testing.tiny_models import make_tiny_models
 
     models = make_tiny_models(tempfile.mkdtemp())
     pipe = DynamicIDPipeline.from_pretrained(models["sd15"], models["dynamicid"], models["clip-image"])

@@ -1,13 +1,16 @@
 """DynamicID: identity-preserving multi-person image personalization.
 
 Layout follows the data flow:
-  faces/       face analysis shared by prep, generation and eval
-  prep/        the Spark face-data pipeline
-  models/      DynamicID model parts (face encoder, SAA, IMR, KeyPointEncoder)
+  faces/       face analysis shared by prep, generation, eval and serving
+  prep/        the Spark face-data job (and its Spark session set-up)
+  models/      DynamicID model parts (face encoder, SAA, IMR, KeyPointEncoder) and the frozen base models
   training/    two-stage training
-  pipeline/    generation
-  evaluation/  scoring generated images
-  cli.py       the one command line
+  generation/  the diffusers pipeline: persons in, images and sidecars out
+  evaluation/  scoring images against reference photos
+  serving/     the web app and HTTP API
+  testing/     tiny random models with the real interfaces
+  cli.py       the dispatcher; each package owns its command (PACKAGE/cli.py)
+See ARCHITECTURE.md.
 """
 
 __version__ = "0.1.0"
@@ -19,7 +22,7 @@ _LAZY = {
     "IMR": "dynamicid.models.imr",
     "KeyPointEncoder": "dynamicid.models.imr",
     "DynamicIDAttention": "dynamicid.models.saa",
-    "DynamicIDPipeline": "dynamicid.pipeline.pipeline",
+    "DynamicIDPipeline": "dynamicid.generation.pipeline",
 }
 
 

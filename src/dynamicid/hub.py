@@ -14,12 +14,12 @@ import shutil
 import zipfile
 from dataclasses import dataclass, field
 
-from dynamicid.errors import DynamicIDError, first_line
+from dynamicid.errors import ModelError, first_line
 
 logger = logging.getLogger(__name__)
 
 
-class HubError(DynamicIDError):
+class HubError(ModelError):
     """A model reference that is neither a local folder nor a repo the Hub (or its cache) has."""
 
 
@@ -40,18 +40,32 @@ class Source:
 def base_model_patterns(variant: str | None) -> tuple[str, ...]:
     """The files of an SD1.5-layout repo that the pipeline reads, in one precision."""
     suffix = f".{variant}" if variant else ""
-    return ("model_index.json", "scheduler/*", "tokenizer/*", "unet/config.json", "vae/config.json",
-            "text_encoder/config.json", f"unet/diffusion_pytorch_model{suffix}.safetensors",
-            f"vae/diffusion_pytorch_model{suffix}.safetensors", f"text_encoder/model{suffix}.safetensors")
+    return (
+        "model_index.json",
+        "scheduler/*",
+        "tokenizer/*",
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+        f"unet/diffusion_pytorch_model{suffix}.safetensors",
+        f"vae/diffusion_pytorch_model{suffix}.safetensors",
+        f"text_encoder/model{suffix}.safetensors",
+    )
 
 
 DEFAULTS = {
     "base_model": Source("stable-diffusion-v1-5/stable-diffusion-v1-5", licence="CreativeML OpenRAIL-M"),
-    "clip_image_encoder": Source("h94/IP-Adapter", "models/image_encoder",
-                                 ("models/image_encoder/*.json", "models/image_encoder/*.safetensors"),
-                                 licence="Apache-2.0"),
-    "weights": Source("meteorite2023/DynamicID", patterns=("*SAA.bin", "*IMR.bin", "*key_point_encoder.bin"),
-                      licence="the authors' (see the repo's model card)"),
+    "clip_image_encoder": Source(
+        "h94/IP-Adapter",
+        "models/image_encoder",
+        ("models/image_encoder/*.json", "models/image_encoder/*.safetensors"),
+        licence="Apache-2.0",
+    ),
+    "weights": Source(
+        "meteorite2023/DynamicID",
+        patterns=("*SAA.bin", "*IMR.bin", "*key_point_encoder.bin"),
+        licence="the authors' (see the repo's model card)",
+    ),
 }
 # InsightFace publishes buffalo_l as a release asset on GitHub, not on the Hub; its models are for
 # non-commercial research only.
@@ -63,8 +77,10 @@ def split_reference(reference: str) -> tuple[str, str | None]:
     """`org/name/sub/folder` -> ("org/name", "sub/folder")."""
     parts = reference.strip("/").split("/")
     if len(parts) < 2 or not all(parts[:2]):
-        raise HubError(f"{reference!r} is neither a folder on this machine nor a Hugging Face repo id "
-                       "(org/name, optionally followed by /sub/folder)")
+        raise HubError(
+            f"{reference!r} is neither a folder on this machine nor a Hugging Face repo id "
+            "(org/name, optionally followed by /sub/folder)"
+        )
     return "/".join(parts[:2]), "/".join(parts[2:]) or None
 
 
@@ -81,8 +97,13 @@ def local_or_resolved(reference: str | None, what: str, patterns: tuple[str, ...
     return resolve(reference, what, patterns)
 
 
-def resolve(reference: str, what: str, patterns: tuple[str, ...] | None = None, progress: bool = False,
-            cache_dir: str | None = None) -> str:
+def resolve(
+    reference: str,
+    what: str,
+    patterns: tuple[str, ...] | None = None,
+    progress: bool = False,
+    cache_dir: str | None = None,
+) -> str:
     """A local folder for `reference`: the folder itself, or the repo's snapshot in the Hugging Face cache
     (downloaded when not cached and the network is allowed), with the subfolder appended."""
     if os.path.isdir(reference):
@@ -105,25 +126,36 @@ def resolve(reference: str, what: str, patterns: tuple[str, ...] | None = None, 
 
 def _snapshot(repo: str, patterns, what: str, reference: str, progress: bool, cache_dir: str | None) -> str:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     (enable_progress_bars if progress else disable_progress_bars)()
     try:
         return snapshot_download(repo, allow_patterns=list(patterns) if patterns else None, cache_dir=cache_dir)
     except GatedRepoError:
-        raise HubError(f"{what}: {repo} is gated on the Hub; accept its licence on its page, then log in with "
-                       "`hf auth login` (or set HF_TOKEN)") from None
+        raise HubError(
+            f"{what}: {repo} is gated on the Hub; accept its licence on its page, then log in with "
+            "`hf auth login` (or set HF_TOKEN)"
+        ) from None
     except RepositoryNotFoundError:
-        raise HubError(f"{what}: {reference!r} is not a folder here, and the Hub has no repo {repo} "
-                       "(or it is private: log in with `hf auth login`)") from None
+        raise HubError(
+            f"{what}: {reference!r} is not a folder here, and the Hub has no repo {repo} "
+            "(or it is private: log in with `hf auth login`)"
+        ) from None
     except RevisionNotFoundError as err:
         raise HubError(f"{what}: {repo}: {err}") from None
     except LocalEntryNotFoundError:
-        raise HubError(f"{what}: {repo} is not in the Hugging Face cache and the Hub cannot be reached "
-                       "(HF_HUB_OFFLINE is set, or there is no network). Run `dynamicid download` where there is "
-                       "a network, and copy the cache (HF_HOME) here, or give a local folder.") from None
+        raise HubError(
+            f"{what}: {repo} is not in the Hugging Face cache and the Hub cannot be reached "
+            "(HF_HUB_OFFLINE is set, or there is no network). Run `dynamicid download` where there is "
+            "a network, and copy the cache (HF_HOME) here, or give a local folder."
+        ) from None
     except (HfHubHTTPError, OSError) as err:
         raise HubError(f"{what}: downloading {repo} failed: {first_line(err)}") from None
     finally:
@@ -145,8 +177,10 @@ def fetch_buffalo_l(url: str = BUFFALO_L_URL, target: str | None = None, progres
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
-        raise HubError(f"face pack: {target} holds no buffalo_l and HF_HUB_OFFLINE is set; run "
-                       f"`dynamicid download` with a network, or unpack {url} there")
+        raise HubError(
+            f"face pack: {target} holds no buffalo_l and HF_HUB_OFFLINE is set; run "
+            f"`dynamicid download` with a network, or unpack {url} there"
+        )
     archive = target + ".zip.part"
     os.makedirs(os.path.dirname(target), exist_ok=True)
     try:
@@ -191,8 +225,9 @@ class Downloaded:
     parts: dict[str, str] = field(default_factory=dict)  # part -> local folder
 
 
-def download_defaults(to: str | None = None, variant: str | None = None, progress: bool = True,
-                      buffalo_url: str = BUFFALO_L_URL) -> Downloaded:
+def download_defaults(
+    to: str | None = None, variant: str | None = None, progress: bool = True, buffalo_url: str = BUFFALO_L_URL
+) -> Downloaded:
     """Every default model: the base, the CLIP image encoder, the authors' weights and buffalo_l. With `to`,
     the files go to `to/hub` (a Hugging Face cache: use it with HF_HOME=`to`) and `to/dynamicid`."""
     cache = os.path.join(os.path.abspath(to), "hub") if to else None

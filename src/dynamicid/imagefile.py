@@ -14,22 +14,28 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 
+from dynamicid.options import option
 
-# We check sizes ourselves from the header, before any pixel is decoded.
-Image.MAX_IMAGE_PIXELS = None
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # Pillow's default, stated: a cut file is an error, never half an image
+
 
 @dataclass(frozen=True)
-class ValidationConfig:
-    min_side: int = 64  # px; smaller images are rejected as too_small
-    max_aspect_ratio: float = 20.0  # long side / short side above this is rejected as extreme_aspect_ratio
-    max_pixels: int = 180_000_000  # width*height above this is a decompression bomb (read from the header)
-    max_bytes: int = 200 * 1024 * 1024
-    decode_side: int = 1280  # large JPEGs are decoded at a reduced scale, never below this long side
-    min_face_side: int = 40  # px in the source image; smaller faces are rejected as face_too_small
-    min_sharpness: float = 20.0  # Laplacian variance of the aligned face at 128 px; below is too_blurry
+class ImageRules:
+    """What a photo must be before any pixel is decoded (checked from its header), and how it is decoded.
+    Every image the toolkit reads goes through `open_image` or `decode_image` with these rules; Pillow's own
+    decompression-bomb guard stays on as well."""
+
+    min_side: int = option(64, "reject images smaller than this on either side (px)")
+    max_aspect_ratio: float = option(20.0, "reject images whose long side is more than this many times the short one")
+    max_pixels: int = option(
+        180_000_000,
+        "reject images whose header claims more pixels (decompression bombs; "
+        "Pillow's own guard also refuses more than 178,956,970)",
+    )
+    max_bytes: int = option(200 * 1024 * 1024, "reject files larger than this many bytes")
+    decode_side: int = option(1280, "large JPEGs are decoded at a reduced scale, never below this long side (px)")
 
 
 SUPPORTED_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "MPO": "jpeg"}
@@ -96,7 +102,7 @@ def _webp_cut_short(data: bytes) -> bool:
     return len(data) >= 12 and int.from_bytes(data[4:8], "little") + 8 > len(data)
 
 
-def _open_checked(data: bytes, rules: ValidationConfig) -> Image.Image:
+def _open_checked(data: bytes, rules: ImageRules) -> Image.Image:
     """The opened image, its header checked against the rules; no pixel is decoded yet."""
     if len(data) == 0:
         raise Rejected("empty_file", "the file has zero bytes")
@@ -108,12 +114,16 @@ def _open_checked(data: bytes, rules: ValidationConfig) -> Image.Image:
     if kind == "gif":
         raise Rejected("unsupported_format", "GIF is not accepted; convert it to PNG or JPEG")
     if kind == "webp" and _webp_cut_short(data):
-        raise Rejected("truncated", f"the WebP header declares {int.from_bytes(data[4:8], 'little') + 8} bytes, "
-                                    f"the file has {len(data)}")
+        raise Rejected(
+            "truncated",
+            f"the WebP header declares {int.from_bytes(data[4:8], 'little') + 8} bytes, the file has {len(data)}",
+        )
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
             image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise Rejected("decompression_bomb", f"{err}") from None
     except Exception as err:  # the header itself is unreadable
         raise Rejected("corrupt", f"the {kind} header cannot be read: {err}") from None
     if image.format not in SUPPORTED_FORMATS:
@@ -127,12 +137,15 @@ def _open_checked(data: bytes, rules: ValidationConfig) -> Image.Image:
     if min(width, height) < rules.min_side:
         raise Rejected("too_small", f"{width}x{height} is below the minimum side of {rules.min_side} px")
     if max(width, height) > rules.max_aspect_ratio * min(width, height):
-        raise Rejected("extreme_aspect_ratio", f"{width}x{height} is more than {rules.max_aspect_ratio:g} times "
-                                               "longer than wide; no face can be found at the detector's scale")
+        raise Rejected(
+            "extreme_aspect_ratio",
+            f"{width}x{height} is more than {rules.max_aspect_ratio:g} times "
+            "longer than wide; no face can be found at the detector's scale",
+        )
     return image
 
 
-def _decode_reduced(image: Image.Image, rules: ValidationConfig) -> tuple[Image.Image, float]:
+def _decode_reduced(image: Image.Image, rules: ImageRules) -> tuple[Image.Image, float]:
     """Decodes the pixels, large images at a reduced scale (long side never below decode_side), so that
     memory per image stays near the decoder's own buffer. Returns (image, decoded px per source px)."""
     width, height = image.size
@@ -162,12 +175,18 @@ def _decode_reduced(image: Image.Image, rules: ValidationConfig) -> tuple[Image.
 
 
 # EXIF orientation -> the transposition that makes the image upright (EXIF defines 1..8; 1 is upright).
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
-def decode_image(data: bytes, rules: ValidationConfig) -> DecodedImage:
+def decode_image(data: bytes, rules: ImageRules) -> DecodedImage:
     """Checks and decodes one image; raises Rejected with a reason code for anything unusable."""
     image = _open_checked(data, rules)
     image_format, source_mode = SUPPORTED_FORMATS[image.format], image.mode
@@ -176,22 +195,55 @@ def decode_image(data: bytes, rules: ValidationConfig) -> DecodedImage:
     decoded, scale = _decode_reduced(image, rules)
     transpose = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None  # anything else: upright
     upright = decoded.transpose(transpose) if transpose is not None else decoded
-    if transpose in (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
-                     Image.Transpose.ROTATE_90):
+    if transpose in (
+        Image.Transpose.TRANSPOSE,
+        Image.Transpose.ROTATE_270,
+        Image.Transpose.TRANSVERSE,
+        Image.Transpose.ROTATE_90,
+    ):
         width, height = height, width
     rgb = np.ascontiguousarray(_to_rgb(upright))
     grayscale = source_mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F") or bool(
         np.array_equal(rgb[::7, ::7, 0], rgb[::7, ::7, 1]) and np.array_equal(rgb[::7, ::7, 1], rgb[::7, ::7, 2])
     )
-    return DecodedImage(rgb=rgb, format=image_format, source_mode=source_mode, width=width, height=height,
-                        decode_scale=scale, exif_rotated=transpose is not None, grayscale=grayscale)
+    return DecodedImage(
+        rgb=rgb,
+        format=image_format,
+        source_mode=source_mode,
+        width=width,
+        height=height,
+        decode_scale=scale,
+        exif_rotated=transpose is not None,
+        grayscale=grayscale,
+    )
 
 
-def load_image(path: str, rules: ValidationConfig | None = None) -> DecodedImage:
-    """Read and decode a local file with the same rules as prep; raises Rejected with a reason."""
+def _read_file(path: str, rules: ImageRules) -> bytes:
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            data = handle.read(rules.max_bytes + 1)  # never more than the limit into memory
     except OSError as err:
-        raise Rejected("read_error", f"{path}: {err}") from None
-    return decode_image(data, rules or ValidationConfig())
+        raise Rejected("read_error", f"{path}: {err.strerror or err}") from None
+    return data
+
+
+def load_image(path: str, rules: ImageRules | None = None) -> DecodedImage:
+    """Read and decode a local file with the same rules as prep; raises Rejected with a reason."""
+    return decode_image(_read_file(str(path), rules or ImageRules()), rules or ImageRules())
+
+
+def check_header(path: str, rules: ImageRules | None = None) -> tuple[int, int]:
+    """A local image's size, after the header checks of `decode_image`; no pixel is decoded. Raises Rejected."""
+    rules = rules or ImageRules()
+    return _open_checked(_read_file(str(path), rules), rules).size
+
+
+def open_image(path: str, mode: str = "RGB", rules: ImageRules | None = None) -> Image.Image:
+    """A local image in `mode`, at full size, after the same header checks as `decode_image`: the reader for
+    files the toolkit reads whole (training images, landmark maps, thumbnails). Raises Rejected."""
+    rules = rules or ImageRules()
+    image = _open_checked(_read_file(str(path), rules), rules)
+    try:
+        return image.convert(mode)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise Rejected("corrupt", f"{path}: decoding failed: {err}") from None

@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from dynamicid.errors import SetupError
+
 REQUIRED = ("config.json",)
 
 
@@ -17,7 +19,7 @@ class ClipScorer:
     def __init__(self, folder: str):
         from dynamicid.hub import local_or_resolved
 
-        folder = local_or_resolved(folder, "--clip-model")
+        folder = local_or_resolved(folder, "clip_model")
         missing = [name for name in REQUIRED if not os.path.exists(os.path.join(folder, name))]
         if not os.path.isdir(folder) or missing:
             raise FileNotFoundError(
@@ -27,7 +29,7 @@ class ClipScorer:
         try:
             from transformers import CLIPModel, CLIPProcessor
         except ImportError as err:
-            raise RuntimeError("CLIP-T needs transformers: pip install transformers") from err
+            raise SetupError("CLIP-T needs transformers: pip install transformers") from err
         import torch
 
         self.torch = torch

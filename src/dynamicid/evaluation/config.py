@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dynamicid.faces.analyzer import FaceAnalysisConfig
+from dynamicid.options import option
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    input: str  # a folder of images with JSON sidecars, or a .csv / .json list
-    output: str
-    faces: FaceAnalysisConfig = field(default_factory=FaceAnalysisConfig)
-    clip_model: str | None = None  # local CLIP folder (transformers layout) for CLIP-T
-    report_columns: int = 4
-    mirror_check: bool = False  # also measure each face in the mirror image and report the face prompts' agreement
-    progress: bool = True
+    input: str = option(help="a folder of images with JSON sidecars, a .csv or a .json list", positional=True)
+    output: str = option(help="folder for the scores and the report", positional=True)
+    faces: FaceAnalysisConfig = option(factory=FaceAnalysisConfig)
+    clip_model: str | None = option(
+        None, "CLIP model (transformers layout) to compute CLIP-T: a folder or a Hugging Face repo id"
+    )
+    report_columns: int = option(4, "images per row of report.png")
+    mirror_check: bool = option(
+        False,
+        "also analyse every image's mirror image: the face prompts of a face and its "
+        "mirror must agree (same emotion, tilt and view, opposite side); reports the share "
+        "that do (mirror_consistency), a check of the face-prompt measurement itself",
+    )
+    progress: bool = option(True, "no progress bar")

@@ -1,10 +1,8 @@
 """What to score: images, each with its persons (reference photos, requested face prompt) and text prompt.
 
 Three forms are read:
-  * a folder of images, each with a JSON sidecar of the same stem (what `dynamicid generate` writes):
-      {"prompt": "...", "persons": [{"name": "ann", "reference": "ann.jpg" | [...], "face_prompt": "...",
-                                     "box": [x0, y0, x1, y1]}]}
-    "box" (optional) is where the person should be, as fractions of the image's width and height.
+  * a folder of images, each with a JSON sidecar of the same stem: what `dynamicid generate` writes, whose
+    schema is `dynamicid.generation.sidecar` (prompt, persons with name, reference, face_prompt and box).
   * a CSV with one row per (image, person): image, person, reference, face_prompt, prompt, box;
     several reference photos are separated by ";", a box is "x0 y0 x1 y1"
   * a JSON list of {"image": ..., "prompt": ..., "persons": [...]} as in the sidecar.
@@ -18,12 +16,13 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from dynamicid.errors import DynamicIDError
+from dynamicid.errors import InputError
+from dynamicid.generation import sidecar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-class EvalInputError(DynamicIDError, ValueError):
+class EvalInputError(InputError):
     pass
 
 
@@ -77,28 +76,37 @@ def _box(value, where: str) -> tuple[float, float, float, float] | None:
 def _person(entry, index: int, base: str, where: str) -> Person:
     where = f"{where}: person {index}"
     if not isinstance(entry, dict):
-        raise EvalInputError(f"{where} must be an object with name, reference, face_prompt and box; found {entry!r}")
+        raise EvalInputError(f"{where} must be an object with {', '.join(sidecar.PERSON_FIELDS)}; found {entry!r}")
     references = _paths(entry.get("reference", entry.get("references")), base, where)
     if not references:
         raise EvalInputError(f"{where} has no reference photo (field 'reference')")
     name = entry.get("name")
     if name is not None and not isinstance(name, (str, int)):
         raise EvalInputError(f"{where}: field 'name' must be text, found {name!r}")
-    return Person(str(name or f"person{index}"), references, _text(entry, "face_prompt", where), _box(entry.get("box"), where))
+    return Person(
+        str(name or f"person{index}"), references, _text(entry, "face_prompt", where), _box(entry.get("box"), where)
+    )
 
 
 def _item(entry, base: str, where: str) -> EvalItem:
     if not isinstance(entry, dict):
-        raise EvalInputError(f"{where}: must be a JSON object with image, prompt and persons; found a {type(entry).__name__}")
+        raise EvalInputError(
+            f"{where}: must be a JSON object with image, prompt and persons; found a {type(entry).__name__}"
+        )
     image = entry.get("image")
     if not isinstance(image, str) or not image:
         raise EvalInputError(f"{where}: field 'image' must be the image's path, found {image!r}")
     persons = entry.get("persons")
     if not isinstance(persons, list) or not persons:
-        raise EvalInputError(f"{where}: field 'persons' must be a list of at least one person "
-                             f"({{\"name\", \"reference\", \"face_prompt\", \"box\"}}), found {persons!r}")
-    return EvalItem(os.path.normpath(os.path.join(base, image)), [_person(p, i, base, where) for i, p in enumerate(persons)],
-                    _text(entry, "prompt", where))
+        raise EvalInputError(
+            f"{where}: field 'persons' must be a list of at least one person "
+            f'({{"name", "reference", "face_prompt", "box"}}), found {persons!r}'
+        )
+    return EvalItem(
+        os.path.normpath(os.path.join(base, image)),
+        [_person(p, i, base, where) for i, p in enumerate(persons)],
+        _text(entry, "prompt", where),
+    )
 
 
 def read_folder(folder: str, exclude: frozenset[str] = frozenset()) -> list[EvalItem]:
@@ -107,17 +115,14 @@ def read_folder(folder: str, exclude: frozenset[str] = frozenset()) -> list[Eval
         stem, suffix = os.path.splitext(name)
         if suffix.lower() not in IMAGE_SUFFIXES or os.path.abspath(os.path.join(folder, name)) in exclude:
             continue
-        sidecar = os.path.join(folder, stem + ".json")
-        if not os.path.exists(sidecar):
+        path = sidecar.sidecar_path(os.path.join(folder, name))
+        if not os.path.exists(path):
             raise EvalInputError(f"{os.path.join(folder, name)} has no sidecar {stem}.json")
-        with open(sidecar, encoding="utf-8") as handle:
-            try:
-                meta = json.load(handle)
-            except ValueError as err:
-                raise EvalInputError(f"{sidecar} is not valid JSON: {err}") from None
-        if not isinstance(meta, dict):
-            raise EvalInputError(f"{sidecar}: must be a JSON object with prompt and persons; found a {type(meta).__name__}")
-        items.append(_item(meta | {"image": name}, folder, sidecar))
+        try:
+            meta = sidecar.read(path)
+        except InputError as err:
+            raise EvalInputError(str(err)) from None
+        items.append(_item(meta | {"image": name}, folder, path))
     return items
 
 
@@ -128,13 +133,19 @@ def read_csv(path: str) -> list[EvalItem]:
         reader = csv.DictReader(handle)
         missing = {"image", "reference"} - set(reader.fieldnames or [])
         if missing:
-            raise EvalInputError(f"{path}: missing column(s) {', '.join(sorted(missing))}; "
-                                 "expected image, person, reference, face_prompt, prompt")
+            raise EvalInputError(
+                f"{path}: missing column(s) {', '.join(sorted(missing))}; "
+                "expected image, person, reference, face_prompt, prompt"
+            )
         for line, row in enumerate(reader, start=2):
             image = os.path.normpath(os.path.join(base, row["image"]))
             item = by_image.setdefault(image, EvalItem(image, [], row.get("prompt") or None))
-            entry = {"name": row.get("person"), "reference": row["reference"], "face_prompt": row.get("face_prompt"),
-                     "box": row.get("box") or None}
+            entry = {
+                "name": row.get("person"),
+                "reference": row["reference"],
+                "face_prompt": row.get("face_prompt"),
+                "box": row.get("box") or None,
+            }
             item.persons.append(_person(entry, len(item.persons), base, f"{path}:{line}"))
     return list(by_image.values())
 

@@ -10,6 +10,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from dynamicid.drawing import font
+from dynamicid.imagefile import open_image
 
 COLOURS = [(46, 204, 113), (52, 152, 219), (241, 196, 15), (231, 76, 60), (155, 89, 182), (26, 188, 156)]
 THUMB = 320
@@ -55,39 +56,58 @@ def histogram_svg(values: list[float], bins: int = 20, width: int = 420, height:
     bar = width / bins
     bars = "".join(
         f'<rect x="{i * bar:.1f}" y="{height - 20 - c / top * (height - 30):.1f}" width="{bar - 2:.1f}" '
-        f'height="{c / top * (height - 30):.1f}" fill="#3498db"><title>{edges[i]:.2f}–{edges[i + 1]:.2f}: {c}</title></rect>'
+        f'height="{c / top * (height - 30):.1f}" fill="#3498db">'
+        f"<title>{edges[i]:.2f}–{edges[i + 1]:.2f}: {c}</title></rect>"
         for i, c in enumerate(counts)
     )
-    axis = (f'<text x="0" y="{height - 4}" font-size="11">{edges[0]:.2f}</text>'
-            f'<text x="{width - 24}" y="{height - 4}" font-size="11">{edges[-1]:.2f}</text>')
+    axis = (
+        f'<text x="0" y="{height - 4}" font-size="11">{edges[0]:.2f}</text>'
+        f'<text x="{width - 24}" y="{height - 4}" font-size="11">{edges[-1]:.2f}</text>'
+    )
     return f'<svg width="{width}" height="{height}" role="img" aria-label="FaceSim histogram">{bars}{axis}</svg>'
 
 
 def write_html(path: str, scores: pd.DataFrame, summary: dict, cards: list[dict]) -> None:
-    stats = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
-                    for k, v in summary.items() if not isinstance(v, (dict, list)))
+    stats = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in summary.items()
+        if not isinstance(v, (dict, list))
+    )
     blocks = []
     for card in cards:
         persons = []
         for person in card["persons"]:
             rows = "".join(
                 f"<tr><th>{label}</th><td>{html.escape(_fmt(person.get(key)))}</td></tr>"
-                for label, key in (("FaceSim", "face_sim"), ("leak margin", "leak_margin"),
-                                   ("asked", "requested_face_prompt"), ("measured", "measured_face_prompt"),
-                                   ("agreement", "prompt_agreement"))
+                for label, key in (
+                    ("FaceSim", "face_sim"),
+                    ("leak margin", "leak_margin"),
+                    ("asked", "requested_face_prompt"),
+                    ("measured", "measured_face_prompt"),
+                    ("agreement", "prompt_agreement"),
+                )
             )
-            faces = "".join(f'<figure><img src="{html.escape(src)}" alt="{html.escape(alt)}" width="96"><figcaption>{alt}</figcaption></figure>'
-                            for src, alt in ((person.get("reference_thumb"), "reference"), (person.get("face_thumb"), "matched face")) if src)
+            faces = "".join(
+                f'<figure><img src="{html.escape(src)}" alt="{html.escape(alt)}" width="96">'
+                f"<figcaption>{alt}</figcaption></figure>"
+                for src, alt in (
+                    (person.get("reference_thumb"), "reference"),
+                    (person.get("face_thumb"), "matched face"),
+                )
+                if src
+            )
             if person.get("face_thumb") is None:
                 faces += '<figure><div class="missing">no face</div><figcaption>matched face</figcaption></figure>'
-            colour = "rgb(%d,%d,%d)" % person["colour"]
-            persons.append(f'<div class="person" style="border-color:{colour}"><b>{html.escape(person["person"])}</b>'
-                           f'<div>{faces}</div><table>{rows}</table></div>')
+            colour = "rgb({},{},{})".format(*(int(v) for v in person["colour"]))
+            persons.append(
+                f'<div class="person" style="border-color:{colour}"><b>{html.escape(person["person"])}</b>'
+                f"<div>{faces}</div><table>{rows}</table></div>"
+            )
         clip = f"<p>CLIP-T {_fmt(card.get('clip_t'))}</p>" if card.get("clip_t") is not None else ""
         blocks.append(
             f'<div class="card"><img class="main" src="{html.escape(card["thumb"])}" alt="{html.escape(card["name"])}">'
             f'<p class="name">{html.escape(card["name"])}</p><p>{html.escape(card.get("prompt") or "")}</p>{clip}'
-            f'{"".join(persons)}</div>'
+            f"{''.join(persons)}</div>"
         )
     document = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>dynamicid eval report</title>
@@ -99,7 +119,8 @@ body {{ font-family: sans-serif; margin: 20px; background: #fafafa; color: #222;
 .person {{ border-left: 5px solid; padding-left: 6px; margin-top: 6px; }}
 .person figure {{ display: inline-block; margin: 0 4px 0 0; }}
 figcaption {{ font-size: 11px; color: #666; text-align: center; }}
-.missing {{ width: 96px; height: 96px; background: #eee; color: #a00; display: flex; align-items: center; justify-content: center; }}
+.missing {{ width: 96px; height: 96px; background: #eee; color: #a00; display: flex; align-items: center;
+            justify-content: center; }}
 table {{ border-collapse: collapse; font-size: 13px; }} th {{ text-align: left; padding-right: 8px; }}
 .name {{ font-weight: bold; word-break: break-all; }}
 </style></head><body>
@@ -122,7 +143,7 @@ def write_png(path: str, cards: list[dict], thumbs_dir: str, columns: int = 4) -
     label_font = font(12)
     for slot, card in enumerate(cards):
         x, y = (slot % columns) * tile_w, (slot // columns) * (tile_w + text_h)
-        thumb = Image.open(os.path.join(thumbs_dir, os.path.basename(card["thumb"])))
+        thumb = open_image(os.path.join(thumbs_dir, os.path.basename(card["thumb"])))
         sheet.paste(thumb, (x + (tile_w - thumb.width) // 2, y + (tile_w - thumb.height) // 2))
         draw.text((x + 4, y + tile_w + 2), card["name"][:44], fill=(240, 240, 240), font=label_font)
         for i, person in enumerate(card["persons"]):

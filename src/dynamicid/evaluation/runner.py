@@ -52,15 +52,28 @@ def summarize(scores: pd.DataFrame, embedder: str) -> dict:
 
 
 def format_summary(summary: dict, output: str) -> str:
-    lines = ["", f"eval: {summary['images']} images, {summary['persons']} requested persons, "
-                 f"detection rate {summary['detection_rate']:.0%}"]
-    for key in ("face_sim_mean", "face_sim_min_per_image_mean", "leak_margin_mean", "leak_positive_share",
-                "prompt_agreement_mean", "clip_t_mean", "mirror_consistency"):
+    lines = [
+        "",
+        f"eval: {summary['images']} images, {summary['persons']} requested persons, "
+        f"detection rate {summary['detection_rate']:.0%}",
+    ]
+    for key in (
+        "face_sim_mean",
+        "face_sim_min_per_image_mean",
+        "leak_margin_mean",
+        "leak_positive_share",
+        "prompt_agreement_mean",
+        "clip_t_mean",
+        "mirror_consistency",
+    ):
         if summary.get(key) is not None:
             lines.append(f"  {key:<28} {summary[key]:.4f}")
     lines.append(f"  embeddings: {summary['embedding_model']}")
-    lines += [f"  report:  {os.path.join(output, 'report.html')}", f"  grid:    {os.path.join(output, 'report.png')}",
-              f"  scores:  {os.path.join(output, 'scores.parquet')}"]
+    lines += [
+        f"  report:  {os.path.join(output, 'report.html')}",
+        f"  grid:    {os.path.join(output, 'report.png')}",
+        f"  scores:  {os.path.join(output, 'scores.parquet')}",
+    ]
     return "\n".join(lines)
 
 
@@ -109,7 +122,9 @@ def run_eval(config: EvalConfig) -> EvalResult:
 
 def _card(number: int, item, scored, bank: ReferenceBank, thumbs: str, clip_t) -> dict:
     stem = f"{number:05d}"
-    report.annotated_thumbnail(scored.image.rgb, scored.rows, scored.image.width).save(os.path.join(thumbs, f"{stem}.jpg"), quality=90)
+    report.annotated_thumbnail(scored.image.rgb, scored.rows, scored.image.width).save(
+        os.path.join(thumbs, f"{stem}.jpg"), quality=90
+    )
     persons = []
     for index, row in enumerate(scored.rows):
         entry = dict(row) | {"colour": report.COLOURS[index % len(report.COLOURS)]}
@@ -121,5 +136,10 @@ def _card(number: int, item, scored, bank: ReferenceBank, thumbs: str, clip_t) -
             report.face_thumbnail(face.aligned).save(os.path.join(thumbs, f"{stem}_face{index}.jpg"), quality=90)
             entry["face_thumb"] = f"thumbs/{stem}_face{index}.jpg"
         persons.append(entry)
-    return {"name": os.path.basename(item.image), "thumb": f"thumbs/{stem}.jpg", "prompt": item.prompt,
-            "clip_t": clip_t, "persons": persons}
+    return {
+        "name": os.path.basename(item.image),
+        "thumb": f"thumbs/{stem}.jpg",
+        "prompt": item.prompt,
+        "clip_t": clip_t,
+        "persons": persons,
+    }

@@ -60,8 +60,11 @@ def match_faces(similarity: np.ndarray, person_boxes: list, face_boxes: list) ->
         if box is None:
             continue
         inside = [
-            (face, _overlap(box, fbox)) for face, fbox in enumerate(face_boxes)
-            if face not in taken and box[0] <= (fbox[0] + fbox[2]) / 2 <= box[2] and box[1] <= (fbox[1] + fbox[3]) / 2 <= box[3]
+            (face, _overlap(box, fbox))
+            for face, fbox in enumerate(face_boxes)
+            if face not in taken
+            and box[0] <= (fbox[0] + fbox[2]) / 2 <= box[2]
+            and box[1] <= (fbox[1] + fbox[3]) / 2 <= box[3]
         ]
         if inside:
             face = max(inside, key=lambda pair: pair[1])[0]
@@ -174,8 +177,15 @@ def score_image(item: EvalItem, analyses: ImageAnalyses, bank: ReferenceBank, mi
     references = np.stack([bank.person(p) for p in item.persons])  # (persons, D), unit rows
     face_units = np.stack([unit(f.embedding) for f in faces]) if faces else np.zeros((0, references.shape[1]))
     similarity = references @ face_units.T  # (persons, faces) cosines
-    face_boxes = [(f.box.x0 / image.rgb.shape[1], f.box.y0 / image.rgb.shape[0],
-                   f.box.x1 / image.rgb.shape[1], f.box.y1 / image.rgb.shape[0]) for f in faces]
+    face_boxes = [
+        (
+            f.box.x0 / image.rgb.shape[1],
+            f.box.y0 / image.rgb.shape[0],
+            f.box.x1 / image.rgb.shape[1],
+            f.box.y1 / image.rgb.shape[0],
+        )
+        for f in faces
+    ]
     matches, how = match_faces(similarity, [p.box for p in item.persons], face_boxes)
     rows = []
     for index, person in enumerate(item.persons):

@@ -1,7 +1,7 @@
 """Face analysis shared by prep, generation and eval: detection, landmarks, alignment, pose,
 expression, face prompt and identity embedding. Backends live in `faces.backends`."""
 
-from dynamicid.faces.analyzer import FaceAnalysisConfig, FaceAnalyzer, cosine_similarity
+from dynamicid.faces.analyzer import FaceAnalysisConfig, FaceAnalyzer, FaceRules, cosine_similarity
 from dynamicid.faces.types import ExpressionCues, FaceAnalysis, FaceBox, HeadPose
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "FaceAnalysisConfig",
     "FaceAnalyzer",
     "FaceBox",
+    "FaceRules",
     "HeadPose",
     "cosine_similarity",
 ]

@@ -33,9 +33,7 @@ def five_points(landmarks: np.ndarray, convention: str) -> np.ndarray:
     except KeyError:
         raise ValueError(f"no five-point mapping for landmark convention {convention!r}") from None
     pts = np.asarray(landmarks, dtype=np.float64)
-    return np.stack(
-        [pts[list(left)].mean(0), pts[list(right)].mean(0), pts[nose], pts[mouth_left], pts[mouth_right]]
-    )
+    return np.stack([pts[list(left)].mean(0), pts[list(right)].mean(0), pts[nose], pts[mouth_left], pts[mouth_right]])
 
 
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -75,7 +73,9 @@ def alignment_matrix(landmarks: np.ndarray, convention: str, size: int) -> np.nd
 def warp_face(rgb: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     # INTER_AREA is not defined for warps; when shrinking a lot, pre-blur would help, but LINEAR is
     # what alignment pipelines use and costs ~1.5 ms at 512.
-    return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(
+        rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
 
 
 def sharpness(aligned_rgb: np.ndarray) -> float:

@@ -11,35 +11,60 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from dynamicid.faces import alignment, emotion, expression, face_prompt, pose
-from dynamicid.faces.backends import BackendError, create
+from dynamicid.faces.backends import BackendError, available, create
 from dynamicid.faces.types import FaceAnalysis, FaceBox
-
+from dynamicid.options import option
 
 FIVE_POINT_SOURCES = ("auto", "detector", "landmarks")
 EXPRESSION_SOURCES = ("fer", "landmarks")
 
 
+def _named(what: str, stage: str):
+    """Help text that lists the registered backends when the help is shown (plugins register late)."""
+    return lambda: f"{what} ({', '.join(available(stage))})"
+
+
 @dataclass(frozen=True)
 class FaceAnalysisConfig:
-    detector: str = "dlib-hog"
-    detector_model: str | None = None
-    landmarks: str = "dlib-68"
-    landmarks_model: str | None = None
-    embedder: str = "dlib-resnet"
-    embedder_model: str | None = None
-    aligned_size: int = 512
-    detect_side: int = 512  # detection runs on the photo shrunk to at most this many px (7 ms less than 640)
-    min_detection_score: float | None = None  # None: the detector's own default
-    # Where the embedder's five alignment points come from: "auto" takes the detector's keypoints when it
-    # gives them (as InsightFace's own pipeline does) and the landmarks' otherwise; "detector" insists on
-    # the detector's; "landmarks" always derives them from the 68 landmarks.
-    five_points: str = "auto"
-    # The emotion word of the face prompt: "fer" (the shipped FER2013 classifier, all seven emotions) or
-    # "landmarks" (geometry alone: happy, surprise or neutral).
-    expression: str = "fer"
+    """The face analysis every command shares: which backends, from which model folders, at which sizes."""
+
+    detector: str = option("dlib-hog", _named("face detector", "detector"))
+    detector_model: str | None = option(None, "model folder for the face detector (e.g. InsightFace buffalo_l)")
+    landmarks: str = option("dlib-68", _named("landmark model", "landmarks"))
+    landmarks_model: str | None = option(None, "model folder for the landmark model")
+    embedder: str = option("dlib-resnet", _named("identity embedder", "embedder"))
+    embedder_model: str | None = option(None, "model folder for the identity embedder")
+    aligned_size: int = option(512, "side of the aligned face crop, px")
+    # 7 ms less per photo than 640, and the upsampled retry still finds small faces
+    detect_side: int = option(512, "detection runs on the photo shrunk to at most this many px")
+    min_detection_score: float | None = option(
+        None, "drop detections scoring below this (default: the detector's own; dlib-hog 0.25)"
+    )
+    five_points: str = option(
+        "auto",
+        "where the embedder's five alignment points come from: the detector's keypoints when it gives them, "
+        "else the landmarks' (auto, as InsightFace's own pipeline does); only the detector's; only the landmarks'",
+        choices=FIVE_POINT_SOURCES,
+    )
+    expression: str = option(
+        "fer",
+        "the face prompt's emotion: the shipped FER2013 classifier, all seven emotions (fer), or landmark "
+        "geometry alone: happy, surprise or neutral (landmarks)",
+        choices=EXPRESSION_SOURCES,
+    )
 
     def identity(self) -> dict:
         return asdict(self) | {"template": alignment.TEMPLATE_VERSION, "pose_model": pose.MODEL_VERSION}
+
+
+@dataclass(frozen=True)
+class FaceRules:
+    """What a found face must be to be kept."""
+
+    min_face_side: int = option(40, "reject faces smaller than this in the source photo (px)")
+    min_sharpness: float = option(
+        20.0, "reject faces blurrier than this (Laplacian variance of the aligned face at 128 px)"
+    )
 
 
 class _Clock:
@@ -70,8 +95,10 @@ class FaceAnalyzer:
         self.expression_model = emotion.ExpressionClassifier() if c.expression == "fer" else None
         provided = getattr(self.landmark_model, "conventions", (self.landmark_model.convention,))
         if "ibug68" not in provided:
-            raise BackendError(f"landmark backend {c.landmarks!r} gives {', '.join(provided)} points; the face prompt "
-                               "needs the 68-point (ibug68) layout as well")
+            raise BackendError(
+                f"landmark backend {c.landmarks!r} gives {', '.join(provided)} points; the face prompt "
+                "needs the 68-point (ibug68) layout as well"
+            )
 
     def _check_five_points(self) -> None:
         choice = self.config.five_points
@@ -87,8 +114,11 @@ class FaceAnalyzer:
 
     @property
     def backend_ids(self) -> dict[str, str]:
-        ids = {"detector": self.detector.model_id, "landmarks": self.landmark_model.model_id,
-               "expression": self.expression_model.model_id if self.expression_model else "landmark-cues"}
+        ids = {
+            "detector": self.detector.model_id,
+            "landmarks": self.landmark_model.model_id,
+            "expression": self.expression_model.model_id if self.expression_model else "landmark-cues",
+        }
         if self.embedder is not None:
             ids["embedder"] = self.embedder.model_id
         return ids
@@ -106,8 +136,9 @@ class FaceAnalyzer:
             return [model.landmark_sets(rgb, box) for box in boxes]
         return [{model.convention: model.landmarks(rgb, box)} for box in boxes]
 
-    def analyze_faces(self, rgb: np.ndarray, boxes: list[FaceBox], embed: bool = True,
-                      expressions: bool = True) -> list[FaceAnalysis]:
+    def analyze_faces(
+        self, rgb: np.ndarray, boxes: list[FaceBox], embed: bool = True, expressions: bool = True
+    ) -> list[FaceAnalysis]:
         """Every face of one image. expressions=False leaves the classifier to a later, larger batch
         (`classify_expressions`), as prep does for a whole Spark task; until then the emotion is the landmarks'."""
         started = time.perf_counter()
@@ -130,9 +161,6 @@ class FaceAnalyzer:
             analysis.emotion = emotion.emotion_from_probabilities(row)
             analysis.face_prompt = face_prompt.from_measurements(analysis.emotion, analysis.pose).text()
             analysis.timings_ms["prompt"] = analysis.timings_ms.get("prompt", 0.0) + share
-
-    def analyze_face(self, rgb: np.ndarray, box: FaceBox, embed: bool = True) -> FaceAnalysis:
-        return self.analyze_faces(rgb, [box], embed)[0]
 
     def _analyze_one(self, rgb: np.ndarray, box: FaceBox, sets: dict, landmark_ms: float, embed: bool) -> FaceAnalysis:
         timings: dict[str, float] = {"landmarks": landmark_ms}

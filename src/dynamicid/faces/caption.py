@@ -46,6 +46,7 @@ def caption_many(captioner, images: list[np.ndarray], facts: list[dict]) -> list
 
 # -- the guard on model-written descriptions --------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class CaptionGuard:
     max_words: int = 40
@@ -57,11 +58,13 @@ class CaptionGuard:
 # taken as a possible name and its sentence is dropped (captioners prefill "A photo of", so the first
 # sentence starts safely). Conservative on purpose: a lost sentence
 # costs little, a person's name in a training caption teaches the model that name.
-NOT_NAMES = frozenset("""
+NOT_NAMES = frozenset(
+    """
 I A An The This That These Those There It He She They His Her Their Its In On At With Without Of And Or
 But By For From To Under Over Behind Near Beside Wearing Holding Standing Sitting Black White Red Blue Green
 Yellow Orange Pink Purple Brown Gray Grey Golden Silver Photo Image Picture Portrait Close-up Closeup
-""".split())
+""".split()
+)
 NAMING_PHRASES = re.compile(
     r"\b(named|called|known as|who is|looks like|resembles|identified as|celebrity|famous)\b", re.IGNORECASE
 )

@@ -125,7 +125,9 @@ class ExpressionClassifier:
         try:
             state = load_file(weights)
         except (OSError, RuntimeError) as err:
-            raise BackendError(f"the expression model {weights} could not be read ({err}); reinstall dynamicid") from None
+            raise BackendError(
+                f"the expression model {weights} could not be read ({err}); reinstall dynamicid"
+            ) from None
         self.model = MiniXception().eval()
         self.model.load_state_dict(state)
         self.model_id = f"{self.name}:{model_file_hash(weights)}"

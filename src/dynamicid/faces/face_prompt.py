@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dynamicid.errors import InputError
 from dynamicid.faces.types import HeadPose
 
 EMOTIONS = ("happy", "surprise", "sad", "anger", "disgust", "fear", "neutral")
@@ -38,7 +39,7 @@ class FacePrompt:
 
 def from_measurements(emotion: str, pose: HeadPose, threshold: float = ANGLE_THRESHOLD) -> FacePrompt:
     if emotion not in EMOTIONS:
-        raise ValueError(f"unknown emotion {emotion!r}; one of {', '.join(EMOTIONS)}")
+        raise InputError(f"unknown emotion {emotion!r}; one of {', '.join(EMOTIONS)}")
     tilt = "up" if pose.pitch > threshold else "down" if pose.pitch < -threshold else None
     if abs(pose.yaw) < threshold:
         return FacePrompt(emotion, tilt, "front", None)
@@ -57,6 +58,6 @@ def parse(text: str) -> FacePrompt:
     """Read a face prompt back; raises ValueError when it does not follow the template."""
     match = _PATTERN.search(text.strip().lower())
     if not match or match.group("emotion") not in EMOTIONS:
-        raise ValueError(f"not a face prompt: {text!r}; expected e.g. 'in a happy expression, in front view'")
+        raise InputError(f"not a face prompt: {text!r}; expected e.g. 'in a happy expression, in front view'")
     view = match.group("view") or ("side" if match.group("side") else "front")
     return FacePrompt(match.group("emotion"), match.group("tilt"), view, match.group("side"))

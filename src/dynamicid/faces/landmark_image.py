@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from dynamicid.errors import InputError
+
 DRAWING_SIZE = 512
 MAP_SIZE = 96
 LANDMARK_PNG_SIZE = (DRAWING_SIZE + MAP_SIZE, DRAWING_SIZE)
@@ -58,7 +60,9 @@ def render_drawing(aligned_landmarks: np.ndarray, convention: str, size: int = D
     return canvas
 
 
-def compose_landmark_png(aligned_landmarks: np.ndarray, convention: str, aligned_size: int = DRAWING_SIZE) -> np.ndarray:
+def compose_landmark_png(
+    aligned_landmarks: np.ndarray, convention: str, aligned_size: int = DRAWING_SIZE
+) -> np.ndarray:
     width, height = LANDMARK_PNG_SIZE
     sheet = np.zeros((height, width), dtype=np.uint8)
     scaled = np.asarray(aligned_landmarks, dtype=np.float64) * (DRAWING_SIZE / aligned_size)
@@ -78,5 +82,5 @@ def encode_landmark_png(sheet: np.ndarray, convention: str) -> bytes:
 def split_landmark_png(sheet: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(512x512 drawing, 96x96 map) from a loaded NAME.png array."""
     if sheet.shape[:2] != (LANDMARK_PNG_SIZE[1], LANDMARK_PNG_SIZE[0]):
-        raise ValueError(f"not a dynamicid landmark sheet: shape {sheet.shape}, expected {LANDMARK_PNG_SIZE[::-1]}")
+        raise InputError(f"not a dynamicid landmark sheet: shape {sheet.shape}, expected {LANDMARK_PNG_SIZE[::-1]}")
     return sheet[:, :DRAWING_SIZE], sheet[:MAP_SIZE, DRAWING_SIZE:]

@@ -31,7 +31,7 @@ class FaceBox:
     def area(self) -> float:
         return max(self.width, 0.0) * max(self.height, 0.0)
 
-    def scaled(self, factor: float) -> "FaceBox":
+    def scaled(self, factor: float) -> FaceBox:
         points = tuple((x * factor, y * factor) for x, y in self.keypoints) if self.keypoints else None
         return FaceBox(self.x0 * factor, self.y0 * factor, self.x1 * factor, self.y1 * factor, self.score, points)
 
@@ -41,7 +41,8 @@ class FaceBox:
 
 @dataclass(frozen=True)
 class HeadPose:
-    """Head rotation in degrees. pitch > 0: facing up; yaw > 0: turned towards the image's right; roll > 0: clockwise."""
+    """Head rotation in degrees. pitch > 0: facing up; yaw > 0: turned towards the image's right;
+    roll > 0: clockwise."""
 
     pitch: float
     yaw: float

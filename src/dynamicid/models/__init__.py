@@ -14,7 +14,6 @@ from dynamicid.models.imr import IMR, KeyPointEncoder
 from dynamicid.models.saa import DynamicIDAttention, SAASettings, install_processors, remove_processors
 
 
-
 class _NoEmptyFloat32Warning(logging.Filter):
     """diffusers 0.42 warns on every `ModelMixin.to(dtype)` that modules "should be kept in float32: []",
     an empty list: no module is concerned, so the line says nothing."""

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dynamicid.errors import DynamicIDError, first_line
+from dynamicid.errors import ConfigError, ModelError, first_line
 from dynamicid.models.face_encoder import FaceEncoder
 from dynamicid.models.imr import IMR, KeyPointEncoder
 from dynamicid.models.saa import DynamicIDAttention, processor_layout
@@ -48,7 +48,7 @@ SD15_UNET_CONFIG = {
 }
 
 
-class CheckpointError(DynamicIDError, ValueError):
+class CheckpointError(ModelError, ValueError):
     pass
 
 
@@ -110,14 +110,14 @@ def unet_config_layout(path: str):
         with open(path, encoding="utf-8") as handle:
             config = json.load(handle)
     except OSError as err:
-        raise CheckpointError(f"--unet-config {path}: {err.strerror}") from None
+        raise CheckpointError(f"unet_config {path}: {err.strerror}") from None
     except ValueError as err:
-        raise CheckpointError(f"--unet-config {path} is not valid JSON: {err}") from None
+        raise CheckpointError(f"unet_config {path} is not valid JSON: {err}") from None
     try:
         with torch.device("meta"):
             return processor_layout(UNet2DConditionModel.from_config(config))
     except Exception as err:  # diffusers raises several kinds for a config it cannot build
-        raise CheckpointError(f"--unet-config {path} does not describe a UNet diffusers can build: {err}") from None
+        raise CheckpointError(f"unet_config {path} does not describe a UNet diffusers can build: {err}") from None
 
 
 @dataclass
@@ -163,8 +163,16 @@ def face_encoder_config_of(state: dict, what: str) -> dict:
     inner = _shape(state, "perceiver_resampler.layers.0.0.to_q.weight", what)[0]
     ff_inner = _shape(state, "perceiver_resampler.layers.0.1.1.weight", what)[0]
     depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("perceiver_resampler.layers."))
-    return dict(id_dim=id_dim, clip_dim=clip_dim, cross_attention_dim=cross, num_tokens=tokens,
-                depth=depth, ff_mult=ff_inner // cross, proj_hidden=hidden, **_heads_of(inner))
+    return dict(
+        id_dim=id_dim,
+        clip_dim=clip_dim,
+        cross_attention_dim=cross,
+        num_tokens=tokens,
+        depth=depth,
+        ff_mult=ff_inner // cross,
+        proj_hidden=hidden,
+        **_heads_of(inner),
+    )
 
 
 def imr_config_of(state: dict, what: str) -> dict:
@@ -174,8 +182,15 @@ def imr_config_of(state: dict, what: str) -> dict:
     queries = _shape(state, "feature_fusion.4.weight", what)[0] // width
     inner = _shape(state, "disentangleNet.0.0.to_q.weight", what)[0]
     ff_inner = _shape(state, "disentangleNet.0.2.1.weight", what)[0]
-    return dict(token_dim=token_dim, motion_dim=motion_dim, width=width, num_queries=queries,
-                depth=IMR.depth_of(state), ff_mult=ff_inner // width, **_heads_of(inner))
+    return dict(
+        token_dim=token_dim,
+        motion_dim=motion_dim,
+        width=width,
+        num_queries=queries,
+        depth=IMR.depth_of(state),
+        ff_mult=ff_inner // width,
+        **_heads_of(inner),
+    )
 
 
 def keypoint_config_of(state: dict, what: str) -> dict:
@@ -201,8 +216,11 @@ def _state_dict(blob, what: str) -> dict:
 def authors_files(folder: str) -> dict[str, str]:
     """Where the authors' files are: in `folder` itself, or else anywhere below it (a Hub snapshot may keep
     them in a subfolder). Keys as in AUTHORS_FILES."""
-    present = {key: os.path.join(folder, name) for key, name in AUTHORS_FILES.items()
-               if os.path.isfile(os.path.join(folder, name))}
+    present = {
+        key: os.path.join(folder, name)
+        for key, name in AUTHORS_FILES.items()
+        if os.path.isfile(os.path.join(folder, name))
+    }
     if present:
         return present
     for here, dirs, files in os.walk(folder):
@@ -254,7 +272,9 @@ def save_authors(weights: DynamicIDWeights, folder: str) -> list[str]:
     written = []
     if weights.face_encoder is not None and weights.attention is not None:
         path = os.path.join(folder, AUTHORS_FILES["saa"])
-        torch.save({"proj_module": weights.face_encoder.state_dict(), "SAA_module": weights.attention.state_dict()}, path)
+        torch.save(
+            {"proj_module": weights.face_encoder.state_dict(), "SAA_module": weights.attention.state_dict()}, path
+        )
         written.append(path)
     for key, module in (("imr", weights.imr), ("keypoint", weights.keypoint_encoder)):
         if module is not None:
@@ -267,7 +287,12 @@ def save_authors(weights: DynamicIDWeights, folder: str) -> list[str]:
 def save_ours(weights: DynamicIDWeights, folder: str) -> list[str]:
     os.makedirs(folder, exist_ok=True)
     written = []
-    modules = {"face_encoder": weights.face_encoder, "saa": weights.attention, "imr": weights.imr, "keypoint": weights.keypoint_encoder}
+    modules = {
+        "face_encoder": weights.face_encoder,
+        "saa": weights.attention,
+        "imr": weights.imr,
+        "keypoint": weights.keypoint_encoder,
+    }
     for key, module in modules.items():
         if module is None:
             continue
@@ -289,11 +314,15 @@ def _read_config(folder: str) -> dict:
         with open(config_path, encoding="utf-8") as handle:
             configs = json.load(handle)
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{config_path} is not valid JSON ({err}); rewrite it with `dynamicid convert-weights` "
-                              "or restore it from the weights' source") from None
+        raise CheckpointError(
+            f"{config_path} is not valid JSON ({err}); rewrite it with `dynamicid convert-weights` "
+            "or restore it from the weights' source"
+        ) from None
     if not isinstance(configs, dict) or not all(isinstance(v, dict) for v in configs.values()):
-        raise CheckpointError(f"{config_path} must be an object of objects, one per part "
-                              f"({', '.join(OUR_FILES)}); found {type(configs).__name__}")
+        raise CheckpointError(
+            f"{config_path} must be an object of objects, one per part "
+            f"({', '.join(OUR_FILES)}); found {type(configs).__name__}"
+        )
     unknown = sorted(set(configs) - set(OUR_FILES))
     if unknown:
         raise CheckpointError(f"{config_path}: unknown part(s) {', '.join(unknown)}; known: {', '.join(OUR_FILES)}")
@@ -320,8 +349,10 @@ def load_ours(folder: str, layout=None) -> DynamicIDWeights:
         except CheckpointError:
             raise
         except Exception as err:  # safetensors raises its own error types for a cut or damaged file
-            raise CheckpointError(f"{path} is not a readable safetensors file ({err}); it is truncated or "
-                                  "damaged: fetch or convert it again") from None
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file ({err}); it is truncated or "
+                "damaged: fetch or convert it again"
+            ) from None
 
     where = os.path.join(folder, CONFIG_FILE)
     if "face_encoder" in configs:
@@ -369,4 +400,4 @@ def convert(source: str, target: str, to: str = "ours", layout=None) -> list[str
         return save_ours(load_authors(source, layout), target)
     if to == "authors":
         return save_authors(load_ours(source, layout), target)
-    raise ValueError(f"--to must be 'ours' or 'authors', not {to!r}")
+    raise ConfigError(f"to must be 'ours' or 'authors', not {to!r}")

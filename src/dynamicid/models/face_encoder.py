@@ -20,7 +20,8 @@ class FacePerceiverResampler(nn.Module):
         dim = c.cross_attention_dim
         self.proj_in = nn.Linear(c.clip_dim, dim)
         self.layers = nn.ModuleList(
-            nn.ModuleList([PerceiverAttention(dim, c.dim_head, c.heads), feed_forward(dim, c.ff_mult)]) for _ in range(c.depth)
+            nn.ModuleList([PerceiverAttention(dim, c.dim_head, c.heads), feed_forward(dim, c.ff_mult)])
+            for _ in range(c.depth)
         )
         self.proj_out = nn.Linear(dim, dim)
         self.norm_out = nn.LayerNorm(dim)
@@ -47,24 +48,42 @@ class FaceEncoder(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, id_dim: int = 512, clip_dim: int = 1280, cross_attention_dim: int = 768, num_tokens: int = 4,
-                 depth: int = 4, heads: int = 12, dim_head: int = 64, ff_mult: int = 4, proj_hidden: int = 1024,
-                 shortcut: bool = False, shortcut_scale: float = 1.0):
+    def __init__(
+        self,
+        id_dim: int = 512,
+        clip_dim: int = 1280,
+        cross_attention_dim: int = 768,
+        num_tokens: int = 4,
+        depth: int = 4,
+        heads: int = 12,
+        dim_head: int = 64,
+        ff_mult: int = 4,
+        proj_hidden: int = 1024,
+        shortcut: bool = False,
+        shortcut_scale: float = 1.0,
+    ):
         super().__init__()
         c = self.config
         self.proj = nn.Sequential(
-            nn.Linear(c.id_dim, c.proj_hidden), nn.GELU(), nn.Linear(c.proj_hidden, c.cross_attention_dim * c.num_tokens)
+            nn.Linear(c.id_dim, c.proj_hidden),
+            nn.GELU(),
+            nn.Linear(c.proj_hidden, c.cross_attention_dim * c.num_tokens),
         )
         self.norm = nn.LayerNorm(c.cross_attention_dim)
         self.perceiver_resampler = FacePerceiverResampler(c)
 
     @classmethod
-    def for_width(cls, id_dim: int, clip_dim: int, cross_attention_dim: int) -> "FaceEncoder":
+    def for_width(cls, id_dim: int, clip_dim: int, cross_attention_dim: int) -> FaceEncoder:
         """The method's encoder at SD1.5 width (12 heads of 64); narrower test models get 2 heads."""
         if cross_attention_dim >= 768:
             return cls(id_dim=id_dim, clip_dim=clip_dim, cross_attention_dim=cross_attention_dim)
-        return cls(id_dim=id_dim, clip_dim=clip_dim, cross_attention_dim=cross_attention_dim,
-                   heads=2, dim_head=max(1, cross_attention_dim // 2))
+        return cls(
+            id_dim=id_dim,
+            clip_dim=clip_dim,
+            cross_attention_dim=cross_attention_dim,
+            heads=2,
+            dim_head=max(1, cross_attention_dim // 2),
+        )
 
     def forward(self, id_embedding: torch.Tensor, clip_features: torch.Tensor) -> torch.Tensor:
         """(B, id_dim), (B, L, clip_dim) -> (B, num_tokens, cross_attention_dim)"""

@@ -51,7 +51,9 @@ class KeyPointEncoder(ModelMixin, ConfigMixin):
             units = [ConvUnit(cin, cout, stride=2)] + [ConvUnit(cout, cout, residual=True) for _ in range(repeats)]
             blocks.append(nn.Sequential(*units))
         top = 32 * base
-        blocks.append(nn.Sequential(ConvUnit(top, top, kernel=3, padding=0), ConvUnit(top, out_dim, kernel=1, padding=0)))
+        blocks.append(
+            nn.Sequential(ConvUnit(top, top, kernel=3, padding=0), ConvUnit(top, out_dim, kernel=1, padding=0))
+        )
         self.blocks = nn.Sequential(*blocks)
         self.out_dim = out_dim
         self.base = base
@@ -71,11 +73,13 @@ def landmark_map_to_tensor(map96) -> torch.Tensor:
 
 def _stack(c) -> nn.ModuleList:
     return nn.ModuleList(
-        nn.ModuleList([
-            PerceiverAttention(c.width, c.dim_head, c.heads),
-            SelfAttention(c.width, c.dim_head, c.heads),
-            feed_forward(c.width, c.ff_mult),
-        ])
+        nn.ModuleList(
+            [
+                PerceiverAttention(c.width, c.dim_head, c.heads),
+                SelfAttention(c.width, c.dim_head, c.heads),
+                feed_forward(c.width, c.ff_mult),
+            ]
+        )
         for _ in range(c.depth)
     )
 
@@ -99,14 +103,27 @@ class IMR(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, token_dim: int = 768, motion_dim: int = 768, width: int = 1024, heads: int = 16,
-                 dim_head: int = 64, num_queries: int = 4, depth: int = 1, ff_mult: int = 4):
+    def __init__(
+        self,
+        token_dim: int = 768,
+        motion_dim: int = 768,
+        width: int = 1024,
+        heads: int = 16,
+        dim_head: int = 64,
+        num_queries: int = 4,
+        depth: int = 1,
+        ff_mult: int = 4,
+    ):
         super().__init__()
         c = self.config
         fused = 2 * c.motion_dim
         self.feature_fusion = nn.Sequential(
-            nn.LayerNorm(fused), nn.Linear(fused, c.width), nn.GELU(),
-            nn.LayerNorm(c.width), nn.Linear(c.width, c.width * c.num_queries), nn.GELU(),
+            nn.LayerNorm(fused),
+            nn.Linear(fused, c.width),
+            nn.GELU(),
+            nn.LayerNorm(c.width),
+            nn.Linear(c.width, c.width * c.num_queries),
+            nn.GELU(),
         )
         self.norm_in = nn.LayerNorm(c.token_dim)
         self.proj_in = nn.Linear(c.token_dim, c.width)
@@ -116,18 +133,22 @@ class IMR(ModelMixin, ConfigMixin):
         self.proj_out = nn.Linear(c.width, c.token_dim)
 
     @classmethod
-    def for_width(cls, token_dim: int, motion_dim: int, depth: int = 1) -> "IMR":
+    def for_width(cls, token_dim: int, motion_dim: int, depth: int = 1) -> IMR:
         """The method's IMR at SD1.5 width (1024 wide, 16 heads); narrower test models are scaled down."""
         if token_dim >= 768:
             return cls(token_dim=token_dim, motion_dim=motion_dim, depth=depth)
-        return cls(token_dim=token_dim, motion_dim=motion_dim, width=2 * token_dim, heads=2, dim_head=token_dim, depth=depth)
+        return cls(
+            token_dim=token_dim, motion_dim=motion_dim, width=2 * token_dim, heads=2, dim_head=token_dim, depth=depth
+        )
 
     def motion(self, landmark_feature: torch.Tensor, prompt_embedding: torch.Tensor) -> torch.Tensor:
         """(M, motion_dim) x2 -> (M, num_queries, width) motion latents."""
         fused = self.feature_fusion(torch.cat([landmark_feature, prompt_embedding], dim=-1))
         return fused.reshape(-1, self.config.num_queries, self.config.width)
 
-    def forward(self, source_tokens: torch.Tensor, source_motion: torch.Tensor, target_motion: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, source_tokens: torch.Tensor, source_motion: torch.Tensor, target_motion: torch.Tensor
+    ) -> torch.Tensor:
         """source_tokens (B, k, token_dim), source_motion (B, q, width), target_motion (B, T, q, width)
         -> edited tokens (B, T, k, token_dim)."""
         batch, targets = target_motion.shape[:2]

@@ -28,7 +28,9 @@ def scaled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 
 def feed_forward(dim: int, mult: int = 4) -> nn.Sequential:
     inner = dim * mult
-    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False))
+    return nn.Sequential(
+        nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False)
+    )
 
 
 class PerceiverAttention(nn.Module):
@@ -65,5 +67,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm1(x)
         k, v = self.to_kv(x).chunk(2, dim=-1)
-        out = scaled_attention(split_heads(self.to_q(x), self.heads), split_heads(k, self.heads), split_heads(v, self.heads))
+        out = scaled_attention(
+            split_heads(self.to_q(x), self.heads), split_heads(k, self.heads), split_heads(v, self.heads)
+        )
         return self.to_out(merge_heads(out))

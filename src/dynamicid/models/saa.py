@@ -22,8 +22,9 @@ All of it is tensor arithmetic: nothing branches on tensor values, so it compile
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,9 +72,13 @@ class SAASettings:
     def resolved_boxes(self, device: torch.device | str | None = None) -> torch.Tensor | None:
         """(N, 4) or (B, N, 4) float64 boxes on `device`: the given ones, else equal strips, else None."""
         if self.boxes is not None:
-            boxes = torch.as_tensor(self.boxes, dtype=torch.float64, device=device)  # float64: edges truncate as Python's do
+            boxes = torch.as_tensor(
+                self.boxes, dtype=torch.float64, device=device
+            )  # float64: edges truncate as Python's do
             if boxes.shape[-2:] != (self.num_persons, 4):
-                raise ValueError(f"boxes must have shape (N, 4) or (B, N, 4) with N = {self.num_persons}, got {tuple(boxes.shape)}")
+                raise ValueError(
+                    f"boxes must have shape (N, 4) or (B, N, 4) with N = {self.num_persons}, got {tuple(boxes.shape)}"
+                )
             return boxes
         if self.num_persons >= 1 and self.strips_when_no_boxes:
             return equal_strips(self.num_persons, device)
@@ -238,8 +243,15 @@ class LoRAAttnProcessor(nn.Module):
     def _project_out(self, attn, hidden_states, lora_scale):
         return attn.to_out[0](hidden_states) + lora_scale * self.to_out_lora(hidden_states)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 dynamicid: SAASettings | None = None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        dynamicid: SAASettings | None = None,
+    ):
         lora_scale = dynamicid.lora_scale if dynamicid is not None else 1.0
         residual, hidden_states, shape4d = self._begin(attn, hidden_states, temb)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
@@ -259,8 +271,15 @@ class SAAProcessor(LoRAAttnProcessor):
         self.to_k_ip = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_v_ip = nn.Linear(context_dim, inner_dim, bias=False)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 dynamicid: SAASettings | None = None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        dynamicid: SAASettings | None = None,
+    ):
         if dynamicid is None or encoder_hidden_states is None or dynamicid.num_persons == 0:
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, dynamicid)
         settings = dynamicid
@@ -296,7 +315,9 @@ class SAAProcessor(LoRAAttnProcessor):
         else:
             gate = torch.ones(batch, num_queries, device=q.device)
         if settings.gate_maps is not None:
-            settings.gate_maps.append({"layer": self.name, "gate": gate.detach().float().reshape(batch, height, width).cpu()})
+            settings.gate_maps.append(
+                {"layer": self.name, "gate": gate.detach().float().reshape(batch, height, width).cpu()}
+            )
 
         text_out = text_out.transpose(1, 2).flatten(2)
         id_out = id_out.transpose(1, 2).flatten(2)
@@ -355,7 +376,7 @@ class DynamicIDAttention(ModelMixin, ConfigMixin):
         return self._modules[str(index % len(self))]
 
     @classmethod
-    def for_unet(cls, unet, rank: int = 128, init_ip_from_unet: bool = True) -> "DynamicIDAttention":
+    def for_unet(cls, unet, rank: int = 128, init_ip_from_unet: bool = True) -> DynamicIDAttention:
         adapter = cls(processor_layout(unet), rank)
         if init_ip_from_unet:
             adapter.init_ip_from(unet)

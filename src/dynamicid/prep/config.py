@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
-from dynamicid.faces.analyzer import FaceAnalysisConfig
-from dynamicid.imagefile import ValidationConfig
+from dynamicid.errors import ConfigError
+from dynamicid.faces.analyzer import FaceAnalysisConfig, FaceRules
+from dynamicid.faces.backends import available
+from dynamicid.imagefile import ImageRules
+from dynamicid.options import option
 
 MULTI_FACE_POLICIES = ("largest", "skip", "all")
 LAYOUTS = ("by-identity", "flat")
@@ -15,37 +18,57 @@ LAYOUTS = ("by-identity", "flat")
 
 @dataclass(frozen=True)
 class PrepConfig:
-    input: str
-    output: str
-    layout: str = "by-identity"  # identity = first-level subfolder; "flat": no identities
-    multi_face: str = "largest"
-    faces: FaceAnalysisConfig = field(default_factory=FaceAnalysisConfig)
-    captioner: str = "measured"
-    captioner_model: str | None = None
-    caption_max_tokens: int = 64  # new tokens a model captioner may write
-    caption_batch_size: int = 16  # faces per generation batch (a task's faces are captioned together)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-    jpeg_quality: int = 95
-    master: str | None = None  # None: local[*], or whatever spark-submit set
-    images_per_partition: int = 32
-    contact_sheet_faces: int = 48
-    progress: bool = True
+    """`dynamicid prep INPUT OUTPUT`: every field is an option of the command, and a key of its --config file."""
+
+    input: str = option(
+        help="folder of photos (searched recursively), or any path Spark can read (hdfs://, s3a://)",
+        positional="optional",
+    )
+    output: str = option(
+        help="output folder (local, or a filesystem shared by all Spark workers)", positional="optional"
+    )
+    layout: str = option(
+        "by-identity", "by-identity: the first-level subfolder names the person; flat: no identities", choices=LAYOUTS
+    )
+    multi_face: str = option(
+        "largest",
+        "several faces in one photo: keep the largest, skip the photo, or keep every face",
+        choices=MULTI_FACE_POLICIES,
+    )
+    faces: FaceAnalysisConfig = option(factory=FaceAnalysisConfig)
+    captioner: str = option("measured", lambda: f"captioner ({', '.join(available('captioner'))})")
+    captioner_model: str | None = option(
+        None, "model folder for the captioner (internvl: a transformers-format folder such as InternVL3-2B-hf)"
+    )
+    caption_max_tokens: int = option(64, "new tokens a model captioner may write")
+    caption_batch_size: int = option(
+        16, "faces per captioning batch on the GPU (a task's faces are captioned together)"
+    )
+    images: ImageRules = option(factory=ImageRules)
+    face_rules: FaceRules = option(factory=FaceRules)
+    jpeg_quality: int = option(95, "JPEG quality of the aligned faces")
+    master: str | None = option(None, "Spark master, e.g. spark://host:7077 (default: local[*], or spark-submit's)")
+    images_per_partition: int = option(
+        32, "images per Spark task (each task costs ~150 ms of scheduling; at least 4 tasks per core are made)"
+    )
+    contact_sheet_faces: int = option(48, "faces shown on contact_sheet.png")
+    progress: bool = option(True, "no progress bar")
 
     def __post_init__(self):
         if self.multi_face not in MULTI_FACE_POLICIES:
-            raise ValueError(f"--multi-face must be one of {', '.join(MULTI_FACE_POLICIES)}, not {self.multi_face!r}")
+            raise ConfigError(f"multi_face must be one of {', '.join(MULTI_FACE_POLICIES)}, not {self.multi_face!r}")
         if self.layout not in LAYOUTS:
-            raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
+            raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
         if self.images_per_partition < 1:
-            raise ValueError("--images-per-partition must be at least 1")
+            raise ConfigError(f"images_per_partition must be at least 1, not {self.images_per_partition}")
         if self.caption_max_tokens < 1 or self.caption_batch_size < 1:
-            raise ValueError("--caption-max-tokens and --caption-batch-size must be at least 1")
+            raise ConfigError("caption_max_tokens and caption_batch_size must be at least 1")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError("--jpeg-quality must be in 1..100")
+            raise ConfigError(f"jpeg_quality must be in 1..100, not {self.jpeg_quality}")
         if self.faces.detect_side < 64:
-            raise ValueError(f"--detect-side must be at least 64 px, not {self.faces.detect_side}")
+            raise ConfigError(f"detect_side must be at least 64 px, not {self.faces.detect_side}")
         if self.faces.aligned_size % 8 or self.faces.aligned_size < 64:
-            raise ValueError("the aligned size must be a multiple of 8, at least 64")
+            raise ConfigError(f"aligned_size must be a multiple of 8, at least 64, not {self.faces.aligned_size}")
 
     def output_affecting(self) -> dict:
         """Everything that changes what is written for an image; paths and engine settings excluded."""
@@ -53,7 +76,7 @@ class PrepConfig:
             "faces": self.faces.identity(),
             "multi_face": self.multi_face,
             "captioner": [self.captioner, self.captioner_model, self.caption_max_tokens],
-            "validation": asdict(self.validation),
+            "validation": asdict(self.images) | asdict(self.face_rules),  # one key: hashes stay valid
             "jpeg_quality": self.jpeg_quality,
             "format": 1,
         }

@@ -7,8 +7,8 @@ import hashlib
 import logging
 import os
 import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 logger = logging.getLogger(__name__)
@@ -52,8 +52,11 @@ def _inspect(full: str) -> tuple[int, str | None]:
     try:
         info = os.stat(full)
     except OSError as err:
-        kind = "a symbolic link loop" if err.errno == errno.ELOOP else (
-            "a broken symbolic link" if os.path.islink(full) else "unreadable")
+        kind = (
+            "a symbolic link loop"
+            if err.errno == errno.ELOOP
+            else ("a broken symbolic link" if os.path.islink(full) else "unreadable")
+        )
         return -1, f"{kind}: {err.strerror}"
     if not stat.S_ISREG(info.st_mode):
         return -1, "not a regular file (a FIFO, socket or device); only files are read"
@@ -61,9 +64,9 @@ def _inspect(full: str) -> tuple[int, str | None]:
 
 
 def iter_local(root: str, layout: str, exclude: str | None = None) -> Iterator[InputFile]:
-    """Every file below `root`, found one at a time (no list is held), with links to folders followed once (a loop or a second link to a
-    folder already listed is not walked again). `exclude` (prep's OUTPUT, when it lies inside the input)
-    is never listed, so a run never reads what prep wrote."""
+    """Every file below `root`, found one at a time (no list is held), with links to folders followed once
+    (a loop or a second link to a folder already listed is not walked again). `exclude` (prep's OUTPUT, when
+    it lies inside the input) is never listed, so a run never reads what prep wrote."""
     root = os.path.abspath(local_path(root))
     if os.path.isfile(root):
         yield InputFile(root, os.path.basename(root), None, os.path.getsize(root))
@@ -72,6 +75,7 @@ def iter_local(root: str, layout: str, exclude: str | None = None) -> Iterator[I
         raise FileNotFoundError(f"input not found: {root}")
     skip = os.path.realpath(exclude) if exclude else None
     seen: set[tuple[int, int]] = set()
+
     def unreadable(err: OSError) -> None:
         logger.warning("cannot list %s: %s", err.filename, err.strerror)
 
@@ -80,7 +84,9 @@ def iter_local(root: str, layout: str, exclude: str | None = None) -> Iterator[I
         if (here.st_dev, here.st_ino) in seen or (skip and os.path.realpath(folder) == skip):
             dirs[:] = []
             if folder != root:
-                logger.warning("not listing %s again: it is a link to a folder already listed, or prep's output", folder)
+                logger.warning(
+                    "not listing %s again: it is a link to a folder already listed, or prep's output", folder
+                )
             continue
         seen.add((here.st_dev, here.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
@@ -92,7 +98,9 @@ def iter_local(root: str, layout: str, exclude: str | None = None) -> Iterator[I
             size, problem = _inspect(full)
             if _not_utf8(full):  # Arrow and Parquet hold UTF-8 only: the row names the file as well as it can
                 problem = "the file name is not valid UTF-8; rename it"
-                full, relative = (text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for text in (full, relative))
+                full, relative = (
+                    text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for text in (full, relative)
+                )
             yield InputFile(full, relative, identity_of(relative, layout), size, problem)
 
 
@@ -117,7 +125,7 @@ def list_with_spark(spark, root: str, layout: str) -> list[InputFile]:
     while listing.hasNext():
         status = listing.next()
         full = status.getPath().toString()
-        relative = full[len(prefix):] if full.startswith(prefix) else full.rsplit("/", 1)[-1]
+        relative = full[len(prefix) :] if full.startswith(prefix) else full.rsplit("/", 1)[-1]
         if _hidden(relative):
             continue
         found.append(InputFile(full, relative, identity_of(relative, layout), int(status.getLen())))

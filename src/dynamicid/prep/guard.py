@@ -11,13 +11,13 @@ import socket
 import sys
 import time
 
-from dynamicid.errors import DynamicIDError
+from dynamicid.errors import InputError
 from dynamicid.prep import outputs
 
 logger = logging.getLogger(__name__)
 
 
-class PrepError(DynamicIDError):
+class PrepError(InputError):
     """A problem with the job as a whole (bad input path, missing model), found before any image."""
 
 
@@ -30,12 +30,16 @@ def check_paths(input_path: str, output: str) -> str | None:
     out of the listing (OUTPUT, when it lies inside INPUT), or None."""
     source, target = os.path.realpath(input_path), os.path.realpath(output)
     if source == target:
-        raise PrepError(f"the output folder {output} is the input folder: prep would read its own outputs. "
-                        "Give an output folder outside the input, e.g. a sibling folder.")
+        raise PrepError(
+            f"the output folder {output} is the input folder: prep would read its own outputs. "
+            "Give an output folder outside the input, e.g. a sibling folder."
+        )
     for written in (outputs.IMAGES_DIR, outputs.STATE_DIR):
         if _inside(source, os.path.join(target, written)):
-            raise PrepError(f"the input {input_path} lies inside prep's own {written}/ folder of {output}; "
-                            "give the photos' own folder as input.")
+            raise PrepError(
+                f"the input {input_path} lies inside prep's own {written}/ folder of {output}; "
+                "give the photos' own folder as input."
+            )
     return target if _inside(target, source) else None
 
 
@@ -48,8 +52,10 @@ def check_writable(output: str) -> None:
             handle.write(b"ok")
         os.remove(probe)
     except OSError as err:
-        raise PrepError(f"cannot write to the output folder {output}: {err.strerror}. Give a folder you can "
-                        "write to, or fix its permissions.") from None
+        raise PrepError(
+            f"cannot write to the output folder {output}: {err.strerror}. Give a folder you can "
+            "write to, or fix its permissions."
+        ) from None
 
 
 class OutputLock:
@@ -60,7 +66,7 @@ class OutputLock:
         self.path = os.path.join(output, outputs.STATE_DIR, outputs.LOCK_FILE)
         self.handle = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         try:
             import fcntl
         except ImportError:  # not POSIX: run without the lock
@@ -74,12 +80,22 @@ class OutputLock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise PrepError(f"another prep run is writing to {os.path.dirname(os.path.dirname(self.path))} "
-                            f"({holder}); wait for it to finish, or give another output folder.") from None
+            raise PrepError(
+                f"another prep run is writing to {os.path.dirname(os.path.dirname(self.path))} "
+                f"({holder}); wait for it to finish, or give another output folder."
+            ) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}))
+        handle.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "command": " ".join(sys.argv),
+                }
+            )
+        )
         handle.flush()
         self.handle = handle
         return self

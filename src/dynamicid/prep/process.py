@@ -19,9 +19,9 @@ from dynamicid.faces.backends import create
 from dynamicid.faces.caption import caption_many
 from dynamicid.faces.face_prompt import CLASSIFIER_EMOTIONS
 from dynamicid.faces.types import FaceAnalysis
+from dynamicid.imagefile import DecodedImage, Rejected, decode_image
 from dynamicid.prep import outputs
 from dynamicid.prep.config import PrepConfig
-from dynamicid.imagefile import DecodedImage, Rejected, decode_image
 from dynamicid.prep.discover import read_limited
 from dynamicid.prep.schema import COLUMN_NAMES, STAGE_TIMINGS, empty_row
 
@@ -89,21 +89,25 @@ class PrepStage:
         self.analyzer: FaceAnalyzer | None = None
         self.captioner = None
 
-    def setup(self) -> "PrepStage":
+    def setup(self) -> PrepStage:
         if self.analyzer is None:
             self.analyzer = FaceAnalyzer(self.config.faces)
-            self.captioner = create("captioner", self.config.captioner, self.config.captioner_model,
-                                    **self.config.captioner_options())
+            self.captioner = create(
+                "captioner", self.config.captioner, self.config.captioner_model, **self.config.captioner_options()
+            )
         return self
 
     # -- one batch -------------------------------------------------------------------------------
     def process_batch(self, files: pd.DataFrame) -> pd.DataFrame:
-        listed = [(item.path, item.relative, item.identity, getattr(item, "size", None), getattr(item, "problem", None))
-                  for item in files.itertuples(index=False)]
+        listed = [
+            (item.path, item.relative, item.identity, getattr(item, "size", None), getattr(item, "problem", None))
+            for item in files.itertuples(index=False)
+        ]
         return pd.DataFrame(self._process(listed), columns=COLUMN_NAMES)
 
-    def process_file(self, path: str, relative: str, identity: str | None, size: int | None = None,
-                     problem: str | None = None) -> list[dict]:
+    def process_file(
+        self, path: str, relative: str, identity: str | None, size: int | None = None, problem: str | None = None
+    ) -> list[dict]:
         """The rows of one file (a batch of one)."""
         return self._process([(path, relative, identity, size, problem)])
 
@@ -117,8 +121,9 @@ class PrepStage:
         return [row for work in works for row in self._finish_file(work)]
 
     # -- one file, in three steps: analyse, (caption with the batch), write ------------------------
-    def _start_file(self, path: str, relative: str, identity: str | None, size: int | None = None,
-                    problem: str | None = None) -> _FileWork:
+    def _start_file(
+        self, path: str, relative: str, identity: str | None, size: int | None = None, problem: str | None = None
+    ) -> _FileWork:
         start = time.perf_counter()
         base_row = empty_row() | {
             "source_path": path,
@@ -132,10 +137,22 @@ class PrepStage:
         try:
             data, sha = self._read(path, size, problem)
         except OSError as err:
-            work.rows = [self._finish(base_row | {"status": "error", "reason": "read_error", "message": f"{relative}: {err}"}, timings, start)]
+            work.rows = [
+                self._finish(
+                    base_row | {"status": "error", "reason": "read_error", "message": f"{relative}: {err}"},
+                    timings,
+                    start,
+                )
+            ]
             return work
         except Rejected as rejection:
-            work.rows = [self._finish(base_row | {"status": "rejected", "reason": rejection.reason, "message": rejection.message}, timings, start)]
+            work.rows = [
+                self._finish(
+                    base_row | {"status": "rejected", "reason": rejection.reason, "message": rejection.message},
+                    timings,
+                    start,
+                )
+            ]
             return work
         timings["read"] = (time.perf_counter() - start) * 1000
         base_row |= {"source_bytes": len(data), "sha256": sha}
@@ -143,8 +160,9 @@ class PrepStage:
         work.record_file = outputs.record_path(self.config.output, relative)
         work.previous = outputs.load_record(work.record_file)
         if self._resumable(work.previous, sha, identity):
-            work.rows = [row | {"source_path": path, "relative_path": relative, "resumed": True}
-                         for row in work.previous["rows"]]
+            work.rows = [
+                row | {"source_path": path, "relative_path": relative, "resumed": True} for row in work.previous["rows"]
+            ]
             return work
         try:
             work.items = self._analyse(data, base, base_row, timings, start)
@@ -157,7 +175,7 @@ class PrepStage:
         any byte is read, and a file that grew since is cut off as it streams in."""
         if problem is not None:
             raise OSError(problem)
-        limit = self.config.validation.max_bytes
+        limit = self.config.images.max_bytes
         if size is not None and size > limit:
             raise Rejected("too_large_file", f"{size} bytes is over the limit of {limit}")
         return read_limited(path, limit)
@@ -170,18 +188,30 @@ class PrepStage:
         except Exception as err:
             return [self._internal_error(work.base_row, err, {}, work.start)]
         if all(row["status"] != "error" for row in rows):  # an error is retried by the next run
-            outputs.write_record(work.record_file, {
-                "sha256": work.base_row["sha256"], "config_hash": self.config_hash, "identity": work.base_row["identity"],
-                "host": socket.gethostname(), "rows": rows})
+            outputs.write_record(
+                work.record_file,
+                {
+                    "sha256": work.base_row["sha256"],
+                    "config_hash": self.config_hash,
+                    "identity": work.base_row["identity"],
+                    "host": socket.gethostname(),
+                    "rows": rows,
+                },
+            )
         return rows
 
     def _internal_error(self, base_row: dict, err: Exception, timings: dict, start: float) -> dict:
-        return self._finish(base_row | {"status": "error", "reason": "internal_error", "message": _error_text(err)},
-                            timings, start)
+        return self._finish(
+            base_row | {"status": "error", "reason": "internal_error", "message": _error_text(err)}, timings, start
+        )
 
     def _resumable(self, record: dict | None, sha: str, identity: str | None) -> bool:
         """Whether the record is this content, these settings and this identity, with every output present."""
-        if not record or (record.get("sha256"), record.get("config_hash"), record.get("identity")) != (sha, self.config_hash, identity):
+        if not record or (record.get("sha256"), record.get("config_hash"), record.get("identity")) != (
+            sha,
+            self.config_hash,
+            identity,
+        ):
             return False
         for row in record["rows"]:
             if row["status"] == "ok":
@@ -199,13 +229,19 @@ class PrepStage:
     def _analyse(self, data: bytes, base: str, base_row: dict, timings: dict, start: float) -> list:
         """Rows for rejected faces and `_KeptFace`s for the rest, in face order."""
         self.setup()
-        rules = self.config.validation
+        rules = self.config.images
         clock = time.perf_counter()
         try:
             image = decode_image(data, rules)
         except Rejected as rejection:
             timings["decode"] = (time.perf_counter() - clock) * 1000
-            return [self._finish(base_row | {"status": "rejected", "reason": rejection.reason, "message": rejection.message}, timings, start)]
+            return [
+                self._finish(
+                    base_row | {"status": "rejected", "reason": rejection.reason, "message": rejection.message},
+                    timings,
+                    start,
+                )
+            ]
         timings["decode"] = (time.perf_counter() - clock) * 1000
         base_row |= {
             "format": image.format,
@@ -221,18 +257,23 @@ class PrepStage:
         base_row["faces_detected"] = len(boxes)
 
         def reject(reason: str, message: str) -> list[dict]:
-            return [self._finish(base_row | {"status": "rejected", "reason": reason, "message": message}, timings, start)]
+            return [
+                self._finish(base_row | {"status": "rejected", "reason": reason, "message": message}, timings, start)
+            ]
 
         if not boxes:
             return reject("no_face", "no face was detected")
         if self.config.multi_face == "skip" and len(boxes) > 1:
-            return reject("multiple_faces", f"{len(boxes)} faces detected and --multi-face is skip")
+            return reject("multiple_faces", f"{len(boxes)} faces detected and multi_face is skip")
         chosen = boxes if self.config.multi_face == "all" else boxes[:1]
-        min_side = rules.min_face_side * image.decode_scale
+        min_side = self.config.face_rules.min_face_side * image.decode_scale
         large_enough = [b for b in chosen if min(b.width, b.height) >= min_side]
         if not large_enough:
             side = min(chosen[0].width, chosen[0].height) / image.decode_scale
-            return reject("face_too_small", f"the face is {side:.0f} px, below the minimum of {rules.min_face_side} px")
+            return reject(
+                "face_too_small",
+                f"the face is {side:.0f} px, below the minimum of {self.config.face_rules.min_face_side} px",
+            )
 
         items = []
         # Landmarks in one batch; the expression classifier runs later, over the whole task's faces.
@@ -241,12 +282,13 @@ class PrepStage:
             face_timings = dict(timings)
             for stage, ms in analysis.timings_ms.items():
                 face_timings[stage] = face_timings.get(stage, 0.0) + ms
-            if analysis.sharpness < rules.min_sharpness:
+            minimum = self.config.face_rules.min_sharpness
+            if analysis.sharpness < minimum:
                 row = base_row | {
                     "face_index": index,
                     "status": "rejected",
                     "reason": "too_blurry",
-                    "message": f"face sharpness {analysis.sharpness:.1f} is below {rules.min_sharpness}",
+                    "message": f"face sharpness {analysis.sharpness:.1f} is below {minimum}",
                     "sharpness": analysis.sharpness,
                 }
                 items.append(self._finish(row, face_timings, start))
@@ -254,7 +296,16 @@ class PrepStage:
             items.append(self._keep(image, analysis, index, base, base_row, face_timings, start))
         return items
 
-    def _keep(self, image: DecodedImage, analysis: FaceAnalysis, index: int, base: str, base_row: dict, timings: dict, start: float) -> _KeptFace:
+    def _keep(
+        self,
+        image: DecodedImage,
+        analysis: FaceAnalysis,
+        index: int,
+        base: str,
+        base_row: dict,
+        timings: dict,
+        start: float,
+    ) -> _KeptFace:
         clock = time.perf_counter()
         embed_input = self.analyzer.embed_input(image.rgb, analysis)  # the crop; the network runs per batch
         timings["embed"] = (time.perf_counter() - clock) * 1000
@@ -294,7 +345,9 @@ class PrepStage:
             analysis = face.analysis
             face.facts |= {"emotion": analysis.emotion, "face_prompt": analysis.face_prompt}
             if analysis.emotion_probabilities is not None:
-                face.facts |= {f"emotion_{w}": float(p) for w, p in zip(CLASSIFIER_EMOTIONS, analysis.emotion_probabilities)}
+                face.facts |= {
+                    f"emotion_{w}": float(p) for w, p in zip(CLASSIFIER_EMOTIONS, analysis.emotion_probabilities)
+                }
             face.timings["prompt"] = analysis.timings_ms.get("prompt", 0.0)
 
     def _caption(self, faces: list[_KeptFace]) -> None:
@@ -304,7 +357,9 @@ class PrepStage:
         self.setup()
         clock = time.perf_counter()
         captions, errors = _batch_or_singly(
-            lambda items: caption_many(self.captioner, [f.analysis.aligned for f in items], [f.facts for f in items]), faces)
+            lambda items: caption_many(self.captioner, [f.analysis.aligned for f in items], [f.facts for f in items]),
+            faces,
+        )
         share = (time.perf_counter() - clock) * 1000 / len(faces)
         for face, caption, error in zip(faces, captions, errors):
             face.caption, face.caption_error = caption, error
@@ -313,11 +368,20 @@ class PrepStage:
     def _write_face(self, face: _KeptFace) -> dict:
         analysis, index, base_row, timings = face.analysis, face.index, face.base_row, face.timings
         if face.embed_error is not None:
-            row = base_row | {"face_index": index, "status": "error", "reason": "internal_error", "message": face.embed_error}
+            row = base_row | {
+                "face_index": index,
+                "status": "error",
+                "reason": "internal_error",
+                "message": face.embed_error,
+            }
             return self._finish(row, timings, face.start)
         if face.caption is None:
-            row = base_row | {"face_index": index, "status": "error", "reason": "caption_error",
-                              "message": face.caption_error or "no caption"}
+            row = base_row | {
+                "face_index": index,
+                "status": "error",
+                "reason": "caption_error",
+                "message": face.caption_error or "no caption",
+            }
             return self._finish(row, timings, face.start)
         caption = face.caption
         clock = time.perf_counter()
@@ -351,23 +415,31 @@ class PrepStage:
         scale = face.decode_scale
         affine = analysis.affine.copy()
         affine[:, :2] *= scale
-        row = base_row | {
-            "name": name,
-            "face_index": index,
-            "status": "ok",
-            "bbox": [v / scale for v in analysis.box.as_list()],
-            "landmarks": (analysis.landmarks / scale).astype(float).tolist(),
-            "aligned_landmarks": analysis.aligned_landmarks.astype(float).tolist(),
-            "landmark_convention": analysis.landmark_convention,
-            "affine": affine.tolist(),
-            "landmarks_model": self.analyzer.landmark_model.model_id,
-            "expression_model": self.analyzer.backend_ids["expression"],
-            "embedding_model": embedder.model_id,
-            "embedding_dim": int(embedder.dim),
-            "captioner_model": self.captioner.model_id,
-            "caption": caption,
-            "sharpness": analysis.sharpness,
-        } | {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in face.facts.items() if k != "grayscale"}
+        row = (
+            base_row
+            | {
+                "name": name,
+                "face_index": index,
+                "status": "ok",
+                "bbox": [v / scale for v in analysis.box.as_list()],
+                "landmarks": (analysis.landmarks / scale).astype(float).tolist(),
+                "aligned_landmarks": analysis.aligned_landmarks.astype(float).tolist(),
+                "landmark_convention": analysis.landmark_convention,
+                "affine": affine.tolist(),
+                "landmarks_model": self.analyzer.landmark_model.model_id,
+                "expression_model": self.analyzer.backend_ids["expression"],
+                "embedding_model": embedder.model_id,
+                "embedding_dim": int(embedder.dim),
+                "captioner_model": self.captioner.model_id,
+                "caption": caption,
+                "sharpness": analysis.sharpness,
+            }
+            | {
+                k: float(v) if isinstance(v, (float, np.floating)) else v
+                for k, v in face.facts.items()
+                if k != "grayscale"
+            }
+        )
         return self._finish(row, timings, face.start)
 
 

@@ -12,12 +12,14 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from dynamicid.drawing import font
+from dynamicid.imagefile import Rejected, open_image
 from dynamicid.prep import outputs
 from dynamicid.prep.schema import STAGE_TIMINGS, points_array
 
 # What the summary and the contact sheet read; the point lists are fetched for the sheet's faces only.
 REPORT_COLUMNS = ["relative_path", "face_index", "identity", "name", "status", "reason", "resumed", "face_prompt"] + [
-    f"ms_{stage}" for stage in STAGE_TIMINGS]
+    f"ms_{stage}" for stage in STAGE_TIMINGS
+]
 
 
 class ManifestTally:
@@ -71,8 +73,11 @@ class ManifestTally:
 
     def summary(self, job_seconds: float, wall_seconds: float) -> dict:
         processed = self.files - self.resumed_files
-        stage_ms = {column[3:]: round(self.stage_sums[column] / count, 2)
-                    for column, count in self.stage_counts.items() if count}
+        stage_ms = {
+            column[3:]: round(self.stage_sums[column] / count, 2)
+            for column, count in self.stage_counts.items()
+            if count
+        }
         return {
             "files": self.files,
             "kept_faces": self.kept,
@@ -124,8 +129,10 @@ def format_summary(summary: dict, output: str) -> str:
     if summary["resumed"]:
         lines.append(f"  resumed from earlier runs: {summary['resumed']} files (skipped, outputs already complete)")
     if summary.get("stale_outputs_removed"):
-        lines.append(f"  removed {summary['stale_outputs_removed']} output files no row lists any more "
-                     "(their input changed or is gone, or a setting changed)")
+        lines.append(
+            f"  removed {summary['stale_outputs_removed']} output files no row lists any more "
+            "(their input changed or is gone, or a setting changed)"
+        )
     if summary["images_per_second"]:
         lines.append(
             f"  processed {summary['processed_this_run']} files in {summary['job_seconds']:.1f} s: "
@@ -154,7 +161,9 @@ def write_summary(summary: dict, output: str) -> None:
 
 def _spread_over_identities(kept: pd.DataFrame, limit: int) -> pd.DataFrame:
     """Round-robin over identities so one large identity does not fill the sheet."""
-    groups = [g for _, g in kept.sort_values(["identity", "relative_path"]).groupby(kept.identity.fillna(""), sort=True)]
+    groups = [
+        g for _, g in kept.sort_values(["identity", "relative_path"]).groupby(kept.identity.fillna(""), sort=True)
+    ]
     picked, depth = [], 0
     while len(picked) < limit and any(depth < len(g) for g in groups):
         for group in groups:
@@ -174,8 +183,9 @@ def _with_landmarks(chosen: pd.DataFrame, manifest_path: str | None, batch_rows:
     wanted = set(zip(chosen.relative_path, chosen.face_index))
     found = []
     columns = ["relative_path", "face_index", "aligned_landmarks"]
-    for batch in pq.ParquetFile(manifest_path, pre_buffer=False).iter_batches(batch_size=batch_rows, columns=columns,
-                                                                            use_threads=False):
+    for batch in pq.ParquetFile(manifest_path, pre_buffer=False).iter_batches(
+        batch_size=batch_rows, columns=columns, use_threads=False
+    ):
         keys = zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())
         keep = [index for index, key in enumerate(keys) if key in wanted]
         if keep:
@@ -184,8 +194,14 @@ def _with_landmarks(chosen: pd.DataFrame, manifest_path: str | None, batch_rows:
     return chosen.merge(points, on=["relative_path", "face_index"], how="left")
 
 
-def contact_sheet(tally: ManifestTally, output: str, limit: int = 48, tile: int = 224, columns: int = 6,
-                  manifest_path: str | None = None) -> str | None:
+def contact_sheet(
+    tally: ManifestTally,
+    output: str,
+    limit: int = 48,
+    tile: int = 224,
+    columns: int = 6,
+    manifest_path: str | None = None,
+) -> str | None:
     """A grid of aligned faces with their landmarks and face prompts. Returns the PNG path.
 
     The faces come from the tally's candidates; their point lists are read from `manifest_path`."""
@@ -199,8 +215,13 @@ def contact_sheet(tally: ManifestTally, output: str, limit: int = 48, tile: int 
     sheet = Image.new("RGB", (columns * tile, header + rows * (tile + caption_height)), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
     title_font, text_font = font(18), font(12)
-    draw.text((10, 6), f"dynamicid prep: {tally.kept} faces kept, {counts.get('rejected', 0)} files rejected, "
-              f"{counts.get('error', 0)} errors", fill=(240, 240, 240), font=title_font)
+    draw.text(
+        (10, 6),
+        f"dynamicid prep: {tally.kept} faces kept, {counts.get('rejected', 0)} files rejected, "
+        f"{counts.get('error', 0)} errors",
+        fill=(240, 240, 240),
+        font=title_font,
+    )
     detail = ", ".join(f"{r} {n}" for r, n in reasons.most_common()) or "none rejected"
     draw.text((10, 32), f"rejected: {detail}"[:160], fill=(200, 200, 200), font=text_font)
     for slot, (_, row) in enumerate(chosen.iterrows()):
@@ -208,8 +229,8 @@ def contact_sheet(tally: ManifestTally, output: str, limit: int = 48, tile: int 
         y = header + (slot // columns) * (tile + caption_height)
         face_path = outputs.face_paths(output, row.identity, row["name"])["jpg"]
         try:
-            face = Image.open(face_path).convert("RGB")
-        except OSError:
+            face = open_image(face_path)
+        except Rejected:
             continue
         scale = tile / face.width
         face = face.resize((tile, tile), Image.BILINEAR)

@@ -42,8 +42,13 @@ def check_backends(config: PrepConfig) -> PrepConfig:
 
     try:
         faces = config.faces
-        faces = replace(faces, **{field: resolve_model(getattr(faces, field), field.replace("_", " "))
-                                  for field in ("detector_model", "landmarks_model", "embedder_model")})
+        faces = replace(
+            faces,
+            **{
+                field: resolve_model(getattr(faces, field), field.replace("_", " "))
+                for field in ("detector_model", "landmarks_model", "embedder_model")
+            },
+        )
         config = replace(config, faces=faces, captioner_model=resolve_model(config.captioner_model, "captioner model"))
         FaceAnalyzer(config.faces)
         create("captioner", config.captioner, config.captioner_model, **config.captioner_options())
@@ -64,9 +69,13 @@ def merge_rows(spark, rows_dir: str, manifest_path: str) -> None:
     never holds the manifest: its memory does not grow with the corpus."""
     staging = f"{manifest_path}.tmp-{uuid.uuid4().hex[:8]}"
     table = spark.read.schema(SPARK_DDL).parquet("file://" + rows_dir)
-    (table.orderBy("relative_path", "face_index").coalesce(1)
-     .write.option("compression", "zstd").option("parquet.block.size", MANIFEST_ROW_GROUP_BYTES)
-     .parquet("file://" + staging))
+    (
+        table.orderBy("relative_path", "face_index")
+        .coalesce(1)
+        .write.option("compression", "zstd")
+        .option("parquet.block.size", MANIFEST_ROW_GROUP_BYTES)
+        .parquet("file://" + staging)
+    )
     parts = [name for name in os.listdir(staging) if name.endswith(".parquet")]
     if len(parts) != 1:
         raise PrepError(f"merging the manifest gave {len(parts)} files in {staging}, expected one")
@@ -92,11 +101,12 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
         config = check_backends(config)
         outputs.remove_temporaries(output)
         if spark is None:
-            from dynamicid.sparkenv import build_session
+            from dynamicid.prep.sparkenv import build_session
 
             spark = build_session(config.master)
-        job_seconds, manifest_path = _process_and_merge(spark, list_input(config.input, config.layout, spark, skip),
-                                                        config, output)
+        job_seconds, manifest_path = _process_and_merge(
+            spark, list_input(config.input, config.layout, spark, skip), config, output
+        )
         removed = remove_unlisted(output, manifest_path)
         tally = report.tally_manifest(manifest_path, config.contact_sheet_faces)
         sheet = report.contact_sheet(tally, output, limit=config.contact_sheet_faces, manifest_path=manifest_path)

@@ -14,6 +14,8 @@ import zlib
 import numpy as np
 from PIL import Image, ImageFilter
 
+from dynamicid.errors import SetupError
+
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
@@ -79,7 +81,9 @@ def astronaut() -> Image.Image:
     try:
         from skimage import data
     except ImportError as err:
-        raise RuntimeError("make-sample needs scikit-image for its bundled photos: pip install 'dynamicid[sample]'") from err
+        raise SetupError(
+            "make-sample needs scikit-image for its bundled photos: pip install 'dynamicid[sample]'"
+        ) from err
     return Image.fromarray(data.astronaut())
 
 

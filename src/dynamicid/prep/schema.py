@@ -9,48 +9,53 @@ from dynamicid.faces.face_prompt import CLASSIFIER_EMOTIONS
 STAGE_TIMINGS = ("read", "decode", "detect", "landmarks", "align", "prompt", "embed", "caption", "write", "total")
 
 # (column, Spark DDL type); one row per input file, or per kept face under --multi-face all.
-COLUMNS: list[tuple[str, str]] = [
-    ("source_path", "string"),
-    ("relative_path", "string"),
-    ("source_bytes", "bigint"),
-    ("sha256", "string"),
-    ("identity", "string"),
-    ("name", "string"),  # output name, set for kept faces
-    ("face_index", "int"),  # 0 = largest face
-    ("faces_detected", "int"),
-    ("status", "string"),  # ok | rejected | error
-    ("reason", "string"),  # a code, see README
-    ("message", "string"),
-    ("format", "string"),
-    ("width", "int"),  # upright, full resolution
-    ("height", "int"),
-    ("exif_rotated", "boolean"),
-    ("bbox", "array<double>"),  # x0, y0, x1, y1 in source pixels
-    ("landmarks", "array<array<double>>"),  # (K, 2) in source pixels
-    ("aligned_landmarks", "array<array<double>>"),  # (K, 2) in NAME.jpg pixels
-    ("landmark_convention", "string"),
-    ("affine", "array<array<double>>"),  # 2x3: source pixels -> NAME.jpg pixels
-    ("detector_model", "string"),
-    ("landmarks_model", "string"),
-    ("embedding_model", "string"),
-    ("embedding_dim", "int"),
-    ("captioner_model", "string"),
-    ("caption", "string"),
-    ("face_prompt", "string"),
-    ("emotion", "string"),
-] + [(f"emotion_{word}", "double") for word in CLASSIFIER_EMOTIONS] + [  # the classifier's probabilities
-    ("expression_model", "string"),
-    ("pitch", "double"),
-    ("yaw", "double"),
-    ("roll", "double"),
-    ("smile", "double"),
-    ("mouth_open", "double"),
-    ("eyes_closed", "double"),
-    ("brows_raised", "double"),
-    ("sharpness", "double"),
-    ("config_hash", "string"),
-    ("resumed", "boolean"),
-] + [(f"ms_{stage}", "double") for stage in STAGE_TIMINGS]
+COLUMNS: list[tuple[str, str]] = (
+    [
+        ("source_path", "string"),
+        ("relative_path", "string"),
+        ("source_bytes", "bigint"),
+        ("sha256", "string"),
+        ("identity", "string"),
+        ("name", "string"),  # output name, set for kept faces
+        ("face_index", "int"),  # 0 = largest face
+        ("faces_detected", "int"),
+        ("status", "string"),  # ok | rejected | error
+        ("reason", "string"),  # a code, see README
+        ("message", "string"),
+        ("format", "string"),
+        ("width", "int"),  # upright, full resolution
+        ("height", "int"),
+        ("exif_rotated", "boolean"),
+        ("bbox", "array<double>"),  # x0, y0, x1, y1 in source pixels
+        ("landmarks", "array<array<double>>"),  # (K, 2) in source pixels
+        ("aligned_landmarks", "array<array<double>>"),  # (K, 2) in NAME.jpg pixels
+        ("landmark_convention", "string"),
+        ("affine", "array<array<double>>"),  # 2x3: source pixels -> NAME.jpg pixels
+        ("detector_model", "string"),
+        ("landmarks_model", "string"),
+        ("embedding_model", "string"),
+        ("embedding_dim", "int"),
+        ("captioner_model", "string"),
+        ("caption", "string"),
+        ("face_prompt", "string"),
+        ("emotion", "string"),
+    ]
+    + [(f"emotion_{word}", "double") for word in CLASSIFIER_EMOTIONS]
+    + [  # the classifier's probabilities
+        ("expression_model", "string"),
+        ("pitch", "double"),
+        ("yaw", "double"),
+        ("roll", "double"),
+        ("smile", "double"),
+        ("mouth_open", "double"),
+        ("eyes_closed", "double"),
+        ("brows_raised", "double"),
+        ("sharpness", "double"),
+        ("config_hash", "string"),
+        ("resumed", "boolean"),
+    ]
+    + [(f"ms_{stage}", "double") for stage in STAGE_TIMINGS]
+)
 
 COLUMN_NAMES = [name for name, _ in COLUMNS]
 SPARK_DDL = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)

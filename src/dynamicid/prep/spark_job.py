@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -73,8 +73,15 @@ class _SparkProgress:
             self.bar.close()
 
 
-LISTING_SCHEMA = pa.schema([("path", pa.string()), ("relative", pa.string()), ("identity", pa.string()),
-                            ("size", pa.int64()), ("problem", pa.string())])
+LISTING_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("relative", pa.string()),
+        ("identity", pa.string()),
+        ("size", pa.int64()),
+        ("problem", pa.string()),
+    ]
+)
 
 
 def write_listing(files: Iterable[InputFile], path: str, batch_rows: int = 65536) -> int:
@@ -95,8 +102,9 @@ def write_listing(files: Iterable[InputFile], path: str, batch_rows: int = 65536
 
 def _listing_table(batch: list[InputFile]) -> pa.Table:
     columns = [[getattr(item, name) for item in batch] for name in LISTING_SCHEMA.names]
-    return pa.Table.from_arrays([pa.array(values, type=field.type) for values, field in zip(columns, LISTING_SCHEMA)],
-                                schema=LISTING_SCHEMA)
+    return pa.Table.from_arrays(
+        [pa.array(values, type=field.type) for values, field in zip(columns, LISTING_SCHEMA)], schema=LISTING_SCHEMA
+    )
 
 
 def run_stage_on_spark(spark, listing_path: str, count: int, config: PrepConfig, rows_uri: str) -> float:

@@ -49,9 +49,12 @@ class OutputsCheck:
         return not self.missing and not self.unlisted
 
     def describe(self, limit: int = 20) -> str:
-        head = (f"{self.output}: images/ holds exactly the {self.listed} files the manifest lists" if self.ok else
-                f"{self.output}: images/ differs from the manifest: {len(self.missing)} listed files missing, "
-                f"{len(self.unlisted)} files no row lists. Rerun the same prep command to repair it.")
+        head = (
+            f"{self.output}: images/ holds exactly the {self.listed} files the manifest lists"
+            if self.ok
+            else f"{self.output}: images/ differs from the manifest: {len(self.missing)} listed files missing, "
+            f"{len(self.unlisted)} files no row lists. Rerun the same prep command to repair it."
+        )
         lines = [head]
         for title, paths in (("missing", self.missing), ("not listed", self.unlisted)):
             lines += [f"  {title}: images/{path}" for path in sorted(paths)[:limit]]
@@ -73,8 +76,9 @@ def check_outputs(output: str) -> OutputsCheck:
         raise PrepError(f"{manifest_path} cannot be read ({err}); rerun prep to rewrite it.") from None
     present = set(_files_under(os.path.join(output, outputs.IMAGES_DIR)))
     expected = {f"{stem}.{extension}" for stem in listed for extension in outputs.OUTPUT_EXTENSIONS}
-    return OutputsCheck(output, listed=len(expected), missing=sorted(expected - present),
-                        unlisted=sorted(present - expected))
+    return OutputsCheck(
+        output, listed=len(expected), missing=sorted(expected - present), unlisted=sorted(present - expected)
+    )
 
 
 def remove_unlisted(output: str, manifest_path: str) -> int:

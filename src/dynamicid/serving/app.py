@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import closing
 import threading
 import time
+from contextlib import closing
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from dynamicid.errors import DynamicIDError
 from dynamicid.faces import face_prompt
-from dynamicid.pipeline.layout import automatic_boxes
+from dynamicid.generation.layout import automatic_boxes
 from dynamicid.serving.engine import Engine, GenerationRequest, PersonRequest
 
 logger = logging.getLogger(__name__)
@@ -29,8 +29,13 @@ MAX_PERSONS = 4
 AS_IN_PHOTO = "as in the photo"
 EXPRESSIONS = (AS_IN_PHOTO, "neutral", "happy", "sad", "surprise", "anger")
 ORIENTATIONS = (AS_IN_PHOTO, "front", "side left", "side right", "up", "down")
-_POSES = {"front": (None, "front", None), "side left": (None, "side", "left"), "side right": (None, "side", "right"),
-          "up": ("up", "front", None), "down": ("down", "front", None)}
+_POSES = {
+    "front": (None, "front", None),
+    "side left": (None, "side", "left"),
+    "side right": (None, "side", "right"),
+    "up": ("up", "front", None),
+    "down": ("down", "front", None),
+}
 BOX_FIELDS = ("x0", "y0", "x1", "y1")
 
 
@@ -66,21 +71,31 @@ def _boxes_from_fields(count: int, values: list) -> list:
     """Four numbers per person; a person whose fields are all empty (or all 0) has no box."""
     boxes = []
     for index in range(count):
-        numbers = values[4 * index: 4 * index + 4]
+        numbers = values[4 * index : 4 * index + 4]
         boxes.append(None if all(v in (None, "", 0) for v in numbers) else tuple(float(v or 0) for v in numbers))
     return boxes
 
 
 def _settings_request(prompt, negative, count, photos, prompts, boxes, settings: dict) -> GenerationRequest:
-    persons = [PersonRequest(photos[i], prompts[i] or None, None, boxes[i] if i < len(boxes) else None, f"person{i}")
-               for i in range(count)]
+    persons = [
+        PersonRequest(photos[i], prompts[i] or None, None, boxes[i] if i < len(boxes) else None, f"person{i}")
+        for i in range(count)
+    ]
     seed = int(settings.get("seed", -1))
     return GenerationRequest(
-        prompt=prompt or "", persons=persons, negative_prompt=negative or None, steps=int(settings.get("steps", 30)),
-        guidance=float(settings.get("guidance", 5.0)), height=int(settings.get("height", 512)),
-        width=int(settings.get("width", 512)), seed=seed if seed >= 0 else int(np.random.randint(0, 2**31 - 1)),
-        id_scale=float(settings.get("id_scale", 1.0)), infer_scale=settings.get("infer_scale"),
-        infer_end=settings.get("infer_end"), gate_maps=bool(settings.get("gate_maps", False)))
+        prompt=prompt or "",
+        persons=persons,
+        negative_prompt=negative or None,
+        steps=int(settings.get("steps", 30)),
+        guidance=float(settings.get("guidance", 5.0)),
+        height=int(settings.get("height", 512)),
+        width=int(settings.get("width", 512)),
+        seed=seed if seed >= 0 else int(np.random.randint(0, 2**31 - 1)),
+        id_scale=float(settings.get("id_scale", 1.0)),
+        infer_scale=settings.get("infer_scale"),
+        infer_end=settings.get("infer_end"),
+        gate_maps=bool(settings.get("gate_maps", False)),
+    )
 
 
 def run_generation(engine: Engine, request: GenerationRequest, progress=None):
@@ -122,20 +137,39 @@ def run_generation(engine: Engine, request: GenerationRequest, progress=None):
 
 def _person_panel(gr, index: int, visible: bool) -> dict:
     with gr.Column(visible=visible, min_width=220, elem_id=f"person{index}") as column:
-        photo = gr.Image(type="filepath", label=f"Person {index + 1}", height=200, elem_id=f"person{index}-photo",
-                         sources=["upload"])
+        photo = gr.Image(
+            type="filepath", label=f"Person {index + 1}", height=200, elem_id=f"person{index}-photo", sources=["upload"]
+        )
         status = gr.Markdown("upload a photo with one face", elem_id=f"person{index}-status")
-        expression = gr.Radio(list(EXPRESSIONS), value=AS_IN_PHOTO, label="Expression", elem_id=f"person{index}-expression")
-        orientation = gr.Radio(list(ORIENTATIONS), value=AS_IN_PHOTO, label="Head", elem_id=f"person{index}-orientation")
-        typed = gr.Textbox(label="or your own face prompt", placeholder="in a happy expression, in side view, turned left",
-                           elem_id=f"person{index}-prompt")
+        expression = gr.Radio(
+            list(EXPRESSIONS), value=AS_IN_PHOTO, label="Expression", elem_id=f"person{index}-expression"
+        )
+        orientation = gr.Radio(
+            list(ORIENTATIONS), value=AS_IN_PHOTO, label="Head", elem_id=f"person{index}-orientation"
+        )
+        typed = gr.Textbox(
+            label="or your own face prompt",
+            placeholder="in a happy expression, in side view, turned left",
+            elem_id=f"person{index}-prompt",
+        )
         with gr.Accordion("Target landmarks (optional)", open=False):
             landmarks = gr.Image(type="filepath", label="96x96 map or prep's NAME.png", height=120, sources=["upload"])
         with gr.Row():
-            box = [gr.Number(label=name, precision=3, minimum=0, maximum=1, min_width=50,
-                             elem_id=f"person{index}-{name}") for name in BOX_FIELDS]
-    return {"column": column, "photo": photo, "status": status, "expression": expression,
-            "orientation": orientation, "typed": typed, "landmarks": landmarks, "box": box, "measured": gr.State(None)}
+            box = [
+                gr.Number(label=name, precision=3, minimum=0, maximum=1, min_width=50, elem_id=f"person{index}-{name}")
+                for name in BOX_FIELDS
+            ]
+    return {
+        "column": column,
+        "photo": photo,
+        "status": status,
+        "expression": expression,
+        "orientation": orientation,
+        "typed": typed,
+        "landmarks": landmarks,
+        "box": box,
+        "measured": gr.State(None),
+    }
 
 
 def build_app(engine: Engine, examples: list[list] | None = None, tiny: bool = False, concurrency: int = 1):
@@ -145,8 +179,10 @@ def build_app(engine: Engine, examples: list[list] | None = None, tiny: bool = F
 
     size = 128 if tiny else 512
     with gr.Blocks(title="DynamicID") as app:
-        gr.Markdown("# DynamicID\nSeveral people in one image, each from one photo, each with their own expression "
-                    "and head orientation, placed where you want them.")
+        gr.Markdown(
+            "# DynamicID\nSeveral people in one image, each from one photo, each with their own expression "
+            "and head orientation, placed where you want them."
+        )
         count = gr.Slider(1, MAX_PERSONS, value=2, step=1, label="Persons", elem_id="count")
         with gr.Row():
             panels = [_person_panel(gr, i, i < 2) for i in range(MAX_PERSONS)]
@@ -156,7 +192,9 @@ def build_app(engine: Engine, examples: list[list] | None = None, tiny: bool = F
                 negative = gr.Textbox(label="Negative prompt", value="blurry, lowres, deformed")
                 with gr.Row():
                     width = gr.Slider(64, 1024, value=size, step=64 if not tiny else 32, label="Width", elem_id="width")
-                    height = gr.Slider(64, 1024, value=size, step=64 if not tiny else 32, label="Height", elem_id="height")
+                    height = gr.Slider(
+                        64, 1024, value=size, step=64 if not tiny else 32, label="Height", elem_id="height"
+                    )
                 seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="seed")
                 with gr.Accordion("Advanced", open=False):
                     steps = gr.Slider(1, 100, value=4 if tiny else 30, step=1, label="Steps", elem_id="steps")
@@ -175,11 +213,31 @@ def build_app(engine: Engine, examples: list[list] | None = None, tiny: bool = F
         gallery = gr.Gallery(label="Result", columns=2, height=400, elem_id="result")
         sidecar = gr.JSON(label="Settings used (the JSON sidecar)", elem_id="sidecar")
         files = gr.File(label="Download: PNG and JSON sidecar", file_count="multiple", elem_id="files")
-        page = SimpleNamespace(count=count, panels=panels, prompt=prompt, negative=negative, width=width, height=height,
-                               seed=seed, steps=steps, guidance=guidance, id_scale=id_scale, infer_scale=infer_scale,
-                               infer_end=infer_end, show_gates=show_gates, auto=auto, preview=preview, run=run,
-                               cancel=cancel, status=status, gallery=gallery, sidecar=sidecar, files=files,
-                               concurrency=concurrency, app=app)
+        page = SimpleNamespace(
+            count=count,
+            panels=panels,
+            prompt=prompt,
+            negative=negative,
+            width=width,
+            height=height,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            id_scale=id_scale,
+            infer_scale=infer_scale,
+            infer_end=infer_end,
+            show_gates=show_gates,
+            auto=auto,
+            preview=preview,
+            run=run,
+            cancel=cancel,
+            status=status,
+            gallery=gallery,
+            sidecar=sidecar,
+            files=files,
+            concurrency=concurrency,
+            app=app,
+        )
         _wire_layout(gr, page)
         _wire_photos(gr, engine, page)
         _wire_generation(gr, engine, page)
@@ -210,6 +268,7 @@ def _wire_layout(gr, page) -> None:
     inputs = [page.count, page.width, page.height, page.auto, *fields]
     for trigger in (page.count.change, page.width.change, page.height.change, page.auto.change, page.app.load):
         trigger(relayout, inputs, outputs, queue=False, api_name=False)
+
     def edited(count, width, height, auto, *values):
         return False, layout_preview(_boxes_from_fields(int(count), list(values)), int(width), int(height))
 
@@ -219,41 +278,99 @@ def _wire_layout(gr, page) -> None:
 
 def _wire_photos(gr, engine: Engine, page) -> None:
     """A photo is analysed as soon as it is uploaded: its face prompt, or why it cannot be used."""
+
     def check(path):
         result = engine.check_photo(path)
         if not path:
             return "upload a photo with one face", None
         return (f"face found: *{result.message}*" if result.ok else f"**cannot use this photo:** {result.message}"), (
-            result.message if result.ok else None)
+            result.message if result.ok else None
+        )
 
     for panel in page.panels:
-        panel["photo"].change(check, panel["photo"], [panel["status"], panel["measured"]], concurrency_id="analysis",
-                              concurrency_limit=2, api_name=False)
+        panel["photo"].change(
+            check,
+            panel["photo"],
+            [panel["status"], panel["measured"]],
+            concurrency_id="analysis",
+            concurrency_limit=2,
+            api_name=False,
+        )
 
 
 def _panel_inputs(page) -> list:
-    return [c for panel in page.panels for c in (panel["photo"], panel["expression"], panel["orientation"],
-                                                 panel["typed"], panel["landmarks"], panel["measured"])]
+    return [
+        c
+        for panel in page.panels
+        for c in (
+            panel["photo"],
+            panel["expression"],
+            panel["orientation"],
+            panel["typed"],
+            panel["landmarks"],
+            panel["measured"],
+        )
+    ]
 
 
 def _wire_generation(gr, engine: Engine, page) -> None:
-    settings = [page.count, page.prompt, page.negative, page.width, page.height, page.seed, page.steps, page.guidance,
-                page.id_scale, page.infer_scale, page.infer_end, page.show_gates, page.auto]
+    settings = [
+        page.count,
+        page.prompt,
+        page.negative,
+        page.width,
+        page.height,
+        page.seed,
+        page.steps,
+        page.guidance,
+        page.id_scale,
+        page.infer_scale,
+        page.infer_end,
+        page.show_gates,
+        page.auto,
+    ]
 
     def generate(*values, progress=gr.Progress()):
-        (count, prompt, negative, width, height, seed, steps, guidance, id_scale, infer_scale, infer_end, gates,
-         auto) = values[:13]
+        (
+            count,
+            prompt,
+            negative,
+            width,
+            height,
+            seed,
+            steps,
+            guidance,
+            id_scale,
+            infer_scale,
+            infer_end,
+            gates,
+            auto,
+        ) = values[:13]
         count = int(count)
-        panels = [values[13 + 6 * i: 19 + 6 * i] for i in range(MAX_PERSONS)][:count]
-        boxes = [None] * count if auto else _boxes_from_fields(count, list(values[13 + 6 * MAX_PERSONS:]))
+        panels = [values[13 + 6 * i : 19 + 6 * i] for i in range(MAX_PERSONS)][:count]
+        boxes = [None] * count if auto else _boxes_from_fields(count, list(values[13 + 6 * MAX_PERSONS :]))
         missing = [str(i + 1) for i, panel in enumerate(panels) if not panel[0]]
         if missing:
             raise gr.Error(f"person {', '.join(missing)}: upload a photo first", print_exception=False)
-        request = _settings_request(prompt, negative, count, [p[0] for p in panels],
-                                    [compose_face_prompt(p[1], p[2], p[3], p[5]) for p in panels], boxes,
-                                    {"seed": seed, "steps": steps, "guidance": guidance, "height": height, "width": width,
-                                     "id_scale": id_scale, "infer_scale": infer_scale, "infer_end": infer_end,
-                                     "gate_maps": gates})
+        request = _settings_request(
+            prompt,
+            negative,
+            count,
+            [p[0] for p in panels],
+            [compose_face_prompt(p[1], p[2], p[3], p[5]) for p in panels],
+            boxes,
+            {
+                "seed": seed,
+                "steps": steps,
+                "guidance": guidance,
+                "height": height,
+                "width": width,
+                "id_scale": id_scale,
+                "infer_scale": infer_scale,
+                "infer_end": infer_end,
+                "gate_maps": gates,
+            },
+        )
         for i, panel in enumerate(panels):
             request.persons[i].target_landmarks = panel[4] or None
         with closing(run_generation(engine, request, progress)) as running:  # closed with us: a cancel reaches it
@@ -261,12 +378,19 @@ def _wire_generation(gr, engine: Engine, page) -> None:
                 if result is None:
                     yield gr.update(), gr.update(), gr.update(), message
                 else:
-                    shown = [(path, "result") for path in result.images] + [(path, "gate map") for path in result.overlays]
+                    shown = [(path, "result") for path in result.images] + [
+                        (path, "gate map") for path in result.overlays
+                    ]
                     yield shown, result.sidecars[0], result.files, message
 
-    event = page.run.click(generate, [*settings, *_panel_inputs(page), *_box_fields(page)],
-                           [page.gallery, page.sidecar, page.files, page.status], concurrency_id="gpu",
-                           concurrency_limit=page.concurrency, api_name=False)
+    event = page.run.click(
+        generate,
+        [*settings, *_panel_inputs(page), *_box_fields(page)],
+        [page.gallery, page.sidecar, page.files, page.status],
+        concurrency_id="gpu",
+        concurrency_limit=page.concurrency,
+        api_name=False,
+    )
     page.cancel.click(None, None, None, cancels=[event], queue=False, api_name=False)
 
 
@@ -281,21 +405,38 @@ def _add_api(gr, engine: Engine, concurrency: int) -> None:
 
     def generate(prompt, photos, face_prompts, boxes, settings):
         try:
-            prompts, box_list, options = json.loads(face_prompts or "[]"), json.loads(boxes or "[]"), json.loads(settings or "{}")
+            prompts, box_list, options = (
+                json.loads(face_prompts or "[]"),
+                json.loads(boxes or "[]"),
+                json.loads(settings or "{}"),
+            )
         except ValueError as err:
             raise gr.Error(f"face_prompts, boxes and settings must be JSON: {err}", print_exception=False) from None
         paths = [getattr(photo, "name", photo) for photo in photos or []]
         if not paths:
             raise gr.Error("give at least one photo", print_exception=False)
         prompts = list(prompts) + [None] * (len(paths) - len(prompts))
-        request = _settings_request(prompt, options.get("negative_prompt"), len(paths), paths, prompts,
-                                    [tuple(b) if b else None for b in box_list], options)
+        request = _settings_request(
+            prompt,
+            options.get("negative_prompt"),
+            len(paths),
+            paths,
+            prompts,
+            [tuple(b) if b else None for b in box_list],
+            options,
+        )
         with closing(run_generation(engine, request)) as running:  # closed with us: a client's cancel reaches it
             for result, _ in running:  # yields while it runs, so the cancel gets in between two
                 yield (gr.skip(), gr.skip()) if result is None else (result.images, result.sidecars[0])
 
-    button.click(generate, [prompt, photos, face_prompts, boxes, settings], [images, sidecar], api_name="generate",
-                 concurrency_id="gpu", concurrency_limit=concurrency)
+    button.click(
+        generate,
+        [prompt, photos, face_prompts, boxes, settings],
+        [images, sidecar],
+        api_name="generate",
+        concurrency_id="gpu",
+        concurrency_limit=concurrency,
+    )
 
 
 def example_photos(folder: str) -> list[list]:
@@ -311,8 +452,10 @@ def example_photos(folder: str) -> list[list]:
     photo.save(first)
     rgb = np.asarray(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).convert("RGB"))
     Image.fromarray(np.ascontiguousarray(rgb[..., [1, 2, 0]])).save(second)  # channels turned: another look
-    return [[first, second, "two astronauts in a space station, photo"],
-            [first, second, "two friends at a cafe, film photo"]]
+    return [
+        [first, second, "two astronauts in a space station, photo"],
+        [first, second, "two friends at a cafe, film photo"],
+    ]
 
 
 def serve(config, block: bool = True):
@@ -321,23 +464,34 @@ def serve(config, block: bool = True):
 
     import torch
 
-    from dynamicid.imagefile import ValidationConfig
-    from dynamicid.pipeline import DynamicIDPipeline
+    from dynamicid.generation import DynamicIDPipeline
+    from dynamicid.imagefile import ImageRules
 
     if config.tiny:
-        from dynamicid.tiny_models import make_tiny_models
+        from dynamicid.testing.tiny_models import make_tiny_models
 
         models = make_tiny_models(tempfile.mkdtemp(prefix="dynamicid-tiny-"))
         pipe = DynamicIDPipeline.from_pretrained(models["sd15"], models["dynamicid"], models["clip-image"])
     else:
-        pipe = DynamicIDPipeline.from_pretrained(config.base_model, config.weights, config.clip_image_encoder,
-                                                 device=config.device, dtype=getattr(torch, config.dtype))
+        pipe = DynamicIDPipeline.from_pretrained(
+            config.base_model,
+            config.weights,
+            config.clip_image_encoder,
+            device=config.device,
+            dtype=getattr(torch, config.dtype),
+        )
     pipe.set_progress_bar_config(disable=True)
-    engine = Engine(pipe, ValidationConfig(max_pixels=config.max_image_pixels, max_bytes=config.max_upload_mb * 2**20))
-    app = build_app(engine, example_photos(tempfile.mkdtemp(prefix="dynamicid-examples-")), config.tiny,
-                    config.concurrency)
+    engine = Engine(pipe, ImageRules(max_pixels=config.max_image_pixels, max_bytes=config.max_upload_mb * 2**20))
+    app = build_app(
+        engine, example_photos(tempfile.mkdtemp(prefix="dynamicid-examples-")), config.tiny, config.concurrency
+    )
     app.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
-    _, url, _ = app.launch(server_name=config.host, server_port=config.port, prevent_thread_lock=not block,
-                           auth=config.check_auth if config.auth else None, max_file_size=f"{config.max_upload_mb}mb",
-                           quiet=not block)
+    _, url, _ = app.launch(
+        server_name=config.host,
+        server_port=config.port,
+        prevent_thread_lock=not block,
+        auth=config.check_auth if config.auth else None,
+        max_file_size=f"{config.max_upload_mb}mb",
+        quiet=not block,
+    )
     return app, engine, url

@@ -1,22 +1,21 @@
 """Typed configuration of `dynamicid serve`. The command line's options are made from these fields
-(`dynamicid.cli_options.add_options`): each default and help text is written here once."""
+(`dynamicid.options.add_options`): each default and help text is written here once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dynamicid.errors import ConfigError
-
-
-def option(default, text: str, **extra):
-    return field(default=default, metadata={"help": text, **extra})
+from dynamicid.options import option
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     host: str = option("127.0.0.1", "address to listen on; the default serves this machine only (0.0.0.0: everyone)")
     port: int = option(7860, "port to listen on")
-    base_model: str | None = option(None, "Stable Diffusion 1.5: a folder or a Hugging Face repo id (default: as generate)")
+    base_model: str | None = option(
+        None, "Stable Diffusion 1.5: a folder or a Hugging Face repo id (default: as generate)"
+    )
     weights: str | None = option(None, "DynamicID weights: a folder or a repo id (default: the authors')")
     clip_image_encoder: str | None = option(None, "CLIP ViT-H/14 image encoder: a folder or a repo id")
     tiny: bool = option(False, "run on tiny random models made at start: every control works, images are noise")
@@ -30,11 +29,11 @@ class ServeConfig:
 
     def __post_init__(self):
         if not 1 <= self.port <= 65535:
-            raise ConfigError(f"--port must be in 1..65535, not {self.port}")
+            raise ConfigError(f"port must be in 1..65535, not {self.port}")
         if self.concurrency < 1 or self.queue_size < 1 or self.max_upload_mb < 1:
-            raise ConfigError("--concurrency, --queue-size and --max-upload-mb must be at least 1")
+            raise ConfigError("concurrency, queue_size and max_upload_mb must be at least 1")
         if self.auth is not None and not self.auth.strip(":"):
-            raise ConfigError("--auth needs user:password or a token")
+            raise ConfigError("auth needs user:password or a token")
 
     def check_auth(self, username: str, password: str) -> bool:
         """Gradio's login check: the pair for "user:password", any user name with the token otherwise."""

@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
-from dynamicid.imagefile import Rejected, ValidationConfig, decode_image
-from dynamicid.pipeline.outputs import gate_map_image, save_generation
-from dynamicid.pipeline.request import GenerationError, Person, check_request
+from dynamicid.faces.analyzer import FaceRules
+from dynamicid.generation.outputs import gate_map_image, save_generation
+from dynamicid.generation.request import GenerationError, Person, check_request
+from dynamicid.imagefile import ImageRules, Rejected, load_image, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +74,17 @@ class Engine:
     """One pipeline, loaded once; generation runs one request at a time on it (a lock), encoded persons are
     kept (least recently used first out) keyed by photo content and edit, so repeated persons cost nothing."""
 
-    def __init__(self, pipe, rules: ValidationConfig | None = None, cache_size: int = 32,
-                 output_root: str | None = None):
+    def __init__(
+        self,
+        pipe,
+        rules: ImageRules | None = None,
+        cache_size: int = 32,
+        output_root: str | None = None,
+        face_rules: FaceRules | None = None,
+    ):
         self.pipe = pipe
-        self.rules = rules or ValidationConfig(max_pixels=40_000_000, max_bytes=20 * 1024 * 1024)
+        self.rules = rules or ImageRules(max_pixels=40_000_000, max_bytes=20 * 1024 * 1024)
+        self.face_rules = face_rules or FaceRules()
         self.cache: OrderedDict[str, object] = OrderedDict()
         self.cache_size = cache_size
         self.output_root = output_root or tempfile.mkdtemp(prefix="dynamicid-serve-")
@@ -89,13 +96,9 @@ class Engine:
     def load_photo(self, path: str) -> np.ndarray:
         """An upload decoded under the serving limits; refusals are GenerationErrors with the reason."""
         try:
-            with open(path, "rb") as handle:
-                data = handle.read(self.rules.max_bytes + 1)
-            return decode_image(data, self.rules).rgb
+            return load_image(path, self.rules).rgb
         except Rejected as rejection:
             raise GenerationError(f"the photo cannot be used: {rejection.reason}: {rejection.message}") from None
-        except OSError as err:
-            raise GenerationError(f"the photo cannot be read: {err.strerror}") from None
 
     def check_photo(self, path: str | None) -> PhotoCheck:
         if not path:
@@ -110,8 +113,10 @@ class Engine:
         if len(faces) > 1:
             return PhotoCheck(False, f"{len(faces)} faces were found: crop the photo to the one person")
         side = min(faces[0].box.width, faces[0].box.height)
-        if side < self.rules.min_face_side:
-            return PhotoCheck(False, f"the face is {side:.0f} px, below {self.rules.min_face_side} px: use a larger photo")
+        if side < self.face_rules.min_face_side:
+            return PhotoCheck(
+                False, f"the face is {side:.0f} px, below {self.face_rules.min_face_side} px: use a larger photo"
+            )
         return PhotoCheck(True, faces[0].face_prompt, faces[0].aligned)
 
     # -- persons ---------------------------------------------------------------------------------
@@ -131,8 +136,9 @@ class Engine:
             self.cache.move_to_end(key)
             return self.cache[key]
         rgb = self.load_photo(person.photo)
-        encoded = self.pipe.encode_persons([Person(rgb, person.face_prompt, person.target_landmarks, None,
-                                                   person.name or f"person{index}")])[0]
+        encoded = self.pipe.encode_persons(
+            [Person(rgb, person.face_prompt, person.target_landmarks, None, person.name or f"person{index}")]
+        )[0]
         self.encoded_count += 1
         self.cache[key] = encoded
         while len(self.cache) > self.cache_size:
@@ -140,12 +146,18 @@ class Engine:
         return encoded
 
     # -- generation ------------------------------------------------------------------------------
-    def generate(self, request: GenerationRequest, on_step: Callable[[int, int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> GenerationResult:
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_step: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
         """Checks the request as `generate` does, then runs it alone on the pipeline; `on_step(done, total)`
         after every step; `should_stop()` true ends it at the next step."""
-        persons = [Person(p.photo, p.face_prompt, p.target_landmarks, p.box, p.name or f"person{i}")
-                   for i, p in enumerate(request.persons)]
+        persons = [
+            Person(p.photo, p.face_prompt, p.target_landmarks, p.box, p.name or f"person{i}")
+            for i, p in enumerate(request.persons)
+        ]
         check_request(persons, request.height, request.width, request.steps, request.guidance)
         with self.lock:
             started = time.perf_counter()
@@ -160,27 +172,31 @@ class Engine:
                     pipe._interrupt = True
                 return {}
 
-            result = self.pipe(request.prompt, persons, negative_prompt=request.negative_prompt,
-                               num_inference_steps=request.steps, guidance_scale=request.guidance,
-                               height=request.height, width=request.width, seed=request.seed, person_embeds=embeds,
-                               id_scale=request.id_scale, infer_scale=request.infer_scale,
-                               infer_end=request.infer_end, return_gate_maps=request.gate_maps,
-                               callback_on_step_end=step_end)
+            result = self.pipe(
+                request.prompt,
+                persons,
+                negative_prompt=request.negative_prompt,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance,
+                height=request.height,
+                width=request.width,
+                seed=request.seed,
+                person_embeds=embeds,
+                id_scale=request.id_scale,
+                infer_scale=request.infer_scale,
+                infer_end=request.infer_end,
+                return_gate_maps=request.gate_maps,
+                callback_on_step_end=step_end,
+            )
             done = self._write(result, persons, request, time.perf_counter() - started)
             done.steps_done, done.interrupted = steps_done[0], steps_done[0] < request.steps
             self.last = done
             return done
 
     def _write(self, result, persons, request: GenerationRequest, seconds: float) -> GenerationResult:
-        import json
-
         folder = tempfile.mkdtemp(prefix="request-", dir=self.output_root)
-        files = save_generation(result, persons, folder, "dynamicid")
-        images = [path for path in files if path.endswith(".png") and os.sep + "gates" + os.sep not in path]
-        sidecars = []
-        for path in images:
-            with open(path[:-4] + ".json", encoding="utf-8") as handle:
-                sidecars.append(json.load(handle))
+        saved = save_generation(result, persons, folder, "dynamicid")
+        images, sidecars, files = saved.images, saved.sidecars, saved.files
         overlays = []
         if result.gate_maps is not None:
             for index, path in enumerate(images):
@@ -191,5 +207,5 @@ class Engine:
 
 def overlay_gates(image_path: str, gate: np.ndarray) -> Image.Image:
     """The image with its gate map laid over it, half and half, so one sees where the identity went."""
-    image = Image.open(image_path).convert("RGB")
+    image = open_image(image_path)
     return Image.blend(image, gate_map_image(gate, image.size), 0.5)

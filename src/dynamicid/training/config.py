@@ -4,36 +4,45 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from dynamicid.errors import ConfigError
+from dynamicid.options import option
+
 PORTRAIT_PROMPT = "portrait, cinematic photo, film, professional, 4k, highly detailed"
 
 
 @dataclass(frozen=True)
 class TrainCommon:
-    data: str  # prep's output folder (manifest.parquet, images/)
-    base_model: str  # SD1.5 in diffusers layout
-    clip_image_encoder: str
-    output: str
-    steps: int = 1000
-    batch_size: int = 8
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-2
-    resolution: int = 512
-    gradient_accumulation: int = 1
-    mixed_precision: str = "no"  # no | fp16 | bf16
-    gradient_checkpointing: bool = False
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    sample_every: int = 0  # 0: no sample images
-    sample_steps: int = 20
-    seed: int = 0
-    resume: bool = True  # continue from the latest checkpoint in output/checkpoints
-    progress: bool = True
-    log_every: int = 1
+    data: str = option(help="prep's output folder (manifest.parquet and images/)", positional=True)
+    base_model: str = option(help="Stable Diffusion 1.5 in diffusers layout: a folder or a Hugging Face repo id")
+    clip_image_encoder: str = option(
+        help="CLIP ViT-H/14 vision model: a folder or a repo id with a subfolder (h94/IP-Adapter/models/image_encoder)"
+    )
+    output: str = option(help="where checkpoints, losses, samples and weights go", positional=True)
+    steps: int = option(1000, "optimizer steps")
+    batch_size: int = option(8, "faces per step")
+    learning_rate: float = option(1e-4, "AdamW learning rate")
+    weight_decay: float = option(1e-2, "AdamW weight decay")
+    resolution: int = option(512, "training image side, px")
+    gradient_accumulation: int = option(1, "micro-batches per optimizer step")
+    mixed_precision: str = option("no", "autocast precision", choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = option(
+        False, "recompute UNet activations in the backward pass (less memory, about 2x the time)"
+    )
+    checkpoint_every: int = option(500, "save a resumable checkpoint every N steps")
+    keep_checkpoints: int = option(3, "checkpoints kept (the latest is what a rerun resumes from)")
+    sample_every: int = option(0, "write a sample image every N steps (0: never)")
+    sample_steps: int = option(20, "denoising steps of each sample image")
+    seed: int = option(0, "random seed")
+    resume: bool = option(True, "start over even if OUTPUT has checkpoints")
+    progress: bool = option(True, "no progress bar")
+    log_every: int = option(1, "log the loss every N steps")
 
     def __post_init__(self):
         if self.keep_checkpoints < 1:
-            raise ValueError(f"--keep-checkpoints must be at least 1 (the latest is what a rerun resumes from), "
-                             f"not {self.keep_checkpoints}")
+            raise ConfigError(
+                f"keep_checkpoints must be at least 1 (the latest is what a rerun resumes from), "
+                f"not {self.keep_checkpoints}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,27 +50,31 @@ class TrainCommon:
 
 @dataclass(frozen=True)
 class AnchorConfig(TrainCommon):
-    lora_rank: int = 128
-    init_weights: str | None = None  # start from existing DynamicID weights
-    drop_text: float = 0.05
-    drop_image: float = 0.05
-    drop_both: float = 0.05
-    # The gate: on during training, with gradients through it. The gate is this layer's own measure
-    # of where identity belongs; letting gradients reach it trains to_k_ip to place identity where
-    # the target face is. Both can be changed; the choice is saved with the weights.
-    gate: bool = True
-    gate_gradients: bool = True
-    # The data path: DataLoader workers read and decode micro-batches ahead of the step, and a first pass
-    # caches every face's CLIP image features under output/clip-cache, so no step runs the image encoder.
-    data_workers: int = 2
-    cache_clip: bool = True
+    lora_rank: int = option(128, "rank of SAA's LoRA on the UNet's attention")
+    init_weights: str | None = option(None, "start from these DynamicID weights")
+    drop_text: float = option(0.05, "share of steps trained without the text prompt")
+    drop_image: float = option(0.05, "share of steps trained without the identity")
+    drop_both: float = option(0.05, "share of steps trained without either")
+    # The gate is this layer's own measure of where identity belongs; letting gradients reach it trains
+    # to_k_ip to place identity where the target face is. The choice is saved with the weights.
+    gate: bool = option(True, "train with SAA's gate off")
+    gate_gradients: bool = option(True, "stop gradients through the gate")
+    data_workers: int = option(
+        2, "DataLoader workers that read and decode micro-batches ahead of the step (0: in the step)"
+    )
+    cache_clip: bool = option(
+        True,
+        "run the CLIP image encoder in every step instead of caching each face's "
+        "features once (under OUTPUT/clip-cache)",
+        flag="clip-cache",
+    )
 
 
 @dataclass(frozen=True)
 class ReconfigConfig(TrainCommon):
-    weights: str = ""  # stage-1 weights (face encoder + SAA), ours or the authors'
-    max_targets: int = 32
-    ldc_weight: float = 1.0  # lambda in L_DFM + lambda * L_LDC
-    batch_size: int = 1  # one identity per step (its targets make the batch)
-    prompt: str = PORTRAIT_PROMPT
-    imr_depth: int = 1
+    weights: str = option("", "stage-1 weights (face encoder + SAA), ours or the authors'", required=True)
+    max_targets: int = option(32, "target images of one identity per step")
+    ldc_weight: float = option(1.0, "lambda in L_DFM + lambda * L_LDC")
+    batch_size: int = option(1, "one identity per step (its targets make the batch)", hidden=True)
+    prompt: str = option(PORTRAIT_PROMPT, "the text prompt of every training image")
+    imr_depth: int = option(1, "IMR blocks")

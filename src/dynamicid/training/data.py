@@ -12,15 +12,15 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from dynamicid.errors import DynamicIDError, first_line
+from dynamicid.errors import InputError, first_line
 from dynamicid.faces import landmark_image
+from dynamicid.imagefile import ImageRules, Rejected, check_header, open_image
 from dynamicid.prep import outputs
-
 
 logger = logging.getLogger(__name__)
 
 
-class TrainingDataError(DynamicIDError, ValueError):
+class TrainingDataError(InputError):
     pass
 
 
@@ -38,7 +38,7 @@ class Face:
 _PNG_END = b"IEND\xaeB`\x82"
 
 
-def _file_problem(face: "Face", dim: int) -> str | None:
+def _file_problem(face: Face, dim: int) -> str | None:
     """Why a kept face's files cannot be trained on, from cheap checks: the JPEG and PNG end where their
     format says (a cut file does not), the caption is UTF-8, and the embedding loads with the manifest's
     width and finite values. None when all is well."""
@@ -48,6 +48,10 @@ def _file_problem(face: "Face", dim: int) -> str | None:
                 handle.seek(max(0, os.path.getsize(path) - len(ending)))
                 if handle.read() != ending:
                     return f"{path}: the file is cut short (no end marker)"
+            try:
+                check_header(path, ImageRules(min_side=1))  # the same header checks as every image read
+            except Rejected as rejection:
+                return f"{path}: {rejection.reason}: {rejection.message}"
         with open(face.txt, encoding="utf-8") as handle:
             handle.read()
         payload = torch.load(face.pt, map_location="cpu", weights_only=True)
@@ -78,16 +82,26 @@ def load_faces(folder: str, check_files: bool = True) -> list[Face]:
     dims = sorted(kept.embedding_dim.dropna().astype(int).unique().tolist())
     if len(dims) > 1:
         models = sorted(kept.embedding_model.dropna().unique().tolist())
-        raise TrainingDataError(f"the manifest mixes embeddings of dimensions {dims} (models {models}); "
-                                "prepare the data with one embedder")
+        raise TrainingDataError(
+            f"the manifest mixes embeddings of dimensions {dims} (models {models}); prepare the data with one embedder"
+        )
     faces = []
     for row in kept.itertuples():
         paths = outputs.face_paths(folder, row.identity, row.name)
         missing = [p for p in paths.values() if not os.path.isfile(p)]
         if missing:
             raise TrainingDataError(f"{missing[0]} is listed as kept but missing; rerun prep to complete the output")
-        faces.append(Face(row.identity or row.name, row.name, paths["jpg"], paths["png"], paths["txt"], paths["pt"],
-                          row.face_prompt or ""))
+        faces.append(
+            Face(
+                row.identity or row.name,
+                row.name,
+                paths["jpg"],
+                paths["png"],
+                paths["txt"],
+                paths["pt"],
+                row.face_prompt or "",
+            )
+        )
     return _without_bad_files(faces, dims[0], manifest_path) if check_files and dims else faces
 
 
@@ -97,12 +111,20 @@ def _without_bad_files(faces: list[Face], dim: int, manifest_path: str) -> list[
         return faces
     bad = {face for face, _ in problems}
     good = [face for face in faces if face not in bad]
-    shown = "; ".join(problem for _, problem in problems[:5]) + (f"; ... ({len(problems)} in all)" if len(problems) > 5 else "")
+    shown = "; ".join(problem for _, problem in problems[:5]) + (
+        f"; ... ({len(problems)} in all)" if len(problems) > 5 else ""
+    )
     if not good:
-        raise TrainingDataError(f"none of the {len(faces)} kept faces of {manifest_path} can be read: {shown}. "
-                                "Rerun prep on the same output to rewrite them.")
-    logger.warning("leaving out %d of %d faces whose files are damaged (rerun prep on the same output to "
-                   "repair them):\n  %s", len(problems), len(faces), "\n  ".join(problem for _, problem in problems))
+        raise TrainingDataError(
+            f"none of the {len(faces)} kept faces of {manifest_path} can be read: {shown}. "
+            "Rerun prep on the same output to rewrite them."
+        )
+    logger.warning(
+        "leaving out %d of %d faces whose files are damaged (rerun prep on the same output to repair them):\n  %s",
+        len(problems),
+        len(faces),
+        "\n  ".join(problem for _, problem in problems),
+    )
     return good
 
 
@@ -127,14 +149,14 @@ def step_generator(seed: int, step: int, process: int = 0, device="cpu") -> torc
 
 def read_image(path: str, size: int) -> torch.Tensor:
     """An RGB image as (3, size, size) in [-1, 1]."""
-    image = Image.open(path).convert("RGB")
+    image = open_image(path)
     if image.size != (size, size):
         image = image.resize((size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
 
 def read_rgb(path: str) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
+    return np.asarray(open_image(path))
 
 
 def read_embedding(path: str) -> torch.Tensor:
@@ -147,7 +169,7 @@ def read_caption(path: str) -> str:
 
 
 def read_map96(path: str) -> np.ndarray:
-    return landmark_image.split_landmark_png(np.asarray(Image.open(path).convert("L")))[1]
+    return landmark_image.split_landmark_png(np.asarray(open_image(path, "L")))[1]
 
 
 @dataclass
@@ -211,8 +233,17 @@ class AnchorBatches(torch.utils.data.Dataset):
     With `clip_cache` (face name -> features file), the CLIP features of each reference are read from
     the cache instead of running the image encoder in the step."""
 
-    def __init__(self, sampler: AnchorSampler, seed: int, batch_size: int, resolution: int, id_dim: int,
-                 drops: tuple[float, float, float], process: int = 0, clip_cache: dict[str, str] | None = None):
+    def __init__(
+        self,
+        sampler: AnchorSampler,
+        seed: int,
+        batch_size: int,
+        resolution: int,
+        id_dim: int,
+        drops: tuple[float, float, float],
+        process: int = 0,
+        clip_cache: dict[str, str] | None = None,
+    ):
         self.sampler, self.seed, self.batch_size, self.resolution = sampler, seed, batch_size, resolution
         self.id_dim, self.drops, self.process, self.clip_cache = id_dim, drops, process, clip_cache
 
@@ -228,8 +259,12 @@ class AnchorBatches(torch.utils.data.Dataset):
         batch = {
             "captions": ["" if drop else read_caption(p.target.txt) for p, drop in zip(pairs, drop_text)],
             "pixels": torch.stack([read_image(p.target.jpg, self.resolution) for p in pairs]),
-            "embeddings": torch.stack([torch.zeros(self.id_dim) if drop else read_embedding(p.reference.pt)
-                                       for p, drop in zip(pairs, drop_image)]),
+            "embeddings": torch.stack(
+                [
+                    torch.zeros(self.id_dim) if drop else read_embedding(p.reference.pt)
+                    for p, drop in zip(pairs, drop_image)
+                ]
+            ),
             "drop_image": torch.from_numpy(drop_image),
         }
         if self.clip_cache is None:
@@ -237,8 +272,10 @@ class AnchorBatches(torch.utils.data.Dataset):
         else:
             from safetensors.torch import load_file
 
-            batch["clip"] = [None if drop else load_file(self.clip_cache[p.reference.name])["clip"]
-                             for p, drop in zip(pairs, drop_image)]
+            batch["clip"] = [
+                None if drop else load_file(self.clip_cache[p.reference.name])["clip"]
+                for p, drop in zip(pairs, drop_image)
+            ]
         return batch
 
 
@@ -259,8 +296,12 @@ class ReadAhead:
             return self.dataset[index]
         if self._reader is None or index != self._next:
             loader = torch.utils.data.DataLoader(
-                self.dataset, batch_size=None, sampler=range(index, len(self.dataset)), num_workers=self.workers,
-                prefetch_factor=self.prefetch, collate_fn=_as_is,
+                self.dataset,
+                batch_size=None,
+                sampler=range(index, len(self.dataset)),
+                num_workers=self.workers,
+                prefetch_factor=self.prefetch,
+                collate_fn=_as_is,
             )
             self._reader = iter(loader)
         self._next = index + 1

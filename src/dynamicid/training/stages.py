@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynamicid.basemodel import clip_hidden_states, encode_text, load_base_model, load_clip_image_encoder
+from dynamicid.errors import ConfigError
 from dynamicid.models import IMR, FaceEncoder, KeyPointEncoder
+from dynamicid.models.basemodel import clip_hidden_states, encode_text, load_base_model, load_clip_image_encoder
 from dynamicid.models.checkpoints import DynamicIDWeights, load_weights, save_authors, save_ours
 from dynamicid.models.imr import keypoint_base_for, landmark_map_to_tensor
 from dynamicid.models.saa import DynamicIDAttention, SAASettings, install_processors, processor_layout
 from dynamicid.training import data as td
 from dynamicid.training.config import AnchorConfig, ReconfigConfig
 from dynamicid.training.trainer import Trainer
+
+logger = logging.getLogger(__name__)
 
 
 class Frozen:
@@ -99,20 +103,35 @@ def _sampler_callback(config, frozen: Frozen, weights_of, reference: str):
         from diffusers import DDIMScheduler
 
         from dynamicid.faces import FaceAnalyzer
-        from dynamicid.pipeline import DynamicIDPipeline, Person
+        from dynamicid.generation import DynamicIDPipeline, Person
 
         weights = weights_of()
-        pipe = DynamicIDPipeline(frozen.vae, frozen.text_encoder, frozen.tokenizer, frozen.unet,
-                                 DDIMScheduler.from_config(frozen.scheduler_config), frozen.image_encoder,
-                                 frozen.image_processor, weights.face_encoder, weights.attention, weights.imr,
-                                 weights.keypoint_encoder)
+        pipe = DynamicIDPipeline(
+            frozen.vae,
+            frozen.text_encoder,
+            frozen.tokenizer,
+            frozen.unet,
+            DDIMScheduler.from_config(frozen.scheduler_config),
+            frozen.image_encoder,
+            frozen.image_processor,
+            weights.face_encoder,
+            weights.attention,
+            weights.imr,
+            weights.keypoint_encoder,
+        )
         pipe.face_analyzer = FaceAnalyzer()
         pipe.set_progress_bar_config(disable=True)
         try:
-            result = pipe("a portrait photo of a person", [Person(reference)], num_inference_steps=config.sample_steps,
-                          height=config.resolution, width=config.resolution, seed=config.seed)
+            result = pipe(
+                "a portrait photo of a person",
+                [Person(reference)],
+                num_inference_steps=config.sample_steps,
+                height=config.resolution,
+                width=config.resolution,
+                seed=config.seed,
+            )
         except Exception as err:  # a sample must never stop training
-            print(f"sample at step {step} skipped: {err}")
+            logger.warning("sample at step %d skipped: %s", step, err)
             return
         folder = os.path.join(config.output, "samples")
         os.makedirs(folder, exist_ok=True)
@@ -132,21 +151,36 @@ def train_anchor(config: AnchorConfig) -> dict:
         start = load_weights(config.init_weights, processor_layout(frozen.unet))
         face_encoder, attention = start.face_encoder, start.attention
         if face_encoder.config.id_dim != id_dim:
-            raise td.TrainingDataError(f"--init-weights takes {face_encoder.config.id_dim}-d embeddings; the data has {id_dim}-d")
+            raise td.TrainingDataError(
+                f"init_weights takes {face_encoder.config.id_dim}-d embeddings; the data has {id_dim}-d"
+            )
     else:
         face_encoder = FaceEncoder.for_width(
-            id_dim, frozen.image_encoder.config.hidden_size, frozen.unet.config.cross_attention_dim)
+            id_dim, frozen.image_encoder.config.hidden_size, frozen.unet.config.cross_attention_dim
+        )
         attention = DynamicIDAttention.for_unet(frozen.unet, rank=config.lora_rank)
     trainer.prepare(AnchorModules(face_encoder, attention))
     install_processors(frozen.unet, trainer.unwrapped().attention)
     if sampler.single_photo:
-        trainer.log(f"note: {len(sampler.single_photo)} of {len(sampler.groups)} identities have one photo; "
-                    "their reference is the target photo itself")
+        trainer.log(
+            f"note: {len(sampler.single_photo)} of {len(sampler.groups)} identities have one photo; "
+            "their reference is the target photo itself"
+        )
     settings = SAASettings(num_persons=1, gate=config.gate, detach_gate=not config.gate_gradients)
     cache = cache_clip_features(config, faces, frozen, trainer) if config.cache_clip else None
-    batches = td.ReadAhead(td.AnchorBatches(sampler, config.seed, config.batch_size, config.resolution, id_dim,
-                                            (config.drop_text, config.drop_image, config.drop_both),
-                                            trainer.accelerator.process_index, cache), config.data_workers)
+    batches = td.ReadAhead(
+        td.AnchorBatches(
+            sampler,
+            config.seed,
+            config.batch_size,
+            config.resolution,
+            id_dim,
+            (config.drop_text, config.drop_image, config.drop_both),
+            trainer.accelerator.process_index,
+            cache,
+        ),
+        config.data_workers,
+    )
     blank_clip = frozen.clip([None])[0] if cache is not None else None  # the cached path's dropped image
 
     def loss_of(micro: int):
@@ -156,14 +190,17 @@ def train_anchor(config: AnchorConfig) -> dict:
         if cache is None:
             clip = frozen.clip(batch["references"])
         else:
-            clip = torch.stack([blank_clip if c is None else c.to(blank_clip.device, blank_clip.dtype) for c in batch["clip"]])
+            clip = torch.stack(
+                [blank_clip if c is None else c.to(blank_clip.device, blank_clip.dtype) for c in batch["clip"]]
+            )
         text, _ = frozen.text(batch["captions"])
         latents = frozen.latents(batch["pixels"])
         noisy, timesteps, target = frozen.noisy(latents, generator)
         module = trainer.unwrapped()
         tokens = module.face_encoder(embeddings.float(), clip.float()).to(text.dtype)
-        prediction = frozen.unet(noisy, timesteps, torch.cat([text, tokens], dim=1),
-                                 cross_attention_kwargs={"dynamicid": settings}).sample
+        prediction = frozen.unet(
+            noisy, timesteps, torch.cat([text, tokens], dim=1), cross_attention_kwargs={"dynamicid": settings}
+        ).sample
         return F.mse_loss(prediction.float(), target.float()), {}
 
     def weights_now() -> DynamicIDWeights:
@@ -175,8 +212,14 @@ def train_anchor(config: AnchorConfig) -> dict:
         history = trainer.run(loss_of, _sampler_callback(config, frozen, weights_now, reference))
     finally:
         batches.close()
-    extra = {"stage": "anchor", "gate_during_training": config.gate, "gradients_through_gate": config.gate_gradients,
-             "single_photo_identities": len(sampler.single_photo), "identities": len(sampler.groups), "faces": len(faces)}
+    extra = {
+        "stage": "anchor",
+        "gate_during_training": config.gate,
+        "gradients_through_gate": config.gate_gradients,
+        "single_photo_identities": len(sampler.single_photo),
+        "identities": len(sampler.groups),
+        "faces": len(faces),
+    }
     paths = _write_final(weights_now(), config, trainer, extra)
     return {"history": history, "paths": paths, "modules": trainer.unwrapped(), "frozen": frozen}
 
@@ -187,8 +230,9 @@ def cache_clip_features(config: AnchorConfig, faces: list[td.Face], frozen: Froz
     Returns face name -> file. A rerun, or a resumed run, reuses what is there."""
     from safetensors.torch import save_file
 
-    encoder = hashlib.sha256((os.path.abspath(config.clip_image_encoder) + frozen.image_encoder.config.to_json_string())
-                             .encode()).hexdigest()[:12]
+    encoder = hashlib.sha256(
+        (os.path.abspath(config.clip_image_encoder) + frozen.image_encoder.config.to_json_string()).encode()
+    ).hexdigest()[:12]
     folder = os.path.join(config.output, "clip-cache", encoder)
     paths = {face.name: os.path.join(folder, f"{face.name}.safetensors") for face in faces}
     if trainer.is_main:
@@ -235,7 +279,7 @@ def cache_tokens(config: ReconfigConfig, faces, face_encoder: FaceEncoder, froze
 
 def train_reconfig(config: ReconfigConfig) -> dict:
     if not config.weights:
-        raise ValueError("reconfig needs the stage-1 weights: --weights FOLDER (ours or the authors')")
+        raise ConfigError("reconfig needs the stage-1 weights: set weights to a folder (ours or the authors')")
     faces = td.load_faces(config.data)
     sampler = td.ReconfigSampler(faces, config.max_targets)
     trainer = Trainer(config, "reconfig")
@@ -245,8 +289,10 @@ def train_reconfig(config: ReconfigConfig) -> dict:
     attention = stage1.attention.to(frozen.device).requires_grad_(False)
     install_processors(frozen.unet, attention)
     if face_encoder.config.id_dim != td.embedding_dim(faces):
-        raise td.TrainingDataError(f"the stage-1 face encoder takes {face_encoder.config.id_dim}-d embeddings; "
-                                   f"the data has {td.embedding_dim(faces)}-d")
+        raise td.TrainingDataError(
+            f"the stage-1 face encoder takes {face_encoder.config.id_dim}-d embeddings; "
+            f"the data has {td.embedding_dim(faces)}-d"
+        )
     width = frozen.text_encoder.config.hidden_size
     token_dim = frozen.unet.config.cross_attention_dim
     if stage1.imr is not None and stage1.keypoint_encoder is not None:
@@ -287,10 +333,18 @@ def train_reconfig(config: ReconfigConfig) -> dict:
             noisy, timesteps, _ = frozen.noisy(latents, generator)
             text = context.expand(len(targets), -1, -1)
             with torch.no_grad():
-                reference = frozen.unet(noisy, timesteps, torch.cat([text, wanted.to(text.dtype)], 1),
-                                        cross_attention_kwargs={"dynamicid": settings}).sample
-            predicted = frozen.unet(noisy, timesteps, torch.cat([text, edited.to(text.dtype)], 1),
-                                    cross_attention_kwargs={"dynamicid": settings}).sample
+                reference = frozen.unet(
+                    noisy,
+                    timesteps,
+                    torch.cat([text, wanted.to(text.dtype)], 1),
+                    cross_attention_kwargs={"dynamicid": settings},
+                ).sample
+            predicted = frozen.unet(
+                noisy,
+                timesteps,
+                torch.cat([text, edited.to(text.dtype)], 1),
+                cross_attention_kwargs={"dynamicid": settings},
+            ).sample
             ldc = F.mse_loss(predicted.float(), reference.float())
             logs["ldc"] = float(ldc.detach())
             loss = dfm + config.ldc_weight * ldc
@@ -298,7 +352,9 @@ def train_reconfig(config: ReconfigConfig) -> dict:
 
     history = trainer.run(loss_of)
     module = trainer.unwrapped()
-    weights = DynamicIDWeights(face_encoder=face_encoder, attention=attention, imr=module.imr, keypoint_encoder=module.keypoint_encoder)
+    weights = DynamicIDWeights(
+        face_encoder=face_encoder, attention=attention, imr=module.imr, keypoint_encoder=module.keypoint_encoder
+    )
     extra = {"stage": "reconfig", "identities": len(sampler.groups), "skipped_single_photo": len(sampler.skipped)}
     paths = _write_final(weights, config, trainer, extra)
     return {"history": history, "paths": paths, "modules": module, "frozen": frozen}

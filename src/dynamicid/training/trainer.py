@@ -3,18 +3,19 @@ with resume, a progress bar, losses.csv and loss.png."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import os
 import shutil
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from dynamicid.errors import first_line
+from dynamicid.errors import ConfigError, InputError, TrainingError, first_line
 from dynamicid.training.config import TrainCommon
 from dynamicid.training.data import TrainingDataError
 
@@ -42,8 +43,10 @@ def _line_plot(path: str, series: dict[str, list[tuple[int, float]]], title: str
     first, last = min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1
 
     def xy(step, value):
-        return (margin + (step - first) / (last - first) * (width - 2 * margin),
-                height - margin - (value - low) / (high - low) * (height - 2 * margin))
+        return (
+            margin + (step - first) / (last - first) * (width - 2 * margin),
+            height - margin - (value - low) / (high - low) * (height - 2 * margin),
+        )
 
     draw.rectangle((margin, margin, width - margin, height - margin), outline=(180, 180, 180))
     label_font = font(12)
@@ -66,9 +69,9 @@ class Trainer:
         from accelerate import Accelerator
 
         if config.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"--mixed-precision must be no, fp16 or bf16, not {config.mixed_precision!r}")
+            raise ConfigError(f"mixed_precision must be no, fp16 or bf16, not {config.mixed_precision!r}")
         if config.steps < 1 or config.batch_size < 1 or config.gradient_accumulation < 1:
-            raise ValueError("--steps, --batch-size and --gradient-accumulation must be at least 1")
+            raise ConfigError("steps, batch_size and gradient_accumulation must be at least 1")
         self.config = config
         self.stage = stage
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
@@ -97,7 +100,11 @@ class Trainer:
         folder = os.path.join(self.config.output, CHECKPOINTS)
         if not os.path.isdir(folder):
             return []
-        done = [d for d in os.listdir(folder) if d.startswith("step-") and os.path.isfile(os.path.join(folder, d, "trainer.json"))]
+        done = [
+            d
+            for d in os.listdir(folder)
+            if d.startswith("step-") and os.path.isfile(os.path.join(folder, d, "trainer.json"))
+        ]
         return [os.path.join(folder, d) for d in sorted(done)]
 
     def save_checkpoint(self, step: int) -> str:
@@ -124,18 +131,23 @@ class Trainer:
                 raise
             except Exception as err:  # accelerate, torch and safetensors each raise their own kinds
                 skipped.append(folder)
-                logger.warning("skipping checkpoint %s: it cannot be loaded (%s); trying an older one", folder,
-                               first_line(err))
+                logger.warning(
+                    "skipping checkpoint %s: it cannot be loaded (%s); trying an older one", folder, first_line(err)
+                )
                 continue
             self.history = state["history"]
             self.start_step = state["step"]
-            self.log(f"resumed from {folder} at step {self.start_step}"
-                     + (f" (skipped {len(skipped)} damaged: {', '.join(map(os.path.basename, skipped))})" if skipped else ""))
+            self.log(
+                f"resumed from {folder} at step {self.start_step}"
+                + (f" (skipped {len(skipped)} damaged: {', '.join(map(os.path.basename, skipped))})" if skipped else "")
+            )
             return self.start_step
         if skipped:
-            raise TrainingDataError(f"no checkpoint in {os.path.dirname(skipped[0])} can be loaded "
-                                    f"({len(skipped)} tried, see the warnings above); delete them or use --no-resume "
-                                    "to start over")
+            raise TrainingDataError(
+                f"no checkpoint in {os.path.dirname(skipped[0])} can be loaded "
+                f"({len(skipped)} tried, see the warnings above); delete them or set resume to false (--no-resume) "
+                "to start over"
+            )
         return 0
 
     def _checkpoint_state(self, folder: str) -> dict:
@@ -145,18 +157,22 @@ class Trainer:
                 state = json.load(handle)
             step, history = int(state["step"]), list(state["history"])
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"trainer.json is damaged: {err}") from None
+            raise InputError(f"trainer.json is damaged: {err}") from None
         if state.get("stage") != self.stage:
-            raise TrainingDataError(f"{folder} is a {state.get('stage')} checkpoint, not {self.stage}; "
-                                    "use another --output")
+            raise TrainingDataError(
+                f"{folder} is a {state.get('stage')} checkpoint, not {self.stage}; use another output folder"
+            )
         return {"step": step, "history": history}
 
     def log(self, text: str) -> None:
+        """A message from the main process only (each of several GPUs runs this loop)."""
         if self.is_main:
-            print(text, flush=True)
+            logger.info(text)
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self, loss_of: Callable[[int], tuple[torch.Tensor, dict]], on_sample: Callable[[int], None] | None = None) -> list[dict]:
+    def run(
+        self, loss_of: Callable[[int], tuple[torch.Tensor, dict]], on_sample: Callable[[int], None] | None = None
+    ) -> list[dict]:
         """`loss_of(micro_step)` gives (loss, extra logs) for one micro-batch; micro-steps are numbered
         step * accumulation + k, so data and noise depend only on the step."""
         c = self.config
@@ -171,7 +187,11 @@ class Trainer:
             began = time.perf_counter()
             total, extras = 0.0, {}
             for k in range(c.gradient_accumulation):
-                context = self.accelerator.no_sync(self.model) if k < c.gradient_accumulation - 1 else _nullcontext()
+                context = (
+                    self.accelerator.no_sync(self.model)
+                    if k < c.gradient_accumulation - 1
+                    else contextlib.nullcontext()
+                )
                 with context, self.accelerator.autocast():
                     loss, logs = loss_of(step * c.gradient_accumulation + k)
                     self.accelerator.backward(loss / c.gradient_accumulation)
@@ -179,7 +199,7 @@ class Trainer:
                 for key, value in logs.items():
                     extras[key] = extras.get(key, 0.0) + float(value) / c.gradient_accumulation
             if not torch.isfinite(torch.tensor(total)):
-                raise FloatingPointError(f"the loss became {total} at step {step}; lower --learning-rate or check the data")
+                raise TrainingError(f"the loss became {total} at step {step}; lower learning_rate or check the data")
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             record = {"step": step + 1, "loss": total, "seconds": time.perf_counter() - began} | extras
@@ -210,11 +230,3 @@ class Trainer:
             writer.writerows(self.history)
         series = {k: [(r["step"], r[k]) for r in self.history if k in r] for k in keys}
         _line_plot(os.path.join(self.config.output, "loss.png"), series, f"dynamicid train {self.stage}")
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from functools import lru_cache
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from functools import cache
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from dynamicid.errors import DynamicIDError
+from dynamicid.errors import ModelError
 from dynamicid.faces.types import FaceBox
 
 
-class BackendError(DynamicIDError, RuntimeError):
+class BackendError(ModelError):
     """A backend cannot be built: unknown name, missing or broken model files."""
 
 
@@ -41,7 +42,7 @@ def cpus_for_this_task() -> int | None:
     return int(context.cpus()) if context is not None else None
 
 
-@lru_cache(maxsize=None)
+@cache
 def model_file_hash(path: str) -> str:
     """12 hex digits of a model file's sha256: with its name, what the manifest records as the model."""
     digest = hashlib.sha256()
@@ -80,7 +81,9 @@ class FaceEmbedder(Protocol):
     model_id: str
     dim: int
 
-    def prepare(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None) -> np.ndarray:
+    def prepare(
+        self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None
+    ) -> np.ndarray:
         """The network's input for one face: a small aligned crop, cut from the photo with these landmarks
         (and the box, whose detector keypoints some embedders align on). Small, so a batch can wait for it."""
 

@@ -91,7 +91,9 @@ class DlibLandmarks68:
         self.model_id = f"dlib-68:{model_file_hash(path)}"
 
     def landmarks(self, rgb: np.ndarray, box: FaceBox) -> np.ndarray:
-        rect = self._dlib.rectangle(int(round(box.x0)), int(round(box.y0)), int(round(box.x1)) - 1, int(round(box.y1)) - 1)
+        rect = self._dlib.rectangle(
+            int(round(box.x0)), int(round(box.y0)), int(round(box.x1)) - 1, int(round(box.y1)) - 1
+        )
         shape = self._predictor(rgb, rect)
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
@@ -115,7 +117,9 @@ class DlibResNetEmbedder(PreparedEmbedder):
 
         self.network = DlibResNet(read_network(path)).eval()
 
-    def prepare(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None) -> np.ndarray:
+    def prepare(
+        self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None
+    ) -> np.ndarray:
         if convention != "ibug68" or len(landmarks) != 68:
             raise BackendError(f"{self.name} needs 68 iBUG landmarks, got {len(landmarks)} ({convention})")
         dlib = self._dlib

@@ -36,7 +36,9 @@ MEAN_RGB = (122.782, 117.001, 104.298)
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
 # (filters, stride) of each residual block, input side first.
-BLOCKS = [(32, 1)] * 3 + [(64, 2)] + [(64, 1)] * 3 + [(128, 2)] + [(128, 1)] * 2 + [(256, 2)] + [(256, 1)] * 2 + [(256, 2)]
+BLOCKS = (
+    [(32, 1)] * 3 + [(64, 2)] + [(64, 1)] * 3 + [(128, 2)] + [(128, 1)] * 2 + [(256, 2)] + [(256, 1)] * 2 + [(256, 2)]
+)
 
 
 class _Reader:
@@ -73,7 +75,8 @@ _LAYER_NAME = re.compile(rb"\x01[\x04-\x07](con_4|affine_|fc_2)")
 
 
 def read_network(path: str) -> dict[str, list[np.ndarray]]:
-    """The convolutions (weights, biases, stride, padding), affine layers (gamma, beta) and the fc matrix, input side first."""
+    """The convolutions (weights, biases, stride, padding), affine layers (gamma, beta) and the fc matrix,
+    input side first."""
     with open(path, "rb") as handle:
         data = handle.read()
     if b"loss_metric_" not in data[:64]:
@@ -133,13 +136,19 @@ class DlibResNet(nn.Module):
         super().__init__()
         convs, affines, fcs = layers["con"], layers["affine"], layers["fc"]
         if len(convs) != 1 + 2 * len(BLOCKS) or len(affines) != len(convs) or len(fcs) != 1:
-            raise BackendError(f"the network has {len(convs)} convolutions, {len(affines)} affine layers and {len(fcs)} "
-                               f"fully connected layers; dlib's face ResNet has {1 + 2 * len(BLOCKS)}, as many, and 1")
+            raise BackendError(
+                f"the network has {len(convs)} convolutions, {len(affines)} affine layers and {len(fcs)} "
+                f"fully connected layers; dlib's face ResNet has {1 + 2 * len(BLOCKS)}, as many, and 1"
+            )
         units = [_ConvAffine(*conv, *affine) for conv, affine in zip(convs, affines)]
         self.stem = units[0]
         self.blocks = nn.ModuleList(nn.ModuleList(units[1 + 2 * i : 3 + 2 * i]) for i in range(len(BLOCKS)))
         for (filters, stride), (first, second) in zip(BLOCKS, self.blocks):
-            if first.conv.out_channels != filters or first.conv.stride != (stride, stride) or second.conv.out_channels != filters:
+            if (
+                first.conv.out_channels != filters
+                or first.conv.stride != (stride, stride)
+                or second.conv.out_channels != filters
+            ):
                 raise BackendError("the network's layers do not match dlib's face ResNet (filters or strides differ)")
         self.fc = nn.Parameter(torch.from_numpy(fcs[0].copy()), requires_grad=False)
         self.register_buffer("mean", torch.tensor(MEAN_RGB).view(1, 3, 1, 1))

@@ -38,7 +38,8 @@ def crop_matrix(box: FaceBox) -> np.ndarray:
 
 
 def heatmap_peaks(heatmaps: np.ndarray) -> np.ndarray:
-    """(B, K, H, W) -> (B, K, 2) peak positions in heatmap cells, refined a quarter cell towards the larger neighbour."""
+    """(B, K, H, W) -> (B, K, 2) peak positions in heatmap cells, refined a quarter cell towards the larger
+    neighbour."""
     batch, points, height, width = heatmaps.shape
     flat = heatmaps.reshape(batch, points, -1).argmax(-1)
     ys, xs = np.divmod(flat, width)
@@ -57,7 +58,7 @@ def find_model(path: str | None) -> str:
     if path and os.path.isfile(path):
         return path
     if not path or not os.path.isdir(path):
-        raise BackendError(f"FAN model not found: {path!r}; give --landmarks-model a folder holding {EXPECTED}")
+        raise BackendError(f"FAN model not found: {path!r}; give landmarks_model a folder holding {EXPECTED}")
     files = sorted(f for ext in ("*.zip", "*.pt", "*.pth", "*.torchscript") for f in glob.glob(os.path.join(path, ext)))
     if not files:
         raise BackendError(f"{path} holds no FAN model: expected {EXPECTED}")
@@ -91,7 +92,9 @@ class FanLandmarks:
             return []
         torch = self._torch
         matrices = [crop_matrix(box) for box in boxes]
-        crops = np.stack([cv2.warpAffine(rgb, m, (CROP, CROP), flags=cv2.INTER_LINEAR, borderValue=0) for m in matrices])
+        crops = np.stack(
+            [cv2.warpAffine(rgb, m, (CROP, CROP), flags=cv2.INTER_LINEAR, borderValue=0) for m in matrices]
+        )
         batch = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
         with torch.no_grad():
             out = self.net(batch)

@@ -29,13 +29,19 @@ from __future__ import annotations
 
 import glob
 import os
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
 
 from dynamicid.faces.alignment import apply_affine, five_points, similarity_transform
-from dynamicid.faces.backends.base import BackendError, PreparedEmbedder, cpus_for_this_task, gpu_for_this_task, model_file_hash
+from dynamicid.faces.backends.base import (
+    BackendError,
+    PreparedEmbedder,
+    cpus_for_this_task,
+    gpu_for_this_task,
+    model_file_hash,
+)
 from dynamicid.faces.types import FaceBox
 
 DETECTION_CANVASES = (128, 640)
@@ -142,12 +148,14 @@ def model_role(inputs: list, outputs: list) -> str | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def find_models(folder: str) -> dict[str, str]:
     """role -> file, by each ONNX file's inputs and outputs."""
     if not folder or not os.path.isdir(folder):
-        raise BackendError(f"insightface model folder not found: {folder!r}; unpack buffalo_l or antelopev2 there "
-                           f"({', '.join(EXPECTED.values())})")
+        raise BackendError(
+            f"insightface model folder not found: {folder!r}; unpack buffalo_l or antelopev2 there "
+            f"({', '.join(EXPECTED.values())})"
+        )
     ort = _onnxruntime()
     roles: dict[str, str] = {}
     for path in sorted(glob.glob(os.path.join(folder, "*.onnx"))):
@@ -171,8 +179,9 @@ def find_models(folder: str) -> dict[str, str]:
 def _model(folder: str, role: str) -> str:
     roles = find_models(folder)
     if role not in roles:
-        raise BackendError(f"{folder} has no {role.replace('2d', ' (2-D)').replace('3d', ' (3-D)')} model: "
-                           f"expected {EXPECTED[role]}")
+        raise BackendError(
+            f"{folder} has no {role.replace('2d', ' (2-D)').replace('3d', ' (3-D)')} model: expected {EXPECTED[role]}"
+        )
     return roles[role]
 
 
@@ -248,7 +257,7 @@ class InsightFaceDetector:
     def __init__(self, model_path: str | None = None, detect_side: int | None = None, min_score: float | None = None):
         # detect_side is the dlib detector's setting; SCRFD uses DETECTION_CANVASES (or the model's fixed size).
         if model_path is None:
-            raise BackendError("--detector insightface needs --detector-model FOLDER (buffalo_l or antelopev2)")
+            raise BackendError("detector insightface needs detector_model, a folder (buffalo_l or antelopev2)")
         self.model = OnnxModel(_model(model_path, "detector"))
         self.model_id = f"scrfd:{self.model.model_id}"
         self.gives_keypoints = len(self.model.outputs) in (9, 15)
@@ -271,8 +280,11 @@ class InsightFaceDetector:
         points = np.concatenate([f[2] for f in found]) if self.gives_keypoints else None
         keep = nms(boxes, scores, NMS_IOU) if len(scores) else []
         return [
-            FaceBox(*boxes[i].tolist(), float(scores[i]),
-                    tuple(tuple(float(v) for v in p) for p in points[i]) if points is not None else None)
+            FaceBox(
+                *boxes[i].tolist(),
+                float(scores[i]),
+                tuple(tuple(float(v) for v in p) for p in points[i]) if points is not None else None,
+            )
             for i in keep
         ]
 
@@ -309,7 +321,7 @@ class InsightFaceLandmarks:
 
     def __init__(self, model_path: str | None = None):
         if model_path is None:
-            raise BackendError("--landmarks insightface needs --landmarks-model FOLDER (buffalo_l or antelopev2)")
+            raise BackendError("landmarks insightface needs landmarks_model, a folder (buffalo_l or antelopev2)")
         self.net2d = _LandmarkNet(_model(model_path, "landmarks2d"))
         self.net3d = _LandmarkNet(_model(model_path, "landmarks3d"))
         self.model_id = f"2d106:{self.net2d.model.model_id}+3d68:{self.net3d.model.model_id}"
@@ -340,19 +352,21 @@ class InsightFaceEmbedder(PreparedEmbedder):
 
     def __init__(self, model_path: str | None = None):
         if model_path is None:
-            raise BackendError("--embedder insightface needs --embedder-model FOLDER (buffalo_l or antelopev2)")
+            raise BackendError("embedder insightface needs embedder_model, a folder (buffalo_l or antelopev2)")
         self.model = OnnxModel(_model(model_path, "embedder"))
         width = self.model.output_width()
         if width is not None and width != self.dim:
             raise BackendError(
                 f"{self.model.path} is a {width}-d recogniser; the insightface embedder takes a {self.dim}-d "
                 "ArcFace-style model (w600k_r50.onnx, glintr100.onnx), which is what the DynamicID weights were "
-                "trained with. Use such a model, or the default embedder (--embedder dlib-resnet)."
+                "trained with. Use such a model, or the default embedder (embedder dlib-resnet)."
             )
         self.raw_pixels = self.model.normalises_inside()
         self.model_id = f"arcface:{self.model.model_id}"
 
-    def prepare(self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None) -> np.ndarray:
+    def prepare(
+        self, rgb: np.ndarray, landmarks: np.ndarray, convention: str, box: FaceBox | None = None
+    ) -> np.ndarray:
         """The normalised (3, 112, 112) crop on five points: the detector's keypoints when the box has them
         (as InsightFace does), else five from the landmarks."""
         five = np.array(box.keypoints) if box is not None and box.keypoints else five_points(landmarks, convention)
@@ -366,7 +380,9 @@ class InsightFaceEmbedder(PreparedEmbedder):
             return np.zeros((0, self.dim), np.float32)
         batch = self.model.input.shape[0]
         if isinstance(batch, int):  # a fixed batch size (often 1): run in pieces of that size
-            vectors = np.concatenate([self.model.run(np.stack(inputs[i : i + batch]))[0] for i in range(0, len(inputs), batch)])
+            vectors = np.concatenate(
+                [self.model.run(np.stack(inputs[i : i + batch]))[0] for i in range(0, len(inputs), batch)]
+            )
         else:
             vectors = self.model.run(np.stack(inputs))[0]
         vectors = vectors.reshape(len(inputs), -1)

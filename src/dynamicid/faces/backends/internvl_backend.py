@@ -30,8 +30,10 @@ INSTRUCTION = (
     "or guess who the person is."
 )
 PREFILL = "A photo of"
-EXPECTED = ("a transformers-format InternVL folder (e.g. OpenGVLab/InternVL3-2B-hf): config.json with model_type "
-            "\"internvl\", model*.safetensors and tokenizer files")
+EXPECTED = (
+    "a transformers-format InternVL folder (e.g. OpenGVLab/InternVL3-2B-hf): config.json with model_type "
+    '"internvl", model*.safetensors and tokenizer files'
+)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>"}
@@ -48,14 +50,14 @@ def _read_json(folder: str, name: str) -> dict:
 def check_folder(path: str | None) -> tuple[str, dict]:
     """The folder and its config, or a BackendError that names what is missing."""
     if not path or not os.path.isdir(path):
-        raise BackendError(f"InternVL model folder not found: {path!r}; give --captioner-model {EXPECTED}")
+        raise BackendError(f"InternVL model folder not found: {path!r}; give captioner_model {EXPECTED}")
     config = _read_json(path, "config.json")
     if not config:
         raise BackendError(f"{path} has no config.json; expected {EXPECTED}")
     if config.get("model_type") != "internvl":
         raise BackendError(
             f"{path}/config.json has model_type {config.get('model_type')!r}, not 'internvl'. The original "
-            "trust_remote_code InternVL checkpoints are not supported; use the transformers-format one (\"-hf\")"
+            'trust_remote_code InternVL checkpoints are not supported; use the transformers-format one ("-hf")'
         )
     if not glob.glob(os.path.join(path, "*.safetensors")):
         raise BackendError(f"{path} holds no *.safetensors weights; expected {EXPECTED}")
@@ -93,7 +95,9 @@ class InternVLCaptioner:
         import transformers
 
         if not hasattr(transformers, "InternVLForConditionalGeneration"):
-            raise BackendError(f"transformers {transformers.__version__} has no InternVL support; pip install 'transformers>=4.56'")
+            raise BackendError(
+                f"transformers {transformers.__version__} has no InternVL support; pip install 'transformers>=4.56'"
+            )
         self._torch = torch
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -125,9 +129,11 @@ class InternVLCaptioner:
         self.side = int(size.get("height", vision_side)) if isinstance(size, dict) else int(size)
         self.mean = np.array(image_config.get("image_mean", IMAGENET_MEAN), np.float32)
         self.std = np.array(image_config.get("image_std", IMAGENET_STD), np.float32)
-        image_block = (tokens["start_image_token"]
-                       + tokens["context_image_token"] * image_seq_length(config, processor_config)
-                       + tokens["end_image_token"])
+        image_block = (
+            tokens["start_image_token"]
+            + tokens["context_image_token"] * image_seq_length(config, processor_config)
+            + tokens["end_image_token"]
+        )
         self.prompt = self._chat_prompt(f"{image_block}\n{INSTRUCTION}") + PREFILL
         self.model_id = f"internvl:{os.path.basename(os.path.normpath(folder))}:{folder_fingerprint(folder)}"
 
@@ -148,7 +154,7 @@ class InternVLCaptioner:
         torch = self._torch
         texts: list[str] = []
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
+            chunk = images[start : start + self.batch_size]
             encoded = self.tokenizer([self.prompt] * len(chunk), return_tensors="pt", padding=True)
             with torch.inference_mode():
                 generated = self.model.generate(
@@ -160,7 +166,7 @@ class InternVLCaptioner:
                     no_repeat_ngram_size=3,
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
-            new_tokens = generated[:, encoded["input_ids"].shape[1]:]
+            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
             texts.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
         return texts
 

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from dynamicid.faces import landmark_image
-from dynamicid.imagefile import Rejected, load_image
-from dynamicid.pipeline.request import GenerationError
+from dynamicid.generation.request import GenerationError
+from dynamicid.imagefile import ImageRules, Rejected, load_image, open_image
 
 
 @dataclass
@@ -38,14 +38,14 @@ def target_map(source) -> np.ndarray:
     if isinstance(source, np.ndarray):
         array = source
     else:
-        from PIL import Image
-
         try:
-            array = np.asarray(Image.open(source).convert("L"))
-        except OSError as err:
-            raise GenerationError(f"target landmarks {source}: {err}") from None
+            array = np.asarray(open_image(str(source), "L", ImageRules(min_side=1)))  # a map may be small
+        except Rejected as rejection:
+            raise GenerationError(f"target landmarks {source}: {rejection.reason}: {rejection.message}") from None
     if array.shape == (landmark_image.LANDMARK_PNG_SIZE[1], landmark_image.LANDMARK_PNG_SIZE[0]):
         array = landmark_image.split_landmark_png(array)[1]
     if array.shape != (landmark_image.MAP_SIZE, landmark_image.MAP_SIZE):
-        raise GenerationError(f"target landmarks must be a 96x96 map or prep's 608x512 NAME.png, got shape {array.shape}")
+        raise GenerationError(
+            f"target landmarks must be a 96x96 map or prep's 608x512 NAME.png, got shape {array.shape}"
+        )
     return array

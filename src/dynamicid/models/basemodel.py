@@ -40,8 +40,9 @@ def load_base_model(folder: str, variant: str | None = None) -> BaseModel:
     return BaseModel(
         unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True, variant=variant),
         vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True, variant=variant),
-        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True,
-                                                   variant=variant),
+        text_encoder=CLIPTextModel.from_pretrained(
+            folder, subfolder="text_encoder", local_files_only=True, variant=variant
+        ),
         tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True),
         scheduler_config=dict(DDIMScheduler.load_config(folder, subfolder="scheduler", local_files_only=True)),
     )
@@ -63,7 +64,9 @@ def load_clip_image_encoder(folder: str):
 
 def encode_text(tokenizer, text_encoder, texts: list[str], device):
     """(last hidden states (B, 77, D), pooled (B, D)), as diffusers' SD pipeline encodes prompts."""
-    tokens = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    tokens = tokenizer(
+        texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
     out = text_encoder(tokens.input_ids.to(device), attention_mask=None)
     return out[0], out[1]
 

@@ -10,10 +10,11 @@ from dataclasses import asdict
 import torch
 
 from dynamicid import hub
-from dynamicid.basemodel import load_base_model, load_clip_image_encoder
 from dynamicid.faces import FaceAnalysisConfig
+from dynamicid.models.basemodel import load_base_model, load_clip_image_encoder
 from dynamicid.models.checkpoints import load_weights
 from dynamicid.models.saa import processor_layout
+
 
 def _model_index(reference: str) -> dict | None:
     """The model_index.json of a folder or repo, or None when it has none (without downloading the repo)."""
@@ -67,10 +68,20 @@ def from_parts(cls, base, weights, clip_image_encoder, face_config, device, dtyp
     image_encoder, feature_extractor = load_clip_image_encoder(_default(clip_image_encoder, "clip_image_encoder"))
     loaded = load_weights(_default(weights, "weights"), processor_layout(parts.unet))
     face_config = face_config or default_face_config(weights)
-    pipe = cls(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-               scheduler=DDIMScheduler.from_config(parts.scheduler_config), image_encoder=image_encoder,
-               feature_extractor=feature_extractor, face_encoder=loaded.face_encoder, saa=loaded.attention,
-               imr=loaded.imr, keypoint_encoder=loaded.keypoint_encoder, face_analysis=asdict(face_config))
+    pipe = cls(
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=parts.unet,
+        scheduler=DDIMScheduler.from_config(parts.scheduler_config),
+        image_encoder=image_encoder,
+        feature_extractor=feature_extractor,
+        face_encoder=loaded.face_encoder,
+        saa=loaded.attention,
+        imr=loaded.imr,
+        keypoint_encoder=loaded.keypoint_encoder,
+        face_analysis=asdict(face_config),
+    )
     return _ready(pipe, device, dtype)
 
 
@@ -80,10 +91,20 @@ def onto_pipe(cls, pipeline, weights, clip_image_encoder, face_config, **kwargs)
     loaded = load_weights(_default(weights, "weights"), processor_layout(pipeline.unet))
     face_config = face_config or default_face_config(weights)
     parts = pipeline.components
-    pipe = cls(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=parts["unet"],
-               scheduler=kwargs.get("scheduler", parts["scheduler"]), image_encoder=image_encoder,
-               feature_extractor=feature_extractor, face_encoder=loaded.face_encoder, saa=loaded.attention,
-               imr=loaded.imr, keypoint_encoder=loaded.keypoint_encoder, face_analysis=asdict(face_config))
+    pipe = cls(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=parts["unet"],
+        scheduler=kwargs.get("scheduler", parts["scheduler"]),
+        image_encoder=image_encoder,
+        feature_extractor=feature_extractor,
+        face_encoder=loaded.face_encoder,
+        saa=loaded.attention,
+        imr=loaded.imr,
+        keypoint_encoder=loaded.keypoint_encoder,
+        face_analysis=asdict(face_config),
+    )
     return _ready(pipe, pipeline.device, pipeline.unet.dtype)
 
 

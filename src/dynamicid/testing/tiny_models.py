@@ -45,35 +45,69 @@ def tiny_unet(seed: int = 0):
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=CROSS_DIM, attention_head_dim=8, norm_num_groups=8,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=CROSS_DIM,
+        attention_head_dim=8,
+        norm_num_groups=8,
     )
 
 
 def tiny_sd15(folder: str, seed: int = 0):
+    import tempfile
+
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    import tempfile
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = tiny_tokenizer(scratch)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=CROSS_DIM, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    ))
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"), up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        norm_num_groups=8, sample_size=64,
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=CROSS_DIM,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
     )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=tiny_unet(seed),
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=tiny_unet(seed),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(folder)
     return pipe
 
@@ -82,10 +116,17 @@ def tiny_clip_image(folder: str, seed: int = 0):
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
-    model = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=VISION_DIM, intermediate_size=96, num_hidden_layers=3, num_attention_heads=2,
-        image_size=32, patch_size=8, projection_dim=32,
-    ))
+    model = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=VISION_DIM,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            projection_dim=32,
+        )
+    )
     model.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return model
@@ -93,8 +134,8 @@ def tiny_clip_image(folder: str, seed: int = 0):
 
 def tiny_dynamicid(folder: str, unet, seed: int = 0, id_dim: int = 128):
     from dynamicid.models import IMR, FaceEncoder, KeyPointEncoder
-    from dynamicid.models.imr import keypoint_base_for
     from dynamicid.models.checkpoints import DynamicIDWeights, save_ours
+    from dynamicid.models.imr import keypoint_base_for
     from dynamicid.models.saa import DynamicIDAttention
 
     torch.manual_seed(seed)
@@ -108,29 +149,64 @@ def tiny_dynamicid(folder: str, unet, seed: int = 0, id_dim: int = 128):
     return weights
 
 
-INTERNVL_WORDS = ("A a photo of person man woman wearing glasses hat shirt jacket in the park office studio indoors "
-                  "outdoors standing sitting holding cup natural lighting portrait style black white red blue , .").split()
+INTERNVL_WORDS = (
+    "A a photo of person man woman wearing glasses hat shirt jacket in the park office studio indoors "
+    "outdoors standing sitting holding cup natural lighting portrait style black white red blue , ."
+).split()
 INTERNVL_SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
-CHATML_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                   "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 # InternVL3-2B: InternViT-300M (448 px, patch 14) and Qwen2.5-1.5B; random weights for benchmarks.
 INTERNVL_2B = {
-    "vision_config": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                          image_size=[448, 448], patch_size=[14, 14]),
-    "text_config": dict(model_type="qwen2", hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
-                        num_key_value_heads=2, intermediate_size=8960, vocab_size=151674),
+    "vision_config": dict(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        image_size=[448, 448],
+        patch_size=[14, 14],
+    ),
+    "text_config": dict(
+        model_type="qwen2",
+        hidden_size=1536,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        intermediate_size=8960,
+        vocab_size=151674,
+    ),
     "tie_word_embeddings": False,
 }
 INTERNVL_TINY = {
-    "vision_config": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                          image_size=[56, 56], patch_size=[14, 14]),
-    "text_config": dict(model_type="qwen2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        num_key_value_heads=1, intermediate_size=64),
+    "vision_config": dict(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=[56, 56],
+        patch_size=[14, 14],
+    ),
+    "text_config": dict(
+        model_type="qwen2",
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+    ),
 }
 
 
-def tiny_internvl(folder: str, seed: int = 0, size: dict = INTERNVL_TINY, chat_template: str | None = CHATML_TEMPLATE,
-                  device: str = "cpu", dtype=torch.float32):
+def tiny_internvl(
+    folder: str,
+    seed: int = 0,
+    size: dict = INTERNVL_TINY,
+    chat_template: str | None = CHATML_TEMPLATE,
+    device: str = "cpu",
+    dtype=torch.float32,
+):
     """A transformers-format InternVL folder with a word-level tokenizer (InternVL's image tokens and
     ChatML markers as special tokens). `size=INTERNVL_2B` gives InternVL3-2B's shapes."""
     import transformers
@@ -141,17 +217,30 @@ def tiny_internvl(folder: str, seed: int = 0, size: dict = INTERNVL_TINY, chat_t
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\s+"), behavior="removed")
     backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>",
-        extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
-                              "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        extra_special_tokens={
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
     )
     tokenizer.add_tokens(INTERNVL_SPECIAL[2:], special_tokens=True)  # ChatML markers are never split
     if chat_template:
         tokenizer.chat_template = chat_template
-    text_config = {"vocab_size": len(vocab)} | size["text_config"] | {"eos_token_id": vocab["<|im_end|>"], "pad_token_id": 0}
-    config = transformers.InternVLConfig(vision_config=size["vision_config"], text_config=text_config,
-                                         image_token_id=vocab["<IMG_CONTEXT>"], downsample_ratio=0.5,
-                                         tie_word_embeddings=size.get("tie_word_embeddings", True))
+    text_config = (
+        {"vocab_size": len(vocab)} | size["text_config"] | {"eos_token_id": vocab["<|im_end|>"], "pad_token_id": 0}
+    )
+    config = transformers.InternVLConfig(
+        vision_config=size["vision_config"],
+        text_config=text_config,
+        image_token_id=vocab["<IMG_CONTEXT>"],
+        downsample_ratio=0.5,
+        tie_word_embeddings=size.get("tie_word_embeddings", True),
+    )
     torch.manual_seed(seed)
     with torch.device(device):
         model = transformers.InternVLForConditionalGeneration(config).to(dtype).eval()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from dynamicid.generation import sidecar
 
 
 def gate_map_image(gate: np.ndarray, size: tuple[int, int]) -> Image.Image:
@@ -17,34 +19,31 @@ def gate_map_image(gate: np.ndarray, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray((rgb * 255).astype(np.uint8)).resize(size, Image.NEAREST)
 
 
-def save_generation(result, persons, folder: str, stem: str, extra: dict | None = None) -> list[str]:
+@dataclass
+class SavedGeneration:
+    files: list[str]  # everything written: PNGs, sidecars, gate maps
+    images: list[str]
+    sidecars: list[dict]  # as written beside each image (`generation.sidecar`)
+
+
+def save_generation(result, persons, folder: str, stem: str, extra: dict | None = None) -> SavedGeneration:
+    """Writes STEM_k.png with its sidecar STEM_k.json, and with gate maps gates/STEM_k.png."""
     os.makedirs(folder, exist_ok=True)
-    written = []
+    saved = SavedGeneration([], [], [])
     boxes = result.metadata.get("boxes") or [None] * len(persons)
     for k, image in enumerate(result.images):
-        base = os.path.join(folder, f"{stem}_{k}")
-        image.save(base + ".png")
-        sidecar = dict(result.metadata) | (extra or {}) | {
-            "image_index": k,
-            "persons": [
-                {
-                    "name": p.name or f"person{i}",
-                    "reference": os.path.abspath(p.reference) if isinstance(p.reference, str) else None,
-                    "face_prompt": p.face_prompt,
-                    "box": list(boxes[i]) if boxes[i] is not None else None,
-                    "target_landmarks": p.target_landmarks if isinstance(p.target_landmarks, str) else None,
-                }
-                for i, p in enumerate(persons)
-            ],
-        }
+        image_path = os.path.join(folder, f"{stem}_{k}.png")
+        image.save(image_path)
+        record = sidecar.build(dict(result.metadata) | (extra or {}), persons, boxes, k)
         if result.gate_maps is not None:
             # In a subfolder, so that the output folder holds only generated images with sidecars (eval's input).
             gate_path = os.path.join(folder, "gates", f"{stem}_{k}.png")
             os.makedirs(os.path.dirname(gate_path), exist_ok=True)
             gate_map_image(result.gate_maps[k], image.size).save(gate_path)
-            sidecar["gate_map"] = os.path.relpath(gate_path, folder)
-            written.append(gate_path)
-        with open(base + ".json", "w") as handle:
-            json.dump(sidecar, handle, indent=2)
-        written += [base + ".png", base + ".json"]
-    return written
+            record["gate_map"] = os.path.relpath(gate_path, folder)
+            saved.files.append(gate_path)
+        sidecar.write(sidecar.sidecar_path(image_path), record)
+        saved.files += [image_path, sidecar.sidecar_path(image_path)]
+        saved.images.append(image_path)
+        saved.sidecars.append(record)
+    return saved

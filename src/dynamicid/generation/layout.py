@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 
-from dynamicid.errors import DynamicIDError
+from dynamicid.errors import ConfigError
 
 
-class LayoutError(DynamicIDError, ValueError):
+class LayoutError(ConfigError):
     pass
 
 
@@ -64,7 +64,9 @@ def automatic_boxes(persons: int, width: int, height: int) -> list[tuple[float, 
         offset = (columns - in_row) * cell_w / 2  # centre a short last row
         cx = offset + (column + 0.5) * cell_w
         cy = (row + 0.38) * cell_h
-        boxes.append(((cx - side / 2) / width, (cy - side / 2) / height, (cx + side / 2) / width, (cy + side / 2) / height))
+        boxes.append(
+            ((cx - side / 2) / width, (cy - side / 2) / height, (cx + side / 2) / width, (cy + side / 2) / height)
+        )
     return [tuple(min(1.0, max(0.0, v)) for v in box) for box in boxes]
 
 

@@ -7,17 +7,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dynamicid.errors import DynamicIDError
-from dynamicid.pipeline.layout import LayoutError, automatic_boxes, check_boxes
+from dynamicid.errors import InputError
+from dynamicid.generation.layout import LayoutError, automatic_boxes, check_boxes
 
 
-class GenerationError(DynamicIDError, ValueError):
+class GenerationError(InputError):
     """A problem with the request, found before any denoising."""
 
 
 # Height x width x images of one call: 8 images of 1024x1024, or 2 of 2048x2048. Memory grows with it, so a
 # larger request is refused before any model loads (raise it with max_output_pixels / --max-output-pixels).
 MAX_OUTPUT_PIXELS = 8 * 1024 * 1024
+# The pipeline's and the command's defaults, written once.
+DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_ID_SCALE = 50, 5.0, 1.0
 
 
 @dataclass
@@ -31,25 +33,33 @@ class Person:
 
 def _check_person_files(persons: list[Person]) -> None:
     """Each reference photo and landmark file exists and is an image, checked from its header only."""
-    from PIL import Image
+    from dynamicid.imagefile import ImageRules, Rejected, check_header
 
     for index, person in enumerate(persons):
         for what, source in (("reference photo", person.reference), ("target landmarks", person.target_landmarks)):
             if source is None or isinstance(source, np.ndarray):
                 continue
             try:
-                with Image.open(str(source)) as image:
-                    image.size
-            except (OSError, ValueError) as err:
-                raise GenerationError(f"person {index}: {what} {source}: {err}") from None
+                check_header(str(source), ImageRules(min_side=1))
+            except Rejected as rejection:
+                raise GenerationError(
+                    f"person {index}: {what} {source}: {rejection.reason}: {rejection.message}"
+                ) from None
 
 
-def check_request(persons: list[Person], height: int, width: int, steps: int, guidance: float, images: int = 1,
-                  max_output_pixels: int = MAX_OUTPUT_PIXELS):
+def check_request(
+    persons: list[Person],
+    height: int,
+    width: int,
+    steps: int,
+    guidance: float,
+    images: int = 1,
+    max_output_pixels: int = MAX_OUTPUT_PIXELS,
+):
     """Everything about a request that can be known without a model, so a bad request fails before the
     long model load. Returns the persons' boxes: theirs, checked, or automatic ones for several persons."""
     if not isinstance(images, int) or images < 1:
-        raise GenerationError(f"num_images_per_prompt (--images) must be at least 1, not {images}")
+        raise GenerationError(f"num_images_per_prompt (images) must be at least 1, not {images}")
     if not persons:
         raise GenerationError("give at least one person (a reference photo)")
     for name, value in (("height", height), ("width", width)):
@@ -57,13 +67,15 @@ def check_request(persons: list[Person], height: int, width: int, steps: int, gu
             raise GenerationError(f"{name} {value} must be a positive multiple of 8")
     if height * width * images > max_output_pixels:
         raise GenerationError(
-            f"{images} image(s) of {width}x{height} is {height * width * images / 2**20:.1f} megapixels in one call, over "
-            f"the limit of {max_output_pixels / 2**20:.1f} (max_output_pixels, --max-output-pixels): ask for fewer or "
-            "smaller images, or raise the limit if the device has the memory")
+            f"{images} image(s) of {width}x{height} is {height * width * images / 2**20:.1f} megapixels in one call, "
+            "over "
+            f"the limit of {max_output_pixels / 2**20:.1f} (max_output_pixels): ask for fewer or "
+            "smaller images, or raise the limit if the device has the memory"
+        )
     if not isinstance(steps, int) or steps < 1:
-        raise GenerationError("num_inference_steps (--steps) must be at least 1")
+        raise GenerationError("num_inference_steps (steps) must be at least 1")
     if not guidance >= 0:  # also refuses NaN
-        raise GenerationError("guidance_scale (--guidance) must not be negative")
+        raise GenerationError("guidance_scale (guidance) must not be negative")
     try:
         boxes = check_boxes([p.box for p in persons if p.box is not None], len(persons))
     except LayoutError as err:

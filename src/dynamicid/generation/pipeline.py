@@ -11,8 +11,9 @@ untrained LoRA it reproduces that pipeline's image for the same seed.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,14 +23,22 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from dynamicid.basemodel import clip_hidden_states, encode_text
 from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer, landmark_image
+from dynamicid.generation.layout import to_saa
+from dynamicid.generation.persons import EncodedPerson, load_rgb, target_map
+from dynamicid.generation.request import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_ID_SCALE,
+    DEFAULT_STEPS,
+    MAX_OUTPUT_PIXELS,
+    GenerationError,
+    Person,
+    check_request,
+)
+from dynamicid.models.basemodel import clip_hidden_states, encode_text
 from dynamicid.models.checkpoints import CheckpointError, DynamicIDWeights
 from dynamicid.models.imr import landmark_map_to_tensor
 from dynamicid.models.saa import SAASettings, install_processors, remove_processors
-from dynamicid.pipeline.layout import to_saa
-from dynamicid.pipeline.persons import EncodedPerson, load_rgb, target_map
-from dynamicid.pipeline.request import MAX_OUTPUT_PIXELS, GenerationError, Person, check_request
 
 
 @dataclass
@@ -72,14 +81,39 @@ class DynamicIDPipeline(DiffusionPipeline):
     _exclude_from_cpu_offload = ["saa"]  # its processors live inside the UNet and move with it
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, image_encoder, feature_extractor, face_encoder,
-                 saa, imr=None, keypoint_encoder=None, face_analysis: dict | None = None):
+    def __init__(
+        self,
+        vae,
+        text_encoder,
+        tokenizer,
+        unet,
+        scheduler,
+        image_encoder,
+        feature_extractor,
+        face_encoder,
+        saa,
+        imr=None,
+        keypoint_encoder=None,
+        face_analysis: dict | None = None,
+    ):
         super().__init__()
         if face_encoder is None or saa is None:
-            raise CheckpointError("the DynamicID weights lack the face encoder or the SAA processors (SAA.bin / saa.safetensors)")
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                              image_encoder=image_encoder, feature_extractor=feature_extractor, face_encoder=face_encoder,
-                              saa=saa, imr=imr, keypoint_encoder=keypoint_encoder)
+            raise CheckpointError(
+                "the DynamicID weights lack the face encoder or the SAA processors (SAA.bin / saa.safetensors)"
+            )
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            face_encoder=face_encoder,
+            saa=saa,
+            imr=imr,
+            keypoint_encoder=keypoint_encoder,
+        )
         self.register_to_config(face_analysis=face_analysis)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -88,33 +122,45 @@ class DynamicIDPipeline(DiffusionPipeline):
         self._interrupt = False
         encoder_width = face_encoder.config.clip_dim
         if image_encoder.config.hidden_size != encoder_width:
-            raise CheckpointError(f"the face encoder takes CLIP features of width {encoder_width}, the image encoder "
-                                  f"gives {image_encoder.config.hidden_size}")
+            raise CheckpointError(
+                f"the face encoder takes CLIP features of width {encoder_width}, the image encoder "
+                f"gives {image_encoder.config.hidden_size}"
+            )
         if face_encoder.config.cross_attention_dim != unet.config.cross_attention_dim:
             raise CheckpointError("the face encoder's token width does not match the UNet's cross-attention width")
 
     # -- loading -------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path=None, weights=None, clip_image_encoder=None,
-                        face_config: FaceAnalysisConfig | None = None, device=None, dtype=None, **kwargs):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path=None,
+        weights=None,
+        clip_image_encoder=None,
+        face_config: FaceAnalysisConfig | None = None,
+        device=None,
+        dtype=None,
+        **kwargs,
+    ):
         """A saved DynamicIDPipeline (a folder or repo with its model_index.json), or one built from parts:
         `pretrained_model_name_or_path` an SD1.5-layout base, `weights` ours or the authors', and
         `clip_image_encoder`. Each is a folder or a Hugging Face repo id; left out, the defaults of
         `dynamicid.hub.DEFAULTS`."""
-        from dynamicid.pipeline import loading
+        from dynamicid.generation import loading
 
         if weights is None and clip_image_encoder is None and loading.is_saved_pipeline(pretrained_model_name_or_path):
             pipe = super().from_pretrained(loading.local_pipeline(pretrained_model_name_or_path), **kwargs)
             return pipe.to(device=device, dtype=dtype) if device or dtype else pipe
-        return loading.from_parts(cls, pretrained_model_name_or_path, weights, clip_image_encoder, face_config,
-                                  device, dtype)
+        return loading.from_parts(
+            cls, pretrained_model_name_or_path, weights, clip_image_encoder, face_config, device, dtype
+        )
 
     @classmethod
-    def from_pipe(cls, pipeline, weights=None, clip_image_encoder=None, face_config: FaceAnalysisConfig | None = None,
-                  **kwargs):
+    def from_pipe(
+        cls, pipeline, weights=None, clip_image_encoder=None, face_config: FaceAnalysisConfig | None = None, **kwargs
+    ):
         """DynamicID on an existing pipeline's parts (a `StableDiffusionPipeline` of any SD1.5 fine-tune): its
         vae, text encoder, tokenizer, UNet and scheduler are shared, not copied; our processors go on its UNet."""
-        from dynamicid.pipeline import loading
+        from dynamicid.generation import loading
 
         if isinstance(pipeline, cls) and weights is None:
             return super().from_pipe(pipeline, **kwargs)
@@ -149,27 +195,39 @@ class DynamicIDPipeline(DiffusionPipeline):
         return self._interrupt
 
     # -- encoders ----------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: list[str], device, num_images_per_prompt: int, do_classifier_free_guidance: bool,
-                      negative_prompt: str | list[str] | None = None, prompt_embeds: torch.Tensor | None = None,
-                      negative_prompt_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_prompt(
+        self,
+        prompt: list[str],
+        device,
+        num_images_per_prompt: int,
+        do_classifier_free_guidance: bool,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Text embeddings (B * num_images_per_prompt, 77, D), and those of the negative prompt under guidance."""
         if prompt_embeds is None:
             prompt_embeds = encode_text(self.tokenizer, self.text_encoder, prompt, device)[0]
         if do_classifier_free_guidance and negative_prompt_embeds is None:
-            negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * len(prompt_embeds)
+            negatives = (
+                negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * len(prompt_embeds)
+            )
             if len(negatives) != len(prompt_embeds):
                 raise GenerationError(f"{len(negatives)} negative prompts for {len(prompt_embeds)} prompts")
             negative_prompt_embeds = encode_text(self.tokenizer, self.text_encoder, negatives, device)[0]
         dtype = self.unet.dtype
         prompt_embeds = prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
         if negative_prompt_embeds is not None:
-            negative_prompt_embeds = negative_prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
+            negative_prompt_embeds = negative_prompt_embeds.to(device, dtype).repeat_interleave(
+                num_images_per_prompt, dim=0
+            )
         return prompt_embeds, negative_prompt_embeds
 
     def clip_features(self, rgb: np.ndarray | None) -> torch.Tensor:
         """CLIP penultimate hidden states of a photo; None gives those of an all-zero pixel tensor."""
-        return clip_hidden_states(self.image_encoder, self.feature_extractor, [rgb], self._execution_device,
-                                  self.image_encoder.dtype)
+        return clip_hidden_states(
+            self.image_encoder, self.feature_extractor, [rgb], self._execution_device, self.image_encoder.dtype
+        )
 
     def analyse_reference(self, person: Person, index: int):
         rgb = load_rgb(person.reference, f"reference photo of person {index}")
@@ -182,7 +240,8 @@ class DynamicIDPipeline(DiffusionPipeline):
             raise CheckpointError(
                 f"the face encoder takes {self.face_encoder.config.id_dim}-d identity embeddings but the embedder "
                 f"{embedder.name!r} gives {embedder.dim}-d; use the embedder the weights were trained with (512-d "
-                "ArcFace for the authors' weights)")
+                "ArcFace for the authors' weights)"
+            )
         return rgb, faces[0]
 
     def encode_person(self, person: Person, rgb: np.ndarray, face) -> EncodedPerson:
@@ -200,8 +259,9 @@ class DynamicIDPipeline(DiffusionPipeline):
         target = target_map(person.target_landmarks) if person.target_landmarks is not None else source_map
         maps = torch.stack([landmark_map_to_tensor(source_map), landmark_map_to_tensor(target)])
         features = self.keypoint_encoder(maps.to(device, self.keypoint_encoder.dtype))
-        _, pooled = encode_text(self.tokenizer, self.text_encoder, [face.face_prompt, person.face_prompt or face.face_prompt],
-                                device)
+        _, pooled = encode_text(
+            self.tokenizer, self.text_encoder, [face.face_prompt, person.face_prompt or face.face_prompt], device
+        )
         edited = self.imr.edit(tokens, features[:1], pooled[:1], features[1:], pooled[1:])[0]
         return EncodedPerson(edited, tokens, face.face_prompt, True, face.box.as_list())
 
@@ -212,8 +272,19 @@ class DynamicIDPipeline(DiffusionPipeline):
         return [self.encode_person(person, rgb, face) for person, (rgb, face) in zip(persons, analysed)]
 
     # -- the call's steps ----------------------------------------------------------------------------
-    def check_inputs(self, prompt, persons, person_embeds, height, width, steps, guidance, images, max_output_pixels,
-                     callback_on_step_end_tensor_inputs):
+    def check_inputs(
+        self,
+        prompt,
+        persons,
+        person_embeds,
+        height,
+        width,
+        steps,
+        guidance,
+        images,
+        max_output_pixels,
+        callback_on_step_end_tensor_inputs,
+    ):
         """The request (`check_request`) plus this model's size rule and the callback's tensor names. Returns
         the prompts as a list and the persons' boxes."""
         if prompt is not None and not isinstance(prompt, (str, list)):
@@ -222,15 +293,24 @@ class DynamicIDPipeline(DiffusionPipeline):
             raise GenerationError(f"{len(person_embeds)} person_embeds for {len(persons)} persons")
         unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
         if unknown:
-            raise GenerationError(f"callback_on_step_end_tensor_inputs may name {self._callback_tensor_inputs}, not {sorted(unknown)}")
+            raise GenerationError(
+                f"callback_on_step_end_tensor_inputs may name {self._callback_tensor_inputs}, not {sorted(unknown)}"
+            )
         multiple = self.vae_scale_factor * 4
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, int) and value > 0 and value % multiple:
                 raise GenerationError(f"{name} {value} must be a multiple of {multiple} for this model")
         if persons is None:
             persons = [Person(None) for _ in person_embeds or []]
-        boxes = check_request(persons, height, width, steps, guidance, images,
-                              MAX_OUTPUT_PIXELS if max_output_pixels is None else max_output_pixels)
+        boxes = check_request(
+            persons,
+            height,
+            width,
+            steps,
+            guidance,
+            images,
+            MAX_OUTPUT_PIXELS if max_output_pixels is None else max_output_pixels,
+        )
         return ([prompt] if isinstance(prompt, str) else list(prompt or [])), persons, boxes
 
     def prepare_latents(self, batch: int, height: int, width: int, dtype, device, generator, latents=None):
@@ -259,16 +339,35 @@ class DynamicIDPipeline(DiffusionPipeline):
 
     # -- the call ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str] | None = None, persons: list[Person] | None = None,
-                 negative_prompt: str | list[str] | None = None, num_inference_steps: int = 50,
-                 guidance_scale: float = 5.0, height: int = 512, width: int = 512, num_images_per_prompt: int = 1,
-                 generator: torch.Generator | None = None, seed: int | None = None, latents: torch.Tensor | None = None,
-                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
-                 person_embeds: list[EncodedPerson] | None = None, id_scale: float = 1.0, lora_scale: float = 1.0,
-                 infer_scale: float | None = None, infer_end: int | None = None, gate: bool = True, eta: float = 0.0,
-                 return_gate_maps: bool = False, output_type: str = "pil", return_dict: bool = True,
-                 callback_on_step_end: Callable | None = None,
-                 callback_on_step_end_tensor_inputs: list[str] | None = None, max_output_pixels: int | None = None):
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        persons: list[Person] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE,
+        height: int = 512,
+        width: int = 512,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        person_embeds: list[EncodedPerson] | None = None,
+        id_scale: float = DEFAULT_ID_SCALE,
+        lora_scale: float = 1.0,
+        infer_scale: float | None = None,
+        infer_end: int | None = None,
+        gate: bool = True,
+        eta: float = 0.0,
+        return_gate_maps: bool = False,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        max_output_pixels: int | None = None,
+    ):
         r"""
         Generate images of the given persons.
 
@@ -305,9 +404,17 @@ class DynamicIDPipeline(DiffusionPipeline):
             `DynamicIDPipelineOutput` (or a tuple with `return_dict=False`).
         """
         prompts, persons, boxes = self.check_inputs(
-            prompt if prompt_embeds is None else ["" for _ in prompt_embeds], persons, person_embeds, height, width,
-            num_inference_steps, guidance_scale, num_images_per_prompt, max_output_pixels,
-            callback_on_step_end_tensor_inputs)
+            prompt if prompt_embeds is None else ["" for _ in prompt_embeds],
+            persons,
+            person_embeds,
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            num_images_per_prompt,
+            max_output_pixels,
+            callback_on_step_end_tensor_inputs,
+        )
         device = self._execution_device
         if generator is None and seed is not None:
             generator = torch.Generator(device=device).manual_seed(seed)
@@ -317,27 +424,69 @@ class DynamicIDPipeline(DiffusionPipeline):
         infer_end = (12 if layout_default else 0) if infer_end is None else infer_end
         guided = guidance_scale > 1.0
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompts, device, num_images_per_prompt, guided, negative_prompt, prompt_embeds, negative_prompt_embeds)
+            prompts, device, num_images_per_prompt, guided, negative_prompt, prompt_embeds, negative_prompt_embeds
+        )
         count = len(prompt_embeds)
         latents = self.prepare_latents(count, height, width, prompt_embeds.dtype, device, generator, latents)
         settings = SAASettings(
-            num_persons=len(encoded), id_scale=id_scale, lora_scale=lora_scale, gate=gate,
+            num_persons=len(encoded),
+            id_scale=id_scale,
+            lora_scale=lora_scale,
+            gate=gate,
             boxes=torch.tensor(to_saa(boxes), dtype=torch.float64, device=device) if boxes else None,
-            infer_scale=infer_scale, infer_end=infer_end, latent_size=tuple(latents.shape[-2:]))
-        latents, gate_sum = self._denoise(latents, settings, encoded, prompt_embeds, negative_prompt_embeds,
-                                          guidance_scale, num_inference_steps, generator, eta, return_gate_maps,
-                                          callback_on_step_end, callback_on_step_end_tensor_inputs or [])
+            infer_scale=infer_scale,
+            infer_end=infer_end,
+            latent_size=tuple(latents.shape[-2:]),
+        )
+        latents, gate_sum = self._denoise(
+            latents,
+            settings,
+            encoded,
+            prompt_embeds,
+            negative_prompt_embeds,
+            guidance_scale,
+            num_inference_steps,
+            generator,
+            eta,
+            return_gate_maps,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs or [],
+        )
         images = self._decode(latents, output_type, generator)
         gate_maps = (gate_sum / num_inference_steps).numpy() if gate_sum is not None else None
         self.maybe_free_model_hooks()
-        metadata = self._metadata(prompts, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
-                                  settings, boxes, persons, encoded)
+        metadata = self._metadata(
+            prompts,
+            negative_prompt,
+            num_inference_steps,
+            guidance_scale,
+            height,
+            width,
+            seed,
+            settings,
+            boxes,
+            persons,
+            encoded,
+        )
         if not return_dict:
             return images, gate_maps, encoded
         return DynamicIDPipelineOutput(images=images, gate_maps=gate_maps, persons=encoded, metadata=metadata)
 
-    def _denoise(self, latents, settings, encoded, prompt_embeds, negative_prompt_embeds, guidance_scale, steps,
-                 generator, eta, return_gate_maps, callback, callback_inputs):
+    def _denoise(
+        self,
+        latents,
+        settings,
+        encoded,
+        prompt_embeds,
+        negative_prompt_embeds,
+        guidance_scale,
+        steps,
+        generator,
+        eta,
+        return_gate_maps,
+        callback,
+        callback_inputs,
+    ):
         guided = negative_prompt_embeds is not None
         context = self.identity_context(encoded, prompt_embeds, negative_prompt_embeds)
         self.scheduler.set_timesteps(steps, device=latents.device)
@@ -351,9 +500,16 @@ class DynamicIDPipeline(DiffusionPipeline):
                     break
                 settings.step = torch.tensor(step)
                 settings.gate_maps = [] if return_gate_maps else None
-                model_input = self.scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, timestep)
-                noise = self.unet(model_input, timestep, encoder_hidden_states=context,
-                                  cross_attention_kwargs={"dynamicid": settings}, return_dict=False)[0]
+                model_input = self.scheduler.scale_model_input(
+                    torch.cat([latents] * 2) if guided else latents, timestep
+                )
+                noise = self.unet(
+                    model_input,
+                    timestep,
+                    encoder_hidden_states=context,
+                    cross_attention_kwargs={"dynamicid": settings},
+                    return_dict=False,
+                )[0]
                 if guided:
                     noise_uncond, noise_text = noise.chunk(2)
                     noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
@@ -361,7 +517,11 @@ class DynamicIDPipeline(DiffusionPipeline):
                 if return_gate_maps:
                     gate_sum += _mean_gate(settings.gate_maps, count, tuple(latents.shape[-2:]))
                 if callback is not None:
-                    named = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
+                    named = {
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "negative_prompt_embeds": negative_prompt_embeds,
+                    }
                     replaced = callback(self, step, timestep, {name: named[name] for name in callback_inputs}) or {}
                     latents = replaced.get("latents", latents)
                     if "prompt_embeds" in replaced or "negative_prompt_embeds" in replaced:
@@ -374,17 +534,27 @@ class DynamicIDPipeline(DiffusionPipeline):
     def _decode(self, latents, output_type: str, generator):
         if output_type == "latent":
             return latents
-        image = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False,
-                                generator=generator)[0]
+        image = self.vae.decode(
+            latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False, generator=generator
+        )[0]
         return self.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * len(image))
 
-    def _metadata(self, prompts, negative_prompt, steps, guidance, height, width, seed, settings, boxes, persons,
-                  encoded) -> dict:
+    def _metadata(
+        self, prompts, negative_prompt, steps, guidance, height, width, seed, settings, boxes, persons, encoded
+    ) -> dict:
         return {
-            "prompt": prompts[0] if len(prompts) == 1 else prompts, "negative_prompt": negative_prompt,
-            "steps": steps, "guidance_scale": guidance, "height": height, "width": width, "seed": seed,
-            "id_scale": settings.id_scale, "lora_scale": settings.lora_scale, "infer_scale": settings.infer_scale,
-            "infer_end": settings.infer_end, "gate": settings.gate,
+            "prompt": prompts[0] if len(prompts) == 1 else prompts,
+            "negative_prompt": negative_prompt,
+            "steps": steps,
+            "guidance_scale": guidance,
+            "height": height,
+            "width": width,
+            "seed": seed,
+            "id_scale": settings.id_scale,
+            "lora_scale": settings.lora_scale,
+            "infer_scale": settings.infer_scale,
+            "infer_end": settings.infer_end,
+            "gate": settings.gate,
             "boxes": [list(b) for b in boxes] if boxes else None,
             "boxes_automatic": bool(boxes) and all(p.box is None for p in persons),
             "source_face_prompts": [e.source_face_prompt for e in encoded],

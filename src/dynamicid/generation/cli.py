@@ -1,0 +1,109 @@
+"""`dynamicid generate` and `dynamicid download`. Command modules print their report to stdout; the library logs."""
+
+from __future__ import annotations
+
+from dynamicid.generation.config import DownloadConfig, GenerateConfig
+from dynamicid.options import Command, config_from
+
+
+def _device_and_dtype(config: GenerateConfig):
+    import torch
+
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = config.dtype or ("float16" if device.startswith("cuda") else "float32")
+    return device, getattr(torch, dtype)
+
+
+def run_generate(args) -> int:
+    from dynamicid.generation import DynamicIDPipeline, check_request
+    from dynamicid.generation.outputs import save_generation
+
+    config = config_from(args, GenerateConfig)
+    persons = config.persons()
+    height, width = config.size()
+    # The whole request is checked before the model load, which takes many seconds.
+    check_request(persons, height, width, config.steps, config.guidance, config.images, config.max_output_pixels)
+    device, dtype = _device_and_dtype(config)
+    pipe = DynamicIDPipeline.from_pretrained(
+        config.base_model,
+        config.weights,
+        config.clip_image_encoder,
+        face_config=config.face_config(),
+        device=device,
+        dtype=dtype,
+    )
+    pipe.set_progress_bar_config(disable=not config.progress)
+    result = pipe(
+        config.prompt,
+        persons,
+        negative_prompt=config.negative_prompt,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance,
+        height=height,
+        width=width,
+        num_images_per_prompt=config.images,
+        seed=config.seed,
+        id_scale=config.id_scale,
+        infer_scale=config.infer_scale,
+        infer_end=config.infer_end,
+        gate=config.gate,
+        return_gate_maps=config.save_gate_maps,
+        max_output_pixels=config.max_output_pixels,
+    )
+    saved = save_generation(
+        result,
+        persons,
+        config.output,
+        config.file_name,
+        extra={"base_model": config.base_model, "weights": config.weights},
+    )
+    for path in saved.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def run_download(args) -> int:
+    from dynamicid.hub import BUFFALO_L_URL, download_defaults
+
+    config = config_from(args, DownloadConfig)
+    done = download_defaults(
+        config.to,
+        "fp16" if config.fp16 else None,
+        progress=config.progress,
+        buffalo_url=config.face_pack_url or BUFFALO_L_URL,
+    )
+    for part, folder in done.parts.items():
+        print(f"{part:<19} {folder}")
+    return 0
+
+
+def _download_description() -> str:
+    from dynamicid.hub import BUFFALO_L_URL, DEFAULTS
+
+    lines = "; ".join(f"{part}: {source.reference} ({source.licence})" for part, source in DEFAULTS.items())
+    return (
+        f"Fetches every model `generate` uses by default, into the Hugging Face cache (HF_HOME), or into --to "
+        f"DIR. {lines}; face pack: InsightFace buffalo_l from {BUFFALO_L_URL} (non-commercial research use "
+        "only). HF_ENDPOINT and HF_TOKEN are honoured."
+    )
+
+
+COMMANDS = (
+    Command(
+        "generate",
+        "generate images of one or several persons from one photo each",
+        "Generate images with DynamicID. Give each person with --person PHOTO; the i-th --face-prompt, --box and "
+        "--target-landmarks apply to the i-th person ('-' for none). Several persons without boxes are placed "
+        "automatically. Writes NAME_k.png and NAME_k.json (every setting, the seed, the boxes; readable by "
+        "`dynamicid eval`), and with --save-gate-maps gates/NAME_k.png.",
+        GenerateConfig,
+        run_generate,
+    ),
+    Command(
+        "download",
+        "fetch the default models ahead of time (base, CLIP image encoder, DynamicID weights, buffalo_l)",
+        _download_description(),
+        DownloadConfig,
+        run_download,
+    ),
+)

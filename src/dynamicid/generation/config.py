@@ -1,0 +1,137 @@
+"""Typed configuration of `dynamicid generate` and `dynamicid download`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dynamicid.errors import ConfigError
+from dynamicid.faces.analyzer import FaceAnalysisConfig
+from dynamicid.generation.request import DEFAULT_GUIDANCE, DEFAULT_ID_SCALE, DEFAULT_STEPS, MAX_OUTPUT_PIXELS, Person
+from dynamicid.options import option
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _default_of(part: str, what: str):
+    def text() -> str:
+        from dynamicid.hub import DEFAULTS
+
+        return f"{what}: a folder or a Hugging Face repo id (default {DEFAULTS[part].reference})"
+
+    return text
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """`dynamicid generate`: the i-th face_prompt, box, target_landmarks and name belong to the i-th person."""
+
+    prompt: str = option(help="the text prompt")
+    output: str = option(help="output folder")
+    person: tuple[str, ...] = option(
+        help="reference photo of a person (repeat per person)", factory=tuple, append=True, required=True
+    )
+    face_prompt: tuple[str, ...] = option(
+        help="e.g. 'in a happy expression, in side view' ('-' for none)", factory=tuple, append=True
+    )
+    box: tuple[str, ...] = option(
+        help="x0,y0,x1,y1 as fractions of the image ('-' for none)", factory=tuple, append=True
+    )
+    target_landmarks: tuple[str, ...] = option(
+        help="a 96x96 landmark map or prep's NAME.png ('-' for none)", factory=tuple, append=True
+    )
+    name: tuple[str, ...] = option(help="person names for the sidecar", factory=tuple, append=True)
+    negative_prompt: str | None = option(None, "what the images should not show")
+    base_model: str | None = option(
+        None, _default_of("base_model", "Stable Diffusion 1.5 (or a fine-tune) in diffusers layout")
+    )
+    weights: str | None = option(
+        None,
+        _default_of(
+            "weights",
+            "DynamicID weights, ours or the authors' .bin files "
+            "(the default comes with InsightFace buffalo_l analysis)",
+        ),
+    )
+    clip_image_encoder: str | None = option(None, _default_of("clip_image_encoder", "CLIP ViT-H/14 vision model"))
+    file_name: str = option("dynamicid", "stem of the written files")
+    steps: int = option(DEFAULT_STEPS, "denoising steps")
+    guidance: float = option(DEFAULT_GUIDANCE, "classifier-free guidance scale")
+    height: int | None = option(None, "image height (default 512 for one person, 768 for two, 1024 for more)")
+    width: int | None = option(None, "image width (default as height)")
+    images: int = option(1, "images per prompt")
+    max_output_pixels: int = option(
+        MAX_OUTPUT_PIXELS,
+        "refuse a call whose height x width x images is larger "
+        "(memory grows with it; raise it on a device with the memory)",
+    )
+    seed: int = option(0, "random seed")
+    id_scale: float = option(DEFAULT_ID_SCALE, "strength of the identity injection")
+    infer_scale: float | None = option(
+        None,
+        "the authors' infer_scale, the layout strength s: for the first "
+        "infer_end steps the gate becomes w/(s+1) outside the boxes and w+s inside "
+        "(default 2 with boxes or several persons, else 0)",
+    )
+    infer_end: int | None = option(
+        None,
+        "the authors' infer_end: the denoising steps the layout boost lasts "
+        "(default 12 with boxes or several persons, else 0); routing holds at every step",
+    )
+    gate: bool = option(
+        True, "turn SAA's gate off: IP-Adapter-style injection with no gate, no layout boost and no routing"
+    )
+    save_gate_maps: bool = option(False, "also write gates/NAME_k.png, where each person's identity went")
+    device: str | None = option(None, "torch device (default: cuda when there is a GPU, else cpu)")
+    dtype: str | None = option(None, "weights' precision (default: float16 on a GPU, else float32)", choices=DTYPES)
+    faces: FaceAnalysisConfig = option(factory=FaceAnalysisConfig)
+    progress: bool = option(True, "no progress bar")
+
+    def persons(self) -> list[Person]:
+        for listed in ("face_prompt", "box", "target_landmarks", "name"):
+            if len(getattr(self, listed)) > len(self.person):
+                raise ConfigError(
+                    f"more {listed} values ({len(getattr(self, listed))}) than persons "
+                    f"({len(self.person)}); give one person per reference photo"
+                )
+        return [
+            Person(
+                photo,
+                _nth(self.face_prompt, i),
+                _nth(self.target_landmarks, i),
+                _box(_nth(self.box, i)),
+                _nth(self.name, i) or f"person{i}",
+            )
+            for i, photo in enumerate(self.person)
+        ]
+
+    def size(self) -> tuple[int, int]:
+        side = {1: 512, 2: 768}.get(len(self.person), 1024)
+        return self.height or side, self.width or self.height or side
+
+    def face_config(self) -> FaceAnalysisConfig | None:
+        """None lets the pipeline choose: the default weights are the authors', made with InsightFace's ArcFace."""
+        return self.faces if self.weights or self.faces != FaceAnalysisConfig() else None
+
+
+def _nth(values: tuple[str, ...], index: int) -> str | None:
+    value = values[index] if index < len(values) else None
+    return None if value in (None, "", "-") else value
+
+
+def _box(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"box {text!r} must be four numbers x0,y0,x1,y1 (fractions of the image)") from None
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    to: str | None = option(
+        None, "a folder to hold everything (use it later with HF_HOME=DIR); default: the Hugging Face cache"
+    )
+    fp16: bool = option(False, "the base model's half-precision files (for a GPU)")
+    face_pack_url: str | None = option(None, "where to fetch buffalo_l.zip from (default: InsightFace's release)")
+    progress: bool = option(True, "no progress bars")

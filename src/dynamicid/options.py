@@ -1,0 +1,234 @@
+"""Typed configuration fields and the command-line options made from them.
+
+Every command has one frozen config dataclass. Its fields carry their help text (`option(...)`), so each
+default and each help text is written once, on the field. From the dataclass come the command's options
+(`add_options`), a `--config FILE` reader that knows the same names (`file_defaults`) and the config
+object itself (`config_from`). A field whose type is itself a config dataclass (prep's `faces`) gives its
+own fields as options of the command, under their own names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from dynamicid.errors import ConfigError
+
+REQUIRED = dataclasses.MISSING
+
+
+def option(default=REQUIRED, help: str | Callable[[], str] = "", *, factory=None, **cli) -> typing.Any:
+    """A config field with its help text. `cli` keys: choices (a tuple, or a function giving one),
+    positional (True, or "optional"), flag (the option's name when the field's would mislead), append
+    (a list field given once per item), hidden (no command-line option)."""
+    metadata = {"help": help, **cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    if default is REQUIRED:
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One option: the dataclass field it sets, where it sits, and its plain type."""
+
+    path: tuple[str, ...]  # ("faces", "detector") for PrepConfig.faces.detector
+    field: dataclasses.Field
+    kind: type
+
+    @property
+    def name(self) -> str:
+        return self.path[-1]
+
+    def meta(self, key: str, default=None):
+        value = self.field.metadata.get(key, default)
+        return value() if callable(value) and key in ("help", "choices") else value
+
+    @property
+    def default(self):
+        if self.field.default is not REQUIRED:
+            return self.field.default
+        if self.field.default_factory is not REQUIRED:
+            return self.field.default_factory()
+        return REQUIRED
+
+
+def _plain_type(annotation) -> type:
+    """`int | None` -> int, `list[str]` -> list; the annotation itself otherwise."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        return origin
+    arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return _plain_type(arguments[0]) if arguments else annotation
+
+
+def leaves(config_class, path: tuple[str, ...] = ()) -> Iterator[Leaf]:
+    """The options of a config dataclass, nested config dataclasses flattened, in field order."""
+    hints = typing.get_type_hints(config_class)
+    for item in dataclasses.fields(config_class):
+        kind = _plain_type(hints[item.name])
+        if dataclasses.is_dataclass(kind):
+            yield from leaves(kind, path + (item.name,))
+        else:
+            yield Leaf(path + (item.name,), item, kind)
+
+
+class _AppendReplacing(argparse.Action):
+    """`append`, except that the first item given on the command line replaces a config file's list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, "_appended", set())
+        items = list(getattr(namespace, self.dest) or []) if self.dest in given else []
+        setattr(namespace, self.dest, items + [values])
+        namespace._appended = given | {self.dest}
+
+
+def _help(leaf: Leaf) -> str:
+    text = leaf.meta("help", "")
+    if leaf.default is REQUIRED or leaf.meta("required"):
+        return f"{text} (required)"
+    default = leaf.default
+    if default in (REQUIRED, None, False, True) or leaf.meta("append") or isinstance(default, (list, tuple)):
+        return text
+    return f"{text} (default: {default})"
+
+
+def add_options(parser: argparse.ArgumentParser, config_class, skip: tuple[str, ...] = ()) -> None:
+    """One option per leaf field: `--name VALUE`; a bool that defaults to False is a flag `--name`, one that
+    defaults to True is `--no-name`; positional fields are arguments."""
+    seen: set[str] = set()
+    for leaf in leaves(config_class):
+        if leaf.name in skip or leaf.meta("hidden"):
+            continue
+        if leaf.name in seen:
+            raise TypeError(f"{config_class.__name__}: two fields named {leaf.name}; options must be unique")
+        seen.add(leaf.name)
+        _add_leaf(parser, leaf)
+
+
+def _add_leaf(parser: argparse.ArgumentParser, leaf: Leaf) -> None:
+    name = leaf.meta("flag") or leaf.name.replace("_", "-")
+    positional = leaf.meta("positional")
+    if positional:
+        parser.add_argument(
+            leaf.name,
+            metavar=leaf.name.upper(),
+            nargs="?" if positional == "optional" else None,
+            help=leaf.meta("help", ""),
+        )
+    elif leaf.kind is bool:
+        negate = leaf.default is True
+        parser.add_argument(
+            f"--no-{name}" if negate else f"--{name}",
+            dest=leaf.name,
+            action="store_false" if negate else "store_true",
+            help=leaf.meta("help", ""),
+        )
+    elif leaf.meta("append"):
+        parser.add_argument(
+            f"--{name}", dest=leaf.name, action=_AppendReplacing, default=leaf.default, help=_help(leaf)
+        )
+    else:  # a required option may come from --config FILE too: Command.missing checks it after both
+        default = None if leaf.default is REQUIRED else leaf.default
+        parser.add_argument(
+            f"--{name}", dest=leaf.name, type=leaf.kind, default=default, choices=leaf.meta("choices"), help=_help(leaf)
+        )
+
+
+def config_from(values: argparse.Namespace | dict, config_class, path: tuple[str, ...] = ()):
+    """The config object from parsed options (or a dict) named as the leaf fields; nested configs rebuilt."""
+    found = vars(values) if isinstance(values, argparse.Namespace) else values
+    hints = typing.get_type_hints(config_class)
+    arguments = {}
+    for item in dataclasses.fields(config_class):
+        kind = _plain_type(hints[item.name])
+        if dataclasses.is_dataclass(kind):
+            arguments[item.name] = config_from(found, kind, path + (item.name,))
+        elif item.name in found and not (
+            item.metadata.get("positional") and found[item.name] is None and item.default is REQUIRED
+        ):
+            value = found[item.name]
+            arguments[item.name] = tuple(value) if kind is tuple and value is not None else value
+    return config_class(**arguments)
+
+
+def read_config_file(path: str) -> dict:
+    """A TOML or JSON file's table; nested tables (`[faces]`) are flattened into their keys."""
+    import tomllib
+
+    is_json = path.lower().endswith(".json")
+    try:
+        with open(path, "rb") as handle:
+            values = json.load(handle) if is_json else tomllib.load(handle)
+    except OSError as err:
+        raise ConfigError(f"config file {path}: {err.strerror}") from None
+    except (ValueError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid {'JSON' if is_json else 'TOML'}: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config file {path} must hold a table of options (name = value), not a {type(values).__name__}"
+        )
+    flat: dict = {}
+    for key, value in values.items():
+        flat |= value if isinstance(value, dict) else {key: value}
+    return {key.replace("-", "_"): value for key, value in flat.items()}
+
+
+def file_defaults(path: str, config_class) -> dict:
+    """A config file's values, checked against the command's fields: unknown names, wrong types and
+    values outside a field's choices are errors that name the file, the field and what it accepts."""
+    known = {leaf.name: leaf for leaf in leaves(config_class) if not leaf.meta("hidden")}
+    values = read_config_file(path)
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown option(s) {', '.join(unknown)}; this command's options "
+            f"are {', '.join(sorted(known))}"
+        )
+    for key, value in values.items():
+        leaf = known[key]
+        choices = leaf.meta("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"config file {path}: {key} must be one of {', '.join(map(str, choices))}, not {value!r}")
+        expected = (int, float) if leaf.kind is float else (list,) if leaf.kind in (list, tuple) else (leaf.kind,)
+        if (
+            value is not None
+            and leaf.kind in (bool, int, float, str, list, tuple)
+            and (not isinstance(value, expected) or (leaf.kind is not bool and isinstance(value, bool)))
+        ):
+            raise ConfigError(f"config file {path}: {key} must be a {leaf.kind.__name__}, not {value!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `dynamicid` command, owned by its package (`PACKAGE/cli.py` lists its commands in COMMANDS).
+    `run` gets the parsed options and builds its config with `config_from`; `extra` adds options that are
+    modes of the command rather than settings (prep's --verify); `stages` makes a command with
+    sub-commands (train anchor | reconfig)."""
+
+    name: str
+    summary: str  # one line in `dynamicid --help`
+    description: str = ""
+    config: type | None = None
+    run: Callable[[argparse.Namespace], int] | None = None
+    extra: Callable[[argparse.ArgumentParser], None] | None = None
+    stages: tuple[Command, ...] = ()
+    defaults_help: bool = True  # show each option's default in --help
+
+    def missing(self, args: argparse.Namespace) -> list[str]:
+        """Required options that neither the command line nor the config file gave."""
+        if self.config is None:
+            return []
+        return [
+            leaf.name
+            for leaf in leaves(self.config)
+            if not leaf.meta("positional")
+            and (leaf.default is REQUIRED or leaf.meta("required"))
+            and getattr(args, leaf.name, None) in (None, [], "")
+        ]

@@ -1,0 +1,75 @@
+"""`dynamicid prep` and `dynamicid make-sample`. Command modules print their report to stdout; the library logs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dynamicid.errors import ConfigError
+from dynamicid.options import Command, config_from, option
+from dynamicid.prep.config import PrepConfig
+
+
+def _verify_option(parser) -> None:
+    parser.add_argument(
+        "--verify",
+        metavar="OUTPUT",
+        default=None,
+        help="check a finished OUTPUT instead of running: images/ must hold exactly the files the "
+        "manifest lists; reports every difference and exits 1 if there is one",
+    )
+
+
+def run_prep(args) -> int:
+    from dynamicid.prep.report import format_summary
+    from dynamicid.prep.runner import run_prep as run
+
+    if args.verify:
+        from dynamicid.prep.verify import check_outputs
+
+        check = check_outputs(args.verify)
+        print(check.describe())
+        return 0 if check.ok else 1
+    if not args.input or not args.output:
+        raise ConfigError("prep needs INPUT and OUTPUT folders (or --verify OUTPUT); see dynamicid prep --help")
+    config = config_from(args, PrepConfig)
+    result = run(config)
+    print(format_summary(result.summary, config.output))
+    return 0
+
+
+@dataclass(frozen=True)
+class MakeSampleConfig:
+    folder: str = option(help="where to write the sample (created)", positional=True)
+
+
+def run_make_sample(args) -> int:
+    from dynamicid.prep.sample import make_sample
+
+    config = config_from(args, MakeSampleConfig)
+    expected = make_sample(config.folder)
+    kept = sum(1 for status, _ in expected.values() if status == "ok")
+    print(f"wrote {len(expected)} files to {config.folder}: {kept} should be kept, {len(expected) - kept} rejected")
+    return 0
+
+
+COMMANDS = (
+    Command(
+        "prep",
+        "prepare a face dataset with Spark (align, landmarks, embedding, prompts)",
+        "Prepare a DynamicID training set. For every file under INPUT: decode and validate it, detect the face, find "
+        "68 landmarks, align and crop to 512x512, compute the identity embedding, and write the face prompt and "
+        "caption. Writes OUTPUT/images/<identity>/NAME.{jpg,png,txt,pt}, OUTPUT/manifest.parquet (one row per input "
+        "file, kept or rejected, with the reason), summary.json and contact_sheet.png. A rerun skips what is "
+        "already done.",
+        PrepConfig,
+        run_prep,
+        extra=_verify_option,
+    ),
+    Command(
+        "make-sample",
+        "write a small demo input: a real face in several encodings, photos without faces, broken files",
+        "Write a sample input folder that needs no download: kept faces and every kind of rejection.",
+        MakeSampleConfig,
+        run_make_sample,
+    ),
+)

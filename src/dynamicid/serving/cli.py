@@ -1,0 +1,33 @@
+"""`dynamicid serve`."""
+
+from __future__ import annotations
+
+from dynamicid.options import Command, config_from
+from dynamicid.serving.config import ServeConfig
+
+
+def run_serve(args) -> int:
+    import threading
+
+    from dynamicid.serving.app import serve
+
+    _, _, url = serve(config_from(args, ServeConfig), block=False)
+    print(f"serving on {url} (ctrl-c to stop)", flush=True)
+    threading.Event().wait()  # until interrupted
+    return 0
+
+
+COMMANDS = (
+    Command(
+        "serve",
+        "the web app and HTTP API: several persons, each with a face prompt and a box, in the browser",
+        "Serves DynamicID in the browser and over HTTP (Gradio). Models load once at start and take the same options "
+        "as `generate` (folders or Hugging Face repo ids). Requests wait in a queue, one generation at a time per "
+        "pipeline; the page shows the queue position and progress, and a request can be cancelled. Listens on "
+        "127.0.0.1 unless --host says otherwise; use --auth when you open it. The API: gradio_client's "
+        "Client(URL).predict(prompt, photos, face_prompts_json, boxes_json, settings_json, api_name='/generate') "
+        "returns the images and the JSON sidecar (README).",
+        ServeConfig,
+        run_serve,
+    ),
+)

@@ -1,0 +1,1 @@
+"""Tiny random models with the real interfaces, for tests and smoke runs without weights."""
