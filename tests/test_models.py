@@ -226,7 +226,8 @@ def test_non_square_grid_and_gate_telemetry(unet):
     assert [tuple(m["gate"].shape) for m in maps] == [(1, 16, 24), (1, 8, 12), (1, 16, 24), (1, 16, 24)]
     assert all(m["layer"].endswith("attn2.processor") for m in maps)
     gate = maps[0]["gate"][0]
-    assert gate.min() >= 0 and gate.max() <= 3.0  # w in [0, 1] plus the box boost of 2
+    # The two boxes cover the grid, and step 0 < infer_end: every cell gets the boost, w + 2 with w in [0, 1].
+    assert gate.min() >= 2.0 and gate.max() <= 3.0, (gate.min(), gate.max())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -240,8 +241,8 @@ def test_low_precision_runs_close_to_fp32(unet, dtype):
         low = copy.deepcopy(unet).to(dtype)
         try:
             out = low(latents.to(dtype), t, context.to(dtype), cross_attention_kwargs={"dynamicid": settings()}).sample
-        except RuntimeError as err:  # some CPU builds lack fp16 kernels; the GPU test covers it
-            pytest.skip(f"{dtype} not supported on this CPU: {err}")
+        except RuntimeError as err:  # some CPU builds lack fp16 kernels
+            pytest.skip(f"{dtype} not supported on this CPU ({err}); benchmarks/gpu_all.sh runs SAA in fp16 on a GPU")
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert (out.float() - reference).abs().max() < 0.15 * reference.abs().max()
 

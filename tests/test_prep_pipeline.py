@@ -52,8 +52,11 @@ def test_kept_faces_have_complete_outputs(sample_run):
         text = open(paths["txt"]).read().strip()
         assert text == row.caption and row.face_prompt in text
         assert np.asarray(row.affine.tolist()).shape == (2, 3)
-        for stage in ("read", "decode", "detect", "landmarks", "embed", "write", "total"):
-            assert getattr(row, f"ms_{stage}") >= 0
+        stages = {
+            stage: getattr(row, f"ms_{stage}") for stage in ("read", "decode", "detect", "landmarks", "embed", "write")
+        }
+        assert all(ms > 0 for ms in stages.values()), stages  # every stage ran and was timed
+        assert sum(stages.values()) <= row.ms_total, (stages, row.ms_total)  # the total covers its stages
 
 
 def test_exif_rotated_photo_is_found_upright_and_matches_the_original(sample_run):
@@ -160,15 +163,23 @@ def test_real_embeddings_separate_every_person(identities_run):
 
 
 @pytest.mark.parametrize("policy", ["largest", "skip", "all"])
-def test_group_photos_follow_the_multi_face_policy(spark, shared_faces, tmp_path, policy):
+def test_group_photos_follow_the_multi_face_policy(spark, shared_faces, tmp_path, policy, analyzer):
     manifest = prep(spark, shared_faces / "groups", tmp_path, multi_face=policy).manifest()
     groups = sorted(p.name for p in (shared_faces / "groups").iterdir())
     assert sorted(manifest.relative_path.unique()) == groups
     assert (manifest.faces_detected >= 2).all()
     if policy == "largest":
         assert len(manifest) == 3 and (manifest.status == "ok").all() and (manifest.face_index == 0).all()
-        for row in manifest.itertuples():  # the kept face is the largest box
+        from dynamicid.imagefile import load_image
+
+        for row in manifest.itertuples():  # the kept face is the largest of the detector's boxes
             assert row.name == row.name.split("_f")[0]
+            image = load_image(row.source_path)
+            boxes = [box.scaled(1.0 / image.decode_scale) for box in analyzer.detect(image.rgb)]
+            areas = sorted(box.width * box.height for box in boxes)
+            x0, y0, x1, y1 = row.bbox
+            assert len(areas) >= 2 and areas[-1] > areas[-2]
+            assert (x1 - x0) * (y1 - y0) == pytest.approx(areas[-1], rel=1e-6)
     elif policy == "skip":
         assert len(manifest) == 3 and (manifest.reason == "multiple_faces").all()
     else:

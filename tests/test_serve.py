@@ -197,7 +197,9 @@ def test_persons_are_encoded_once_and_reused_between_requests(server, shared_fac
 def test_without_the_token_requests_are_refused(tiny_pipe, shared_faces):
     app, _, url = _launch(tiny_pipe, auth="s3cret-token")
     try:
-        with pytest.raises(Exception):
+        from gradio_client.exceptions import AuthenticationError
+
+        with pytest.raises(AuthenticationError, match="credentials were not provided"):
             _api(url).predict(*_api_args(shared_faces), api_name="/generate")
         images, sidecar = _api(url, auth=("anyone", "s3cret-token")).predict(
             *_api_args(shared_faces), api_name="/generate"

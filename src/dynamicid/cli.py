@@ -19,47 +19,16 @@ from dynamicid.errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
-    ConfigError,
     DynamicIDError,
     os_errors_reported,
 )
-from dynamicid.options import Command, add_options, file_defaults
+from dynamicid.options import Command, add_command, parse_command_line
 
 PACKAGES = ("prep", "evaluation", "models", "generation", "serving", "testing", "training")
 
 
 def commands() -> list[Command]:
     return [command for package in PACKAGES for command in importlib.import_module(f"dynamicid.{package}.cli").COMMANDS]
-
-
-def _add_command(sub, command: Command, parsers: dict) -> None:
-    formatter = argparse.ArgumentDefaultsHelpFormatter if command.defaults_help and not command.config else None
-    p = sub.add_parser(
-        command.name,
-        help=command.summary,
-        description=command.description or command.summary,
-        **({"formatter_class": formatter} if formatter else {}),
-    )
-    if command.stages:
-        stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
-        for stage in command.stages:
-            _add_command(stages, stage, parsers)
-        return
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        default=None,
-        help='a TOML or JSON file setting any of these options by field name (detector = "insightface"); '
-        "the command line wins",
-    )
-    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more messages (-vv: debug)")
-    p.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS, help="only warnings and errors")
-    if command.extra:
-        command.extra(p)
-    if command.config:
-        add_options(p, command.config)
-    p.set_defaults(command=command)
-    parsers[command] = p
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[Command, argparse.ArgumentParser]]:
@@ -74,28 +43,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[Command, argparse.Argu
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND")
     parsers: dict[Command, argparse.ArgumentParser] = {}
     for command in commands():
-        _add_command(sub, command, parsers)
+        add_command(sub, command, parsers)
     return parser, parsers
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace | None:
-    """The options, with a --config file's values as defaults that the command line overrides (None: no command)."""
+    """The options, with a --config file's values under the command line's (None: no command given)."""
     parser, parsers = build_parser()
-    args = parser.parse_args(argv)
-    command = getattr(args, "command", None)
-    if command is None:
-        return parser.print_help()
-    if args.config and command.config:
-        parsers[command].set_defaults(**file_defaults(args.config, command.config))
-        args = parser.parse_args(argv)
-    missing = command.missing(args)
-    if missing:
-        raise ConfigError(
-            f"{command.name} needs {', '.join('--' + m.replace('_', '-') for m in missing)} (on the "
-            f"command line, or as {', '.join(missing)} in a --config file); see dynamicid "
-            f"{command.name} --help"
-        )
-    return args
+    args = parse_command_line(parser, parsers, argv)
+    return args if args is not None else parser.print_help()
 
 
 def _configure_logging(verbosity: int) -> None:

@@ -15,6 +15,7 @@ import json
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from dynamicid.errors import ConfigError
 
@@ -184,6 +185,10 @@ def file_defaults(path: str, config_class) -> dict:
     values outside a field's choices are errors that name the file, the field and what it accepts."""
     known = {leaf.name: leaf for leaf in leaves(config_class) if not leaf.meta("hidden")}
     values = read_config_file(path)
+    for key in [k for k in values if k.startswith("no_") and isinstance(values[k], bool)]:
+        flag = known.get(key[3:])  # `no-progress = true`, as the command line's --no-progress, means progress = false
+        if flag is not None and flag.kind is bool and flag.default is True:
+            values[key[3:]] = not values.pop(key)
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(
@@ -219,7 +224,6 @@ class Command:
     run: Callable[[argparse.Namespace], int] | None = None
     extra: Callable[[argparse.ArgumentParser], None] | None = None
     stages: tuple[Command, ...] = ()
-    defaults_help: bool = True  # show each option's default in --help
 
     def missing(self, args: argparse.Namespace) -> list[str]:
         """Required options that neither the command line nor the config file gave."""
@@ -232,3 +236,51 @@ class Command:
             and (leaf.default is REQUIRED or leaf.meta("required"))
             and getattr(args, leaf.name, None) in (None, [], "")
         ]
+
+
+def add_command(sub: Any, command: Command, parsers: dict[Command, argparse.ArgumentParser]) -> None:
+    """The command's parser (and its stages'), with --config, -v and -q; `parsers` maps each runnable command
+    to its parser, for `parse_command_line`."""
+    parser = sub.add_parser(command.name, help=command.summary, description=command.description or command.summary)
+    if command.stages:
+        stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+        for stage in command.stages:
+            add_command(stages, stage, parsers)
+        return
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help='a TOML or JSON file setting any of these options by name (detector = "insightface"); '
+        "the command line wins",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more messages")
+    parser.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS, help="warnings and errors only")
+    if command.extra:
+        command.extra(parser)
+    if command.config:
+        add_options(parser, command.config)
+    parser.set_defaults(command=command)
+    parsers[command] = parser
+
+
+def parse_command_line(
+    parser: argparse.ArgumentParser, parsers: dict[Command, argparse.ArgumentParser], argv: list[str] | None
+) -> argparse.Namespace | None:
+    """Parsed options; a --config file's values become the command's defaults, so the command line wins.
+    ConfigError when a required option is given by neither. None when no command was given."""
+    args = parser.parse_args(argv)
+    command = getattr(args, "command", None)
+    if command is None:
+        return None
+    if args.config and command.config:
+        parsers[command].set_defaults(**file_defaults(args.config, command.config))
+        args = parser.parse_args(argv)
+    missing = command.missing(args)
+    if missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        raise ConfigError(
+            f"{command.name} needs {flags} (on the command line, or as {', '.join(missing)} in a "
+            f"--config file); see dynamicid {command.name} --help"
+        )
+    return args

@@ -67,48 +67,52 @@ def histogram_svg(values: list[float], bins: int = 20, width: int = 420, height:
     return f'<svg width="{width}" height="{height}" role="img" aria-label="FaceSim histogram">{bars}{axis}</svg>'
 
 
+PERSON_ROWS = (
+    ("FaceSim", "face_sim"),
+    ("leak margin", "leak_margin"),
+    ("asked", "requested_face_prompt"),
+    ("measured", "measured_face_prompt"),
+    ("agreement", "prompt_agreement"),
+)
+
+
+def _person_html(person: dict) -> str:
+    """One person of a card: the reference and the matched face side by side, then the scores."""
+    rows = "".join(
+        f"<tr><th>{label}</th><td>{html.escape(_fmt(person.get(key)))}</td></tr>" for label, key in PERSON_ROWS
+    )
+    shown = ((person.get("reference_thumb"), "reference"), (person.get("face_thumb"), "matched face"))
+    faces = "".join(
+        f'<figure><img src="{html.escape(src)}" alt="{html.escape(alt)}" width="96">'
+        f"<figcaption>{alt}</figcaption></figure>"
+        for src, alt in shown
+        if src
+    )
+    if person.get("face_thumb") is None:
+        faces += '<figure><div class="missing">no face</div><figcaption>matched face</figcaption></figure>'
+    colour = "rgb({},{},{})".format(*(int(v) for v in person["colour"]))
+    return (
+        f'<div class="person" style="border-color:{colour}"><b>{html.escape(person["person"])}</b>'
+        f"<div>{faces}</div><table>{rows}</table></div>"
+    )
+
+
+def _card_html(card: dict) -> str:
+    clip = f"<p>CLIP-T {_fmt(card.get('clip_t'))}</p>" if card.get("clip_t") is not None else ""
+    return (
+        f'<div class="card"><img class="main" src="{html.escape(card["thumb"])}" alt="{html.escape(card["name"])}">'
+        f'<p class="name">{html.escape(card["name"])}</p><p>{html.escape(card.get("prompt") or "")}</p>{clip}'
+        f"{''.join(_person_html(person) for person in card['persons'])}</div>"
+    )
+
+
 def write_html(path: str, scores: pd.DataFrame, summary: dict, cards: list[dict]) -> None:
     stats = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
         for k, v in summary.items()
         if not isinstance(v, (dict, list))
     )
-    blocks = []
-    for card in cards:
-        persons = []
-        for person in card["persons"]:
-            rows = "".join(
-                f"<tr><th>{label}</th><td>{html.escape(_fmt(person.get(key)))}</td></tr>"
-                for label, key in (
-                    ("FaceSim", "face_sim"),
-                    ("leak margin", "leak_margin"),
-                    ("asked", "requested_face_prompt"),
-                    ("measured", "measured_face_prompt"),
-                    ("agreement", "prompt_agreement"),
-                )
-            )
-            faces = "".join(
-                f'<figure><img src="{html.escape(src)}" alt="{html.escape(alt)}" width="96">'
-                f"<figcaption>{alt}</figcaption></figure>"
-                for src, alt in (
-                    (person.get("reference_thumb"), "reference"),
-                    (person.get("face_thumb"), "matched face"),
-                )
-                if src
-            )
-            if person.get("face_thumb") is None:
-                faces += '<figure><div class="missing">no face</div><figcaption>matched face</figcaption></figure>'
-            colour = "rgb({},{},{})".format(*(int(v) for v in person["colour"]))
-            persons.append(
-                f'<div class="person" style="border-color:{colour}"><b>{html.escape(person["person"])}</b>'
-                f"<div>{faces}</div><table>{rows}</table></div>"
-            )
-        clip = f"<p>CLIP-T {_fmt(card.get('clip_t'))}</p>" if card.get("clip_t") is not None else ""
-        blocks.append(
-            f'<div class="card"><img class="main" src="{html.escape(card["thumb"])}" alt="{html.escape(card["name"])}">'
-            f'<p class="name">{html.escape(card["name"])}</p><p>{html.escape(card.get("prompt") or "")}</p>{clip}'
-            f"{''.join(persons)}</div>"
-        )
+    blocks = [_card_html(card) for card in cards]
     document = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>dynamicid eval report</title>
 <style>

@@ -170,6 +170,39 @@ def mirror_check(face: FaceAnalysis, width: int, mirrored: list[FaceAnalysis]) -
     return {"mirror_face_prompt": twin.face_prompt, "mirror_consistent": consistent}
 
 
+# A person's row before any face is matched: nothing measured, FaceSim 0.
+UNMATCHED = {
+    "face_sim": 0.0,
+    "leak_margin": None,
+    "measured_face_prompt": None,
+    "emotion_match": None,
+    "tilt_match": None,
+    "view_match": None,
+    "side_match": None,
+    "prompt_agreement": None,
+    "yaw": None,
+    "pitch": None,
+    "box": None,
+}
+
+
+def _matched_row(index: int, person, face, face_at: int, similarity: np.ndarray, decode_scale: float) -> dict:
+    """The measurements of the face matched to person `index`: FaceSim, the leak margin against the other
+    requested persons, the measured face prompt and its agreement with the requested one."""
+    others = [similarity[j, face_at] for j in range(similarity.shape[0]) if j != index]
+    row = {
+        "face_sim": float(similarity[index, face_at]),
+        "leak_margin": float(similarity[index, face_at] - max(others)) if others else None,
+        "measured_face_prompt": face.face_prompt,
+        "yaw": face.pose.yaw,
+        "pitch": face.pose.pitch,
+        "box": face.box.scaled(1.0 / decode_scale).as_list(),  # full-resolution pixels
+    }
+    if person.face_prompt:
+        row |= prompt_agreement(person.face_prompt, face.face_prompt)
+    return row
+
+
 def score_image(item: EvalItem, analyses: ImageAnalyses, bank: ReferenceBank, mirror: bool = False) -> ImageScore:
     """One row per requested person; with `mirror`, each matched face's face prompt is also checked against
     the mirror image's (`mirror_check`)."""
@@ -177,15 +210,8 @@ def score_image(item: EvalItem, analyses: ImageAnalyses, bank: ReferenceBank, mi
     references = np.stack([bank.person(p) for p in item.persons])  # (persons, D), unit rows
     face_units = np.stack([unit(f.embedding) for f in faces]) if faces else np.zeros((0, references.shape[1]))
     similarity = references @ face_units.T  # (persons, faces) cosines
-    face_boxes = [
-        (
-            f.box.x0 / image.rgb.shape[1],
-            f.box.y0 / image.rgb.shape[0],
-            f.box.x1 / image.rgb.shape[1],
-            f.box.y1 / image.rgb.shape[0],
-        )
-        for f in faces
-    ]
+    height, width = image.rgb.shape[:2]
+    face_boxes = [(f.box.x0 / width, f.box.y0 / height, f.box.x1 / width, f.box.y1 / height) for f in faces]
     matches, how = match_faces(similarity, [p.box for p in item.persons], face_boxes)
     rows = []
     for index, person in enumerate(item.persons):
@@ -200,36 +226,13 @@ def score_image(item: EvalItem, analyses: ImageAnalyses, bank: ReferenceBank, mi
             "face_index": matches.get(index),
             "matched_by": how.get(index),
             "requested_box": list(person.box) if person.box else None,
-            "face_sim": 0.0,
-            "leak_margin": None,
             "requested_face_prompt": person.face_prompt,
-            "measured_face_prompt": None,
-            "emotion_match": None,
-            "tilt_match": None,
-            "view_match": None,
-            "side_match": None,
-            "prompt_agreement": None,
-            "yaw": None,
-            "pitch": None,
-            "box": None,
-        }
+        } | UNMATCHED
         if index in matches:
-            face_at = matches[index]
-            face = faces[face_at]
-            row["face_sim"] = float(similarity[index, face_at])
-            others = [similarity[j, face_at] for j in range(len(item.persons)) if j != index]
-            if others:
-                row["leak_margin"] = float(similarity[index, face_at] - max(others))
-            row |= {
-                "measured_face_prompt": face.face_prompt,
-                "yaw": face.pose.yaw,
-                "pitch": face.pose.pitch,
-                "box": face.box.scaled(1.0 / image.decode_scale).as_list(),  # full-resolution pixels
-            }
-            if person.face_prompt:
-                row |= prompt_agreement(person.face_prompt, face.face_prompt)
+            face = faces[matches[index]]
+            row |= _matched_row(index, person, face, matches[index], similarity, image.decode_scale)
             if mirror:
-                row |= mirror_check(face, image.rgb.shape[1], analyses.mirrored(item.image))
+                row |= mirror_check(face, width, analyses.mirrored(item.image))
         rows.append(row)
     minimum = min((r["face_sim"] for r in rows), default=None)
     for row in rows:

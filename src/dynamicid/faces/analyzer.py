@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from dynamicid.faces import alignment, emotion, expression, face_prompt, pose
-from dynamicid.faces.backends import BackendError, available, create
+from dynamicid.faces.backends import BackendError, Resources, available, create
 from dynamicid.faces.types import FaceAnalysis, FaceBox
 from dynamicid.options import option
 
@@ -81,14 +81,22 @@ class _Clock:
 class FaceAnalyzer:
     """Builds its backends once (they load their models in their constructors)."""
 
-    def __init__(self, config: FaceAnalysisConfig | None = None, with_embedder: bool = True):
+    def __init__(
+        self, config: FaceAnalysisConfig | None = None, with_embedder: bool = True, resources: Resources | None = None
+    ):
+        """`resources`: the GPU and threads the caller was given (prep's Spark task), passed to the backends."""
         self.config = config or FaceAnalysisConfig()
         c = self.config
         self.detector = create(
-            "detector", c.detector, c.detector_model, detect_side=c.detect_side, min_score=c.min_detection_score
+            "detector",
+            c.detector,
+            c.detector_model,
+            resources,
+            detect_side=c.detect_side,
+            min_score=c.min_detection_score,
         )
-        self.landmark_model = create("landmarks", c.landmarks, c.landmarks_model)
-        self.embedder = create("embedder", c.embedder, c.embedder_model) if with_embedder else None
+        self.landmark_model = create("landmarks", c.landmarks, c.landmarks_model, resources)
+        self.embedder = create("embedder", c.embedder, c.embedder_model, resources) if with_embedder else None
         self._check_five_points()
         if c.expression not in EXPRESSION_SOURCES:
             raise BackendError(f"expression must be one of {', '.join(EXPRESSION_SOURCES)}, not {c.expression!r}")

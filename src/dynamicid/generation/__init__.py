@@ -7,7 +7,7 @@ from dynamicid.generation.request import MAX_OUTPUT_PIXELS, GenerationError, Per
 __all__ = ["DynamicIDPipeline", "GenerationError", "MAX_OUTPUT_PIXELS", "Person", "automatic_boxes", "check_request"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name == "DynamicIDPipeline":
         from dynamicid.generation.pipeline import DynamicIDPipeline
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dynamicid.generation.config import DownloadConfig, GenerateConfig
 from dynamicid.options import Command, config_from
 
 
-def _device_and_dtype(config: GenerateConfig):
+def _device_and_dtype(config: GenerateConfig) -> Any:
     import torch
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -14,9 +16,10 @@ def _device_and_dtype(config: GenerateConfig):
     return device, getattr(torch, dtype)
 
 
-def run_generate(args) -> int:
-    from dynamicid.generation import DynamicIDPipeline, check_request
+def run_generate(args: Any) -> int:
     from dynamicid.generation.outputs import save_generation
+    from dynamicid.generation.pipeline import DynamicIDPipeline
+    from dynamicid.generation.request import check_request
 
     config = config_from(args, GenerateConfig)
     persons = config.persons()
@@ -62,7 +65,7 @@ def run_generate(args) -> int:
     return 0
 
 
-def run_download(args) -> int:
+def run_download(args: Any) -> int:
     from dynamicid.hub import BUFFALO_L_URL, download_defaults
 
     config = config_from(args, DownloadConfig)

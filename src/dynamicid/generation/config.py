@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from dynamicid.errors import ConfigError
 from dynamicid.faces.analyzer import FaceAnalysisConfig
@@ -12,7 +13,7 @@ from dynamicid.options import option
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def _default_of(part: str, what: str):
+def _default_of(part: str, what: str) -> Any:
     def text() -> str:
         from dynamicid.hub import DEFAULTS
 
@@ -118,13 +119,16 @@ def _nth(values: tuple[str, ...], index: int) -> str | None:
     return None if value in (None, "", "-") else value
 
 
-def _box(text: str | None) -> tuple[float, ...] | None:
+def _box(text: str | None) -> tuple[float, float, float, float] | None:
     if text is None:
         return None
     try:
-        return tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
+        values = [float(v) for v in text.replace(" ", ",").split(",") if v]
     except ValueError:
-        raise ConfigError(f"box {text!r} must be four numbers x0,y0,x1,y1 (fractions of the image)") from None
+        values = []
+    if len(values) != 4:
+        raise ConfigError(f"box {text!r} must be four numbers x0,y0,x1,y1 (fractions of the image)")
+    return values[0], values[1], values[2], values[3]
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ authors' hand-made pair was [.1, .1, .4, .5] and [.6, .1, .9, .5] (same columns,
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from dynamicid.errors import ConfigError
 
@@ -23,7 +24,7 @@ class LayoutError(ConfigError):
     pass
 
 
-def check_boxes(boxes: list | None, persons: int) -> list[tuple[float, float, float, float]] | None:
+def check_boxes(boxes: list[Any] | None, persons: int) -> list[tuple[float, float, float, float]] | None:
     if boxes is None or len(boxes) == 0:
         return None
     if len(boxes) > persons:
@@ -54,6 +55,7 @@ def automatic_boxes(persons: int, width: int, height: int) -> list[tuple[float, 
         squareness = abs(math.log(cell_w / cell_h))
         if best is None or squareness <= best[0] + 1e-9:  # ties go to more columns: side by side
             best = (squareness, columns, rows)
+    assert best is not None  # count >= 1 gives at least one grid
     _, columns, rows = best
     cell_w, cell_h = width / columns, height / rows
     side = 0.6 * min(cell_w, cell_h)
@@ -67,7 +69,11 @@ def automatic_boxes(persons: int, width: int, height: int) -> list[tuple[float, 
         boxes.append(
             ((cx - side / 2) / width, (cy - side / 2) / height, (cx + side / 2) / width, (cy + side / 2) / height)
         )
-    return [tuple(min(1.0, max(0.0, v)) for v in box) for box in boxes]
+    return [(_unit(box[0]), _unit(box[1]), _unit(box[2]), _unit(box[3])) for box in boxes]
+
+
+def _unit(value: float) -> float:
+    return min(1.0, max(0.0, value))
 
 
 def to_saa(boxes: list[tuple[float, float, float, float]]) -> list[list[float]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict
+from typing import Any
 
 import torch
 
@@ -16,7 +17,7 @@ from dynamicid.models.checkpoints import load_weights
 from dynamicid.models.saa import processor_layout
 
 
-def _model_index(reference: str) -> dict | None:
+def _model_index(reference: str) -> dict[str, Any] | None:
     """The model_index.json of a folder or repo, or None when it has none (without downloading the repo)."""
     if os.path.isdir(reference):
         path = os.path.join(reference, "model_index.json")
@@ -36,7 +37,7 @@ def _model_index(reference: str) -> dict | None:
 
 
 def is_saved_pipeline(reference: str | None) -> bool:
-    return bool(reference) and (_model_index(reference) or {}).get("_class_name") == "DynamicIDPipeline"
+    return bool(reference) and (_model_index(str(reference)) or {}).get("_class_name") == "DynamicIDPipeline"
 
 
 def local_pipeline(reference: str) -> str:
@@ -52,7 +53,7 @@ def default_face_config(weights_reference: str | None) -> FaceAnalysisConfig:
     return FaceAnalysisConfig(detector="insightface", detector_model=pack, embedder="insightface", embedder_model=pack)
 
 
-def _variant(device, dtype) -> str | None:
+def _variant(device: Any, dtype: Any) -> str | None:
     return "fp16" if dtype == torch.float16 and str(device or "").startswith("cuda") else None
 
 
@@ -60,7 +61,9 @@ def _default(reference: str | None, part: str) -> str:
     return reference or hub.DEFAULTS[part].reference
 
 
-def from_parts(cls, base, weights, clip_image_encoder, face_config, device, dtype):
+def from_parts(
+    cls: Any, base: Any, weights: Any, clip_image_encoder: Any, face_config: Any, device: Any, dtype: Any
+) -> Any:
     from diffusers import DDIMScheduler
 
     variant = _variant(device, dtype)
@@ -74,18 +77,26 @@ def from_parts(cls, base, weights, clip_image_encoder, face_config, device, dtyp
         tokenizer=parts.tokenizer,
         unet=parts.unet,
         scheduler=DDIMScheduler.from_config(parts.scheduler_config),
-        image_encoder=image_encoder,
-        feature_extractor=feature_extractor,
-        face_encoder=loaded.face_encoder,
-        saa=loaded.attention,
-        imr=loaded.imr,
-        keypoint_encoder=loaded.keypoint_encoder,
-        face_analysis=asdict(face_config),
+        **_dynamicid_parts(loaded, image_encoder, feature_extractor, face_config),
     )
     return _ready(pipe, device, dtype)
 
 
-def onto_pipe(cls, pipeline, weights, clip_image_encoder, face_config, **kwargs):
+def _dynamicid_parts(loaded: Any, image_encoder: Any, feature_extractor: Any, face_config: Any) -> dict[str, Any]:
+    """The pipeline's own parts beside the base model's: the CLIP image encoder, the DynamicID weights and
+    the face analysis they were trained with."""
+    return {
+        "image_encoder": image_encoder,
+        "feature_extractor": feature_extractor,
+        "face_encoder": loaded.face_encoder,
+        "saa": loaded.attention,
+        "imr": loaded.imr,
+        "keypoint_encoder": loaded.keypoint_encoder,
+        "face_analysis": asdict(face_config),
+    }
+
+
+def onto_pipe(cls: Any, pipeline: Any, weights: Any, clip_image_encoder: Any, face_config: Any, **kwargs: Any) -> Any:
     """The pipeline's base parts, shared, plus the DynamicID parts loaded for its UNet."""
     image_encoder, feature_extractor = load_clip_image_encoder(_default(clip_image_encoder, "clip_image_encoder"))
     loaded = load_weights(_default(weights, "weights"), processor_layout(pipeline.unet))
@@ -97,18 +108,12 @@ def onto_pipe(cls, pipeline, weights, clip_image_encoder, face_config, **kwargs)
         tokenizer=parts["tokenizer"],
         unet=parts["unet"],
         scheduler=kwargs.get("scheduler", parts["scheduler"]),
-        image_encoder=image_encoder,
-        feature_extractor=feature_extractor,
-        face_encoder=loaded.face_encoder,
-        saa=loaded.attention,
-        imr=loaded.imr,
-        keypoint_encoder=loaded.keypoint_encoder,
-        face_analysis=asdict(face_config),
+        **_dynamicid_parts(loaded, image_encoder, feature_extractor, face_config),
     )
     return _ready(pipe, pipeline.device, pipeline.unet.dtype)
 
 
-def _ready(pipe, device, dtype):
+def _ready(pipe: Any, device: Any, dtype: Any) -> Any:
     """Inference mode for every part, then the device and dtype asked for."""
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):

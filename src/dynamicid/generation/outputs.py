@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -16,17 +17,19 @@ def gate_map_image(gate: np.ndarray, size: tuple[int, int]) -> Image.Image:
     peak = float(gate.max()) or 1.0
     level = np.clip(gate / peak, 0, 1)
     rgb = np.stack([np.clip(level * 3, 0, 1), np.clip(level * 3 - 1, 0, 1), np.clip(level * 3 - 2, 0, 1)], axis=-1)
-    return Image.fromarray((rgb * 255).astype(np.uint8)).resize(size, Image.NEAREST)
+    return Image.fromarray((rgb * 255).astype(np.uint8)).resize(size, Image.Resampling.NEAREST)
 
 
 @dataclass
 class SavedGeneration:
     files: list[str]  # everything written: PNGs, sidecars, gate maps
     images: list[str]
-    sidecars: list[dict]  # as written beside each image (`generation.sidecar`)
+    sidecars: list[dict[str, Any]]  # as written beside each image (`generation.sidecar`)
 
 
-def save_generation(result, persons, folder: str, stem: str, extra: dict | None = None) -> SavedGeneration:
+def save_generation(
+    result: Any, persons: Any, folder: str, stem: str, extra: dict[str, Any] | None = None
+) -> SavedGeneration:
     """Writes STEM_k.png with its sidecar STEM_k.json, and with gate maps gates/STEM_k.png."""
     os.makedirs(folder, exist_ok=True)
     saved = SavedGeneration([], [], [])

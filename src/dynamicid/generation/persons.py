@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ class EncodedPerson:
     face_box: list[float]
 
 
-def load_rgb(source, what: str) -> np.ndarray:
+def load_rgb(source: Any, what: str) -> np.ndarray:
     if isinstance(source, np.ndarray):
         return source
     try:
@@ -33,7 +34,7 @@ def load_rgb(source, what: str) -> np.ndarray:
         raise GenerationError(f"{what} {source}: {rejection.reason}: {rejection.message}") from None
 
 
-def target_map(source) -> np.ndarray:
+def target_map(source: Any) -> np.ndarray:
     """A 96x96 landmark map from an array, a 96x96 image or prep's 608x512 NAME.png."""
     if isinstance(source, np.ndarray):
         array = source

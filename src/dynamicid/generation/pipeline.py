@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils import BaseOutput
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils.outputs import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer, landmark_image
@@ -54,7 +54,7 @@ class DynamicIDPipelineOutput(BaseOutput):
     images: Any
     gate_maps: np.ndarray | None = None
     persons: list[EncodedPerson] | None = None
-    metadata: dict | None = None
+    metadata: dict[str, Any] | None = None
 
 
 # Kept for code that imported the old name.
@@ -76,25 +76,25 @@ class DynamicIDPipeline(DiffusionPipeline):
             embedder must be the one the face encoder was trained with.
     """
 
-    model_cpu_offload_seq = "text_encoder->image_encoder->face_encoder->keypoint_encoder->imr->unet->vae"
+    model_cpu_offload_seq = "text_encoder->image_encoder->face_encoder->keypoint_encoder->imr->unet->vae"  # type: ignore[assignment]
     _optional_components = ["imr", "keypoint_encoder"]
     _exclude_from_cpu_offload = ["saa"]  # its processors live inside the UNet and move with it
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
         self,
-        vae,
-        text_encoder,
-        tokenizer,
-        unet,
-        scheduler,
-        image_encoder,
-        feature_extractor,
-        face_encoder,
-        saa,
-        imr=None,
-        keypoint_encoder=None,
-        face_analysis: dict | None = None,
+        vae: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+        unet: Any,
+        scheduler: Any,
+        image_encoder: Any,
+        feature_extractor: Any,
+        face_encoder: Any,
+        saa: Any,
+        imr: Any = None,
+        keypoint_encoder: Any = None,
+        face_analysis: dict[str, Any] | None = None,
     ):
         super().__init__()
         if face_encoder is None or saa is None:
@@ -133,14 +133,14 @@ class DynamicIDPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(
         cls,
-        pretrained_model_name_or_path=None,
-        weights=None,
-        clip_image_encoder=None,
+        pretrained_model_name_or_path: Any = None,
+        weights: Any = None,
+        clip_image_encoder: Any = None,
         face_config: FaceAnalysisConfig | None = None,
-        device=None,
-        dtype=None,
-        **kwargs,
-    ):
+        device: Any = None,
+        dtype: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         """A saved DynamicIDPipeline (a folder or repo with its model_index.json), or one built from parts:
         `pretrained_model_name_or_path` an SD1.5-layout base, `weights` ours or the authors', and
         `clip_image_encoder`. Each is a folder or a Hugging Face repo id; left out, the defaults of
@@ -156,8 +156,13 @@ class DynamicIDPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pipe(
-        cls, pipeline, weights=None, clip_image_encoder=None, face_config: FaceAnalysisConfig | None = None, **kwargs
-    ):
+        cls,
+        pipeline: Any,
+        weights: Any = None,
+        clip_image_encoder: Any = None,
+        face_config: FaceAnalysisConfig | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """DynamicID on an existing pipeline's parts (a `StableDiffusionPipeline` of any SD1.5 fine-tune): its
         vae, text encoder, tokenizer, UNet and scheduler are shared, not copied; our processors go on its UNet."""
         from dynamicid.generation import loading
@@ -166,7 +171,7 @@ class DynamicIDPipeline(DiffusionPipeline):
             return super().from_pipe(pipeline, **kwargs)
         return loading.onto_pipe(cls, pipeline, weights, clip_image_encoder, face_config, **kwargs)
 
-    def save_pretrained(self, save_directory, **kwargs):
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> None:  # type: ignore[override]  # passes all on
         """Saves every part; the UNet is saved without our processors (they are saved as `saa`)."""
         remove_processors(self.unet, self._base_processors)
         try:
@@ -182,7 +187,8 @@ class DynamicIDPipeline(DiffusionPipeline):
     def face_analyzer(self) -> FaceAnalyzer:
         """The face analysis of reference photos, built on first use from the `face_analysis` config."""
         if self._face_analyzer is None:
-            self._face_analyzer = FaceAnalyzer(FaceAnalysisConfig(**(self.config.face_analysis or {})))
+            options = dict(self.config).get("face_analysis") or {}
+            self._face_analyzer = FaceAnalyzer(FaceAnalysisConfig(**options))
         return self._face_analyzer
 
     @face_analyzer.setter
@@ -198,7 +204,7 @@ class DynamicIDPipeline(DiffusionPipeline):
     def encode_prompt(
         self,
         prompt: list[str],
-        device,
+        device: Any,
         num_images_per_prompt: int,
         do_classifier_free_guidance: bool,
         negative_prompt: str | list[str] | None = None,
@@ -229,13 +235,14 @@ class DynamicIDPipeline(DiffusionPipeline):
             self.image_encoder, self.feature_extractor, [rgb], self._execution_device, self.image_encoder.dtype
         )
 
-    def analyse_reference(self, person: Person, index: int):
+    def analyse_reference(self, person: Person, index: int) -> Any:
         rgb = load_rgb(person.reference, f"reference photo of person {index}")
         faces = self.face_analyzer.analyze(rgb, max_faces=1)
         if not faces:
             where = person.reference if isinstance(person.reference, str) else f"person {index}"
             raise GenerationError(f"reference photo {where}: no face was detected; use a photo with one clear face")
         embedder = self.face_analyzer.embedder
+        assert embedder is not None  # the pipeline's analyzer is built with its embedder
         if embedder.dim != self.face_encoder.config.id_dim:
             raise CheckpointError(
                 f"the face encoder takes {self.face_encoder.config.id_dim}-d identity embeddings but the embedder "
@@ -244,7 +251,7 @@ class DynamicIDPipeline(DiffusionPipeline):
             )
         return rgb, faces[0]
 
-    def encode_person(self, person: Person, rgb: np.ndarray, face) -> EncodedPerson:
+    def encode_person(self, person: Person, rgb: np.ndarray, face: Any) -> EncodedPerson:
         """The person's ID tokens: face encoder on (embedding, CLIP features), then IMR when a face prompt or
         target landmarks ask for an edit."""
         device, dtype = self._execution_device, self.face_encoder.dtype
@@ -274,17 +281,17 @@ class DynamicIDPipeline(DiffusionPipeline):
     # -- the call's steps ----------------------------------------------------------------------------
     def check_inputs(
         self,
-        prompt,
-        persons,
-        person_embeds,
-        height,
-        width,
-        steps,
-        guidance,
-        images,
-        max_output_pixels,
-        callback_on_step_end_tensor_inputs,
-    ):
+        prompt: Any,
+        persons: Any,
+        person_embeds: Any,
+        height: Any,
+        width: Any,
+        steps: Any,
+        guidance: Any,
+        images: Any,
+        max_output_pixels: Any,
+        callback_on_step_end_tensor_inputs: Any,
+    ) -> Any:
         """The request (`check_request`) plus this model's size rule and the callback's tensor names. Returns
         the prompts as a list and the persons' boxes."""
         if prompt is not None and not isinstance(prompt, (str, list)):
@@ -313,7 +320,9 @@ class DynamicIDPipeline(DiffusionPipeline):
         )
         return ([prompt] if isinstance(prompt, str) else list(prompt or [])), persons, boxes
 
-    def prepare_latents(self, batch: int, height: int, width: int, dtype, device, generator, latents=None):
+    def prepare_latents(
+        self, batch: int, height: int, width: int, dtype: Any, device: Any, generator: Any, latents: Any = None
+    ) -> Any:
         shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
@@ -321,12 +330,12 @@ class DynamicIDPipeline(DiffusionPipeline):
             raise GenerationError(f"latents have shape {tuple(latents.shape)}, this call needs {shape}")
         return latents.to(device, dtype) * self.scheduler.init_noise_sigma
 
-    def prepare_extra_step_kwargs(self, generator, eta: float) -> dict:
+    def prepare_extra_step_kwargs(self, generator: Any, eta: float) -> dict[str, Any]:
         """`eta` and `generator` for schedulers whose step takes them (DDIM does; Euler and DPM-Solver differ)."""
         accepted = set(inspect.signature(self.scheduler.step).parameters)
         return {key: value for key, value in (("eta", eta), ("generator", generator)) if key in accepted}
 
-    def identity_context(self, encoded: list[EncodedPerson], prompt_embeds, negative_prompt_embeds):
+    def identity_context(self, encoded: list[EncodedPerson], prompt_embeds: Any, negative_prompt_embeds: Any) -> Any:
         """[text, every person's ID tokens] per image, unconditional first under guidance."""
         batch = len(prompt_embeds)
         id_tokens = torch.cat([e.tokens for e in encoded])[None].to(prompt_embeds.dtype)
@@ -364,10 +373,10 @@ class DynamicIDPipeline(DiffusionPipeline):
         return_gate_maps: bool = False,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable | None = None,
+        callback_on_step_end: Callable[..., Any] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         max_output_pixels: int | None = None,
-    ):
+    ) -> Any:
         r"""
         Generate images of the given persons.
 
@@ -419,24 +428,14 @@ class DynamicIDPipeline(DiffusionPipeline):
         if generator is None and seed is not None:
             generator = torch.Generator(device=device).manual_seed(seed)
         encoded = person_embeds if person_embeds is not None else self.encode_persons(persons)
-        layout_default = boxes is not None
-        infer_scale = (2.0 if layout_default else 0.0) if infer_scale is None else infer_scale
-        infer_end = (12 if layout_default else 0) if infer_end is None else infer_end
         guided = guidance_scale > 1.0
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompts, device, num_images_per_prompt, guided, negative_prompt, prompt_embeds, negative_prompt_embeds
         )
         count = len(prompt_embeds)
         latents = self.prepare_latents(count, height, width, prompt_embeds.dtype, device, generator, latents)
-        settings = SAASettings(
-            num_persons=len(encoded),
-            id_scale=id_scale,
-            lora_scale=lora_scale,
-            gate=gate,
-            boxes=torch.tensor(to_saa(boxes), dtype=torch.float64, device=device) if boxes else None,
-            infer_scale=infer_scale,
-            infer_end=infer_end,
-            latent_size=tuple(latents.shape[-2:]),
+        settings = self.prepare_settings(
+            len(encoded), boxes, latents, id_scale, lora_scale, gate, infer_scale, infer_end
         )
         latents, gate_sum = self._denoise(
             latents,
@@ -472,21 +471,46 @@ class DynamicIDPipeline(DiffusionPipeline):
             return images, gate_maps, encoded
         return DynamicIDPipelineOutput(images=images, gate_maps=gate_maps, persons=encoded, metadata=metadata)
 
+    def prepare_settings(
+        self,
+        num_persons: int,
+        boxes: list[tuple[float, float, float, float]] | None,
+        latents: torch.Tensor,
+        id_scale: float,
+        lora_scale: float,
+        gate: bool,
+        infer_scale: float | None,
+        infer_end: int | None,
+    ) -> SAASettings:
+        """SAA's settings for one call. With boxes (given, or placed for several persons) the layout boost
+        defaults to the authors' infer_scale 2 for the first 12 steps; without, to none."""
+        laid_out = boxes is not None
+        return SAASettings(
+            num_persons=num_persons,
+            id_scale=id_scale,
+            lora_scale=lora_scale,
+            gate=gate,
+            boxes=torch.tensor(to_saa(boxes), dtype=torch.float64, device=latents.device) if boxes else None,
+            infer_scale=(2.0 if laid_out else 0.0) if infer_scale is None else infer_scale,
+            infer_end=(12 if laid_out else 0) if infer_end is None else infer_end,
+            latent_size=(int(latents.shape[-2]), int(latents.shape[-1])),
+        )
+
     def _denoise(
         self,
-        latents,
-        settings,
-        encoded,
-        prompt_embeds,
-        negative_prompt_embeds,
-        guidance_scale,
-        steps,
-        generator,
-        eta,
-        return_gate_maps,
-        callback,
-        callback_inputs,
-    ):
+        latents: Any,
+        settings: Any,
+        encoded: Any,
+        prompt_embeds: Any,
+        negative_prompt_embeds: Any,
+        guidance_scale: Any,
+        steps: Any,
+        generator: Any,
+        eta: Any,
+        return_gate_maps: Any,
+        callback: Any,
+        callback_inputs: Any,
+    ) -> Any:
         guided = negative_prompt_embeds is not None
         context = self.identity_context(encoded, prompt_embeds, negative_prompt_embeds)
         self.scheduler.set_timesteps(steps, device=latents.device)
@@ -514,7 +538,7 @@ class DynamicIDPipeline(DiffusionPipeline):
                     noise_uncond, noise_text = noise.chunk(2)
                     noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
                 latents = self.scheduler.step(noise, timestep, latents, **extra, return_dict=False)[0]
-                if return_gate_maps:
+                if gate_sum is not None:
                     gate_sum += _mean_gate(settings.gate_maps, count, tuple(latents.shape[-2:]))
                 if callback is not None:
                     named = {
@@ -531,7 +555,7 @@ class DynamicIDPipeline(DiffusionPipeline):
                 bar.update()
         return latents, gate_sum
 
-    def _decode(self, latents, output_type: str, generator):
+    def _decode(self, latents: Any, output_type: str, generator: Any) -> Any:
         if output_type == "latent":
             return latents
         image = self.vae.decode(
@@ -540,8 +564,19 @@ class DynamicIDPipeline(DiffusionPipeline):
         return self.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * len(image))
 
     def _metadata(
-        self, prompts, negative_prompt, steps, guidance, height, width, seed, settings, boxes, persons, encoded
-    ) -> dict:
+        self,
+        prompts: Any,
+        negative_prompt: Any,
+        steps: Any,
+        guidance: Any,
+        height: Any,
+        width: Any,
+        seed: Any,
+        settings: Any,
+        boxes: Any,
+        persons: Any,
+        encoded: Any,
+    ) -> dict[str, Any]:
         return {
             "prompt": prompts[0] if len(prompts) == 1 else prompts,
             "negative_prompt": negative_prompt,
@@ -559,11 +594,11 @@ class DynamicIDPipeline(DiffusionPipeline):
             "boxes_automatic": bool(boxes) and all(p.box is None for p in persons),
             "source_face_prompts": [e.source_face_prompt for e in encoded],
             "edited": [e.edited for e in encoded],
-            "embedder": self.face_analyzer.embedder.model_id,
+            "embedder": getattr(self.face_analyzer.embedder, "model_id", None),
         }
 
 
-def _mean_gate(maps: list[dict], count: int, size: tuple[int, int]) -> torch.Tensor:
+def _mean_gate(maps: list[dict[str, Any]], count: int, size: tuple[int, int]) -> torch.Tensor:
     """The conditional half's gates of one step, each layer resized to the latent grid, averaged."""
     resized = [F.interpolate(m["gate"][-count:, None], size=size, mode="nearest")[:, 0] for m in maps]
     return torch.stack(resized).mean(0)

@@ -4,6 +4,7 @@ and the web app check a request here before the long model load."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,7 @@ def check_request(
     guidance: float,
     images: int = 1,
     max_output_pixels: int = MAX_OUTPUT_PIXELS,
-):
+) -> Any:
     """Everything about a request that can be known without a model, so a bad request fails before the
     long model load. Returns the persons' boxes: theirs, checked, or automatic ones for several persons."""
     if not isinstance(images, int) or images < 1:

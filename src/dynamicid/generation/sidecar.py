@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from dynamicid.errors import InputError
 
@@ -23,7 +24,7 @@ def sidecar_path(image_path: str) -> str:
     return os.path.splitext(image_path)[0] + ".json"
 
 
-def person_entry(person, index: int, box) -> dict:
+def person_entry(person: Any, index: int, box: Any) -> dict[str, Any]:
     """One person of a call (a `generation.Person`) as the sidecar records it."""
     return {
         "name": person.name or f"person{index}",
@@ -34,7 +35,7 @@ def person_entry(person, index: int, box) -> dict:
     }
 
 
-def build(settings: dict, persons: list, boxes: list, image_index: int) -> dict:
+def build(settings: dict[str, Any], persons: list[Any], boxes: list[Any], image_index: int) -> dict[str, Any]:
     """The sidecar of one image: the call's settings, the image's index and its persons."""
     return dict(settings) | {
         "image_index": image_index,
@@ -42,7 +43,7 @@ def build(settings: dict, persons: list, boxes: list, image_index: int) -> dict:
     }
 
 
-def write(path: str, sidecar: dict) -> None:
+def write(path: str, sidecar: dict[str, Any]) -> None:
     """Whole or not at all: a reader never meets half a sidecar."""
     partial = path + ".part"
     with open(partial, "w", encoding="utf-8") as handle:
@@ -50,7 +51,7 @@ def write(path: str, sidecar: dict) -> None:
     os.replace(partial, path)
 
 
-def read(path: str) -> dict:
+def read(path: str) -> dict[str, Any]:
     """A sidecar's object; InputError naming the file when it is missing, not JSON, or not an object."""
     try:
         with open(path, encoding="utf-8") as handle:

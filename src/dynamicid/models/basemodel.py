@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from dynamicid.hub import base_model_patterns, local_or_resolved
 from dynamicid.models.checkpoints import CheckpointError
@@ -25,7 +26,14 @@ class BaseModel:
     vae: object
     text_encoder: object
     tokenizer: object
-    scheduler_config: dict
+    scheduler_config: dict[str, Any]
+
+
+def _resolved(reference: str | None, what: str, patterns: tuple[str, ...] | None = None) -> str:
+    folder = local_or_resolved(reference, what, patterns)
+    if not folder:
+        raise CheckpointError(f"no {what} given: set it to a folder or a Hugging Face repo id")
+    return folder
 
 
 def load_base_model(folder: str, variant: str | None = None) -> BaseModel:
@@ -33,7 +41,7 @@ def load_base_model(folder: str, variant: str | None = None) -> BaseModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    folder = local_or_resolved(folder, "base model", base_model_patterns(variant))
+    folder = _resolved(folder, "base model", base_model_patterns(variant))
     check_folder(folder, BASE_MODEL_PARTS, "base model")
     from diffusers import DDIMScheduler
 
@@ -48,11 +56,11 @@ def load_base_model(folder: str, variant: str | None = None) -> BaseModel:
     )
 
 
-def load_clip_image_encoder(folder: str):
+def load_clip_image_encoder(folder: str) -> tuple[Any, Any]:
     """(CLIPVisionModelWithProjection, CLIPImageProcessor); the default processor when the folder has none."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    folder = local_or_resolved(folder, "CLIP image encoder")
+    folder = _resolved(folder, "CLIP image encoder")
     check_folder(folder, ("config.json",), "CLIP image encoder")
     model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True)
     if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
@@ -62,7 +70,7 @@ def load_clip_image_encoder(folder: str):
     return model, processor
 
 
-def encode_text(tokenizer, text_encoder, texts: list[str], device):
+def encode_text(tokenizer: Any, text_encoder: Any, texts: list[str], device: Any) -> tuple[Any, Any]:
     """(last hidden states (B, 77, D), pooled (B, D)), as diffusers' SD pipeline encodes prompts."""
     tokens = tokenizer(
         texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
@@ -71,7 +79,7 @@ def encode_text(tokenizer, text_encoder, texts: list[str], device):
     return out[0], out[1]
 
 
-def clip_hidden_states(image_encoder, image_processor, images, device, dtype):
+def clip_hidden_states(image_encoder: Any, image_processor: Any, images: list[Any], device: Any, dtype: Any) -> Any:
     """CLIP penultimate hidden states; None for an image gives those of an all-zero pixel tensor."""
     import torch
 
@@ -84,7 +92,7 @@ def clip_hidden_states(image_encoder, image_processor, images, device, dtype):
         if im is None:
             stacked.append(blank)
         else:
-            stacked.append(pixels[cursor])
+            stacked.append(pixels[cursor])  # type: ignore[index]  # set whenever an image is not None
             cursor += 1
     out = image_encoder(torch.stack(stacked).to(device, dtype), output_hidden_states=True)
     return out.hidden_states[-2]

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -23,7 +25,7 @@ from torch import nn
 from dynamicid.errors import ConfigError, ModelError, first_line
 from dynamicid.models.face_encoder import FaceEncoder
 from dynamicid.models.imr import IMR, KeyPointEncoder
-from dynamicid.models.saa import DynamicIDAttention, processor_layout
+from dynamicid.models.saa import DynamicIDAttention, Layout, processor_layout
 
 AUTHORS_FILES = {"saa": "SAA.bin", "imr": "IMR.bin", "keypoint": "key_point_encoder.bin"}
 OUR_FILES = {
@@ -48,16 +50,19 @@ SD15_UNET_CONFIG = {
 }
 
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
 class CheckpointError(ModelError, ValueError):
     pass
 
 
-def public_config(module) -> dict:
+def public_config(module: Any) -> dict[str, Any]:
     """A ConfigMixin module's own settings, without diffusers' bookkeeping keys (those starting with _)."""
     return {key: value for key, value in dict(module.config).items() if not key.startswith("_")}
 
 
-def check_state_dict(module: nn.Module, state: dict, what: str) -> None:
+def check_state_dict(module: nn.Module, state: dict[str, Any], what: str) -> None:
     """Raise a CheckpointError that names missing, unexpected and wrongly shaped keys."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -76,13 +81,13 @@ def check_state_dict(module: nn.Module, state: dict, what: str) -> None:
         raise CheckpointError(f"{what} does not match the model: " + "; ".join(problems))
 
 
-def load_strict(module: nn.Module, state: dict, what: str) -> nn.Module:
+def load_strict(module: ModuleT, state: dict[str, Any], what: str) -> ModuleT:
     check_state_dict(module, state, what)
     module.load_state_dict(state, strict=True)
     return module
 
 
-def read_pickle(path: str) -> dict:
+def read_pickle(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise CheckpointError(f"file not found: {path}")
     if os.path.getsize(path) == 0:
@@ -93,7 +98,7 @@ def read_pickle(path: str) -> dict:
         raise CheckpointError(f"{path} is not a loadable weights file ({first_line(err)}); fetch it again") from None
 
 
-def sd15_layout():
+def sd15_layout() -> Layout:
     """The processor layout of SD1.5, built on the meta device (no memory, no weights)."""
     from diffusers import UNet2DConditionModel
 
@@ -102,7 +107,7 @@ def sd15_layout():
     return processor_layout(unet)
 
 
-def unet_config_layout(path: str):
+def unet_config_layout(path: str) -> Layout:
     """The processor layout of the UNet a diffusers config.json describes, built on the meta device."""
     from diffusers import UNet2DConditionModel
 
@@ -127,7 +132,7 @@ class DynamicIDWeights:
     imr: IMR | None = None
     keypoint_encoder: KeyPointEncoder | None = None
 
-    def configs(self) -> dict:
+    def configs(self) -> dict[str, Any]:
         out = {}
         if self.face_encoder is not None:
             out["face_encoder"] = public_config(self.face_encoder)
@@ -140,21 +145,21 @@ class DynamicIDWeights:
         return out
 
 
-def _heads_of(inner: int) -> dict:
+def _heads_of(inner: int) -> dict[str, Any]:
     """Heads are not in the tensors: the method's 64-wide heads where the width allows, else two heads
     (the narrow test models'); the same rule the `for_width` constructors follow."""
     dim_head = 64 if inner % 64 == 0 and inner >= 128 else max(1, inner // 2)
     return {"heads": inner // dim_head, "dim_head": dim_head}
 
 
-def _shape(state: dict, key: str, what: str) -> tuple[int, ...]:
+def _shape(state: dict[str, Any], key: str, what: str) -> tuple[int, ...]:
     tensor = state.get(key)
     if not isinstance(tensor, torch.Tensor):
         raise CheckpointError(f"{what} lacks the tensor {key!r}, which every file of this kind holds")
     return tuple(tensor.shape)
 
 
-def face_encoder_config_of(state: dict, what: str) -> dict:
+def face_encoder_config_of(state: dict[str, Any], what: str) -> dict[str, Any]:
     """Every width of the face encoder, read from its tensors."""
     hidden, id_dim = _shape(state, "proj.0.weight", what)
     (cross,) = _shape(state, "norm.weight", what)
@@ -175,7 +180,7 @@ def face_encoder_config_of(state: dict, what: str) -> dict:
     )
 
 
-def imr_config_of(state: dict, what: str) -> dict:
+def imr_config_of(state: dict[str, Any], what: str) -> dict[str, Any]:
     """Every width of IMR, read from its tensors."""
     width, token_dim = _shape(state, "proj_in.weight", what)
     motion_dim = _shape(state, "feature_fusion.1.weight", what)[1] // 2
@@ -193,7 +198,7 @@ def imr_config_of(state: dict, what: str) -> dict:
     )
 
 
-def keypoint_config_of(state: dict, what: str) -> dict:
+def keypoint_config_of(state: dict[str, Any], what: str) -> dict[str, Any]:
     """KeyPointEncoder's base width and output width, read from its first and last convolutions."""
     base = _shape(state, "blocks.0.0.conv_block.0.weight", what)[0]
     last = max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
@@ -201,7 +206,7 @@ def keypoint_config_of(state: dict, what: str) -> dict:
     return {"out_dim": out_dim, "base": base}
 
 
-def _state_dict(blob, what: str) -> dict:
+def _state_dict(blob: Any, what: str) -> dict[str, Any]:
     """`blob` as a state dict: a dict of tensors whose values are finite."""
     if not isinstance(blob, dict):
         raise CheckpointError(f"{what} must be a state dict (names to tensors), found a {type(blob).__name__}")
@@ -231,7 +236,9 @@ def authors_files(folder: str) -> dict[str, str]:
     return present
 
 
-def load_authors(folder: str, layout=None, face_config: dict | None = None) -> DynamicIDWeights:
+def load_authors(
+    folder: str, layout: Layout | None = None, face_config: dict[str, Any] | None = None
+) -> DynamicIDWeights:
     """Read whichever of SAA.bin, IMR.bin and key_point_encoder.bin the folder holds; every width comes
     from the tensors, so files trained for any UNet load (the attention layout comes from that UNet)."""
     present = authors_files(folder)
@@ -260,7 +267,7 @@ def load_authors(folder: str, layout=None, face_config: dict | None = None) -> D
     return weights
 
 
-def _lora_rank(state: dict) -> int:
+def _lora_rank(state: dict[str, Any]) -> int:
     for key, tensor in state.items():
         if key.endswith("to_q_lora.down.weight"):
             return tensor.shape[0]
@@ -306,7 +313,7 @@ def save_ours(weights: DynamicIDWeights, folder: str) -> list[str]:
     return written
 
 
-def _read_config(folder: str) -> dict:
+def _read_config(folder: str) -> dict[str, Any]:
     config_path = os.path.join(folder, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise CheckpointError(f"{folder} is not a dynamicid weights folder: {CONFIG_FILE} is missing")
@@ -329,18 +336,18 @@ def _read_config(folder: str) -> dict:
     return configs
 
 
-def _build(factory, options: dict, where: str):
+def _build(factory: Callable[..., ModuleT], options: dict[str, Any], where: str) -> ModuleT:
     try:
         return factory(**options)
     except TypeError as err:
         raise CheckpointError(f"{where}: {err}; the file was written by another version, or edited") from None
 
 
-def load_ours(folder: str, layout=None) -> DynamicIDWeights:
+def load_ours(folder: str, layout: Layout | None = None) -> DynamicIDWeights:
     configs = _read_config(folder)
     weights = DynamicIDWeights()
 
-    def state(key: str) -> dict:
+    def state(key: str) -> dict[str, Any]:
         path = os.path.join(folder, OUR_FILES[key])
         if not os.path.isfile(path):
             raise CheckpointError(f"{CONFIG_FILE} lists {key} but {OUR_FILES[key]} is missing in {folder}")
@@ -378,12 +385,15 @@ def load_ours(folder: str, layout=None) -> DynamicIDWeights:
 WEIGHT_PATTERNS = ("*.bin", "*.safetensors", "*.json")
 
 
-def load_weights(folder: str, layout=None) -> DynamicIDWeights:
+def load_weights(folder: str, layout: Layout | None = None) -> DynamicIDWeights:
     """Our safetensors folder or the authors' .bin files, whichever the folder (or Hugging Face repo id, with
     the files anywhere in it) holds."""
     from dynamicid.hub import local_or_resolved
 
-    folder = local_or_resolved(folder, "DynamicID weights", WEIGHT_PATTERNS)
+    resolved = local_or_resolved(folder, "DynamicID weights", WEIGHT_PATTERNS)
+    if resolved is None:
+        raise CheckpointError("no DynamicID weights given: set weights to a folder or a Hugging Face repo id")
+    folder = resolved
     if os.path.isfile(os.path.join(folder, CONFIG_FILE)):
         return load_ours(folder, layout)
     if authors_files(folder):
@@ -394,7 +404,7 @@ def load_weights(folder: str, layout=None) -> DynamicIDWeights:
     )
 
 
-def convert(source: str, target: str, to: str = "ours", layout=None) -> list[str]:
+def convert(source: str, target: str, to: str = "ours", layout: Layout | None = None) -> list[str]:
     """authors -> ours (default), or ours -> authors."""
     if to == "ours":
         return save_ours(load_authors(source, layout), target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 from dynamicid.options import Command, config_from, option
@@ -19,7 +20,7 @@ class ConvertConfig:
     )
 
 
-def run_convert(args) -> int:
+def run_convert(args: argparse.Namespace) -> int:
     from dynamicid.models.checkpoints import convert, unet_config_layout
 
     config = config_from(args, ConvertConfig)

@@ -6,6 +6,8 @@ which a perceiver resampler refines by attending to the CLIP features.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -15,7 +17,7 @@ from dynamicid.models.layers import PerceiverAttention, feed_forward
 
 
 class FacePerceiverResampler(nn.Module):
-    def __init__(self, c):
+    def __init__(self, c: Any):
         super().__init__()
         dim = c.cross_attention_dim
         self.proj_in = nn.Linear(c.clip_dim, dim)
@@ -28,13 +30,14 @@ class FacePerceiverResampler(nn.Module):
 
     def forward(self, latents: torch.Tensor, clip_features: torch.Tensor) -> torch.Tensor:
         context = self.proj_in(clip_features)
-        for attention, ff in self.layers:
+        for block in self.layers:
+            attention, ff = cast(nn.ModuleList, block)
             latents = attention(context, latents) + latents
             latents = ff(latents) + latents
         return self.norm_out(self.proj_out(latents))
 
 
-class FaceEncoder(ModelMixin, ConfigMixin):
+class FaceEncoder(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' two config_name types
     """Identity embedding + CLIP features -> `num_tokens` ID tokens of the UNet's cross-attention width.
 
     Args:
@@ -46,6 +49,8 @@ class FaceEncoder(ModelMixin, ConfigMixin):
         proj_hidden: hidden width of the embedding projection.
         shortcut, shortcut_scale: add the projected tokens back (FaceID-Plus-v2); the authors' encoder does not.
     """
+
+    config: Any  # diffusers' FrozenDict of the __init__ arguments, read by attribute
 
     @register_to_config
     def __init__(

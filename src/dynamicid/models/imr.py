@@ -7,6 +7,8 @@ one set per target. A motion is [landmark feature, face-prompt text embedding] f
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -38,9 +40,11 @@ def keypoint_base_for(out_dim: int) -> int:
     return 16 if out_dim >= 768 else 2
 
 
-class KeyPointEncoder(ModelMixin, ConfigMixin):
+class KeyPointEncoder(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' two config_name types
     """b0: 7x7 conv 1->16; b1..b5: stride-2 conv doubling the width, then residual units; b6: 3x3 conv
     (no padding) and 1x1 conv to out_dim. `base` 16 is the method's (widths 16..512); smaller is for tests."""
+
+    config: Any  # diffusers' FrozenDict of the __init__ arguments, read by attribute
 
     @register_to_config
     def __init__(self, out_dim: int = 768, base: int = 16):
@@ -65,13 +69,13 @@ class KeyPointEncoder(ModelMixin, ConfigMixin):
         return self.blocks(landmark_map).flatten(1)
 
 
-def landmark_map_to_tensor(map96) -> torch.Tensor:
+def landmark_map_to_tensor(map96: Any) -> torch.Tensor:
     """A uint8 96x96 map (0/255, from prep's NAME.png) -> (1, 96, 96) float in [-1, 1]."""
     tensor = torch.tensor(np.asarray(map96), dtype=torch.float32)  # a copy: prep's arrays may be read-only
     return (tensor / 127.5 - 1.0).reshape(1, 96, 96)
 
 
-def _stack(c) -> nn.ModuleList:
+def _stack(c: Any) -> nn.ModuleList:
     return nn.ModuleList(
         nn.ModuleList(
             [
@@ -85,14 +89,15 @@ def _stack(c) -> nn.ModuleList:
 
 
 def _run_stack(stack: nn.ModuleList, x: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
-    for perceiver, self_attention, ff in stack:
+    for block in stack:
+        perceiver, self_attention, ff = cast(nn.ModuleList, block)
         x = perceiver(motion, x) + x
         x = self_attention(x) + x
         x = ff(x) + x
     return x
 
 
-class IMR(ModelMixin, ConfigMixin):
+class IMR(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' two config_name types
     """Identity-Motion Reconfigurator: edits ID tokens from a source motion to target motions.
 
     Args:
@@ -101,6 +106,8 @@ class IMR(ModelMixin, ConfigMixin):
         width, heads, dim_head, num_queries, ff_mult: the perceiver stacks' size.
         depth: blocks in each of the two stacks (the authors' pipeline uses 1).
     """
+
+    config: Any  # diffusers' FrozenDict of the __init__ arguments, read by attribute
 
     @register_to_config
     def __init__(
@@ -159,13 +166,20 @@ class IMR(ModelMixin, ConfigMixin):
         out = self.proj_out(self.norm_out(x))
         return out.reshape(batch, targets, *out.shape[1:])
 
-    def edit(self, source_tokens, source_landmarks, source_prompt, target_landmarks, target_prompts) -> torch.Tensor:
+    def edit(
+        self,
+        source_tokens: torch.Tensor,
+        source_landmarks: torch.Tensor,
+        source_prompt: torch.Tensor,
+        target_landmarks: torch.Tensor,
+        target_prompts: torch.Tensor,
+    ) -> torch.Tensor:
         """Convenience for one identity: features (768-d) in, (T, k, token_dim) out."""
         source = self.motion(source_landmarks, source_prompt)  # (1, q, w)
         target = self.motion(target_landmarks, target_prompts)  # (T, q, w)
         return self(source_tokens.reshape(1, *source_tokens.shape[-2:]), source, target[None])[0]
 
     @staticmethod
-    def depth_of(state_dict: dict) -> int:
+    def depth_of(state_dict: dict[str, Any]) -> int:
         indices = {int(k.split(".")[1]) for k in state_dict if k.startswith("disentangleNet.")}
         return max(indices) + 1 if indices else 1

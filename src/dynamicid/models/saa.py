@@ -22,7 +22,7 @@ All of it is tensor arithmetic: nothing branches on tensor values, so it compile
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,16 +47,16 @@ class SAASettings:
     gate_threshold: float = 0.3
     detach_gate: bool = False  # training: stop gradients through the gate's min-max
     # Normalised [y_min, x_min, y_max, x_max] per person on the latent grid: (N, 4) or (B, N, 4).
-    boxes: Sequence | torch.Tensor | None = None
+    boxes: Sequence[Any] | torch.Tensor | None = None
     strips_when_no_boxes: bool = True  # persons without boxes get equal vertical strips (one person: the whole grid)
     step: int | torch.Tensor = 0  # the pipeline passes a 0-dim tensor, so compiled code does not specialise on it
     infer_scale: float = 0.0
     infer_end: int = 0
     latent_size: tuple[int, int] | None = None  # (height, width) of the UNet input; None: square
-    gate_maps: list | None = None  # when a list, every SAA layer appends {"layer", "gate": (B, h, w)}
+    gate_maps: list[Any] | None = None  # when a list, every SAA layer appends {"layer", "gate": (B, h, w)}
     # Box cells and routing masks per (grid, device), built once per call on the device: eager layers then
     # share them instead of each copying boxes from the host (a copy that waits for the GPU queue).
-    _cells: dict = field(default_factory=dict, repr=False, compare=False)
+    _cells: dict[tuple[int, int, str], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_id_tokens(self) -> int:
@@ -195,7 +195,7 @@ class LoRAAttnProcessor(nn.Module):
 
     # The steps below mirror diffusers' AttnProcessor2_0 so that zero LoRA reproduces it exactly.
     @staticmethod
-    def _begin(attn, hidden_states, temb):
+    def _begin(attn: Any, hidden_states: torch.Tensor, temb: torch.Tensor | None) -> tuple[Any, ...]:
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -209,7 +209,7 @@ class LoRAAttnProcessor(nn.Module):
         return residual, hidden_states, shape4d
 
     @staticmethod
-    def _end(attn, hidden_states, residual, shape4d):
+    def _end(attn: Any, hidden_states: torch.Tensor, residual: torch.Tensor, shape4d: Any) -> torch.Tensor:
         hidden_states = attn.to_out[1](hidden_states)
         if shape4d is not None:
             batch, channels, height, width = shape4d
@@ -218,13 +218,20 @@ class LoRAAttnProcessor(nn.Module):
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
-    def _mask(self, attn, attention_mask, length, batch):
+    def _mask(self, attn: Any, attention_mask: torch.Tensor | None, length: int, batch: int) -> torch.Tensor | None:
         if attention_mask is None:
             return None
         attention_mask = attn.prepare_attention_mask(attention_mask, length, batch)
         return attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
 
-    def _text_attention(self, attn, query, context, attention_mask, lora_scale):
+    def _text_attention(
+        self,
+        attn: Any,
+        query: torch.Tensor,
+        context: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        lora_scale: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         key = attn.to_k(context) + lora_scale * self.to_k_lora(context)
         value = attn.to_v(context) + lora_scale * self.to_v_lora(context)
         head_dim = key.shape[-1] // attn.heads
@@ -240,18 +247,18 @@ class LoRAAttnProcessor(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
         return out, q
 
-    def _project_out(self, attn, hidden_states, lora_scale):
+    def _project_out(self, attn: Any, hidden_states: torch.Tensor, lora_scale: float) -> torch.Tensor:
         return attn.to_out[0](hidden_states) + lora_scale * self.to_out_lora(hidden_states)
 
     def __call__(
         self,
-        attn,
-        hidden_states,
-        encoder_hidden_states=None,
-        attention_mask=None,
-        temb=None,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
         dynamicid: SAASettings | None = None,
-    ):
+    ) -> torch.Tensor:
         lora_scale = dynamicid.lora_scale if dynamicid is not None else 1.0
         residual, hidden_states, shape4d = self._begin(attn, hidden_states, temb)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
@@ -273,13 +280,13 @@ class SAAProcessor(LoRAAttnProcessor):
 
     def __call__(
         self,
-        attn,
-        hidden_states,
-        encoder_hidden_states=None,
-        attention_mask=None,
-        temb=None,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
         dynamicid: SAASettings | None = None,
-    ):
+    ) -> torch.Tensor:
         if dynamicid is None or encoder_hidden_states is None or dynamicid.num_persons == 0:
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, dynamicid)
         settings = dynamicid
@@ -329,7 +336,11 @@ class SAAProcessor(LoRAAttnProcessor):
 # -- installing on a UNet ----------------------------------------------------------------------------
 
 
-def processor_layout(unet) -> list[tuple[str, dict[str, Any]]]:
+# (processor name, sizes) per attention layer of a UNet
+Layout = list[tuple[str, dict[str, Any]]]
+
+
+def processor_layout(unet: Any) -> Layout:
     """(processor name, sizes) in `unet.attn_processors` order, the order of the authors' SAA_module."""
     layout = []
     for name in unet.attn_processors:
@@ -345,7 +356,7 @@ def processor_layout(unet) -> list[tuple[str, dict[str, Any]]]:
     return layout
 
 
-class DynamicIDAttention(ModelMixin, ConfigMixin):
+class DynamicIDAttention(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' two config_name types
     """All processors of one UNet, in `attn_processors` order: SAA on cross-attention, LoRA on self-attention.
 
     The processors are children named "0", "1", ..., so the state dict has exactly the keys of the
@@ -356,8 +367,10 @@ class DynamicIDAttention(ModelMixin, ConfigMixin):
         rank: the LoRA rank.
     """
 
+    config: Any  # diffusers' FrozenDict of the __init__ arguments, read by attribute
+
     @register_to_config
-    def __init__(self, layout: list, rank: int = 128):
+    def __init__(self, layout: Layout, rank: int = 128):
         super().__init__()
         for index, (name, sizes) in enumerate(layout):
             kind = SAAProcessor if sizes["cross"] else LoRAAttnProcessor
@@ -369,20 +382,20 @@ class DynamicIDAttention(ModelMixin, ConfigMixin):
     def __len__(self) -> int:
         return len(self._modules)
 
-    def __iter__(self):
-        return iter(self._modules.values())
+    def __iter__(self) -> Iterator[nn.Module]:
+        return iter(m for m in self._modules.values() if m is not None)
 
     def __getitem__(self, index: int) -> nn.Module:
-        return self._modules[str(index % len(self))]
+        return self.get_submodule(str(index % len(self)))
 
     @classmethod
-    def for_unet(cls, unet, rank: int = 128, init_ip_from_unet: bool = True) -> DynamicIDAttention:
+    def for_unet(cls, unet: Any, rank: int = 128, init_ip_from_unet: bool = True) -> DynamicIDAttention:
         adapter = cls(processor_layout(unet), rank)
         if init_ip_from_unet:
             adapter.init_ip_from(unet)
         return adapter.to(device=unet.device, dtype=unet.dtype)
 
-    def init_ip_from(self, unet) -> None:
+    def init_ip_from(self, unet: Any) -> None:
         """to_k_ip / to_v_ip start as copies of the layer's to_k / to_v, as for training."""
         with torch.no_grad():
             for name, processor in zip(self.names, self):
@@ -392,7 +405,7 @@ class DynamicIDAttention(ModelMixin, ConfigMixin):
                     processor.to_v_ip.weight.copy_(attn.to_v.weight)
 
 
-def install_processors(unet, adapter: DynamicIDAttention) -> dict:
+def install_processors(unet: Any, adapter: DynamicIDAttention) -> dict[str, Any]:
     """Put the adapter's processors on the UNet. Returns the processors it replaced (for `remove_processors`)."""
     current = unet.attn_processors
     if list(current) != adapter.names:
@@ -401,6 +414,6 @@ def install_processors(unet, adapter: DynamicIDAttention) -> dict:
     return current
 
 
-def remove_processors(unet, previous: dict) -> None:
+def remove_processors(unet: Any, previous: dict[str, Any]) -> None:
     """Restore the processors `install_processors` replaced."""
     unet.set_attn_processor(dict(previous))

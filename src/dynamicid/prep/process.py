@@ -1,24 +1,37 @@
-"""The per-image work of `prep`, as a stage: `setup` loads the models once per worker process,
-`process_batch` turns a batch of input files into manifest rows and written outputs."""
+"""The per-image work of `prep`: small stages over one context per input file.
+
+Each stage has a `setup` (models load once per worker process, with the resources the Spark layer gives)
+and a `process_batch` over the files of a Spark task still in flight:
+
+    read -> decode -> detect -> landmarks -> embed -> expression -> caption -> write
+
+A file leaves the flow as soon as it has its rows (a rejection, a resumed record, an error); the batch
+stages (embed, expression, caption) run over every kept face of the task at once. One bad file never
+costs more than itself: a stage that fails on a file gives that file an `internal_error` row.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import os
 import socket
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from dynamicid.faces import FaceAnalyzer, landmark_image
-from dynamicid.faces.backends import create
+from dynamicid.faces.backends import Resources, create
 from dynamicid.faces.caption import caption_many
 from dynamicid.faces.face_prompt import CLASSIFIER_EMOTIONS
-from dynamicid.faces.types import FaceAnalysis
+from dynamicid.faces.types import FaceAnalysis, FaceBox
 from dynamicid.imagefile import DecodedImage, Rejected, decode_image
 from dynamicid.prep import outputs
 from dynamicid.prep.config import PrepConfig
@@ -26,11 +39,21 @@ from dynamicid.prep.discover import read_limited
 from dynamicid.prep.schema import COLUMN_NAMES, STAGE_TIMINGS, empty_row
 
 
+@contextlib.contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Adds the block's wall time, in ms, to `timings[stage]`: the one clock of every stage."""
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - began) * 1000
+
+
 def _error_text(err: Exception) -> str:
     return "".join(traceback.format_exception_only(type(err), err)).strip()
 
 
-def _batch_or_singly(run, items: list) -> tuple[list, list[str | None]]:
+def _batch_or_singly(run: Callable[[list], Any], items: list) -> tuple[list, list[str | None]]:
     """`run(items)` gives one result per item. If the batch fails, each item alone, so that one bad item
     costs only itself: (results, error texts), with None as the result of an item that failed."""
     try:
@@ -48,424 +71,464 @@ def _batch_or_singly(run, items: list) -> tuple[list, list[str | None]]:
 
 
 @dataclass
-class _KeptFace:
-    """A face analysed, waiting for the batch steps: embedding, expression and caption run over all the
-    kept faces of a Spark task at once. It keeps the 512 px crop and the embedder's small input, not the
-    decoded photo, so a batch in flight stays small."""
+class KeptFace:
+    """A face that passed every rule, waiting for the batch stages. It keeps the 512 px crop and the
+    embedder's small input, not the decoded photo, so a batch in flight stays small."""
 
-    decode_scale: float
     analysis: FaceAnalysis
     index: int
-    base: str
-    base_row: dict
-    timings: dict
-    start: float
-    facts: dict
-    embed_input: np.ndarray | None = None  # the embedder's small crop, until the batch is embedded
-    embed_error: str | None = None
+    timings: dict[str, float]
+    facts: dict[str, Any]  # what the caption and the manifest row say of the face
+    embed_input: np.ndarray | None = None  # the embedder's crop, until the batch is embedded
+    error: str | None = None  # an embedding that failed
     caption: str | None = None
     caption_error: str | None = None
 
 
 @dataclass
-class _FileWork:
-    """One input file in flight: its finished rows, or its items (rows and kept faces) still to write."""
+class FileContext:
+    """One input file on its way through the stages."""
 
-    base_row: dict
-    start: float
+    path: str
+    relative: str
+    identity: str | None
+    size: int | None
+    problem: str | None  # what the listing found wrong (an unreadable link, a name that is not UTF-8)
+    base_row: dict[str, Any]
+    start: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+    data: bytes | None = None
     record_file: str | None = None
-    previous: dict | None = None  # the completion record an earlier run left for this input (resume reads it)
-    items: list = field(default_factory=list)
-    rows: list[dict] | None = None
+    previous: dict | None = None  # the completion record an earlier run left for this input
+    image: DecodedImage | None = None
+    boxes: list[FaceBox] = field(default_factory=list)
+    items: list[dict | KeptFace] = field(default_factory=list)  # per face: a finished row or a kept face
+    rows: list[dict] | None = None  # set when the file is finished: it leaves the flow
 
-    def kept_faces(self) -> list[_KeptFace]:
-        return [item for item in self.items if isinstance(item, _KeptFace)] if self.rows is None else []
+    @property
+    def open(self) -> bool:
+        return self.rows is None
 
+    def kept(self) -> list[KeptFace]:
+        return [item for item in self.items if isinstance(item, KeptFace)] if self.open else []
 
-class PrepStage:
-    def __init__(self, config: PrepConfig):
-        self.config = config
-        self.config_hash = config.config_hash()
-        self.analyzer: FaceAnalyzer | None = None
-        self.captioner = None
-
-    def setup(self) -> PrepStage:
-        if self.analyzer is None:
-            self.analyzer = FaceAnalyzer(self.config.faces)
-            self.captioner = create(
-                "captioner", self.config.captioner, self.config.captioner_model, **self.config.captioner_options()
-            )
-        return self
-
-    # -- one batch -------------------------------------------------------------------------------
-    def process_batch(self, files: pd.DataFrame) -> pd.DataFrame:
-        listed = [
-            (item.path, item.relative, item.identity, getattr(item, "size", None), getattr(item, "problem", None))
-            for item in files.itertuples(index=False)
-        ]
-        return pd.DataFrame(self._process(listed), columns=COLUMN_NAMES)
-
-    def process_file(
-        self, path: str, relative: str, identity: str | None, size: int | None = None, problem: str | None = None
-    ) -> list[dict]:
-        """The rows of one file (a batch of one)."""
-        return self._process([(path, relative, identity, size, problem)])
-
-    def _process(self, files: list[tuple]) -> list[dict]:
-        """Analyse every file; embed, classify and caption all kept faces together; then write each file's outputs."""
-        works = [self._start_file(*file) for file in files]
-        kept = [face for work in works for face in work.kept_faces()]
-        self._embed(kept)
-        self._classify_expressions(kept)
-        self._caption(kept)
-        return [row for work in works for row in self._finish_file(work)]
-
-    # -- one file, in three steps: analyse, (caption with the batch), write ------------------------
-    def _start_file(
-        self, path: str, relative: str, identity: str | None, size: int | None = None, problem: str | None = None
-    ) -> _FileWork:
-        start = time.perf_counter()
-        base_row = empty_row() | {
-            "source_path": path,
-            "relative_path": relative,
-            "identity": identity,
-            "config_hash": self.config_hash,
-            "resumed": False,
-        }
-        work = _FileWork(base_row, start)
-        timings: dict[str, float] = {}
-        try:
-            data, sha = self._read(path, size, problem)
-        except OSError as err:
-            work.rows = [
-                self._finish(
-                    base_row | {"status": "error", "reason": "read_error", "message": f"{relative}: {err}"},
-                    timings,
-                    start,
-                )
-            ]
-            return work
-        except Rejected as rejection:
-            work.rows = [
-                self._finish(
-                    base_row | {"status": "rejected", "reason": rejection.reason, "message": rejection.message},
-                    timings,
-                    start,
-                )
-            ]
-            return work
-        timings["read"] = (time.perf_counter() - start) * 1000
-        base_row |= {"source_bytes": len(data), "sha256": sha}
-        base = outputs.base_name(relative, sha)
-        work.record_file = outputs.record_path(self.config.output, relative)
-        work.previous = outputs.load_record(work.record_file)
-        if self._resumable(work.previous, sha, identity):
-            work.rows = [
-                row | {"source_path": path, "relative_path": relative, "resumed": True} for row in work.previous["rows"]
-            ]
-            return work
-        try:
-            work.items = self._analyse(data, base, base_row, timings, start)
-        except Exception as err:  # one bad image must never stop the job
-            work.rows = [self._internal_error(base_row, err, timings, start)]
-        return work
-
-    def _read(self, path: str, size: int | None, problem: str | None) -> tuple[bytes, str]:
-        """The file's bytes and SHA-256. A file over the byte limit is refused by the listing's size, before
-        any byte is read, and a file that grew since is cut off as it streams in."""
-        if problem is not None:
-            raise OSError(problem)
-        limit = self.config.images.max_bytes
-        if size is not None and size > limit:
-            raise Rejected("too_large_file", f"{size} bytes is over the limit of {limit}")
-        return read_limited(path, limit)
-
-    def _finish_file(self, work: _FileWork) -> list[dict]:
-        if work.rows is not None:
-            return work.rows
-        try:
-            rows = [self._write_face(item) if isinstance(item, _KeptFace) else item for item in work.items]
-        except Exception as err:
-            return [self._internal_error(work.base_row, err, {}, work.start)]
-        if all(row["status"] != "error" for row in rows):  # an error is retried by the next run
-            outputs.write_record(
-                work.record_file,
-                {
-                    "sha256": work.base_row["sha256"],
-                    "config_hash": self.config_hash,
-                    "identity": work.base_row["identity"],
-                    "host": socket.gethostname(),
-                    "rows": rows,
-                },
-            )
-        return rows
-
-    def _internal_error(self, base_row: dict, err: Exception, timings: dict, start: float) -> dict:
-        return self._finish(
-            base_row | {"status": "error", "reason": "internal_error", "message": _error_text(err)}, timings, start
-        )
-
-    def _resumable(self, record: dict | None, sha: str, identity: str | None) -> bool:
-        """Whether the record is this content, these settings and this identity, with every output present."""
-        if not record or (record.get("sha256"), record.get("config_hash"), record.get("identity")) != (
-            sha,
-            self.config_hash,
-            identity,
-        ):
-            return False
-        for row in record["rows"]:
-            if row["status"] == "ok":
-                paths = outputs.face_paths(self.config.output, identity, row["name"])
-                if not all(os.path.exists(p) for p in paths.values()):
-                    return False
-        return True
-
-    def _finish(self, row: dict, timings: dict[str, float], start: float) -> dict:
-        timings["total"] = (time.perf_counter() - start) * 1000
+    def finish(self, row: dict, timings: dict[str, float] | None = None) -> dict:
+        """`row` with its stage timings and the total so far."""
+        timings = self.timings if timings is None else timings
+        timings["total"] = (time.perf_counter() - self.start) * 1000
         for stage in STAGE_TIMINGS:
             row[f"ms_{stage}"] = float(timings[stage]) if stage in timings else None
         return row
 
-    def _analyse(self, data: bytes, base: str, base_row: dict, timings: dict, start: float) -> list:
-        """Rows for rejected faces and `_KeptFace`s for the rest, in face order."""
-        self.setup()
-        rules = self.config.images
-        clock = time.perf_counter()
+    def end(self, status: str, reason: str, message: str) -> None:
+        """The whole file ends here with one row."""
+        self.rows = [self.finish(self.base_row | {"status": status, "reason": reason, "message": message})]
+
+
+class Stage:
+    """One step of the flow. `setup` runs once per worker process; `process_batch` gets the open files."""
+
+    name = "stage"
+
+    def setup(self, shared: Shared) -> None:
+        self.shared = shared
+
+    def process_batch(self, files: list[FileContext]) -> None:
+        for file in files:
+            try:
+                self.process(file)
+            except Exception as err:  # one bad image must never stop the job
+                file.end("error", "internal_error", _error_text(err))
+
+    def process(self, file: FileContext) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Shared:
+    """What every stage of one worker shares: the settings, and the models, loaded once."""
+
+    config: PrepConfig
+    resources: Resources
+    config_hash: str
+    analyzer: FaceAnalyzer | None = None
+    captioner: Any = None
+
+    def load(self) -> None:
+        if self.analyzer is None:
+            self.analyzer = FaceAnalyzer(self.config.faces, resources=self.resources)
+            options = self.config.captioner_options()
+            self.captioner = create(
+                "captioner", self.config.captioner, self.config.captioner_model, self.resources, **options
+            )
+
+
+class ReadStage(Stage):
+    """The bytes and their SHA-256; a file whose record says it is done, with its outputs there, resumes."""
+
+    name = "read"
+
+    def process(self, file: FileContext) -> None:
+        limit = self.shared.config.images.max_bytes
         try:
-            image = decode_image(data, rules)
+            with timed(file.timings, "read"):
+                if file.problem is not None:
+                    raise OSError(file.problem)
+                if file.size is not None and file.size > limit:  # refused before any byte is read
+                    raise Rejected("too_large_file", f"{file.size} bytes is over the limit of {limit}")
+                file.data, sha = read_limited(file.path, limit)  # a file that grew since is cut off
+        except OSError as err:
+            file.timings.pop("read", None)
+            return file.end("error", "read_error", f"{file.relative}: {err}")
         except Rejected as rejection:
-            timings["decode"] = (time.perf_counter() - clock) * 1000
-            return [
-                self._finish(
-                    base_row | {"status": "rejected", "reason": rejection.reason, "message": rejection.message},
-                    timings,
-                    start,
-                )
-            ]
-        timings["decode"] = (time.perf_counter() - clock) * 1000
-        base_row |= {
+            file.timings.pop("read", None)
+            return file.end("rejected", rejection.reason, rejection.message)
+        file.base_row |= {"source_bytes": len(file.data), "sha256": sha}
+        file.record_file = outputs.record_path(self.shared.config.output, file.relative)
+        file.previous = outputs.load_record(file.record_file)
+        if self._resumable(file.previous, sha, file.identity):
+            resumed = {"source_path": file.path, "relative_path": file.relative, "resumed": True}
+            file.rows = [row | resumed for row in file.previous["rows"]]
+
+    def _resumable(self, record: dict | None, sha: str, identity: str | None) -> bool:
+        """Whether the record is this content, these settings and this identity, with every output present."""
+        wanted = (sha, self.shared.config_hash, identity)
+        if not record or (record.get("sha256"), record.get("config_hash"), record.get("identity")) != wanted:
+            return False
+        for row in record["rows"]:
+            if row["status"] == "ok":
+                paths = outputs.face_paths(self.shared.config.output, identity, row["name"])
+                if not all(os.path.exists(p) for p in paths.values()):
+                    return False
+        return True
+
+
+class DecodeStage(Stage):
+    name = "decode"
+
+    def process(self, file: FileContext) -> None:
+        try:
+            with timed(file.timings, "decode"):
+                file.image = decode_image(file.data or b"", self.shared.config.images)
+        except Rejected as rejection:
+            return file.end("rejected", rejection.reason, rejection.message)
+        finally:
+            file.data = None  # the bytes are not needed again
+        image = file.image
+        file.base_row |= {
             "format": image.format,
             "width": image.width,
             "height": image.height,
             "exif_rotated": image.exif_rotated,
-            "detector_model": self.analyzer.detector.model_id,
+            "detector_model": self.shared.analyzer.detector.model_id,
         }
 
-        clock = time.perf_counter()
-        boxes = self.analyzer.detect(image.rgb)
-        timings["detect"] = (time.perf_counter() - clock) * 1000
-        base_row["faces_detected"] = len(boxes)
 
-        def reject(reason: str, message: str) -> list[dict]:
-            return [
-                self._finish(base_row | {"status": "rejected", "reason": reason, "message": message}, timings, start)
-            ]
+class DetectStage(Stage):
+    """Faces, and the rules on them: the multi-face policy and the smallest face side."""
 
+    name = "detect"
+
+    def process(self, file: FileContext) -> None:
+        config, image = self.shared.config, file.image
+        with timed(file.timings, "detect"):
+            boxes = self.shared.analyzer.detect(image.rgb)
+        file.base_row["faces_detected"] = len(boxes)
         if not boxes:
-            return reject("no_face", "no face was detected")
-        if self.config.multi_face == "skip" and len(boxes) > 1:
-            return reject("multiple_faces", f"{len(boxes)} faces detected and multi_face is skip")
-        chosen = boxes if self.config.multi_face == "all" else boxes[:1]
-        min_side = self.config.face_rules.min_face_side * image.decode_scale
-        large_enough = [b for b in chosen if min(b.width, b.height) >= min_side]
-        if not large_enough:
+            return file.end("rejected", "no_face", "no face was detected")
+        if config.multi_face == "skip" and len(boxes) > 1:
+            return file.end("rejected", "multiple_faces", f"{len(boxes)} faces detected and multi_face is skip")
+        chosen = boxes if config.multi_face == "all" else boxes[:1]
+        minimum = config.face_rules.min_face_side
+        file.boxes = [b for b in chosen if min(b.width, b.height) >= minimum * image.decode_scale]
+        if not file.boxes:
             side = min(chosen[0].width, chosen[0].height) / image.decode_scale
-            return reject(
-                "face_too_small",
-                f"the face is {side:.0f} px, below the minimum of {self.config.face_rules.min_face_side} px",
+            return file.end(
+                "rejected", "face_too_small", f"the face is {side:.0f} px, below the minimum of {minimum} px"
             )
 
-        items = []
-        # Landmarks in one batch; the expression classifier runs later, over the whole task's faces.
-        analyses = self.analyzer.analyze_faces(image.rgb, large_enough, embed=False, expressions=False)
+
+class LandmarkStage(Stage):
+    """Landmarks, alignment, pose and sharpness per face (one call per photo); the embedder's crop is cut here,
+    while the photo is in memory, and the photo is then let go."""
+
+    name = "landmarks"
+
+    def process(self, file: FileContext) -> None:
+        analyzer, image = self.shared.analyzer, file.image
+        analyses = analyzer.analyze_faces(image.rgb, file.boxes, embed=False, expressions=False)
+        minimum = self.shared.config.face_rules.min_sharpness
         for index, analysis in enumerate(analyses):
-            face_timings = dict(timings)
+            timings = dict(file.timings)
             for stage, ms in analysis.timings_ms.items():
-                face_timings[stage] = face_timings.get(stage, 0.0) + ms
-            minimum = self.config.face_rules.min_sharpness
+                timings[stage] = timings.get(stage, 0.0) + ms
             if analysis.sharpness < minimum:
-                row = base_row | {
+                row = file.base_row | {
                     "face_index": index,
                     "status": "rejected",
                     "reason": "too_blurry",
                     "message": f"face sharpness {analysis.sharpness:.1f} is below {minimum}",
                     "sharpness": analysis.sharpness,
                 }
-                items.append(self._finish(row, face_timings, start))
+                file.items.append(file.finish(row, timings))
                 continue
-            items.append(self._keep(image, analysis, index, base, base_row, face_timings, start))
-        return items
+            with timed(timings, "embed"):
+                crop = analyzer.embed_input(image.rgb, analysis)  # the network runs over the batch
+            file.items.append(KeptFace(analysis, index, timings, _facts(analysis, image), crop))
+        file.image = dataclasses.replace(image, rgb=np.zeros((0, 0, 3), np.uint8))  # the pixels are let go
 
-    def _keep(
-        self,
-        image: DecodedImage,
-        analysis: FaceAnalysis,
-        index: int,
-        base: str,
-        base_row: dict,
-        timings: dict,
-        start: float,
-    ) -> _KeptFace:
-        clock = time.perf_counter()
-        embed_input = self.analyzer.embed_input(image.rgb, analysis)  # the crop; the network runs per batch
-        timings["embed"] = (time.perf_counter() - clock) * 1000
-        facts = {
-            "face_prompt": analysis.face_prompt,
-            "emotion": analysis.emotion,
-            "pitch": analysis.pose.pitch,
-            "yaw": analysis.pose.yaw,
-            "roll": analysis.pose.roll,
-            "smile": analysis.expression.smile,
-            "mouth_open": analysis.expression.mouth_open,
-            "eyes_closed": analysis.expression.eyes_closed,
-            "brows_raised": analysis.expression.brows_raised,
-            "grayscale": image.grayscale,
-        }
-        return _KeptFace(image.decode_scale, analysis, index, base, base_row, timings, start, facts, embed_input)
 
-    def _embed(self, faces: list[_KeptFace]) -> None:
-        """The embedding network over every kept face of the batch at once; if the batch fails, face by
-        face, and a face that still fails becomes an error row (retried by the next run)."""
-        if not faces:
-            return
-        embedder = self.analyzer.embedder
-        clock = time.perf_counter()
-        vectors, errors = _batch_or_singly(lambda items: embedder.embed_prepared([f.embed_input for f in items]), faces)
-        share = (time.perf_counter() - clock) * 1000 / len(faces)
+def _facts(analysis: FaceAnalysis, image: DecodedImage) -> dict[str, Any]:
+    return {
+        "face_prompt": analysis.face_prompt,
+        "emotion": analysis.emotion,
+        "pitch": analysis.pose.pitch,
+        "yaw": analysis.pose.yaw,
+        "roll": analysis.pose.roll,
+        "smile": analysis.expression.smile,
+        "mouth_open": analysis.expression.mouth_open,
+        "eyes_closed": analysis.expression.eyes_closed,
+        "brows_raised": analysis.expression.brows_raised,
+        "grayscale": image.grayscale,
+    }
+
+
+class FaceBatchStage(Stage):
+    """A stage over every kept face of the task at once; the time is shared equally among the faces."""
+
+    def process_batch(self, files: list[FileContext]) -> None:
+        faces = [face for file in files for face in file.kept()]
+        if faces:
+            self.process_faces(faces)
+
+    def process_faces(self, faces: list[KeptFace]) -> None:
+        raise NotImplementedError
+
+
+class EmbedStage(FaceBatchStage):
+    """The embedding network over the batch; if the batch fails, face by face, and a face that still fails
+    becomes an error row (retried by the next run)."""
+
+    name = "embed"
+
+    def process_faces(self, faces: list[KeptFace]) -> None:
+        embedder = self.shared.analyzer.embedder
+        clock: dict[str, float] = {}
+        with timed(clock, "embed"):
+            vectors, errors = _batch_or_singly(
+                lambda items: embedder.embed_prepared([f.embed_input for f in items]), faces
+            )
         for face, vector, error in zip(faces, vectors, errors):
-            face.analysis.embedding, face.embed_input, face.embed_error = vector, None, error
-            face.timings["embed"] = face.timings.get("embed", 0.0) + share
+            face.analysis.embedding, face.embed_input, face.error = vector, None, error
+            face.timings["embed"] = face.timings.get("embed", 0.0) + clock["embed"] / len(faces)
 
-    def _classify_expressions(self, faces: list[_KeptFace]) -> None:
-        """The expression classifier over every kept face of the batch at once; the emotion, the face prompt
-        and the probabilities go into each face's facts (the caption then carries the face prompt)."""
-        self.setup()
-        self.analyzer.classify_expressions([face.analysis for face in faces])
+
+class ExpressionStage(FaceBatchStage):
+    """The expression classifier over the batch: the emotion, the face prompt and the probabilities go into
+    each face's facts (the caption then carries the face prompt)."""
+
+    name = "expression"
+
+    def process_faces(self, faces: list[KeptFace]) -> None:
+        self.shared.analyzer.classify_expressions([face.analysis for face in faces])
         for face in faces:
             analysis = face.analysis
             face.facts |= {"emotion": analysis.emotion, "face_prompt": analysis.face_prompt}
             if analysis.emotion_probabilities is not None:
-                face.facts |= {
-                    f"emotion_{w}": float(p) for w, p in zip(CLASSIFIER_EMOTIONS, analysis.emotion_probabilities)
-                }
+                probabilities = zip(CLASSIFIER_EMOTIONS, analysis.emotion_probabilities)
+                face.facts |= {f"emotion_{word}": float(p) for word, p in probabilities}
             face.timings["prompt"] = analysis.timings_ms.get("prompt", 0.0)
 
-    def _caption(self, faces: list[_KeptFace]) -> None:
-        """Caption the faces in one call (the captioner batches); each face is charged an equal share."""
-        if not faces:
-            return
-        self.setup()
-        clock = time.perf_counter()
-        captions, errors = _batch_or_singly(
-            lambda items: caption_many(self.captioner, [f.analysis.aligned for f in items], [f.facts for f in items]),
-            faces,
-        )
-        share = (time.perf_counter() - clock) * 1000 / len(faces)
+
+class CaptionStage(FaceBatchStage):
+    name = "caption"
+
+    def process_faces(self, faces: list[KeptFace]) -> None:
+        captioner, clock = self.shared.captioner, {}
+        with timed(clock, "caption"):
+            captions, errors = _batch_or_singly(
+                lambda items: caption_many(captioner, [f.analysis.aligned for f in items], [f.facts for f in items]),
+                faces,
+            )
         for face, caption, error in zip(faces, captions, errors):
             face.caption, face.caption_error = caption, error
-            face.timings["caption"] = share
+            face.timings["caption"] = clock["caption"] / len(faces)
 
-    def _write_face(self, face: _KeptFace) -> dict:
-        analysis, index, base_row, timings = face.analysis, face.index, face.base_row, face.timings
-        if face.embed_error is not None:
-            row = base_row | {
-                "face_index": index,
-                "status": "error",
-                "reason": "internal_error",
-                "message": face.embed_error,
+
+class WriteStage(Stage):
+    """Each kept face's four files, then the file's completion record (what marks the input done)."""
+
+    name = "write"
+
+    def process(self, file: FileContext) -> None:
+        rows = [self._write_face(file, item) if isinstance(item, KeptFace) else item for item in file.items]
+        if all(row["status"] != "error" for row in rows):  # an error is retried by the next run
+            record = {
+                "sha256": file.base_row["sha256"],
+                "config_hash": self.shared.config_hash,
+                "identity": file.base_row["identity"],
+                "host": socket.gethostname(),
+                "rows": rows,
             }
-            return self._finish(row, timings, face.start)
-        if face.caption is None:
-            row = base_row | {
-                "face_index": index,
+            outputs.write_record(file.record_file, record)
+        file.rows = rows
+
+    def _write_face(self, file: FileContext, face: KeptFace) -> dict:
+        failed = ("internal_error", face.error) if face.error is not None else None
+        if failed is None and face.caption is None:
+            failed = ("caption_error", face.caption_error or "no caption")
+        if failed is not None:
+            row = file.base_row | {
+                "face_index": face.index,
                 "status": "error",
-                "reason": "caption_error",
-                "message": face.caption_error or "no caption",
+                "reason": failed[0],
+                "message": failed[1],
             }
-            return self._finish(row, timings, face.start)
-        caption = face.caption
-        clock = time.perf_counter()
-        name = outputs.face_name(face.base, index, self.config.multi_face)
-        paths = outputs.face_paths(self.config.output, base_row["identity"], name)
-        jpeg = io.BytesIO()
-        Image.fromarray(analysis.aligned).save(jpeg, format="JPEG", quality=self.config.jpeg_quality)
-        sheet = landmark_image.compose_landmark_png(
-            analysis.aligned_landmarks, analysis.landmark_convention, self.config.faces.aligned_size
+            return file.finish(row, face.timings)
+        config = self.shared.config
+        name = outputs.face_name(
+            outputs.base_name(file.relative, file.base_row["sha256"]), face.index, config.multi_face
         )
-        embedder = self.analyzer.embedder
+        with timed(face.timings, "write"):
+            self._write_files(outputs.face_paths(config.output, file.identity, name), face, file.base_row["sha256"])
+        return file.finish(file.base_row | self._face_columns(face, name, file.image.decode_scale), face.timings)
+
+    def _write_files(self, paths: dict[str, str], face: KeptFace, sha256: str) -> None:
+        import torch
+
+        analysis, embedder = face.analysis, self.shared.analyzer.embedder
+        jpeg = io.BytesIO()
+        Image.fromarray(analysis.aligned).save(jpeg, format="JPEG", quality=self.shared.config.jpeg_quality)
+        sheet = landmark_image.compose_landmark_png(
+            analysis.aligned_landmarks, analysis.landmark_convention, self.shared.config.faces.aligned_size
+        )
         # Written in a fixed order; the completion record, written after all four, is what marks the image done.
         outputs.write_atomic(paths["jpg"], jpeg.getvalue())
         outputs.write_atomic(paths["png"], landmark_image.encode_landmark_png(sheet, analysis.landmark_convention))
-        outputs.write_atomic(paths["txt"], (caption + "\n").encode("utf-8"))
-        import torch
+        outputs.write_atomic(paths["txt"], (face.caption + "\n").encode("utf-8"))
+        embedding = torch.from_numpy(np.asarray(analysis.embedding, dtype=np.float32))
+        payload = {
+            "embedding": embedding,
+            "model": embedder.model_id,
+            "dim": int(embedder.dim),
+            "sha256": sha256,
+            "face_index": face.index,
+        }
+        outputs.save_embedding(paths["pt"], payload)
 
-        outputs.save_embedding(
-            paths["pt"],
-            {
-                "embedding": torch.from_numpy(np.asarray(analysis.embedding, dtype=np.float32)),
-                "model": embedder.model_id,
-                "dim": int(embedder.dim),
-                "sha256": base_row["sha256"],
-                "face_index": index,
-            },
-        )
-        timings["write"] = (time.perf_counter() - clock) * 1000
-
-        # Coordinates go back to full-resolution source pixels (the decode may have been reduced).
-        scale = face.decode_scale
+    def _face_columns(self, face: KeptFace, name: str, scale: float) -> dict[str, Any]:
+        """The manifest columns of a kept face; coordinates in full-resolution source pixels (the decode
+        may have been reduced)."""
+        analysis, analyzer = face.analysis, self.shared.analyzer
         affine = analysis.affine.copy()
         affine[:, :2] *= scale
-        row = (
-            base_row
-            | {
-                "name": name,
-                "face_index": index,
-                "status": "ok",
-                "bbox": [v / scale for v in analysis.box.as_list()],
-                "landmarks": (analysis.landmarks / scale).astype(float).tolist(),
-                "aligned_landmarks": analysis.aligned_landmarks.astype(float).tolist(),
-                "landmark_convention": analysis.landmark_convention,
-                "affine": affine.tolist(),
-                "landmarks_model": self.analyzer.landmark_model.model_id,
-                "expression_model": self.analyzer.backend_ids["expression"],
-                "embedding_model": embedder.model_id,
-                "embedding_dim": int(embedder.dim),
-                "captioner_model": self.captioner.model_id,
-                "caption": caption,
-                "sharpness": analysis.sharpness,
-            }
-            | {
-                k: float(v) if isinstance(v, (float, np.floating)) else v
-                for k, v in face.facts.items()
-                if k != "grayscale"
-            }
-        )
-        return self._finish(row, timings, face.start)
+        facts = {k: float(v) if isinstance(v, float | np.floating) else v for k, v in face.facts.items()}
+        facts.pop("grayscale")
+        return {
+            "name": name,
+            "face_index": face.index,
+            "status": "ok",
+            "bbox": [v / scale for v in analysis.box.as_list()],
+            "landmarks": (analysis.landmarks / scale).astype(float).tolist(),
+            "aligned_landmarks": analysis.aligned_landmarks.astype(float).tolist(),
+            "landmark_convention": analysis.landmark_convention,
+            "affine": affine.tolist(),
+            "landmarks_model": analyzer.landmark_model.model_id,
+            "expression_model": analyzer.backend_ids["expression"],
+            "embedding_model": analyzer.embedder.model_id,
+            "embedding_dim": int(analyzer.embedder.dim),
+            "captioner_model": self.shared.captioner.model_id,
+            "caption": face.caption,
+            "sharpness": analysis.sharpness,
+        } | facts
+
+
+STAGES = (ReadStage, DecodeStage, DetectStage, LandmarkStage, EmbedStage, ExpressionStage, CaptionStage, WriteStage)
+
+
+class PrepStage:
+    """The stages, in order, for one worker: `setup` once, then `process_batch` per Spark batch."""
+
+    def __init__(self, config: PrepConfig, resources: Resources | None = None):
+        self.shared = Shared(config, resources or Resources(), config.config_hash())
+        self.stages = [stage() for stage in STAGES]
+
+    @property
+    def config(self) -> PrepConfig:
+        return self.shared.config
+
+    def setup(self) -> PrepStage:
+        self.shared.load()
+        for stage in self.stages:
+            stage.setup(self.shared)
+        return self
+
+    def process_batch(self, files: pd.DataFrame) -> pd.DataFrame:
+        listed = [
+            (item.path, item.relative, item.identity, getattr(item, "size", None), getattr(item, "problem", None))
+            for item in files.itertuples(index=False)
+        ]
+        return pd.DataFrame(self.process(listed), columns=COLUMN_NAMES)
+
+    def process_file(
+        self, path: str, relative: str, identity: str | None, size: int | None = None, problem: str | None = None
+    ) -> list[dict]:
+        """The rows of one file (a batch of one)."""
+        return self.process([(path, relative, identity, size, problem)])
+
+    def process(self, listed: list[tuple]) -> list[dict]:
+        """Every file through every stage; the rows of each file, in input order."""
+        self.setup()
+        files = [self._context(*item) for item in listed]
+        for stage in self.stages:
+            open_files = [file for file in files if file.open]
+            try:
+                stage.process_batch(open_files)
+            except Exception:  # a batch step failed: each file alone, so only the one that broke it fails
+                for file in open_files:
+                    self._alone(stage, file)
+        return [row for file in files for row in file.rows or []]
+
+    def _alone(self, stage: Stage, file: FileContext) -> None:
+        if not file.open:
+            return
+        try:
+            stage.process_batch([file])
+        except Exception as err:  # one bad image must never stop the job
+            file.end("error", "internal_error", _error_text(err))
+
+    def _context(
+        self, path: str, relative: str, identity: str | None, size: int | None, problem: str | None
+    ) -> FileContext:
+        base_row = empty_row() | {
+            "source_path": path,
+            "relative_path": relative,
+            "identity": identity,
+            "config_hash": self.shared.config_hash,
+            "resumed": False,
+        }
+        return FileContext(path, relative, identity, size, problem, base_row)
 
 
 _STAGES: dict[str, PrepStage] = {}
 
 
-def stage_for(config: PrepConfig) -> PrepStage:
-    """One stage per worker process and configuration: models load once, then serve every batch."""
-    key = repr(config)
+def stage_for(config: PrepConfig, resources: Resources | None = None) -> PrepStage:
+    """One stage per worker process, configuration and resources: models load once, then serve every batch."""
+    resources = resources or Resources()
+    key = repr((config, resources))
     if key not in _STAGES:
-        _limit_threads()
-        _STAGES[key] = PrepStage(config)
+        _limit_threads(resources.threads or 1)
+        _STAGES[key] = PrepStage(config, resources)
     return _STAGES[key]
 
 
-def _limit_threads() -> None:
-    # Spark runs one task per core; libraries that spawn their own threads would oversubscribe.
-    try:
-        import cv2
+def _limit_threads(threads: int) -> None:
+    """Spark runs one task per core it gives: libraries that start a thread per core of the machine would
+    oversubscribe it. OpenCV and torch are dependencies of the toolkit, so both are there."""
+    import cv2
+    import torch
 
-        cv2.setNumThreads(1)
-    except Exception:
-        pass
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except Exception:
-        pass
+    cv2.setNumThreads(threads)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -18,11 +18,26 @@ from dynamicid.prep.schema import SPARK_DDL
 INPUT_DDL = "path string, relative string, identity string, size bigint, problem string"
 
 
+def task_resources():
+    """The GPU (spark.task.resource.gpu.amount) and cores (spark.task.cpus) Spark gave the running task: the
+    backends get them from here, so no library starts a thread per core of the whole machine."""
+    from pyspark import TaskContext
+
+    from dynamicid.faces.backends import Resources
+
+    context = TaskContext.get()
+    if context is None:
+        return Resources()
+    gpus = context.resources().get("gpu")
+    return Resources(gpu=int(gpus.addresses[0]) if gpus and gpus.addresses else None, threads=int(context.cpus()))
+
+
 def _process_partition(config: PrepConfig):
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from dynamicid.prep.process import stage_for
 
-        stage = stage_for(config).setup()  # models load once per Python worker, then serve every batch
+        # Models load once per Python worker, then serve every batch.
+        stage = stage_for(config, task_resources()).setup()
         for batch in batches:
             yield stage.process_batch(batch)
 

@@ -172,78 +172,62 @@ def _person_panel(gr, index: int, visible: bool) -> dict:
     }
 
 
+def _settings_controls(gr, page: SimpleNamespace, tiny: bool) -> None:
+    """The prompt, the size, the seed and the advanced settings; the layout preview beside them."""
+    size, step = (128, 32) if tiny else (512, 64)
+    with gr.Row():
+        with gr.Column(scale=2):
+            page.prompt = gr.Textbox(label="Prompt", value="two friends at a cafe, film photo", elem_id="prompt")
+            page.negative = gr.Textbox(label="Negative prompt", value="blurry, lowres, deformed")
+            with gr.Row():
+                page.width = gr.Slider(64, 1024, value=size, step=step, label="Width", elem_id="width")
+                page.height = gr.Slider(64, 1024, value=size, step=step, label="Height", elem_id="height")
+            page.seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="seed")
+            with gr.Accordion("Advanced", open=False):
+                page.steps = gr.Slider(1, 100, value=4 if tiny else 30, step=1, label="Steps", elem_id="steps")
+                page.guidance = gr.Slider(1.0, 12.0, value=5.0, step=0.5, label="Guidance")
+                page.id_scale = gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="Identity strength (id_scale)")
+                page.infer_scale = gr.Slider(0.0, 4.0, value=2.0, step=0.5, label="Layout strength (infer_scale)")
+                page.infer_end = gr.Slider(0, 50, value=12, step=1, label="Layout steps (infer_end)")
+                page.show_gates = gr.Checkbox(False, label="Show where each identity went (gate maps)", elem_id="gates")
+        with gr.Column(scale=1):
+            page.auto = gr.Checkbox(True, label="Automatic layout", elem_id="auto")
+            page.preview = gr.Image(label="Layout", interactive=False, height=260, elem_id="preview")
+
+
+def _result_controls(gr, page: SimpleNamespace) -> None:
+    """Generate and Cancel, the status line, the images, the sidecar and the files to download."""
+    with gr.Row():
+        page.run = gr.Button("Generate", variant="primary", elem_id="generate")
+        page.cancel = gr.Button("Cancel", elem_id="cancel")
+    page.status = gr.Markdown("", elem_id="message")
+    page.gallery = gr.Gallery(label="Result", columns=2, height=400, elem_id="result")
+    page.sidecar = gr.JSON(label="Settings used (the JSON sidecar)", elem_id="sidecar")
+    page.files = gr.File(label="Download: PNG and JSON sidecar", file_count="multiple", elem_id="files")
+
+
 def build_app(engine: Engine, examples: list[list] | None = None, tiny: bool = False, concurrency: int = 1):
     """The Blocks app over `engine`. `examples`: rows of (photo 1, photo 2, prompt) a newcomer can click.
     `concurrency`: generations at once, page and API together (one pipeline: 1)."""
     import gradio as gr
 
-    size = 128 if tiny else 512
     with gr.Blocks(title="DynamicID") as app:
         gr.Markdown(
             "# DynamicID\nSeveral people in one image, each from one photo, each with their own expression "
             "and head orientation, placed where you want them."
         )
-        count = gr.Slider(1, MAX_PERSONS, value=2, step=1, label="Persons", elem_id="count")
+        page = SimpleNamespace(concurrency=concurrency, app=app)
+        page.count = gr.Slider(1, MAX_PERSONS, value=2, step=1, label="Persons", elem_id="count")
         with gr.Row():
-            panels = [_person_panel(gr, i, i < 2) for i in range(MAX_PERSONS)]
-        with gr.Row():
-            with gr.Column(scale=2):
-                prompt = gr.Textbox(label="Prompt", value="two friends at a cafe, film photo", elem_id="prompt")
-                negative = gr.Textbox(label="Negative prompt", value="blurry, lowres, deformed")
-                with gr.Row():
-                    width = gr.Slider(64, 1024, value=size, step=64 if not tiny else 32, label="Width", elem_id="width")
-                    height = gr.Slider(
-                        64, 1024, value=size, step=64 if not tiny else 32, label="Height", elem_id="height"
-                    )
-                seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="seed")
-                with gr.Accordion("Advanced", open=False):
-                    steps = gr.Slider(1, 100, value=4 if tiny else 30, step=1, label="Steps", elem_id="steps")
-                    guidance = gr.Slider(1.0, 12.0, value=5.0, step=0.5, label="Guidance")
-                    id_scale = gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="Identity strength (id_scale)")
-                    infer_scale = gr.Slider(0.0, 4.0, value=2.0, step=0.5, label="Layout strength (infer_scale)")
-                    infer_end = gr.Slider(0, 50, value=12, step=1, label="Layout steps (infer_end)")
-                    show_gates = gr.Checkbox(False, label="Show where each identity went (gate maps)", elem_id="gates")
-            with gr.Column(scale=1):
-                auto = gr.Checkbox(True, label="Automatic layout", elem_id="auto")
-                preview = gr.Image(label="Layout", interactive=False, height=260, elem_id="preview")
-        with gr.Row():
-            run = gr.Button("Generate", variant="primary", elem_id="generate")
-            cancel = gr.Button("Cancel", elem_id="cancel")
-        status = gr.Markdown("", elem_id="message")
-        gallery = gr.Gallery(label="Result", columns=2, height=400, elem_id="result")
-        sidecar = gr.JSON(label="Settings used (the JSON sidecar)", elem_id="sidecar")
-        files = gr.File(label="Download: PNG and JSON sidecar", file_count="multiple", elem_id="files")
-        page = SimpleNamespace(
-            count=count,
-            panels=panels,
-            prompt=prompt,
-            negative=negative,
-            width=width,
-            height=height,
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            id_scale=id_scale,
-            infer_scale=infer_scale,
-            infer_end=infer_end,
-            show_gates=show_gates,
-            auto=auto,
-            preview=preview,
-            run=run,
-            cancel=cancel,
-            status=status,
-            gallery=gallery,
-            sidecar=sidecar,
-            files=files,
-            concurrency=concurrency,
-            app=app,
-        )
+            page.panels = [_person_panel(gr, i, i < 2) for i in range(MAX_PERSONS)]
+        _settings_controls(gr, page, tiny)
+        _result_controls(gr, page)
         _wire_layout(gr, page)
         _wire_photos(gr, engine, page)
         _wire_generation(gr, engine, page)
         _add_api(gr, engine, concurrency)
         if examples:
-            gr.Examples(examples, [panels[0]["photo"], panels[1]["photo"], prompt], label="Examples")
+            gr.Examples(examples, [page.panels[0]["photo"], page.panels[1]["photo"], page.prompt], label="Examples")
     return app
 
 
@@ -313,79 +297,59 @@ def _panel_inputs(page) -> list:
     ]
 
 
-def _wire_generation(gr, engine: Engine, page) -> None:
-    settings = [
-        page.count,
-        page.prompt,
-        page.negative,
-        page.width,
-        page.height,
-        page.seed,
-        page.steps,
-        page.guidance,
-        page.id_scale,
-        page.infer_scale,
-        page.infer_end,
-        page.show_gates,
-        page.auto,
-    ]
+# The page's settings, in the order `generate` receives them (then the person panels, then the box fields).
+PAGE_SETTINGS = (
+    "count",
+    "prompt",
+    "negative",
+    "width",
+    "height",
+    "seed",
+    "steps",
+    "guidance",
+    "id_scale",
+    "infer_scale",
+    "infer_end",
+    "show_gates",
+    "auto",
+)
+REQUEST_SETTINGS = ("seed", "steps", "guidance", "height", "width", "id_scale", "infer_scale", "infer_end")
 
+
+def _request_from_page(gr, values: tuple):
+    """A GenerationRequest from the page's values (PAGE_SETTINGS, 6 per person panel, then the box fields)."""
+    given = dict(zip(PAGE_SETTINGS, values))
+    count, first_box = int(given["count"]), len(PAGE_SETTINGS) + 6 * MAX_PERSONS
+    panels = [values[len(PAGE_SETTINGS) + 6 * i : len(PAGE_SETTINGS) + 6 * (i + 1)] for i in range(count)]
+    boxes = [None] * count if given["auto"] else _boxes_from_fields(count, list(values[first_box:]))
+    missing = [str(i + 1) for i, panel in enumerate(panels) if not panel[0]]
+    if missing:
+        raise gr.Error(f"person {', '.join(missing)}: upload a photo first", print_exception=False)
+    settings = {name: given[name] for name in REQUEST_SETTINGS} | {"gate_maps": given["show_gates"]}
+    face_prompts = [compose_face_prompt(p[1], p[2], p[3], p[5]) for p in panels]
+    request = _settings_request(
+        given["prompt"], given["negative"], count, [p[0] for p in panels], face_prompts, boxes, settings
+    )
+    for i, panel in enumerate(panels):
+        request.persons[i].target_landmarks = panel[4] or None
+    return request
+
+
+def _wire_generation(gr, engine: Engine, page) -> None:
     def generate(*values, progress=gr.Progress()):
-        (
-            count,
-            prompt,
-            negative,
-            width,
-            height,
-            seed,
-            steps,
-            guidance,
-            id_scale,
-            infer_scale,
-            infer_end,
-            gates,
-            auto,
-        ) = values[:13]
-        count = int(count)
-        panels = [values[13 + 6 * i : 19 + 6 * i] for i in range(MAX_PERSONS)][:count]
-        boxes = [None] * count if auto else _boxes_from_fields(count, list(values[13 + 6 * MAX_PERSONS :]))
-        missing = [str(i + 1) for i, panel in enumerate(panels) if not panel[0]]
-        if missing:
-            raise gr.Error(f"person {', '.join(missing)}: upload a photo first", print_exception=False)
-        request = _settings_request(
-            prompt,
-            negative,
-            count,
-            [p[0] for p in panels],
-            [compose_face_prompt(p[1], p[2], p[3], p[5]) for p in panels],
-            boxes,
-            {
-                "seed": seed,
-                "steps": steps,
-                "guidance": guidance,
-                "height": height,
-                "width": width,
-                "id_scale": id_scale,
-                "infer_scale": infer_scale,
-                "infer_end": infer_end,
-                "gate_maps": gates,
-            },
-        )
-        for i, panel in enumerate(panels):
-            request.persons[i].target_landmarks = panel[4] or None
+        request = _request_from_page(gr, values)
         with closing(run_generation(engine, request, progress)) as running:  # closed with us: a cancel reaches it
             for result, message in running:
                 if result is None:
                     yield gr.update(), gr.update(), gr.update(), message
-                else:
-                    shown = [(path, "result") for path in result.images] + [
-                        (path, "gate map") for path in result.overlays
-                    ]
-                    yield shown, result.sidecars[0], result.files, message
+                    continue
+                shown = [(path, "result") for path in result.images]
+                shown += [(path, "gate map") for path in result.overlays]
+                yield shown, result.sidecars[0], result.files, message
 
     event = page.run.click(
         generate,
-        [*settings, *_panel_inputs(page), *_box_fields(page)],
+        [*(getattr(page, name) for name in PAGE_SETTINGS), *_panel_inputs(page), *_box_fields(page)],
         [page.gallery, page.sidecar, page.files, page.status],
         concurrency_id="gpu",
         concurrency_limit=page.concurrency,

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -140,47 +141,27 @@ def _sampler_callback(config, frozen: Frozen, weights_of, reference: str):
     return sample
 
 
-def train_anchor(config: AnchorConfig) -> dict:
-    faces = td.load_faces(config.data)
-    sampler = td.AnchorSampler(faces)
-    id_dim = td.embedding_dim(faces)
-    trainer = Trainer(config, "anchor")
-    frozen = Frozen(config, trainer.device, trainer.weight_dtype)
+def _anchor_modules(config: AnchorConfig, frozen: Frozen, id_dim: int) -> tuple[FaceEncoder, DynamicIDAttention]:
+    """The modules stage 1 trains: loaded from init_weights, or new at the base models' widths."""
     torch.manual_seed(config.seed)  # the new modules' initial weights are part of the run
-    if config.init_weights:
-        start = load_weights(config.init_weights, processor_layout(frozen.unet))
-        face_encoder, attention = start.face_encoder, start.attention
-        if face_encoder.config.id_dim != id_dim:
-            raise td.TrainingDataError(
-                f"init_weights takes {face_encoder.config.id_dim}-d embeddings; the data has {id_dim}-d"
-            )
-    else:
+    if not config.init_weights:
         face_encoder = FaceEncoder.for_width(
             id_dim, frozen.image_encoder.config.hidden_size, frozen.unet.config.cross_attention_dim
         )
-        attention = DynamicIDAttention.for_unet(frozen.unet, rank=config.lora_rank)
-    trainer.prepare(AnchorModules(face_encoder, attention))
-    install_processors(frozen.unet, trainer.unwrapped().attention)
-    if sampler.single_photo:
-        trainer.log(
-            f"note: {len(sampler.single_photo)} of {len(sampler.groups)} identities have one photo; "
-            "their reference is the target photo itself"
+        return face_encoder, DynamicIDAttention.for_unet(frozen.unet, rank=config.lora_rank)
+    start = load_weights(config.init_weights, processor_layout(frozen.unet))
+    if start.face_encoder is None or start.attention is None:
+        raise td.TrainingDataError(f"init_weights {config.init_weights} lacks the face encoder or SAA")
+    if start.face_encoder.config.id_dim != id_dim:
+        raise td.TrainingDataError(
+            f"init_weights takes {start.face_encoder.config.id_dim}-d embeddings; the data has {id_dim}-d"
         )
+    return start.face_encoder, start.attention
+
+
+def _anchor_loss(config: AnchorConfig, frozen: Frozen, trainer: Trainer, batches: td.ReadAhead, cache) -> Callable:
+    """loss_of(micro_step) for stage 1: the denoising loss with the face encoder's ID tokens through SAA."""
     settings = SAASettings(num_persons=1, gate=config.gate, detach_gate=not config.gate_gradients)
-    cache = cache_clip_features(config, faces, frozen, trainer) if config.cache_clip else None
-    batches = td.ReadAhead(
-        td.AnchorBatches(
-            sampler,
-            config.seed,
-            config.batch_size,
-            config.resolution,
-            id_dim,
-            (config.drop_text, config.drop_image, config.drop_both),
-            trainer.accelerator.process_index,
-            cache,
-        ),
-        config.data_workers,
-    )
     blank_clip = frozen.clip([None])[0] if cache is not None else None  # the cached path's dropped image
 
     def loss_of(micro: int):
@@ -194,22 +175,44 @@ def train_anchor(config: AnchorConfig) -> dict:
                 [blank_clip if c is None else c.to(blank_clip.device, blank_clip.dtype) for c in batch["clip"]]
             )
         text, _ = frozen.text(batch["captions"])
-        latents = frozen.latents(batch["pixels"])
-        noisy, timesteps, target = frozen.noisy(latents, generator)
-        module = trainer.unwrapped()
-        tokens = module.face_encoder(embeddings.float(), clip.float()).to(text.dtype)
+        noisy, timesteps, target = frozen.noisy(frozen.latents(batch["pixels"]), generator)
+        tokens = trainer.unwrapped().face_encoder(embeddings.float(), clip.float()).to(text.dtype)
         prediction = frozen.unet(
             noisy, timesteps, torch.cat([text, tokens], dim=1), cross_attention_kwargs={"dynamicid": settings}
         ).sample
         return F.mse_loss(prediction.float(), target.float()), {}
 
+    return loss_of
+
+
+def train_anchor(config: AnchorConfig) -> dict:
+    faces = td.load_faces(config.data)
+    sampler = td.AnchorSampler(faces)
+    id_dim = td.embedding_dim(faces)
+    trainer = Trainer(config, "anchor")
+    frozen = Frozen(config, trainer.device, trainer.weight_dtype)
+    trainer.prepare(AnchorModules(*_anchor_modules(config, frozen, id_dim)))
+    install_processors(frozen.unet, trainer.unwrapped().attention)
+    if sampler.single_photo:
+        trainer.log(
+            f"note: {len(sampler.single_photo)} of {len(sampler.groups)} identities have one photo; "
+            "their reference is the target photo itself"
+        )
+    cache = cache_clip_features(config, faces, frozen, trainer) if config.cache_clip else None
+    drops = (config.drop_text, config.drop_image, config.drop_both)
+    rank = trainer.accelerator.process_index
+    batches = td.ReadAhead(
+        td.AnchorBatches(sampler, config.seed, config.batch_size, config.resolution, id_dim, drops, rank, cache),
+        config.data_workers,
+    )
+
     def weights_now() -> DynamicIDWeights:
         module = trainer.unwrapped()
         return DynamicIDWeights(face_encoder=module.face_encoder, attention=module.attention)
 
-    reference = sampler.faces[0].jpg
     try:
-        history = trainer.run(loss_of, _sampler_callback(config, frozen, weights_now, reference))
+        loss_of = _anchor_loss(config, frozen, trainer, batches, cache)
+        history = trainer.run(loss_of, _sampler_callback(config, frozen, weights_now, sampler.faces[0].jpg))
     finally:
         batches.close()
     extra = {
@@ -277,14 +280,12 @@ def cache_tokens(config: ReconfigConfig, faces, face_encoder: FaceEncoder, froze
     return tokens
 
 
-def train_reconfig(config: ReconfigConfig) -> dict:
-    if not config.weights:
-        raise ConfigError("reconfig needs the stage-1 weights: set weights to a folder (ours or the authors')")
-    faces = td.load_faces(config.data)
-    sampler = td.ReconfigSampler(faces, config.max_targets)
-    trainer = Trainer(config, "reconfig")
-    frozen = Frozen(config, trainer.device, trainer.weight_dtype)
+def _reconfig_modules(config: ReconfigConfig, frozen: Frozen, faces: list[td.Face]) -> tuple:
+    """The frozen stage-1 parts (installed on the UNet) and the stage-2 parts to train (the stage-1 file's, or
+    new ones)."""
     stage1 = load_weights(config.weights, processor_layout(frozen.unet))
+    if stage1.face_encoder is None or stage1.attention is None:
+        raise td.TrainingDataError(f"weights {config.weights} lack the stage-1 face encoder or SAA")
     face_encoder = stage1.face_encoder.to(frozen.device).eval().requires_grad_(False)
     attention = stage1.attention.to(frozen.device).requires_grad_(False)
     install_processors(frozen.unet, attention)
@@ -293,15 +294,32 @@ def train_reconfig(config: ReconfigConfig) -> dict:
             f"the stage-1 face encoder takes {face_encoder.config.id_dim}-d embeddings; "
             f"the data has {td.embedding_dim(faces)}-d"
         )
-    width = frozen.text_encoder.config.hidden_size
-    token_dim = frozen.unet.config.cross_attention_dim
     if stage1.imr is not None and stage1.keypoint_encoder is not None:
-        imr, keypoints = stage1.imr, stage1.keypoint_encoder
-    else:
-        torch.manual_seed(config.seed)
-        imr = IMR.for_width(token_dim, width, config.imr_depth)
-        keypoints = KeyPointEncoder(out_dim=width, base=keypoint_base_for(width))
+        return face_encoder, attention, stage1.imr, stage1.keypoint_encoder
+    width = frozen.text_encoder.config.hidden_size
+    torch.manual_seed(config.seed)
+    imr = IMR.for_width(frozen.unet.config.cross_attention_dim, width, config.imr_depth)
+    return face_encoder, attention, imr, KeyPointEncoder(out_dim=width, base=keypoint_base_for(width))
 
+
+def _ldc_loss(config: ReconfigConfig, frozen: Frozen, targets, edited, wanted, context, generator) -> torch.Tensor:
+    """L_LDC: the UNet's prediction with the edited tokens against its prediction with the targets' own."""
+    settings = SAASettings(num_persons=1)
+    latents = frozen.latents(torch.stack([td.read_image(f.jpg, config.resolution) for f in targets]))
+    noisy, timesteps, _ = frozen.noisy(latents, generator)
+    text = context.expand(len(targets), -1, -1)
+
+    def predict(tokens: torch.Tensor) -> torch.Tensor:
+        context_and_ids = torch.cat([text, tokens.to(text.dtype)], 1)
+        return frozen.unet(noisy, timesteps, context_and_ids, cross_attention_kwargs={"dynamicid": settings}).sample
+
+    with torch.no_grad():
+        reference = predict(wanted)
+    return F.mse_loss(predict(edited).float(), reference.float())
+
+
+def _reconfig_loss(config: ReconfigConfig, frozen: Frozen, trainer: Trainer, sampler, face_encoder) -> Callable:
+    """loss_of(micro_step) for stage 2: L_DFM on the edited ID tokens, plus lambda * L_LDC."""
     used = [f for group in sampler.groups.values() for f in group]
     tokens = cache_tokens(config, used, face_encoder, frozen)
     maps = {f.name: landmark_map_to_tensor(td.read_map96(f.png)) for f in used}
@@ -310,46 +328,36 @@ def train_reconfig(config: ReconfigConfig) -> dict:
     pooled = {p: pooled_all[i].float() for i, p in enumerate(prompts)}
     context, _ = frozen.text([config.prompt])
 
-    trainer.prepare(ReconfigModules(imr, keypoints))
-    if sampler.skipped:
-        trainer.log(f"note: {len(sampler.skipped)} identities have one photo and are left out of reconfig")
-    settings = SAASettings(num_persons=1)
-
     def loss_of(micro: int):
         process = trainer.accelerator.process_index
         source, targets = sampler.pick(config.seed, micro, process)
-        generator = td.step_generator(config.seed + 2, micro, process)
-        module = trainer.unwrapped()
-        device = frozen.device
+        module, device = trainer.unwrapped(), frozen.device
         features = module.keypoint_encoder(torch.stack([maps[f.name] for f in [source, *targets]]).to(device))
         prompt = torch.stack([pooled[f.face_prompt] for f in [source, *targets]]).to(device)
         edited = module.imr.edit(tokens[source.name].to(device), features[:1], prompt[:1], features[1:], prompt[1:])
         wanted = torch.stack([tokens[f.name] for f in targets]).to(device)
         dfm = F.mse_loss(edited.float(), wanted.float())
-        logs = {"dfm": float(dfm.detach())}
-        loss = dfm
-        if config.ldc_weight > 0:
-            latents = frozen.latents(torch.stack([td.read_image(f.jpg, config.resolution) for f in targets]))
-            noisy, timesteps, _ = frozen.noisy(latents, generator)
-            text = context.expand(len(targets), -1, -1)
-            with torch.no_grad():
-                reference = frozen.unet(
-                    noisy,
-                    timesteps,
-                    torch.cat([text, wanted.to(text.dtype)], 1),
-                    cross_attention_kwargs={"dynamicid": settings},
-                ).sample
-            predicted = frozen.unet(
-                noisy,
-                timesteps,
-                torch.cat([text, edited.to(text.dtype)], 1),
-                cross_attention_kwargs={"dynamicid": settings},
-            ).sample
-            ldc = F.mse_loss(predicted.float(), reference.float())
-            logs["ldc"] = float(ldc.detach())
-            loss = dfm + config.ldc_weight * ldc
-        return loss, logs
+        if config.ldc_weight <= 0:
+            return dfm, {"dfm": float(dfm.detach())}
+        generator = td.step_generator(config.seed + 2, micro, process)
+        ldc = _ldc_loss(config, frozen, targets, edited, wanted, context, generator)
+        return dfm + config.ldc_weight * ldc, {"dfm": float(dfm.detach()), "ldc": float(ldc.detach())}
 
+    return loss_of
+
+
+def train_reconfig(config: ReconfigConfig) -> dict:
+    if not config.weights:
+        raise ConfigError("reconfig needs the stage-1 weights: set weights to a folder (ours or the authors')")
+    faces = td.load_faces(config.data)
+    sampler = td.ReconfigSampler(faces, config.max_targets)
+    trainer = Trainer(config, "reconfig")
+    frozen = Frozen(config, trainer.device, trainer.weight_dtype)
+    face_encoder, attention, imr, keypoints = _reconfig_modules(config, frozen, faces)
+    loss_of = _reconfig_loss(config, frozen, trainer, sampler, face_encoder)
+    trainer.prepare(ReconfigModules(imr, keypoints))
+    if sampler.skipped:
+        trainer.log(f"note: {len(sampler.skipped)} identities have one photo and are left out of reconfig")
     history = trainer.run(loss_of)
     module = trainer.unwrapped()
     weights = DynamicIDWeights(

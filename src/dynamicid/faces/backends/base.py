@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -18,28 +20,19 @@ class BackendError(ModelError):
     """A backend cannot be built: unknown name, missing or broken model files."""
 
 
-def gpu_for_this_task() -> int | None:
-    """The GPU Spark gave this task (spark.task.resource.gpu.amount), if any."""
-    try:
-        from pyspark import TaskContext
-    except ImportError:
-        return None
-    context = TaskContext.get()
-    if context is None:
-        return None
-    gpus = context.resources().get("gpu")
-    return int(gpus.addresses[0]) if gpus and gpus.addresses else None
+@dataclass(frozen=True)
+class Resources:
+    """What the code running a backend was given: a GPU index (None: none assigned, use the first when there is
+    one) and a thread count (None: the library's own choice). The Spark layer fills it from its task
+    (`prep.spark_job.task_resources`); faces/ never asks Spark itself."""
 
+    gpu: int | None = None
+    threads: int | None = None
 
-def cpus_for_this_task() -> int | None:
-    """The cores Spark gave this task (spark.task.cpus), if running inside one: a library that
-    starts a thread per core of the machine would otherwise oversubscribe it."""
-    try:
-        from pyspark import TaskContext
-    except ImportError:
-        return None
-    context = TaskContext.get()
-    return int(context.cpus()) if context is not None else None
+    def torch_device(self) -> Any:
+        import torch
+
+        return torch.device(f"cuda:{self.gpu or 0}") if torch.cuda.is_available() else torch.device("cpu")
 
 
 @cache
@@ -129,7 +122,7 @@ def available(stage: str) -> list[str]:
     return sorted(_REGISTRY[stage])
 
 
-def create(stage: str, name: str, model_path: str | None = None, **options):
+def create(stage: str, name: str, model_path: str | None = None, resources: Resources | None = None, **options):
     """Build the backend `name` for `stage`, loading its model from `model_path` if it takes one."""
     try:
         factory = _REGISTRY[stage][name]
@@ -140,6 +133,8 @@ def create(stage: str, name: str, model_path: str | None = None, **options):
     if isinstance(factory, str):
         module_name, attribute = factory.split(":")
         factory = getattr(importlib.import_module(module_name), attribute)
+    if resources is not None and "resources" in inspect.signature(factory).parameters:
+        options["resources"] = resources  # only backends that use a device or threads take it
     return factory(resolve_model(model_path, f"{stage} {name}"), **options)
 
 

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from dynamicid.faces.alignment import apply_affine
-from dynamicid.faces.backends.base import BackendError, gpu_for_this_task, model_file_hash
+from dynamicid.faces.backends.base import BackendError, Resources, model_file_hash
 from dynamicid.faces.types import FaceBox
 
 CROP = 256
@@ -69,14 +69,11 @@ class FanLandmarks:
     name = "fan"
     convention = "ibug68"
 
-    def __init__(self, model_path: str | None = None):
+    def __init__(self, model_path: str | None = None, resources: Resources | None = None):
         import torch
 
         path = find_model(model_path)
-        if torch.cuda.is_available():
-            self.device = torch.device(f"cuda:{gpu_for_this_task() or 0}")
-        else:
-            self.device = torch.device("cpu")
+        self.device = (resources or Resources()).torch_device()
         try:
             with warnings.catch_warnings():  # FAN ships as TorchScript, which torch now calls deprecated
                 warnings.simplefilter("ignore", DeprecationWarning)

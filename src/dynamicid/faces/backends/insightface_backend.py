@@ -38,8 +38,7 @@ from dynamicid.faces.alignment import apply_affine, five_points, similarity_tran
 from dynamicid.faces.backends.base import (
     BackendError,
     PreparedEmbedder,
-    cpus_for_this_task,
-    gpu_for_this_task,
+    Resources,
     model_file_hash,
 )
 from dynamicid.faces.types import FaceBox
@@ -67,24 +66,24 @@ def _onnxruntime():
     return onnxruntime
 
 
-def providers() -> list:
+def providers(resources: Resources | None = None) -> list:
     ort = _onnxruntime()
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        device = gpu_for_this_task()
+        device = resources.gpu if resources else None
         return [("CUDAExecutionProvider", {"device_id": device or 0}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
 class OnnxModel:
-    def __init__(self, path: str, threads: int | None = None):
+    def __init__(self, path: str, threads: int | None = None, resources: Resources | None = None):
         ort = _onnxruntime()
         options = ort.SessionOptions()
-        threads = threads or cpus_for_this_task()
+        threads = threads or (resources.threads if resources else None)
         if threads:  # inside Spark: the task's cores, not the machine's
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(path, sess_options=options, providers=providers())
+            self.session = ort.InferenceSession(path, sess_options=options, providers=providers(resources))
         except Exception as err:
             raise BackendError(f"{path} is not a loadable ONNX model: {err}") from None
         self.path = path
@@ -254,11 +253,17 @@ def fit_to_canvas(rgb: np.ndarray, canvas: int) -> tuple[np.ndarray, float]:
 class InsightFaceDetector:
     name = "insightface"
 
-    def __init__(self, model_path: str | None = None, detect_side: int | None = None, min_score: float | None = None):
+    def __init__(
+        self,
+        model_path: str | None = None,
+        detect_side: int | None = None,
+        min_score: float | None = None,
+        resources: Resources | None = None,
+    ):
         # detect_side is the dlib detector's setting; SCRFD uses DETECTION_CANVASES (or the model's fixed size).
         if model_path is None:
             raise BackendError("detector insightface needs detector_model, a folder (buffalo_l or antelopev2)")
-        self.model = OnnxModel(_model(model_path, "detector"))
+        self.model = OnnxModel(_model(model_path, "detector"), resources=resources)
         self.model_id = f"scrfd:{self.model.model_id}"
         self.gives_keypoints = len(self.model.outputs) in (9, 15)
         fixed = self.model.input_side()
@@ -295,8 +300,8 @@ class InsightFaceDetector:
 class _LandmarkNet:
     """InsightFace's landmark crop: centred on the box, 1.5x its larger side, 192 px."""
 
-    def __init__(self, path: str):
-        self.model = OnnxModel(path)
+    def __init__(self, path: str, resources: Resources | None = None):
+        self.model = OnnxModel(path, resources=resources)
         self.side = self.model.input_side() or 192
         self.raw_pixels = self.model.normalises_inside(landmark_model=True)
 
@@ -319,11 +324,11 @@ class InsightFaceLandmarks:
     convention = "insightface106"
     conventions = ("insightface106", "ibug68")
 
-    def __init__(self, model_path: str | None = None):
+    def __init__(self, model_path: str | None = None, resources: Resources | None = None):
         if model_path is None:
             raise BackendError("landmarks insightface needs landmarks_model, a folder (buffalo_l or antelopev2)")
-        self.net2d = _LandmarkNet(_model(model_path, "landmarks2d"))
-        self.net3d = _LandmarkNet(_model(model_path, "landmarks3d"))
+        self.net2d = _LandmarkNet(_model(model_path, "landmarks2d"), resources)
+        self.net3d = _LandmarkNet(_model(model_path, "landmarks3d"), resources)
         self.model_id = f"2d106:{self.net2d.model.model_id}+3d68:{self.net3d.model.model_id}"
 
     def landmark_sets(self, rgb: np.ndarray, box: FaceBox) -> dict[str, np.ndarray]:
@@ -350,10 +355,10 @@ class InsightFaceEmbedder(PreparedEmbedder):
     name = "insightface"
     dim = 512
 
-    def __init__(self, model_path: str | None = None):
+    def __init__(self, model_path: str | None = None, resources: Resources | None = None):
         if model_path is None:
             raise BackendError("embedder insightface needs embedder_model, a folder (buffalo_l or antelopev2)")
-        self.model = OnnxModel(_model(model_path, "embedder"))
+        self.model = OnnxModel(_model(model_path, "embedder"), resources=resources)
         width = self.model.output_width()
         if width is not None and width != self.dim:
             raise BackendError(

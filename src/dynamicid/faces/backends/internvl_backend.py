@@ -21,7 +21,7 @@ import os
 import cv2
 import numpy as np
 
-from dynamicid.faces.backends.base import BackendError, gpu_for_this_task
+from dynamicid.faces.backends.base import BackendError, Resources
 from dynamicid.faces.caption import CaptionGuard, caption_from_description, guard_description
 
 INSTRUCTION = (
@@ -89,7 +89,14 @@ def image_seq_length(config: dict, processor_config: dict) -> int:
 class InternVLCaptioner:
     name = "internvl"
 
-    def __init__(self, model_path: str | None = None, max_new_tokens: int = 64, batch_size: int = 16, **options):
+    def __init__(
+        self,
+        model_path: str | None = None,
+        max_new_tokens: int = 64,
+        batch_size: int = 16,
+        resources: Resources | None = None,
+        **options,
+    ):
         folder, config = check_folder(model_path)
         import torch
         import transformers
@@ -102,10 +109,8 @@ class InternVLCaptioner:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.guard = CaptionGuard()
-        if torch.cuda.is_available():
-            self.device, self.dtype = torch.device(f"cuda:{gpu_for_this_task() or 0}"), torch.bfloat16
-        else:
-            self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.device = (resources or Resources()).torch_device()
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
             self.model = transformers.InternVLForConditionalGeneration.from_pretrained(folder, dtype=self.dtype)

@@ -1,0 +1,131 @@
+"""prep's per-file logic in process, through the stage objects, without Spark: statuses, policies, resume
+decisions, writing, and a failing stage costing only its own file. (test_prep_pipeline.py runs the same
+work end to end on Spark.)"""
+
+import os
+import shutil
+
+import pytest
+
+from dynamicid.prep import PrepConfig, outputs
+from dynamicid.prep.process import PrepStage, timed
+
+
+def _files(folder):
+    listed = []
+    for root, _, names in os.walk(folder):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, folder)
+            identity = relative.split(os.sep)[0] if os.sep in relative else None
+            listed.append((path, relative, identity, os.path.getsize(path), None))
+    return sorted(listed, key=lambda item: item[1])
+
+
+@pytest.fixture(scope="module")
+def stage_factory():
+    built = {}
+
+    def stage(output, **options) -> PrepStage:
+        config = PrepConfig(input=".", output=str(output), progress=False, **options)
+        key = repr(sorted(options.items()))
+        if key not in built:  # models load once per configuration, as in a Spark worker
+            built[key] = PrepStage(config).setup()
+        built[key].shared.config = config  # the same models, this test's output folder
+        return built[key]
+
+    return stage
+
+
+def test_every_sample_file_gets_its_documented_status_in_one_batch(sample, stage_factory, tmp_path):
+    folder, expected = sample
+    rows = stage_factory(tmp_path).process(_files(folder))
+    assert {row["relative_path"]: (row["status"], row["reason"]) for row in rows} == expected
+    for row in rows:
+        if row["status"] == "ok":
+            paths = outputs.face_paths(str(tmp_path), row["identity"], row["name"])
+            assert all(os.path.getsize(p) > 0 for p in paths.values())
+            assert os.path.isfile(outputs.record_path(str(tmp_path), row["relative_path"]))
+
+
+@pytest.mark.parametrize("policy,rows_per_photo", [("largest", 1), ("skip", 1), ("all", None)])
+def test_multi_face_policies(shared_faces, stage_factory, tmp_path, policy, rows_per_photo):
+    listed = _files(shared_faces / "groups")
+    rows = stage_factory(tmp_path, multi_face=policy).process(listed)
+    by_photo = {}
+    for row in rows:
+        by_photo.setdefault(row["relative_path"], []).append(row)
+    assert sorted(by_photo) == [item[1] for item in listed]
+    for photo_rows in by_photo.values():
+        detected = photo_rows[0]["faces_detected"]
+        assert detected >= 2
+        assert len(photo_rows) == (rows_per_photo or detected)
+        if policy == "skip":
+            assert [r["reason"] for r in photo_rows] == ["multiple_faces"]
+        else:
+            assert {r["status"] for r in photo_rows} == {"ok"}
+            assert [r["face_index"] for r in photo_rows] == list(range(len(photo_rows)))
+
+
+def test_resume_decisions(sample, stage_factory, tmp_path):
+    folder, _ = sample
+    copy = shutil.copytree(folder / "astronaut", tmp_path / "in" / "astronaut")
+    listed = [item for item in _files(tmp_path / "in") if item[1].endswith("original.png")]
+    stage = stage_factory(tmp_path / "out")
+    first = stage.process(listed)
+    assert [r["status"] for r in first] == ["ok"] and not first[0]["resumed"]
+    again = stage.process(listed)
+    assert again[0]["resumed"] and again[0]["name"] == first[0]["name"]  # done: nothing is redone
+    os.remove(outputs.face_paths(str(tmp_path / "out"), "astronaut", first[0]["name"])["txt"])
+    assert not stage.process(listed)[0]["resumed"]  # an output is missing: redone
+    with open(copy / "original.png", "ab") as handle:
+        handle.write(b"\0")  # other content, same name
+    changed = stage.process([(listed[0][0], listed[0][1], "astronaut", os.path.getsize(listed[0][0]), None)])
+    assert not changed[0]["resumed"] and changed[0]["sha256"] != first[0]["sha256"]
+
+
+def test_a_stage_that_fails_on_one_file_costs_only_that_file(sample, stage_factory, tmp_path, monkeypatch):
+    folder, expected = sample
+    kept = sorted(relative for relative, (status, _) in expected.items() if status == "ok")[:3]
+    listed = [item for item in _files(folder) if item[1] in kept]
+    stage = stage_factory(tmp_path)
+    detect = stage.shared.analyzer.detect
+    calls = []
+
+    def detect_failing_on_the_second(rgb):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a detector bug")
+        return detect(rgb)
+
+    monkeypatch.setattr(stage.shared.analyzer, "detect", detect_failing_on_the_second)
+    rows = stage.process(listed)
+    assert [(r["status"], r["reason"]) for r in rows] == [("ok", None), ("error", "internal_error"), ("ok", None)]
+    assert "a detector bug" in rows[1]["message"]
+    assert not os.path.exists(outputs.record_path(str(tmp_path), rows[1]["relative_path"]))  # retried next run
+
+
+def test_a_write_that_fails_leaves_no_record_so_the_next_run_redoes_it(sample, stage_factory, tmp_path, monkeypatch):
+    folder, _ = sample
+    listed = [item for item in _files(folder) if item[1].endswith("original.png")]
+    stage = stage_factory(tmp_path)
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device", path)
+
+    monkeypatch.setattr(outputs, "write_atomic", disk_full)
+    rows = stage.process(listed)
+    assert rows[0]["status"] == "error" and "No space left on device" in rows[0]["message"]
+    assert not os.path.exists(outputs.record_path(str(tmp_path), listed[0][1]))
+    monkeypatch.undo()
+    assert stage.process(listed)[0]["status"] == "ok"
+
+
+def test_the_timing_helper_adds_up_and_survives_an_error():
+    timings = {"decode": 1.0}
+    with timed(timings, "decode"):
+        sum(range(10_000))
+    assert timings["decode"] > 1.0
+    with pytest.raises(ValueError), timed(timings, "detect"):
+        raise ValueError
+    assert timings["detect"] >= 0.0 and set(timings) == {"decode", "detect"}
