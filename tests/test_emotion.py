@@ -86,6 +86,7 @@ def test_the_smiling_astronaut_is_happy_and_mirrors_agree(analyzer, shared_faces
             assert face.emotion == "happy" and face.emotion_probabilities[EMOTION_ORDER.index("happy")] > 0.9
 
 
+@pytest.mark.slow  # a whole prep run on Spark
 def test_prep_writes_the_probabilities_and_the_model(sample, spark, tmp_path):
     from dynamicid.prep import PrepConfig, run_prep
 

@@ -83,6 +83,7 @@ def test_download_fetches_every_default_part_and_says_where(hub, tmp_path):
     assert not any(".fp16." in f or f.endswith(".bin") for f in fetched)
 
 
+@pytest.mark.slow  # generate in subprocesses, twice
 def test_generate_by_repo_ids_then_offline_from_the_cache(hub, tmp_path, shared_faces):
     home = tmp_path / "home"
     photo = str(shared_faces / "identities" / "obama" / "1.jpg")

@@ -104,6 +104,7 @@ def test_embeddings_equal_insightface_arcface_code(real_models, reference, test_
         assert float(got @ expected) >= 0.999, key
 
 
+@pytest.mark.slow  # a whole prep run with real weights
 def test_prep_with_real_weights_keeps_every_photo_and_separates_identities(real_models, test_images, spark, tmp_path):
     import torch
 

@@ -232,24 +232,24 @@ def _stage_and_three_files(shared_faces, tmp_path):
 
 def test_one_failing_face_gets_caption_error_and_is_retried_on_rerun(shared_faces, tmp_path):
     stage, files = _stage_and_three_files(shared_faces, tmp_path)
-    stage.captioner = FailingOnOneFace()
+    stage.shared.captioner = FailingOnOneFace()
     rows = stage.process_batch(files)
-    assert stage.captioner.batches == [3, 1, 1, 1]  # the whole batch at once, then face by face
+    assert stage.shared.captioner.batches == [3, 1, 1, 1]  # the whole batch at once, then face by face
     assert list(rows.status) == ["ok", "error", "ok"]
     assert rows.reason[1] == "caption_error" and "out of memory" in rows.message[1]
     assert [p.name for p in (tmp_path / "out" / "images" / "obama").glob("*.txt")] == [f"{rows.name[0]}.txt"]
 
-    stage.captioner = FailingOnOneFace(fail=False)  # the GPU is free again
+    stage.shared.captioner = FailingOnOneFace(fail=False)  # the GPU is free again
     rerun = stage.process_batch(files)
     assert list(rerun.status) == ["ok", "ok", "ok"]
     assert list(rerun.resumed) == [True, False, True]
-    assert stage.captioner.batches == [1]
+    assert stage.shared.captioner.batches == [1]
 
 
 def test_one_face_the_embedder_fails_on_is_an_error_row_and_the_rest_are_kept(shared_faces, tmp_path):
     """The embedding network runs over the task's faces at once; a face it fails on costs only itself."""
     stage, files = _stage_and_three_files(shared_faces, tmp_path)
-    embedder = stage.analyzer.embedder
+    embedder = stage.shared.analyzer.embedder
     real_prepare, real_embed = embedder.prepare, embedder.embed_prepared
     chips, batches = [], []
 

@@ -184,3 +184,21 @@ def test_model_cpu_offload(pipe, shared_faces):
     pipe.enable_model_cpu_offload()
     out = make(pipe, [Person(photo(shared_faces, "obama/1.jpg"))])
     assert out.images.shape == (1, 64, 64, 3)
+
+
+def test_a_call_with_person_embeds_loads_no_face_analysis(tiny_models):
+    """Persons given as ready tokens need no face model: none loads, not even for the sidecar's embedder
+    field (benchmarks/gpu_offload.py relies on it, on a GPU machine without dlib)."""
+    from dynamicid.generation.persons import EncodedPerson
+
+    pipe = DynamicIDPipeline.from_pretrained(tiny_models["sd15"], tiny_models["dynamicid"], tiny_models["clip-image"])
+    pipe.set_progress_bar_config(disable=True)
+    k, width = pipe.face_encoder.config.num_tokens, pipe.face_encoder.config.cross_attention_dim
+    embeds = [
+        EncodedPerson(torch.randn(k, width), torch.zeros(k, width), "in a neutral expression", False, [0, 0, 1, 1])
+    ]
+    out = pipe(
+        "a photo", [Person(None)], person_embeds=embeds, num_inference_steps=1, height=64, width=64, output_type="np"
+    )
+    assert out.images.shape == (1, 64, 64, 3) and pipe._face_analyzer is None
+    assert out.metadata["embedder"] == dict(pipe.config)["face_analysis"]["embedder"] == "dlib-resnet"

@@ -183,6 +183,7 @@ print(json.dumps({"models_mb": before, "peak_mb": peak_mb(), "reasons": [r["reas
 """
 
 
+@pytest.mark.slow  # a subprocess that measures its own peak memory
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak from Linux's /proc")
 def test_no_single_input_takes_a_worker_past_1_5_gb(tmp_path):
     """At the defaults: the largest PNG under the pixel limits (13370x13370 = 178.8 MP, under Pillow's own

@@ -178,7 +178,7 @@ def test_group_photos_follow_the_multi_face_policy(spark, shared_faces, tmp_path
             boxes = [box.scaled(1.0 / image.decode_scale) for box in analyzer.detect(image.rgb)]
             areas = sorted(box.width * box.height for box in boxes)
             x0, y0, x1, y1 = row.bbox
-            assert len(areas) >= 2 and areas[-1] > areas[-2]
+            assert len(areas) >= 2  # (two faces may tie: dlib's boxes come in a few sizes)
             assert (x1 - x0) * (y1 - y0) == pytest.approx(areas[-1], rel=1e-6)
     elif policy == "skip":
         assert len(manifest) == 3 and (manifest.reason == "multiple_faces").all()

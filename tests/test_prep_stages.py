@@ -45,7 +45,14 @@ def test_every_sample_file_gets_its_documented_status_in_one_batch(sample, stage
         if row["status"] == "ok":
             paths = outputs.face_paths(str(tmp_path), row["identity"], row["name"])
             assert all(os.path.getsize(p) > 0 for p in paths.values())
-            assert os.path.isfile(outputs.record_path(str(tmp_path), row["relative_path"]))
+    # Kept or rejected, every file that was read has its completion record, and a rerun resumes all of them.
+    read = {row["relative_path"] for row in rows if row["reason"] != "read_error"}
+    assert {r for r in read if os.path.isfile(outputs.record_path(str(tmp_path), r))} == read
+    again = stage_factory(tmp_path).process(_files(folder))
+    assert {row["relative_path"] for row in again if row["resumed"]} == read
+    assert [(r["relative_path"], r["status"], r["reason"]) for r in again] == [
+        (r["relative_path"], r["status"], r["reason"]) for r in rows
+    ]
 
 
 @pytest.mark.parametrize("policy,rows_per_photo", [("largest", 1), ("skip", 1), ("all", None)])

@@ -78,6 +78,7 @@ def _sidecar(page) -> dict:
     return json.loads(page.request.get(link.get_attribute("href")).text())
 
 
+@pytest.mark.slow  # headless Chromium
 def test_two_persons_with_face_prompts_and_an_edited_box_in_the_browser(server, browser, shared_faces, tmp_path):
     url, _ = server
     page = browser.new_page(viewport={"width": 1400, "height": 2000})
@@ -116,6 +117,7 @@ def test_two_persons_with_face_prompts_and_an_edited_box_in_the_browser(server, 
     page.close()
 
 
+@pytest.mark.slow  # headless Chromium
 def test_a_photo_without_a_face_is_refused_and_the_server_keeps_serving(server, browser, shared_faces, tmp_path):
     from skimage import data
 

@@ -58,7 +58,6 @@ class DynamicIDPipelineOutput(BaseOutput):
 
 
 # Kept for code that imported the old name.
-DynamicIDOutput = DynamicIDPipelineOutput
 
 
 class DynamicIDPipeline(DiffusionPipeline):
@@ -338,12 +337,13 @@ class DynamicIDPipeline(DiffusionPipeline):
     def identity_context(self, encoded: list[EncodedPerson], prompt_embeds: Any, negative_prompt_embeds: Any) -> Any:
         """[text, every person's ID tokens] per image, unconditional first under guidance."""
         batch = len(prompt_embeds)
-        id_tokens = torch.cat([e.tokens for e in encoded])[None].to(prompt_embeds.dtype)
+        # person_embeds may come from anywhere (a cache, another device): they follow the prompt's device and dtype
+        id_tokens = torch.cat([e.tokens for e in encoded])[None].to(prompt_embeds.device, prompt_embeds.dtype)
         cond = torch.cat([prompt_embeds, id_tokens.expand(batch, -1, -1)], dim=1)
         if negative_prompt_embeds is None:
             return cond
         blank = self.face_encoder.unconditional(self.clip_features(None).to(self.face_encoder.dtype))
-        uncond_tokens = blank.repeat(1, len(encoded), 1).to(prompt_embeds.dtype)
+        uncond_tokens = blank.repeat(1, len(encoded), 1).to(prompt_embeds.device, prompt_embeds.dtype)
         return torch.cat([torch.cat([negative_prompt_embeds, uncond_tokens.expand(batch, -1, -1)], dim=1), cond])
 
     # -- the call ----------------------------------------------------------------------------------
@@ -563,6 +563,13 @@ class DynamicIDPipeline(DiffusionPipeline):
         )[0]
         return self.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * len(image))
 
+    def _embedder_id(self) -> str | None:
+        """The embedder behind the persons: the analyzer's model once it is built, else the configured name (a
+        call with person_embeds never loads face analysis just to write its sidecar)."""
+        if self._face_analyzer is not None and self._face_analyzer.embedder is not None:
+            return str(self._face_analyzer.embedder.model_id)
+        return (dict(self.config).get("face_analysis") or {}).get("embedder")
+
     def _metadata(
         self,
         prompts: Any,
@@ -594,7 +601,7 @@ class DynamicIDPipeline(DiffusionPipeline):
             "boxes_automatic": bool(boxes) and all(p.box is None for p in persons),
             "source_face_prompts": [e.source_face_prompt for e in encoded],
             "edited": [e.edited for e in encoded],
-            "embedder": getattr(self.face_analyzer.embedder, "model_id", None),
+            "embedder": self._embedder_id(),
         }
 
 

@@ -104,6 +104,7 @@ class FileContext:
     boxes: list[FaceBox] = field(default_factory=list)
     items: list[dict | KeptFace] = field(default_factory=list)  # per face: a finished row or a kept face
     rows: list[dict] | None = None  # set when the file is finished: it leaves the flow
+    resumed: bool = False  # its rows are an earlier run's record
 
     @property
     def open(self) -> bool:
@@ -188,7 +189,7 @@ class ReadStage(Stage):
         file.previous = outputs.load_record(file.record_file)
         if self._resumable(file.previous, sha, file.identity):
             resumed = {"source_path": file.path, "relative_path": file.relative, "resumed": True}
-            file.rows = [row | resumed for row in file.previous["rows"]]
+            file.rows, file.resumed = [row | resumed for row in file.previous["rows"]], True
 
     def _resumable(self, record: dict | None, sha: str, identity: str | None) -> bool:
         """Whether the record is this content, these settings and this identity, with every output present."""
@@ -356,22 +357,12 @@ class CaptionStage(FaceBatchStage):
 
 
 class WriteStage(Stage):
-    """Each kept face's four files, then the file's completion record (what marks the input done)."""
+    """Each kept face's four files. (The completion record follows, for every file read: `PrepStage.record`.)"""
 
     name = "write"
 
     def process(self, file: FileContext) -> None:
-        rows = [self._write_face(file, item) if isinstance(item, KeptFace) else item for item in file.items]
-        if all(row["status"] != "error" for row in rows):  # an error is retried by the next run
-            record = {
-                "sha256": file.base_row["sha256"],
-                "config_hash": self.shared.config_hash,
-                "identity": file.base_row["identity"],
-                "host": socket.gethostname(),
-                "rows": rows,
-            }
-            outputs.write_record(file.record_file, record)
-        file.rows = rows
+        file.rows = [self._write_face(file, item) if isinstance(item, KeptFace) else item for item in file.items]
 
     def _write_face(self, file: FileContext, face: KeptFace) -> dict:
         failed = ("internal_error", face.error) if face.error is not None else None
@@ -487,7 +478,25 @@ class PrepStage:
             except Exception:  # a batch step failed: each file alone, so only the one that broke it fails
                 for file in open_files:
                     self._alone(stage, file)
+        for file in files:
+            self.record(file)
         return [row for file in files for row in file.rows or []]
+
+    def record(self, file: FileContext) -> None:
+        """The completion record of a file that was read and came through without an error: kept or rejected,
+        it is what marks the input done for the next run (a file with an error is retried)."""
+        if file.record_file is None or file.resumed or not file.rows:
+            return
+        if any(row["status"] == "error" for row in file.rows):
+            return
+        record = {
+            "sha256": file.base_row["sha256"],
+            "config_hash": self.shared.config_hash,
+            "identity": file.base_row["identity"],
+            "host": socket.gethostname(),
+            "rows": file.rows,
+        }
+        outputs.write_record(file.record_file, record)
 
     def _alone(self, stage: Stage, file: FileContext) -> None:
         if not file.open:

@@ -35,7 +35,6 @@ class TrainCommon:
     seed: int = option(0, "random seed")
     resume: bool = option(True, "start over even if OUTPUT has checkpoints")
     progress: bool = option(True, "no progress bar")
-    log_every: int = option(1, "log the loss every N steps")
 
     def __post_init__(self):
         if self.keep_checkpoints < 1:

@@ -175,8 +175,7 @@ def read_map96(path: str) -> np.ndarray:
 @dataclass
 class AnchorPair:
     reference: Face
-    target: Face
-    same_photo: bool
+    target: Face  # the reference itself when the person has one photo
 
 
 class AnchorSampler:
@@ -195,7 +194,7 @@ class AnchorSampler:
             group = self.groups[target.identity]
             others = [f for f in group if f.name != target.name]
             reference = others[rng.integers(len(others))] if others else target
-            pairs.append(AnchorPair(reference, target, not others))
+            pairs.append(AnchorPair(reference, target))
         return pairs
 
 

@@ -43,7 +43,6 @@ class Frozen:
                 module.to(dtype)
         if config.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
-        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def text(self, texts: list[str]):
         with torch.no_grad():

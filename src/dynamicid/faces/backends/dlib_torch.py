@@ -33,8 +33,6 @@ from torch import nn
 from dynamicid.faces.backends.base import BackendError
 
 MEAN_RGB = (122.782, 117.001, 104.298)
-CHIP_SIZE = 150
-CHIP_PADDING = 0.25
 # (filters, stride) of each residual block, input side first.
 BLOCKS = (
     [(32, 1)] * 3 + [(64, 2)] + [(64, 1)] * 3 + [(128, 2)] + [(128, 1)] * 2 + [(256, 2)] + [(256, 1)] * 2 + [(256, 2)]
