@@ -101,3 +101,16 @@ def generate_small(pipe, persons, **options):
     """Three steps at 64x64, seed 7, as numpy arrays, unless `options` say otherwise."""
     settings = dict(num_inference_steps=3, height=64, width=64, seed=7, output_type="np") | options
     return pipe("a portrait photo", persons, **settings)
+
+
+def prep_in_process(config):
+    """prep's per-file work on every input, in this process, through the stage objects (no Spark): the
+    manifest rows as a DataFrame, in path order. For tests of per-image logic; test_prep_pipeline runs Spark."""
+    import pandas as pd
+
+    from dynamicid.prep.discover import list_local
+    from dynamicid.prep.process import PrepStage
+    from dynamicid.prep.schema import COLUMN_NAMES
+
+    listed = [(f.path, f.relative, f.identity, f.size, f.problem) for f in list_local(config.input, config.layout)]
+    return pd.DataFrame(PrepStage(config).setup().process(listed), columns=COLUMN_NAMES)

@@ -86,14 +86,13 @@ def test_the_smiling_astronaut_is_happy_and_mirrors_agree(analyzer, shared_faces
             assert face.emotion == "happy" and face.emotion_probabilities[EMOTION_ORDER.index("happy")] > 0.9
 
 
-@pytest.mark.slow  # a whole prep run on Spark
-def test_prep_writes_the_probabilities_and_the_model(sample, spark, tmp_path):
-    from dynamicid.prep import PrepConfig, run_prep
+def test_prep_writes_the_probabilities_and_the_model(sample, tmp_path):
+    from conftest import prep_in_process
+
+    from dynamicid.prep import PrepConfig
 
     folder, _ = sample
-    manifest = run_prep(
-        PrepConfig(input=str(folder), output=str(tmp_path / "out"), progress=False), spark=spark
-    ).manifest()
+    manifest = prep_in_process(PrepConfig(input=str(folder), output=str(tmp_path / "out"), progress=False))
     kept = manifest[manifest.status == "ok"]
     assert len(kept) >= 1
     columns = [f"emotion_{word}" for word in EMOTION_ORDER]

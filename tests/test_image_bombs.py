@@ -59,12 +59,15 @@ def test_eval_names_a_bomb_among_its_images(tmp_path, shared_faces):
         run_eval(EvalConfig(input=str(folder), output=str(tmp_path / "out"), progress=False))
 
 
-def test_training_leaves_out_a_face_whose_image_is_a_bomb(spark, sample, tmp_path, caplog):
-    from dynamicid.prep import PrepConfig, run_prep
+def test_training_leaves_out_a_face_whose_image_is_a_bomb(sample, tmp_path, caplog):
+    from conftest import prep_in_process
+
+    from dynamicid.prep import PrepConfig
     from dynamicid.training.data import load_faces
 
     folder, _ = sample
-    run_prep(PrepConfig(input=str(folder / "astronaut"), output=str(tmp_path / "data"), progress=False), spark=spark)
+    rows = prep_in_process(PrepConfig(input=str(folder / "astronaut"), output=str(tmp_path / "data"), progress=False))
+    rows.to_parquet(tmp_path / "data" / "manifest.parquet")  # what the runner writes after the job
     faces = load_faces(str(tmp_path / "data"))
     shutil.copy(bomb_png(tmp_path / "bomb.png"), faces[0].png)  # the landmark sheet, now a bomb
     kept = load_faces(str(tmp_path / "data"))

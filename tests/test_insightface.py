@@ -193,8 +193,10 @@ def test_mixed_backends_give_106_points_and_the_68_point_face_prompt(buffalo, re
     assert analyzer.backend_ids["embedder"].startswith("arcface:w600k_r50.onnx:")
 
 
-def test_prep_records_the_backends_it_used(buffalo, spark, shared_faces, tmp_path):
-    from dynamicid.prep import PrepConfig, run_prep
+def test_prep_records_the_backends_it_used(buffalo, shared_faces, tmp_path):
+    from conftest import prep_in_process
+
+    from dynamicid.prep import PrepConfig
 
     source = tmp_path / "in" / "obama"
     source.mkdir(parents=True)
@@ -208,7 +210,7 @@ def test_prep_records_the_backends_it_used(buffalo, spark, shared_faces, tmp_pat
             landmarks="insightface", landmarks_model=str(buffalo), embedder="insightface", embedder_model=str(buffalo)
         ),
     )
-    manifest = run_prep(config, spark=spark).manifest()
+    manifest = prep_in_process(config)
     assert (manifest.status == "ok").all()
     assert (manifest.detector_model == "dlib-hog-frontal").all()
     assert manifest.landmarks_model.str.match(r"2d106:2d106det.onnx:[0-9a-f]{12}\+3d68:1k3d68.onnx:[0-9a-f]{12}").all()

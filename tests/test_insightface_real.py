@@ -104,12 +104,13 @@ def test_embeddings_equal_insightface_arcface_code(real_models, reference, test_
         assert float(got @ expected) >= 0.999, key
 
 
-@pytest.mark.slow  # a whole prep run with real weights
-def test_prep_with_real_weights_keeps_every_photo_and_separates_identities(real_models, test_images, spark, tmp_path):
+@pytest.mark.slow  # every photo through real ONNX models
+def test_prep_with_real_weights_keeps_every_photo_and_separates_identities(real_models, test_images, tmp_path):
     import torch
+    from conftest import prep_in_process
 
     from dynamicid.faces.analyzer import cosine_similarity
-    from dynamicid.prep import PrepConfig, run_prep
+    from dynamicid.prep import PrepConfig
 
     source = tmp_path / "in"
     for key, rgb in test_images.items():
@@ -126,7 +127,7 @@ def test_prep_with_real_weights_keeps_every_photo_and_separates_identities(real_
             detector="insightface", detector_model=real_models, embedder="insightface", embedder_model=real_models
         ),
     )
-    manifest = run_prep(config, spark=spark).manifest()
+    manifest = prep_in_process(config)
     assert len(manifest) == len(test_images) + 16
     assert (manifest.status == "ok").all(), manifest.loc[
         manifest.status != "ok", ["relative_path", "reason", "message"]

@@ -176,8 +176,10 @@ def _copy_photos(shared_faces, target, names):
     return target
 
 
-def test_prep_captions_with_internvl_and_records_it(internvl_folder, spark, shared_faces, tmp_path):
-    from dynamicid.prep import PrepConfig, run_prep
+def test_prep_captions_with_internvl_and_records_it(internvl_folder, shared_faces, tmp_path):
+    from conftest import prep_in_process
+
+    from dynamicid.prep import PrepConfig
 
     source = _copy_photos(shared_faces, tmp_path / "in", [("obama", "1.jpg"), ("obama", "4.jpg"), ("biden", "1.jpg")])
     config = PrepConfig(
@@ -188,7 +190,7 @@ def test_prep_captions_with_internvl_and_records_it(internvl_folder, spark, shar
         captioner_model=str(internvl_folder),
         caption_max_tokens=8,
     )
-    manifest = run_prep(config, spark=spark).manifest()
+    manifest = prep_in_process(config)
     assert (manifest.status == "ok").all() and len(manifest) == 3
     assert manifest.captioner_model.str.startswith("internvl:InternVL-tiny-hf:").all()
     for row in manifest.itertuples():
@@ -246,7 +248,7 @@ def test_one_failing_face_gets_caption_error_and_is_retried_on_rerun(shared_face
     assert stage.shared.captioner.batches == [1]
 
 
-def test_one_face_the_embedder_fails_on_is_an_error_row_and_the_rest_are_kept(shared_faces, tmp_path):
+def test_one_face_the_embedder_fails_on_is_an_error_row_and_the_rest_are_kept(shared_faces, tmp_path, monkeypatch):
     """The embedding network runs over the task's faces at once; a face it fails on costs only itself."""
     stage, files = _stage_and_three_files(shared_faces, tmp_path)
     embedder = stage.shared.analyzer.embedder
@@ -263,11 +265,12 @@ def test_one_face_the_embedder_fails_on_is_an_error_row_and_the_rest_are_kept(sh
             raise RuntimeError("embedding failed (simulated)")
         return real_embed(inputs)
 
-    embedder.prepare, embedder.embed_prepared = prepare, embed_prepared
+    monkeypatch.setattr(embedder, "prepare", prepare)
+    monkeypatch.setattr(embedder, "embed_prepared", embed_prepared)
     rows = stage.process_batch(files)
     assert batches == [3, 1, 1, 1]  # the whole batch, then face by face
     assert list(rows.status) == ["error", "ok", "ok"]
     assert rows.reason[0] == "internal_error" and "embedding failed" in rows.message[0]
-    embedder.prepare, embedder.embed_prepared = real_prepare, real_embed
+    monkeypatch.undo()
     rerun = stage.process_batch(files)
     assert list(rerun.status) == ["ok", "ok", "ok"] and list(rerun.resumed) == [False, True, True]

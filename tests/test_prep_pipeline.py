@@ -162,34 +162,6 @@ def test_real_embeddings_separate_every_person(identities_run):
     assert max(same) < min(different), (max(same), min(different))
 
 
-@pytest.mark.parametrize("policy", ["largest", "skip", "all"])
-def test_group_photos_follow_the_multi_face_policy(spark, shared_faces, tmp_path, policy, analyzer):
-    manifest = prep(spark, shared_faces / "groups", tmp_path, multi_face=policy).manifest()
-    groups = sorted(p.name for p in (shared_faces / "groups").iterdir())
-    assert sorted(manifest.relative_path.unique()) == groups
-    assert (manifest.faces_detected >= 2).all()
-    if policy == "largest":
-        assert len(manifest) == 3 and (manifest.status == "ok").all() and (manifest.face_index == 0).all()
-        from dynamicid.imagefile import load_image
-
-        for row in manifest.itertuples():  # the kept face is the largest of the detector's boxes
-            assert row.name == row.name.split("_f")[0]
-            image = load_image(row.source_path)
-            boxes = [box.scaled(1.0 / image.decode_scale) for box in analyzer.detect(image.rgb)]
-            areas = sorted(box.width * box.height for box in boxes)
-            x0, y0, x1, y1 = row.bbox
-            assert len(areas) >= 2  # (two faces may tie: dlib's boxes come in a few sizes)
-            assert (x1 - x0) * (y1 - y0) == pytest.approx(areas[-1], rel=1e-6)
-    elif policy == "skip":
-        assert len(manifest) == 3 and (manifest.reason == "multiple_faces").all()
-    else:
-        assert (manifest.status == "ok").all()
-        assert (
-            manifest.groupby("relative_path").size() == manifest.groupby("relative_path").faces_detected.first()
-        ).all()
-        assert manifest.name.is_unique and manifest.name.str.contains("_f1").any()
-
-
 def test_hard_photos_each_get_a_row(spark, shared_faces, tmp_path):
     manifest = prep(spark, shared_faces / "hard", tmp_path, layout="flat").manifest().set_index("relative_path")
     assert sorted(manifest.index) == sorted(p.name for p in (shared_faces / "hard").iterdir())

@@ -1,12 +1,13 @@
 """prep's per-file logic in process, through the stage objects, without Spark: statuses, policies, resume
-decisions, writing, and a failing stage costing only its own file. (test_prep_pipeline.py runs the same
-work end to end on Spark.)"""
+decisions, writing, and a failing stage costing only its own file. (test_prep_pipeline.py is the one module
+that runs prep end to end on Spark.)"""
 
 import os
 import shutil
 
 import pytest
 
+from dynamicid.imagefile import load_image
 from dynamicid.prep import PrepConfig, outputs
 from dynamicid.prep.process import PrepStage, timed
 
@@ -24,15 +25,8 @@ def _files(folder):
 
 @pytest.fixture(scope="module")
 def stage_factory():
-    built = {}
-
-    def stage(output, **options) -> PrepStage:
-        config = PrepConfig(input=".", output=str(output), progress=False, **options)
-        key = repr(sorted(options.items()))
-        if key not in built:  # models load once per configuration, as in a Spark worker
-            built[key] = PrepStage(config).setup()
-        built[key].shared.config = config  # the same models, this test's output folder
-        return built[key]
+    def stage(output, **options) -> PrepStage:  # models load once per face settings, as in a Spark worker
+        return PrepStage(PrepConfig(input=".", output=str(output), progress=False, **options)).setup()
 
     return stage
 
@@ -56,7 +50,7 @@ def test_every_sample_file_gets_its_documented_status_in_one_batch(sample, stage
 
 
 @pytest.mark.parametrize("policy,rows_per_photo", [("largest", 1), ("skip", 1), ("all", None)])
-def test_multi_face_policies(shared_faces, stage_factory, tmp_path, policy, rows_per_photo):
+def test_multi_face_policies(shared_faces, stage_factory, tmp_path, policy, rows_per_photo, analyzer):
     listed = _files(shared_faces / "groups")
     rows = stage_factory(tmp_path, multi_face=policy).process(listed)
     by_photo = {}
@@ -72,6 +66,12 @@ def test_multi_face_policies(shared_faces, stage_factory, tmp_path, policy, rows
         else:
             assert {r["status"] for r in photo_rows} == {"ok"}
             assert [r["face_index"] for r in photo_rows] == list(range(len(photo_rows)))
+            assert len({r["name"] for r in photo_rows}) == len(photo_rows)  # one output name per face
+        if policy == "largest":  # the kept face is the largest of the detector's boxes (two may tie)
+            image = load_image(photo_rows[0]["source_path"])
+            areas = [box.width * box.height / image.decode_scale**2 for box in analyzer.detect(image.rgb)]
+            x0, y0, x1, y1 = photo_rows[0]["bbox"]
+            assert (x1 - x0) * (y1 - y0) == pytest.approx(max(areas), rel=1e-6)
 
 
 def test_resume_decisions(sample, stage_factory, tmp_path):
@@ -136,3 +136,13 @@ def test_the_timing_helper_adds_up_and_survives_an_error():
     with pytest.raises(ValueError), timed(timings, "detect"):
         raise ValueError
     assert timings["detect"] >= 0.0 and set(timings) == {"decode", "detect"}
+
+
+def test_jobs_with_the_same_face_settings_share_one_set_of_models(tmp_path):
+    first = PrepStage(PrepConfig(input=".", output=str(tmp_path / "a"), progress=False)).setup()
+    second = PrepStage(PrepConfig(input=".", output=str(tmp_path / "b"), progress=False, jpeg_quality=80)).setup()
+    assert second.shared.analyzer is first.shared.analyzer and second.shared.captioner is first.shared.captioner
+    other = PrepStage(
+        PrepConfig(input=".", output=str(tmp_path / "c"), progress=False, captioner_model=None, caption_max_tokens=8)
+    ).setup()
+    assert other.shared.captioner is not first.shared.captioner  # other caption settings: its own captioner

@@ -94,7 +94,7 @@ def _help(leaf: Leaf) -> str:
     if leaf.default is REQUIRED or leaf.meta("required"):
         return f"{text} (required)"
     default = leaf.default
-    if default in (REQUIRED, None, False, True) or leaf.meta("append") or isinstance(default, (list, tuple)):
+    if default is REQUIRED or default is None or isinstance(default, bool | list | tuple) or leaf.meta("append"):
         return text
     return f"{text} (default: {default})"
 

@@ -157,11 +157,22 @@ class Shared:
 
     def load(self) -> None:
         if self.analyzer is None:
-            self.analyzer = FaceAnalyzer(self.config.faces, resources=self.resources)
-            options = self.config.captioner_options()
-            self.captioner = create(
-                "captioner", self.config.captioner, self.config.captioner_model, self.resources, **options
-            )
+            self.analyzer, self.captioner = _models(self.config, self.resources)
+
+
+# Loaded models per worker process, by what they depend on: a worker (or a test session) that serves several
+# jobs with the same face settings loads them once.
+_MODELS: dict[str, tuple[FaceAnalyzer, Any]] = {}
+
+
+def _models(config: PrepConfig, resources: Resources) -> tuple[FaceAnalyzer, Any]:
+    options = config.captioner_options()
+    key = repr((config.faces, config.captioner, config.captioner_model, options, resources))
+    if key not in _MODELS:
+        analyzer = FaceAnalyzer(config.faces, resources=resources)
+        captioner = create("captioner", config.captioner, config.captioner_model, resources, **options)
+        _MODELS[key] = (analyzer, captioner)
+    return _MODELS[key]
 
 
 class ReadStage(Stage):
