@@ -146,3 +146,29 @@ def test_jobs_with_the_same_face_settings_share_one_set_of_models(tmp_path):
         PrepConfig(input=".", output=str(tmp_path / "c"), progress=False, captioner_model=None, caption_max_tokens=8)
     ).setup()
     assert other.shared.captioner is not first.shared.captioner  # other caption settings: its own captioner
+
+
+def test_per_file_stages_hold_one_decoded_photo_at_a_time(sample, stage_factory, tmp_path, monkeypatch):
+    """Decode, detect and landmarks run file by file, so a task's memory is one photo, not its whole batch;
+    only the batch stages (embed, expression, caption) see every face at once."""
+    from dynamicid.prep.process import DecodeStage, EmbedStage, LandmarkStage
+
+    folder, expected = sample
+    kept = sorted(relative for relative, (status, _) in expected.items() if status == "ok")[:3]
+    events = []
+    for stage_class in (DecodeStage, LandmarkStage):
+        original = stage_class.process
+
+        def spy(self, file, original=original):
+            events.append((self.name, file.relative))
+            return original(self, file)
+
+        monkeypatch.setattr(stage_class, "process", spy)
+    original_faces = EmbedStage.process_faces
+    monkeypatch.setattr(
+        EmbedStage,
+        "process_faces",
+        lambda self, faces: events.append(("embed", len(faces))) or original_faces(self, faces),
+    )
+    stage_factory(tmp_path).process([item for item in _files(folder) if item[1] in kept])
+    assert events == [step for name in kept for step in (("decode", name), ("landmarks", name))] + [("embed", 3)]

@@ -5,9 +5,10 @@ and a `process_batch` over the files of a Spark task still in flight:
 
     read -> decode -> detect -> landmarks -> embed -> expression -> caption -> write
 
-A file leaves the flow as soon as it has its rows (a rejection, a resumed record, an error); the batch
-stages (embed, expression, caption) run over every kept face of the task at once. One bad file never
-costs more than itself: a stage that fails on a file gives that file an `internal_error` row.
+The per-file stages run file by file, so a task holds one decoded photo at a time; the batch stages (embed,
+expression, caption) run over every kept face of the task at once. A file leaves the flow as soon as it has
+its rows (a rejection, a resumed record, an error), and a stage that fails on a file gives that file alone
+an `internal_error` row. Every file that was read then gets its completion record, unless it had an error.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class Stage:
     """One step of the flow. `setup` runs once per worker process; `process_batch` gets the open files."""
 
     name = "stage"
+    per_file = True  # each file on its own; False: over every open file of the task at once
 
     def setup(self, shared: Shared) -> None:
         self.shared = shared
@@ -308,6 +310,8 @@ def _facts(analysis: FaceAnalysis, image: DecodedImage) -> dict[str, Any]:
 class FaceBatchStage(Stage):
     """A stage over every kept face of the task at once; the time is shared equally among the faces."""
 
+    per_file = False
+
     def process_batch(self, files: list[FileContext]) -> None:
         faces = [face for file in files for face in file.kept()]
         if faces:
@@ -479,16 +483,17 @@ class PrepStage:
         return self.process([(path, relative, identity, size, problem)])
 
     def process(self, listed: list[tuple]) -> list[dict]:
-        """Every file through every stage; the rows of each file, in input order."""
+        """Every file through every stage; the rows of each file, in input order. Per-file stages in a row run
+        file by file (one decoded photo in memory at a time); a batch stage runs over every open file."""
         self.setup()
         files = [self._context(*item) for item in listed]
-        for stage in self.stages:
-            open_files = [file for file in files if file.open]
-            try:
-                stage.process_batch(open_files)
-            except Exception:  # a batch step failed: each file alone, so only the one that broke it fails
-                for file in open_files:
-                    self._alone(stage, file)
+        for group in self._groups():
+            if group[0].per_file:
+                for file in files:
+                    for stage in group:
+                        self._run(stage, [file])
+            else:
+                self._run(group[0], files)
         for file in files:
             self.record(file)
         return [row for file in files for row in file.rows or []]
@@ -508,6 +513,26 @@ class PrepStage:
             "rows": file.rows,
         }
         outputs.write_record(file.record_file, record)
+
+    def _groups(self) -> list[list[Stage]]:
+        """The stages, consecutive per-file ones grouped together, each batch stage alone."""
+        groups: list[list[Stage]] = []
+        for stage in self.stages:
+            if stage.per_file and groups and groups[-1][0].per_file:
+                groups[-1].append(stage)
+            else:
+                groups.append([stage])
+        return groups
+
+    def _run(self, stage: Stage, files: list[FileContext]) -> None:
+        open_files = [file for file in files if file.open]
+        if not open_files:
+            return
+        try:
+            stage.process_batch(open_files)
+        except Exception:  # a batch step failed: each file alone, so only the one that broke it fails
+            for file in open_files:
+                self._alone(stage, file)
 
     def _alone(self, stage: Stage, file: FileContext) -> None:
         if not file.open:
