@@ -111,3 +111,19 @@ def test_an_invalid_exif_orientation_means_upright(face):
     decoded = decode_image(buffer.getvalue(), RULES)
     assert not decoded.exif_rotated
     assert np.abs(decoded.rgb.astype(float) - np.asarray(face, dtype=float)).mean() < 6
+
+
+def test_the_header_check_reads_the_header_and_the_readers_agree_on_files(face, tmp_path):
+    """`check_header` opens the file and reads only its header, so a file cut after the header passes it;
+    the path readers give what `decode_image` gives on the bytes."""
+    from dynamicid.imagefile import check_header, load_image, open_image
+
+    whole = png_bytes(face)
+    (tmp_path / "face.png").write_bytes(whole)
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 3])
+    assert check_header(str(tmp_path / "cut.png")) == face.size
+    np.testing.assert_array_equal(load_image(str(tmp_path / "face.png")).rgb, decode_image(whole, RULES).rgb)
+    np.testing.assert_array_equal(np.asarray(open_image(str(tmp_path / "face.png"))), decode_image(whole, RULES).rgb)
+    with pytest.raises(Rejected) as missing:
+        check_header(str(tmp_path / "nowhere.png"))
+    assert missing.value.reason == "read_error"

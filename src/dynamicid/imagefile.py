@@ -9,9 +9,13 @@ Reason codes (also in the README):
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -97,31 +101,34 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image if mode == "RGB" else image.convert("RGB"))
 
 
-def _webp_cut_short(data: bytes) -> bool:
+def _webp_cut_short(head: bytes, size: int) -> bool:
     """A WebP's RIFF header states its length; Pillow says only "could not create decoder" when it is cut."""
-    return len(data) >= 12 and int.from_bytes(data[4:8], "little") + 8 > len(data)
+    return len(head) >= 12 and int.from_bytes(head[4:8], "little") + 8 > size
 
 
-def _open_checked(data: bytes, rules: ImageRules) -> Image.Image:
-    """The opened image, its header checked against the rules; no pixel is decoded yet."""
-    if len(data) == 0:
+def _open_checked(stream: BinaryIO, size: int, rules: ImageRules) -> Image.Image:
+    """The image in `stream` (`size` bytes) opened, its header checked against the rules; Pillow reads only
+    the header, and no pixel is decoded yet."""
+    if size == 0:
         raise Rejected("empty_file", "the file has zero bytes")
-    if len(data) > rules.max_bytes:
-        raise Rejected("too_large_file", f"{len(data)} bytes is over the limit of {rules.max_bytes}")
-    kind = sniff_format(data)
+    if size > rules.max_bytes:
+        raise Rejected("too_large_file", f"{size} bytes is over the limit of {rules.max_bytes}")
+    head = stream.read(16)
+    stream.seek(0)
+    kind = sniff_format(head)
     if kind is None:
         raise Rejected("not_an_image", "the content is not a JPEG, PNG, WebP, BMP or TIFF image")
     if kind == "gif":
         raise Rejected("unsupported_format", "GIF is not accepted; convert it to PNG or JPEG")
-    if kind == "webp" and _webp_cut_short(data):
+    if kind == "webp" and _webp_cut_short(head, size):
         raise Rejected(
             "truncated",
-            f"the WebP header declares {int.from_bytes(data[4:8], 'little') + 8} bytes, the file has {len(data)}",
+            f"the WebP header declares {int.from_bytes(head[4:8], 'little') + 8} bytes, the file has {size}",
         )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(stream)
     except Image.DecompressionBombError as err:
         raise Rejected("decompression_bomb", f"{err}") from None
     except Exception as err:  # the header itself is unreadable
@@ -188,7 +195,7 @@ _UPRIGHT = {
 
 def decode_image(data: bytes, rules: ImageRules) -> DecodedImage:
     """Checks and decodes one image; raises Rejected with a reason code for anything unusable."""
-    image = _open_checked(data, rules)
+    image = _open_checked(io.BytesIO(data), len(data), rules)
     image_format, source_mode = SUPPORTED_FORMATS[image.format], image.mode
     width, height = image.size
     orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
@@ -218,32 +225,38 @@ def decode_image(data: bytes, rules: ImageRules) -> DecodedImage:
     )
 
 
-def _read_file(path: str, rules: ImageRules) -> bytes:
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[tuple[BinaryIO, int]]:
+    """The local file and its size; a file that cannot be opened is Rejected as read_error."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(rules.max_bytes + 1)  # never more than the limit into memory
+        handle = open(path, "rb")
     except OSError as err:
         raise Rejected("read_error", f"{path}: {err.strerror or err}") from None
-    return data
+    with handle:
+        yield handle, os.fstat(handle.fileno()).st_size
 
 
 def load_image(path: str, rules: ImageRules | None = None) -> DecodedImage:
     """Read and decode a local file with the same rules as prep; raises Rejected with a reason."""
-    return decode_image(_read_file(str(path), rules or ImageRules()), rules or ImageRules())
+    rules = rules or ImageRules()
+    with _opened(str(path)) as (handle, _):
+        data = handle.read(rules.max_bytes + 1)  # never more than the limit into memory
+    return decode_image(data, rules)
 
 
 def check_header(path: str, rules: ImageRules | None = None) -> tuple[int, int]:
-    """A local image's size, after the header checks of `decode_image`; no pixel is decoded. Raises Rejected."""
-    rules = rules or ImageRules()
-    return _open_checked(_read_file(str(path), rules), rules).size
+    """A local image's size, after the header checks of `decode_image`; only the header is read, no pixel is
+    decoded. Raises Rejected."""
+    with _opened(str(path)) as (handle, size):
+        return _open_checked(handle, size, rules or ImageRules()).size
 
 
 def open_image(path: str, mode: str = "RGB", rules: ImageRules | None = None) -> Image.Image:
     """A local image in `mode`, at full size, after the same header checks as `decode_image`: the reader for
     files the toolkit reads whole (training images, landmark maps, thumbnails). Raises Rejected."""
-    rules = rules or ImageRules()
-    image = _open_checked(_read_file(str(path), rules), rules)
-    try:
-        return image.convert(mode)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise Rejected("corrupt", f"{path}: decoding failed: {err}") from None
+    with _opened(str(path)) as (handle, size):
+        image = _open_checked(handle, size, rules or ImageRules())
+        try:
+            return image.convert(mode)
+        except (OSError, SyntaxError, ValueError) as err:
+            raise Rejected("corrupt", f"{path}: decoding failed: {err}") from None
