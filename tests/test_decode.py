@@ -122,6 +122,9 @@ def test_the_header_check_reads_the_header_and_the_readers_agree_on_files(face, 
     (tmp_path / "face.png").write_bytes(whole)
     (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 3])
     assert check_header(str(tmp_path / "cut.png")) == face.size
+    with pytest.raises(Rejected) as caught:  # decoding it is refused with the reason, not a crash
+        load_image(str(tmp_path / "cut.png"))
+    assert caught.value.reason == "truncated"
     np.testing.assert_array_equal(load_image(str(tmp_path / "face.png")).rgb, decode_image(whole, RULES).rgb)
     np.testing.assert_array_equal(np.asarray(open_image(str(tmp_path / "face.png"))), decode_image(whole, RULES).rgb)
     with pytest.raises(Rejected) as missing:

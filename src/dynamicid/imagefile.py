@@ -198,8 +198,9 @@ def decode_image(data: bytes, rules: ImageRules) -> DecodedImage:
     image = _open_checked(io.BytesIO(data), len(data), rules)
     image_format, source_mode = SUPPORTED_FORMATS[image.format], image.mode
     width, height = image.size
-    orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
     decoded, scale = _decode_reduced(image, rules)
+    # After the decode: a PNG's EXIF may follow its pixels, and reading it would decode them unguarded.
+    orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
     transpose = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None  # anything else: upright
     upright = decoded.transpose(transpose) if transpose is not None else decoded
     if transpose in (
