@@ -555,17 +555,12 @@ class PrepStage:
         return FileContext(path, relative, identity, size, problem, base_row)
 
 
-_STAGES: dict[str, PrepStage] = {}
-
-
 def stage_for(config: PrepConfig, resources: Resources | None = None) -> PrepStage:
-    """One stage per worker process, configuration and resources: models load once, then serve every batch."""
+    """The stages for a Spark task, with the task's threads set; their models are the worker's, loaded once
+    (`_models`) and then shared by every task and batch."""
     resources = resources or Resources()
-    key = repr((config, resources))
-    if key not in _STAGES:
-        _limit_threads(resources.threads or 1)
-        _STAGES[key] = PrepStage(config, resources)
-    return _STAGES[key]
+    _limit_threads(resources.threads or 1)
+    return PrepStage(config, resources)
 
 
 def _limit_threads(threads: int) -> None:
