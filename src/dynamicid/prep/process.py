@@ -14,7 +14,6 @@ an `internal_error` row. Every file that was read then gets its completion recor
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import os
 import socket
@@ -101,7 +100,8 @@ class FileContext:
     data: bytes | None = None
     record_file: str | None = None
     previous: dict | None = None  # the completion record an earlier run left for this input
-    image: DecodedImage | None = None
+    image: DecodedImage | None = None  # until the landmark stage is done with the pixels
+    decode_scale: float = 1.0  # decoded px per source px: what the manifest's coordinates are scaled back by
     boxes: list[FaceBox] = field(default_factory=list)
     items: list[dict | KeptFace] = field(default_factory=list)  # per face: a finished row or a kept face
     rows: list[dict] | None = None  # set when the file is finished: it leaves the flow
@@ -224,6 +224,7 @@ class DecodeStage(Stage):
         try:
             with timed(file.timings, "decode"):
                 file.image = decode_image(file.data or b"", self.shared.config.images)
+                file.decode_scale = file.image.decode_scale
         except Rejected as rejection:
             return file.end("rejected", rejection.reason, rejection.message)
         finally:
@@ -289,7 +290,7 @@ class LandmarkStage(Stage):
             with timed(timings, "embed"):
                 crop = analyzer.embed_input(image.rgb, analysis)  # the network runs over the batch
             file.items.append(KeptFace(analysis, index, timings, _facts(analysis, image), crop))
-        file.image = dataclasses.replace(image, rgb=np.zeros((0, 0, 3), np.uint8))  # the pixels are let go
+        file.image = None  # the pixels are let go; the faces keep their crops
 
 
 def _facts(analysis: FaceAnalysis, image: DecodedImage) -> dict[str, Any]:
@@ -397,7 +398,7 @@ class WriteStage(Stage):
         )
         with timed(face.timings, "write"):
             self._write_files(outputs.face_paths(config.output, file.identity, name), face, file.base_row["sha256"])
-        return file.finish(file.base_row | self._face_columns(face, name, file.image.decode_scale), face.timings)
+        return file.finish(file.base_row | self._face_columns(face, name, file.decode_scale), face.timings)
 
     def _write_files(self, paths: dict[str, str], face: KeptFace, sha256: str) -> None:
         import torch
