@@ -51,7 +51,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace | None:
     """The options, with a --config file's values under the command line's (None: no command given)."""
     parser, parsers = build_parser()
     args = parse_command_line(parser, parsers, argv)
-    return args if args is not None else parser.print_help()
+    if args is None:
+        parser.print_help()
+    return args
 
 
 def _configure_logging(verbosity: int) -> None:

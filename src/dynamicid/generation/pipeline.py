@@ -186,14 +186,18 @@ class DynamicIDPipeline(DiffusionPipeline):
     def face_analyzer(self) -> FaceAnalyzer:
         """The face analysis of reference photos, built on first use from the `face_analysis` config."""
         if self._face_analyzer is None:
-            options = dict(self.config).get("face_analysis") or {}
-            self._face_analyzer = FaceAnalyzer(FaceAnalysisConfig(**options))
+            self._face_analyzer = FaceAnalyzer(self.face_analysis_config)
         return self._face_analyzer
 
     @face_analyzer.setter
     def face_analyzer(self, analyzer: FaceAnalyzer) -> None:
         self._face_analyzer = analyzer
         self.register_to_config(face_analysis=asdict(analyzer.config))
+
+    @property
+    def face_analysis_config(self) -> FaceAnalysisConfig:
+        """The face analysis the weights go with, as saved in the pipeline's config (the default without one)."""
+        return FaceAnalysisConfig(**(dict(self.config).get("face_analysis") or {}))
 
     @property
     def interrupt(self) -> bool:
@@ -568,7 +572,7 @@ class DynamicIDPipeline(DiffusionPipeline):
         call with person_embeds never loads face analysis just to write its sidecar)."""
         if self._face_analyzer is not None and self._face_analyzer.embedder is not None:
             return str(self._face_analyzer.embedder.model_id)
-        return (dict(self.config).get("face_analysis") or {}).get("embedder")
+        return self.face_analysis_config.embedder
 
     def _metadata(
         self,
