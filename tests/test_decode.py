@@ -130,3 +130,105 @@ def test_the_header_check_reads_the_header_and_the_readers_agree_on_files(face, 
     with pytest.raises(Rejected) as missing:
         check_header(str(tmp_path / "nowhere.png"))
     assert missing.value.reason == "read_error"
+
+
+class _CountingTurbo:
+    """simplejpeg, counting the decodes it was asked for and those it gave."""
+
+    def __init__(self, module):
+        self.module, self.asked, self.gave = module, 0, 0
+
+    def decode_jpeg(self, *args, **kwargs):
+        self.asked += 1
+        pixels = self.module.decode_jpeg(*args, **kwargs)
+        self.gave += 1
+        return pixels
+
+
+def _both_decoders(monkeypatch, data: bytes, rules: ImageRules = RULES):
+    """(libjpeg-turbo's result, Pillow's result, the counter) for the same bytes."""
+    import dynamicid.imagefile as imagefile
+
+    counter = _CountingTurbo(imagefile._simplejpeg)
+    monkeypatch.setattr(imagefile, "_simplejpeg", counter)
+    turbo = decode_image(data, rules)
+    monkeypatch.setattr(imagefile, "_simplejpeg", None)
+    pillow = decode_image(data, rules)
+    monkeypatch.setattr(imagefile, "_simplejpeg", counter.module)
+    return turbo, pillow, counter
+
+
+def _with_orientation(image, orientation: int, **save) -> bytes:
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif.tobytes(), **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "side, save",
+    [
+        (700, {"quality": 90}),  # full size
+        (2700, {"quality": 92, "subsampling": 0}),  # 4:4:4, decoded at 1/2
+        (2700, {"quality": 85, "subsampling": 1}),  # 4:2:2
+        (2700, {"quality": 95, "subsampling": 2, "progressive": True}),
+        (5400, {"quality": 80}),  # decoded at 1/4
+    ],
+)
+def test_libjpeg_turbo_gives_pillows_pixels(face, monkeypatch, side, save):
+    """prep decodes colour JPEGs with simplejpeg; every pixel and every fact is what Pillow's decode gives,
+    at each reduced scale, subsampling and progressive coding, so prepared outputs do not change."""
+    big = face.resize((side, side * 3 // 4))
+    buffer = io.BytesIO()
+    big.save(buffer, format="JPEG", **save)
+    turbo, pillow, counter = _both_decoders(monkeypatch, buffer.getvalue())
+    assert counter.gave == 1  # the fast path really ran
+    np.testing.assert_array_equal(turbo.rgb, pillow.rgb)
+    assert (turbo.width, turbo.height, turbo.decode_scale) == (pillow.width, pillow.height, pillow.decode_scale)
+    assert turbo.rgb.flags.c_contiguous and turbo.rgb.shape[2] == 3
+    expected_scale = {700: 1.0, 2700: 0.5, 5400: 0.25}[side]
+    assert turbo.decode_scale == expected_scale
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_turns_the_array_as_pillow_turns_the_image(face, monkeypatch, orientation):
+    wide = face.crop((0, 0, 512, 300))  # not square, so a wrong turn shows in the shape as well
+    turbo, pillow, counter = _both_decoders(monkeypatch, _with_orientation(wide, orientation))
+    assert counter.gave == 1
+    np.testing.assert_array_equal(turbo.rgb, pillow.rgb)
+    assert (turbo.width, turbo.height, turbo.exif_rotated) == (pillow.width, pillow.height, pillow.exif_rotated)
+    transposes = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}  # Pillow's Transpose member per orientation
+    from PIL import Image
+
+    stored = np.asarray(Image.open(io.BytesIO(_with_orientation(wide, 1))).convert("RGB"))
+    expected = stored if orientation == 1 else np.asarray(Image.fromarray(stored).transpose(transposes[orientation]))
+    np.testing.assert_array_equal(turbo.rgb, expected)
+
+
+def test_a_jpeg_libjpeg_turbo_refuses_goes_to_pillow_for_its_reason(face, monkeypatch):
+    """A cut JPEG: simplejpeg refuses it, and Pillow's decode gives the rejection its usual reason; a JPEG with
+    stray bytes before a marker (a warning Pillow passes over) decodes as Pillow decodes it."""
+    whole = jpeg_bytes(face.resize((1400, 1000)))
+    import dynamicid.imagefile as imagefile
+
+    counter = _CountingTurbo(imagefile._simplejpeg)
+    monkeypatch.setattr(imagefile, "_simplejpeg", counter)
+    with pytest.raises(Rejected) as caught:
+        decode_image(whole[: len(whole) // 2], RULES)
+    assert caught.value.reason == "truncated" and counter.asked == 1 and counter.gave == 0
+    monkeypatch.setattr(imagefile, "_simplejpeg", counter.module)
+
+    marker = whole.index(b"\xff\xda")  # start of scan: stray bytes before it make libjpeg warn
+    stray = whole[:marker] + b"\x00\x00" + whole[marker:]
+    turbo, pillow, counter = _both_decoders(monkeypatch, stray)
+    assert counter.asked == 1 and counter.gave == 0
+    np.testing.assert_array_equal(turbo.rgb, pillow.rgb)
+
+
+def test_other_jpegs_are_pillows(face, monkeypatch):
+    """Grey, CMYK: Pillow alone decodes them, as before."""
+    for image in (face.convert("L"), face.convert("CMYK")):
+        turbo, pillow, counter = _both_decoders(monkeypatch, jpeg_bytes(image))
+        assert counter.asked == 0
+        np.testing.assert_array_equal(turbo.rgb, pillow.rgb)

@@ -103,3 +103,18 @@ def test_prep_writes_the_probabilities_and_the_model(sample, tmp_path):
         assert row.face_prompt.startswith(f"in a {row.emotion} expression")
         caption = (tmp_path / "out" / "images" / row.identity / f"{row.name}.txt").read_text()
         assert row.face_prompt in caption
+
+
+def test_the_channels_last_layout_gives_the_default_layouts_probabilities(classifier, fixture):
+    """The classifier runs channels-last, for speed; the probabilities are those of the plain layout."""
+    import copy
+
+    import torch
+
+    _, inputs, _ = fixture
+    assert classifier.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = copy.deepcopy(classifier.model).to(memory_format=torch.contiguous_format)
+    assert plain.conv1.weight.is_contiguous()
+    with torch.no_grad():
+        expected = plain(torch.from_numpy(np.stack(inputs)[:, None])).numpy()
+    np.testing.assert_allclose(classifier.raw_probabilities(inputs), expected, atol=1e-6, rtol=0)

@@ -172,3 +172,42 @@ def test_per_file_stages_hold_one_decoded_photo_at_a_time(sample, stage_factory,
     )
     stage_factory(tmp_path).process([item for item in _files(folder) if item[1] in kept])
     assert events == [step for name in kept for step in (("decode", name), ("landmarks", name))] + [("embed", 3)]
+
+
+def test_the_next_file_is_read_ahead_one_at_a_time(sample, stage_factory, tmp_path, monkeypatch):
+    """While a file goes through decode, detect and landmarks, the next one is read (and hashed) on the reader
+    thread: never more than one read ahead, so at most two files' bytes are in memory; each file is read once,
+    in order, and each row carries the hash of its own file."""
+    import hashlib
+    import threading
+
+    from dynamicid.prep import process
+
+    folder, _ = sample
+    listed = _files(folder)
+    prep = stage_factory(tmp_path)
+    read_stage = prep.stages[0]
+    reads, threads, ahead = [], set(), []
+    original_read = process.read_limited
+
+    def read_spy(path, limit):
+        reads.append(path)
+        threads.add(threading.current_thread().name)
+        return original_read(path, limit)
+
+    original_decode = process.DecodeStage.process
+
+    def decode_spy(self, file):
+        ahead.append(len(read_stage._reads))
+        return original_decode(self, file)
+
+    monkeypatch.setattr(process, "read_limited", read_spy)
+    monkeypatch.setattr(process.DecodeStage, "process", decode_spy)
+    rows = prep.process(listed)
+    readable = [path for path, *_ in listed if os.path.isfile(path) and os.access(path, os.R_OK)]
+    assert reads == [p for p in readable if os.path.getsize(p) <= prep.config.images.max_bytes]
+    assert threads == {"prep-read_0"} and len(ahead) > 3 and max(ahead) == 1
+    for row in rows:
+        if row["sha256"]:
+            with open(row["source_path"], "rb") as handle:
+                assert row["sha256"] == hashlib.sha256(handle.read()).hexdigest()

@@ -130,6 +130,9 @@ class ExpressionClassifier:
             ) from None
         self.model = MiniXception().eval()
         self.model.load_state_dict(state)
+        # Channels-last lets oneDNN run the depthwise convolutions: 2.2x faster on one core, the probabilities
+        # within 1e-6 of the default layout's (tests/test_emotion.py).
+        self.model.to(memory_format=torch.channels_last)
         self.model_id = f"{self.name}:{model_file_hash(weights)}"
 
     @torch.no_grad()
@@ -138,7 +141,8 @@ class ExpressionClassifier:
         if not inputs:
             return np.zeros((0, len(EMOTION_ORDER)), np.float32)
         batch = torch.from_numpy(np.stack(inputs)[:, None])
-        return torch.cat([self.model(chunk) for chunk in batch.split(BATCH)]).numpy()
+        chunks = [chunk.contiguous(memory_format=torch.channels_last) for chunk in batch.split(BATCH)]
+        return torch.cat([self.model(chunk) for chunk in chunks]).numpy()
 
     def probabilities(self, aligned_faces: list[np.ndarray]) -> np.ndarray:
         """Aligned RGB crops -> (N, 7) probabilities in EMOTION_ORDER, averaged over each face and its mirror."""

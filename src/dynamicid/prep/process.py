@@ -14,12 +14,15 @@ an `internal_error` row. Every file that was read then gets its completion recor
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import os
 import socket
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +139,9 @@ class Stage:
     def setup(self, shared: Shared) -> None:
         self.shared = shared
 
+    def begin(self, files: list[FileContext]) -> None:
+        """Called once per task with all its files, before any stage runs."""
+
     def process_batch(self, files: list[FileContext]) -> None:
         for file in files:
             try:
@@ -174,13 +180,52 @@ def _models(config: PrepConfig, resources: Resources) -> tuple[FaceAnalyzer, Any
         analyzer = FaceAnalyzer(config.faces, resources=resources)
         captioner = create("captioner", config.captioner, config.captioner_model, resources, **options)
         _MODELS[key] = (analyzer, captioner)
+        # The models' many Python objects live as long as the worker: out of the collector's full passes, which
+        # otherwise walk them all every few hundred images.
+        gc.freeze()
     return _MODELS[key]
 
 
+_READER: ThreadPoolExecutor | None = None
+
+
+def _reader() -> ThreadPoolExecutor:
+    """The worker's one reader thread (file reads and hashing release the GIL)."""
+    global _READER
+    if _READER is None:
+        _READER = ThreadPoolExecutor(1, thread_name_prefix="prep-read")
+    return _READER
+
+
 class ReadStage(Stage):
-    """The bytes and their SHA-256; a file whose record says it is done, with its outputs there, resumes."""
+    """The bytes and their SHA-256; a file whose record says it is done, with its outputs there, resumes.
+
+    The next file of the task is read, and hashed, on a reader thread while this one goes through the later
+    stages, so the core does not wait on the disk: at most two files' bytes are in memory. Its `read` time is
+    what the file's turn waited for its bytes."""
 
     name = "read"
+
+    def begin(self, files: list[FileContext]) -> None:
+        limit = self.shared.config.images.max_bytes
+        self._ahead = deque(f for f in files if f.problem is None and not (f.size or 0) > limit)
+        self._reads: dict[int, Future] = {}
+        self._read_ahead()
+
+    def _read_ahead(self) -> None:
+        """Keeps one read in flight beyond the file being processed."""
+        while self._ahead and not self._reads:
+            file = self._ahead.popleft()
+            self._reads[id(file)] = _reader().submit(read_limited, file.path, self.shared.config.images.max_bytes)
+
+    def _read(self, file: FileContext) -> tuple[bytes, str]:
+        limit = self.shared.config.images.max_bytes
+        reads = getattr(self, "_reads", {})
+        pending = reads.pop(id(file), None)
+        if pending is None:  # not listed by `begin` (a file processed on its own): read it now
+            return read_limited(file.path, limit)
+        self._read_ahead()
+        return pending.result()
 
     def process(self, file: FileContext) -> None:
         limit = self.shared.config.images.max_bytes
@@ -190,7 +235,7 @@ class ReadStage(Stage):
                     raise OSError(file.problem)
                 if file.size is not None and file.size > limit:  # refused before any byte is read
                     raise Rejected("too_large_file", f"{file.size} bytes is over the limit of {limit}")
-                file.data, sha = read_limited(file.path, limit)  # a file that grew since is cut off
+                file.data, sha = self._read(file)  # a file that grew since is cut off
         except OSError as err:
             file.timings.pop("read", None)
             return file.end("error", "read_error", f"{file.relative}: {err}")
@@ -488,6 +533,8 @@ class PrepStage:
         file by file (one decoded photo in memory at a time); a batch stage runs over every open file."""
         self.setup()
         files = [self._context(*item) for item in listed]
+        for stage in self.stages:
+            stage.begin(files)
         for group in self._groups():
             if group[0].per_file:
                 for file in files:

@@ -92,6 +92,13 @@ def worker_environment() -> dict[str, str]:
     }
 
 
+def _local_jit(local: bool) -> str:
+    """In local mode the JVM shares the cores with the Python workers and only moves rows, paths and file
+    parts: its quick first-tier compiler is enough, and its optimising one took ~7% of a 2-core machine
+    through a prep job (benchmarks/RESULTS.md)."""
+    return " -XX:TieredStopAtLevel=1" if local else ""
+
+
 def build_session(master: str | None = None, app_name: str = "dynamicid", extra_conf: dict | None = None):
     """A SparkSession tuned for image work. Reuses a running session when there is one."""
     ensure_java()
@@ -119,7 +126,7 @@ def build_session(master: str | None = None, app_name: str = "dynamicid", extra_
         "spark.pyspark.python": sys.executable,
         "spark.executorEnv.OMP_NUM_THREADS": "1",
         "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
-        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={QUIET_LOG4J}",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={QUIET_LOG4J}{_local_jit(local)}",
     }
     conf.update(extra_conf or {})
     for key, value in conf.items():
