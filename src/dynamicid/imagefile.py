@@ -172,7 +172,8 @@ def _draft(image: Image.Image, rules: ImageRules) -> float:
 
 def _turbo_rgb(image: Image.Image, data: bytes, scale: float) -> np.ndarray | None:
     """A colour JPEG's pixels straight from libjpeg-turbo (simplejpeg), at the scale `_draft` chose: the same
-    pixels as Pillow's decode, about 4 ms sooner on a 3000 px photo, and no copy out of Pillow's own layout.
+    pixels as Pillow's decode, without the copy out of Pillow's own layout (2-3 ms less on a 3000 px photo on
+    one core; benchmarks/RESULTS.md).
     None, for Pillow to decode, where simplejpeg is missing, for other modes, and for any file it finds fault
     with: Pillow's decode then gives the rejection its reason and message."""
     if _simplejpeg is None or image.format != "JPEG" or image.mode != "RGB":
