@@ -192,3 +192,21 @@ def test_a_config_file_reaches_the_job(spark, sample, tmp_path):
     manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
     faces = [path for path, (status, _) in expected.items() if status == "ok"]
     assert (manifest.set_index("relative_path").loc[faces, "reason"] == "too_blurry").all()
+
+
+def test_a_local_jvm_on_few_cores_runs_its_first_tier_compiler_only(spark, monkeypatch):
+    """On up to four local cores the JVM shares them with the Python workers and starts with C1 alone
+    (benchmarks/RESULTS.md); the setting reaches the running JVM, not only the configuration. Larger local
+    machines and clusters keep the JVM's own compilers."""
+    from dynamicid.prep import sparkenv
+
+    arguments = list(spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert "-XX:TieredStopAtLevel=1" in arguments  # the test session is local[2]
+    assert sparkenv._local_jit("local") == sparkenv._local_jit("local[4]") == " -XX:TieredStopAtLevel=1"
+    assert sparkenv._local_jit("local[4,3]") == " -XX:TieredStopAtLevel=1"
+    assert sparkenv._local_jit("local[16]") == sparkenv._local_jit("spark://head:7077") == ""
+    assert sparkenv._local_jit("") == ""  # under spark-submit the JVM is already running
+    monkeypatch.setattr(sparkenv.os, "cpu_count", lambda: 64)
+    assert sparkenv._local_jit("local[*]") == ""
+    monkeypatch.setattr(sparkenv.os, "cpu_count", lambda: 2)
+    assert sparkenv._local_jit("local[*]") == " -XX:TieredStopAtLevel=1"

@@ -92,11 +92,26 @@ def worker_environment() -> dict[str, str]:
     }
 
 
-def _local_jit(local: bool) -> str:
-    """In local mode the JVM shares the cores with the Python workers and only moves rows, paths and file
-    parts: its quick first-tier compiler is enough, and its optimising one took ~7% of a 2-core machine
-    through a prep job (benchmarks/RESULTS.md)."""
-    return " -XX:TieredStopAtLevel=1" if local else ""
+# Up to this many local cores the JVM starts with its first-tier compiler alone (see _local_jit).
+C1_ONLY_UP_TO_CORES = 4
+
+
+def _local_cores(master: str) -> int | None:
+    """The cores of a local master (`local`, `local[N]`, `local[*]`, `local[N,F]`); None for any other."""
+    match = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\d+)?\])?", master)
+    if match is None:
+        return None
+    count = match.group(1)
+    return 1 if count is None else (os.cpu_count() or 1) if count == "*" else int(count)
+
+
+def _local_jit(master: str) -> str:
+    """On a few local cores the JVM shares them with the Python workers: its optimising compiler took ~7%
+    of a 2-core machine through a prep job, and prep ran ~3% faster with the first tier alone. On more
+    cores that share is small, and C2 schedules a million-row job's 31,250 tasks and sorts its manifest
+    in 412 s where C1 takes 732 s (benchmarks/RESULTS.md), so it is kept there and on clusters."""
+    cores = _local_cores(master)
+    return " -XX:TieredStopAtLevel=1" if cores is not None and cores <= C1_ONLY_UP_TO_CORES else ""
 
 
 def build_session(master: str | None = None, app_name: str = "dynamicid", extra_conf: dict | None = None):
@@ -113,7 +128,8 @@ def build_session(master: str | None = None, app_name: str = "dynamicid", extra_
     if master:
         builder = builder.master(master)
     elif "PYSPARK_GATEWAY_PORT" not in os.environ:  # under spark-submit, its --master applies
-        builder = builder.master("local[*]")
+        master = "local[*]"
+        builder = builder.master(master)
     conf = {
         "spark.python.worker.reuse": "true",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
@@ -126,7 +142,7 @@ def build_session(master: str | None = None, app_name: str = "dynamicid", extra_
         "spark.pyspark.python": sys.executable,
         "spark.executorEnv.OMP_NUM_THREADS": "1",
         "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
-        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={QUIET_LOG4J}{_local_jit(local)}",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={QUIET_LOG4J}{_local_jit(master or '')}",
     }
     conf.update(extra_conf or {})
     for key, value in conf.items():
