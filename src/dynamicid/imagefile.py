@@ -179,7 +179,7 @@ def _turbo_rgb(image: Image.Image, data: bytes, scale: float) -> np.ndarray | No
     if _simplejpeg is None or image.format != "JPEG" or image.mode != "RGB":
         return None
     factor = round(1 / scale)
-    height, width = image.size[1], image.size[0]  # after the draft: the reduced size
+    width, height = image.size  # after the draft: the reduced size
     try:
         pixels = _simplejpeg.decode_jpeg(
             data, colorspace="RGB", min_height=height, min_width=width, min_factor=factor, strict=True
