@@ -189,12 +189,12 @@ def _turbo_rgb(image: Image.Image, data: bytes, scale: float) -> np.ndarray | No
     return pixels if pixels.shape == (height, width, 3) else None
 
 
-def _decode_reduced(image: Image.Image, rules: ImageRules, data: bytes | None = None) -> tuple[np.ndarray, float]:
+def _decode_reduced(image: Image.Image, rules: ImageRules, data: bytes) -> tuple[np.ndarray, float]:
     """Decodes the pixels, large images at a reduced scale (long side never below decode_side), so that
     memory per image stays near the decoder's own buffer. Returns (RGB pixels, decoded px per source px)."""
     width, height = image.size
     scale = _draft(image, rules)
-    pixels = _turbo_rgb(image, data, scale) if data is not None else None
+    pixels = _turbo_rgb(image, data, scale)
     if pixels is not None:
         return pixels, scale
     try:

@@ -206,29 +206,32 @@ class ReadStage(Stage):
 
     name = "read"
 
-    def begin(self, files: list[FileContext]) -> None:
-        limit = self.shared.config.images.max_bytes
-        self._ahead = deque(f for f in files if f.problem is None and not (f.size or 0) > limit)
+    def setup(self, shared: Shared) -> None:
+        super().setup(shared)
+        self._limit = shared.config.images.max_bytes
+        self._ahead: deque[FileContext] = deque()
         self._reads: dict[int, Future] = {}
+
+    def begin(self, files: list[FileContext]) -> None:
+        self._ahead = deque(f for f in files if f.problem is None and not (f.size or 0) > self._limit)
+        self._reads = {}
         self._read_ahead()
 
     def _read_ahead(self) -> None:
         """Keeps one read in flight beyond the file being processed."""
         while self._ahead and not self._reads:
             file = self._ahead.popleft()
-            self._reads[id(file)] = _reader().submit(read_limited, file.path, self.shared.config.images.max_bytes)
+            self._reads[id(file)] = _reader().submit(read_limited, file.path, self._limit)
 
     def _read(self, file: FileContext) -> tuple[bytes, str]:
-        limit = self.shared.config.images.max_bytes
-        reads = getattr(self, "_reads", {})
-        pending = reads.pop(id(file), None)
-        if pending is None:  # not listed by `begin` (a file processed on its own): read it now
-            return read_limited(file.path, limit)
+        pending = self._reads.pop(id(file), None)
+        if pending is None:  # not listed by `begin`: read it now
+            return read_limited(file.path, self._limit)
         self._read_ahead()
         return pending.result()
 
     def process(self, file: FileContext) -> None:
-        limit = self.shared.config.images.max_bytes
+        limit = self._limit
         try:
             with timed(file.timings, "read"):
                 if file.problem is not None:
