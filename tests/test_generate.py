@@ -177,17 +177,24 @@ def test_missing_weights_are_named(tiny_models, tmp_path):
         DynamicIDPipeline.from_pretrained(str(tmp_path), tiny_models["dynamicid"], tiny_models["clip-image"])
 
 
+def _generate_with(tiny_models):
+    """`generate` with the tiny base model, DynamicID weights and CLIP."""
+    return [
+        "generate",
+        "--base-model",
+        tiny_models["sd15"],
+        "--weights",
+        tiny_models["dynamicid"],
+        "--clip-image-encoder",
+        tiny_models["clip-image"],
+    ]
+
+
 def test_cli_writes_images_sidecars_and_gate_maps_that_eval_reads(tiny_models, shared_faces, tmp_path, capsys):
     out = tmp_path / "gen"
     code = cli.main(
         [
-            "generate",
-            "--base-model",
-            tiny_models["sd15"],
-            "--weights",
-            tiny_models["dynamicid"],
-            "--clip-image-encoder",
-            tiny_models["clip-image"],
+            *_generate_with(tiny_models),
             "--prompt",
             "two friends",
             "--person",
@@ -228,13 +235,7 @@ def test_cli_writes_images_sidecars_and_gate_maps_that_eval_reads(tiny_models, s
 def test_cli_refuses_extra_options(tiny_models, shared_faces, tmp_path, capsys):
     code = cli.main(
         [
-            "generate",
-            "--base-model",
-            tiny_models["sd15"],
-            "--weights",
-            tiny_models["dynamicid"],
-            "--clip-image-encoder",
-            tiny_models["clip-image"],
+            *_generate_with(tiny_models),
             "--prompt",
             "x",
             "--person",

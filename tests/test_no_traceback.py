@@ -85,6 +85,21 @@ def corpus(tmp_path_factory, tiny_models, sample):
     return root, paths, tiny_models
 
 
+def _train(run_dir, models, *extra):
+    """`train anchor` on run_dir with the tiny base model and CLIP, then `extra`."""
+    return [
+        "train",
+        "anchor",
+        str(run_dir),
+        str(run_dir / "t"),
+        "--base-model",
+        models["sd15"],
+        "--clip-image-encoder",
+        models["clip-image"],
+        *extra,
+    ]
+
+
 def _generate(models, *extra, person=None, weights=None, base=BAD):
     return [
         "generate",
@@ -165,32 +180,12 @@ CASES = [
     ),
     (
         "train-no-manifest",
-        lambda r, p, m: [
-            "train",
-            "anchor",
-            str(r),
-            str(r / "t"),
-            "--base-model",
-            m["sd15"],
-            "--clip-image-encoder",
-            m["clip-image"],
-        ],
+        lambda r, p, m: _train(r, m),
         ["no manifest.parquet"],
     ),
     (
         "train-keep-0",
-        lambda r, p, m: [
-            "train",
-            "anchor",
-            str(r),
-            str(r / "t"),
-            "--base-model",
-            m["sd15"],
-            "--clip-image-encoder",
-            m["clip-image"],
-            "--keep-checkpoints",
-            "0",
-        ],
+        lambda r, p, m: _train(r, m, "--keep-checkpoints", "0"),
         ["keep_checkpoints"],
     ),
     ("eval-sidecar-list", lambda r, p, m: ["eval", p["sidecar_list"], str(r / "e")], ["img.json", "found a list"]),
