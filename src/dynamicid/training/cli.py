@@ -10,6 +10,8 @@ from dynamicid.training.config import AnchorConfig, ReconfigConfig
 
 
 def _report(stage: str, config, result: dict) -> int:
+    if not result["main"]:
+        return 0  # on several processes, the main one reports
     history = result["history"]
     print(f"\ntrain {stage}: {len(history)} steps, loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
     for name, path in result["paths"].items():
@@ -36,7 +38,8 @@ COMMANDS = (
     Command(
         "train",
         "train DynamicID on prep's output: `anchor` (stage 1), then `reconfig` (stage 2)",
-        "Two-stage training. Several GPUs: `accelerate launch -m dynamicid.cli train anchor ...`.",
+        "Two-stage training. Several GPUs: `accelerate launch --multi_gpu --num_processes N -m dynamicid.cli "
+        "train anchor ...`; --batch-size is the global batch, split across the processes.",
         stages=(
             Command(
                 "anchor", "stage 1: face encoder, SAA ID projections and LoRA", config=AnchorConfig, run=run_anchor

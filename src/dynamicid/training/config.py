@@ -19,7 +19,7 @@ class TrainCommon:
     )
     output: str = option(help="where checkpoints, losses, samples and weights go", positional=True)
     steps: int = option(1000, "optimizer steps")
-    batch_size: int = option(8, "faces per step")
+    batch_size: int = option(8, "faces per optimizer step, split evenly across processes (the global batch)")
     learning_rate: float = option(1e-4, "AdamW learning rate")
     weight_decay: float = option(1e-2, "AdamW weight decay")
     resolution: int = option(512, "training image side, px")
@@ -74,6 +74,8 @@ class ReconfigConfig(TrainCommon):
     weights: str = option("", "stage-1 weights (face encoder + SAA), ours or the authors'", required=True)
     max_targets: int = option(32, "target images of one identity per step")
     ldc_weight: float = option(1.0, "lambda in L_DFM + lambda * L_LDC")
-    batch_size: int = option(1, "one identity per step (its targets make the batch)", hidden=True)
+    batch_size: int = option(
+        1, "identities per optimizer step, each with its targets, split evenly across processes (the global batch)"
+    )
     prompt: str = option(PORTRAIT_PROMPT, "the text prompt of every training image")
     imr_depth: int = option(1, "IMR blocks")

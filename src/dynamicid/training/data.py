@@ -139,12 +139,21 @@ def by_identity(faces: list[Face]) -> dict[str, list[Face]]:
     return groups
 
 
-def step_rng(seed: int, step: int, process: int = 0) -> np.random.Generator:
-    return np.random.default_rng([seed, step, process])
+def step_rng(seed: int, step: int, place: int = 0) -> np.random.Generator:
+    return np.random.default_rng([seed, step, place])
 
 
-def step_generator(seed: int, step: int, process: int = 0, device="cpu") -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(int(step_rng(seed, step, process).integers(2**62)))
+def step_generator(seed: int, step: int, place: int = 0, device="cpu") -> torch.Generator:
+    """The random stream of one place in step `step`'s global batch. It depends on the place, not on the
+    process that draws it, so N processes draw what one process would."""
+    return torch.Generator(device=device).manual_seed(int(step_rng(seed, step, place).integers(2**62)))
+
+
+def local_places(global_size: int, processes: int, process: int) -> range:
+    """This process's places in a global batch: equal, contiguous shares (the trainer checks that
+    `global_size` divides evenly), so the averaged gradients of N processes equal one process's."""
+    share = global_size // processes
+    return range(process * share, (process + 1) * share)
 
 
 def read_image(path: str, size: int) -> torch.Tensor:
@@ -186,8 +195,9 @@ class AnchorSampler:
         self.groups = by_identity(faces)
         self.single_photo = sorted(i for i, g in self.groups.items() if len(g) < 2)
 
-    def batch(self, seed: int, step: int, size: int, process: int = 0) -> list[AnchorPair]:
-        rng = step_rng(seed, step, process)
+    def batch(self, seed: int, step: int, size: int) -> list[AnchorPair]:
+        """The global batch of step `step`: every process draws the same one and takes its share."""
+        rng = step_rng(seed, step)
         pairs = []
         for index in rng.integers(len(self.faces), size=size):
             target = self.faces[index]
@@ -213,8 +223,9 @@ class ReconfigSampler:
         self.identities = sorted(self.groups)
         self.max_targets = max_targets
 
-    def pick(self, seed: int, step: int, process: int = 0) -> tuple[Face, list[Face]]:
-        rng = step_rng(seed, step, process)
+    def pick(self, seed: int, step: int, place: int = 0) -> tuple[Face, list[Face]]:
+        """The identity at `place` of step `step`'s global batch."""
+        rng = step_rng(seed, step, place)
         group = self.groups[self.identities[rng.integers(len(self.identities))]]
         order = rng.permutation(len(group))
         source = group[order[0]]
@@ -226,8 +237,9 @@ class ReconfigSampler:
 
 
 class AnchorBatches(torch.utils.data.Dataset):
-    """Micro-batch k of anchoring, read and decoded: everything the step needs from disk. It depends only
-    on (seed, k, process), as the samplers do, so workers can read ahead and a resumed run reads the same.
+    """This process's share of anchoring micro-batch k, read and decoded: everything the step needs from
+    disk. The global batch depends only on (seed, k), as the samplers do, so workers can read ahead, a
+    resumed run reads the same, and N processes together read what one process would.
 
     With `clip_cache` (face name -> features file), the CLIP features of each reference are read from
     the cache instead of running the image encoder in the step."""
@@ -240,22 +252,26 @@ class AnchorBatches(torch.utils.data.Dataset):
         resolution: int,
         id_dim: int,
         drops: tuple[float, float, float],
-        process: int = 0,
+        places: range | None = None,
         clip_cache: dict[str, str] | None = None,
     ):
         self.sampler, self.seed, self.batch_size, self.resolution = sampler, seed, batch_size, resolution
-        self.id_dim, self.drops, self.process, self.clip_cache = id_dim, drops, process, clip_cache
+        self.id_dim, self.drops, self.clip_cache = id_dim, drops, clip_cache
+        self.places = places if places is not None else range(batch_size)
 
     def __len__(self) -> int:  # micro-batches are drawn by index from an unbounded stream
         return 2**62
 
     def __getitem__(self, micro: int) -> dict:
-        pairs = self.sampler.batch(self.seed, micro, self.batch_size, self.process)
-        draws = step_rng(self.seed + 1, micro, self.process).random(len(pairs))
+        everyone = self.sampler.batch(self.seed, micro, self.batch_size)
+        draws = step_rng(self.seed + 1, micro).random(self.batch_size)
         p_text, p_image, p_both = self.drops
         drop_text = (draws < p_text) | (draws >= p_text + p_image) & (draws < p_text + p_image + p_both)
         drop_image = (draws >= p_text) & (draws < p_text + p_image + p_both)
+        mine = list(self.places)
+        pairs, drop_text, drop_image = [everyone[i] for i in mine], drop_text[mine], drop_image[mine]
         batch = {
+            "places": mine,
             "captions": ["" if drop else read_caption(p.target.txt) for p, drop in zip(pairs, drop_text)],
             "pixels": torch.stack([read_image(p.target.jpg, self.resolution) for p in pairs]),
             "embeddings": torch.stack(

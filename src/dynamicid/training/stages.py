@@ -12,15 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynamicid.errors import ConfigError
+from dynamicid.errors import ConfigError, first_line
 from dynamicid.models import IMR, FaceEncoder, KeyPointEncoder
 from dynamicid.models.basemodel import clip_hidden_states, encode_text, load_base_model, load_clip_image_encoder
 from dynamicid.models.checkpoints import DynamicIDWeights, load_weights, save_authors, save_ours
-from dynamicid.models.imr import keypoint_base_for, landmark_map_to_tensor
+from dynamicid.models.imr import ConvUnit, keypoint_base_for, landmark_map_to_tensor
 from dynamicid.models.saa import DynamicIDAttention, SAASettings, install_processors, processor_layout
 from dynamicid.training import data as td
 from dynamicid.training.config import AnchorConfig, ReconfigConfig
-from dynamicid.training.trainer import Trainer
+from dynamicid.training.trainer import Trainer, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +58,16 @@ class Frozen:
             encoded = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist.mode()
         return encoded * self.vae.config.scaling_factor
 
-    def noisy(self, latents: torch.Tensor, generator: torch.Generator):
-        noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    def noisy(self, latents: torch.Tensor, generators: list[torch.Generator]):
+        """Noise and a timestep for each row, row i from generators[i] (one stream per place in the global
+        batch, so a face's noise does not depend on the process that draws it)."""
         steps = self.noise_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator).to(latents.device)
+        draws = [
+            (torch.randn(latents.shape[1:], generator=g), torch.randint(0, steps, (1,), generator=g))
+            for g in generators
+        ]
+        noise = torch.stack([n for n, _ in draws]).to(latents.device, latents.dtype)
+        timesteps = torch.cat([t for _, t in draws]).to(latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -70,22 +76,82 @@ class Frozen:
         return noisy, timesteps, target
 
 
-class AnchorModules(nn.Module):
-    def __init__(self, face_encoder: FaceEncoder, attention: DynamicIDAttention):
+def _hold(module: nn.Module, unet: nn.Module) -> None:
+    """Keep the frozen UNet on `module` without registering it: it is then neither trained, cast,
+    broadcast between processes nor saved in checkpoints, while forward can still run it."""
+    object.__setattr__(module, "unet", unet)
+
+
+class AnchorModel(nn.Module):
+    """Stage 1's trainable parts and the frozen UNet they steer, behind one forward that gives the UNet's
+    prediction. This module is what accelerate prepares (DistributedDataParallel on several processes), so
+    the loop's forward goes through the wrapper and the gradients are averaged across processes."""
+
+    def __init__(
+        self, face_encoder: FaceEncoder, attention: DynamicIDAttention, unet: nn.Module, settings: SAASettings
+    ):
         super().__init__()
         self.face_encoder = face_encoder
         self.attention = attention
+        self.settings = settings
+        _hold(self, unet)
+
+    def forward(self, noisy, timesteps, text, embeddings, clip) -> torch.Tensor:
+        tokens = self.face_encoder(embeddings.float(), clip.float()).to(text.dtype)
+        context = torch.cat([text, tokens], dim=1)
+        return self.unet(noisy, timesteps, context, cross_attention_kwargs={"dynamicid": self.settings}).sample
 
 
-class ReconfigModules(nn.Module):
-    def __init__(self, imr: IMR, keypoint_encoder: KeyPointEncoder):
+class ReconfigModel(nn.Module):
+    """Stage 2's trainable parts and the frozen UNet, behind one forward over the step's global batch of
+    identities. This process's items (those with `source_tokens`) give the edited ID tokens and, when they
+    carry noisy latents (L_LDC), the UNet's prediction with them; the other processes' items only pass their
+    landmark maps through the KeyPointEncoder without gradients, so its BatchNorm running statistics follow
+    the global batch in order on every process, as on one process."""
+
+    def __init__(self, imr: IMR, keypoint_encoder: KeyPointEncoder, unet: nn.Module):
         super().__init__()
         self.imr = imr
         self.keypoint_encoder = keypoint_encoder
+        self.settings = SAASettings(num_persons=1)
+        _hold(self, unet)
+
+    def constant_parameters(self) -> list[nn.Parameter]:
+        """The KeyPointEncoder's convolution biases that feed BatchNorm: it subtracts their batch mean, so
+        their gradient is zero in exact arithmetic and AdamW would turn round-off into full-size steps."""
+        return [
+            unit.conv_block[0].bias
+            for unit in self.keypoint_encoder.modules()
+            if isinstance(unit, ConvUnit) and unit.conv_block[0].bias is not None
+        ]
+
+    def forward(self, items: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        results = []
+        for item in items:
+            if "source_tokens" not in item:
+                with torch.no_grad():
+                    self.keypoint_encoder(item["maps"])
+                continue
+            features = self.keypoint_encoder(item["maps"])
+            prompt = item["prompts"]
+            edited = self.imr.edit(item["source_tokens"], features[:1], prompt[:1], features[1:], prompt[1:])
+            prediction = None
+            if "noisy" in item:
+                context = torch.cat([item["text"], edited.to(item["text"].dtype)], 1)
+                kwargs = {"dynamicid": self.settings}
+                prediction = self.unet(item["noisy"], item["timesteps"], context, cross_attention_kwargs=kwargs).sample
+            results.append((edited, prediction))
+        return results
 
 
 def _write_final(weights: DynamicIDWeights, config, trainer: Trainer, extra: dict) -> dict:
+    """The main process writes the final weights and train_config.json; the others wait for it."""
     paths = {}
+    extra = extra | {
+        "processes": trainer.accelerator.num_processes,
+        "processes_cpu_seconds": trainer.processes_cpu_seconds,
+        "weights_digests": trainer.weights_digests,
+    }
     if trainer.is_main:
         paths["weights"] = os.path.join(config.output, "weights")
         save_ours(weights, paths["weights"])
@@ -93,6 +159,7 @@ def _write_final(weights: DynamicIDWeights, config, trainer: Trainer, extra: dic
         save_authors(weights, paths["weights_authors"])
         with open(os.path.join(config.output, "train_config.json"), "w") as handle:
             json.dump(config.to_dict() | extra, handle, indent=2)
+    trainer.accelerator.wait_for_everyone()
     return paths
 
 
@@ -159,13 +226,13 @@ def _anchor_modules(config: AnchorConfig, frozen: Frozen, id_dim: int) -> tuple[
 
 
 def _anchor_loss(config: AnchorConfig, frozen: Frozen, trainer: Trainer, batches: td.ReadAhead, cache) -> Callable:
-    """loss_of(micro_step) for stage 1: the denoising loss with the face encoder's ID tokens through SAA."""
-    settings = SAASettings(num_persons=1, gate=config.gate, detach_gate=not config.gate_gradients)
+    """loss_of(micro_step) for stage 1: the denoising loss with the face encoder's ID tokens through SAA,
+    over this process's share of the global batch."""
     blank_clip = frozen.clip([None])[0] if cache is not None else None  # the cached path's dropped image
 
     def loss_of(micro: int):
         batch = batches[micro]
-        generator = td.step_generator(config.seed + 2, micro, trainer.accelerator.process_index)
+        generators = [td.step_generator(config.seed + 2, micro, place) for place in batch["places"]]
         embeddings = batch["embeddings"].to(frozen.device)
         if cache is None:
             clip = frozen.clip(batch["references"])
@@ -174,11 +241,8 @@ def _anchor_loss(config: AnchorConfig, frozen: Frozen, trainer: Trainer, batches
                 [blank_clip if c is None else c.to(blank_clip.device, blank_clip.dtype) for c in batch["clip"]]
             )
         text, _ = frozen.text(batch["captions"])
-        noisy, timesteps, target = frozen.noisy(frozen.latents(batch["pixels"]), generator)
-        tokens = trainer.unwrapped().face_encoder(embeddings.float(), clip.float()).to(text.dtype)
-        prediction = frozen.unet(
-            noisy, timesteps, torch.cat([text, tokens], dim=1), cross_attention_kwargs={"dynamicid": settings}
-        ).sample
+        noisy, timesteps, target = frozen.noisy(frozen.latents(batch["pixels"]), generators)
+        prediction = trainer.model(noisy, timesteps, text, embeddings, clip)
         return F.mse_loss(prediction.float(), target.float()), {}
 
     return loss_of
@@ -190,7 +254,8 @@ def train_anchor(config: AnchorConfig) -> dict:
     id_dim = td.embedding_dim(faces)
     trainer = Trainer(config, "anchor")
     frozen = Frozen(config, trainer.device, trainer.weight_dtype)
-    trainer.prepare(AnchorModules(*_anchor_modules(config, frozen, id_dim)))
+    settings = SAASettings(num_persons=1, gate=config.gate, detach_gate=not config.gate_gradients)
+    trainer.prepare(AnchorModel(*_anchor_modules(config, frozen, id_dim), frozen.unet, settings))
     install_processors(frozen.unet, trainer.unwrapped().attention)
     if sampler.single_photo:
         trainer.log(
@@ -199,9 +264,10 @@ def train_anchor(config: AnchorConfig) -> dict:
         )
     cache = cache_clip_features(config, faces, frozen, trainer) if config.cache_clip else None
     drops = (config.drop_text, config.drop_image, config.drop_both)
-    rank = trainer.accelerator.process_index
     batches = td.ReadAhead(
-        td.AnchorBatches(sampler, config.seed, config.batch_size, config.resolution, id_dim, drops, rank, cache),
+        td.AnchorBatches(
+            sampler, config.seed, config.batch_size, config.resolution, id_dim, drops, trainer.places(), cache
+        ),
         config.data_workers,
     )
 
@@ -223,7 +289,13 @@ def train_anchor(config: AnchorConfig) -> dict:
         "faces": len(faces),
     }
     paths = _write_final(weights_now(), config, trainer, extra)
-    return {"history": history, "paths": paths, "modules": trainer.unwrapped(), "frozen": frozen}
+    return {
+        "history": history,
+        "paths": paths,
+        "modules": trainer.unwrapped(),
+        "frozen": frozen,
+        "main": trainer.is_main,
+    }
 
 
 def cache_clip_features(config: AnchorConfig, faces: list[td.Face], frozen: Frozen, trainer: Trainer) -> dict[str, str]:
@@ -253,30 +325,33 @@ def cache_clip_features(config: AnchorConfig, faces: list[td.Face], frozen: Froz
     return paths
 
 
-def _tensor_hash(module: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for key, value in sorted(module.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().float().numpy().tobytes())
-    return digest.hexdigest()[:12]
+def cache_tokens(
+    config: ReconfigConfig, faces, face_encoder: FaceEncoder, frozen: Frozen, trainer: Trainer
+) -> dict[str, torch.Tensor]:
+    """ID tokens of every photo through the frozen face encoder, computed once and kept on disk. The main
+    process computes and writes them; the others wait, then read the file."""
+    path = os.path.join(config.output, f"token_cache-{weights_digest(face_encoder)}.pt")
+    if trainer.is_main:
+        _compute_tokens(path, faces, face_encoder, frozen)
+    trainer.accelerator.wait_for_everyone()
+    return torch.load(path, weights_only=True)
 
 
-def cache_tokens(config: ReconfigConfig, faces, face_encoder: FaceEncoder, frozen: Frozen) -> dict[str, torch.Tensor]:
-    """ID tokens of every photo through the frozen face encoder, computed once and kept on disk."""
-    path = os.path.join(config.output, f"token_cache-{_tensor_hash(face_encoder)}.pt")
+def _compute_tokens(path: str, faces, face_encoder: FaceEncoder, frozen: Frozen) -> None:
     if os.path.isfile(path):
-        cached = torch.load(path, weights_only=True)
-        if set(cached) >= {f.name for f in faces}:
-            return cached
+        try:
+            if set(torch.load(path, weights_only=True)) >= {f.name for f in faces}:
+                return
+        except Exception as err:  # a damaged cache is computed again
+            logger.warning("recomputing the token cache %s: %s", path, first_line(err))
     tokens = {}
     with torch.no_grad():
         for face in faces:
             embedding = td.read_embedding(face.pt)[None].to(frozen.device)
             tokens[face.name] = face_encoder(embedding, frozen.clip([td.read_rgb(face.jpg)]).float())[0].cpu()
-    os.makedirs(config.output, exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save(tokens, path + ".tmp")
     os.replace(path + ".tmp", path)
-    return tokens
 
 
 def _reconfig_modules(config: ReconfigConfig, frozen: Frozen, faces: list[td.Face]) -> tuple:
@@ -301,45 +376,57 @@ def _reconfig_modules(config: ReconfigConfig, frozen: Frozen, faces: list[td.Fac
     return face_encoder, attention, imr, KeyPointEncoder(out_dim=width, base=keypoint_base_for(width))
 
 
-def _ldc_loss(config: ReconfigConfig, frozen: Frozen, targets, edited, wanted, context, generator) -> torch.Tensor:
-    """L_LDC: the UNet's prediction with the edited tokens against its prediction with the targets' own."""
-    settings = SAASettings(num_persons=1)
+def _ldc_inputs(config: ReconfigConfig, frozen: Frozen, targets, wanted, context, generator) -> dict:
+    """What L_LDC needs for one identity: its targets' noisy latents, and the UNet's prediction with the
+    targets' own ID tokens, which the prediction with the edited tokens is compared to."""
     latents = frozen.latents(torch.stack([td.read_image(f.jpg, config.resolution) for f in targets]))
-    noisy, timesteps, _ = frozen.noisy(latents, generator)
+    noisy, timesteps, _ = frozen.noisy(latents, [generator] * len(targets))
     text = context.expand(len(targets), -1, -1)
-
-    def predict(tokens: torch.Tensor) -> torch.Tensor:
-        context_and_ids = torch.cat([text, tokens.to(text.dtype)], 1)
-        return frozen.unet(noisy, timesteps, context_and_ids, cross_attention_kwargs={"dynamicid": settings}).sample
-
     with torch.no_grad():
-        reference = predict(wanted)
-    return F.mse_loss(predict(edited).float(), reference.float())
+        context_and_ids = torch.cat([text, wanted.to(text.dtype)], 1)
+        kwargs = {"dynamicid": SAASettings(num_persons=1)}
+        reference = frozen.unet(noisy, timesteps, context_and_ids, cross_attention_kwargs=kwargs).sample
+    return {"noisy": noisy, "timesteps": timesteps, "text": text, "reference": reference}
 
 
-def _reconfig_loss(config: ReconfigConfig, frozen: Frozen, trainer: Trainer, sampler, face_encoder) -> Callable:
-    """loss_of(micro_step) for stage 2: L_DFM on the edited ID tokens, plus lambda * L_LDC."""
+def _reconfig_loss(config: ReconfigConfig, frozen: Frozen, trainer: Trainer, sampler, tokens) -> Callable:
+    """loss_of(micro_step) for stage 2: L_DFM on the edited ID tokens, plus lambda * L_LDC, averaged over
+    this process's identities of the global batch (`batch_size` identities per step)."""
     used = [f for group in sampler.groups.values() for f in group]
-    tokens = cache_tokens(config, used, face_encoder, frozen)
     maps = {f.name: landmark_map_to_tensor(td.read_map96(f.png)) for f in used}
     prompts = sorted({f.face_prompt for f in used})
     _, pooled_all = frozen.text(prompts)
     pooled = {p: pooled_all[i].float() for i, p in enumerate(prompts)}
     context, _ = frozen.text([config.prompt])
+    device = frozen.device
+
+    def item_for(micro: int, place: int) -> dict:
+        source, targets = sampler.pick(config.seed, micro, place)
+        item = {"maps": torch.stack([maps[f.name] for f in [source, *targets]]).to(device)}
+        if place not in trainer.places():
+            return item  # another process's identity: its maps only (see ReconfigModel)
+        item |= {
+            "prompts": torch.stack([pooled[f.face_prompt] for f in [source, *targets]]).to(device),
+            "source_tokens": tokens[source.name].to(device),
+            "wanted": torch.stack([tokens[f.name] for f in targets]).to(device),
+        }
+        if config.ldc_weight > 0:
+            generator = td.step_generator(config.seed + 2, micro, place)
+            item |= _ldc_inputs(config, frozen, targets, item["wanted"], context, generator)
+        return item
 
     def loss_of(micro: int):
-        process = trainer.accelerator.process_index
-        source, targets = sampler.pick(config.seed, micro, process)
-        module, device = trainer.unwrapped(), frozen.device
-        features = module.keypoint_encoder(torch.stack([maps[f.name] for f in [source, *targets]]).to(device))
-        prompt = torch.stack([pooled[f.face_prompt] for f in [source, *targets]]).to(device)
-        edited = module.imr.edit(tokens[source.name].to(device), features[:1], prompt[:1], features[1:], prompt[1:])
-        wanted = torch.stack([tokens[f.name] for f in targets]).to(device)
-        dfm = F.mse_loss(edited.float(), wanted.float())
-        if config.ldc_weight <= 0:
+        items = [item_for(micro, place) for place in range(config.batch_size)]
+        mine = [item for item in items if "source_tokens" in item]
+        dfms, ldcs = [], []
+        for item, (edited, prediction) in zip(mine, trainer.model(items)):
+            dfms.append(F.mse_loss(edited.float(), item["wanted"].float()))
+            if prediction is not None:
+                ldcs.append(F.mse_loss(prediction.float(), item["reference"].float()))
+        dfm = torch.stack(dfms).mean()
+        if not ldcs:
             return dfm, {"dfm": float(dfm.detach())}
-        generator = td.step_generator(config.seed + 2, micro, process)
-        ldc = _ldc_loss(config, frozen, targets, edited, wanted, context, generator)
+        ldc = torch.stack(ldcs).mean()
         return dfm + config.ldc_weight * ldc, {"dfm": float(dfm.detach()), "ldc": float(ldc.detach())}
 
     return loss_of
@@ -353,8 +440,10 @@ def train_reconfig(config: ReconfigConfig) -> dict:
     trainer = Trainer(config, "reconfig")
     frozen = Frozen(config, trainer.device, trainer.weight_dtype)
     face_encoder, attention, imr, keypoints = _reconfig_modules(config, frozen, faces)
-    loss_of = _reconfig_loss(config, frozen, trainer, sampler, face_encoder)
-    trainer.prepare(ReconfigModules(imr, keypoints))
+    used = [f for group in sampler.groups.values() for f in group]
+    tokens = cache_tokens(config, used, face_encoder, frozen, trainer)
+    loss_of = _reconfig_loss(config, frozen, trainer, sampler, tokens)
+    trainer.prepare(ReconfigModel(imr, keypoints, frozen.unet))
     if sampler.skipped:
         trainer.log(f"note: {len(sampler.skipped)} identities have one photo and are left out of reconfig")
     history = trainer.run(loss_of)
@@ -364,4 +453,4 @@ def train_reconfig(config: ReconfigConfig) -> dict:
     )
     extra = {"stage": "reconfig", "identities": len(sampler.groups), "skipped_single_photo": len(sampler.skipped)}
     paths = _write_final(weights, config, trainer, extra)
-    return {"history": history, "paths": paths, "modules": module, "frozen": frozen}
+    return {"history": history, "paths": paths, "modules": module, "frozen": frozen, "main": trainer.is_main}

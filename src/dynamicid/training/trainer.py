@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -64,6 +66,33 @@ def _line_plot(path: str, series: dict[str, list[tuple[int, float]]], title: str
     image.save(path)
 
 
+def weights_digest(module: nn.Module) -> str:
+    """A short sha256 of a module's parameters and buffers, by name."""
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_launch(processes: int, batch_size: int) -> None:
+    """Refuse launches that would train wrongly: several processes that accelerate does not see as one
+    run (each would train alone and write the same output), and a global batch that does not split evenly."""
+    launched = int(os.environ.get("WORLD_SIZE") or 1)
+    if launched > 1 and processes == 1:
+        raise ConfigError(
+            f"this process is one of {launched} (WORLD_SIZE={launched}) but accelerate sees a single process, so "
+            "each would train alone and write the same output. On GPUs launch with `accelerate launch --multi_gpu "
+            "--num_processes N -m dynamicid.cli train ...`; on CPU set ACCELERATE_USE_CPU=1 "
+            "(`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m dynamicid.cli train ...`)"
+        )
+    if batch_size % processes:
+        raise ConfigError(
+            f"batch_size ({batch_size}) is the global batch, split evenly across the {processes} training "
+            f"processes; set batch_size to a multiple of {processes}"
+        )
+
+
 class Trainer:
     def __init__(self, config: TrainCommon, stage: str):
         from accelerate import Accelerator
@@ -75,6 +104,7 @@ class Trainer:
         self.config = config
         self.stage = stage
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        _check_launch(self.accelerator.num_processes, config.batch_size)
         self.device = self.accelerator.device
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         self.history: list[dict] = []
@@ -82,15 +112,27 @@ class Trainer:
         os.makedirs(config.output, exist_ok=True)
 
     def prepare(self, trainable: nn.Module) -> None:
-        """Hand the trainable modules (fp32) and their AdamW to accelerate."""
+        """Hand the trainable modules (fp32) and their AdamW to accelerate. Parameters the module names in
+        `constant_parameters()` are kept as they are."""
         trainable.float().requires_grad_(True).to(self.device)
+        constant = getattr(trainable, "constant_parameters", list)()
+        for parameter in constant:
+            parameter.requires_grad_(False)
         c = self.config
-        optimizer = torch.optim.AdamW(trainable.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
+        trained = [p for p in trainable.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trained, lr=c.learning_rate, weight_decay=c.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(trainable, optimizer)
 
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+    def places(self) -> range:
+        """This process's places in each step's global batch of `batch_size`."""
+        from dynamicid.training.data import local_places
+
+        a = self.accelerator
+        return local_places(self.config.batch_size, a.num_processes, a.process_index)
 
     def unwrapped(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.model)
@@ -108,14 +150,18 @@ class Trainer:
         return [os.path.join(folder, d) for d in sorted(done)]
 
     def save_checkpoint(self, step: int) -> str:
+        """accelerate writes the weights and optimizer from the main process (and each process its random
+        state); trainer.json, written last by the main process once all have written, marks it complete."""
         folder = os.path.join(self.config.output, CHECKPOINTS, f"step-{step:07d}")
         self.accelerator.save_state(folder)
+        self.accelerator.wait_for_everyone()
         if self.is_main:
             with open(os.path.join(folder, "trainer.json.tmp"), "w") as handle:
                 json.dump({"step": step, "history": self.history, "stage": self.stage}, handle)
-            os.replace(os.path.join(folder, "trainer.json.tmp"), os.path.join(folder, "trainer.json"))  # written last
+            os.replace(os.path.join(folder, "trainer.json.tmp"), os.path.join(folder, "trainer.json"))
             for old in self.checkpoint_dirs()[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         return folder
 
     def resume(self) -> int:
@@ -173,8 +219,9 @@ class Trainer:
     def run(
         self, loss_of: Callable[[int], tuple[torch.Tensor, dict]], on_sample: Callable[[int], None] | None = None
     ) -> list[dict]:
-        """`loss_of(micro_step)` gives (loss, extra logs) for one micro-batch; micro-steps are numbered
-        step * accumulation + k, so data and noise depend only on the step."""
+        """`loss_of(micro_step)` gives (loss, extra logs) for this process's share of one micro-batch, through
+        `self.model` (the prepared module, whose backward averages gradients across processes); micro-steps
+        are numbered step * accumulation + k, so data and noise depend only on the step."""
         c = self.config
         start = self.resume()
         bar = None
@@ -183,26 +230,11 @@ class Trainer:
 
             bar = tqdm(total=c.steps, initial=start, unit="step", desc=self.stage, dynamic_ncols=True)
         self.model.train()
+        cpu_began = time.process_time()
         for step in range(start, c.steps):
             began = time.perf_counter()
-            total, extras = 0.0, {}
-            for k in range(c.gradient_accumulation):
-                context = (
-                    self.accelerator.no_sync(self.model)
-                    if k < c.gradient_accumulation - 1
-                    else contextlib.nullcontext()
-                )
-                with context, self.accelerator.autocast():
-                    loss, logs = loss_of(step * c.gradient_accumulation + k)
-                    self.accelerator.backward(loss / c.gradient_accumulation)
-                total += float(loss.detach()) / c.gradient_accumulation
-                for key, value in logs.items():
-                    extras[key] = extras.get(key, 0.0) + float(value) / c.gradient_accumulation
-            if not torch.isfinite(torch.tensor(total)):
-                raise TrainingError(f"the loss became {total} at step {step}; lower learning_rate or check the data")
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            record = {"step": step + 1, "loss": total, "seconds": time.perf_counter() - began} | extras
+            record = {"step": step + 1} | self._step(loss_of, step)
+            record["seconds"] = time.perf_counter() - began
             self.history.append(record)
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("step", "seconds")})
@@ -210,15 +242,65 @@ class Trainer:
             if c.checkpoint_every and (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps:
                 self.save_checkpoint(step + 1)
                 self.write_curves()
-            if on_sample is not None and c.sample_every and (step + 1) % c.sample_every == 0 and self.is_main:
-                self.model.eval()
-                on_sample(step + 1)
-                self.model.train()
+            if on_sample is not None and c.sample_every and (step + 1) % c.sample_every == 0:
+                self._sample(on_sample, step + 1)
         if bar is not None:
             bar.close()
+        self.processes_cpu_seconds = self._gathered(round(time.process_time() - cpu_began, 3))
+        self.weights_digests = self._agreeing_weights()
         self.save_checkpoint(c.steps)
         self.write_curves()
         return self.history
+
+    def _step(self, loss_of: Callable[[int], tuple[torch.Tensor, dict]], step: int) -> dict:
+        """One optimizer step over `gradient_accumulation` micro-batches. The logged loss is the mean over
+        every process (the global batch's), so all processes see the same value and stop together."""
+        c = self.config
+        totals: dict[str, float] = {}
+        for k in range(c.gradient_accumulation):
+            last = k == c.gradient_accumulation - 1
+            context = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+            with context, self.accelerator.autocast():
+                loss, logs = loss_of(step * c.gradient_accumulation + k)
+                self.accelerator.backward(loss / c.gradient_accumulation)
+            for key, value in {"loss": loss.detach(), **logs}.items():
+                totals[key] = totals.get(key, 0.0) + float(value) / c.gradient_accumulation
+        local = torch.tensor(list(totals.values()), dtype=torch.float64, device=self.device)
+        means = self.accelerator.reduce(local, reduction="mean") if self.accelerator.num_processes > 1 else local
+        record = dict(zip(totals, means.tolist()))
+        if not math.isfinite(record["loss"]):
+            raise TrainingError(
+                f"the loss became {record['loss']} at step {step + 1}; lower learning_rate or check the data"
+            )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return record
+
+    def _sample(self, on_sample: Callable[[int], None], step: int) -> None:
+        """The main process samples; the others wait for it at a barrier."""
+        if self.is_main:
+            self.model.eval()
+            on_sample(step)
+            self.model.train()
+        self.accelerator.wait_for_everyone()
+
+    def _gathered(self, value) -> list:
+        if self.accelerator.num_processes == 1:
+            return [value]
+        from accelerate.utils import gather_object
+
+        return list(gather_object([value]))
+
+    def _agreeing_weights(self) -> list[str]:
+        """Each process's digest of the trained weights. They must agree: processes that drifted apart
+        would make the saved weights depend on which process wrote them."""
+        digests = self._gathered(weights_digest(self.unwrapped()))
+        if len(set(digests)) > 1:
+            raise TrainingError(
+                f"the {len(digests)} training processes hold different weights after step {self.config.steps} "
+                f"(digests {', '.join(digests)}); this is a bug, please report it with the launch command"
+            )
+        return digests
 
     def write_curves(self) -> None:
         if not self.is_main or not self.history:
