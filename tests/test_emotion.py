@@ -117,4 +117,5 @@ def test_the_channels_last_layout_gives_the_default_layouts_probabilities(classi
     assert plain.conv1.weight.is_contiguous()
     with torch.no_grad():
         expected = plain(torch.from_numpy(np.stack(inputs)[:, None])).numpy()
-    np.testing.assert_allclose(classifier.raw_probabilities(inputs), expected, atol=1e-6, rtol=0)
+    # Two kernel paths: their float32 sums differ by ~1e-7, and by more on some CPUs.
+    np.testing.assert_allclose(classifier.raw_probabilities(inputs), expected, atol=1e-5, rtol=0)

@@ -249,3 +249,48 @@ def test_cli_refuses_extra_options(tiny_models, shared_faces, tmp_path, capsys):
         ]
     )
     assert code == 1 and "more box values (2) than persons (1)" in capsys.readouterr().err
+
+
+# -- nothing overwritten silently, names that stay names, the output checked first (issues 25 §5, 28) ------
+
+
+def _small_generate(tiny_models, shared_faces, out, *extra):
+    argv = [*_generate_with(tiny_models), "--prompt", "a person", "--person", photo(shared_faces, "obama/1.jpg")]
+    return cli.main([*argv, "--steps", "1", "--height", "64", "--width", "64", "--output", str(out), "-q", *extra])
+
+
+def test_a_rerun_numbers_on_and_overwrite_replaces_without_leaving_old_gate_maps(tiny_models, shared_faces, tmp_path):
+    out = tmp_path / "gen"
+    assert _small_generate(tiny_models, shared_faces, out, "--save-gate-maps") == 0
+    first = (out / "dynamicid_0.png").read_bytes()
+    assert _small_generate(tiny_models, shared_faces, out, "--seed", "9") == 0
+    assert (out / "dynamicid_0.png").read_bytes() == first  # kept
+    assert (out / "dynamicid_1.png").exists() and (out / "dynamicid_1.json").exists()
+    assert not (out / "gates" / "dynamicid_1.png").exists()
+    assert _small_generate(tiny_models, shared_faces, out, "--seed", "9", "--overwrite") == 0
+    assert (out / "dynamicid_0.png").read_bytes() == (out / "dynamicid_1.png").read_bytes()
+    assert not (out / "gates" / "dynamicid_0.png").exists()  # the old map no longer sits beside a new image
+    assert "gate_map" not in json.loads((out / "dynamicid_0.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/abs", "a/b", "..", ".hidden", ""])
+def test_a_file_name_that_is_not_a_plain_name_is_refused(tiny_models, shared_faces, tmp_path, capsys, name):
+    assert _small_generate(tiny_models, shared_faces, tmp_path / "gen", "--file-name", name) == 1
+    assert "must be a plain name" in capsys.readouterr().err
+    assert not any(tmp_path.parent.glob("x*.png")) and not (tmp_path / "gen").exists()
+
+
+def test_an_output_that_is_a_file_or_cannot_be_made_is_refused_before_the_model_loads(
+    tiny_models, shared_faces, tmp_path, capsys, monkeypatch
+):
+    from dynamicid.generation.pipeline import DynamicIDPipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(DynamicIDPipeline, "from_pretrained", never)
+    (tmp_path / "file").write_text("x")
+    assert _small_generate(tiny_models, shared_faces, tmp_path / "file") == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert _small_generate(tiny_models, shared_faces, tmp_path / "file" / "inner") == 1  # root can write anywhere
+    assert "cannot be made" in capsys.readouterr().err

@@ -156,3 +156,51 @@ def test_hub_errors_are_one_clear_paragraph(hub, tmp_path, shared_faces, case, w
     assert len(message) == 1, done.stderr
     for word in words:
         assert word in message[0], (word, message[0])
+
+
+# -- the face pack: nothing half-written (issue 25 §5) ------------------------------------------------------
+
+
+def _pack_bytes(cut: int | None = None) -> bytes:
+    pack = io.BytesIO()
+    with zipfile.ZipFile(pack, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name in ("det_10g.onnx", "w600k_r50.onnx", "2d106det.onnx", "1k3d68.onnx", "genderage.onnx"):
+            bundle.writestr(f"buffalo_l/{name}", os.urandom(200_000))
+    data = pack.getvalue()
+    if cut is None:
+        return data
+    return data[:cut] + bytes(len(data) - cut)  # the same length, the tail zeroed: members fail their CRC
+
+
+def test_a_corrupt_face_pack_is_a_message_and_leaves_nothing_behind(tmp_path):
+    from dynamicid.hub import HubError, fetch_buffalo_l
+
+    (tmp_path / "bad.zip").write_bytes(_pack_bytes(cut=300_000))
+    (tmp_path / "good.zip").write_bytes(_pack_bytes())
+    files = {"bad.zip": str(tmp_path / "bad.zip"), "good.zip": str(tmp_path / "good.zip")}
+    target = tmp_path / "cache" / "buffalo_l"
+    with HubServer({}, files) as server:
+        with pytest.raises(HubError, match="fetching .*bad.zip failed"):
+            fetch_buffalo_l(f"{server.url}/files/bad.zip", str(target), progress=False)
+        assert os.listdir(tmp_path / "cache") == []  # no archive, no partial folder, no target
+        # A pack cut short by a kill -9 (no record, a truncated file) is fetched again, not accepted.
+        os.makedirs(target)
+        for name in ("det_10g.onnx", "w600k_r50.onnx", "2d106det.onnx", "1k3d68.onnx", "genderage.onnx"):
+            (target / name).write_bytes(b"cut")
+        folder = fetch_buffalo_l(f"{server.url}/files/good.zip", str(target), progress=False)
+        assert os.path.getsize(os.path.join(folder, "w600k_r50.onnx")) == 200_000
+        assert sorted(os.listdir(tmp_path / "cache")) == ["buffalo_l"]
+        # A complete pack is reused; one whose file was cut afterwards is fetched again.
+        stamp = os.stat(os.path.join(folder, "det_10g.onnx")).st_mtime_ns
+        assert fetch_buffalo_l(f"{server.url}/files/bad.zip", str(target), progress=False) == folder
+        assert os.stat(os.path.join(folder, "det_10g.onnx")).st_mtime_ns == stamp
+        with open(os.path.join(folder, "det_10g.onnx"), "r+b") as handle:
+            handle.truncate(1000)
+        fetch_buffalo_l(f"{server.url}/files/good.zip", str(target), progress=False)
+        assert os.path.getsize(os.path.join(folder, "det_10g.onnx")) == 200_000
+
+
+def test_a_face_pack_url_that_is_not_a_url_is_a_message(tmp_path):
+    done = dynamicid("download", "--to", str(tmp_path), "--face-pack-url", "not a url", home=tmp_path / "home")
+    assert done.returncode == 1, done.stderr
+    assert "not an http(s) URL" in done.stderr and "Traceback" not in done.stderr

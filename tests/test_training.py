@@ -414,3 +414,72 @@ def test_a_batch_that_does_not_split_across_processes_or_a_launch_accelerate_can
         _check_launch(1, 4)
     monkeypatch.setenv("WORLD_SIZE", "1")
     _check_launch(1, 3)
+
+
+# -- nothing half-written, and a stop that keeps the work (issue 25 §5) -------------------------------------
+
+
+def test_ctrl_c_stops_at_the_next_micro_batch_saves_the_last_step_and_a_rerun_continues_exactly(
+    dataset, tiny_models, tmp_path, monkeypatch
+):
+    import os
+    import signal
+
+    from dynamicid.training import stages
+
+    whole = train_anchor(anchor_config(dataset, tiny_models, tmp_path / "whole", steps=4, checkpoint_every=0))
+    real_loss = stages._anchor_loss
+
+    def interrupted_loss(*args):
+        loss_of = real_loss(*args)
+
+        def with_ctrl_c(micro):
+            if micro == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # arrives inside the step, as a Ctrl-C would
+            return loss_of(micro)
+
+        return with_ctrl_c
+
+    monkeypatch.setattr(stages, "_anchor_loss", interrupted_loss)
+    handler = signal.getsignal(signal.SIGINT)  # Spark's, in this test session
+    with pytest.raises(KeyboardInterrupt):
+        train_anchor(anchor_config(dataset, tiny_models, tmp_path / "split", steps=4, checkpoint_every=0))
+    assert sorted(p.name for p in (tmp_path / "split" / "checkpoints").iterdir()) == ["step-0000003"]
+    assert signal.getsignal(signal.SIGINT) is handler  # the handler is put back
+    monkeypatch.setattr(stages, "_anchor_loss", real_loss)
+    resumed = train_anchor(anchor_config(dataset, tiny_models, tmp_path / "split", steps=4, checkpoint_every=0))
+    assert [r["step"] for r in resumed["history"]] == [1, 2, 3, 4]
+    np.testing.assert_allclose(
+        [r["loss"] for r in resumed["history"]], [r["loss"] for r in whole["history"]], rtol=1e-5, atol=1e-7
+    )
+    _assert_same_weights(tmp_path / "split", tmp_path / "whole")
+
+
+def test_final_weights_are_written_whole_or_not_at_all(tiny_models, tmp_path, monkeypatch):
+    from dynamicid import atomic
+    from dynamicid.models.checkpoints import load_ours, save_ours, unet_config_layout
+
+    layout = unet_config_layout(f"{tiny_models['sd15']}/unet/config.json")
+    weights = load_ours(tiny_models["dynamicid"], layout)
+    save_ours(weights, str(tmp_path / "w"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "w").iterdir()}
+    for module in (weights.face_encoder, weights.imr):
+        with torch.no_grad():
+            for parameter in module.parameters():
+                parameter.add_(1.0)
+    calls = []
+
+    def failing_fsync(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="No space"):
+        save_ours(weights, str(tmp_path / "w"))
+    after = {p.name: p.read_bytes() for p in (tmp_path / "w").iterdir()}
+    assert after.keys() == before.keys()  # no temporary left behind
+    changed = [name for name in after if after[name] != before[name]]
+    assert changed == ["face_encoder.safetensors"]  # the first file is whole and new; the rest whole and old
+    monkeypatch.undo()
+    load_ours(str(tmp_path / "w"), layout)

@@ -8,10 +8,12 @@ reference and says what to do.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 from dynamicid.errors import ModelError, first_line
@@ -168,43 +170,88 @@ def default_cache() -> str:
     return os.path.join(constants.HF_HOME, "dynamicid")
 
 
+PACK_RECORD = "pack.json"  # written last: the files and sizes of a completely unpacked pack
+
+
+def _complete_pack(folder: str) -> bool:
+    """Whether `folder` holds a pack this code unpacked whole: its record lists every file at its size."""
+    try:
+        with open(os.path.join(folder, PACK_RECORD)) as handle:
+            sizes = json.load(handle)["sizes"]
+        return set(BUFFALO_L_FILES) <= set(sizes) and all(
+            os.path.getsize(os.path.join(folder, name)) == size for name, size in sizes.items()
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def fetch_buffalo_l(url: str = BUFFALO_L_URL, target: str | None = None, progress: bool = True) -> str:
-    """InsightFace's buffalo_l pack, unpacked into `target` (default: HF_HOME/dynamicid/buffalo_l); a pack
-    already there is reused. Returns the folder with the .onnx files."""
+    """InsightFace's buffalo_l pack, unpacked into `target` (default: HF_HOME/dynamicid/buffalo_l); a complete
+    pack already there is reused. The archive is unpacked into a temporary folder beside `target`, each
+    file's size checked against the archive's record (zipfile checks each CRC as it reads), and renamed into
+    place, so an interrupted or failed fetch never leaves a pack that looks complete. Returns the folder."""
     target = target or os.path.join(default_cache(), "buffalo_l")
-    if all(os.path.isfile(os.path.join(target, name)) for name in BUFFALO_L_FILES):
+    if _complete_pack(target):
         return target
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         raise HubError(
-            f"face pack: {target} holds no buffalo_l and HF_HUB_OFFLINE is set; run "
+            f"face pack: {target} holds no complete buffalo_l and HF_HUB_OFFLINE is set; run "
             f"`dynamicid download` with a network, or unpack {url} there"
         )
-    archive = target + ".zip.part"
-    os.makedirs(os.path.dirname(target), exist_ok=True)
+    _check_pack_url(url)
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    archive, unpacking = f"{target}.zip.part", f"{target}.part-{os.getpid()}"
     try:
         _download(url, archive, progress)
-        with zipfile.ZipFile(archive) as bundle:
-            for member in bundle.namelist():
-                name = os.path.basename(member)
-                if name.endswith(".onnx"):  # the zip may or may not hold a top folder
-                    with bundle.open(member) as source, open(os.path.join(_made(target), name), "wb") as sink:
-                        shutil.copyfileobj(source, sink)
-    except (OSError, zipfile.BadZipFile) as err:
-        raise HubError(f"face pack: fetching {url} failed: {err}") from None
+        _unpack_onnx(archive, unpacking, url)
+        if os.path.isdir(target):
+            shutil.rmtree(target)  # an incomplete pack from an earlier, interrupted fetch
+        os.replace(unpacking, target)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise HubError(f"face pack: fetching {url} failed: {first_line(err)}; run `dynamicid download` again") from None
     finally:
-        if os.path.exists(archive):
-            os.remove(archive)
-    missing = [name for name in BUFFALO_L_FILES if not os.path.isfile(os.path.join(target, name))]
-    if missing:
-        raise HubError(f"face pack: {url} lacks {', '.join(missing)}")
+        for leftover in (archive, unpacking):
+            if os.path.isfile(leftover):
+                os.remove(leftover)
+            elif os.path.isdir(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
     return target
 
 
-def _made(folder: str) -> str:
+def _check_pack_url(url: str) -> None:
+    if not url.startswith(("http://", "https://")):
+        raise HubError(f"face pack: {url!r} is not an http(s) URL; give --face-pack-url the URL of a buffalo_l.zip")
+
+
+def _unpack_onnx(archive: str, folder: str, url: str) -> None:
+    """The archive's .onnx files into `folder` (the zip may or may not hold a top folder), each checked
+    against the archive's size, then the record."""
     os.makedirs(folder, exist_ok=True)
-    return folder
+    sizes = {}
+    with zipfile.ZipFile(archive) as bundle:
+        for member in bundle.infolist():
+            name = os.path.basename(member.filename)
+            if not name.endswith(".onnx"):
+                continue
+            path = os.path.join(folder, name)
+            with bundle.open(member) as source, open(path, "wb") as sink:
+                shutil.copyfileobj(source, sink)
+                sink.flush()
+                os.fsync(sink.fileno())
+            if os.path.getsize(path) != member.file_size:
+                raise HubError(
+                    f"face pack: {name} in {url} unpacked to {os.path.getsize(path)} bytes, not {member.file_size}"
+                )
+            sizes[name] = member.file_size
+    missing = [name for name in BUFFALO_L_FILES if name not in sizes]
+    if missing:
+        raise HubError(
+            f"face pack: {url} lacks {', '.join(missing)} (a buffalo_l.zip holds {', '.join(BUFFALO_L_FILES)})"
+        )
+    with open(os.path.join(folder, PACK_RECORD), "w") as handle:
+        json.dump({"url": url, "sizes": sizes}, handle)
 
 
 def _download(url: str, path: str, progress: bool) -> None:
@@ -230,6 +277,7 @@ def download_defaults(
 ) -> Downloaded:
     """Every default model: the base, the CLIP image encoder, the authors' weights and buffalo_l. With `to`,
     the files go to `to/hub` (a Hugging Face cache: use it with HF_HOME=`to`) and `to/dynamicid`."""
+    _check_pack_url(buffalo_url)  # before any download
     cache = os.path.join(os.path.abspath(to), "hub") if to else None
     done = Downloaded()
     for part, source in DEFAULTS.items():

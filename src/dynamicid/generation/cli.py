@@ -17,7 +17,7 @@ def _device_and_dtype(config: GenerateConfig) -> Any:
 
 
 def run_generate(args: Any) -> int:
-    from dynamicid.generation.outputs import save_generation
+    from dynamicid.generation.outputs import check_output_folder, save_generation
     from dynamicid.generation.pipeline import DynamicIDPipeline
     from dynamicid.generation.request import check_request
 
@@ -26,6 +26,7 @@ def run_generate(args: Any) -> int:
     height, width = config.size()
     # The whole request is checked before the model load, which takes many seconds.
     check_request(persons, height, width, config.steps, config.guidance, config.images, config.max_output_pixels)
+    check_output_folder(config.output)
     device, dtype = _device_and_dtype(config)
     pipe = DynamicIDPipeline.from_pretrained(
         config.base_model,
@@ -59,6 +60,7 @@ def run_generate(args: Any) -> int:
         config.output,
         config.file_name,
         extra={"base_model": config.base_model, "weights": config.weights},
+        overwrite=config.overwrite,
     )
     for path in saved.files:
         print(f"wrote {path}")

@@ -54,7 +54,10 @@ class GenerateConfig:
         ),
     )
     clip_image_encoder: str | None = option(None, _default_of("clip_image_encoder", "CLIP ViT-H/14 vision model"))
-    file_name: str = option("dynamicid", "stem of the written files")
+    file_name: str = option("dynamicid", "stem of the written files: STEM_k.png and STEM_k.json")
+    overwrite: bool = option(
+        False, "replace earlier STEM_k files from 0 (default: number on after the highest k already there)"
+    )
     steps: int = option(DEFAULT_STEPS, "denoising steps")
     guidance: float = option(DEFAULT_GUIDANCE, "classifier-free guidance scale")
     height: int | None = option(None, "image height (default 512 for one person, 768 for two, 1024 for more)")
@@ -86,6 +89,11 @@ class GenerateConfig:
     dtype: str | None = option(None, "weights' precision (default: float16 on a GPU, else float32)", choices=DTYPES)
     faces: FaceAnalysisConfig = option(factory=FaceAnalysisConfig)
     progress: bool = option(True, "no progress bar")
+
+    def __post_init__(self) -> None:
+        from dynamicid.generation.outputs import check_file_name
+
+        check_file_name(self.file_name)
 
     def persons(self) -> list[Person]:
         for listed in ("face_prompt", "box", "target_landmarks", "name"):

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dynamicid.errors import ConfigError, InputError
 from dynamicid.generation import sidecar
 
 
@@ -27,26 +28,76 @@ class SavedGeneration:
     sidecars: list[dict[str, Any]]  # as written beside each image (`generation.sidecar`)
 
 
+def check_output_folder(folder: str) -> None:
+    """Before any model work: OUTPUT must be a folder this user can write (made if missing)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise InputError(f"output {folder} is a file, not a folder; give --output a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise InputError(
+            f"output {folder} cannot be made: {err.strerror}; give --output a folder you can write"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"output {folder} is not writable by this user; give --output a folder you can write")
+
+
+def check_file_name(stem: str) -> None:
+    """A file name is a name: no folders, nothing hidden, nothing that leaves OUTPUT."""
+    if not stem or stem in (".", "..") or any(c in stem for c in "/\\\x00") or stem.startswith("."):
+        raise ConfigError(
+            f"file_name {stem!r} must be a plain name (no '/', '\\', leading '.' or empty), such as 'dynamicid'"
+        )
+
+
+def _outputs_of(folder: str, stem: str, k: int) -> list[str]:
+    image = os.path.join(folder, f"{stem}_{k}.png")
+    return [image, sidecar.sidecar_path(image), os.path.join(folder, "gates", f"{stem}_{k}.png")]
+
+
+def first_free_index(folder: str, stem: str) -> int:
+    """The index after the highest STEM_k already written (image, sidecar or gate map), so a rerun adds
+    images instead of replacing them."""
+    taken = -1
+    for path in (folder, os.path.join(folder, "gates")):
+        for name in os.listdir(path) if os.path.isdir(path) else ():
+            base, _, number = name.rpartition(".")[0].rpartition("_")
+            if base == stem and number.isdigit():
+                taken = max(taken, int(number))
+    return taken + 1
+
+
 def save_generation(
-    result: Any, persons: Any, folder: str, stem: str, extra: dict[str, Any] | None = None
+    result: Any,
+    persons: Any,
+    folder: str,
+    stem: str,
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> SavedGeneration:
-    """Writes STEM_k.png with its sidecar STEM_k.json, and with gate maps gates/STEM_k.png."""
+    """Writes STEM_k.png with its sidecar STEM_k.json, and with gate maps gates/STEM_k.png. k counts on from
+    the files already there; with `overwrite` it starts at 0 and replaces them (a gate map left from an
+    earlier call goes too, so no image is paired with another's map)."""
+    check_file_name(stem)
     os.makedirs(folder, exist_ok=True)
     saved = SavedGeneration([], [], [])
     boxes = result.metadata.get("boxes") or [None] * len(persons)
-    for k, image in enumerate(result.images):
-        image_path = os.path.join(folder, f"{stem}_{k}.png")
+    first = 0 if overwrite else first_free_index(folder, stem)
+    for index, image in enumerate(result.images):
+        k = first + index
+        image_path, sidecar_file, gate_path = _outputs_of(folder, stem, k)
         image.save(image_path)
-        record = sidecar.build(dict(result.metadata) | (extra or {}), persons, boxes, k)
+        record = sidecar.build(dict(result.metadata) | (extra or {}), persons, boxes, index)
         if result.gate_maps is not None:
             # In a subfolder, so that the output folder holds only generated images with sidecars (eval's input).
-            gate_path = os.path.join(folder, "gates", f"{stem}_{k}.png")
             os.makedirs(os.path.dirname(gate_path), exist_ok=True)
-            gate_map_image(result.gate_maps[k], image.size).save(gate_path)
+            gate_map_image(result.gate_maps[index], image.size).save(gate_path)
             record["gate_map"] = os.path.relpath(gate_path, folder)
             saved.files.append(gate_path)
-        sidecar.write(sidecar.sidecar_path(image_path), record)
-        saved.files += [image_path, sidecar.sidecar_path(image_path)]
+        elif os.path.exists(gate_path):
+            os.remove(gate_path)
+        sidecar.write(sidecar_file, record)
+        saved.files += [image_path, sidecar_file]
         saved.images.append(image_path)
         saved.sidecars.append(record)
     return saved

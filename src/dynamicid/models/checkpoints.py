@@ -12,6 +12,7 @@ The pickles are read with torch.load(weights_only=True): no code in them runs.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable
@@ -19,9 +20,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from dynamicid.atomic import write_atomic
 from dynamicid.errors import ConfigError, ModelError, first_line
 from dynamicid.models.face_encoder import FaceEncoder
 from dynamicid.models.imr import IMR, KeyPointEncoder
@@ -274,25 +277,30 @@ def _lora_rank(state: dict[str, Any]) -> int:
     raise CheckpointError("SAA_module has no LoRA weights ('{i}.to_q_lora.down.weight')")
 
 
+def _torch_bytes(payload: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
 def save_authors(weights: DynamicIDWeights, folder: str) -> list[str]:
-    os.makedirs(folder, exist_ok=True)
+    """The authors' .bin files, each written whole or not at all (`write_atomic`)."""
     written = []
     if weights.face_encoder is not None and weights.attention is not None:
         path = os.path.join(folder, AUTHORS_FILES["saa"])
-        torch.save(
-            {"proj_module": weights.face_encoder.state_dict(), "SAA_module": weights.attention.state_dict()}, path
-        )
+        state = {"proj_module": weights.face_encoder.state_dict(), "SAA_module": weights.attention.state_dict()}
+        write_atomic(path, _torch_bytes(state))
         written.append(path)
     for key, module in (("imr", weights.imr), ("keypoint", weights.keypoint_encoder)):
         if module is not None:
             path = os.path.join(folder, AUTHORS_FILES[key])
-            torch.save(module.state_dict(), path)
+            write_atomic(path, _torch_bytes(module.state_dict()))
             written.append(path)
     return written
 
 
 def save_ours(weights: DynamicIDWeights, folder: str) -> list[str]:
-    os.makedirs(folder, exist_ok=True)
+    """Our safetensors and dynamicid.json, each written whole or not at all (`write_atomic`), the JSON last."""
     written = []
     modules = {
         "face_encoder": weights.face_encoder,
@@ -305,10 +313,9 @@ def save_ours(weights: DynamicIDWeights, folder: str) -> list[str]:
             continue
         path = os.path.join(folder, OUR_FILES[key])
         state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-        save_file(state, path, metadata={"format": "pt", "dynamicid": key})
+        write_atomic(path, save_safetensors(state, metadata={"format": "pt", "dynamicid": key}))
         written.append(path)
-    with open(os.path.join(folder, CONFIG_FILE), "w") as handle:
-        json.dump(weights.configs(), handle, indent=2)
+    write_atomic(os.path.join(folder, CONFIG_FILE), json.dumps(weights.configs(), indent=2).encode())
     written.append(os.path.join(folder, CONFIG_FILE))
     return written
 

@@ -15,7 +15,8 @@ import hashlib
 import io
 import json
 import os
-import uuid
+
+from dynamicid.atomic import write_atomic
 
 STATE_DIR = "_state"
 RECORDS_DIR = "records"
@@ -72,16 +73,6 @@ def record_path(output: str, relative: str) -> str:
     settings, which the record holds), so a changed input or setting finds the outputs it replaces."""
     shard = hashlib.sha256(relative.encode("utf-8", "surrogatepass")).hexdigest()[:2]
     return os.path.join(output, STATE_DIR, RECORDS_DIR, shard, path_component(relative) + ".json")
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def save_embedding(path: str, payload: dict) -> None:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dynamicid.atomic import write_atomic
 from dynamicid.errors import ConfigError, first_line
 from dynamicid.models import IMR, FaceEncoder, KeyPointEncoder
 from dynamicid.models.basemodel import clip_hidden_states, encode_text, load_base_model, load_clip_image_encoder
@@ -157,8 +158,8 @@ def _write_final(weights: DynamicIDWeights, config, trainer: Trainer, extra: dic
         save_ours(weights, paths["weights"])
         paths["weights_authors"] = os.path.join(config.output, "weights-authors")
         save_authors(weights, paths["weights_authors"])
-        with open(os.path.join(config.output, "train_config.json"), "w") as handle:
-            json.dump(config.to_dict() | extra, handle, indent=2)
+        settings = json.dumps(config.to_dict() | extra, indent=2).encode()
+        write_atomic(os.path.join(config.output, "train_config.json"), settings)
     trainer.accelerator.wait_for_everyone()
     return paths
 

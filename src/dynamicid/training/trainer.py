@@ -11,8 +11,11 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,6 +96,37 @@ def _check_launch(processes: int, batch_size: int) -> None:
         )
 
 
+class _Stopped(Exception):
+    """Raised at a micro-batch boundary after a stop request."""
+
+
+class StopRequest:
+    """While the loop runs, SIGINT and SIGTERM set a flag instead of raising inside a long tensor operation
+    (where Python cannot act until it returns); the loop stops at the next micro-batch boundary. A second
+    Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._note) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        logger.warning(
+            "stopping at the next micro-batch boundary, after saving the last whole step (Ctrl-C again stops now)"
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 class Trainer:
     def __init__(self, config: TrainCommon, stage: str):
         from accelerate import Accelerator
@@ -108,6 +142,7 @@ class Trainer:
         self.device = self.accelerator.device
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         self.history: list[dict] = []
+        self.stop = StopRequest()
         self.start_step = 0
         os.makedirs(config.output, exist_ok=True)
 
@@ -221,7 +256,8 @@ class Trainer:
     ) -> list[dict]:
         """`loss_of(micro_step)` gives (loss, extra logs) for this process's share of one micro-batch, through
         `self.model` (the prepared module, whose backward averages gradients across processes); micro-steps
-        are numbered step * accumulation + k, so data and noise depend only on the step."""
+        are numbered step * accumulation + k, so data and noise depend only on the step. Ctrl-C or SIGTERM
+        stops at the next micro-batch boundary: the last whole step is saved, then KeyboardInterrupt."""
         c = self.config
         start = self.resume()
         bar = None
@@ -231,26 +267,57 @@ class Trainer:
             bar = tqdm(total=c.steps, initial=start, unit="step", desc=self.stage, dynamic_ncols=True)
         self.model.train()
         cpu_began = time.process_time()
-        for step in range(start, c.steps):
-            began = time.perf_counter()
-            record = {"step": step + 1} | self._step(loss_of, step)
-            record["seconds"] = time.perf_counter() - began
-            self.history.append(record)
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("step", "seconds")})
-                bar.update(1)
-            if c.checkpoint_every and (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps:
-                self.save_checkpoint(step + 1)
-                self.write_curves()
-            if on_sample is not None and c.sample_every and (step + 1) % c.sample_every == 0:
-                self._sample(on_sample, step + 1)
-        if bar is not None:
-            bar.close()
+        with StopRequest() as stop:
+            self.stop = stop
+            try:
+                for step in range(start, c.steps):
+                    self._one_step(loss_of, on_sample, step, bar)
+            except _Stopped:
+                self._save_on_stop(start)
+                raise KeyboardInterrupt from None
+            finally:
+                if bar is not None:
+                    bar.close()
         self.processes_cpu_seconds = self._gathered(round(time.process_time() - cpu_began, 3))
         self.weights_digests = self._agreeing_weights()
         self.save_checkpoint(c.steps)
         self.write_curves()
         return self.history
+
+    def _one_step(self, loss_of, on_sample, step: int, bar) -> None:
+        c = self.config
+        began = time.perf_counter()
+        record = {"step": step + 1} | self._step(loss_of, step)
+        record["seconds"] = time.perf_counter() - began
+        self.history.append(record)
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("step", "seconds")})
+            bar.update(1)
+        if c.checkpoint_every and (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps:
+            self.save_checkpoint(step + 1)
+            self.write_curves()
+        if on_sample is not None and c.sample_every and (step + 1) % c.sample_every == 0:
+            self._sample(on_sample, step + 1)
+
+    def _save_on_stop(self, start: int) -> None:
+        """After a stop request: the partial step's gradients are dropped and the last whole step saved (unless
+        it already is), so the rerun continues exactly."""
+        self.optimizer.zero_grad(set_to_none=True)
+        done = len(self.history) and self.history[-1]["step"]
+        if done > start and not os.path.isfile(
+            os.path.join(self.config.output, CHECKPOINTS, f"step-{done:07d}", "trainer.json")
+        ):
+            self.save_checkpoint(done)
+            self.write_curves()
+        self.log(f"stopped after step {done}; rerun the same command to continue from there")
+
+    def _stop_requested(self) -> bool:
+        """Whether any process was asked to stop (every process must stop at the same boundary)."""
+        asked = self.stop.signal is not None
+        if self.accelerator.num_processes == 1:
+            return asked
+        flag = torch.tensor([float(asked)], device=self.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def _step(self, loss_of: Callable[[int], tuple[torch.Tensor, dict]], step: int) -> dict:
         """One optimizer step over `gradient_accumulation` micro-batches. The logged loss is the mean over
@@ -258,6 +325,8 @@ class Trainer:
         c = self.config
         totals: dict[str, float] = {}
         for k in range(c.gradient_accumulation):
+            if self._stop_requested():
+                raise _Stopped
             last = k == c.gradient_accumulation - 1
             context = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
             with context, self.accelerator.autocast():
