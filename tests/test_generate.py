@@ -294,3 +294,24 @@ def test_an_output_that_is_a_file_or_cannot_be_made_is_refused_before_the_model_
     assert "is a file, not a folder" in capsys.readouterr().err
     assert _small_generate(tiny_models, shared_faces, tmp_path / "file" / "inner") == 1  # root can write anywhere
     assert "cannot be made" in capsys.readouterr().err
+
+
+def test_weights_that_record_their_face_analysis_are_used_with_it_and_another_embedder_is_refused(
+    tiny_models, tmp_path
+):
+    from dynamicid.errors import ConfigError
+    from dynamicid.faces import FaceAnalysisConfig
+    from dynamicid.models.checkpoints import load_ours, save_ours, unet_config_layout
+
+    weights = load_ours(tiny_models["dynamicid"], unet_config_layout(f"{tiny_models['sd15']}/unet/config.json"))
+    weights.face_analysis = {"embedder": "insightface", "embedder_model": "/models/buffalo_l", "detect_side": 640}
+    save_ours(weights, str(tmp_path / "w"))
+    parts = (tiny_models["sd15"], str(tmp_path / "w"), tiny_models["clip-image"])
+    pipe = DynamicIDPipeline.from_pretrained(*parts)
+    assert pipe.face_analysis_config.embedder == "insightface"
+    assert pipe.face_analysis_config.embedder_model == "/models/buffalo_l"
+    assert pipe.face_analysis_config.detect_side == 640
+    with pytest.raises(ConfigError, match="trained on insightface embeddings, but the dlib-resnet embedder"):
+        DynamicIDPipeline.from_pretrained(*parts, face_config=FaceAnalysisConfig(detect_side=320))
+    same = FaceAnalysisConfig(embedder="insightface", embedder_model="/elsewhere/buffalo_l")
+    assert DynamicIDPipeline.from_pretrained(*parts, face_config=same).face_analysis_config == same

@@ -2,6 +2,7 @@
 
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -483,3 +484,35 @@ def test_final_weights_are_written_whole_or_not_at_all(tiny_models, tmp_path, mo
     assert changed == ["face_encoder.safetensors"]  # the first file is whole and new; the rest whole and old
     monkeypatch.undo()
     load_ours(str(tmp_path / "w"), layout)
+
+
+# -- weights that know their face stack (issue 25 §3) ----------------------------------------------------------
+
+
+def test_prep_records_its_face_analysis_and_training_copies_it_into_the_weights(dataset, tiny_models, tmp_path):
+    import json
+
+    record = json.loads((Path(dataset) / "face_analysis.json").read_text())["face_analysis"]
+    assert record["embedder"] == "dlib-resnet" and record["detector"] == "dlib-hog"
+    train_anchor(anchor_config(dataset, tiny_models, tmp_path / "anchor", steps=1, checkpoint_every=0))
+    saved = json.loads((tmp_path / "anchor" / "weights" / "dynamicid.json").read_text())
+    assert saved["face_analysis"] == record
+    train_reconfig(
+        reconfig_config(dataset, tiny_models, tmp_path / "re", steps=1, weights=str(tmp_path / "anchor" / "weights"))
+    )
+    assert json.loads((tmp_path / "re" / "weights" / "dynamicid.json").read_text())["face_analysis"] == record
+
+
+def test_reconfig_refuses_data_analysed_with_another_embedder_than_stage_one(dataset, tiny_models, tmp_path):
+    import json
+
+    from dynamicid.models.checkpoints import load_ours, save_ours, unet_config_layout
+
+    weights = load_ours(tiny_models["dynamicid"], unet_config_layout(f"{tiny_models['sd15']}/unet/config.json"))
+    weights.face_analysis = {"embedder": "insightface", "embedder_model": "buffalo_l"}
+    save_ours(weights, str(tmp_path / "arcface-weights"))
+    assert json.loads((tmp_path / "arcface-weights" / "dynamicid.json").read_text())["face_analysis"]["embedder"]
+    with pytest.raises(TrainingDataError, match="trained on insightface embeddings but .* holds dlib-resnet"):
+        train_reconfig(
+            reconfig_config(dataset, tiny_models, tmp_path / "re", weights=str(tmp_path / "arcface-weights"))
+        )

@@ -118,8 +118,9 @@ class GenerateConfig:
         return self.height or side, self.width or self.height or side
 
     def face_config(self) -> FaceAnalysisConfig | None:
-        """None lets the pipeline choose: the default weights are the authors', made with InsightFace's ArcFace."""
-        return self.faces if self.weights or self.faces != FaceAnalysisConfig() else None
+        """None lets the pipeline choose: the analysis the weights record, else the default for them (the
+        authors' weights were made with InsightFace's ArcFace)."""
+        return self.faces if self.faces != FaceAnalysisConfig() else None
 
 
 def _nth(values: tuple[str, ...], index: int) -> str | None:

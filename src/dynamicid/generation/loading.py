@@ -12,6 +12,7 @@ import torch
 
 from dynamicid import hub
 from dynamicid.faces import FaceAnalysisConfig
+from dynamicid.faces.record import check_same_embedder, config_of
 from dynamicid.models.basemodel import load_base_model, load_clip_image_encoder
 from dynamicid.models.checkpoints import load_weights
 from dynamicid.models.saa import processor_layout
@@ -53,6 +54,19 @@ def default_face_config(weights_reference: str | None) -> FaceAnalysisConfig:
     return FaceAnalysisConfig(detector="insightface", detector_model=pack, embedder="insightface", embedder_model=pack)
 
 
+def face_config_for(requested: FaceAnalysisConfig | None, loaded: Any, weights: str | None) -> FaceAnalysisConfig:
+    """The analysis reference photos go through: the one asked for, else the one the weights record (the
+    analysis of their training data), else the default for those weights. An asked-for embedder that
+    differs from the recorded one is refused by name."""
+    where = f"{weights or hub.DEFAULTS['weights'].reference} dynamicid.json"
+    recorded = config_of(loaded.face_analysis, where) if loaded.face_analysis else None
+    if requested is None:
+        return recorded or default_face_config(weights)
+    if recorded is not None:
+        check_same_embedder(requested, recorded, weights or hub.DEFAULTS["weights"].reference)
+    return requested
+
+
 def _variant(device: Any, dtype: Any) -> str | None:
     return "fp16" if dtype == torch.float16 and str(device or "").startswith("cuda") else None
 
@@ -70,7 +84,7 @@ def from_parts(
     parts = load_base_model(_default(base, "base_model"), variant)
     image_encoder, feature_extractor = load_clip_image_encoder(_default(clip_image_encoder, "clip_image_encoder"))
     loaded = load_weights(_default(weights, "weights"), processor_layout(parts.unet))
-    face_config = face_config or default_face_config(weights)
+    face_config = face_config_for(face_config, loaded, weights)
     pipe = cls(
         vae=parts.vae,
         text_encoder=parts.text_encoder,
@@ -100,7 +114,7 @@ def onto_pipe(cls: Any, pipeline: Any, weights: Any, clip_image_encoder: Any, fa
     """The pipeline's base parts, shared, plus the DynamicID parts loaded for its UNet."""
     image_encoder, feature_extractor = load_clip_image_encoder(_default(clip_image_encoder, "clip_image_encoder"))
     loaded = load_weights(_default(weights, "weights"), processor_layout(pipeline.unet))
-    face_config = face_config or default_face_config(weights)
+    face_config = face_config_for(face_config, loaded, weights)
     parts = pipeline.components
     pipe = cls(
         vae=parts["vae"],

@@ -134,9 +134,14 @@ class DynamicIDWeights:
     attention: DynamicIDAttention | None = None
     imr: IMR | None = None
     keypoint_encoder: KeyPointEncoder | None = None
+    # The face analysis (`FaceAnalysisConfig` fields) that made the training data's embeddings: generation
+    # analyses reference photos the same way. None for weights that do not record it (the authors').
+    face_analysis: dict[str, Any] | None = None
 
     def configs(self) -> dict[str, Any]:
-        out = {}
+        out: dict[str, Any] = {}
+        if self.face_analysis is not None:
+            out["face_analysis"] = dict(self.face_analysis)
         if self.face_encoder is not None:
             out["face_encoder"] = public_config(self.face_encoder)
         if self.attention is not None:
@@ -337,9 +342,11 @@ def _read_config(folder: str) -> dict[str, Any]:
             f"{config_path} must be an object of objects, one per part "
             f"({', '.join(OUR_FILES)}); found {type(configs).__name__}"
         )
-    unknown = sorted(set(configs) - set(OUR_FILES))
+    unknown = sorted(set(configs) - set(OUR_FILES) - {"face_analysis"})
     if unknown:
-        raise CheckpointError(f"{config_path}: unknown part(s) {', '.join(unknown)}; known: {', '.join(OUR_FILES)}")
+        raise CheckpointError(
+            f"{config_path}: unknown part(s) {', '.join(unknown)}; known: {', '.join(OUR_FILES)}, face_analysis"
+        )
     return configs
 
 
@@ -352,7 +359,7 @@ def _build(factory: Callable[..., ModuleT], options: dict[str, Any], where: str)
 
 def load_ours(folder: str, layout: Layout | None = None) -> DynamicIDWeights:
     configs = _read_config(folder)
-    weights = DynamicIDWeights()
+    weights = DynamicIDWeights(face_analysis=configs.get("face_analysis"))
 
     def state(key: str) -> dict[str, Any]:
         path = os.path.join(folder, OUR_FILES[key])

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from dynamicid.faces.record import write_dataset_record
 from dynamicid.prep import outputs, report
 from dynamicid.prep.config import PrepConfig
 from dynamicid.prep.discover import is_local, list_input
@@ -98,6 +99,7 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
     check_writable(output)
     config = _with_output(config, output)
     with OutputLock(output):
+        requested_faces = config.faces  # as given (repo ids stay ids): what the data's record says
         config = check_backends(config)
         outputs.remove_temporaries(output)
         if spark is None:
@@ -112,6 +114,7 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
         sheet = report.contact_sheet(tally, output, limit=config.contact_sheet_faces, manifest_path=manifest_path)
         summary = tally.summary(job_seconds, time.perf_counter() - started) | {"stale_outputs_removed": removed}
         report.write_summary(summary, output)
+        write_dataset_record(output, requested_faces)
     return PrepResult(manifest_path, sheet, summary)
 
 

@@ -128,6 +128,25 @@ def _without_bad_files(faces: list[Face], dim: int, manifest_path: str) -> list[
     return good
 
 
+def face_analysis_of(folder: str) -> dict | None:
+    """The face analysis that made the data's embeddings: prep's record, or for outputs older than the record,
+    the default analysis when the manifest says dlib's ResNet made the embeddings; else None (unknown)."""
+    from dataclasses import asdict
+
+    from dynamicid.faces import FaceAnalysisConfig
+    from dynamicid.faces.record import read_dataset_record
+
+    record = read_dataset_record(folder)
+    if record is not None:
+        return record
+    manifest = pd.read_parquet(os.path.join(folder, "manifest.parquet"), columns=["embedding_model"])
+    models = set(manifest.embedding_model.dropna())
+    if models and all(str(m).startswith("dlib-resnet") for m in models):
+        return asdict(FaceAnalysisConfig())
+    logger.warning("%s records no face analysis; the trained weights will not say which embedder they need", folder)
+    return None
+
+
 def embedding_dim(faces: list[Face]) -> int:
     return int(torch.load(faces[0].pt, weights_only=True)["dim"])
 

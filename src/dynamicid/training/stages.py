@@ -164,13 +164,14 @@ def _write_final(weights: DynamicIDWeights, config, trainer: Trainer, extra: dic
     return paths
 
 
-def _sampler_callback(config, frozen: Frozen, weights_of, reference: str):
+def _sampler_callback(config, frozen: Frozen, weights_of, reference: str, face_analysis: dict | None):
     """Sample images while training, through the generation pipeline itself."""
 
     def sample(step: int) -> None:
         from diffusers import DDIMScheduler
 
-        from dynamicid.faces import FaceAnalyzer
+        from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer
+        from dynamicid.faces.record import config_of
         from dynamicid.generation import DynamicIDPipeline, Person
 
         weights = weights_of()
@@ -187,7 +188,9 @@ def _sampler_callback(config, frozen: Frozen, weights_of, reference: str):
             weights.imr,
             weights.keypoint_encoder,
         )
-        pipe.face_analyzer = FaceAnalyzer()
+        # The reference is analysed as the training data was, so its embedding matches the face encoder.
+        faces = config_of(face_analysis, f"{config.data} face analysis") if face_analysis else FaceAnalysisConfig()
+        pipe.face_analyzer = FaceAnalyzer(faces)
         pipe.set_progress_bar_config(disable=True)
         try:
             result = pipe(
@@ -251,6 +254,7 @@ def _anchor_loss(config: AnchorConfig, frozen: Frozen, trainer: Trainer, batches
 
 def train_anchor(config: AnchorConfig) -> dict:
     faces = td.load_faces(config.data)
+    face_analysis = td.face_analysis_of(config.data)
     sampler = td.AnchorSampler(faces)
     id_dim = td.embedding_dim(faces)
     trainer = Trainer(config, "anchor")
@@ -274,11 +278,14 @@ def train_anchor(config: AnchorConfig) -> dict:
 
     def weights_now() -> DynamicIDWeights:
         module = trainer.unwrapped()
-        return DynamicIDWeights(face_encoder=module.face_encoder, attention=module.attention)
+        return DynamicIDWeights(
+            face_encoder=module.face_encoder, attention=module.attention, face_analysis=face_analysis
+        )
 
     try:
         loss_of = _anchor_loss(config, frozen, trainer, batches, cache)
-        history = trainer.run(loss_of, _sampler_callback(config, frozen, weights_now, sampler.faces[0].jpg))
+        sample = _sampler_callback(config, frozen, weights_now, sampler.faces[0].jpg, face_analysis)
+        history = trainer.run(loss_of, sample)
     finally:
         batches.close()
     extra = {
@@ -369,12 +376,24 @@ def _reconfig_modules(config: ReconfigConfig, frozen: Frozen, faces: list[td.Fac
             f"the stage-1 face encoder takes {face_encoder.config.id_dim}-d embeddings; "
             f"the data has {td.embedding_dim(faces)}-d"
         )
+    face_analysis = _same_face_analysis(config, stage1.face_analysis, td.face_analysis_of(config.data))
     if stage1.imr is not None and stage1.keypoint_encoder is not None:
-        return face_encoder, attention, stage1.imr, stage1.keypoint_encoder
+        return face_encoder, attention, stage1.imr, stage1.keypoint_encoder, face_analysis
     width = frozen.text_encoder.config.hidden_size
     torch.manual_seed(config.seed)
     imr = IMR.for_width(frozen.unet.config.cross_attention_dim, width, config.imr_depth)
-    return face_encoder, attention, imr, KeyPointEncoder(out_dim=width, base=keypoint_base_for(width))
+    keypoints = KeyPointEncoder(out_dim=width, base=keypoint_base_for(width))
+    return face_encoder, attention, imr, keypoints, face_analysis
+
+
+def _same_face_analysis(config: ReconfigConfig, of_weights: dict | None, of_data: dict | None) -> dict | None:
+    """Stage 2's data must have been analysed with stage 1's embedder; the weights keep the record."""
+    if of_weights and of_data and of_weights.get("embedder") != of_data.get("embedder"):
+        raise td.TrainingDataError(
+            f"the stage-1 weights {config.weights} were trained on {of_weights.get('embedder')} embeddings but "
+            f"{config.data} holds {of_data.get('embedder')} embeddings; prepare the data with the same embedder"
+        )
+    return of_data or of_weights
 
 
 def _ldc_inputs(config: ReconfigConfig, frozen: Frozen, targets, wanted, context, generator) -> dict:
@@ -440,7 +459,7 @@ def train_reconfig(config: ReconfigConfig) -> dict:
     sampler = td.ReconfigSampler(faces, config.max_targets)
     trainer = Trainer(config, "reconfig")
     frozen = Frozen(config, trainer.device, trainer.weight_dtype)
-    face_encoder, attention, imr, keypoints = _reconfig_modules(config, frozen, faces)
+    face_encoder, attention, imr, keypoints, face_analysis = _reconfig_modules(config, frozen, faces)
     used = [f for group in sampler.groups.values() for f in group]
     tokens = cache_tokens(config, used, face_encoder, frozen, trainer)
     loss_of = _reconfig_loss(config, frozen, trainer, sampler, tokens)
@@ -450,7 +469,11 @@ def train_reconfig(config: ReconfigConfig) -> dict:
     history = trainer.run(loss_of)
     module = trainer.unwrapped()
     weights = DynamicIDWeights(
-        face_encoder=face_encoder, attention=attention, imr=module.imr, keypoint_encoder=module.keypoint_encoder
+        face_encoder=face_encoder,
+        attention=attention,
+        imr=module.imr,
+        keypoint_encoder=module.keypoint_encoder,
+        face_analysis=face_analysis,
     )
     extra = {"stage": "reconfig", "identities": len(sampler.groups), "skipped_single_photo": len(sampler.skipped)}
     paths = _write_final(weights, config, trainer, extra)
