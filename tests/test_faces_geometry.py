@@ -130,3 +130,30 @@ def test_face_prompt_parse_accepts_the_plain_template_and_rejects_others():
         face_prompt.parse("a cat on a sofa")
     with pytest.raises(ValueError, match="unknown emotion"):
         face_prompt.from_measurements("bored", HeadPose(0, 0, 0))
+
+
+# -- one face-prompt rule (issue 25 §2) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, normal",
+    [
+        ("in an angry expression", "in a anger expression, in front view"),
+        ("In A Happy Expression,  In Side View, Turned Left.", "in a happy expression, in side view, turned left"),
+        ("in a fear expression, facing up", "in a fear expression, facing up, in front view"),
+        ("in a surprised expression, in front view, turned left", "in a surprise expression, in front view"),
+    ],
+)
+def test_face_prompts_are_read_by_one_rule(text, normal):
+    from dynamicid.faces.face_prompt import normalise
+
+    assert normalise(text) == normal
+
+
+@pytest.mark.parametrize("text", ["looking furious", "in a furious expression", "in a happy expression, winking"])
+def test_a_face_prompt_outside_the_rule_is_refused_with_what_is_accepted(text):
+    from dynamicid.errors import InputError
+    from dynamicid.faces.face_prompt import parse
+
+    with pytest.raises(InputError, match="is not a face prompt: a face prompt is 'in a EMOTION expression'.*disgust"):
+        parse(text)

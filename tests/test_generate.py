@@ -315,3 +315,9 @@ def test_weights_that_record_their_face_analysis_are_used_with_it_and_another_em
         DynamicIDPipeline.from_pretrained(*parts, face_config=FaceAnalysisConfig(detect_side=320))
     same = FaceAnalysisConfig(embedder="insightface", embedder_model="/elsewhere/buffalo_l")
     assert DynamicIDPipeline.from_pretrained(*parts, face_config=same).face_analysis_config == same
+
+
+def test_generate_refuses_a_face_prompt_outside_the_rule_naming_the_person(tiny_models, shared_faces, tmp_path, capsys):
+    code = _small_generate(tiny_models, shared_faces, tmp_path / "gen", "--face-prompt", "looking furious")
+    assert code == 1
+    assert "person 1: 'looking furious' is not a face prompt" in capsys.readouterr().err

@@ -39,10 +39,10 @@ def test_generate_refuses_a_bomb_before_any_model_loads(tmp_path, shared_faces):
     from dynamicid.generation.request import GenerationError, Person, check_request
 
     bomb = str(bomb_png(tmp_path / "me.png"))
-    with pytest.raises(GenerationError, match="person 0: reference photo .*me.png: decompression_bomb"):
+    with pytest.raises(GenerationError, match="person 1: reference photo .*me.png: decompression_bomb"):
         check_request([Person(bomb)], 512, 512, 30, 5.0)
     photo = str(shared_faces / "identities" / "obama" / "1.jpg")
-    with pytest.raises(GenerationError, match="person 0: target landmarks .*me.png: decompression_bomb"):
+    with pytest.raises(GenerationError, match="person 1: target landmarks .*me.png: decompression_bomb"):
         check_request([Person(photo, target_landmarks=bomb)], 512, 512, 30, 5.0)
 
 

@@ -215,3 +215,68 @@ def test_a_call_with_person_embeds_loads_no_face_analysis(tiny_models):
     )
     assert out.images.shape == (1, 64, 64, 3) and pipe._face_analyzer is None
     assert out.metadata["embedder"] == dict(pipe.config)["face_analysis"]["embedder"] == "dlib-resnet"
+
+
+# -- the Python API keeps its promises (issue 25 §4) ----------------------------------------------------------
+
+
+def test_attention_slicing_xformers_and_a_replaced_processor_are_refused_not_silent(pipe, shared_faces):
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from dynamicid.generation import GenerationError
+
+    for enable in (pipe.enable_attention_slicing, pipe.enable_xformers_memory_efficient_attention):
+        with pytest.raises(GenerationError, match="would replace SAA's attention processors"):
+            enable()
+    persons = [Person(photo(shared_faces, "obama/1.jpg"))]
+    before = make(pipe, persons).images
+    pipe.unet.set_attn_processor(AttnProcessor())
+    try:
+        with pytest.raises(GenerationError, match="no longer SAA's"):
+            make(pipe, persons)
+    finally:
+        pipe.reinstall_saa()
+    np.testing.assert_array_equal(make(pipe, persons).images, before)
+
+
+def test_the_call_sizes_images_by_the_same_rule_as_the_command_line(pipe, shared_faces, monkeypatch):
+    from dynamicid.generation.config import GenerateConfig
+    from dynamicid.generation.request import default_size
+
+    one, two = photo(shared_faces, "obama/1.jpg"), photo(shared_faces, "biden/2.jpg")
+    embeds = pipe.encode_persons([Person(one), Person(two)])
+    asked = {}
+
+    class Sized(Exception):
+        pass
+
+    def record(batch, height, width, *rest):
+        asked.update(height=height, width=width)
+        raise Sized  # the size is what is tested; denoising 768 px on tiny models takes minutes
+
+    monkeypatch.setattr(pipe, "prepare_latents", record)
+    with pytest.raises(Sized):
+        pipe("x", person_embeds=embeds, num_inference_steps=1)
+    assert asked == {"height": 768, "width": 768}  # two persons: 768, not 512
+    assert GenerateConfig(prompt="x", output="o", person=(one, two)).size() == default_size(2, None, None) == (768, 768)
+    assert default_size(1, None, None) == (512, 512) and default_size(3, None, 640) == (640, 640)
+
+
+def test_vae_slicing_and_tiling_work_on_the_pipeline(pipe, shared_faces):
+    persons = [Person(photo(shared_faces, "obama/1.jpg"))]
+    plain = make(pipe, persons, num_images_per_prompt=2).images
+    pipe.enable_vae_slicing()
+    try:
+        np.testing.assert_allclose(make(pipe, persons, num_images_per_prompt=2).images, plain, atol=1e-5)
+    finally:
+        pipe.disable_vae_slicing()
+    pipe.enable_vae_tiling()
+    sizes = pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size
+    pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = 32, 4  # tiles smaller than the 64 px images
+    try:
+        tiled = make(pipe, persons, num_images_per_prompt=2).images
+        assert tiled.shape == plain.shape and np.isfinite(tiled).all()
+        assert not np.array_equal(tiled, plain)  # the tiled decoder ran
+    finally:
+        pipe.disable_vae_tiling()
+        pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = sizes

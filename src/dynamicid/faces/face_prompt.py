@@ -46,18 +46,46 @@ def from_measurements(emotion: str, pose: HeadPose, threshold: float = ANGLE_THR
     return FacePrompt(emotion, tilt, "side", "right" if pose.yaw > 0 else "left")
 
 
+# Everyday words for the method's emotions, read as them ("in an angry expression" is anger).
+SYNONYMS = {
+    "angry": "anger",
+    "surprised": "surprise",
+    "disgusted": "disgust",
+    "fearful": "fear",
+    "afraid": "fear",
+    "scared": "fear",
+    "sadness": "sad",
+    "happiness": "happy",
+    "smiling": "happy",
+    "calm": "neutral",
+}
 _PATTERN = re.compile(
-    r"in an? (?P<emotion>\w+) expression"
-    r"(?:, facing (?P<tilt>up|down))?"
-    r"(?:, in (?P<view>front|side) view)?"
+    r"in an? (?P<emotion>[a-z]+) expression"
+    r"(?:,? facing (?P<tilt>up|down))?"
+    r"(?:,? in (?P<view>front|side) view)?"
     r"(?:,? turned (?P<side>left|right))?"
+)
+ALLOWED = (
+    "a face prompt is 'in a EMOTION expression', then optionally ', facing up|down', ', in front view' or "
+    "', in side view' and ', turned left|right'; EMOTION is one of " + ", ".join(EMOTIONS)
 )
 
 
 def parse(text: str) -> FacePrompt:
-    """Read a face prompt back; raises ValueError when it does not follow the template."""
-    match = _PATTERN.search(text.strip().lower())
-    if not match or match.group("emotion") not in EMOTIONS:
-        raise InputError(f"not a face prompt: {text!r}; expected e.g. 'in a happy expression, in front view'")
+    """Read a face prompt (the one rule of generate, eval, the page and the API): the template, in any case
+    and spacing, "a" or "an", with everyday words for the emotions (`SYNONYMS`). Anything else is an
+    InputError that says what is accepted."""
+    cleaned = " ".join(str(text).lower().replace(" ,", ",").split()).rstrip(".")
+    match = _PATTERN.fullmatch(cleaned)
+    emotion = SYNONYMS.get(match.group("emotion"), match.group("emotion")) if match else None
+    if match is None or emotion not in EMOTIONS:
+        raise InputError(f"{text!r} is not a face prompt: {ALLOWED}, e.g. 'in a happy expression, in front view'")
     view = match.group("view") or ("side" if match.group("side") else "front")
-    return FacePrompt(match.group("emotion"), match.group("tilt"), view, match.group("side"))
+    side = match.group("side") if view == "side" else None
+    return FacePrompt(emotion, match.group("tilt"), view, side)
+
+
+def normalise(text: str) -> str:
+    """The face prompt in the method's exact words ("in an angry expression" -> "in a anger expression, in
+    front view"), as the model was trained on them."""
+    return parse(text).text()

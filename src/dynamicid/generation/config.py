@@ -7,7 +7,14 @@ from typing import Any
 
 from dynamicid.errors import ConfigError
 from dynamicid.faces.analyzer import FaceAnalysisConfig
-from dynamicid.generation.request import DEFAULT_GUIDANCE, DEFAULT_ID_SCALE, DEFAULT_STEPS, MAX_OUTPUT_PIXELS, Person
+from dynamicid.generation.request import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_ID_SCALE,
+    DEFAULT_STEPS,
+    MAX_OUTPUT_PIXELS,
+    Person,
+    default_size,
+)
 from dynamicid.options import option
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -114,8 +121,7 @@ class GenerateConfig:
         ]
 
     def size(self) -> tuple[int, int]:
-        side = {1: 512, 2: 768}.get(len(self.person), 1024)
-        return self.height or side, self.width or self.height or side
+        return default_size(len(self.person), self.height, self.width)
 
     def face_config(self) -> FaceAnalysisConfig | None:
         """None lets the pipeline choose: the analysis the weights record, else the default for them (the

@@ -24,6 +24,7 @@ from diffusers.utils.outputs import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer, landmark_image
+from dynamicid.faces.face_prompt import normalise
 from dynamicid.generation.layout import to_saa
 from dynamicid.generation.persons import EncodedPerson, load_rgb, target_map
 from dynamicid.generation.request import (
@@ -34,6 +35,7 @@ from dynamicid.generation.request import (
     GenerationError,
     Person,
     check_request,
+    default_size,
 )
 from dynamicid.models.basemodel import clip_hidden_states, encode_text
 from dynamicid.models.checkpoints import CheckpointError, DynamicIDWeights
@@ -178,6 +180,50 @@ class DynamicIDPipeline(DiffusionPipeline):
         finally:
             install_processors(self.unet, self.saa)
 
+    # -- attention processors: SAA must stay installed ---------------------------------------------------
+    def _refuse_processor_swap(self, what: str) -> None:
+        raise GenerationError(
+            f"{what} would replace SAA's attention processors on the UNet, and with them the identity and the "
+            "LoRA (id_scale would then change nothing); DynamicIDPipeline does not support it. To save memory, "
+            "use enable_vae_slicing(), enable_vae_tiling() or enable_model_cpu_offload()"
+        )
+
+    def enable_attention_slicing(self, slice_size: Any = "auto") -> None:
+        self._refuse_processor_swap("enable_attention_slicing()")
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
+        self._refuse_processor_swap("enable_xformers_memory_efficient_attention()")
+
+    # diffusers' StableDiffusionPipeline offered these; here they turn the VAE's own switches.
+    def enable_vae_slicing(self) -> None:
+        """Decode the images of a call one at a time (less memory for many images, the same pixels)."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self.vae.disable_slicing()
+
+    def enable_vae_tiling(self) -> None:
+        """Decode large images in overlapping tiles (much less memory; tile seams are blended)."""
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        self.vae.disable_tiling()
+
+    def check_processors(self) -> None:
+        """Before a call: the UNet still runs SAA's processors (a direct `unet.set_attn_processor` replaces
+        them); refuse to run without them instead of silently dropping the identity."""
+        installed = list(self.unet.attn_processors.values())
+        if len(installed) != len(self.saa.names) or any(a is not b for a, b in zip(installed, self.saa)):
+            raise GenerationError(
+                "the UNet's attention processors are no longer SAA's (replaced with unet.set_attn_processor?), so "
+                "the identity and the LoRA would be dropped; load the pipeline again, or call "
+                "pipe.reinstall_saa() to put SAA's processors back"
+            )
+
+    def reinstall_saa(self) -> None:
+        """Put SAA's processors back on the UNet (after something replaced them)."""
+        install_processors(self.unet, self.saa)
+
     @property
     def weights(self) -> DynamicIDWeights:
         return DynamicIDWeights(self.face_encoder, self.saa, self.imr, self.keypoint_encoder)
@@ -239,11 +285,14 @@ class DynamicIDPipeline(DiffusionPipeline):
         )
 
     def analyse_reference(self, person: Person, index: int) -> Any:
-        rgb = load_rgb(person.reference, f"reference photo of person {index}")
+        who = person.name or f"person {index + 1}"  # as the user counts, from 1
+        rgb = load_rgb(person.reference, f"reference photo of {who}")
         faces = self.face_analyzer.analyze(rgb, max_faces=1)
         if not faces:
-            where = person.reference if isinstance(person.reference, str) else f"person {index}"
-            raise GenerationError(f"reference photo {where}: no face was detected; use a photo with one clear face")
+            where = f" ({person.reference})" if isinstance(person.reference, str) else ""
+            raise GenerationError(
+                f"reference photo of {who}{where}: no face was detected; use a photo with one clear face"
+            )
         embedder = self.face_analyzer.embedder
         assert embedder is not None  # the pipeline's analyzer is built with its embedder
         if embedder.dim != self.face_encoder.config.id_dim:
@@ -270,7 +319,10 @@ class DynamicIDPipeline(DiffusionPipeline):
         maps = torch.stack([landmark_map_to_tensor(source_map), landmark_map_to_tensor(target)])
         features = self.keypoint_encoder(maps.to(device, self.keypoint_encoder.dtype))
         _, pooled = encode_text(
-            self.tokenizer, self.text_encoder, [face.face_prompt, person.face_prompt or face.face_prompt], device
+            self.tokenizer,
+            self.text_encoder,
+            [face.face_prompt, normalise(person.face_prompt) if person.face_prompt else face.face_prompt],
+            device,
         )
         edited = self.imr.edit(tokens, features[:1], pooled[:1], features[1:], pooled[1:])[0]
         return EncodedPerson(edited, tokens, face.face_prompt, True, face.box.as_list())
@@ -359,8 +411,8 @@ class DynamicIDPipeline(DiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         num_inference_steps: int = DEFAULT_STEPS,
         guidance_scale: float = DEFAULT_GUIDANCE,
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | None = None,
         seed: int | None = None,
@@ -392,7 +444,8 @@ class DynamicIDPipeline(DiffusionPipeline):
             negative_prompt: what to avoid, a string or one per prompt.
             num_inference_steps: denoising steps.
             guidance_scale: classifier-free guidance; 1 or below turns it off.
-            height, width: the image size in pixels (multiples of 32 for SD1.5).
+            height, width: the image size in pixels (multiples of 32 for SD1.5); by default 512 for one person,
+                768 for two, 1024 for more (`default_size`, the command line's rule too).
             num_images_per_prompt: images per prompt.
             generator: a `torch.Generator` for the noise; `seed` makes one when it is not given.
             seed: a convenience for `generator`.
@@ -416,6 +469,9 @@ class DynamicIDPipeline(DiffusionPipeline):
         Returns:
             `DynamicIDPipelineOutput` (or a tuple with `return_dict=False`).
         """
+        count_persons = len(persons) if persons is not None else len(person_embeds or [])
+        height, width = default_size(count_persons, height, width)
+        self.check_processors()
         prompts, persons, boxes = self.check_inputs(
             prompt if prompt_embeds is None else ["" for _ in prompt_embeds],
             persons,

@@ -23,6 +23,18 @@ MAX_OUTPUT_PIXELS = 8 * 1024 * 1024
 DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_ID_SCALE = 50, 5.0, 1.0
 
 
+def default_side(persons: int) -> int:
+    """The image side when none is given, the one rule of the pipeline, the command line and the server:
+    512 px for one person, 768 for two, 1024 for more (room for each face)."""
+    return {1: 512, 2: 768}.get(persons, 1024)
+
+
+def default_size(persons: int, height: int | None, width: int | None) -> tuple[int, int]:
+    """(height, width): what was given, else `default_side`; a width alone or a height alone sets both."""
+    side = default_side(persons)
+    return height or width or side, width or height or side
+
+
 @dataclass
 class Person:
     reference: str | np.ndarray | None  # a photo path or an RGB uint8 array; None only with person_embeds
@@ -30,6 +42,27 @@ class Person:
     target_landmarks: str | np.ndarray | None = None  # a 96x96 map, or prep's NAME.png sheet
     box: tuple[float, float, float, float] | None = None  # [x0, y0, x1, y1] as fractions of the image
     name: str | None = None
+
+
+def _check_face_prompts(persons: list[Person]) -> None:
+    """Each face prompt follows the one rule (`face_prompt.parse`); the person is named as the user counts."""
+    from dynamicid.faces.face_prompt import parse
+
+    for index, person in enumerate(persons):
+        if person.face_prompt is not None and not isinstance(person.face_prompt, str):
+            raise GenerationError(
+                f"{_who(person, index)}: face_prompt must be text, not {type(person.face_prompt).__name__}"
+            )
+        if person.face_prompt:
+            try:
+                parse(person.face_prompt)
+            except InputError as err:
+                raise GenerationError(f"{_who(person, index)}: {err}") from None
+
+
+def _who(person: Person, index: int) -> str:
+    """A person as the user knows them: their name, else their place counted from 1."""
+    return f"person {index + 1}" + (f" ({person.name})" if person.name else "")
 
 
 def _check_person_files(persons: list[Person]) -> None:
@@ -44,7 +77,7 @@ def _check_person_files(persons: list[Person]) -> None:
                 check_header(str(source), ImageRules(min_side=1))
             except Rejected as rejection:
                 raise GenerationError(
-                    f"person {index}: {what} {source}: {rejection.reason}: {rejection.message}"
+                    f"{_who(person, index)}: {what} {source}: {rejection.reason}: {rejection.message}"
                 ) from None
 
 
@@ -81,6 +114,7 @@ def check_request(
         boxes = check_boxes([p.box for p in persons if p.box is not None], len(persons))
     except LayoutError as err:
         raise GenerationError(str(err)) from None
+    _check_face_prompts(persons)
     _check_person_files(persons)
     if boxes is None and len(persons) > 1:
         boxes = automatic_boxes(len(persons), width, height)

@@ -78,7 +78,7 @@ def _boxes_from_fields(count: int, values: list) -> list:
 
 def _settings_request(prompt, negative, count, photos, prompts, boxes, settings: dict) -> GenerationRequest:
     persons = [
-        PersonRequest(photos[i], prompts[i] or None, None, boxes[i] if i < len(boxes) else None, f"person{i}")
+        PersonRequest(photos[i], prompts[i] or None, None, boxes[i] if i < len(boxes) else None, f"person {i + 1}")
         for i in range(count)
     ]
     seed = int(settings.get("seed", -1))
