@@ -272,7 +272,7 @@ def test_vae_slicing_and_tiling_work_on_the_pipeline(pipe, shared_faces):
         pipe.disable_vae_slicing()
     pipe.enable_vae_tiling()
     sizes = pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size
-    pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = 32, 4  # tiles smaller than the 64 px images
+    pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = 32, 16  # tiles smaller than the images
     try:
         tiled = make(pipe, persons, num_images_per_prompt=2).images
         assert tiled.shape == plain.shape and np.isfinite(tiled).all()
