@@ -209,3 +209,91 @@ def test_without_the_token_requests_are_refused(tiny_pipe, shared_faces):
         assert sidecar["steps"] == 2 and os.path.isfile(images[0]["image"])
     finally:
         app.close()
+
+
+# -- one set of defaults and one request check on every surface (issue 25 §2) --------------------------------
+
+
+def _api_error(url, *args) -> str:
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as caught:
+        _api(url).predict(*args, api_name="/generate")
+    return str(caught.value)
+
+
+def test_the_api_refuses_unknown_settings_wrong_types_and_strings_for_lists(server, shared_faces):
+    from gradio_client import handle_file
+
+    url, _ = server
+    photo = [handle_file(str(shared_faces / "identities/obama/1.jpg"))]
+    assert "unknown setting(s) 'stepz'; known (default): steps (50)" in _api_error(
+        url, "p", photo, "[]", "[]", json.dumps({"stepz": 3})
+    )
+    assert "seed may not be null" in _api_error(url, "p", photo, "[]", "[]", json.dumps({"seed": None}))
+    assert "steps must be int, not str" in _api_error(url, "p", photo, "[]", "[]", json.dumps({"steps": "3"}))
+    assert "guidance must be a finite number" in _api_error(url, "p", photo, "[]", "[]", '{"guidance": Infinity}')
+    assert "face_prompts must be a JSON list" in _api_error(
+        url, "p", photo, json.dumps("in a happy expression"), "[]", "{}"
+    )
+    assert "person 1: 'looking furious' is not a face prompt" in _api_error(
+        url, "p", photo, json.dumps(["looking furious"]), "[]", json.dumps({"steps": 1, "height": 64, "width": 64})
+    )
+
+
+def test_the_page_and_the_api_start_from_the_shared_defaults_and_match_the_command_line(
+    tiny_pipe, tiny_models, shared_faces, tmp_path
+):
+    from dynamicid import cli
+    from dynamicid.generation.request import Settings
+    from dynamicid.imagefile import load_image
+    from dynamicid.serving.app import EXPRESSIONS, PAGE_SETTINGS, _page_settings, page_defaults
+    from dynamicid.serving.engine import Engine, GenerationRequest, PersonRequest
+
+    assert page_defaults(tiny=False) == Settings()
+    untouched = dict(zip(PAGE_SETTINGS, [2, "p", "", None, None, 0, 50, 5.0, 1.0, None, None, False, True]))
+    assert _page_settings(untouched, tiny=False) == Settings()  # nothing changed: nothing sent
+    assert set(EXPRESSIONS[1:]) == {"happy", "sad", "surprise", "anger", "disgust", "fear", "neutral"}
+    photo = str(shared_faces / "identities/obama/1.jpg")
+    settings = Settings(steps=2, height=64, width=64, seed=5)
+    served = Engine(tiny_pipe).generate(GenerationRequest("a portrait", [PersonRequest(photo)], settings))
+    argv = ["generate", "--base-model", tiny_models["sd15"], "--weights", tiny_models["dynamicid"]]
+    argv += ["--clip-image-encoder", tiny_models["clip-image"], "--prompt", "a portrait", "--person", photo]
+    argv += ["--steps", "2", "--height", "64", "--width", "64", "--seed", "5", "--output", str(tmp_path), "-q"]
+    assert cli.main(argv) == 0
+    on_page = load_image(served.images[0]).rgb.astype(int)
+    on_cli = load_image(str(tmp_path / "dynamicid_0.png")).rgb.astype(int)
+    assert abs(on_page - on_cli).max() <= 1  # the same image (PNG rounding aside)
+
+
+def test_a_refused_photo_is_named_by_its_place_as_the_user_counts(tiny_pipe, shared_faces, tmp_path):
+    from skimage import data
+
+    from dynamicid.generation import GenerationError
+    from dynamicid.serving.engine import Engine, GenerationRequest, PersonRequest
+
+    Image.fromarray(data.coffee()).save(tmp_path / "coffee.png")
+    persons = [PersonRequest(str(shared_faces / "identities/obama/1.jpg")), PersonRequest(str(tmp_path / "coffee.png"))]
+    with pytest.raises(GenerationError, match="reference photo of person 2.*no face was detected"):
+        Engine(tiny_pipe).generate(GenerationRequest("p", persons))
+
+
+def test_serve_without_gradio_says_what_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    from dynamicid import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert cli.main(["serve", "--tiny"]) == 1
+    assert 'pip install "dynamicid[serve]"' in capsys.readouterr().err
+
+
+def test_serve_picks_its_device_as_generate_does():
+    from dynamicid.generation.config import device_and_dtype
+    from dynamicid.serving.config import ServeConfig
+
+    config = ServeConfig()
+    assert (config.device, config.dtype) == (None, None)
+    device, dtype = device_and_dtype(config.device, config.dtype)
+    assert device == ("cuda" if __import__("torch").cuda.is_available() else "cpu")

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynamicid.generation.config import DownloadConfig, GenerateConfig
+from dynamicid.generation.config import DownloadConfig, GenerateConfig, device_and_dtype
 from dynamicid.options import Command, config_from
-
-
-def _device_and_dtype(config: GenerateConfig) -> Any:
-    import torch
-
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = config.dtype or ("float16" if device.startswith("cuda") else "float32")
-    return device, getattr(torch, dtype)
 
 
 def run_generate(args: Any) -> int:
@@ -23,11 +15,12 @@ def run_generate(args: Any) -> int:
 
     config = config_from(args, GenerateConfig)
     persons = config.persons()
+    settings = config.settings()
     height, width = config.size()
     # The whole request is checked before the model load, which takes many seconds.
-    check_request(persons, height, width, config.steps, config.guidance, config.images, config.max_output_pixels)
+    check_request(persons, height, width, settings.steps, settings.guidance, config.images, config.max_output_pixels)
     check_output_folder(config.output)
-    device, dtype = _device_and_dtype(config)
+    device, dtype = device_and_dtype(config.device, config.dtype)
     pipe = DynamicIDPipeline.from_pretrained(
         config.base_model,
         config.weights,
@@ -46,7 +39,7 @@ def run_generate(args: Any) -> int:
         height=height,
         width=width,
         num_images_per_prompt=config.images,
-        seed=config.seed,
+        seed=settings.concrete_seed(),
         id_scale=config.id_scale,
         infer_scale=config.infer_scale,
         infer_end=config.infer_end,

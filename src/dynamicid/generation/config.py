@@ -13,11 +13,22 @@ from dynamicid.generation.request import (
     DEFAULT_STEPS,
     MAX_OUTPUT_PIXELS,
     Person,
+    Settings,
+    check_settings,
     default_size,
 )
 from dynamicid.options import option
 
 DTYPES = ("float32", "float16", "bfloat16")
+
+
+def device_and_dtype(device: str | None, dtype: str | None) -> tuple[str, Any]:
+    """The one rule of generate and serve: cuda when there is a GPU, else cpu; float16 on a GPU, else float32."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or ("float16" if device.startswith("cuda") else "float32")
+    return device, getattr(torch, dtype)
 
 
 def _default_of(part: str, what: str) -> Any:
@@ -115,10 +126,19 @@ class GenerateConfig:
                 _nth(self.face_prompt, i),
                 _nth(self.target_landmarks, i),
                 _box(_nth(self.box, i)),
-                _nth(self.name, i) or f"person{i}",
+                _nth(self.name, i),  # None: the sidecar's person{i}, and messages say "person {i + 1}"
             )
             for i, photo in enumerate(self.person)
         ]
+
+    def settings(self) -> Settings:
+        """The settings the server's API takes too, through the same check (types, finite ranges)."""
+        keys = ("steps", "guidance", "height", "width", "seed", "id_scale", "infer_scale", "infer_end")
+        given = {key: getattr(self, key) for key in keys} | {
+            "negative_prompt": self.negative_prompt,
+            "gate_maps": self.save_gate_maps,
+        }
+        return check_settings(given, "generate options")
 
     def size(self) -> tuple[int, int]:
         return default_size(len(self.person), self.height, self.width)

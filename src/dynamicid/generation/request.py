@@ -3,7 +3,8 @@ and the web app check a request here before the long model load."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,81 @@ class GenerationError(InputError):
 MAX_OUTPUT_PIXELS = 8 * 1024 * 1024
 # The pipeline's and the command's defaults, written once.
 DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_ID_SCALE = 50, 5.0, 1.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A generation's settings beside its prompt and persons, with the one set of defaults the command line,
+    the server's page and its HTTP API share (the pipeline's own arguments default to the same values).
+    Build one from outside values with `check_settings`."""
+
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    height: int | None = None  # None: `default_side` for the number of persons
+    width: int | None = None
+    seed: int = 0  # -1: a random seed, recorded in the sidecar
+    id_scale: float = DEFAULT_ID_SCALE
+    infer_scale: float | None = None  # None: 2 with boxes or several persons, else 0
+    infer_end: int | None = None  # None: 12 with boxes or several persons, else 0
+    negative_prompt: str | None = None
+    gate_maps: bool = False
+
+    def concrete_seed(self) -> int:
+        return self.seed if self.seed >= 0 else int(np.random.default_rng().integers(0, 2**31 - 1))
+
+    def changed(self) -> dict[str, Any]:
+        """Only the settings that differ from the defaults (what a client needs to send)."""
+        return {k: v for k, v in asdict(self).items() if v != getattr(Settings(), k)}
+
+
+# Finite ranges for every number, checked where a value enters (the command line, --config, the API).
+SETTING_RANGES: dict[str, tuple[float, float]] = {
+    "steps": (1, 1000),
+    "guidance": (0.0, 100.0),
+    "height": (8, 16384),
+    "width": (8, 16384),
+    "seed": (-1, 2**63 - 1),
+    "id_scale": (0.0, 10.0),
+    "infer_scale": (0.0, 100.0),
+    "infer_end": (0, 1000),
+}
+
+
+def check_settings(given: Any, where: str = "settings") -> Settings:
+    """`Settings` from outside values (a JSON object, a config): unknown keys are refused with the known ones
+    and their defaults, types are checked, not coerced (true is no number, "5" is no number), and every
+    number must be finite and in its range."""
+    if not isinstance(given, dict):
+        raise GenerationError(f"{where} must be an object of settings, not {type(given).__name__}")
+    defaults = asdict(Settings())
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        known = ", ".join(f"{k} ({v})" for k, v in defaults.items())
+        raise GenerationError(f"{where}: unknown setting(s) {', '.join(map(repr, unknown))}; known (default): {known}")
+    kinds = {f.name: f.type for f in fields(Settings)}
+    for key, value in given.items():
+        _check_setting(key, value, str(kinds[key]), where)
+    return Settings(**given)
+
+
+def _check_setting(key: str, value: Any, kind: str, where: str) -> None:
+    if value is None:
+        if "None" not in kind:
+            raise GenerationError(f"{where}: {key} may not be null")
+        return
+    expected = kind.split(" |")[0]
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+    }[expected]
+    if not ok:
+        raise GenerationError(f"{where}: {key} must be {expected}, not {type(value).__name__} {value!r}")
+    if key in SETTING_RANGES:
+        low, high = SETTING_RANGES[key]
+        if not (math.isfinite(value) and low <= value <= high):
+            raise GenerationError(f"{where}: {key} must be a finite number from {low:g} to {high:g}, not {value!r}")
 
 
 def default_side(persons: int) -> int:
@@ -62,7 +138,8 @@ def _check_face_prompts(persons: list[Person]) -> None:
 
 def _who(person: Person, index: int) -> str:
     """A person as the user knows them: their name, else their place counted from 1."""
-    return f"person {index + 1}" + (f" ({person.name})" if person.name else "")
+    place = f"person {index + 1}"
+    return place + (f" ({person.name})" if person.name and person.name != place else "")
 
 
 def _check_person_files(persons: list[Person]) -> None:

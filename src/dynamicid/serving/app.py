@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from contextlib import closing
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,13 +22,14 @@ from PIL import Image, ImageDraw
 from dynamicid.errors import DynamicIDError
 from dynamicid.faces import face_prompt
 from dynamicid.generation.layout import automatic_boxes
+from dynamicid.generation.request import GenerationError, Settings, check_settings, default_size
 from dynamicid.serving.engine import Engine, GenerationRequest, PersonRequest
 
 logger = logging.getLogger(__name__)
 
 MAX_PERSONS = 4
 AS_IN_PHOTO = "as in the photo"
-EXPRESSIONS = (AS_IN_PHOTO, "neutral", "happy", "sad", "surprise", "anger")
+EXPRESSIONS = (AS_IN_PHOTO, *sorted(face_prompt.EMOTIONS, key=lambda e: (e != "neutral", e)))  # all seven
 ORIENTATIONS = (AS_IN_PHOTO, "front", "side left", "side right", "up", "down")
 _POSES = {
     "front": (None, "front", None),
@@ -76,26 +78,26 @@ def _boxes_from_fields(count: int, values: list) -> list:
     return boxes
 
 
-def _settings_request(prompt, negative, count, photos, prompts, boxes, settings: dict) -> GenerationRequest:
-    persons = [
-        PersonRequest(photos[i], prompts[i] or None, None, boxes[i] if i < len(boxes) else None, f"person {i + 1}")
-        for i in range(count)
-    ]
-    seed = int(settings.get("seed", -1))
-    return GenerationRequest(
-        prompt=prompt or "",
-        persons=persons,
-        negative_prompt=negative or None,
-        steps=int(settings.get("steps", 30)),
-        guidance=float(settings.get("guidance", 5.0)),
-        height=int(settings.get("height", 512)),
-        width=int(settings.get("width", 512)),
-        seed=seed if seed >= 0 else int(np.random.randint(0, 2**31 - 1)),
-        id_scale=float(settings.get("id_scale", 1.0)),
-        infer_scale=settings.get("infer_scale"),
-        infer_end=settings.get("infer_end"),
-        gate_maps=bool(settings.get("gate_maps", False)),
-    )
+def _page_settings(given: dict, tiny: bool) -> Settings:
+    """The page's controls as `Settings`, through the same check as the API and the command line. Only what
+    differs from the page's starting values is taken from the controls, so untouched controls keep the
+    shared defaults (an empty size: the size for the number of persons)."""
+    wanted = {}
+    for name, start in asdict(page_defaults(tiny)).items():
+        value = given.get(name)
+        if value in (None, "") or value == start:
+            continue
+        wanted[name] = int(value) if name in INTEGER_SETTINGS else value
+    return check_settings(page_defaults(tiny).changed() | wanted, "the page's settings")
+
+
+INTEGER_SETTINGS = ("steps", "height", "width", "seed", "infer_end")
+
+
+def page_defaults(tiny: bool) -> Settings:
+    """The page's starting values: the shared defaults, with small images and few steps under --tiny (whose
+    random models make noise, slowly at full size)."""
+    return Settings(steps=4, height=128, width=128) if tiny else Settings()
 
 
 def run_generation(engine: Engine, request: GenerationRequest, progress=None):
@@ -174,22 +176,43 @@ def _person_panel(gr, index: int, visible: bool) -> dict:
 
 def _settings_controls(gr, page: SimpleNamespace, tiny: bool) -> None:
     """The prompt, the size, the seed and the advanced settings; the layout preview beside them."""
-    size, step = (128, 32) if tiny else (512, 64)
+    start = page_defaults(tiny)  # the shared defaults (generation.request.Settings)
+    auto = "empty: automatic"
     with gr.Row():
         with gr.Column(scale=2):
             page.prompt = gr.Textbox(label="Prompt", value="two friends at a cafe, film photo", elem_id="prompt")
-            page.negative = gr.Textbox(label="Negative prompt", value="blurry, lowres, deformed")
+            page.negative_prompt = gr.Textbox(
+                label="Negative prompt", value=start.negative_prompt or "", placeholder="none"
+            )
             with gr.Row():
-                page.width = gr.Slider(64, 1024, value=size, step=step, label="Width", elem_id="width")
-                page.height = gr.Slider(64, 1024, value=size, step=step, label="Height", elem_id="height")
-            page.seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="seed")
+                size_help = "empty: 512 for one person, 768 for two, 1024 for more"
+                page.width = gr.Number(start.width, label="Width", precision=0, placeholder=size_help, elem_id="width")
+                page.height = gr.Number(
+                    start.height, label="Height", precision=0, placeholder=size_help, elem_id="height"
+                )
+            page.seed = gr.Number(start.seed, label="Seed (-1: a random one)", precision=0, elem_id="seed")
             with gr.Accordion("Advanced", open=False):
-                page.steps = gr.Slider(1, 100, value=4 if tiny else 30, step=1, label="Steps", elem_id="steps")
-                page.guidance = gr.Slider(1.0, 12.0, value=5.0, step=0.5, label="Guidance")
-                page.id_scale = gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="Identity strength (id_scale)")
-                page.infer_scale = gr.Slider(0.0, 4.0, value=2.0, step=0.5, label="Layout strength (infer_scale)")
-                page.infer_end = gr.Slider(0, 50, value=12, step=1, label="Layout steps (infer_end)")
-                page.show_gates = gr.Checkbox(False, label="Show where each identity went (gate maps)", elem_id="gates")
+                page.steps = gr.Slider(1, 100, value=start.steps, step=1, label="Steps", elem_id="steps")
+                page.guidance = gr.Slider(0.0, 12.0, value=start.guidance, step=0.5, label="Guidance")
+                page.id_scale = gr.Slider(
+                    0.0, 1.5, value=start.id_scale, step=0.05, label="Identity strength (id_scale)"
+                )
+                page.infer_scale = gr.Number(
+                    start.infer_scale,
+                    label="Layout strength (infer_scale; empty: 2 with boxes or several persons, else 0)",
+                    placeholder=auto,
+                    elem_id="infer-scale",
+                )
+                page.infer_end = gr.Number(
+                    start.infer_end,
+                    label="Layout steps (infer_end; empty: 12 with boxes or several persons, else 0)",
+                    precision=0,
+                    placeholder=auto,
+                    elem_id="infer-end",
+                )
+                page.gate_maps = gr.Checkbox(
+                    start.gate_maps, label="Show where each identity went (gate maps)", elem_id="gates"
+                )
         with gr.Column(scale=1):
             page.auto = gr.Checkbox(True, label="Automatic layout", elem_id="auto")
             page.preview = gr.Image(label="Layout", interactive=False, height=260, elem_id="preview")
@@ -216,7 +239,7 @@ def build_app(engine: Engine, examples: list[list] | None = None, tiny: bool = F
             "# DynamicID\nSeveral people in one image, each from one photo, each with their own expression "
             "and head orientation, placed where you want them."
         )
-        page = SimpleNamespace(concurrency=concurrency, app=app)
+        page = SimpleNamespace(concurrency=concurrency, app=app, tiny=tiny)
         page.count = gr.Slider(1, MAX_PERSONS, value=2, step=1, label="Persons", elem_id="count")
         with gr.Row():
             page.panels = [_person_panel(gr, i, i < 2) for i in range(MAX_PERSONS)]
@@ -231,6 +254,11 @@ def build_app(engine: Engine, examples: list[list] | None = None, tiny: bool = F
     return app
 
 
+def _whole(value) -> int | None:
+    """A size field: empty (or 0) is None, the automatic size."""
+    return int(value) if value not in (None, "", 0) and int(value) > 0 else None
+
+
 def _box_fields(page) -> list:
     return [field for panel in page.panels for field in panel["box"]]
 
@@ -241,7 +269,8 @@ def _wire_layout(gr, page) -> None:
     fields = _box_fields(page)
 
     def relayout(count, width, height, auto, *values):
-        count, width, height = int(count), int(width), int(height)
+        count = int(count)
+        height, width = default_size(count, _whole(height), _whole(width))
         if auto:
             boxes = automatic_boxes(count, width, height) if count > 1 else []
             values = [round(v, 3) for box in boxes for v in box] + [None] * (4 * MAX_PERSONS - 4 * len(boxes))
@@ -254,7 +283,8 @@ def _wire_layout(gr, page) -> None:
         trigger(relayout, inputs, outputs, queue=False, api_name=False)
 
     def edited(count, width, height, auto, *values):
-        return False, layout_preview(_boxes_from_fields(int(count), list(values)), int(width), int(height))
+        height, width = default_size(int(count), _whole(height), _whole(width))
+        return False, layout_preview(_boxes_from_fields(int(count), list(values)), width, height)
 
     for field in fields:
         field.input(edited, inputs, [page.auto, page.preview], queue=False, api_name=False)
@@ -301,7 +331,7 @@ def _panel_inputs(page) -> list:
 PAGE_SETTINGS = (
     "count",
     "prompt",
-    "negative",
+    "negative_prompt",
     "width",
     "height",
     "seed",
@@ -310,13 +340,12 @@ PAGE_SETTINGS = (
     "id_scale",
     "infer_scale",
     "infer_end",
-    "show_gates",
+    "gate_maps",
     "auto",
 )
-REQUEST_SETTINGS = ("seed", "steps", "guidance", "height", "width", "id_scale", "infer_scale", "infer_end")
 
 
-def _request_from_page(gr, values: tuple):
+def _request_from_page(gr, values: tuple, tiny: bool) -> GenerationRequest:
     """A GenerationRequest from the page's values (PAGE_SETTINGS, 6 per person panel, then the box fields)."""
     given = dict(zip(PAGE_SETTINGS, values))
     count, first_box = int(given["count"]), len(PAGE_SETTINGS) + 6 * MAX_PERSONS
@@ -325,19 +354,50 @@ def _request_from_page(gr, values: tuple):
     missing = [str(i + 1) for i, panel in enumerate(panels) if not panel[0]]
     if missing:
         raise gr.Error(f"person {', '.join(missing)}: upload a photo first", print_exception=False)
-    settings = {name: given[name] for name in REQUEST_SETTINGS} | {"gate_maps": given["show_gates"]}
-    face_prompts = [compose_face_prompt(p[1], p[2], p[3], p[5]) for p in panels]
-    request = _settings_request(
-        given["prompt"], given["negative"], count, [p[0] for p in panels], face_prompts, boxes, settings
-    )
-    for i, panel in enumerate(panels):
-        request.persons[i].target_landmarks = panel[4] or None
-    return request
+    try:
+        settings = _page_settings(given, tiny)
+        persons = [
+            PersonRequest(p[0], compose_face_prompt(p[1], p[2], p[3], p[5]), p[4] or None, boxes[i], f"person {i + 1}")
+            for i, p in enumerate(panels)
+        ]
+    except DynamicIDError as err:
+        raise gr.Error(str(err), print_exception=False) from None
+    return GenerationRequest(given["prompt"] or "", persons, settings)
+
+
+def _api_request(prompt, photos, face_prompts, boxes, settings) -> GenerationRequest:
+    """A GenerationRequest from the API's values: JSON lists of face prompts and boxes (one entry per photo,
+    null for none) and a JSON object of settings, each checked for its type, never coerced."""
+    try:
+        prompts, box_list, options = (
+            json.loads(text or default) for text, default in ((face_prompts, "[]"), (boxes, "[]"), (settings, "{}"))
+        )
+    except ValueError as err:
+        raise GenerationError(f"face_prompts, boxes and settings must be JSON: {err}") from None
+    paths = [getattr(photo, "name", photo) for photo in photos or []]
+    if not paths:
+        raise GenerationError("give at least one photo")
+    for name, listed in (("face_prompts", prompts), ("boxes", box_list)):
+        if not isinstance(listed, list) or len(listed) > len(paths):
+            raise GenerationError(
+                f"{name} must be a JSON list with at most one entry per photo ({len(paths)}), null for none; "
+                f"got {type(listed).__name__} {str(listed)[:60]}"
+            )
+    if any(p is not None and not isinstance(p, str) for p in prompts):
+        raise GenerationError("face_prompts entries must be text or null")
+    if any(b is not None and not (isinstance(b, list) and len(b) == 4) for b in box_list):
+        raise GenerationError("boxes entries must be [x0, y0, x1, y1] (fractions of the image) or null")
+    prompts, box_list = prompts + [None] * (len(paths) - len(prompts)), box_list + [None] * (len(paths) - len(box_list))
+    persons = [
+        PersonRequest(path, prompts[i] or None, None, tuple(box_list[i]) if box_list[i] else None, f"person {i + 1}")
+        for i, path in enumerate(paths)
+    ]
+    return GenerationRequest(prompt or "", persons, check_settings(options, "settings"))
 
 
 def _wire_generation(gr, engine: Engine, page) -> None:
     def generate(*values, progress=gr.Progress()):
-        request = _request_from_page(gr, values)
+        request = _request_from_page(gr, values, page.tiny)
         with closing(run_generation(engine, request, progress)) as running:  # closed with us: a cancel reaches it
             for result, message in running:
                 if result is None:
@@ -369,26 +429,9 @@ def _add_api(gr, engine: Engine, concurrency: int) -> None:
 
     def generate(prompt, photos, face_prompts, boxes, settings):
         try:
-            prompts, box_list, options = (
-                json.loads(face_prompts or "[]"),
-                json.loads(boxes or "[]"),
-                json.loads(settings or "{}"),
-            )
-        except ValueError as err:
-            raise gr.Error(f"face_prompts, boxes and settings must be JSON: {err}", print_exception=False) from None
-        paths = [getattr(photo, "name", photo) for photo in photos or []]
-        if not paths:
-            raise gr.Error("give at least one photo", print_exception=False)
-        prompts = list(prompts) + [None] * (len(paths) - len(prompts))
-        request = _settings_request(
-            prompt,
-            options.get("negative_prompt"),
-            len(paths),
-            paths,
-            prompts,
-            [tuple(b) if b else None for b in box_list],
-            options,
-        )
+            request = _api_request(prompt, photos, face_prompts, boxes, settings)
+        except DynamicIDError as err:
+            raise gr.Error(str(err), print_exception=False) from None
         with closing(run_generation(engine, request)) as running:  # closed with us: a client's cancel reaches it
             for result, _ in running:  # yields while it runs, so the cancel gets in between two
                 yield (gr.skip(), gr.skip()) if result is None else (result.images, result.sidecars[0])
@@ -426,9 +469,8 @@ def serve(config, block: bool = True):
     """Loads the models once, builds the page and starts serving. Returns (app, engine, url)."""
     import tempfile
 
-    import torch
-
     from dynamicid.generation import DynamicIDPipeline
+    from dynamicid.generation.config import device_and_dtype
     from dynamicid.imagefile import ImageRules
 
     if config.tiny:
@@ -437,12 +479,9 @@ def serve(config, block: bool = True):
         models = make_tiny_models(tempfile.mkdtemp(prefix="dynamicid-tiny-"))
         pipe = DynamicIDPipeline.from_pretrained(models["sd15"], models["dynamicid"], models["clip-image"])
     else:
+        device, dtype = device_and_dtype(config.device, config.dtype)
         pipe = DynamicIDPipeline.from_pretrained(
-            config.base_model,
-            config.weights,
-            config.clip_image_encoder,
-            device=config.device,
-            dtype=getattr(torch, config.dtype),
+            config.base_model, config.weights, config.clip_image_encoder, device=device, dtype=dtype
         )
     pipe.set_progress_bar_config(disable=True)
     engine = Engine(pipe, ImageRules(max_pixels=config.max_image_pixels, max_bytes=config.max_upload_mb * 2**20))

@@ -6,9 +6,19 @@ from dynamicid.options import Command, config_from
 from dynamicid.serving.config import ServeConfig
 
 
+def _check_gradio() -> None:
+    import importlib.util
+
+    from dynamicid.errors import SetupError
+
+    if importlib.util.find_spec("gradio") is None:
+        raise SetupError('serve needs Gradio, which is not installed: pip install "dynamicid[serve]"')
+
+
 def run_serve(args) -> int:
     import threading
 
+    _check_gradio()
     from dynamicid.serving.app import serve
 
     _, _, url = serve(config_from(args, ServeConfig), block=False)

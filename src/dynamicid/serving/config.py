@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynamicid.errors import ConfigError
+from dynamicid.generation.config import DTYPES
 from dynamicid.options import option
 
 
@@ -24,8 +25,10 @@ class ServeConfig:
     max_image_pixels: int = option(40_000_000, "largest photo, in pixels (width x height)")
     concurrency: int = option(1, "generations at once (one pipeline on one GPU: 1); the rest wait in the queue")
     queue_size: int = option(64, "requests waiting at most; more are refused")
-    device: str = option("cpu", "torch device (cuda when there is a GPU)")
-    dtype: str = option("float32", "float32, float16 or bfloat16", choices=("float32", "float16", "bfloat16"))
+    device: str | None = option(None, "torch device (default: cuda when there is a GPU, else cpu; as generate)")
+    dtype: str | None = option(
+        None, "weights' precision (default: float16 on a GPU, else float32; as generate)", choices=DTYPES
+    )
 
     def __post_init__(self):
         if not 1 <= self.port <= 65535:

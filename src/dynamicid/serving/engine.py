@@ -19,7 +19,7 @@ from PIL import Image
 
 from dynamicid.faces.analyzer import FaceRules
 from dynamicid.generation.outputs import gate_map_image, save_generation
-from dynamicid.generation.request import GenerationError, Person, check_request
+from dynamicid.generation.request import GenerationError, Person, Settings, check_request, default_size
 from dynamicid.imagefile import ImageRules, Rejected, load_image, open_image
 
 logger = logging.getLogger(__name__)
@@ -45,18 +45,23 @@ class PersonRequest:
 
 @dataclass
 class GenerationRequest:
+    """The page's or the API's request: the settings are `generation.request.Settings`, checked by the same
+    `check_settings` as the command line's, with the same defaults."""
+
     prompt: str
     persons: list[PersonRequest]
-    negative_prompt: str | None = None
-    steps: int = 30
-    guidance: float = 5.0
-    height: int = 512
-    width: int = 512
-    seed: int = 0
-    id_scale: float = 1.0
-    infer_scale: float | None = None
-    infer_end: int | None = None
-    gate_maps: bool = False
+    settings: Settings = field(default_factory=Settings)
+    seed: int = field(init=False)  # the run's seed: the settings', or a random one for -1
+
+    def __post_init__(self) -> None:
+        self.seed = self.settings.concrete_seed()
+
+    @property
+    def steps(self) -> int:
+        return self.settings.steps
+
+    def size(self) -> tuple[int, int]:
+        return default_size(len(self.persons), self.settings.height, self.settings.width)
 
 
 @dataclass
@@ -137,7 +142,7 @@ class Engine:
             return self.cache[key]
         rgb = self.load_photo(person.photo)
         encoded = self.pipe.encode_persons(
-            [Person(rgb, person.face_prompt, person.target_landmarks, None, person.name or f"person{index}")]
+            [Person(rgb, person.face_prompt, person.target_landmarks, None, person.name or f"person {index + 1}")]
         )[0]
         self.encoded_count += 1
         self.cache[key] = encoded
@@ -155,10 +160,11 @@ class Engine:
         """Checks the request as `generate` does, then runs it alone on the pipeline; `on_step(done, total)`
         after every step; `should_stop()` true ends it at the next step."""
         persons = [
-            Person(p.photo, p.face_prompt, p.target_landmarks, p.box, p.name or f"person{i}")
+            Person(p.photo, p.face_prompt, p.target_landmarks, p.box, p.name or f"person {i + 1}")
             for i, p in enumerate(request.persons)
         ]
-        check_request(persons, request.height, request.width, request.steps, request.guidance)
+        settings, (height, width) = request.settings, request.size()
+        check_request(persons, height, width, settings.steps, settings.guidance)
         with self.lock:
             started = time.perf_counter()
             embeds = [self.encode(person, index) for index, person in enumerate(request.persons)]
@@ -175,17 +181,17 @@ class Engine:
             result = self.pipe(
                 request.prompt,
                 persons,
-                negative_prompt=request.negative_prompt,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance,
-                height=request.height,
-                width=request.width,
+                negative_prompt=settings.negative_prompt,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance,
+                height=height,
+                width=width,
                 seed=request.seed,
                 person_embeds=embeds,
-                id_scale=request.id_scale,
-                infer_scale=request.infer_scale,
-                infer_end=request.infer_end,
-                return_gate_maps=request.gate_maps,
+                id_scale=settings.id_scale,
+                infer_scale=settings.infer_scale,
+                infer_end=settings.infer_end,
+                return_gate_maps=settings.gate_maps,
                 callback_on_step_end=step_end,
             )
             done = self._write(result, persons, request, time.perf_counter() - started)
