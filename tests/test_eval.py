@@ -322,3 +322,19 @@ def test_the_real_photo_check_reports_mirror_agreement_of_face_prompts(shared_fa
     turned = scores[scores.measured_face_prompt.str.endswith("turned right")]
     assert len(turned) and turned.mirror_face_prompt.str.endswith("turned left").all()
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["mirror_consistency"] >= 0.9
+
+
+def test_eval_analyses_faces_as_the_sidecars_record_unless_told_otherwise():
+    from dynamicid.evaluation.config import EvalConfig
+    from dynamicid.evaluation.inputs import EvalItem
+    from dynamicid.evaluation.runner import _face_analysis
+    from dynamicid.faces import FaceAnalysisConfig
+
+    recorded = {"embedder": "dlib-resnet-native", "detect_side": 640}
+    items = [EvalItem("a.png", face_analysis=recorded), EvalItem("b.png", face_analysis=dict(recorded))]
+    chosen = _face_analysis(EvalConfig(input="i", output="o"), items)
+    assert (chosen.embedder, chosen.detect_side) == ("dlib-resnet-native", 640)
+    asked = FaceAnalysisConfig(detect_side=320)
+    assert _face_analysis(EvalConfig(input="i", output="o", faces=asked), items) == asked
+    mixed = [*items, EvalItem("c.png", face_analysis={"embedder": "insightface"})]
+    assert _face_analysis(EvalConfig(input="i", output="o"), mixed) == FaceAnalysisConfig()

@@ -228,6 +228,7 @@ def test_cli_writes_images_sidecars_and_gate_maps_that_eval_reads(tiny_models, s
     assert sidecar["persons"][1]["face_prompt"] == "in a happy expression, in front view"
     assert (out / "dynamicid_0.png").exists() and (out / "gates" / "dynamicid_0.png").exists()
     assert sidecar["gate_map"] == "gates/dynamicid_0.png"
+    assert sidecar["face_analysis"]["embedder"] == "dlib-resnet"  # eval analyses the image the same way
     assert cli.main(["eval", str(out), str(tmp_path / "scores"), "--no-progress"]) == 0
     assert "eval: 1 images, 2 requested persons" in capsys.readouterr().out
 

@@ -39,6 +39,7 @@ class EvalItem:
     image: str
     persons: list[Person] = field(default_factory=list)
     prompt: str | None = None
+    face_analysis: dict | None = None  # the generation's face analysis, from the sidecar
 
 
 def _text(entry: dict, key: str, where: str) -> str | None:
@@ -106,6 +107,7 @@ def _item(entry, base: str, where: str) -> EvalItem:
         os.path.normpath(os.path.join(base, image)),
         [_person(p, i, base, where) for i, p in enumerate(persons)],
         _text(entry, "prompt", where),
+        entry.get("face_analysis") if isinstance(entry.get("face_analysis"), dict) else None,
     )
 
 

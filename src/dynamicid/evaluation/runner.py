@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 
@@ -12,7 +13,10 @@ from dynamicid.evaluation import report
 from dynamicid.evaluation.config import EvalConfig
 from dynamicid.evaluation.inputs import read_items
 from dynamicid.evaluation.scoring import ImageAnalyses, ReferenceBank, score_image
-from dynamicid.faces import FaceAnalyzer
+from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer
+from dynamicid.faces.record import config_of
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,10 +84,25 @@ def format_summary(summary: dict, output: str) -> str:
 REPORT_FILES = ("scores.parquet", "summary.json", "report.html", "report.png")
 
 
+def _face_analysis(config: EvalConfig, items: list) -> FaceAnalysisConfig:
+    """The face options given, else the analysis the images' sidecars record (the weights' own, which
+    generation used), when they all record the same one; else the default."""
+    if config.faces != FaceAnalysisConfig():
+        return config.faces
+    recorded = {json.dumps(item.face_analysis, sort_keys=True) for item in items if item.face_analysis}
+    if len(recorded) != 1 or any(item.face_analysis is None for item in items):
+        return config.faces
+    chosen = config_of(json.loads(recorded.pop()), "the sidecars' face_analysis")
+    logger.info(
+        "analysing faces as the images' generation did (embedder %s), as their sidecars record", chosen.embedder
+    )
+    return chosen
+
+
 def run_eval(config: EvalConfig) -> EvalResult:
     # With OUTPUT equal to INPUT, eval's own report must never be read back as an image to score.
     items = read_items(config.input, exclude=tuple(os.path.join(config.output, name) for name in REPORT_FILES))
-    analyzer = FaceAnalyzer(config.faces)
+    analyzer = FaceAnalyzer(_face_analysis(config, items))
     clip = None
     if config.clip_model:
         from dynamicid.evaluation.clip_score import ClipScorer

@@ -662,6 +662,7 @@ class DynamicIDPipeline(DiffusionPipeline):
             "source_face_prompts": [e.source_face_prompt for e in encoded],
             "edited": [e.edited for e in encoded],
             "embedder": self._embedder_id(),
+            "face_analysis": asdict(self.face_analysis_config),  # eval analyses the image the same way
         }
 
 
