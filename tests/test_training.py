@@ -386,9 +386,14 @@ def test_two_processes_train_anchor_as_one_process_with_their_global_batch(datas
     _assert_same_weights(tmp_path / "two", tmp_path / "one")
     # The two processes share the work: together well under twice the CPU time of one.
     assert sum(two["processes_cpu_seconds"]) < 1.5 * one["processes_cpu_seconds"][0], (one, two)
-    # A resumed two-process run continues exactly: 2 steps, then on to 3.
-    _launch(2, "anchor", dataset, tiny_models, tmp_path / "resumed", *anchor, "--steps", "2")
+    # A resumed two-process run continues exactly: the run's step-2 checkpoint alone, then on to step 3.
+    shutil.copytree(tmp_path / "two", tmp_path / "resumed")
+    for later in ("checkpoints/step-0000003", "weights", "weights-authors"):
+        shutil.rmtree(tmp_path / "resumed" / later)
+    kept = tmp_path / "resumed" / "checkpoints" / "step-0000002" / "model.safetensors"
+    stamp = kept.stat().st_mtime_ns
     _launch(2, "anchor", dataset, tiny_models, tmp_path / "resumed", *anchor, "--steps", "3")
+    assert kept.stat().st_mtime_ns == stamp  # resumed from step 2 (a run from step 0 would rewrite it)
     _assert_same_weights(tmp_path / "resumed", tmp_path / "two")
 
 

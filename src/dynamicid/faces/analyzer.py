@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from dynamicid.faces import alignment, emotion, expression, face_prompt, pose
+from dynamicid.faces import alignment, expression, face_prompt, pose
 from dynamicid.faces.backends import BackendError, Resources, available, create
 from dynamicid.faces.types import FaceAnalysis, FaceBox
 from dynamicid.options import option
@@ -100,6 +100,8 @@ class FaceAnalyzer:
         self._check_five_points()
         if c.expression not in EXPRESSION_SOURCES:
             raise BackendError(f"expression must be one of {', '.join(EXPRESSION_SOURCES)}, not {c.expression!r}")
+        from dynamicid.faces import emotion  # torch: loaded with the analyzer, not with its config
+
         self.expression_model = emotion.ExpressionClassifier() if c.expression == "fer" else None
         provided = getattr(self.landmark_model, "conventions", (self.landmark_model.convention,))
         if "ibug68" not in provided:
@@ -166,7 +168,9 @@ class FaceAnalyzer:
         share = (time.perf_counter() - started) * 1000 / len(analyses)
         for analysis, row in zip(analyses, probabilities):
             analysis.emotion_probabilities = row
-            analysis.emotion = emotion.emotion_from_probabilities(row)
+            from dynamicid.faces.emotion import emotion_from_probabilities
+
+            analysis.emotion = emotion_from_probabilities(row)
             analysis.face_prompt = face_prompt.from_measurements(analysis.emotion, analysis.pose).text()
             analysis.timings_ms["prompt"] = analysis.timings_ms.get("prompt", 0.0) + share
 

@@ -7,11 +7,27 @@ from_config). They depend only on torch and diffusers, never on prep, training o
   checkpoints                     the authors' .bin files and our safetensors
 """
 
+import importlib
 import logging
+from typing import Any
 
-from dynamicid.models.face_encoder import FaceEncoder
-from dynamicid.models.imr import IMR, KeyPointEncoder
-from dynamicid.models.saa import DynamicIDAttention, SAASettings, install_processors, remove_processors
+# The parts load on first use, so `dynamicid --help` and the commands that need no model do not import
+# diffusers (2 s).
+_WHERE = {
+    "FaceEncoder": "face_encoder",
+    "IMR": "imr",
+    "KeyPointEncoder": "imr",
+    "DynamicIDAttention": "saa",
+    "SAASettings": "saa",
+    "install_processors": "saa",
+    "remove_processors": "saa",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"dynamicid.models.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'dynamicid.models' has no attribute {name!r}")
 
 
 class _NoEmptyFloat32Warning(logging.Filter):
