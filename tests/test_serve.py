@@ -297,3 +297,14 @@ def test_serve_picks_its_device_as_generate_does():
     assert (config.device, config.dtype) == (None, None)
     device, dtype = device_and_dtype(config.device, config.dtype)
     assert device == ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("auth", ["a:", ":secret", ":", ""])
+def test_an_auth_nobody_can_log_in_with_is_refused(auth):
+    from dynamicid.errors import ConfigError
+    from dynamicid.serving.config import ServeConfig
+
+    with pytest.raises(ConfigError, match="lets nobody log in"):
+        ServeConfig(auth=auth)
+    assert ServeConfig(auth="alice:s3cret").check_auth("alice", "s3cret")
+    assert ServeConfig(auth="token").check_auth("anyone", "token")

@@ -35,8 +35,12 @@ class ServeConfig:
             raise ConfigError(f"port must be in 1..65535, not {self.port}")
         if self.concurrency < 1 or self.queue_size < 1 or self.max_upload_mb < 1:
             raise ConfigError("concurrency, queue_size and max_upload_mb must be at least 1")
-        if self.auth is not None and not self.auth.strip(":"):
-            raise ConfigError("auth needs user:password or a token")
+        if self.auth is not None:
+            user, colon, secret = self.auth.partition(":")
+            if not self.auth.strip(":") or (colon and not (user and secret)):
+                raise ConfigError(
+                    f"auth {self.auth!r} lets nobody log in: give user:password with both parts, or a bare token"
+                )
 
     def check_auth(self, username: str, password: str) -> bool:
         """Gradio's login check: the pair for "user:password", any user name with the token otherwise."""
