@@ -182,3 +182,10 @@ def test_a_loss_that_becomes_nan_is_a_clear_error_not_a_traceback(monkeypatch, c
     )
     err = capsys.readouterr().err
     assert code == 1 and "the loss became nan at step 3" in err and "Traceback" not in err
+
+
+def test_prep_verify_refuses_an_extra_folder(capsys, tmp_path):
+    from dynamicid import cli
+
+    assert cli.main(["prep", "in", "--verify", str(tmp_path)]) == 1
+    assert "takes no other folder; drop in" in capsys.readouterr().err

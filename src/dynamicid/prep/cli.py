@@ -26,6 +26,13 @@ def run_prep(args) -> int:
     if args.verify:
         from dynamicid.prep.verify import check_outputs
 
+        extra = [value for value in (args.input, args.output) if value]
+        if extra:
+            raise ConfigError(
+                f"--verify OUTPUT checks a finished output and takes no other folder; drop {' and '.join(extra)} "
+                f"(dynamicid prep --verify {args.verify})"
+            )
+
         check = check_outputs(args.verify)
         print(check.describe())
         return 0 if check.ok else 1
