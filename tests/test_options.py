@@ -1,6 +1,7 @@
 """Options made from config dataclasses (`dynamicid.options`): one default and one help text per field."""
 
 import argparse
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -87,3 +88,19 @@ def test_file_values_are_checked_against_the_fields(tmp_path, text, words):
     with pytest.raises(ConfigError, match=str(path)) as refused:
         file_defaults(str(path), Outer)
     assert words in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "text, places",
+    [
+        ("min-side = 64\nmin_side = 32\n", "as min-side and as min_side"),
+        ('detector = "dlib-hog"\n[faces]\ndetector = "insightface"\n', "as detector and as [faces] detector"),
+    ],
+)
+def test_a_config_file_that_sets_an_option_twice_is_refused_naming_both_places(tmp_path, text, places):
+    from dynamicid.errors import ConfigError
+    from dynamicid.options import read_config_file
+
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ConfigError, match=f"sets .* twice, {re.escape(places)}"):
+        read_config_file(str(tmp_path / "c.toml"))

@@ -175,9 +175,18 @@ def read_config_file(path: str) -> dict:
             f"config file {path} must hold a table of options (name = value), not a {type(values).__name__}"
         )
     flat: dict = {}
+    where: dict[str, str] = {}  # option -> where the file set it, to name both places of a repeat
     for key, value in values.items():
-        flat |= value if isinstance(value, dict) else {key: value}
-    return {key.replace("-", "_"): value for key, value in flat.items()}
+        entries = value.items() if isinstance(value, dict) else [(key, value)]
+        for name, item in entries:
+            place = f"[{key}] {name}" if isinstance(value, dict) else name
+            option_name = name.replace("-", "_")
+            if option_name in where:
+                raise ConfigError(
+                    f"config file {path} sets {option_name} twice, as {where[option_name]} and as {place}; keep one"
+                )
+            where[option_name], flat[option_name] = place, item
+    return flat
 
 
 def file_defaults(path: str, config_class) -> dict:
