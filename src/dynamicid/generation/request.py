@@ -46,7 +46,8 @@ class Settings:
 
     def changed(self) -> dict[str, Any]:
         """Only the settings that differ from the defaults (what a client needs to send)."""
-        return {k: v for k, v in asdict(self).items() if v != getattr(Settings(), k)}
+        defaults = asdict(Settings())
+        return {k: v for k, v in asdict(self).items() if v != defaults[k]}
 
 
 # Finite ranges for every number, checked where a value enters (the command line, --config, the API).

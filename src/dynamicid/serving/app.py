@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from contextlib import closing
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from types import SimpleNamespace
 
 import numpy as np
@@ -91,7 +91,8 @@ def _page_settings(given: dict, tiny: bool) -> Settings:
     return check_settings(page_defaults(tiny).changed() | wanted, "the page's settings")
 
 
-INTEGER_SETTINGS = ("steps", "height", "width", "seed", "infer_end")
+# The settings the page's number fields must hand over as whole numbers: those `Settings` types as int.
+INTEGER_SETTINGS = tuple(f.name for f in fields(Settings) if str(f.type).startswith("int"))
 
 
 def page_defaults(tiny: bool) -> Settings:

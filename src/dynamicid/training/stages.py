@@ -418,12 +418,12 @@ def _reconfig_loss(config: ReconfigConfig, frozen: Frozen, trainer: Trainer, sam
     _, pooled_all = frozen.text(prompts)
     pooled = {p: pooled_all[i].float() for i, p in enumerate(prompts)}
     context, _ = frozen.text([config.prompt])
-    device = frozen.device
+    device, own_places = frozen.device, trainer.places()
 
     def item_for(micro: int, place: int) -> dict:
         source, targets = sampler.pick(config.seed, micro, place)
         item = {"maps": torch.stack([maps[f.name] for f in [source, *targets]]).to(device)}
-        if place not in trainer.places():
+        if place not in own_places:
             return item  # another process's identity: its maps only (see ReconfigModel)
         item |= {
             "prompts": torch.stack([pooled[f.face_prompt] for f in [source, *targets]]).to(device),

@@ -267,8 +267,7 @@ class Trainer:
             bar = tqdm(total=c.steps, initial=start, unit="step", desc=self.stage, dynamic_ncols=True)
         self.model.train()
         cpu_began = time.process_time()
-        with StopRequest() as stop:
-            self.stop = stop
+        with self.stop:
             try:
                 for step in range(start, c.steps):
                     self._one_step(loss_of, on_sample, step, bar)
