@@ -65,6 +65,19 @@ def analyzer():
     return FaceAnalyzer()
 
 
+def readme_blocks() -> list[tuple[str, str]]:
+    """(language, text) of every fenced block in the README."""
+    import re
+
+    return re.findall(r"^```(\w*)\n(.*?)^```", (REPO / "README.md").read_text(), flags=re.S | re.M)
+
+
+def readme_block(first_line: str) -> str:
+    """The one README block whose text starts with `first_line`."""
+    (text,) = [text for _, text in readme_blocks() if text.startswith(first_line)]
+    return text
+
+
 def load_rgb(path):
     import numpy as np
     from PIL import Image, ImageOps

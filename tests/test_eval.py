@@ -15,6 +15,7 @@ from PIL import Image
 from dynamicid.evaluation import EvalConfig, run_eval
 from dynamicid.evaluation.inputs import EvalInputError, read_items
 from dynamicid.evaluation.scoring import greedy_match, prompt_agreement
+from dynamicid.testing.tiny_models import tiny_clip
 
 
 def evaluate(input_path, output, **options):
@@ -201,51 +202,11 @@ def test_bad_inputs_are_named(tmp_path, shared_faces):
         evaluate(tmp_path / "r.json", tmp_path / "out")
 
 
-def _tiny_clip(folder):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for token in letters + [c + "</w>" for c in letters]:
-        vocab[token] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(vocab),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 77,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=16,
-    )
-    CLIPModel(config).save_pretrained(folder)
-    processor = CLIPProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer,
-    )
-    processor.save_pretrained(folder)
-    return folder
-
-
 def test_clip_t_from_a_local_model_folder(side_by_side, tmp_path):
     folder, obama, rose = side_by_side
     _sidecar(folder, [{"name": "obama", "reference": str(obama)}, {"name": "rose", "reference": str(rose)}])
-    clip_dir = _tiny_clip(tmp_path / "clip")
+    clip_dir = tmp_path / "clip"
+    tiny_clip(str(clip_dir))
     result = evaluate(folder, tmp_path / "out", clip_model=str(clip_dir))
     values = result.scores.clip_t
     assert values.notna().all() and values.between(-1, 1).all()

@@ -2,28 +2,35 @@
 §6); every other block is listed below with the reason it is not, so a new block cannot slip in unrun."""
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from conftest import readme_block, readme_blocks
 
 README = Path(__file__).parent.parent / "README.md"
 
-# First line of each block that is not run here, and why.
+# First line of each block a test runs, and the test (its file holds a test of that name).
+RUN = {
+    "dynamicid make-tiny-models tiny": "tests/test_readme.py::test_the_tiny_walkthrough_runs_as_written",
+    ".venv/bin/dynamicid prep photos/ dataset/": "tests/test_readme.py::test_the_tiny_walkthrough_runs_as_written",
+    ".venv/bin/dynamicid eval generated/": "tests/test_readme.py::test_the_tiny_walkthrough_runs_as_written",
+    "import torch": "tests/test_readme.py::test_the_python_example_runs_as_written",
+    "import json": "tests/test_serve.py::test_the_readme_api_examples_run_against_a_live_server",
+    "# the same with curl": "tests/test_serve.py::test_the_readme_api_examples_run_against_a_live_server",
+}
+
+# First line of each block that is not run, and why.
 NOT_RUN = {
     "make demo   #": "the two commands themselves: CI runs `make test`, and the demo's job is tested",
-    ".venv/bin/dynamicid prep photos/ dataset/": "a user's own photos/ folder",
     "OUTPUT/": "a picture of the output layout, not commands",
     "src/dynamicid/": "a picture of the source layout, not commands",
     "dynamicid prep hdfs://": "a Spark cluster and HDFS",
-    ".venv/bin/dynamicid eval generated/": "a user's generated images and reference photos",
     "dynamicid generate --base-model sd15/": "real SD1.5, CLIP and DynamicID weights",
     "dynamicid generate --person ann.jpg": "the default models, fetched from the Hugging Face Hub",
     "dynamicid serve ": "a server that runs until stopped (test_serve starts it)",
-    "import json": "a running server (test_serve calls the same API)",
-    "# the same with curl": "a running server (test_serve calls the same API)",
     "dynamicid train anchor dataset/ runs/anchor --base-model sd15/": "100,000 steps on real SD1.5 weights",
     "accelerate launch --multi_gpu": "several GPUs (test_training runs the CPU form with torchrun)",
     "# prep.toml": "a configuration file's text (test_options reads --config files)",
@@ -33,25 +40,20 @@ NOT_RUN = {
 }
 
 
-def blocks() -> list[tuple[str, str]]:
-    """(language, text) of every fenced block."""
-    return re.findall(r"^```(\w*)\n(.*?)^```", README.read_text(), flags=re.S | re.M)
-
-
-def test_every_block_is_run_or_listed_with_its_reason():
+def test_every_block_is_run_by_a_named_test_or_listed_with_its_reason():
     unlisted = []
-    for _, text in blocks():
+    for _, text in readme_blocks():
         first = text.strip().splitlines()[0]
-        runs_here = first.startswith("dynamicid make-tiny-models tiny") or text.startswith(
-            "import torch\nfrom dynamicid"
-        )
-        if not runs_here and not any(first.startswith(prefix) for prefix in NOT_RUN):
+        if not any(first.startswith(prefix) for prefix in RUN | NOT_RUN):
             unlisted.append(first)
     assert unlisted == [], "README blocks neither run by a test nor listed in NOT_RUN with a reason"
+    for test in set(RUN.values()):
+        file, name = test.split("::")
+        assert f"def {name}(" in (README.parent / file).read_text(), f"{test} does not exist"
 
 
 def test_the_python_example_runs_as_written(tiny_models, shared_faces, tmp_path, monkeypatch):
-    (code,) = [text for language, text in blocks() if language == "python" and text.startswith("import torch")]
+    (code,) = [text for language, text in readme_blocks() if language == "python" and text.startswith("import torch")]
     for name, target in (("sd15", "sd15"), ("weights", "dynamicid"), ("clip-image", "clip-image")):
         os.symlink(tiny_models[target], tmp_path / name)
     for name, photo in (("ann.jpg", "obama/1.jpg"), ("bob.jpg", "biden/2.jpg")):
@@ -65,10 +67,10 @@ def test_the_python_example_runs_as_written(tiny_models, shared_faces, tmp_path,
 
 
 @pytest.mark.slow
-def test_the_tiny_walkthrough_runs_as_written_and_make_tiny_models_prints_it(tmp_path):
+def test_the_tiny_walkthrough_runs_as_written(tmp_path):
     from dynamicid.testing.cli import walkthrough
 
-    (code,) = [text for language, text in blocks() if text.startswith("dynamicid make-tiny-models tiny")]
+    (code,) = [text for language, text in readme_blocks() if text.startswith("dynamicid make-tiny-models tiny")]
     assert code == walkthrough("tiny")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     done = subprocess.run(
@@ -82,3 +84,22 @@ def test_the_tiny_walkthrough_runs_as_written_and_make_tiny_models_prints_it(tmp
     assert printed.startswith(
         walkthrough(str(tmp_path / "tiny")).split("\n", 1)[1].replace(str(tmp_path / "tiny"), "tiny")
     )
+    _run_the_prep_and_eval_blocks_on_what_the_walkthrough_made(tmp_path, env)
+
+
+def _run_the_prep_and_eval_blocks_on_what_the_walkthrough_made(folder: Path, env: dict) -> None:
+    """The user's photos/ and generated/ are the walkthrough's; `.venv/bin/` is this interpreter's, and the
+    CLIP model the eval block names is the tiny one."""
+    with open(folder / "pairs.csv", "w") as handle:
+        handle.write("image,person,reference,face_prompt,prompt,box\n")
+        handle.write("generated/dynamicid_0.png,astronaut,photos/astronaut/original.png,,a photo of a person,\n")
+    for first_line in (".venv/bin/dynamicid prep photos/ dataset/", ".venv/bin/dynamicid eval generated/"):
+        code = readme_block(first_line).replace(".venv/bin/", "").replace("/models/clip-vit-l-14", "tiny/clip")
+        done = subprocess.run(
+            ["bash", "-e", "-c", code], cwd=folder, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    multi_face = pd.read_parquet(folder / "dataset" / "manifest.parquet")
+    assert (multi_face.status == "ok").sum() >= 1
+    scores = pd.read_parquet(folder / "eval_out" / "scores.parquet")
+    assert len(scores) == 1 and scores.clip_t.notna().all()  # pairs.csv, the last block run, with CLIP-T

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import readme_block
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,6 +186,47 @@ def test_the_api_refuses_a_file_path_on_the_server(server):
     )
     events = httpx.get(f"{url}gradio_api/call/generate/{started.json()['event_id']}", timeout=60).text
     assert "event: error" in events and "root:" not in events
+
+
+README_SETTINGS = {  # the README's settings are for real models; tiny ones take minutes at 768 px
+    '{"steps": 30, "seed": 7, "width": 768, "height": 512}': '{"steps": 2, "seed": 7, "width": 64, "height": 64}',
+    '"{\\"steps\\": 30}"': '"{\\"steps\\": 2, \\"width\\": 64, \\"height\\": 64}"',
+}
+
+
+def _readme_code(first_line: str, url: str) -> str:
+    code = readme_block(first_line).replace("http://127.0.0.1:7860/", url)
+    for real, small in README_SETTINGS.items():
+        code = code.replace(real, small)
+    return code
+
+
+def test_the_readme_api_examples_run_against_a_live_server(server, shared_faces, tmp_path, monkeypatch):
+    """The Python block as written, and the curl block with the paths and event id it prints filled in."""
+    url, _ = server
+    for name, photo in (("ann.jpg", "obama/1.jpg"), ("bob.jpg", "biden/2.jpg")):
+        shutil.copy(shared_faces / "identities" / photo, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(_readme_code("import json", url), "README.md", "exec"), scope)
+    sidecar = scope["sidecar"]
+    assert (sidecar["seed"], sidecar["steps"], sidecar["boxes"][1]) == (7, 2, [0.55, 0.1, 0.95, 0.6])
+    assert os.path.isfile(scope["images"][0]["image"])
+
+    upload, call, result = [line for line in _readme_code("# the same with curl", url).split("\ncurl ")[1:]]
+    paths = json.loads(_bash("curl " + upload.split("#")[0], tmp_path))
+    call = call.replace("/tmp/gradio/.../ann.jpg", paths[0]).replace("/tmp/gradio/.../bob.jpg", paths[1])
+    event_id = json.loads(_bash("curl " + call.split("# ->")[0], tmp_path))["event_id"]
+    events = _bash("curl " + result.replace("EVENT_ID", event_id), tmp_path)
+    assert "event: complete" in events and '"steps": 2' in events.replace('\\"', '"')
+
+
+def _bash(command: str, folder) -> str:
+    import subprocess
+
+    done = subprocess.run(["bash", "-c", command], cwd=folder, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_persons_are_encoded_once_and_reused_between_requests(server, shared_faces):

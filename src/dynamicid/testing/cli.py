@@ -26,7 +26,7 @@ dynamicid train reconfig dataset runs/reconfig --weights runs/anchor/weights --b
 dynamicid generate --base-model {tiny}/sd15 --clip-image-encoder {tiny}/clip-image --weights runs/reconfig/weights \\
   --person photos/astronaut/original.png --face-prompt "in a happy expression, in front view" \\
   --prompt "a photo of a person" --steps 2 --height 64 --width 64 --output generated
-dynamicid eval generated scores
+dynamicid eval generated scores --clip-model {tiny}/clip
 """
 
 
@@ -51,6 +51,7 @@ COMMANDS = (
         "make-tiny-models",
         "write tiny random models with the real interfaces, to smoke-test every command without weights",
         "Writes FOLDER/sd15 (a Stable Diffusion 1.5-layout diffusers folder), FOLDER/clip-image (a CLIP vision model), "
+        "FOLDER/clip (a whole CLIP model, for eval --clip-model), "
         "FOLDER/dynamicid (DynamicID weights for them) and FOLDER/internvl (an InternVL captioner for prep --captioner "
         "internvl). The weights are random: images are noise, captions fall back to the measured ones.",
         TinyModelsConfig,

@@ -3,6 +3,7 @@
   DIR/sd15/          a Stable Diffusion 1.5-layout diffusers folder (unet, vae, text_encoder,
                      tokenizer, scheduler), tiny widths
   DIR/clip-image/    a CLIP vision model with projection and its image processor
+  DIR/clip/          a whole CLIP model and processor, for `eval --clip-model` (CLIP-T)
   DIR/dynamicid/     DynamicID weights (face encoder for 128-d dlib embeddings, SAA for that UNet,
                      IMR, KeyPointEncoder) as safetensors
   DIR/internvl/      a transformers-format InternVL (InternViT + Qwen2) and a word-level tokenizer,
@@ -132,6 +133,23 @@ def tiny_clip_image(folder: str, seed: int = 0):
     return model
 
 
+def tiny_clip(folder: str, seed: int = 0):
+    """A whole CLIP (text and vision towers, and a processor), as `eval --clip-model` reads for CLIP-T."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    os.makedirs(folder, exist_ok=True)
+    tokenizer = tiny_tokenizer(folder)
+    torch.manual_seed(seed)
+    shared = {"intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 32}
+    text = shared | {"vocab_size": len(tokenizer), "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1}
+    vision = shared | {"image_size": 32, "patch_size": 8}
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    model.save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return model
+
+
 def tiny_dynamicid(folder: str, unet, seed: int = 0, id_dim: int = 128):
     from dynamicid.models import IMR, FaceEncoder, KeyPointEncoder
     from dynamicid.models.checkpoints import DynamicIDWeights, save_ours
@@ -250,9 +268,11 @@ def tiny_internvl(
 
 
 def make_tiny_models(folder: str, seed: int = 0) -> dict[str, str]:
-    paths = {name: os.path.join(folder, name) for name in ("sd15", "clip-image", "dynamicid", "internvl")}
+    names = ("sd15", "clip-image", "clip", "dynamicid", "internvl")
+    paths = {name: os.path.join(folder, name) for name in names}
     pipe = tiny_sd15(paths["sd15"], seed)
     tiny_clip_image(paths["clip-image"], seed)
+    tiny_clip(paths["clip"], seed)
     tiny_dynamicid(paths["dynamicid"], pipe.unet, seed)
     tiny_internvl(paths["internvl"], seed)
     return paths
