@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,6 +101,31 @@ def test_changed_inputs_and_settings_leave_no_stale_outputs_and_verify_finds_dif
     assert cli.main(["prep", "--verify", str(out)]) == 1
     text = capsys.readouterr().out
     assert "1 listed files missing, 1 files no row lists" in text and "images/astronaut/stray.jpg" in text
+
+
+def test_verify_finds_files_training_would_refuse_and_a_rerun_rewrites_them(spark, sample, tmp_path, capsys):
+    """A cut JPEG and an unreadable embedding: --verify names both as training would, the rerun redoes those
+    two inputs (and only those), and the output then verifies and trains."""
+    from dynamicid import cli
+    from dynamicid.training.data import load_faces
+
+    source = tmp_path / "in"
+    shutil.copytree(sample[0] / "astronaut", source / "astronaut")
+    out = tmp_path / "out"
+    first = prep(spark, source, out).manifest()
+    kept = first[first.status == "ok"].sort_values("relative_path")
+    cut, garbled = (outputs.face_paths(str(out), "astronaut", name) for name in kept.name[:2])
+    with open(cut["jpg"], "r+b") as handle:
+        handle.truncate(os.path.getsize(cut["jpg"]) // 2)
+    Path(garbled["pt"]).write_bytes(b"not a tensor")
+    assert cli.main(["prep", "--verify", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "2 faces with damaged files" in text
+    assert f"images/astronaut/{Path(cut['jpg']).name}: the file is cut short" in text
+    assert f"images/astronaut/{Path(garbled['pt']).name}:" in text
+    again = prep(spark, source, out).manifest().set_index("relative_path")
+    assert sorted(again.index[~again.resumed]) == sorted(kept.relative_path[:2])
+    assert check_outputs(str(out)).ok and len(load_faces(str(out))) == len(kept)
 
 
 def test_a_second_run_on_the_same_output_stops_at_once_naming_the_first(spark, sample, tmp_path):

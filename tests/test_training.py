@@ -1,6 +1,8 @@
 """Both training stages on tiny models and a small prep output made from real photos."""
 
+import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -520,4 +522,104 @@ def test_reconfig_refuses_data_analysed_with_another_embedder_than_stage_one(dat
     with pytest.raises(TrainingDataError, match="trained on insightface embeddings but .* holds dlib-resnet"):
         train_reconfig(
             reconfig_config(dataset, tiny_models, tmp_path / "re", weights=str(tmp_path / "arcface-weights"))
+        )
+
+
+# -- training integrity (issue 28) ------------------------------------------------------------------------
+
+
+def _finite_everywhere(output) -> bool:
+    from safetensors.torch import load_file
+
+    files = list(Path(output).glob("checkpoints/*/*.safetensors")) + list(Path(output).glob("weights/*.safetensors"))
+    return all(v.isfinite().all() for f in files for v in load_file(str(f)).values() if v.is_floating_point())
+
+
+def test_a_learning_rate_that_breaks_the_weights_stops_the_run_and_saves_nothing_of_it(
+    dataset, tiny_models, tmp_path, caplog
+):
+    from dynamicid.errors import TrainingError
+
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "run"
+    train_anchor(anchor_config(dataset, tiny_models, out, steps=2, checkpoint_every=2))
+    with pytest.raises(TrainingError, match=r"made \d+ weights NaN or inf .*learning_rate 100 is too high") as err:
+        train_anchor(anchor_config(dataset, tiny_models, out, steps=6, checkpoint_every=1, learning_rate=100.0))
+    failed = int(re.search(r"step (\d+) made", str(err.value)).group(1))
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert saved[-1] == f"step-{failed - 1:07d}" and f"continues from {saved[-1]}" in str(err.value)
+    assert f"remove {', '.join(saved[1:])} (saved at this rate) to continue from step 2" in str(err.value)
+    assert _finite_everywhere(out)
+    for made_at_100 in saved[1:]:
+        shutil.rmtree(out / "checkpoints" / made_at_100)
+    with pytest.raises(TrainingError, match="the loss became nan at step 2, .*from the start"):
+        train_anchor(anchor_config(dataset, tiny_models, tmp_path / "huge", steps=2, learning_rate=1e6))
+    assert not (tmp_path / "huge" / "weights").exists() and not (tmp_path / "huge" / "checkpoints").exists()
+
+    resumed = train_anchor(anchor_config(dataset, tiny_models, out, steps=4, learning_rate=5e-4))
+    assert "resumed from" in caplog.text and "learning_rate changed from 0.001 to 0.0005" in caplog.text
+    assert [r["step"] for r in resumed["history"]] == [1, 2, 3, 4] and _finite_everywhere(out)
+
+
+def test_a_checkpoint_with_nan_weights_is_skipped_on_resume(dataset, tiny_models, tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "run"
+    train_anchor(anchor_config(dataset, tiny_models, out, steps=4, checkpoint_every=2))
+    latest = out / "checkpoints" / "step-0000004" / "model.safetensors"
+    tensors = load_file(str(latest))
+    first = sorted(tensors)[0]
+    tensors[first] = torch.full_like(tensors[first], float("nan"))  # as runs before the check could save
+    save_file(tensors, str(latest))
+    resumed = train_anchor(anchor_config(dataset, tiny_models, out, steps=5, checkpoint_every=2))
+    assert "skipping checkpoint" in caplog.text and "hold NaN or inf" in caplog.text
+    assert "resumed from" in caplog.text and "step-0000002 at step 2" in caplog.text
+    assert len(resumed["history"]) == 5 and _finite_everywhere(out / "weights")
+
+
+def test_a_changed_learning_rate_applies_on_resume(dataset, tiny_models, tmp_path):
+    train_anchor(anchor_config(dataset, tiny_models, tmp_path / "a", steps=2))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    train_anchor(anchor_config(dataset, tiny_models, tmp_path / "a", steps=4))
+    train_anchor(anchor_config(dataset, tiny_models, tmp_path / "b", steps=4, learning_rate=1e-2))
+    changed = [not torch.equal(w, _weights(tmp_path / "b")[k]) for k, w in _weights(tmp_path / "a").items()]
+    assert any(changed)  # the optimizer loaded with the checkpoint took the new rate
+    settings = json.loads((tmp_path / "b" / "train_config.json").read_text())
+    assert settings["learning_rate"] == 1e-2
+
+
+def test_resume_refuses_other_data_model_settings_or_fewer_steps_and_no_resume_starts_over(
+    dataset, tiny_models, tmp_path, spark, shared_faces
+):
+    out = tmp_path / "run"
+    train_anchor(anchor_config(dataset, tiny_models, out, steps=4))
+    with pytest.raises(TrainingDataError, match=r"other settings .*lora_rank 4 -> 8.*--no-resume"):
+        train_anchor(anchor_config(dataset, tiny_models, out, steps=6, lora_rank=8))
+    with pytest.raises(TrainingDataError, match=r"already trained 4 steps, more than the 3 asked"):
+        train_anchor(anchor_config(dataset, tiny_models, out, steps=3))
+    fewer = tmp_path / "fewer"
+    shutil.copytree(shared_faces / "identities", fewer)
+    shutil.rmtree(fewer / "obama")
+    run_prep(PrepConfig(input=str(fewer), output=str(tmp_path / "other_data"), progress=False), spark=spark)
+    with pytest.raises(TrainingDataError, match=r"data_digest .* -> .*data_faces \d+ -> \d+"):
+        train_anchor(anchor_config(str(tmp_path / "other_data"), tiny_models, out, steps=6))
+    shutil.copytree(dataset, tmp_path / "moved")  # the same data elsewhere is the same run
+    assert len(train_anchor(anchor_config(str(tmp_path / "moved"), tiny_models, out, steps=5))["history"]) == 5
+    again = train_anchor(anchor_config(dataset, tiny_models, out, steps=2, lora_rank=8, resume=False))
+    assert [r["step"] for r in again["history"]] == [1, 2]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"]
+
+
+def test_reconfig_refuses_to_resume_on_other_stage_one_weights(dataset, tiny_models, tmp_path):
+    from dynamicid.models.checkpoints import load_ours, save_ours, unet_config_layout
+
+    weights = load_ours(tiny_models["dynamicid"], unet_config_layout(f"{tiny_models['sd15']}/unet/config.json"))
+    with torch.no_grad():
+        next(weights.face_encoder.parameters()).add_(1.0)
+    save_ours(weights, str(tmp_path / "other-stage1"))
+    train_reconfig(reconfig_config(dataset, tiny_models, tmp_path / "re", steps=1))
+    with pytest.raises(TrainingDataError, match="stage1_weights_digest"):
+        train_reconfig(
+            reconfig_config(dataset, tiny_models, tmp_path / "re", steps=2, weights=str(tmp_path / "other-stage1"))
         )

@@ -107,3 +107,43 @@ def remove_temporaries(output: str) -> int:
                 except OSError:
                     pass
     return removed
+
+
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+def face_files_problem(paths: dict[str, str], dim: int | None) -> str | None:
+    """Why a kept face's four files cannot be used, from cheap checks that prep's resume, `prep --verify` and
+    training share: each exists, the JPEG and PNG end where their format says (a cut file does not) and have
+    sound headers, the caption is UTF-8, and the embedding loads with `dim` finite values. None when all is
+    well."""
+    import torch
+
+    from dynamicid.errors import first_line
+    from dynamicid.imagefile import ImageRules, Rejected, check_header
+
+    try:
+        for path, ending in ((paths["jpg"], b"\xff\xd9"), (paths["png"], _PNG_END)):
+            with open(path, "rb") as handle:
+                handle.seek(max(0, os.path.getsize(path) - len(ending)))
+                if handle.read() != ending:
+                    return f"{path}: the file is cut short (no end marker)"
+            try:
+                check_header(path, ImageRules(min_side=1))  # the same header checks as every image read
+            except Rejected as rejection:
+                return f"{path}: {rejection.reason}: {rejection.message}"
+        with open(paths["txt"], encoding="utf-8") as handle:
+            handle.read()
+        payload = torch.load(paths["pt"], map_location="cpu", weights_only=True)
+    except UnicodeDecodeError:
+        return f"{paths['txt']}: not UTF-8 text"
+    except Exception as err:  # a missing file, or torch's many kinds for a damaged one
+        return f"{getattr(err, 'filename', None) or paths['pt']}: {first_line(err)}"
+    vector = payload.get("embedding") if isinstance(payload, dict) else None
+    if not isinstance(vector, torch.Tensor) or vector.ndim != 1 or (dim is not None and vector.shape[0] != dim):
+        found = tuple(vector.shape) if isinstance(vector, torch.Tensor) else type(vector).__name__
+        wanted = f"{dim} numbers (the manifest's embedding_dim)" if dim is not None else "a vector"
+        return f"{paths['pt']}: the embedding should be {wanted}, found {found}"
+    if not bool(torch.isfinite(vector).all()):
+        return f"{paths['pt']}: the embedding holds NaN or infinite values"
+    return None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
-import os
+import logging
 import socket
 import time
 import traceback
@@ -40,6 +40,8 @@ from dynamicid.prep import outputs
 from dynamicid.prep.config import PrepConfig
 from dynamicid.prep.discover import read_limited
 from dynamicid.prep.schema import COLUMN_NAMES, STAGE_TIMINGS, empty_row
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -260,7 +262,9 @@ class ReadStage(Stage):
         for row in record["rows"]:
             if row["status"] == "ok":
                 paths = outputs.face_paths(self.shared.config.output, identity, row["name"])
-                if not all(os.path.exists(p) for p in paths.values()):
+                problem = outputs.face_files_problem(paths, row.get("embedding_dim"))
+                if problem is not None:
+                    logger.info("rewriting the outputs of %s: %s", row.get("relative_path", row["name"]), problem)
                     return False
         return True
 

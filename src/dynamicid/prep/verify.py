@@ -43,20 +43,22 @@ class OutputsCheck:
     listed: int = 0
     missing: list[str] = field(default_factory=list)  # named by the manifest, absent from images/
     unlisted: list[str] = field(default_factory=list)  # in images/, named by no row
+    damaged: list[str] = field(default_factory=list)  # "path: why", as training would refuse them
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.unlisted
+        return not self.missing and not self.unlisted and not self.damaged
 
     def describe(self, limit: int = 20) -> str:
         head = (
             f"{self.output}: images/ holds exactly the {self.listed} files the manifest lists"
             if self.ok
             else f"{self.output}: images/ differs from the manifest: {len(self.missing)} listed files missing, "
-            f"{len(self.unlisted)} files no row lists. Rerun the same prep command to repair it."
+            f"{len(self.unlisted)} files no row lists, {len(self.damaged)} faces with damaged files. Rerun the same "
+            "prep command to repair it."
         )
         lines = [head]
-        for title, paths in (("missing", self.missing), ("not listed", self.unlisted)):
+        for title, paths in (("missing", self.missing), ("not listed", self.unlisted), ("damaged", self.damaged)):
             lines += [f"  {title}: images/{path}" for path in sorted(paths)[:limit]]
             if len(paths) > limit:
                 lines.append(f"  ... and {len(paths) - limit} more {title}")
@@ -76,9 +78,32 @@ def check_outputs(output: str) -> OutputsCheck:
         raise PrepError(f"{manifest_path} cannot be read ({err}); rerun prep to rewrite it.") from None
     present = set(_files_under(os.path.join(output, outputs.IMAGES_DIR)))
     expected = {f"{stem}.{extension}" for stem in listed for extension in outputs.OUTPUT_EXTENSIONS}
+    missing = expected - present
     return OutputsCheck(
-        output, listed=len(expected), missing=sorted(expected - present), unlisted=sorted(present - expected)
+        output,
+        listed=len(expected),
+        missing=sorted(missing),
+        unlisted=sorted(present - expected),
+        damaged=_damaged_faces(output, manifest_path, {m.rpartition(".")[0] for m in missing}),
     )
+
+
+def _damaged_faces(output: str, manifest_path: str, incomplete: set[str], batch_rows: int = 65536) -> list[str]:
+    """Training's checks on every complete kept face (end markers, headers, UTF-8, a readable embedding of
+    the manifest's width); one batch of the manifest at a time."""
+    import pyarrow.parquet as pq
+
+    damaged = []
+    columns = ["status", "identity", "name", "embedding_dim"]
+    for batch in pq.ParquetFile(manifest_path).iter_batches(batch_size=batch_rows, columns=columns):
+        for status, identity, name, dim in zip(*(batch.column(i).to_pylist() for i in range(4))):
+            stem = os.path.join(outputs.identity_folder(identity), name or "")
+            if status != "ok" or stem in incomplete:
+                continue
+            problem = outputs.face_files_problem(outputs.face_paths(output, identity, name), dim)
+            if problem is not None:
+                damaged.append(problem.replace(os.path.join(output, outputs.IMAGES_DIR, ""), "", 1))
+    return damaged
 
 
 def remove_unlisted(output: str, manifest_path: str) -> int:

@@ -12,9 +12,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from dynamicid.errors import InputError, first_line
+from dynamicid.errors import InputError
 from dynamicid.faces import landmark_image
-from dynamicid.imagefile import ImageRules, Rejected, check_header, open_image
+from dynamicid.imagefile import open_image
 from dynamicid.prep import outputs
 
 logger = logging.getLogger(__name__)
@@ -35,37 +35,8 @@ class Face:
     face_prompt: str
 
 
-_PNG_END = b"IEND\xaeB`\x82"
-
-
 def _file_problem(face: Face, dim: int) -> str | None:
-    """Why a kept face's files cannot be trained on, from cheap checks: the JPEG and PNG end where their
-    format says (a cut file does not), the caption is UTF-8, and the embedding loads with the manifest's
-    width and finite values. None when all is well."""
-    try:
-        for path, ending in ((face.jpg, b"\xff\xd9"), (face.png, _PNG_END)):
-            with open(path, "rb") as handle:
-                handle.seek(max(0, os.path.getsize(path) - len(ending)))
-                if handle.read() != ending:
-                    return f"{path}: the file is cut short (no end marker)"
-            try:
-                check_header(path, ImageRules(min_side=1))  # the same header checks as every image read
-            except Rejected as rejection:
-                return f"{path}: {rejection.reason}: {rejection.message}"
-        with open(face.txt, encoding="utf-8") as handle:
-            handle.read()
-        payload = torch.load(face.pt, map_location="cpu", weights_only=True)
-    except UnicodeDecodeError:
-        return f"{face.txt}: not UTF-8 text"
-    except Exception as err:
-        return f"{getattr(err, 'filename', None) or face.pt}: {first_line(err)}"
-    vector = payload.get("embedding") if isinstance(payload, dict) else None
-    if not isinstance(vector, torch.Tensor) or tuple(vector.shape) != (dim,):
-        found = tuple(vector.shape) if isinstance(vector, torch.Tensor) else type(vector).__name__
-        return f"{face.pt}: the embedding should be {dim} numbers (the manifest's embedding_dim), found {found}"
-    if not bool(torch.isfinite(vector).all()):
-        return f"{face.pt}: the embedding holds NaN or infinite values"
-    return None
+    return outputs.face_files_problem({"jpg": face.jpg, "png": face.png, "txt": face.txt, "pt": face.pt}, dim)
 
 
 def load_faces(folder: str, check_files: bool = True) -> list[Face]:
@@ -126,6 +97,19 @@ def _without_bad_files(faces: list[Face], dim: int, manifest_path: str) -> list[
         "\n  ".join(problem for _, problem in problems),
     )
     return good
+
+
+def data_identity(folder: str) -> dict:
+    """What a resumed run compares to know the data is the same: a digest of the kept faces (names, source
+    photos' sha256, face prompts, embedding model) and their count. A moved folder matches; a re-prepared
+    one with other photos or another embedder does not."""
+    import hashlib
+
+    columns = ["status", "identity", "name", "sha256", "face_prompt", "embedding_model"]
+    manifest = pd.read_parquet(os.path.join(folder, "manifest.parquet"), columns=columns)
+    kept = manifest[manifest.status == "ok"].drop(columns="status").astype(str).sort_values(["identity", "name"])
+    digest = hashlib.sha256(kept.to_csv(index=False).encode()).hexdigest()[:16]
+    return {"data_digest": digest, "data_faces": len(kept)}
 
 
 def face_analysis_of(folder: str) -> dict | None:

@@ -258,6 +258,7 @@ def train_anchor(config: AnchorConfig) -> dict:
     sampler = td.AnchorSampler(faces)
     id_dim = td.embedding_dim(faces)
     trainer = Trainer(config, "anchor")
+    trainer.identity = td.data_identity(config.data)
     frozen = Frozen(config, trainer.device, trainer.weight_dtype)
     settings = SAASettings(num_persons=1, gate=config.gate, detach_gate=not config.gate_gradients)
     trainer.prepare(AnchorModel(*_anchor_modules(config, frozen, id_dim), frozen.unet, settings))
@@ -460,6 +461,8 @@ def train_reconfig(config: ReconfigConfig) -> dict:
     trainer = Trainer(config, "reconfig")
     frozen = Frozen(config, trainer.device, trainer.weight_dtype)
     face_encoder, attention, imr, keypoints, face_analysis = _reconfig_modules(config, frozen, faces)
+    stage1 = weights_digest(face_encoder) + weights_digest(attention)
+    trainer.identity = td.data_identity(config.data) | {"stage1_weights_digest": stage1}
     used = [f for group in sampler.groups.values() for f in group]
     tokens = cache_tokens(config, used, face_encoder, frozen, trainer)
     loss_of = _reconfig_loss(config, frozen, trainer, sampler, tokens)

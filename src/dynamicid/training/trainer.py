@@ -96,6 +96,38 @@ def _check_launch(processes: int, batch_size: int) -> None:
         )
 
 
+# Settings a resumed run may change: how it is watched and saved, and how fast it runs. DATA and stage-1
+# weights are compared by content (the stage adds their digests), not by path.
+FREE_ON_RESUME = frozenset(
+    {
+        "steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "sample_every",
+        "sample_steps",
+        "progress",
+        "resume",
+        "data_workers",
+        "gradient_checkpointing",
+        "mixed_precision",
+        "cache_clip",
+        "output",
+        "data",
+        "weights",
+    }
+)
+# Settings a resumed run applies to the optimizer from its next step on, with a note.
+APPLIED_ON_RESUME = ("learning_rate", "weight_decay")
+
+
+def non_finite_parameters(module: nn.Module) -> list[str]:
+    """Names of the trained parameters holding NaN or inf (one device sync when all are finite)."""
+    named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    if not named or bool(torch.stack([torch.isfinite(p).all() for _, p in named]).all()):
+        return []
+    return [name for name, p in named if not bool(torch.isfinite(p).all())]
+
+
 class _Stopped(Exception):
     """Raised at a micro-batch boundary after a stop request."""
 
@@ -144,6 +176,7 @@ class Trainer:
         self.history: list[dict] = []
         self.stop = StopRequest()
         self.start_step = 0
+        self.identity: dict = {}  # what the stage adds to the run's settings (the data's and weights' digests)
         os.makedirs(config.output, exist_ok=True)
 
     def prepare(self, trainable: nn.Module) -> None:
@@ -191,23 +224,43 @@ class Trainer:
         self.accelerator.save_state(folder)
         self.accelerator.wait_for_everyone()
         if self.is_main:
+            state = {"step": step, "history": self.history, "stage": self.stage, "settings": self.run_settings()}
             with open(os.path.join(folder, "trainer.json.tmp"), "w") as handle:
-                json.dump({"step": step, "history": self.history, "stage": self.stage}, handle)
+                json.dump(state, handle)
             os.replace(os.path.join(folder, "trainer.json.tmp"), os.path.join(folder, "trainer.json"))
             for old in self.checkpoint_dirs()[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return folder
 
+    def run_settings(self) -> dict:
+        """The settings that make this run what it is; a resumed run must have the same (but APPLIED_ON_RESUME)."""
+        fixed = {k: v for k, v in self.config.to_dict().items() if k not in FREE_ON_RESUME}
+        return fixed | self.identity
+
+    def _start_over(self) -> None:
+        """Without resume, an earlier run's checkpoints go: a later resume must not mix the two runs."""
+        found = self.checkpoint_dirs()
+        if found and self.is_main:
+            shutil.rmtree(os.path.join(self.config.output, CHECKPOINTS))
+            logger.info("starting over: removed %d checkpoints of an earlier run (resume is off)", len(found))
+        self.accelerator.wait_for_everyone()
+
     def resume(self) -> int:
         """Continue from the newest intact checkpoint. One that cannot be loaded (cut short by a crash,
-        damaged on disk) is skipped with a warning that names it and says why; older ones are tried next."""
+        damaged on disk, holding NaN weights) is skipped with a warning that names it and says why; older
+        ones are tried next. A checkpoint of a run with other settings, or past `steps`, stops the run."""
+        if not self.config.resume:
+            self._start_over()
         found = self.checkpoint_dirs() if self.config.resume else []
         skipped = []
         for folder in reversed(found):
             try:
                 state = self._checkpoint_state(folder)
                 self.accelerator.load_state(folder)
+                bad = non_finite_parameters(self.unwrapped())
+                if bad:
+                    raise InputError(f"{len(bad)} of its weights hold NaN or inf (first {bad[0]})")
             except TrainingDataError:
                 raise
             except Exception as err:  # accelerate, torch and safetensors each raise their own kinds
@@ -218,6 +271,7 @@ class Trainer:
                 continue
             self.history = state["history"]
             self.start_step = state["step"]
+            self._apply_changed(state["settings"])
             self.log(
                 f"resumed from {folder} at step {self.start_step}"
                 + (f" (skipped {len(skipped)} damaged: {', '.join(map(os.path.basename, skipped))})" if skipped else "")
@@ -243,7 +297,38 @@ class Trainer:
             raise TrainingDataError(
                 f"{folder} is a {state.get('stage')} checkpoint, not {self.stage}; use another output folder"
             )
-        return {"step": step, "history": history}
+        if step > self.config.steps:
+            raise TrainingDataError(
+                f"{self.config.output} has already trained {step} steps, more than the {self.config.steps} asked "
+                f"(its checkpoint {os.path.basename(folder)}); set steps to {step} or more to continue this run, "
+                "or resume to false (--no-resume) to start over"
+            )
+        settings = state.get("settings") or {}  # checkpoints older than the record have none
+        self._check_same_run(folder, settings)
+        return {"step": step, "history": history, "settings": settings}
+
+    def _check_same_run(self, folder: str, saved: dict) -> None:
+        now = self.run_settings()
+        differ = [
+            f"{key} {saved[key]!r} -> {now.get(key)!r}"
+            for key in sorted(saved)
+            if key not in APPLIED_ON_RESUME and saved[key] != now.get(key)
+        ]
+        if differ:
+            raise TrainingDataError(
+                f"{folder} was trained with other settings than this run: {'; '.join(differ)}. A rerun continues "
+                "the same run only: use the earlier values, another output folder, or resume false (--no-resume) "
+                "to start over here (its checkpoints are removed)"
+            )
+
+    def _apply_changed(self, saved: dict) -> None:
+        """A new learning rate or weight decay applies from the next step (the loaded optimizer had the old)."""
+        for key, group_key in zip(APPLIED_ON_RESUME, ("lr", "weight_decay")):
+            value = getattr(self.config, key)
+            if key in saved and saved[key] != value:
+                for group in self.optimizer.param_groups:
+                    group[group_key] = value
+                self.log(f"note: {key} changed from {saved[key]} to {value}; it applies from this step on")
 
     def log(self, text: str) -> None:
         """A message from the main process only (each of several GPUs runs this loop)."""
@@ -338,11 +423,34 @@ class Trainer:
         record = dict(zip(totals, means.tolist()))
         if not math.isfinite(record["loss"]):
             raise TrainingError(
-                f"the loss became {record['loss']} at step {step + 1}; lower learning_rate or check the data"
+                f"the loss became {record['loss']} at step {step + 1}, so that step was not taken and nothing from it "
+                f"is saved. {self._advice()}"
             )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        bad = non_finite_parameters(self.unwrapped())
+        if bad:
+            raise TrainingError(
+                f"step {step + 1} made {len(bad)} weights NaN or inf (first {bad[0]}): the update was too large, most "
+                f"likely learning_rate {self.config.learning_rate:g} is too high. Nothing from this step is saved. "
+                + self._advice()
+            )
         return record
+
+    def _advice(self) -> str:
+        names = [os.path.basename(d) for d in self.checkpoint_dirs()]
+        since = f"from {names[-1]}" if names else "from the start (no checkpoint yet)"
+        advice = (
+            f"Lower learning_rate (now {self.config.learning_rate:g}; --learning-rate) or check the data, and "
+            f"rerun: it continues {since} with the new rate."
+        )
+        made_now = [n for n in names if int(n.split("-")[1]) > self.start_step]
+        if made_now:  # saved by this run, at the rate that failed: their weights may already be too large
+            advice += (
+                f" If that fails too, remove {', '.join(made_now)} (saved at this rate) to continue from step "
+                f"{self.start_step}, or start over with resume false (--no-resume)."
+            )
+        return advice
 
     def _sample(self, on_sample: Callable[[int], None], step: int) -> None:
         """The main process samples; the others wait for it at a barrier."""
