@@ -162,12 +162,48 @@ def test_settings_that_cannot_work_are_refused_before_any_work(tmp_path, capsys)
     from dynamicid.prep import PrepConfig
     from dynamicid.training.config import AnchorConfig
 
-    with pytest.raises(ValueError, match="detect_side must be at least 64 px, not 0"):
+    with pytest.raises(ValueError, match=r"detect_side \(--detect-side\) must be from 64 to 16,384, not 0"):
         PrepConfig(input="in", output="out", faces=FaceAnalysisConfig(detect_side=0))
-    with pytest.raises(ValueError, match="keep_checkpoints must be at least 1"):
+    with pytest.raises(ValueError, match="keep_checkpoints .* must be from 1 to"):
         AnchorConfig(data="d", base_model="b", clip_image_encoder="c", output="o", keep_checkpoints=0)
     assert cli.main(["prep", str(tmp_path), str(tmp_path / "out"), "--detect-side", "0"]) == 1
-    assert "detect_side must be at least 64 px" in capsys.readouterr().err
+    assert "detect_side (--detect-side) must be from 64" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("decode-side", "0", "decode_side (--decode-side) must be from 64 to 65,535, not 0"),
+        ("min-detection-score", "nan", "min_detection_score (--min-detection-score) must be from -100 to 100, not nan"),
+        ("max-bytes", "-1", "max_bytes (--max-bytes) must be from 1 to"),
+        ("min-sharpness", "inf", "min_sharpness (--min-sharpness) must be from 0 to"),
+    ],
+)
+def test_prep_numbers_outside_their_range_are_refused_from_the_command_line_and_a_config_file(
+    option, value, message, tmp_path, capsys
+):
+    """Each of these once rejected every photo with exit 0 (issue 28); now the field refuses it, whichever way
+    it comes."""
+    out = tmp_path / "out"
+    assert cli.main(["prep", str(tmp_path), str(out), f"--{option}", value]) == 1
+    assert message in capsys.readouterr().err and not out.exists()
+    config = tmp_path / "prep.toml"
+    number = {"nan": "nan", "inf": "inf"}.get(value, value)
+    config.write_text(f"{option} = {number}\n")
+    assert cli.main(["prep", str(tmp_path), str(out), "--config", str(config)]) == 1
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_training_numbers_outside_their_range_are_refused(capsys, tmp_path):
+    base = ["train", "anchor", str(tmp_path), str(tmp_path / "o"), "--base-model", "b", "--clip-image-encoder", "c"]
+    for option, value, message in (
+        ("--learning-rate", "nan", "learning_rate (--learning-rate) must be from 1e-12 to 1000, not nan"),
+        ("--drop-text", "1.5", "drop_text (--drop-text) must be from 0 to 1, not 1.5"),
+        ("--steps", "0", "steps (--steps) must be from 1 to"),
+        ("--seed", str(2**70), "seed (--seed) must be from 0 to"),
+    ):
+        assert cli.main([*base, option, value]) == 1
+        assert message in capsys.readouterr().err
 
 
 def test_a_loss_that_becomes_nan_is_a_clear_error_not_a_traceback(monkeypatch, capsys, tmp_path):

@@ -136,7 +136,7 @@ CASES = [
     (
         "prep-detect-side-0",
         lambda r, p, m: ["prep", str(r / "eval"), str(r / "o"), "--detect-side", "0"],
-        ["detect_side must be at least 64"],
+        ["detect_side (--detect-side) must be from 64"],
     ),
     ("prep-no-folders", lambda r, p, m: ["prep"], ["needs INPUT and OUTPUT"]),
     ("prep-verify-not-output", lambda r, p, m: ["prep", "--verify", str(r / "eval")], ["manifest.parquet not found"]),

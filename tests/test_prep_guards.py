@@ -241,7 +241,7 @@ def test_degenerate_images_are_rejections_with_reasons():
     with pytest.raises(Rejected) as caught:
         decode_image(strip, rules)
     assert caught.value.reason == "extreme_aspect_ratio"
-    with pytest.raises(ValueError, match="detect_side must be at least 64"):
+    with pytest.raises(ValueError, match=r"detect_side \(--detect-side\) must be from 64"):
         PrepConfig(input="in", output="out", faces=FaceAnalysisConfig(detect_side=0))
 
 

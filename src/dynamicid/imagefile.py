@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile
 
-from dynamicid.options import option
+from dynamicid.options import check_limits, option
 
 try:  # libjpeg-turbo without Pillow's copy; prep decodes faster with it, and the same pixels either way
     import simplejpeg as _simplejpeg
@@ -36,15 +36,23 @@ class ImageRules:
     Every image the toolkit reads goes through `open_image` or `decode_image` with these rules; Pillow's own
     decompression-bomb guard stays on as well."""
 
-    min_side: int = option(64, "reject images smaller than this on either side (px)")
-    max_aspect_ratio: float = option(20.0, "reject images whose long side is more than this many times the short one")
+    min_side: int = option(64, "reject images smaller than this on either side (px)", limits=(1, 65535))
+    max_aspect_ratio: float = option(
+        20.0, "reject images whose long side is more than this many times the short one", limits=(1, 65535)
+    )
     max_pixels: int = option(
         180_000_000,
         "reject images whose header claims more pixels (decompression bombs; "
         "Pillow's own guard also refuses more than 178,956,970)",
+        limits=(1, 2**32),
     )
-    max_bytes: int = option(200 * 1024 * 1024, "reject files larger than this many bytes")
-    decode_side: int = option(1280, "large JPEGs are decoded at a reduced scale, never below this long side (px)")
+    max_bytes: int = option(200 * 1024 * 1024, "reject files larger than this many bytes", limits=(1, 2**40))
+    decode_side: int = option(
+        1280, "large JPEGs are decoded at a reduced scale, never below this long side (px)", limits=(64, 65535)
+    )
+
+    def __post_init__(self) -> None:
+        check_limits(self)
 
 
 SUPPORTED_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "MPO": "jpeg"}

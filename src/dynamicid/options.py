@@ -25,13 +25,39 @@ REQUIRED = dataclasses.MISSING
 def option(default=REQUIRED, help: str | Callable[[], str] = "", *, factory=None, **cli) -> typing.Any:
     """A config field with its help text. `cli` keys: choices (a tuple, or a function giving one),
     positional (True, or "optional"), flag (the option's name when the field's would mislead), append
-    (a list field given once per item), hidden (no command-line option)."""
+    (a list field given once per item), hidden (no command-line option), limits ((lowest, highest) a number
+    may be, both included; `check_limits` refuses others, NaN and infinity included)."""
     metadata = {"help": help, **cli}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     if default is REQUIRED:
         return field(metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def check_limits(config) -> None:
+    """Refuse a number field outside its `limits`, or of the wrong type, naming the field and its option. A
+    config's `__post_init__` calls this, so the command line, --config files and Python all get the check."""
+    import math
+
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):
+        limits = item.metadata.get("limits")
+        value = getattr(config, item.name)
+        if limits is None or (value is None and item.default is None):
+            continue
+        low, high = limits
+        kind = _plain_type(hints[item.name])
+        accepted = (int,) if kind is int else (int, float)
+        named = f"{item.name} (--{item.metadata.get('flag') or item.name.replace('_', '-')})"
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise ConfigError(f"{named} must be {'a whole number' if kind is int else 'a number'}, not {value!r}")
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ConfigError(f"{named} must be from {_number(low)} to {_number(high)}, not {value!r}")
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
 @dataclass(frozen=True)
@@ -91,12 +117,14 @@ class _AppendReplacing(argparse.Action):
 
 def _help(leaf: Leaf) -> str:
     text = leaf.meta("help", "")
+    limits = leaf.meta("limits")
+    span = f"{_number(limits[0])} to {_number(limits[1])}" if limits else ""
     if leaf.default is REQUIRED or leaf.meta("required"):
-        return f"{text} (required)"
+        return f"{text} (required{'; ' + span if span else ''})"
     default = leaf.default
     if default is REQUIRED or default is None or isinstance(default, bool | list | tuple) or leaf.meta("append"):
-        return text
-    return f"{text} (default: {default})"
+        return f"{text} ({span})" if span else text
+    return f"{text} (default: {default}{'; ' + span if span else ''})"
 
 
 def add_options(parser: argparse.ArgumentParser, config_class, skip: tuple[str, ...] = ()) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynamicid.faces.analyzer import FaceAnalysisConfig
-from dynamicid.options import option
+from dynamicid.options import check_limits, option
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,8 @@ class EvalConfig:
     clip_model: str | None = option(
         None, "CLIP model (transformers layout) to compute CLIP-T: a folder or a Hugging Face repo id"
     )
-    report_columns: int = option(4, "images per row of report.png")
+    report_columns: int = option(4, "images per row of report.png", limits=(1, 64))
+
     mirror_check: bool = option(
         False,
         "also analyse every image's mirror image: the face prompts of a face and its "
@@ -24,3 +25,6 @@ class EvalConfig:
         "that do (mirror_consistency), a check of the face-prompt measurement itself",
     )
     progress: bool = option(True, "no progress bar")
+
+    def __post_init__(self) -> None:
+        check_limits(self)

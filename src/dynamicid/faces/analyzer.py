@@ -13,7 +13,7 @@ import numpy as np
 from dynamicid.faces import alignment, expression, face_prompt, pose
 from dynamicid.faces.backends import BackendError, Resources, available, create
 from dynamicid.faces.types import FaceAnalysis, FaceBox
-from dynamicid.options import option
+from dynamicid.options import check_limits, option
 
 FIVE_POINT_SOURCES = ("auto", "detector", "landmarks")
 EXPRESSION_SOURCES = ("fer", "landmarks")
@@ -34,11 +34,11 @@ class FaceAnalysisConfig:
     landmarks_model: str | None = option(None, "model folder for the landmark model")
     embedder: str = option("dlib-resnet", _named("identity embedder", "embedder"))
     embedder_model: str | None = option(None, "model folder for the identity embedder")
-    aligned_size: int = option(512, "side of the aligned face crop, px")
+    aligned_size: int = option(512, "side of the aligned face crop, px", limits=(64, 4096))
     # 7 ms less per photo than 640, and the upsampled retry still finds small faces
-    detect_side: int = option(512, "detection runs on the photo shrunk to at most this many px")
+    detect_side: int = option(512, "detection runs on the photo shrunk to at most this many px", limits=(64, 16384))
     min_detection_score: float | None = option(
-        None, "drop detections scoring below this (default: the detector's own; dlib-hog 0.25)"
+        None, "drop detections scoring below this (default: the detector's own; dlib-hog 0.25)", limits=(-100, 100)
     )
     five_points: str = option(
         "auto",
@@ -53,6 +53,9 @@ class FaceAnalysisConfig:
         choices=EXPRESSION_SOURCES,
     )
 
+    def __post_init__(self) -> None:
+        check_limits(self)
+
     def identity(self) -> dict:
         return asdict(self) | {"template": alignment.TEMPLATE_VERSION, "pose_model": pose.MODEL_VERSION}
 
@@ -61,10 +64,13 @@ class FaceAnalysisConfig:
 class FaceRules:
     """What a found face must be to be kept."""
 
-    min_face_side: int = option(40, "reject faces smaller than this in the source photo (px)")
+    min_face_side: int = option(40, "reject faces smaller than this in the source photo (px)", limits=(1, 65535))
     min_sharpness: float = option(
-        20.0, "reject faces blurrier than this (Laplacian variance of the aligned face at 128 px)"
+        20.0, "reject faces blurrier than this (Laplacian variance of the aligned face at 128 px)", limits=(0, 1e9)
     )
+
+    def __post_init__(self) -> None:
+        check_limits(self)
 
 
 class _Clock:

@@ -10,7 +10,7 @@ from dynamicid.errors import ConfigError
 from dynamicid.faces.analyzer import FaceAnalysisConfig, FaceRules
 from dynamicid.faces.backends import available
 from dynamicid.imagefile import ImageRules
-from dynamicid.options import option
+from dynamicid.options import check_limits, option
 
 MULTI_FACE_POLICIES = ("largest", "skip", "all")
 LAYOUTS = ("by-identity", "flat")
@@ -40,18 +40,20 @@ class PrepConfig:
     captioner_model: str | None = option(
         None, "model folder for the captioner (internvl: a transformers-format folder such as InternVL3-2B-hf)"
     )
-    caption_max_tokens: int = option(64, "new tokens a model captioner may write")
+    caption_max_tokens: int = option(64, "new tokens a model captioner may write", limits=(1, 4096))
     caption_batch_size: int = option(
-        16, "faces per captioning batch on the GPU (a task's faces are captioned together)"
+        16, "faces per captioning batch on the GPU (a task's faces are captioned together)", limits=(1, 4096)
     )
     images: ImageRules = option(factory=ImageRules)
     face_rules: FaceRules = option(factory=FaceRules)
-    jpeg_quality: int = option(95, "JPEG quality of the aligned faces")
+    jpeg_quality: int = option(95, "JPEG quality of the aligned faces", limits=(1, 100))
     master: str | None = option(None, "Spark master, e.g. spark://host:7077 (default: local[*], or spark-submit's)")
     images_per_partition: int = option(
-        32, "images per Spark task (each task costs ~150 ms of scheduling; at least 4 tasks per core are made)"
+        32,
+        "images per Spark task (each task costs ~150 ms of scheduling; at least 4 tasks per core are made)",
+        limits=(1, 1_000_000),
     )
-    contact_sheet_faces: int = option(48, "faces shown on contact_sheet.png")
+    contact_sheet_faces: int = option(48, "faces shown on contact_sheet.png", limits=(0, 10_000))
     progress: bool = option(True, "no progress bar")
 
     def __post_init__(self):
@@ -59,15 +61,8 @@ class PrepConfig:
             raise ConfigError(f"multi_face must be one of {', '.join(MULTI_FACE_POLICIES)}, not {self.multi_face!r}")
         if self.layout not in LAYOUTS:
             raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
-        if self.images_per_partition < 1:
-            raise ConfigError(f"images_per_partition must be at least 1, not {self.images_per_partition}")
-        if self.caption_max_tokens < 1 or self.caption_batch_size < 1:
-            raise ConfigError("caption_max_tokens and caption_batch_size must be at least 1")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError(f"jpeg_quality must be in 1..100, not {self.jpeg_quality}")
-        if self.faces.detect_side < 64:
-            raise ConfigError(f"detect_side must be at least 64 px, not {self.faces.detect_side}")
-        if self.faces.aligned_size % 8 or self.faces.aligned_size < 64:
+        check_limits(self)
+        if self.faces.aligned_size % 8:
             raise ConfigError(f"aligned_size must be a multiple of 8, at least 64, not {self.faces.aligned_size}")
 
     def output_affecting(self) -> dict:

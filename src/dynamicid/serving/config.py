@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 from dynamicid.errors import ConfigError
 from dynamicid.generation.config import DTYPES
-from dynamicid.options import option
+from dynamicid.options import check_limits, option
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     host: str = option("127.0.0.1", "address to listen on; the default serves this machine only (0.0.0.0: everyone)")
-    port: int = option(7860, "port to listen on")
+    port: int = option(7860, "port to listen on", limits=(1, 65535))
     base_model: str | None = option(
         None, "Stable Diffusion 1.5: a folder or a Hugging Face repo id (default: as generate)"
     )
@@ -21,20 +21,19 @@ class ServeConfig:
     clip_image_encoder: str | None = option(None, "CLIP ViT-H/14 image encoder: a folder or a repo id")
     tiny: bool = option(False, "run on tiny random models made at start: every control works, images are noise")
     auth: str | None = option(None, "require a login: user:password, or a bare token any user name may use as password")
-    max_upload_mb: int = option(20, "largest photo upload, in MB")
-    max_image_pixels: int = option(40_000_000, "largest photo, in pixels (width x height)")
-    concurrency: int = option(1, "generations at once (one pipeline on one GPU: 1); the rest wait in the queue")
-    queue_size: int = option(64, "requests waiting at most; more are refused")
+    max_upload_mb: int = option(20, "largest photo upload, in MB", limits=(1, 10_000))
+    max_image_pixels: int = option(40_000_000, "largest photo, in pixels (width x height)", limits=(4096, 2**32))
+    concurrency: int = option(
+        1, "generations at once (one pipeline on one GPU: 1); the rest wait in the queue", limits=(1, 64)
+    )
+    queue_size: int = option(64, "requests waiting at most; more are refused", limits=(1, 100_000))
     device: str | None = option(None, "torch device (default: cuda when there is a GPU, else cpu; as generate)")
     dtype: str | None = option(
         None, "weights' precision (default: float16 on a GPU, else float32; as generate)", choices=DTYPES
     )
 
     def __post_init__(self):
-        if not 1 <= self.port <= 65535:
-            raise ConfigError(f"port must be in 1..65535, not {self.port}")
-        if self.concurrency < 1 or self.queue_size < 1 or self.max_upload_mb < 1:
-            raise ConfigError("concurrency, queue_size and max_upload_mb must be at least 1")
+        check_limits(self)
         if self.auth is not None:
             user, colon, secret = self.auth.partition(":")
             if not self.auth.strip(":") or (colon and not (user and secret)):

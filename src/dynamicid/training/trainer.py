@@ -165,8 +165,6 @@ class Trainer:
 
         if config.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"mixed_precision must be no, fp16 or bf16, not {config.mixed_precision!r}")
-        if config.steps < 1 or config.batch_size < 1 or config.gradient_accumulation < 1:
-            raise ConfigError("steps, batch_size and gradient_accumulation must be at least 1")
         self.config = config
         self.stage = stage
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
