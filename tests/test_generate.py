@@ -165,6 +165,27 @@ def test_bad_requests_fail_before_any_denoising(pipe, shared_faces, tmp_path, un
     assert unet_calls == []
 
 
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        (
+            {"guidance_scale": float("inf")},
+            r"guidance_scale \(guidance\) must be a finite number from 0 to 100, not inf",
+        ),
+        ({"id_scale": float("nan")}, "id_scale must be a finite number from 0 to 10, not nan"),
+        ({"infer_scale": -1.0}, "infer_scale must be a finite number from 0 to 100, not -1"),
+        ({"seed": 2**70}, "seed must be a finite number from -1 to"),
+        ({"num_inference_steps": 1001}, r"num_inference_steps \(steps\) must be a finite number from 1 to 1000"),
+        ({"num_inference_steps": 40, "max_work": 64 * 64 * 39}, "64x64 at 40 steps .* over the limit .*max_work"),
+    ],
+)
+def test_the_python_call_checks_every_number_as_the_command_line_does(pipe, shared_faces, unet_calls, options, match):
+    """Each of these once gave a black image or an internal error (issue 28)."""
+    with pytest.raises(GenerationError, match=match):
+        run(pipe, [Person(photo(shared_faces, "obama/1.jpg"), box=(0.1, 0.1, 0.9, 0.9))], **options)
+    assert unet_calls == []
+
+
 def test_more_boxes_than_persons_is_refused():
     with pytest.raises(LayoutError, match="at most one box per person"):
         check_boxes([(0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5)], 1)

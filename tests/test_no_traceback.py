@@ -228,6 +228,41 @@ CASES = [
         lambda r, p, m: ["convert-weights", str(r), str(r / "c"), "--unet-config", p["broken_unet"]],
         ["unet_config", "not valid JSON"],
     ),
+    # issue 28: every number is checked before any work
+    (
+        "generate-guidance-inf",
+        lambda r, p, m: _generate(m, "--guidance", "inf", person=p["photo"]),
+        ["guidance", "finite number from 0 to 100"],
+    ),
+    (
+        "generate-id-scale-nan",
+        lambda r, p, m: _generate(m, "--id-scale", "nan", person=p["photo"]),
+        ["id_scale", "not nan"],
+    ),
+    ("generate-seed-2-70", lambda r, p, m: _generate(m, "--seed", str(2**70), person=p["photo"]), ["seed", "from -1"]),
+    ("generate-steps-1001", lambda r, p, m: _generate(m, "--steps", "1001", person=p["photo"]), ["steps", "1000"]),
+    (
+        "generate-over-max-work",
+        lambda r, p, m: _generate(m, "--steps", "40", "--max-work", "1000000", person=p["photo"]),
+        ["megapixel-steps", "max_work"],
+    ),
+    (
+        "prep-decode-side-0",
+        lambda r, p, m: ["prep", str(r / "eval"), str(r / "o"), "--decode-side", "0"],
+        ["decode_side"],
+    ),
+    (
+        "prep-min-detection-score-nan",
+        lambda r, p, m: ["prep", str(r / "eval"), str(r / "o"), "--min-detection-score", "nan"],
+        ["min_detection_score", "not nan"],
+    ),
+    (
+        "prep-max-bytes-negative",
+        lambda r, p, m: ["prep", str(r / "eval"), str(r / "o"), "--max-bytes", "-1"],
+        ["max_bytes"],
+    ),
+    ("train-learning-rate-nan", lambda r, p, m: _train(r, m, "--learning-rate", "nan"), ["learning_rate", "not nan"]),
+    ("serve-port-0", lambda r, p, m: ["serve", "--tiny", "--port", "0"], ["port (--port) must be from 1 to 65,535"]),
     (
         "config-file-not-a-table",
         lambda r, p, m: ["prep", "--config", str(r / "eval" / "list" / "img.json"), "a", "b"],

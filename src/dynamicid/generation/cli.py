@@ -18,7 +18,16 @@ def run_generate(args: Any) -> int:
     settings = config.settings()
     height, width = config.size()
     # The whole request is checked before the model load, which takes many seconds.
-    check_request(persons, height, width, settings.steps, settings.guidance, config.images, config.max_output_pixels)
+    check_request(
+        persons,
+        height,
+        width,
+        settings.steps,
+        settings.guidance,
+        config.images,
+        config.max_output_pixels,
+        config.max_work,
+    )
     check_output_folder(config.output)
     device, dtype = device_and_dtype(config.device, config.dtype)
     pipe = DynamicIDPipeline.from_pretrained(
@@ -46,6 +55,7 @@ def run_generate(args: Any) -> int:
         gate=config.gate,
         return_gate_maps=config.save_gate_maps,
         max_output_pixels=config.max_output_pixels,
+        max_work=config.max_work,
     )
     saved = save_generation(
         result,

@@ -12,6 +12,7 @@ from dynamicid.generation.request import (
     DEFAULT_ID_SCALE,
     DEFAULT_STEPS,
     MAX_OUTPUT_PIXELS,
+    MAX_WORK,
     Person,
     Settings,
     check_settings,
@@ -85,6 +86,12 @@ class GenerateConfig:
         MAX_OUTPUT_PIXELS,
         "refuse a call whose height x width x images is larger "
         "(memory grows with it; raise it on a device with the memory)",
+        limits=(64, 2**40),
+    )
+    max_work: int = option(
+        MAX_WORK,
+        "refuse a call whose height x width x images x steps is larger (its time grows with it)",
+        limits=(64, 2**50),
     )
     seed: int = option(0, "random seed")
     id_scale: float = option(DEFAULT_ID_SCALE, "strength of the identity injection")

@@ -32,8 +32,10 @@ from dynamicid.generation.request import (
     DEFAULT_ID_SCALE,
     DEFAULT_STEPS,
     MAX_OUTPUT_PIXELS,
+    MAX_WORK,
     GenerationError,
     Person,
+    check_number,
     check_request,
     default_size,
 )
@@ -346,9 +348,14 @@ class DynamicIDPipeline(DiffusionPipeline):
         images: Any,
         max_output_pixels: Any,
         callback_on_step_end_tensor_inputs: Any,
+        numbers: dict[str, Any] | None = None,
+        max_work: Any = None,
     ) -> Any:
-        """The request (`check_request`) plus this model's size rule and the callback's tensor names. Returns
-        the prompts as a list and the persons' boxes."""
+        """The request (`check_request`) plus this model's size rule and the callback's tensor names; `numbers`
+        (id_scale, infer_scale, infer_end, seed) are checked against the ranges the command line and the API
+        use. Returns the prompts as a list and the persons' boxes."""
+        for key, value in (numbers or {}).items():
+            check_number(key, value, key)
         if prompt is not None and not isinstance(prompt, (str, list)):
             raise GenerationError(f"prompt must be a string or a list of strings, not {type(prompt).__name__}")
         if person_embeds is not None and persons is not None and len(persons) != len(person_embeds):
@@ -372,6 +379,7 @@ class DynamicIDPipeline(DiffusionPipeline):
             guidance,
             images,
             MAX_OUTPUT_PIXELS if max_output_pixels is None else max_output_pixels,
+            MAX_WORK if max_work is None else max_work,
         )
         return ([prompt] if isinstance(prompt, str) else list(prompt or [])), persons, boxes
 
@@ -432,6 +440,7 @@ class DynamicIDPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[..., Any] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         max_output_pixels: int | None = None,
+        max_work: int | None = None,
     ) -> Any:
         r"""
         Generate images of the given persons.
@@ -465,6 +474,7 @@ class DynamicIDPipeline(DiffusionPipeline):
                 named in `callback_on_step_end_tensor_inputs`; it returns a dict of replaced tensors. Setting
                 `pipe._interrupt = True` in it stops the denoising.
             max_output_pixels: the largest height x width x images one call may make (`MAX_OUTPUT_PIXELS`).
+            max_work: the largest height x width x images x steps one call may take (`MAX_WORK`).
 
         Returns:
             `DynamicIDPipelineOutput` (or a tuple with `return_dict=False`).
@@ -483,6 +493,8 @@ class DynamicIDPipeline(DiffusionPipeline):
             num_images_per_prompt,
             max_output_pixels,
             callback_on_step_end_tensor_inputs,
+            {"id_scale": id_scale, "infer_scale": infer_scale, "infer_end": infer_end, "seed": seed},
+            max_work,
         )
         device = self._execution_device
         if generator is None and seed is not None:

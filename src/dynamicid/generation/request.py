@@ -22,6 +22,9 @@ class GenerationError(InputError):
 MAX_OUTPUT_PIXELS = 8 * 1024 * 1024
 # The pipeline's and the command's defaults, written once.
 DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_ID_SCALE = 50, 5.0, 1.0
+# Height x width x images x steps of one call: its time grows with it, so a server can bound what one
+# request may cost before it runs (max_work / --max-work). The default allows MAX_OUTPUT_PIXELS at 50 steps.
+MAX_WORK = MAX_OUTPUT_PIXELS * DEFAULT_STEPS
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,27 @@ def _check_setting(key: str, value: Any, kind: str, where: str) -> None:
     }[expected]
     if not ok:
         raise GenerationError(f"{where}: {key} must be {expected}, not {type(value).__name__} {value!r}")
-    if key in SETTING_RANGES:
-        low, high = SETTING_RANGES[key]
-        if not (math.isfinite(value) and low <= value <= high):
-            raise GenerationError(f"{where}: {key} must be a finite number from {low:g} to {high:g}, not {value!r}")
+    check_number(key, value, f"{where}: {key}")
+
+
+def check_number(key: str, value: Any, named: str) -> None:
+    """A setting's value is a finite number in its `SETTING_RANGES` range (None: the setting's default)."""
+    if key not in SETTING_RANGES or value is None:
+        return
+    low, high = SETTING_RANGES[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GenerationError(f"{named} must be a number, not {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise GenerationError(f"{named} must be a finite number from {low:g} to {high:g}, not {value!r}")
+
+
+def _check_work(work: int, images: int, width: int, height: int, steps: int, max_work: int) -> None:
+    if work > max_work:
+        raise GenerationError(
+            f"{images} image(s) of {width}x{height} at {steps} steps is {work / 2**20:,.0f} megapixel-steps, over the "
+            f"limit of {max_work / 2**20:,.0f} (max_work, --max-work): ask for fewer steps or images or a smaller "
+            "size, or raise the limit"
+        )
 
 
 def default_side(persons: int) -> int:
@@ -167,6 +187,7 @@ def check_request(
     guidance: float,
     images: int = 1,
     max_output_pixels: int = MAX_OUTPUT_PIXELS,
+    max_work: int = MAX_WORK,
 ) -> Any:
     """Everything about a request that can be known without a model, so a bad request fails before the
     long model load. Returns the persons' boxes: theirs, checked, or automatic ones for several persons."""
@@ -175,6 +196,7 @@ def check_request(
     if not persons:
         raise GenerationError("give at least one person (a reference photo)")
     for name, value in (("height", height), ("width", width)):
+        check_number(name, value, name)
         if not isinstance(value, int) or value <= 0 or value % 8:
             raise GenerationError(f"{name} {value} must be a positive multiple of 8")
     if height * width * images > max_output_pixels:
@@ -184,10 +206,11 @@ def check_request(
             f"the limit of {max_output_pixels / 2**20:.1f} (max_output_pixels): ask for fewer or "
             "smaller images, or raise the limit if the device has the memory"
         )
-    if not isinstance(steps, int) or steps < 1:
-        raise GenerationError("num_inference_steps (steps) must be at least 1")
-    if not guidance >= 0:  # also refuses NaN
-        raise GenerationError("guidance_scale (guidance) must not be negative")
+    check_number("steps", steps, "num_inference_steps (steps)")
+    check_number("guidance", guidance, "guidance_scale (guidance)")
+    if not isinstance(steps, int):
+        raise GenerationError(f"num_inference_steps (steps) must be a whole number, not {steps!r}")
+    _check_work(height * width * images * steps, images, width, height, steps, max_work)
     try:
         boxes = check_boxes([p.box for p in persons if p.box is not None], len(persons))
     except LayoutError as err:

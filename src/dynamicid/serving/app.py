@@ -485,7 +485,12 @@ def serve(config, block: bool = True):
             config.base_model, config.weights, config.clip_image_encoder, device=device, dtype=dtype
         )
     pipe.set_progress_bar_config(disable=True)
-    engine = Engine(pipe, ImageRules(max_pixels=config.max_image_pixels, max_bytes=config.max_upload_mb * 2**20))
+    engine = Engine(
+        pipe,
+        ImageRules(max_pixels=config.max_image_pixels, max_bytes=config.max_upload_mb * 2**20),
+        max_output_pixels=config.max_output_pixels,
+        max_work=config.max_work,
+    )
     app = build_app(
         engine, example_photos(tempfile.mkdtemp(prefix="dynamicid-examples-")), config.tiny, config.concurrency
     )
