@@ -28,23 +28,14 @@ def _free_port() -> int:
 
 
 def _launch(tiny_pipe, **config):
-    from dynamicid.serving.app import build_app
+    from dynamicid.serving.app import build_app, launch
     from dynamicid.serving.config import ServeConfig
     from dynamicid.serving.engine import Engine
 
     settings = ServeConfig(tiny=True, port=_free_port(), **config)
     engine = Engine(tiny_pipe)
     app = build_app(engine, tiny=True)
-    app.queue(default_concurrency_limit=1, max_size=settings.queue_size)
-    _, url, _ = app.launch(
-        server_name=settings.host,
-        server_port=settings.port,
-        prevent_thread_lock=True,
-        quiet=True,
-        auth=settings.check_auth if settings.auth else None,
-        max_file_size="20mb",
-    )
-    return app, engine, url
+    return app, engine, launch(app, settings)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +126,27 @@ def test_a_photo_without_a_face_is_refused_and_the_server_keeps_serving(server, 
         "document.body.innerText.includes('cannot be used') || document.body.innerText.includes('no face')",
         timeout=60000,
     )
+    # Not an image, and a bomb: the page says why in the CLI's words (issue 28: it showed an empty error)
+    (tmp_path / "notes.png").write_text("these are notes, not a photo")
+    _write_bomb_png(tmp_path / "bomb.png", 30000, 30000)
+    for name, reason in (("notes.png", "not_an_image"), ("bomb.png", "decompression_bomb")):
+        page.reload()
+        page.wait_for_selector("#person0-photo")
+        assert reason in _upload(page, 0, str(tmp_path / name), "cannot use"), name
     page.close()
+
+
+def _write_bomb_png(path, width: int, height: int) -> None:
+    """A small file whose header claims width x height pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (width + 1) * 8)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
 
 
 def _api(url, auth=None):
@@ -169,6 +180,10 @@ def test_eight_requests_at_once_all_complete_and_a_cancelled_one_stops(server, s
     while not str(long.status().code).endswith(("PROCESSING", "ITERATING")) and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(2)  # some steps run
+    import httpx
+
+    began = time.perf_counter()  # the page still loads while a generation runs (issue 28)
+    assert httpx.get(url, timeout=10).status_code == 200 and time.perf_counter() - began < 3
     while (engine.last is None or engine.last.sidecars[0]["steps"] != 400) and time.time() < deadline:
         long.cancel()  # gradio_client's cancel can race the job's start; asking again is harmless
         time.sleep(1)  # the stopped run still writes what it made
@@ -249,8 +264,22 @@ def test_without_the_token_requests_are_refused(tiny_pipe, shared_faces):
             *_api_args(shared_faces), api_name="/generate"
         )
         assert sidecar["steps"] == 2 and os.path.isfile(images[0]["image"])
+        _routes_that_act_on_runs_need_the_login(url)
     finally:
         app.close()
+
+
+def _routes_that_act_on_runs_need_the_login(url: str) -> None:
+    """Gradio leaves these open under auth; a stranger could stop anyone's run (issue 28)."""
+    import httpx
+
+    body = {"session_hash": "someone", "fn_index": 0, "event_id": "their-run"}
+    for route in ("gradio_api/cancel", "gradio_api/reset", "gradio_api/stream/their-run/close"):
+        answer = httpx.post(url + route, json=body, timeout=10)
+        assert answer.status_code == 401 and "log in" in answer.text, (route, answer.text)
+    with httpx.Client() as logged_in:
+        assert logged_in.post(url + "login", data={"username": "anyone", "password": "s3cret-token"}).is_success
+        assert logged_in.post(url + "gradio_api/cancel", json=body, timeout=10).json() == {"success": True}
 
 
 # -- one set of defaults and one request check on every surface (issue 25 §2) --------------------------------
@@ -362,3 +391,47 @@ def test_a_request_over_the_servers_work_limit_is_refused_before_it_runs(tiny_pi
         engine.generate(GenerationRequest("p", [person], Settings(steps=4, height=64, width=64)))
     assert engine.encoded_count == 0 and engine.last is None
     assert engine.generate(GenerationRequest("p", [person], Settings(steps=3, height=64, width=64))).steps_done == 3
+
+
+@pytest.mark.slow  # starts `dynamicid serve --tiny` as a user would
+def test_the_server_keeps_its_files_in_a_private_folder_removed_when_it_stops(shared_faces, tmp_path):
+    import signal
+    import stat
+    import subprocess
+    import sys
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dynamicid.cli", "serve", "--tiny", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        lines = [server.stdout.readline() for _ in range(2)]
+        folder = lines[1].split("results: ", 1)[1].split(" (", 1)[0]
+        assert lines[0].startswith("serving on") and stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+        server_paths = _server_side_paths(f"http://127.0.0.1:{port}/", shared_faces / "identities/obama/1.jpg")
+        assert len(server_paths) >= 3  # the upload, the image, the sidecar
+        assert all(os.path.realpath(path).startswith(os.path.realpath(folder) + os.sep) for path in server_paths)
+        assert all(os.path.isfile(path) for path in server_paths)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    assert not os.path.exists(folder)
+
+
+def _server_side_paths(url: str, photo) -> list[str]:
+    """The server's own paths of an upload and of the results, from the raw HTTP API."""
+    import re
+
+    import httpx
+
+    with open(photo, "rb") as handle:
+        (uploaded,) = httpx.post(url + "gradio_api/upload", files={"files": handle}, timeout=30).json()
+    photos = [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}]
+    settings = json.dumps({"steps": 2, "height": 64, "width": 64})
+    event = httpx.post(url + "gradio_api/call/generate", json={"data": ["p", photos, "[]", "[]", settings]}).json()
+    stream = httpx.get(f"{url}gradio_api/call/generate/{event['event_id']}", timeout=120).text
+    assert "event: complete" in stream, stream
+    return [uploaded] + re.findall(r'"path": ?"([^"]+)"', stream)

@@ -230,12 +230,20 @@ def _result_controls(gr, page: SimpleNamespace) -> None:
     page.files = gr.File(label="Download: PNG and JSON sidecar", file_count="multiple", elem_id="files")
 
 
-def build_app(engine: Engine, examples: list[list] | None = None, tiny: bool = False, concurrency: int = 1):
+def build_app(
+    engine: Engine,
+    examples: list[list] | None = None,
+    tiny: bool = False,
+    concurrency: int = 1,
+    keep_seconds: float | None = None,
+):
     """The Blocks app over `engine`. `examples`: rows of (photo 1, photo 2, prompt) a newcomer can click.
-    `concurrency`: generations at once, page and API together (one pipeline: 1)."""
+    `concurrency`: generations at once, page and API together (one pipeline: 1). `keep_seconds`: uploads and
+    results older than this are deleted (checked hourly, or as often as that is shorter)."""
     import gradio as gr
 
-    with gr.Blocks(title="DynamicID") as app:
+    retention = (int(min(3600, keep_seconds)), int(keep_seconds)) if keep_seconds else None
+    with gr.Blocks(title="DynamicID", delete_cache=retention) as app:
         gr.Markdown(
             "# DynamicID\nSeveral people in one image, each from one photo, each with their own expression "
             "and head orientation, placed where you want them."
@@ -291,8 +299,30 @@ def _wire_layout(gr, page) -> None:
         field.input(edited, inputs, [page.auto, page.preview], queue=False, api_name=False)
 
 
+def _checked_upload(component, engine: Engine) -> None:
+    """Gradio's Image opens an upload with Pillow before any handler runs, so a file that is no image, or a
+    bomb, failed there with an empty error on the page. Checked by our rules first, such a file reaches the
+    handlers by its path, and they say why it cannot be used in the command line's words."""
+    from dynamicid.imagefile import Rejected, check_header
+
+    preprocess = component.preprocess
+
+    def checked(payload):
+        if payload is not None:
+            try:
+                check_header(payload.path, engine.rules)
+            except (Rejected, OSError):
+                return payload.path
+        return preprocess(payload)
+
+    component.preprocess = checked
+
+
 def _wire_photos(gr, engine: Engine, page) -> None:
     """A photo is analysed as soon as it is uploaded: its face prompt, or why it cannot be used."""
+    for panel in page.panels:
+        _checked_upload(panel["photo"], engine)
+        _checked_upload(panel["landmarks"], engine)
 
     def check(path):
         result = engine.check_photo(path)
@@ -466,9 +496,30 @@ def example_photos(folder: str) -> list[list]:
     ]
 
 
-def serve(config, block: bool = True):
-    """Loads the models once, builds the page and starts serving. Returns (app, engine, url)."""
-    import tempfile
+def launch(app, config, block: bool = False) -> str:
+    """Queue and start `app` as the ServeConfig says. Under auth every POST under /gradio_api needs the login
+    (`access.LoginRequired`). Returns the URL."""
+    from starlette.middleware import Middleware
+
+    from dynamicid.serving.access import LoginRequired
+
+    app.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
+    _, url, _ = app.launch(
+        server_name=config.host,
+        server_port=config.port,
+        prevent_thread_lock=not block,
+        auth=config.check_auth if config.auth else None,
+        max_file_size=f"{config.max_upload_mb}mb",
+        quiet=not block,
+        app_kwargs={"middleware": [Middleware(LoginRequired)]},
+    )
+    return url
+
+
+def serve(config, cache, block: bool = True):
+    """Loads the models once, builds the page and starts serving, with its files in `cache` (a
+    `access.PrivateCache`). Returns (app, engine, url)."""
+    import os
 
     from dynamicid.generation import DynamicIDPipeline
     from dynamicid.generation.config import device_and_dtype
@@ -477,7 +528,7 @@ def serve(config, block: bool = True):
     if config.tiny:
         from dynamicid.testing.tiny_models import make_tiny_models
 
-        models = make_tiny_models(tempfile.mkdtemp(prefix="dynamicid-tiny-"))
+        models = make_tiny_models(os.path.join(cache.folder, "tiny-models"))
         pipe = DynamicIDPipeline.from_pretrained(models["sd15"], models["dynamicid"], models["clip-image"])
     else:
         device, dtype = device_and_dtype(config.device, config.dtype)
@@ -488,19 +539,10 @@ def serve(config, block: bool = True):
     engine = Engine(
         pipe,
         ImageRules(max_pixels=config.max_image_pixels, max_bytes=config.max_upload_mb * 2**20),
+        output_root=cache.results,
         max_output_pixels=config.max_output_pixels,
         max_work=config.max_work,
     )
-    app = build_app(
-        engine, example_photos(tempfile.mkdtemp(prefix="dynamicid-examples-")), config.tiny, config.concurrency
-    )
-    app.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
-    _, url, _ = app.launch(
-        server_name=config.host,
-        server_port=config.port,
-        prevent_thread_lock=not block,
-        auth=config.check_auth if config.auth else None,
-        max_file_size=f"{config.max_upload_mb}mb",
-        quiet=not block,
-    )
-    return app, engine, url
+    examples = example_photos(os.path.join(cache.folder, "examples"))
+    app = build_app(engine, examples, config.tiny, config.concurrency, keep_seconds=config.keep_files_hours * 3600)
+    return app, engine, launch(app, config, block)

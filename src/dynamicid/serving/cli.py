@@ -16,14 +16,28 @@ def _check_gradio() -> None:
 
 
 def run_serve(args) -> int:
+    import signal
     import threading
 
-    _check_gradio()
-    from dynamicid.serving.app import serve
+    from dynamicid.serving.access import PrivateCache
 
-    _, _, url = serve(config_from(args, ServeConfig), block=False)
-    print(f"serving on {url} (ctrl-c to stop)", flush=True)
-    threading.Event().wait()  # until interrupted
+    config = config_from(args, ServeConfig)
+    _check_gradio()
+    cache = PrivateCache()  # before Gradio is imported: it reads the folder's name once
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        from dynamicid.serving.app import serve
+
+        app, _, url = serve(config, cache, block=False)
+        print(f"serving on {url} (ctrl-c to stop)", flush=True)
+        print(f"uploads and results: {cache.folder} (yours only; kept {config.keep_files_hours:g} h)", flush=True)
+        try:
+            stopped.wait()  # until SIGTERM; Ctrl-C raises KeyboardInterrupt here
+        finally:
+            app.close()
+    finally:
+        cache.close()
     return 0
 
 

@@ -33,6 +33,12 @@ class ServeConfig:
         "on a shared server so no one request holds the queue for long)",
         limits=(64, 2**50),
     )
+    keep_files_hours: float = option(
+        24.0,
+        "uploads and generated images are deleted after this many hours (all of them when the server stops; they "
+        "live in a folder of the server's own that only its user can read)",
+        limits=(0.01, 8760.0),
+    )
     concurrency: int = option(
         1, "generations at once (one pipeline on one GPU: 1); the rest wait in the queue", limits=(1, 64)
     )
