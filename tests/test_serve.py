@@ -230,7 +230,7 @@ def test_the_readme_api_examples_run_against_a_live_server(server, shared_faces,
 
     upload, call, result = [line for line in _readme_code("# the same with curl", url).split("\ncurl ")[1:]]
     paths = json.loads(_bash("curl " + upload.split("#")[0], tmp_path))
-    call = call.replace("/tmp/gradio/.../ann.jpg", paths[0]).replace("/tmp/gradio/.../bob.jpg", paths[1])
+    call = call.replace('".../ann.jpg"', json.dumps(paths[0])).replace('".../bob.jpg"', json.dumps(paths[1]))
     event_id = json.loads(_bash("curl " + call.split("# ->")[0], tmp_path))["event_id"]
     events = _bash("curl " + result.replace("EVENT_ID", event_id), tmp_path)
     assert "event: complete" in events and '"steps": 2' in events.replace('\\"', '"')
