@@ -343,3 +343,19 @@ def test_generate_refuses_a_face_prompt_outside_the_rule_naming_the_person(tiny_
     code = _small_generate(tiny_models, shared_faces, tmp_path / "gen", "--face-prompt", "looking furious")
     assert code == 1
     assert "person 1: 'looking furious' is not a face prompt" in capsys.readouterr().err
+
+
+def test_a_prompt_past_the_text_encoders_77_tokens_is_named_in_a_warning_and_the_sidecar(
+    tiny_models, shared_faces, tmp_path, caplog
+):
+    """The tiny tokenizer reads single letters, so 100 letters is over 77 tokens (issue 28: cut silently)."""
+    long = "a portrait of a person " + "x" * 100
+    base = [*_generate_with(tiny_models), "--person", photo(shared_faces, "obama/1.jpg")]
+    small = ["--steps", "1", "--height", "64", "--width", "64", "--output", str(tmp_path)]
+    assert cli.main([*base, *small, "--prompt", long]) == 0
+    sidecar = json.loads((tmp_path / "dynamicid_0.json").read_text())
+    assert sidecar["prompt"] == long and sidecar["prompt_cut"]
+    assert long.replace(" ", "").endswith(sidecar["prompt_cut"].replace(" ", ""))
+    assert "longer than the text encoder's 77 tokens" in caplog.text
+    assert cli.main([*base, *small, "--prompt", "a person"]) == 0
+    assert json.loads((tmp_path / "dynamicid_1.json").read_text())["prompt_cut"] is None

@@ -11,6 +11,7 @@ untrained LoRA it reproduces that pipeline's image for the same seed.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -39,10 +40,12 @@ from dynamicid.generation.request import (
     check_request,
     default_size,
 )
-from dynamicid.models.basemodel import clip_hidden_states, encode_text
+from dynamicid.models.basemodel import clip_hidden_states, dropped_text, encode_text
 from dynamicid.models.checkpoints import CheckpointError, DynamicIDWeights
 from dynamicid.models.imr import landmark_map_to_tensor
 from dynamicid.models.saa import SAASettings, install_processors, remove_processors
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -280,6 +283,19 @@ class DynamicIDPipeline(DiffusionPipeline):
             )
         return prompt_embeds, negative_prompt_embeds
 
+    def _prompt_cut(self, prompts: list[str]) -> str | list[str | None] | None:
+        """What the text encoder could not read of each prompt (None: all of it), logged as a warning and kept
+        in the metadata (the sidecar's `prompt_cut`)."""
+        cut = [dropped_text(self.tokenizer, prompt) for prompt in prompts]
+        for dropped in cut:
+            if dropped:
+                logger.warning(
+                    "the prompt is longer than the text encoder's %d tokens; this end was not used: %r",
+                    self.tokenizer.model_max_length,
+                    dropped,
+                )
+        return cut[0] if len(cut) == 1 else cut
+
     def clip_features(self, rgb: np.ndarray | None) -> torch.Tensor:
         """CLIP penultimate hidden states of a photo; None gives those of an all-zero pixel tensor."""
         return clip_hidden_states(
@@ -496,6 +512,7 @@ class DynamicIDPipeline(DiffusionPipeline):
             {"id_scale": id_scale, "infer_scale": infer_scale, "infer_end": infer_end, "seed": seed},
             max_work,
         )
+        prompt_embeds_given = prompt_embeds
         device = self._execution_device
         if generator is None and seed is not None:
             generator = torch.Generator(device=device).manual_seed(seed)
@@ -539,6 +556,7 @@ class DynamicIDPipeline(DiffusionPipeline):
             persons,
             encoded,
         )
+        metadata["prompt_cut"] = self._prompt_cut(prompts) if prompt_embeds_given is None else None
         if not return_dict:
             return images, gate_maps, encoded
         return DynamicIDPipelineOutput(images=images, gate_maps=gate_maps, persons=encoded, metadata=metadata)

@@ -79,6 +79,16 @@ def encode_text(tokenizer: Any, text_encoder: Any, texts: list[str], device: Any
     return out[0], out[1]
 
 
+def dropped_text(tokenizer: Any, text: str) -> str | None:
+    """The end of `text` the text encoder never reads (past its `model_max_length` tokens, 77 for CLIP), or
+    None when all of it fits. `encode_text` cuts there, as diffusers' pipelines do."""
+    ids = tokenizer(text, truncation=False, verbose=False).input_ids  # with the start and end tokens
+    limit = tokenizer.model_max_length
+    if len(ids) <= limit:
+        return None
+    return tokenizer.decode(ids[limit - 1 : -1]).strip()
+
+
 def clip_hidden_states(image_encoder: Any, image_processor: Any, images: list[Any], device: Any, dtype: Any) -> Any:
     """CLIP penultimate hidden states; None for an image gives those of an all-zero pixel tensor."""
     import torch
