@@ -127,12 +127,16 @@ def test_generate_by_repo_ids_then_offline_from_the_cache(hub, tmp_path, shared_
         ("missing_repo", ["nobody/nothing", "the Hub has no repo"]),
         ("missing_folder", ["tiny/sd15", "no folder 'nowhere'"]),
         ("offline_not_cached", ["tiny/sd15", "not in the Hugging Face cache", "HF_HUB_OFFLINE"]),
+        ("dot_dot", ["tiny/sd15/unet/../../..", "without '.', '..'"]),  # issue 28: it escaped the snapshot
     ],
 )
 def test_hub_errors_are_one_clear_paragraph(hub, tmp_path, shared_faces, case, words):
-    base = {"missing_repo": "nobody/nothing", "missing_folder": "tiny/sd15/nowhere", "offline_not_cached": "tiny/sd15"}[
-        case
-    ]
+    base = {
+        "missing_repo": "nobody/nothing",
+        "missing_folder": "tiny/sd15/nowhere",
+        "offline_not_cached": "tiny/sd15",
+        "dot_dot": "tiny/sd15/unet/../../..",
+    }[case]
     done = dynamicid(
         "generate",
         "--base-model",
@@ -204,3 +208,32 @@ def test_a_face_pack_url_that_is_not_a_url_is_a_message(tmp_path):
     done = dynamicid("download", "--to", str(tmp_path), "--face-pack-url", "not a url", home=tmp_path / "home")
     assert done.returncode == 1, done.stderr
     assert "not an http(s) URL" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_download_fp16_falls_back_to_full_precision_and_a_repo_without_the_files_is_named(hub, tiny_models, tmp_path):
+    """The tiny base repo has no fp16 files (issue 28: --fp16 exited 0 with no weights downloaded), and a weights
+    repo without the authors' files said "has no folder None" under a raw Hub warning."""
+    args = ["download", "--no-progress", "--face-pack-url"]
+    done = dynamicid(
+        *args, f"{hub.url}/files/buffalo_l.zip", "--fp16", "--to", str(tmp_path / "a"), home=tmp_path / "home", hub=hub
+    )
+    assert done.returncode == 0, done.stderr
+    assert "has no fp16 files; using its full-precision files" in done.stderr
+    base = dict(line.split(None, 1) for line in done.stdout.strip().splitlines())["base_model"]
+    assert os.path.isfile(os.path.join(base, "unet", "diffusion_pytorch_model.safetensors"))
+
+    no_weights = {
+        DEFAULT_BASE: tiny_models["sd15"],
+        DEFAULT_CLIP: hub.repos[DEFAULT_CLIP],
+        DEFAULT_WEIGHTS: tiny_models["sd15"],
+    }
+    with HubServer(no_weights, hub.files) as other:
+        done = dynamicid(
+            *args, f"{other.url}/files/buffalo_l.zip", "--to", str(tmp_path / "b"), home=tmp_path / "home2", hub=other
+        )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (
+        "the repo meteorite2023/DynamicID has none of the files weights needs (*SAA.bin, *IMR.bin, *key_point_encoder.bin)"
+        in done.stderr
+    )
+    assert "None" not in done.stderr and "No files matched" not in done.stderr

@@ -25,6 +25,14 @@ class HubError(ModelError):
     """A model reference that is neither a local folder nor a repo the Hub (or its cache) has."""
 
 
+class MissingFiles(HubError):
+    """A repo that lacks files a part needs; `missing` names the patterns nothing matched."""
+
+    def __init__(self, message: str, missing: list[str]):
+        super().__init__(message)
+        self.missing = missing
+
+
 @dataclass(frozen=True)
 class Source:
     """Where one model comes from by default, and which of its files are needed."""
@@ -83,6 +91,10 @@ def split_reference(reference: str) -> tuple[str, str | None]:
             f"{reference!r} is neither a folder on this machine nor a Hugging Face repo id "
             "(org/name, optionally followed by /sub/folder)"
         )
+    if any(part in ("", ".", "..") for part in parts[2:]):
+        raise HubError(
+            f"{reference!r}: a repo id's subfolder is a path inside the repo, without '.', '..' or empty parts"
+        )
     return "/".join(parts[:2]), "/".join(parts[2:]) or None
 
 
@@ -121,9 +133,48 @@ def resolve(
         patterns = (f"{subfolder}/*",)
     snapshot = _snapshot(repo, patterns, what, reference, progress, cache_dir)
     folder = os.path.join(snapshot, subfolder) if subfolder else snapshot
-    if not os.path.isdir(folder):
+    if subfolder and not os.path.isdir(folder):
         raise HubError(f"{what}: the repo {repo} has no folder {subfolder!r}")
+    missing = missing_files(snapshot, patterns or ())
+    if (patterns and len(missing) == len(patterns)) or not os.path.isdir(folder):
+        raise MissingFiles(
+            f"{what}: the repo {repo} has none of the files {what} needs ({', '.join(missing) or 'any file'}); "
+            "check the repo id, or give a local folder",
+            missing,
+        )
     return folder
+
+
+def missing_files(folder: str, patterns: tuple[str, ...]) -> list[str]:
+    """The patterns (paths in the repo, with * wildcards) that match no file under `folder`."""
+    import fnmatch
+
+    found = []
+    for here, _, names in os.walk(folder):
+        found += [os.path.relpath(os.path.join(here, n), folder).replace(os.sep, "/") for n in names]
+    return [p for p in patterns if not any(fnmatch.fnmatch(f, p) for f in found)]
+
+
+def base_model_folder(
+    reference: str, variant: str | None, progress: bool = False, cache_dir: str | None = None
+) -> tuple[str, str | None]:
+    """(folder, variant) of a base model: with `variant` ("fp16"), its half-size files when the folder or
+    repo has them, else the full-size ones with a note (they are cast on load)."""
+    if variant:
+        try:
+            folder = _base_folder(reference, base_model_patterns(variant), progress, cache_dir)
+            if not missing_files(folder, base_model_patterns(variant)):
+                return folder, variant
+        except MissingFiles:
+            pass
+        logger.warning("%s has no %s files; using its full-precision files (cast on load)", reference, variant)
+    return _base_folder(reference, base_model_patterns(None), progress, cache_dir), None
+
+
+def _base_folder(reference: str, patterns: tuple[str, ...], progress: bool, cache_dir: str | None) -> str:
+    if os.path.exists(reference) or looks_like_path(reference):
+        return reference  # a local folder: the loader names what it lacks
+    return resolve(reference, "base model", patterns, progress=progress, cache_dir=cache_dir)
 
 
 def _snapshot(repo: str, patterns, what: str, reference: str, progress: bool, cache_dir: str | None) -> str:
@@ -138,6 +189,9 @@ def _snapshot(repo: str, patterns, what: str, reference: str, progress: bool, ca
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     (enable_progress_bars if progress else disable_progress_bars)()
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its "No files matched" warning: `resolve` names what is missing
     try:
         return snapshot_download(repo, allow_patterns=list(patterns) if patterns else None, cache_dir=cache_dir)
     except GatedRepoError:
@@ -162,6 +216,7 @@ def _snapshot(repo: str, patterns, what: str, reference: str, progress: bool, ca
         raise HubError(f"{what}: downloading {repo} failed: {first_line(err)}") from None
     finally:
         enable_progress_bars()
+        hub_logger.setLevel(level)
 
 
 def default_cache() -> str:
@@ -281,9 +336,11 @@ def download_defaults(
     cache = os.path.join(os.path.abspath(to), "hub") if to else None
     done = Downloaded()
     for part, source in DEFAULTS.items():
-        patterns = base_model_patterns(variant) if part == "base_model" else source.patterns
         logger.info("fetching %s (%s)", part, source.reference)
-        done.parts[part] = resolve(source.reference, part, patterns, progress=progress, cache_dir=cache)
+        if part == "base_model":
+            done.parts[part] = base_model_folder(source.reference, variant, progress, cache)[0]
+        else:
+            done.parts[part] = resolve(source.reference, part, source.patterns, progress=progress, cache_dir=cache)
     pack = os.path.join(os.path.abspath(to), "dynamicid", "buffalo_l") if to else None
     done.parts["face_pack"] = fetch_buffalo_l(buffalo_url, pack, progress=progress)
     return done

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from dynamicid.hub import base_model_patterns, local_or_resolved
+from dynamicid.hub import base_model_folder, local_or_resolved
 from dynamicid.models.checkpoints import CheckpointError
 
 BASE_MODEL_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -41,7 +41,9 @@ def load_base_model(folder: str, variant: str | None = None) -> BaseModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    folder = _resolved(folder, "base model", base_model_patterns(variant))
+    if not folder:
+        raise CheckpointError("no base model given: set it to a folder or a Hugging Face repo id")
+    folder, variant = base_model_folder(folder, variant)
     check_folder(folder, BASE_MODEL_PARTS, "base model")
     from diffusers import DDIMScheduler
 
