@@ -233,7 +233,7 @@ def test_download_fp16_falls_back_to_full_precision_and_a_repo_without_the_files
         )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert (
-        "the repo meteorite2023/DynamicID has none of the files weights needs (*SAA.bin, *IMR.bin, *key_point_encoder.bin)"
-        in done.stderr
+        "the repo meteorite2023/DynamicID has none of the files weights needs "
+        "(*SAA.bin, *IMR.bin, *key_point_encoder.bin)" in done.stderr
     )
     assert "None" not in done.stderr and "No files matched" not in done.stderr
