@@ -289,3 +289,61 @@ def test_the_listing_streams_to_parquet_a_batch_at_a_time(tmp_path):
         "problem": None,
     }
     assert write_listing(iter(()), str(tmp_path / "empty.parquet")) == 0
+
+
+def test_a_folder_that_cannot_be_listed_gets_a_manifest_row(face_png, tmp_path, monkeypatch):
+    """chmod 000 on an identity's folder (issue 28: a warning only, the person silently missing). Root reads
+    any folder, so there the listing error is made as os.walk would report it."""
+    from conftest import prep_in_process
+
+    from dynamicid.prep import discover
+
+    source = tmp_path / "in"
+    for person in ("ann", "bob"):
+        (source / person).mkdir(parents=True)
+        (source / person / "a.png").write_bytes(face_png)
+    locked = source / "bob"
+    if os.getuid() == 0:
+        real_walk = os.walk
+
+        def walk(top, **options):
+            for folder, dirs, files in real_walk(top, **options):
+                if folder == str(locked):
+                    options["onerror"](PermissionError(13, "Permission denied", folder))
+                    continue
+                yield folder, dirs, files
+
+        monkeypatch.setattr(discover.os, "walk", walk)
+    else:
+        locked.chmod(0)
+    try:
+        rows = prep_in_process(PrepConfig(input=str(source), output=str(tmp_path / "out"), progress=False))
+    finally:
+        locked.chmod(0o755)
+    bob = rows[rows.identity == "bob"]
+    assert len(bob) == 1 and bob.status.iloc[0] == "error" and bob.reason.iloc[0] == "read_error"
+    assert "cannot be listed" in bob.message.iloc[0] and "Permission denied" in bob.message.iloc[0]
+    assert (rows[rows.identity == "ann"].status == "ok").all()
+
+
+def _small_filesystem(folder, size: str = "2m") -> bool:
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    return done.returncode == 0
+
+
+def test_a_full_disk_is_said_once_and_a_rerun_with_space_resumes(spark, sample, tmp_path):
+    """issue 28: it ended with "This is a bug" under 700 lines of Java stack traces."""
+    small = tmp_path / "small"
+    if not _small_filesystem(small):
+        pytest.skip("needs a small tmpfs to fill (mount, as root)")
+    try:
+        filler = small / "filler"
+        filler.write_bytes(b"\0" * (2 * 1024 * 1024 - 160 * 1024))  # leaves about 160 KB: a face or two
+        with pytest.raises(PrepError, match=r"no space left on the device that holds .*small/out: free some space"):
+            prep(spark, sample[0] / "astronaut", small / "out")
+        filler.unlink()
+        result = prep(spark, sample[0] / "astronaut", small / "out")
+        assert result.summary["kept_faces"] > 0 and check_outputs(str(small / "out")).ok
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)

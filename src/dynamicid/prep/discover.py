@@ -75,11 +75,10 @@ def iter_local(root: str, layout: str, exclude: str | None = None) -> Iterator[I
         raise FileNotFoundError(f"input not found: {root}")
     skip = os.path.realpath(exclude) if exclude else None
     seen: set[tuple[int, int]] = set()
+    unreadable: list[OSError] = []  # folders os.walk could not list, each given a row below
 
-    def unreadable(err: OSError) -> None:
-        logger.warning("cannot list %s: %s", err.filename, err.strerror)
-
-    for folder, dirs, files in os.walk(root, followlinks=True, onerror=unreadable):
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=unreadable.append):
+        yield from _unreadable_folders(unreadable, root, layout)
         here = os.stat(folder)
         if (here.st_dev, here.st_ino) in seen or (skip and os.path.realpath(folder) == skip):
             dirs[:] = []
@@ -102,6 +101,21 @@ def iter_local(root: str, layout: str, exclude: str | None = None) -> Iterator[I
                     text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for text in (full, relative)
                 )
             yield InputFile(full, relative, identity_of(relative, layout), size, problem)
+    yield from _unreadable_folders(unreadable, root, layout)
+
+
+def _unreadable_folders(errors: list[OSError], root: str, layout: str) -> Iterator[InputFile]:
+    """A row for each folder that could not be listed (no permission), so the manifest says what was missed.
+    The input folder itself unreadable is an error of the whole run."""
+    while errors:
+        err = errors.pop(0)
+        folder = str(err.filename or root)
+        if os.path.abspath(folder) == root:
+            raise PermissionError(err.errno, f"the input folder cannot be listed: {err.strerror}", folder)
+        relative = os.path.relpath(folder, root).replace(os.sep, "/") + "/"
+        logger.warning("cannot list %s: %s; it gets a read_error row", folder, err.strerror)
+        problem = f"a folder that cannot be listed ({err.strerror}): its photos were not read; fix its permissions"
+        yield InputFile(folder, relative, identity_of(relative, layout), -1, problem)
 
 
 def list_local(root: str, layout: str, exclude: str | None = None) -> list[InputFile]:

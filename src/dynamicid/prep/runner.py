@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import time
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from dynamicid.errors import DynamicIDError
 from dynamicid.faces.record import write_dataset_record
 from dynamicid.prep import outputs, report
 from dynamicid.prep.config import PrepConfig
@@ -118,6 +121,23 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
     return PrepResult(manifest_path, sheet, summary)
 
 
+@contextlib.contextmanager
+def _disk_full_reported(output: str):
+    """A full disk fails a Spark task deep in Java (or in a Python worker); the driver sees it wrapped in
+    Spark's exceptions. It is the user's to fix, said once."""
+    try:
+        yield
+    except DynamicIDError:
+        raise
+    except Exception as err:
+        if "No space left on device" not in str(err) and getattr(err, "errno", None) != errno.ENOSPC:
+            raise
+        raise PrepError(
+            f"no space left on the device that holds {output}: free some space there (or choose another OUTPUT), "
+            "then rerun the same command. The outputs written so far are whole, and the rerun resumes from them."
+        ) from None
+
+
 def _process_and_merge(spark, files, config: PrepConfig, output: str) -> tuple[float, str]:
     """Streams the listing to OUTPUT/_state/runs/<id>/listing.parquet, runs the job on it, merges the rows."""
     from dynamicid.prep.spark_job import run_stage_on_spark, write_listing
@@ -130,9 +150,10 @@ def _process_and_merge(spark, files, config: PrepConfig, output: str) -> tuple[f
         if count == 0:
             raise PrepError(f"no files found under {config.input}")
         rows_dir = os.path.join(run_dir, "rows")
-        job_seconds = run_stage_on_spark(spark, listing, count, config, "file://" + rows_dir)
         manifest_path = os.path.join(output, "manifest.parquet")
-        merge_rows(spark, rows_dir, manifest_path)
+        with _disk_full_reported(output):
+            job_seconds = run_stage_on_spark(spark, listing, count, config, "file://" + rows_dir)
+            merge_rows(spark, rows_dir, manifest_path)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     return job_seconds, manifest_path
