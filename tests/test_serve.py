@@ -382,10 +382,10 @@ def test_an_auth_nobody_can_log_in_with_is_refused(auth):
 
 
 def test_a_request_over_the_servers_work_limit_is_refused_before_it_runs(tiny_pipe, shared_faces):
-    from dynamicid.generation.request import GenerationError, Settings
+    from dynamicid.generation.request import GenerationError, RequestLimits, Settings
     from dynamicid.serving.engine import Engine, GenerationRequest, PersonRequest
 
-    engine = Engine(tiny_pipe, max_work=64 * 64 * 3)
+    engine = Engine(tiny_pipe, limits=RequestLimits(max_work=64 * 64 * 3))
     person = PersonRequest(str(shared_faces / "identities/obama/1.jpg"))
     with pytest.raises(GenerationError, match="64x64 at 4 steps .* over the limit .*--max-work"):
         engine.generate(GenerationRequest("p", [person], Settings(steps=4, height=64, width=64)))

@@ -536,9 +536,10 @@ def _finite_everywhere(output) -> bool:
 
 
 def test_a_learning_rate_that_breaks_the_weights_stops_the_run_and_saves_nothing_of_it(
-    dataset, tiny_models, tmp_path, caplog
+    dataset, tiny_models, tmp_path, caplog, monkeypatch
 ):
     from dynamicid.errors import TrainingError
+    from dynamicid.training import stages
 
     caplog.set_level(logging.INFO)
     out = tmp_path / "run"
@@ -552,9 +553,17 @@ def test_a_learning_rate_that_breaks_the_weights_stops_the_run_and_saves_nothing
     assert _finite_everywhere(out)
     for made_at_100 in saved[1:]:
         shutil.rmtree(out / "checkpoints" / made_at_100)
+    real_loss = stages._anchor_loss
+
+    def loss_turning_nan(*args):
+        loss_of = real_loss(*args)
+        return lambda micro: (loss_of(micro)[0] * (float("nan") if micro == 1 else 1.0), {})
+
+    monkeypatch.setattr(stages, "_anchor_loss", loss_turning_nan)
     with pytest.raises(TrainingError, match="the loss became nan at step 2, .*from the start"):
-        train_anchor(anchor_config(dataset, tiny_models, tmp_path / "huge", steps=2, learning_rate=1e6))
-    assert not (tmp_path / "huge" / "weights").exists() and not (tmp_path / "huge" / "checkpoints").exists()
+        train_anchor(anchor_config(dataset, tiny_models, tmp_path / "nan", steps=2, checkpoint_every=0))
+    assert not (tmp_path / "nan" / "weights").exists() and not (tmp_path / "nan" / "checkpoints").exists()
+    monkeypatch.setattr(stages, "_anchor_loss", real_loss)
 
     resumed = train_anchor(anchor_config(dataset, tiny_models, out, steps=4, learning_rate=5e-4))
     assert "resumed from" in caplog.text and "learning_rate changed from 0.001 to 0.0005" in caplog.text

@@ -25,8 +25,8 @@ def run_generate(args: Any) -> int:
         settings.steps,
         settings.guidance,
         config.images,
-        config.max_output_pixels,
-        config.max_work,
+        config.limits.max_output_pixels,
+        config.limits.max_work,
     )
     check_output_folder(config.output)
     device, dtype = device_and_dtype(config.device, config.dtype)
@@ -54,8 +54,8 @@ def run_generate(args: Any) -> int:
         infer_end=config.infer_end,
         gate=config.gate,
         return_gate_maps=config.save_gate_maps,
-        max_output_pixels=config.max_output_pixels,
-        max_work=config.max_work,
+        max_output_pixels=config.limits.max_output_pixels,
+        max_work=config.limits.max_work,
     )
     saved = save_generation(
         result,

@@ -11,9 +11,8 @@ from dynamicid.generation.request import (
     DEFAULT_GUIDANCE,
     DEFAULT_ID_SCALE,
     DEFAULT_STEPS,
-    MAX_OUTPUT_PIXELS,
-    MAX_WORK,
     Person,
+    RequestLimits,
     Settings,
     check_settings,
     default_size,
@@ -82,17 +81,7 @@ class GenerateConfig:
     height: int | None = option(None, "image height (default 512 for one person, 768 for two, 1024 for more)")
     width: int | None = option(None, "image width (default as height)")
     images: int = option(1, "images per prompt")
-    max_output_pixels: int = option(
-        MAX_OUTPUT_PIXELS,
-        "refuse a call whose height x width x images is larger "
-        "(memory grows with it; raise it on a device with the memory)",
-        limits=(64, 2**40),
-    )
-    max_work: int = option(
-        MAX_WORK,
-        "refuse a call whose height x width x images x steps is larger (its time grows with it)",
-        limits=(64, 2**50),
-    )
+    limits: RequestLimits = option(factory=RequestLimits)
     seed: int = option(0, "random seed")
     id_scale: float = option(DEFAULT_ID_SCALE, "strength of the identity injection")
     infer_scale: float | None = option(

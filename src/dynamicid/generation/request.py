@@ -11,6 +11,7 @@ import numpy as np
 
 from dynamicid.errors import InputError
 from dynamicid.generation.layout import LayoutError, automatic_boxes, check_boxes
+from dynamicid.options import check_limits, option
 
 
 class GenerationError(InputError):
@@ -25,6 +26,27 @@ DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_ID_SCALE = 50, 5.0, 1.0
 # Height x width x images x steps of one call: its time grows with it, so a server can bound what one
 # request may cost before it runs (max_work / --max-work). The default allows MAX_OUTPUT_PIXELS at 50 steps.
 MAX_WORK = MAX_OUTPUT_PIXELS * DEFAULT_STEPS
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one call may cost, refused before any model runs; `generate` and `serve` take both as options."""
+
+    max_output_pixels: int = option(
+        MAX_OUTPUT_PIXELS,
+        "refuse a call whose height x width x images is larger (memory grows with it; raise it on a device with "
+        "the memory)",
+        limits=(64, 2**40),
+    )
+    max_work: int = option(
+        MAX_WORK,
+        "refuse a call whose height x width x images x steps is larger (its time grows with it; lower it on a "
+        "shared server so that no one request holds the queue for long)",
+        limits=(64, 2**50),
+    )
+
+    def __post_init__(self) -> None:
+        check_limits(self)
 
 
 @dataclass(frozen=True)

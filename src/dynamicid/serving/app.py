@@ -540,8 +540,7 @@ def serve(config, cache, block: bool = True):
         pipe,
         ImageRules(max_pixels=config.max_image_pixels, max_bytes=config.max_upload_mb * 2**20),
         output_root=cache.results,
-        max_output_pixels=config.max_output_pixels,
-        max_work=config.max_work,
+        limits=config.limits,
     )
     examples = example_photos(os.path.join(cache.folder, "examples"))
     app = build_app(engine, examples, config.tiny, config.concurrency, keep_seconds=config.keep_files_hours * 3600)

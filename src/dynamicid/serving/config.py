@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from dynamicid.errors import ConfigError
 from dynamicid.generation.config import DTYPES
-from dynamicid.generation.request import MAX_OUTPUT_PIXELS, MAX_WORK
+from dynamicid.generation.request import RequestLimits
 from dynamicid.options import check_limits, option
 
 
@@ -24,15 +24,7 @@ class ServeConfig:
     auth: str | None = option(None, "require a login: user:password, or a bare token any user name may use as password")
     max_upload_mb: int = option(20, "largest photo upload, in MB", limits=(1, 10_000))
     max_image_pixels: int = option(40_000_000, "largest photo, in pixels (width x height)", limits=(4096, 2**32))
-    max_output_pixels: int = option(
-        MAX_OUTPUT_PIXELS, "refuse a request whose height x width x images is larger (as generate)", limits=(64, 2**40)
-    )
-    max_work: int = option(
-        MAX_WORK,
-        "refuse a request whose height x width x images x steps is larger, before it runs (as generate; lower it "
-        "on a shared server so no one request holds the queue for long)",
-        limits=(64, 2**50),
-    )
+    limits: RequestLimits = option(factory=RequestLimits)  # as generate's
     keep_files_hours: float = option(
         24.0,
         "uploads and generated images are deleted after this many hours (all of them when the server stops; they "

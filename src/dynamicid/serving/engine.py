@@ -20,10 +20,9 @@ from PIL import Image
 from dynamicid.faces.analyzer import FaceRules
 from dynamicid.generation.outputs import gate_map_image, save_generation
 from dynamicid.generation.request import (
-    MAX_OUTPUT_PIXELS,
-    MAX_WORK,
     GenerationError,
     Person,
+    RequestLimits,
     Settings,
     check_request,
     default_size,
@@ -94,13 +93,12 @@ class Engine:
         cache_size: int = 32,
         output_root: str | None = None,
         face_rules: FaceRules | None = None,
-        max_output_pixels: int = MAX_OUTPUT_PIXELS,
-        max_work: int = MAX_WORK,
+        limits: RequestLimits | None = None,
     ):
         self.pipe = pipe
         self.rules = rules or ImageRules(max_pixels=40_000_000, max_bytes=20 * 1024 * 1024)
         self.face_rules = face_rules or FaceRules()
-        self.max_output_pixels, self.max_work = max_output_pixels, max_work
+        self.limits = limits or RequestLimits()
         self.cache: OrderedDict[str, object] = OrderedDict()
         self.cache_size = cache_size
         self.output_root = output_root or tempfile.mkdtemp(prefix="dynamicid-serve-")
@@ -176,7 +174,13 @@ class Engine:
         ]
         settings, (height, width) = request.settings, request.size()
         check_request(
-            persons, height, width, settings.steps, settings.guidance, 1, self.max_output_pixels, self.max_work
+            persons,
+            height,
+            width,
+            settings.steps,
+            settings.guidance,
+            max_output_pixels=self.limits.max_output_pixels,
+            max_work=self.limits.max_work,
         )
         with self.lock:
             started = time.perf_counter()
@@ -206,8 +210,8 @@ class Engine:
                 infer_end=settings.infer_end,
                 return_gate_maps=settings.gate_maps,
                 callback_on_step_end=step_end,
-                max_output_pixels=self.max_output_pixels,
-                max_work=self.max_work,
+                max_output_pixels=self.limits.max_output_pixels,
+                max_work=self.limits.max_work,
             )
             done = self._write(result, persons, request, time.perf_counter() - started)
             done.steps_done, done.interrupted = steps_done[0], steps_done[0] < request.steps
