@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP) browser lint
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 # The quick tier for local iterations: everything but the tests marked slow (extra Spark applications,
 # subprocesses, the browser). `make test`, which CI runs, runs both tiers.

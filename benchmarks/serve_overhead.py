@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,9 +22,9 @@ from benchmarks_common import write_json  # same folder
 
 
 def _port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    from dynamicid.testing.serve import free_port
+
+    return free_port()
 
 
 def per_request(photo: str, repeats: int) -> dict:
@@ -68,20 +66,13 @@ def per_request(photo: str, repeats: int) -> dict:
 def first_image(photo: str) -> dict:
     from gradio_client import Client, handle_file
 
-    port = _port()
+    from dynamicid.testing.serve import start_tiny_server
+
     started = time.perf_counter()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "dynamicid.cli", "serve", "--tiny", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    server, url = start_tiny_server()
     try:
-        for line in server.stdout:
-            if line.startswith("serving on"):
-                break
         ready = time.perf_counter() - started
-        Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+        Client(url, verbose=False).predict(
             "a portrait",
             [handle_file(photo)],
             "[]",

@@ -4,7 +4,6 @@
 import json
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -22,9 +21,9 @@ def _chromium() -> str | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    from dynamicid.testing.serve import free_port
+
+    return free_port()
 
 
 def _launch(tiny_pipe, **config):
@@ -397,21 +396,14 @@ def test_a_request_over_the_servers_work_limit_is_refused_before_it_runs(tiny_pi
 def test_the_server_keeps_its_files_in_a_private_folder_removed_when_it_stops(shared_faces, tmp_path):
     import signal
     import stat
-    import subprocess
-    import sys
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "dynamicid.cli", "serve", "--tiny", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    from dynamicid.testing.serve import start_tiny_server
+
+    server, url = start_tiny_server()
     try:
-        lines = [server.stdout.readline() for _ in range(2)]
-        folder = lines[1].split("results: ", 1)[1].split(" (", 1)[0]
-        assert lines[0].startswith("serving on") and stat.S_IMODE(os.stat(folder).st_mode) == 0o700
-        server_paths = _server_side_paths(f"http://127.0.0.1:{port}/", shared_faces / "identities/obama/1.jpg")
+        folder = server.stdout.readline().split("results: ", 1)[1].split(" (", 1)[0]
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+        server_paths = _server_side_paths(url, shared_faces / "identities/obama/1.jpg")
         assert len(server_paths) >= 3  # the upload, the image, the sidecar
         assert all(os.path.realpath(path).startswith(os.path.realpath(folder) + os.sep) for path in server_paths)
         assert all(os.path.isfile(path) for path in server_paths)

@@ -18,16 +18,7 @@ def run_generate(args: Any) -> int:
     settings = config.settings()
     height, width = config.size()
     # The whole request is checked before the model load, which takes many seconds.
-    check_request(
-        persons,
-        height,
-        width,
-        settings.steps,
-        settings.guidance,
-        config.images,
-        config.limits.max_output_pixels,
-        config.limits.max_work,
-    )
+    check_request(persons, height, width, settings.steps, settings.guidance, config.images, config.limits)
     check_output_folder(config.output)
     device, dtype = device_and_dtype(config.device, config.dtype)
     pipe = DynamicIDPipeline.from_pretrained(

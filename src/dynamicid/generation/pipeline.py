@@ -36,6 +36,7 @@ from dynamicid.generation.request import (
     MAX_WORK,
     GenerationError,
     Person,
+    RequestLimits,
     check_number,
     check_request,
     default_size,
@@ -394,8 +395,10 @@ class DynamicIDPipeline(DiffusionPipeline):
             steps,
             guidance,
             images,
-            MAX_OUTPUT_PIXELS if max_output_pixels is None else max_output_pixels,
-            MAX_WORK if max_work is None else max_work,
+            RequestLimits(
+                MAX_OUTPUT_PIXELS if max_output_pixels is None else max_output_pixels,
+                MAX_WORK if max_work is None else max_work,
+            ),
         )
         return ([prompt] if isinstance(prompt, str) else list(prompt or [])), persons, boxes
 

@@ -208,11 +208,12 @@ def check_request(
     steps: int,
     guidance: float,
     images: int = 1,
-    max_output_pixels: int = MAX_OUTPUT_PIXELS,
-    max_work: int = MAX_WORK,
+    limits: RequestLimits | None = None,
 ) -> Any:
     """Everything about a request that can be known without a model, so a bad request fails before the
     long model load. Returns the persons' boxes: theirs, checked, or automatic ones for several persons."""
+    limits = limits or RequestLimits()
+    max_output_pixels = limits.max_output_pixels
     if not isinstance(images, int) or images < 1:
         raise GenerationError(f"num_images_per_prompt (images) must be at least 1, not {images}")
     if not persons:
@@ -232,7 +233,7 @@ def check_request(
     check_number("guidance", guidance, "guidance_scale (guidance)")
     if not isinstance(steps, int):
         raise GenerationError(f"num_inference_steps (steps) must be a whole number, not {steps!r}")
-    _check_work(height * width * images * steps, images, width, height, steps, max_work)
+    _check_work(height * width * images * steps, images, width, height, steps, limits.max_work)
     try:
         boxes = check_boxes([p.box for p in persons if p.box is not None], len(persons))
     except LayoutError as err:

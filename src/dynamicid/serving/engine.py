@@ -173,15 +173,7 @@ class Engine:
             for i, p in enumerate(request.persons)
         ]
         settings, (height, width) = request.settings, request.size()
-        check_request(
-            persons,
-            height,
-            width,
-            settings.steps,
-            settings.guidance,
-            max_output_pixels=self.limits.max_output_pixels,
-            max_work=self.limits.max_work,
-        )
+        check_request(persons, height, width, settings.steps, settings.guidance, limits=self.limits)
         with self.lock:
             started = time.perf_counter()
             embeds = [self.encode(person, index) for index, person in enumerate(request.persons)]
