@@ -24,7 +24,7 @@ from dynamicid.errors import (
 )
 from dynamicid.options import Command, add_command, parse_command_line
 
-PACKAGES = ("prep", "evaluation", "models", "generation", "serving", "testing", "training")
+PACKAGES = ("collect", "prep", "evaluation", "models", "generation", "serving", "testing", "training")
 
 
 def commands() -> list[Command]:

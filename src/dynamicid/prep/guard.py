@@ -43,9 +43,10 @@ def check_paths(input_path: str, output: str) -> str | None:
     return target if _inside(target, source) else None
 
 
-def check_writable(output: str) -> None:
-    """Creates OUTPUT and writes a probe file there, so an unwritable folder fails now, not after every image."""
-    probe = os.path.join(output, outputs.STATE_DIR, f"write-probe-{os.getpid()}")
+def check_writable(output: str, state: str = outputs.STATE_DIR) -> None:
+    """Creates OUTPUT and writes a probe file in its `state` folder, so an unwritable folder fails now, not
+    after every image."""
+    probe = os.path.join(output, state, f"write-probe-{os.getpid()}")
     try:
         os.makedirs(os.path.dirname(probe), exist_ok=True)
         with open(probe, "wb") as handle:
@@ -62,8 +63,9 @@ class OutputLock:
     """An exclusive lock on OUTPUT/_state/lock for the length of a run. The operating system drops it when
     the process ends, even by kill -9, so a crash never leaves OUTPUT locked. The file names the holder."""
 
-    def __init__(self, output: str):
-        self.path = os.path.join(output, outputs.STATE_DIR, outputs.LOCK_FILE)
+    def __init__(self, output: str, state: str = outputs.STATE_DIR, command: str = "prep"):
+        self.path = os.path.join(output, state, outputs.LOCK_FILE)
+        self.command = command
         self.handle = None
 
     def __enter__(self) -> OutputLock:
@@ -81,7 +83,7 @@ class OutputLock:
             holder = handle.read().strip() or "another process"
             handle.close()
             raise PrepError(
-                f"another prep run is writing to {os.path.dirname(os.path.dirname(self.path))} "
+                f"another {self.command} run is writing to {os.path.dirname(os.path.dirname(self.path))} "
                 f"({holder}); wait for it to finish, or give another output folder."
             ) from None
         handle.seek(0)

@@ -71,19 +71,24 @@ def merge_rows(spark, rows_dir: str, manifest_path: str) -> None:
 
     Spark reads, sorts (spilling to disk as it needs) and writes one file, so the driver's Python process
     never holds the manifest: its memory does not grow with the corpus."""
-    staging = f"{manifest_path}.tmp-{uuid.uuid4().hex[:8]}"
     table = spark.read.schema(SPARK_DDL).parquet("file://" + rows_dir)
+    write_one_parquet(table.orderBy("relative_path", "face_index"), manifest_path)
+
+
+def write_one_parquet(frame, path: str) -> None:
+    """`frame` (sorted as it should be read) as one Parquet file at `path`, replaced atomically; Spark writes
+    it, so the driver's Python process never holds the rows."""
+    staging = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     (
-        table.orderBy("relative_path", "face_index")
-        .coalesce(1)
+        frame.coalesce(1)
         .write.option("compression", "zstd")
         .option("parquet.block.size", MANIFEST_ROW_GROUP_BYTES)
         .parquet("file://" + staging)
     )
     parts = [name for name in os.listdir(staging) if name.endswith(".parquet")]
     if len(parts) != 1:
-        raise PrepError(f"merging the manifest gave {len(parts)} files in {staging}, expected one")
-    os.replace(os.path.join(staging, parts[0]), manifest_path)
+        raise PrepError(f"writing {path} gave {len(parts)} files in {staging}, expected one")
+    os.replace(os.path.join(staging, parts[0]), path)
     shutil.rmtree(staging, ignore_errors=True)
 
 

@@ -1,0 +1,131 @@
+"""`dynamicid collect` on Spark: the URL list is read by Spark (the driver never holds it), duplicate URLs
+are marked, URLs a previous run settled are carried over, the rest are downloaded in Spark tasks with many
+downloads at once per task, and the rows become OUTPUT/_collect/manifest.parquet."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pandas as pd
+
+from dynamicid.collect.config import CollectConfig
+from dynamicid.collect.fetch import RETRIED_ON_RERUN, Fetched, HostLimits, fetch
+from dynamicid.errors import InputError
+from dynamicid.prep import outputs
+
+STATE = "_collect"
+COLUMNS = [
+    "row",
+    "url",
+    "identity",
+    "caption",
+    "status",
+    "http_status",
+    "bytes",
+    "sha256",
+    "content_type",
+    "path",
+    "elapsed_ms",
+    "message",
+    "settled_at",
+]
+COLLECT_DDL = (
+    "row bigint, url string, identity string, caption string, status string, http_status int, bytes bigint, "
+    "sha256 string, content_type string, path string, elapsed_ms double, message string, settled_at double"
+)
+READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
+
+
+class CollectError(InputError):
+    """A problem with the URL list or OUTPUT, found before any download."""
+
+
+def photo_name(url: str) -> str:
+    """A readable, unique name without extension: the URL's last path part, escaped, and 12 hex digits of
+    the URL's hash (two URLs never share a name; the bytes decide the extension)."""
+    stem = unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]).rsplit(".", 1)[0][:60] or "photo"
+    return f"{outputs.path_component(stem)}-{hashlib.sha1(url.encode('utf-8', 'replace')).hexdigest()[:12]}"
+
+
+def read_list(spark, config: CollectConfig):
+    """The URL list as a DataFrame of (row, url, identity, caption), read by Spark; `row` is the listing order."""
+    from pyspark.sql import functions as F
+
+    path = os.path.abspath(config.urls)
+    kind = READERS.get(os.path.splitext(path)[1].lower(), "text")
+    reader = spark.read
+    if kind in ("csv", "tsv"):
+        frame = reader.options(header=True, sep="\t" if kind == "tsv" else ",").csv("file://" + path)
+    elif kind == "text":
+        frame = reader.text("file://" + path).withColumnRenamed("value", config.url_column)
+    else:
+        frame = getattr(reader, kind)("file://" + path)
+    if config.url_column not in frame.columns:
+        raise CollectError(
+            f"{config.urls} has no column {config.url_column!r} (its columns: {', '.join(frame.columns) or 'none'}); "
+            "name the URL column with --url-column"
+        )
+
+    def optional(name: str):
+        return F.col(name).cast("string") if name in frame.columns else F.lit(None).cast("string")
+
+    frame = frame.select(
+        F.trim(F.col(config.url_column).cast("string")).alias("url"),
+        optional(config.identity_column).alias("identity"),
+        optional(config.caption_column).alias("caption"),
+    ).where(F.col("url").isNotNull() & (F.col("url") != ""))
+    return frame.withColumn("row", F.monotonically_increasing_id())
+
+
+def _download_one(item: Any, config: CollectConfig, output: str, hosts: HostLimits) -> dict:
+    began = time.perf_counter()
+    folder = os.path.join(output, outputs.identity_folder(item.identity))
+    try:
+        fetched = fetch(item.url, os.path.join(folder, photo_name(item.url)), config, hosts)
+    except Exception as err:  # never one URL's end of the job: a row that says what happened
+        fetched = Fetched("error", message=f"{type(err).__name__}: {err}"[:300])
+    return {
+        "row": item.row,
+        "url": item.url,
+        "identity": item.identity,
+        "caption": item.caption,
+        "status": fetched.status,
+        "http_status": fetched.http_status,
+        "bytes": fetched.bytes,
+        "sha256": fetched.sha256,
+        "content_type": fetched.content_type,
+        "path": os.path.relpath(fetched.path, output) if fetched.path else None,
+        "elapsed_ms": (time.perf_counter() - began) * 1000,
+        "message": fetched.message,
+        "settled_at": time.time(),
+    }
+
+
+def download_partition(config: CollectConfig, output: str):
+    """For mapInPandas: each task downloads its URLs `config.threads` at a time."""
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        hosts = HostLimits(config.per_host)
+        with ThreadPoolExecutor(config.threads) as pool:
+            for batch in batches:
+                items = list(batch.itertuples(index=False))
+                rows = list(pool.map(lambda item: _download_one(item, config, output, hosts), items))
+                yield pd.DataFrame(rows, columns=COLUMNS).astype({"http_status": "Int32"})
+
+    return run
+
+
+def settled(previous):
+    """A previous run's rows that a rerun keeps: all but the transient failures (retried)."""
+    from pyspark.sql import functions as F
+
+    transient = F.col("status").isin(*RETRIED_ON_RERUN) | (
+        (F.col("status") == "http_error") & ((F.col("http_status") == 429) | (F.col("http_status") >= 500))
+    )
+    return previous.where(~transient & (F.col("status") != "duplicate_url"))
