@@ -17,6 +17,8 @@ photos, and every way a download goes wrong. Paths:
   /to-file           redirect to file:///etc/passwd
   /moved             redirect to /photo/moved.jpg
   /noai              a JPEG with X-Robots-Tag: noai
+  /file/KEY          the file `files[KEY]` (real photos)
+  /delay/MS/NAME     after MS milliseconds, a JPEG whose bytes differ by NAME (the benchmark's network wait)
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ import numpy as np
 from PIL import Image
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512  # the default 5 drops connections under many clients (they retry after 1 s)
+
+
 def _image_bytes(kind: str, seed: int) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     buffer = io.BytesIO()
@@ -39,11 +45,12 @@ def _image_bytes(kind: str, seed: int) -> bytes:
 
 
 class PhotoServer:
-    def __init__(self) -> None:
+    def __init__(self, files: dict[str, str] | None = None) -> None:
+        self.files = files or {}
         self.requests: Counter[str] = Counter()
         self.jpeg_a = _image_bytes("JPEG", 0)
         self.png = _image_bytes("PNG", 1)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = _Server(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -113,6 +120,12 @@ class PhotoServer:
             return _redirect(handler, "file:///etc/passwd")
         if head == "moved":
             return _redirect(handler, "/photo/moved.jpg")
+        if head == "file" and name in self.files:
+            with open(self.files[name], "rb") as handle:
+                return _send(handler, 200, handle.read(), "image/jpeg")
+        if head == "delay":
+            time.sleep(int(parts[1]) / 1000)
+            return _send(handler, 200, self.jpeg_a + name.encode(), "image/jpeg")  # bytes after the end: unique
         if head == "noai":
             return _send(handler, 200, self.jpeg_a, "image/jpeg", {"X-Robots-Tag": "noai"})
         return _send(handler, 404, b"not here", "text/plain")

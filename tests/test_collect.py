@@ -115,3 +115,23 @@ def test_lists_in_every_format_and_bad_lists_are_refused(spark, server, tmp_path
         == 3
     )
     assert sorted(p.suffix for p in out.iterdir() if p.is_file()) == [".jpg", ".jpg", ".jpg"]
+
+
+def test_the_command_collects_real_faces_that_prep_then_reads_by_identity(shared_faces, tmp_path, capsys):
+    from dynamicid import cli
+
+    photos = {
+        f"{person}-{path.name}": str(path)
+        for person in ("obama", "biden")
+        for path in sorted((shared_faces / "identities" / person).iterdir())[:2]
+    }
+    with PhotoServer(photos) as faces:
+        rows = [(f"{faces.url}/file/{key}", key.split("-")[0]) for key in photos]
+        pd.DataFrame(rows, columns=["url", "identity"]).to_csv(tmp_path / "faces.csv", index=False)
+        code = cli.main(["collect", str(tmp_path / "faces.csv"), str(tmp_path / "photos"), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "collected 4 photos" in printed and "next: dynamicid prep" in printed
+    assert cli.main(["prep", str(tmp_path / "photos"), str(tmp_path / "dataset"), "--no-progress"]) == 0
+    manifest = pd.read_parquet(tmp_path / "dataset" / "manifest.parquet")
+    assert len(manifest) == 4  # _collect/ is not read as photos
+    assert sorted(manifest[manifest.status == "ok"].identity.unique()) == ["biden", "obama"]

@@ -26,6 +26,7 @@ RUN = {
 NOT_RUN = {
     "make demo   #": "the two commands themselves: CI runs `make test`, and the demo's job is tested",
     "OUTPUT/": "a picture of the output layout, not commands",
+    "url,identity,caption": "a URL list's text, not commands (test_collect collects lists like it)",
     "src/dynamicid/": "a picture of the source layout, not commands",
     "dynamicid prep hdfs://": "a Spark cluster and HDFS",
     "dynamicid generate --base-model sd15/": "real SD1.5, CLIP and DynamicID weights",

@@ -111,12 +111,14 @@ def download_partition(config: CollectConfig, output: str):
     """For mapInPandas: each task downloads its URLs `config.threads` at a time."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        # The task's URLs (at most urls_per_partition short rows) go to the pool at once: Arrow hands them
+        # over in small batches, and waiting for each batch's slowest download would idle the other threads.
+        items = [item for batch in batches for item in batch.itertuples(index=False)]
         hosts = HostLimits(config.per_host)
         with ThreadPoolExecutor(config.threads) as pool:
-            for batch in batches:
-                items = list(batch.itertuples(index=False))
-                rows = list(pool.map(lambda item: _download_one(item, config, output, hosts), items))
-                yield pd.DataFrame(rows, columns=COLUMNS).astype({"http_status": "Int32"})
+            rows = list(pool.map(lambda item: _download_one(item, config, output, hosts), items))
+        for start in range(0, len(rows), 1024):
+            yield pd.DataFrame(rows[start : start + 1024], columns=COLUMNS).astype({"http_status": "Int32"})
 
     return run
 

@@ -149,11 +149,19 @@ def _write_manifest(spark, every, manifest_path: str, output: str) -> None:
     rest = every.where(~ok | F.col("status").isNull()).withColumn("drop_path", F.lit(None).cast("string"))
     final = photos.unionByName(rest.select(*photos.columns))
     write_one_parquet(final.select(*COLLECT_DDL_COLUMNS).orderBy("row"), manifest_path)
-    for item in photos.where(F.col("drop_path").isNotNull()).select("drop_path").toLocalIterator():
-        path = os.path.join(output, item.drop_path)
-        if os.path.isfile(path):
-            os.remove(path)
+    drops = photos.where(F.col("drop_path").isNotNull()).select("drop_path")
+    drops.coalesce(spark.sparkContext.defaultParallelism).foreachPartition(_remover(output))  # on the workers
     photos.unpersist()
+
+
+def _remover(output: str):
+    def remove(rows) -> None:
+        for row in rows:
+            path = os.path.join(output, row.drop_path)
+            if os.path.isfile(path):
+                os.remove(path)
+
+    return remove
 
 
 COLLECT_DDL_COLUMNS = [part.strip().split(" ")[0] for part in COLLECT_DDL.split(",")]
