@@ -12,7 +12,7 @@ from dynamicid.collect import CollectConfig, run_collect
 from dynamicid.collect.job import CollectError
 from dynamicid.prep import outputs
 
-FAST = dict(timeout=1.0, max_seconds=3.0, retries=1, backoff=0.05, max_bytes=200_000, progress=False)
+FAST = dict(timeout=1.0, max_seconds=1.5, retries=1, backoff=0.05, max_bytes=200_000, progress=False)
 
 
 @pytest.fixture(scope="module")
