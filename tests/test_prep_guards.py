@@ -47,11 +47,24 @@ def test_output_inside_input_is_never_read_and_output_equal_to_input_is_refused(
         prep(spark, source / "out" / "images", source / "out")
 
 
+def _distinct_copy(png: bytes, label: str) -> bytes:
+    """The same pixels in other bytes (a text chunk): not a duplicate file to prep's curation."""
+    import io
+
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("copy", label)
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(buffer, "PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
 def test_identities_are_their_folder_names_and_never_collide(spark, face_png, tmp_path):
     names = ["a b", "a_b", "ü", "é", "张伟", "阮文", "Nguyễn Văn"]
     for name in names:
         (tmp_path / "in" / name).mkdir(parents=True)
-        (tmp_path / "in" / name / "photo.png").write_bytes(face_png)
+        (tmp_path / "in" / name / "photo.png").write_bytes(_distinct_copy(face_png, name))
     result = prep(spark, tmp_path / "in", tmp_path / "out")
     manifest = result.manifest()
     assert sorted(manifest.identity) == sorted(names)
@@ -155,7 +168,7 @@ def test_every_listed_path_gets_a_row_and_folder_links_are_followed_once(spark, 
     (source / "ann" / "a.png").write_bytes(face_png)
     elsewhere = tmp_path / "elsewhere" / "bob"
     elsewhere.mkdir(parents=True)
-    (elsewhere / "b.png").write_bytes(face_png)
+    (elsewhere / "b.png").write_bytes(_distinct_copy(face_png, "bob"))
     os.symlink(elsewhere, source / "bob")  # a linked identity folder is read
     os.symlink(source / "ann", source / "ann" / "again")  # a folder loop is walked once
     os.symlink(source / "ann" / "loop.png", source / "ann" / "loop.png")  # a link to itself
@@ -301,7 +314,7 @@ def test_a_folder_that_cannot_be_listed_gets_a_manifest_row(face_png, tmp_path, 
     source = tmp_path / "in"
     for person in ("ann", "bob"):
         (source / person).mkdir(parents=True)
-        (source / person / "a.png").write_bytes(face_png)
+        (source / person / "a.png").write_bytes(_distinct_copy(face_png, person))
     locked = source / "bob"
     if os.getuid() == 0:
         real_walk = os.walk
@@ -347,3 +360,37 @@ def test_a_full_disk_is_said_once_and_a_rerun_with_space_resumes(spark, sample, 
         assert result.summary["kept_faces"] > 0 and check_outputs(str(small / "out")).ok
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_the_same_file_twice_is_a_duplicate_and_under_two_identities_it_is_flagged(spark, face_png, sample, tmp_path):
+    source = tmp_path / "in"
+    for relative in ("ann/a.png", "ann/b.png", "bob/c.png"):
+        (source / relative).parent.mkdir(parents=True, exist_ok=True)
+        (source / relative).write_bytes(face_png)
+    shutil.copy(sample[0] / "astronaut" / "mirrored.jpg", source / "ann" / "d.jpg")
+    out = tmp_path / "out"
+    manifest = prep(spark, source, out).manifest().set_index("relative_path")
+    assert manifest.loc["ann/a.png", "status"] == "ok" and manifest.loc["ann/d.jpg", "status"] == "ok"
+    for copy in ("ann/b.png", "bob/c.png"):
+        assert (manifest.loc[copy, "status"], manifest.loc[copy, "reason"]) == ("rejected", "duplicate")
+        assert manifest.loc[copy, "duplicate_of"] == "ann/a.png"
+    assert "under another identity (ann)" in manifest.loc["bob/c.png", "message"]
+    assert "another identity" not in manifest.loc["ann/b.png", "message"]
+    assert check_outputs(str(out)).ok and not (out / "images" / "bob").exists()  # the copies' outputs went
+
+
+def test_splits_keep_every_identity_in_one_split_and_training_reads_train(spark, shared_faces, tmp_path):
+    from dynamicid.errors import ConfigError
+    from dynamicid.training.data import load_faces
+
+    out = tmp_path / "out"
+    manifest = prep(spark, shared_faces / "identities", out, split="0.5,0.25,0.25", split_seed=3).manifest()
+    kept = manifest[manifest.status == "ok"]
+    per_identity = kept.groupby("identity").split.nunique()
+    assert (per_identity == 1).all() and kept.split.nunique() >= 2
+    again = prep(spark, shared_faces / "identities", out, split="0.5,0.25,0.25", split_seed=3).manifest()
+    assert again.set_index("relative_path").split.equals(manifest.set_index("relative_path").split)  # seeded
+    train_names = set(kept[kept.split == "train"].name)
+    assert {face.name for face in load_faces(str(out))} == train_names
+    with pytest.raises(ConfigError, match=r"split \(--split\) must be three shares"):
+        PrepConfig(input="in", output="out", split="0.9,0.2,0")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from dynamicid.faces import landmark_image
 from dynamicid.prep import PrepConfig, outputs, run_prep
-from dynamicid.prep.schema import COLUMN_NAMES, points_array
+from dynamicid.prep.schema import MANIFEST_COLUMNS, points_array
 
 
 def prep(spark, input_dir, output_dir, **options):
@@ -28,7 +28,7 @@ def sample_run(spark, sample, tmp_path_factory):
 def test_every_sample_file_gets_its_documented_status(sample_run):
     result, expected = sample_run
     manifest = result.manifest()
-    assert list(manifest.columns) == COLUMN_NAMES
+    assert list(manifest.columns) == MANIFEST_COLUMNS
     recorded = {row.relative_path: (row.status, row.reason) for row in manifest.itertuples()}
     assert recorded == expected
     assert manifest.message[manifest.status != "ok"].notna().all()

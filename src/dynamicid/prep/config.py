@@ -53,6 +53,12 @@ class PrepConfig:
         "images per Spark task (each task costs ~150 ms of scheduling; at least 4 tasks per core are made)",
         limits=(1, 1_000_000),
     )
+    split: str = option(
+        "1,0,0",
+        "train,val,test shares of the identities: every face of a person lands in one split (a seeded hash of "
+        "the identity), so evaluation never sees a training identity; e.g. 0.9,0.05,0.05",
+    )
+    split_seed: int = option(0, "seed of the split's hash", limits=(0, 2**31 - 1))
     contact_sheet_faces: int = option(48, "faces shown on contact_sheet.png", limits=(0, 10_000))
     progress: bool = option(True, "no progress bar")
 
@@ -62,6 +68,13 @@ class PrepConfig:
         if self.layout not in LAYOUTS:
             raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
         check_limits(self)
+        from dynamicid.prep.curate import parse_split
+
+        if parse_split(self.split) is None:
+            raise ConfigError(
+                f"split (--split) must be three shares train,val,test from 0 to 1 summing to 1, such as "
+                f"0.9,0.05,0.05, not {self.split!r}"
+            )
         if self.faces.aligned_size % 8:
             raise ConfigError(f"aligned_size must be a multiple of 8, at least 64, not {self.faces.aligned_size}")
 

@@ -16,6 +16,7 @@ from dynamicid.errors import DynamicIDError
 from dynamicid.faces.record import write_dataset_record
 from dynamicid.prep import outputs, report
 from dynamicid.prep.config import PrepConfig
+from dynamicid.prep.curate import curate
 from dynamicid.prep.discover import is_local, list_input
 from dynamicid.prep.guard import OutputLock, PrepError, check_paths, check_writable
 from dynamicid.prep.schema import SPARK_DDL
@@ -66,12 +67,14 @@ def check_backends(config: PrepConfig) -> PrepConfig:
 MANIFEST_ROW_GROUP_BYTES = 8 * 1024 * 1024
 
 
-def merge_rows(spark, rows_dir: str, manifest_path: str) -> None:
+def merge_rows(spark, rows_dir: str, manifest_path: str, curation: tuple[str, int] | None = None) -> None:
     """Gather the job's Parquet parts into one manifest sorted by relative path and face, replaced atomically.
 
     Spark reads, sorts (spilling to disk as it needs) and writes one file, so the driver's Python process
     never holds the manifest: its memory does not grow with the corpus."""
     table = spark.read.schema(SPARK_DDL).parquet("file://" + rows_dir)
+    if curation is not None:
+        table = curate(table, *curation)
     write_one_parquet(table.orderBy("relative_path", "face_index"), manifest_path)
 
 
@@ -158,7 +161,7 @@ def _process_and_merge(spark, files, config: PrepConfig, output: str) -> tuple[f
         manifest_path = os.path.join(output, "manifest.parquet")
         with _disk_full_reported(output):
             job_seconds = run_stage_on_spark(spark, listing, count, config, "file://" + rows_dir)
-            merge_rows(spark, rows_dir, manifest_path)
+            merge_rows(spark, rows_dir, manifest_path, (config.split, config.split_seed))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     return job_seconds, manifest_path

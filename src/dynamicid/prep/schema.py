@@ -58,6 +58,9 @@ COLUMNS: list[tuple[str, str]] = (
 )
 
 COLUMN_NAMES = [name for name, _ in COLUMNS]
+# Added by curation after the job (`curate`), on the whole manifest.
+CURATED_COLUMNS = ["duplicate_of", "split"]
+MANIFEST_COLUMNS = COLUMN_NAMES + CURATED_COLUMNS
 SPARK_DDL = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
 
 _ARROW = {

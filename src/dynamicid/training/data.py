@@ -48,6 +48,11 @@ def load_faces(folder: str, check_files: bool = True) -> list[Face]:
         raise TrainingDataError(f"{folder} has no manifest.parquet: run `dynamicid prep INPUT {folder}` first")
     manifest = pd.read_parquet(manifest_path)
     kept = manifest[manifest.status == "ok"] if "status" in manifest else manifest.iloc[0:0]
+    if "split" in kept:  # prep's identity-disjoint split: training reads its own identities only
+        held_out = kept.split.notna() & (kept.split != "train")
+        if held_out.any():
+            logger.info("%d faces of val/test identities are held out of training (prep --split)", int(held_out.sum()))
+        kept = kept[~held_out]
     if kept.empty:
         raise TrainingDataError(f"{manifest_path} lists no kept faces ({len(manifest)} rows, none with status ok)")
     dims = sorted(kept.embedding_dim.dropna().astype(int).unique().tolist())
