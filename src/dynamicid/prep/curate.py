@@ -14,7 +14,7 @@ SPLIT_BUCKETS = 1_000_000
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
-    """"0.9,0.05,0.05" -> the three shares; None when it is not three non-negative numbers summing to 1."""
+    """ "0.9,0.05,0.05" -> the three shares; None when it is not three non-negative numbers summing to 1."""
     try:
         shares = tuple(float(part) for part in text.split(","))
     except ValueError:
