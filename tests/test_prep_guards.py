@@ -353,10 +353,14 @@ def test_a_full_disk_is_said_once_and_a_rerun_with_space_resumes(spark, sample, 
     try:
         filler = small / "filler"
         filler.write_bytes(b"\0" * (2 * 1024 * 1024 - 160 * 1024))  # leaves about 160 KB: a face or two
+        photos = tmp_path / "in" / "astronaut"  # three photos: enough to fill 160 KB
+        photos.mkdir(parents=True)
+        for name in ("original.png", "mirrored.jpg", "rgba.png"):
+            shutil.copy(sample[0] / "astronaut" / name, photos / name)
         with pytest.raises(PrepError, match=r"no space left on the device that holds .*small/out: free some space"):
-            prep(spark, sample[0] / "astronaut", small / "out")
+            prep(spark, photos, small / "out")
         filler.unlink()
-        result = prep(spark, sample[0] / "astronaut", small / "out")
+        result = prep(spark, photos, small / "out")
         assert result.summary["kept_faces"] > 0 and check_outputs(str(small / "out")).ok
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)

@@ -599,7 +599,7 @@ def test_a_changed_learning_rate_applies_on_resume(dataset, tiny_models, tmp_pat
 
 
 def test_resume_refuses_other_data_model_settings_or_fewer_steps_and_no_resume_starts_over(
-    dataset, tiny_models, tmp_path, spark, shared_faces
+    dataset, tiny_models, tmp_path
 ):
     out = tmp_path / "run"
     train_anchor(anchor_config(dataset, tiny_models, out, steps=4))
@@ -607,10 +607,10 @@ def test_resume_refuses_other_data_model_settings_or_fewer_steps_and_no_resume_s
         train_anchor(anchor_config(dataset, tiny_models, out, steps=6, lora_rank=8))
     with pytest.raises(TrainingDataError, match=r"already trained 4 steps, more than the 3 asked"):
         train_anchor(anchor_config(dataset, tiny_models, out, steps=3))
-    fewer = tmp_path / "fewer"
-    shutil.copytree(shared_faces / "identities", fewer)
-    shutil.rmtree(fewer / "obama")
-    run_prep(PrepConfig(input=str(fewer), output=str(tmp_path / "other_data"), progress=False), spark=spark)
+    other = tmp_path / "other_data"  # the same output, less one person's faces (as a re-prep without them)
+    shutil.copytree(dataset, other)
+    manifest = pd.read_parquet(other / "manifest.parquet")
+    manifest[manifest.identity != "obama"].to_parquet(other / "manifest.parquet")
     with pytest.raises(TrainingDataError, match=r"data_digest .* -> .*data_faces \d+ -> \d+"):
         train_anchor(anchor_config(str(tmp_path / "other_data"), tiny_models, out, steps=6))
     shutil.copytree(dataset, tmp_path / "moved")  # the same data elsewhere is the same run

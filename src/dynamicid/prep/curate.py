@@ -13,15 +13,15 @@ SPLITS = ("train", "val", "test")
 SPLIT_BUCKETS = 1_000_000
 
 
-def parse_split(text: str) -> tuple[float, float, float]:
-    """ "0.9,0.05,0.05" -> the three shares; None when it is not three non-negative numbers summing to 1."""
+def parse_split(text: str) -> tuple[float, float, float] | None:
+    """ "0.9,0.05,0.05" -> the three shares; None when it is not three shares from 0 to 1 summing to 1."""
     try:
-        shares = tuple(float(part) for part in text.split(","))
+        shares = [float(part) for part in text.split(",")]
     except ValueError:
-        return None  # type: ignore[return-value]
+        return None
     if len(shares) != 3 or any(not 0 <= share <= 1 for share in shares) or abs(sum(shares) - 1) > 1e-6:
-        return None  # type: ignore[return-value]
-    return shares  # type: ignore[return-value]
+        return None
+    return shares[0], shares[1], shares[2]
 
 
 def curate(frame, split: str, seed: int):
@@ -49,6 +49,7 @@ def curate(frame, split: str, seed: int):
         ).otherwise(F.lit("")),
     )
     shares = parse_split(split)
+    assert shares is not None  # PrepConfig checked it
     key = F.coalesce(F.col("identity"), F.col("name"), F.col("relative_path"))
     bucket = F.pmod(F.xxhash64(F.lit(seed), key), F.lit(SPLIT_BUCKETS)) / SPLIT_BUCKETS
     split_of = F.when(bucket < shares[0], "train").when(bucket < shares[0] + shares[1], "val").otherwise("test")
