@@ -20,25 +20,24 @@ from dynamicid.errors import InputError
 from dynamicid.prep import outputs
 
 STATE = "_collect"
-COLUMNS = [
-    "row",
-    "url",
-    "identity",
-    "caption",
-    "status",
-    "http_status",
-    "bytes",
-    "sha256",
-    "content_type",
-    "path",
-    "elapsed_ms",
-    "message",
-    "settled_at",
+# The manifest's columns, written once: the names and Spark's schema both come from here.
+SCHEMA = [
+    ("row", "bigint"),
+    ("url", "string"),
+    ("identity", "string"),
+    ("caption", "string"),
+    ("status", "string"),
+    ("http_status", "int"),
+    ("bytes", "bigint"),
+    ("sha256", "string"),
+    ("content_type", "string"),
+    ("path", "string"),
+    ("elapsed_ms", "double"),
+    ("message", "string"),
+    ("settled_at", "double"),
 ]
-COLLECT_DDL = (
-    "row bigint, url string, identity string, caption string, status string, http_status int, bytes bigint, "
-    "sha256 string, content_type string, path string, elapsed_ms double, message string, settled_at double"
-)
+COLUMNS = [name for name, _ in SCHEMA]
+COLLECT_DDL = ", ".join(f"{name} {kind}" for name, kind in SCHEMA)
 READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from dynamicid.atomic import write_atomic
 from dynamicid.collect.config import CollectConfig
 from dynamicid.collect.fetch import TEMPORARY_PREFIX
-from dynamicid.collect.job import COLLECT_DDL, STATE, CollectError, download_partition, read_list, settled
+from dynamicid.collect.job import COLLECT_DDL, COLUMNS, STATE, CollectError, download_partition, read_list, settled
+from dynamicid.prep import outputs
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.parquet"
@@ -40,7 +41,8 @@ def run_collect(config: CollectConfig, spark=None) -> CollectResult:
     with OutputLock(output, STATE, "collect"):
         marker = os.path.join(state, RUNNING)
         if os.path.exists(marker):
-            logger.info("removed %d temporary files of an interrupted run", _sweep_temporaries(output))
+            removed = outputs.remove_temporaries(output, lambda name: name.startswith(TEMPORARY_PREFIX))
+            logger.info("removed %d temporary files of an interrupted run", removed)
         write_atomic(marker, b"")
         if spark is None:
             from dynamicid.prep.sparkenv import build_session
@@ -52,17 +54,6 @@ def run_collect(config: CollectConfig, spark=None) -> CollectResult:
         write_atomic(os.path.join(state, "summary.json"), json.dumps(summary, indent=1).encode())
         os.remove(marker)
     return CollectResult(manifest_path, summary)
-
-
-def _sweep_temporaries(output: str) -> int:
-    removed = 0
-    for here, dirs, files in os.walk(output):
-        dirs[:] = [d for d in dirs if d != STATE]
-        for name in files:
-            if name.startswith(TEMPORARY_PREFIX):
-                os.remove(os.path.join(here, name))
-                removed += 1
-    return removed
 
 
 def _collect(spark, config: CollectConfig, output: str, state: str) -> tuple[str, int]:
@@ -138,7 +129,7 @@ def _write_manifest(spark, every, manifest_path: str, output: str) -> None:
     photos = photos.withColumn("kept_path", F.first("path").over(kept_first))
     again = F.col("rank") > 1
     photos = photos.select(
-        *[c for c in COLLECT_DDL_COLUMNS if c not in ("status", "path", "message")],
+        *[c for c in COLUMNS if c not in ("status", "path", "message")],
         F.when(again, F.lit("duplicate_content")).otherwise(F.col("status")).alias("status"),
         F.when(again, F.lit(None)).otherwise(F.col("path")).alias("path"),
         F.when(again, F.concat(F.lit("the same bytes as "), F.col("kept_path")))
@@ -148,7 +139,7 @@ def _write_manifest(spark, every, manifest_path: str, output: str) -> None:
     ).cache()
     rest = every.where(~ok | F.col("status").isNull()).withColumn("drop_path", F.lit(None).cast("string"))
     final = photos.unionByName(rest.select(*photos.columns))
-    write_one_parquet(final.select(*COLLECT_DDL_COLUMNS).orderBy("row"), manifest_path)
+    write_one_parquet(final.select(*COLUMNS).orderBy("row"), manifest_path)
     drops = photos.where(F.col("drop_path").isNotNull()).select("drop_path")
     drops.coalesce(spark.sparkContext.defaultParallelism).foreachPartition(_remover(output))  # on the workers
     photos.unpersist()
@@ -164,15 +155,13 @@ def _remover(output: str):
     return remove
 
 
-COLLECT_DDL_COLUMNS = [part.strip().split(" ")[0] for part in COLLECT_DDL.split(",")]
-
-
 def _summary(spark, manifest_path: str, fetched_now: int, seconds: float) -> dict:
     from pyspark.sql import functions as F
 
     table = spark.read.parquet("file://" + manifest_path)
-    counts = {row["status"]: row["n"] for row in table.groupBy("status").agg(F.count("*").alias("n")).collect()}
-    kept_bytes = table.where(F.col("status") == "ok").agg(F.sum("bytes")).first()[0] or 0
+    per_status = table.groupBy("status").agg(F.count("*").alias("n"), F.sum("bytes").alias("bytes")).collect()
+    counts = {row["status"]: row["n"] for row in per_status}
+    kept_bytes = sum(row["bytes"] or 0 for row in per_status if row["status"] == "ok")
     return {
         "urls": sum(counts.values()),
         "statuses": dict(sorted(counts.items())),

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable
 
 from dynamicid.atomic import write_atomic
 
@@ -95,12 +96,13 @@ def write_record(path: str, record: dict) -> None:
     write_atomic(path, json.dumps(record, default=float).encode("utf-8"))
 
 
-def remove_temporaries(output: str) -> int:
-    """Delete leftovers of a killed run. Returns how many were removed."""
+def remove_temporaries(output: str, is_temporary: Callable[[str], bool] = lambda name: ".tmp-" in name) -> int:
+    """Delete leftovers of a killed run (files whose name `is_temporary`, by default prep's and write_atomic's
+    "<target>.tmp-<random>"). Returns how many were removed."""
     removed = 0
     for folder, _, files in os.walk(output):
         for name in files:
-            if ".tmp-" in name:
+            if is_temporary(name):
                 try:
                     os.remove(os.path.join(folder, name))
                     removed += 1
