@@ -7,9 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote, urlparse
+
+from loopback import LoopbackServer
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -23,23 +24,12 @@ def _files(folder: str) -> dict[str, str]:
     return found
 
 
-class HubServer:
+class HubServer(LoopbackServer):
     """`repos`: repo id -> local folder; `files`: name -> local path, served at /files/<name>."""
 
     def __init__(self, repos: dict[str, str], files: dict[str, str] | None = None):
         self.repos, self.files, self.requests = repos, files or {}, []
-        handler = self._handler()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> HubServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(self._handler())
 
     def _handler(self):
         server = self

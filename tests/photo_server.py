@@ -24,17 +24,13 @@ photos, and every way a download goes wrong. Paths:
 from __future__ import annotations
 
 import io
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
+from loopback import LoopbackServer
 from PIL import Image
-
-
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 512  # the default 5 drops connections under many clients (they retry after 1 s)
 
 
 def _image_bytes(kind: str, seed: int) -> bytes:
@@ -44,24 +40,13 @@ def _image_bytes(kind: str, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-class PhotoServer:
+class PhotoServer(LoopbackServer):
     def __init__(self, files: dict[str, str] | None = None) -> None:
         self.files = files or {}
         self.requests: Counter[str] = Counter()
         self.jpeg_a = _image_bytes("JPEG", 0)
         self.png = _image_bytes("PNG", 1)
-        self.httpd = _Server(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> PhotoServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(self._handler())
 
     def jpeg(self, name: str) -> bytes:
         return self.jpeg_a if name == "a.jpg" else _image_bytes("JPEG", sum(map(ord, name)) + 7)

@@ -1,0 +1,29 @@
+"""A threaded HTTP server on the loopback address, started and stopped as a context manager: the base of
+the tests' stand-ins for the Hugging Face Hub (hub_server) and for photo hosts (photo_server)."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # the default 5 drops connections under many clients (they retry after 1 s)
+
+
+class LoopbackServer:
+    """Serves `handler` (a BaseHTTPRequestHandler class) at `self.url` inside a `with` block."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self.httpd = _Server(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
