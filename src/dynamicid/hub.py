@@ -103,12 +103,18 @@ def looks_like_path(reference: str) -> bool:
     return reference.startswith(("/", "./", "../", "~")) or os.path.isabs(reference) or "\\" in reference
 
 
-def local_or_resolved(reference: str | None, what: str, patterns: tuple[str, ...] | None = None) -> str | None:
+def local_or_resolved(
+    reference: str | None,
+    what: str,
+    patterns: tuple[str, ...] | None = None,
+    progress: bool = False,
+    cache_dir: str | None = None,
+) -> str | None:
     """What every model option does with its value: a path (one that exists, or one written as a path) is
     returned as it is, for the loader to open or to name as missing; anything else is a repo id, resolved."""
     if not reference or os.path.exists(reference) or looks_like_path(reference):
         return reference
-    return resolve(reference, what, patterns)
+    return resolve(reference, what, patterns, progress=progress, cache_dir=cache_dir)
 
 
 def resolve(
@@ -162,19 +168,14 @@ def base_model_folder(
     repo has them, else the full-size ones with a note (they are cast on load)."""
     if variant:
         try:
-            folder = _base_folder(reference, base_model_patterns(variant), progress, cache_dir)
-            if not missing_files(folder, base_model_patterns(variant)):
+            folder = local_or_resolved(reference, "base model", base_model_patterns(variant), progress, cache_dir)
+            if folder and not missing_files(folder, base_model_patterns(variant)):
                 return folder, variant
         except MissingFiles:
             pass
         logger.warning("%s has no %s files; using its full-precision files (cast on load)", reference, variant)
-    return _base_folder(reference, base_model_patterns(None), progress, cache_dir), None
-
-
-def _base_folder(reference: str, patterns: tuple[str, ...], progress: bool, cache_dir: str | None) -> str:
-    if os.path.exists(reference) or looks_like_path(reference):
-        return reference  # a local folder: the loader names what it lacks
-    return resolve(reference, "base model", patterns, progress=progress, cache_dir=cache_dir)
+    full = local_or_resolved(reference, "base model", base_model_patterns(None), progress, cache_dir)
+    return full or reference, None
 
 
 def _snapshot(repo: str, patterns, what: str, reference: str, progress: bool, cache_dir: str | None) -> str:
