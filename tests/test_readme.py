@@ -2,6 +2,7 @@
 §6); every other block is listed below with the reason it is not, so a new block cannot slip in unrun."""
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_the_python_example_runs_as_written(tiny_models, shared_faces, tmp_path,
 
 
 @pytest.mark.slow
-def test_the_tiny_walkthrough_runs_as_written(tmp_path):
+def test_the_tiny_walkthrough_runs_as_written(tmp_path, spark, monkeypatch):
     from dynamicid.testing.cli import walkthrough
 
     (code,) = [text for language, text in readme_blocks() if text.startswith("dynamicid make-tiny-models tiny")]
@@ -85,21 +86,29 @@ def test_the_tiny_walkthrough_runs_as_written(tmp_path):
     assert printed.startswith(
         walkthrough(str(tmp_path / "tiny")).split("\n", 1)[1].replace(str(tmp_path / "tiny"), "tiny")
     )
-    _run_the_prep_and_eval_blocks_on_what_the_walkthrough_made(tmp_path, env)
+    monkeypatch.chdir(tmp_path)
+    _run_the_prep_and_eval_blocks_on_what_the_walkthrough_made(tmp_path)
 
 
-def _run_the_prep_and_eval_blocks_on_what_the_walkthrough_made(folder: Path, env: dict) -> None:
-    """The user's photos/ and generated/ are the walkthrough's; `.venv/bin/` is this interpreter's, and the
-    CLIP model the eval block names is the tiny one."""
+def _run_the_prep_and_eval_blocks_on_what_the_walkthrough_made(folder: Path) -> None:
+    """The user's photos/ and generated/ are the walkthrough's, and the CLIP model the eval block names is the
+    tiny one. Each line goes through the command's entry point in this process, which reuses the session's
+    Spark (a fresh interpreter and JVM per line cost about 20 s each; the walkthrough above runs in a shell)."""
+    from dynamicid import cli
+
     with open(folder / "pairs.csv", "w") as handle:
         handle.write("image,person,reference,face_prompt,prompt,box\n")
         handle.write("generated/dynamicid_0.png,astronaut,photos/astronaut/original.png,,a photo of a person,\n")
     for first_line in (".venv/bin/dynamicid prep photos/ dataset/", ".venv/bin/dynamicid eval generated/"):
-        code = readme_block(first_line).replace(".venv/bin/", "").replace("/models/clip-vit-l-14", "tiny/clip")
-        done = subprocess.run(
-            ["bash", "-e", "-c", code], cwd=folder, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
+        code = readme_block(first_line).replace("/models/clip-vit-l-14", "tiny/clip")
+        for line in code.splitlines():
+            program, *argv = shlex.split(line, comments=True)
+            assert program == ".venv/bin/dynamicid", line
+            try:
+                code = cli.main(argv)
+            except SystemExit as exit_:  # --help exits, as argparse does
+                code = exit_.code
+            assert code == 0, line
     multi_face = pd.read_parquet(folder / "dataset" / "manifest.parquet")
     assert (multi_face.status == "ok").sum() >= 1
     scores = pd.read_parquet(folder / "eval_out" / "scores.parquet")

@@ -14,6 +14,7 @@ an `internal_error` row. Every file that was read then gets its completion recor
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import io
 import logging
@@ -157,17 +158,24 @@ class Stage:
 
 @dataclass
 class Shared:
-    """What every stage of one worker shares: the settings, and the models, loaded once."""
+    """What every stage of one worker shares: the settings, and the models, loaded once, when a file first
+    needs them: a rerun whose files all resume starts no model (seconds per worker)."""
 
     config: PrepConfig
     resources: Resources
     config_hash: str
-    analyzer: FaceAnalyzer | None = None
-    captioner: Any = None
 
-    def load(self) -> None:
-        if self.analyzer is None:
-            self.analyzer, self.captioner = _models(self.config, self.resources)
+    @functools.cached_property
+    def _loaded(self) -> tuple[FaceAnalyzer, Any]:
+        return _models(self.config, self.resources)
+
+    @property
+    def analyzer(self) -> FaceAnalyzer:
+        return self._loaded[0]
+
+    @property
+    def captioner(self) -> Any:
+        return self._loaded[1]
 
 
 # Loaded models per worker process, by what they depend on: a worker (or a test session) that serves several
@@ -517,7 +525,6 @@ class PrepStage:
         return self.shared.config
 
     def setup(self) -> PrepStage:
-        self.shared.load()
         for stage in self.stages:
             stage.setup(self.shared)
         return self
