@@ -68,7 +68,9 @@ def test_identities_are_their_folder_names_and_never_collide(spark, face_png, tm
     result = prep(spark, tmp_path / "in", tmp_path / "out")
     manifest = result.manifest()
     assert sorted(manifest.identity) == sorted(names)
-    assert (manifest.status == "ok").all() and not manifest.resumed.any()  # none takes another's record
+    assert manifest.name.notna().all() and not manifest.resumed.any()  # none takes another's record
+    # One photo under seven names: the first is kept, the others are its near copies, flagged as such.
+    assert (manifest.status == "ok").sum() == 1 and set(manifest.reason.dropna()) == {"duplicate"}
     folders = {
         row.identity: os.path.dirname(outputs.face_paths(str(tmp_path / "out"), row.identity, row.name)["jpg"])
         for row in manifest.itertuples()
@@ -100,7 +102,7 @@ def test_changed_inputs_and_settings_leave_no_stale_outputs_and_verify_finds_dif
     os.remove(source / "astronaut" / "rgba.png")  # an input that is gone takes its outputs with it
     result = prep(spark, source, out)
     check = check_outputs(str(out))
-    assert check.ok and check.listed == 4 * result.summary["kept_faces"]
+    assert check.ok and check.listed == 4 * (result.summary["kept_faces"] + result.summary["rejected"]["duplicate"])
     assert not any(os.path.exists(path) for paths in old for path in paths)
     assert result.summary["stale_outputs_removed"] == 8  # both faces' four files, by the sweep after the job
     # A setting that renames every output (all faces get _f<k>): only the new names remain.
@@ -177,7 +179,8 @@ def test_every_listed_path_gets_a_row_and_folder_links_are_followed_once(spark, 
     listed = {f.relative: f.problem for f in list_local(str(source), "by-identity")}
     assert set(listed) == {"ann/a.png", "ann/loop.png", "ann/broken.png", "ann/pipe.png", "bob/b.png"}
     manifest = prep(spark, source, tmp_path / "out").manifest().set_index("relative_path")
-    assert manifest.loc["bob/b.png", "status"] == "ok" and manifest.loc["bob/b.png", "identity"] == "bob"
+    bob = manifest.loc["bob/b.png"]
+    assert bob.identity == "bob" and bob.faces_detected == 1 and bob.duplicate_of == "ann/a.png"  # a near copy
     for name, words in (
         ("loop.png", "symbolic link loop"),
         ("broken.png", "broken symbolic link"),
@@ -380,7 +383,9 @@ def test_the_same_file_twice_is_a_duplicate_and_under_two_identities_it_is_flagg
         assert manifest.loc[copy, "duplicate_of"] == "ann/a.png"
     assert "under another identity (ann)" in manifest.loc["bob/c.png", "message"]
     assert "another identity" not in manifest.loc["ann/b.png", "message"]
-    assert check_outputs(str(out)).ok and not (out / "images" / "bob").exists()  # the copies' outputs went
+    assert check_outputs(str(out)).ok
+    # The copies keep their files (training reads only ok faces), so a rerun resumes them instead of redoing them.
+    assert prep(spark, source, out).manifest().resumed.all()
 
 
 def test_splits_keep_every_identity_in_one_split_and_training_reads_train(spark, shared_faces, tmp_path):

@@ -62,7 +62,9 @@ def test_kept_faces_have_complete_outputs(sample_run):
 def test_exif_rotated_photo_is_found_upright_and_matches_the_original(sample_run):
     manifest = sample_run[0].manifest().set_index("relative_path")
     rotated, original = manifest.loc["astronaut/exif_rotated.jpg"], manifest.loc["astronaut/original.png"]
-    assert rotated.exif_rotated and rotated.status == "ok"
+    assert rotated.exif_rotated and rotated.faces_detected == 1
+    # Its aligned face hashes as the other encodings' do: upright, and rejected as their near copy.
+    assert (rotated.status, rotated.reason, rotated.duplicate_of) == ("rejected", "duplicate", "astronaut/cmyk.jpg")
     np.testing.assert_allclose(rotated.bbox, original.bbox, atol=6)
     assert abs(rotated.roll) < 10
 
@@ -137,13 +139,17 @@ def identities_run(spark, shared_faces, tmp_path_factory):
     return prep(spark, shared_faces / "identities", out), out
 
 
-def test_all_sixteen_identity_photos_are_kept_with_their_person(identities_run, shared_faces):
-    manifest = identities_run[0].manifest()
+def test_all_sixteen_identity_photos_are_kept_with_their_person_but_the_240p_copy(identities_run, shared_faces):
+    manifest = identities_run[0].manifest().set_index("relative_path", drop=False)
     files = sorted(
         p.relative_to(shared_faces / "identities").as_posix() for p in (shared_faces / "identities").rglob("*.*")
     )
     assert sorted(manifest.relative_path) == files and len(files) == 16
-    assert (manifest.status == "ok").all()
+    # obama/5_240p.jpg is obama/1.jpg shrunk to 240 lines: a near copy, found by curation.
+    copy = manifest.loc["obama/5_240p.jpg"]
+    assert (copy.status, copy.reason, copy.duplicate_of) == ("rejected", "duplicate", "obama/1.jpg")
+    assert (manifest.drop(index="obama/5_240p.jpg").status == "ok").all()
+    assert not manifest.identity_outlier.any() and (manifest.identity_source == "folder").all()
     assert (manifest.identity == manifest.relative_path.str.split("/").str[0]).all()
 
 

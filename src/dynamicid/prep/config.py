@@ -13,7 +13,7 @@ from dynamicid.imagefile import ImageRules
 from dynamicid.options import check_limits, option
 
 MULTI_FACE_POLICIES = ("largest", "skip", "all")
-LAYOUTS = ("by-identity", "flat")
+LAYOUTS = ("by-identity", "flat", "cluster")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,11 @@ class PrepConfig:
         help="output folder (local, or a filesystem shared by all Spark workers)", positional="optional"
     )
     layout: str = option(
-        "by-identity", "by-identity: the first-level subfolder names the person; flat: no identities", choices=LAYOUTS
+        "by-identity",
+        "by-identity: the first-level subfolder names the person (faces unlike the rest of their folder are "
+        "flagged as identity_outlier); flat: no identities; cluster: unlabelled photos, grouped into people "
+        "(person-0001, ...) by their identity embeddings",
+        choices=LAYOUTS,
     )
     multi_face: str = option(
         "largest",
@@ -59,6 +63,18 @@ class PrepConfig:
         "the identity), so evaluation never sees a training identity; e.g. 0.9,0.05,0.05",
     )
     split_seed: int = option(0, "seed of the split's hash", limits=(0, 2**31 - 1))
+    same_person_cosine: float | None = option(
+        None,
+        "cosine of two identity embeddings at or above which they are one person, for clusters and outliers "
+        "(default: the embedder's measured value, see faces/identity_thresholds.py)",
+        limits=(-1, 1),
+    )
+    near_copy_cosine: float | None = option(
+        None,
+        "cosine at or above which two faces with close face hashes are one photo cropped (default: the "
+        "embedder's measured value)",
+        limits=(-1, 1),
+    )
     contact_sheet_faces: int = option(48, "faces shown on contact_sheet.png", limits=(0, 10_000))
     progress: bool = option(True, "no progress bar")
 
@@ -86,7 +102,7 @@ class PrepConfig:
             "captioner": [self.captioner, self.captioner_model, self.caption_max_tokens],
             "validation": asdict(self.images) | asdict(self.face_rules),  # one key: hashes stay valid
             "jpeg_quality": self.jpeg_quality,
-            "format": 1,
+            "format": 2,  # 2: the manifest holds the embedding and the face hash
         }
 
     def captioner_options(self) -> dict:

@@ -3,8 +3,12 @@
 - exact duplicates: files with the same bytes (sha256). The first by path keeps its faces; the others'
   kept faces become `rejected`, reason `duplicate`, with `duplicate_of` naming the kept file, and the
   message says when the copy sits under another identity (the same photo as two people);
+- what `identities.find_identities` found on the driver (near copies, clusters, distances), joined in;
 - identity-disjoint splits: every face of one identity gets the same `split` (train, val or test), from a
   seeded hash of the identity, so evaluation never sees a training identity.
+
+Curation marks rows; it deletes nothing. A duplicate keeps its four files (training reads only `ok` faces),
+so a rerun finds them and resumes instead of redoing the copy.
 """
 
 from __future__ import annotations
@@ -24,8 +28,34 @@ def parse_split(text: str) -> tuple[float, float, float] | None:
     return shares[0], shares[1], shares[2]
 
 
-def curate(frame, split: str, seed: int):
-    """The manifest (a Spark DataFrame) with duplicates rejected and `duplicate_of` and `split` added."""
+def _under_another_identity(kept_identity):
+    from pyspark.sql import functions as F
+
+    elsewhere = ~F.col("identity").eqNullSafe(kept_identity)
+    note = F.concat(
+        F.lit(" under another identity ("),
+        F.coalesce(kept_identity, F.lit("none")),
+        F.lit("): the same photo cannot be two people; check both"),
+    )
+    return F.when(elsewhere, note).otherwise(F.lit(""))
+
+
+def _rejected_as_duplicate(frame, copy, kept_path, message):
+    """`frame` with the rows where `copy` holds rejected as duplicates of `kept_path`."""
+    from pyspark.sql import functions as F
+
+    return frame.withColumns(
+        {
+            "status": F.when(copy, F.lit("rejected")).otherwise(F.col("status")),
+            "reason": F.when(copy, F.lit("duplicate")).otherwise(F.col("reason")),
+            "message": F.when(copy, message).otherwise(F.col("message")),
+            "duplicate_of": F.when(copy, kept_path).otherwise(F.col("duplicate_of")),
+        }
+    )
+
+
+def mark_exact_duplicates(frame):
+    """The job's rows with `duplicate_of` added and the later copies of one file's bytes rejected."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -33,31 +63,60 @@ def curate(frame, split: str, seed: int):
     first = Window.partitionBy("sha256").orderBy("relative_path")
     kept = files.withColumn("rank", F.row_number().over(first)).where(F.col("rank") == 1)
     kept = kept.select("sha256", F.col("relative_path").alias("kept_path"), F.col("identity").alias("kept_identity"))
-    joined = frame.join(kept, "sha256", "left")
+    joined = frame.withColumn("duplicate_of", F.lit(None).cast("string")).join(kept, "sha256", "left")
     copy = (F.col("status") == "ok") & F.col("kept_path").isNotNull() & (F.col("relative_path") != F.col("kept_path"))
-    elsewhere = ~F.col("identity").eqNullSafe(F.col("kept_identity"))
+    message = F.concat(F.lit("the same file as "), F.col("kept_path"), _under_another_identity(F.col("kept_identity")))
+    marked = _rejected_as_duplicate(joined, copy, F.col("kept_path"), message)
+    return marked.select(*frame.columns, "duplicate_of")
+
+
+FINDINGS_DDL = (
+    "relative_path string, face_index int, found_identity string, identity_distance double, "
+    "identity_outlier boolean, copy_of_path string, copy_of_identity string"
+)
+
+
+def with_findings(frame, findings, layout: str):
+    """`frame` (after `mark_exact_duplicates`) with the driver's findings: near copies rejected, cluster
+    identities set (an exact duplicate takes its kept file's), distances and outlier flags."""
+    from pyspark.sql import functions as F
+
+    joined = frame.join(findings, ["relative_path", "face_index"], "left")
+    copy = (F.col("status") == "ok") & F.col("copy_of_path").isNotNull()
     message = F.concat(
-        F.lit("the same file as "),
-        F.col("kept_path"),
-        F.when(
-            elsewhere,
-            F.concat(
-                F.lit(" under another identity ("),
-                F.coalesce(F.col("kept_identity"), F.lit("none")),
-                F.lit("): the same photo cannot be two people; check both"),
-            ),
-        ).otherwise(F.lit("")),
+        F.lit("a near copy of "),
+        F.col("copy_of_path"),
+        F.lit(" (the same face, re-encoded, resized or cropped)"),
+        _under_another_identity(F.col("copy_of_identity")),
     )
+    joined = _rejected_as_duplicate(joined, copy, F.col("copy_of_path"), message)
+    if layout == "cluster":
+        kept = findings.select(
+            F.col("relative_path").alias("kept_path"), F.col("face_index").alias("kept_index"), "found_identity"
+        ).withColumnRenamed("found_identity", "kept_found")
+        on = (F.col("duplicate_of") == F.col("kept_path")) & (F.col("face_index") == F.col("kept_index"))
+        joined = joined.join(kept, on, "left")
+        identity = F.coalesce(F.col("found_identity"), F.col("kept_found"))
+        source = F.when(identity.isNotNull(), F.lit("cluster"))
+    else:
+        identity = F.col("identity")
+        source = F.when(identity.isNotNull(), F.lit("folder"))
+    return joined.select(
+        *[c for c in frame.columns if c != "identity"],
+        identity.alias("identity"),
+        source.alias("identity_source"),
+        "identity_distance",
+        F.coalesce(F.col("identity_outlier"), F.lit(False)).alias("identity_outlier"),
+    )
+
+
+def with_split(frame, split: str, seed: int):
+    """`frame` with `split`: train, val or test per identity (a face without one: per file)."""
+    from pyspark.sql import functions as F
+
     shares = parse_split(split)
     assert shares is not None  # PrepConfig checked it
     key = F.coalesce(F.col("identity"), F.col("name"), F.col("relative_path"))
     bucket = F.pmod(F.xxhash64(F.lit(seed), key), F.lit(SPLIT_BUCKETS)) / SPLIT_BUCKETS
     split_of = F.when(bucket < shares[0], "train").when(bucket < shares[0] + shares[1], "val").otherwise("test")
-    return joined.select(
-        *[c for c in frame.columns if c not in ("status", "reason", "message")],
-        F.when(copy, F.lit("rejected")).otherwise(F.col("status")).alias("status"),
-        F.when(copy, F.lit("duplicate")).otherwise(F.col("reason")).alias("reason"),
-        F.when(copy, message).otherwise(F.col("message")).alias("message"),
-        F.when(copy, F.col("kept_path")).alias("duplicate_of"),
-        split_of.alias("split"),
-    ).select(*frame.columns, "duplicate_of", "split")
+    return frame.withColumn("split", split_of)

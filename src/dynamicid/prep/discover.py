@@ -34,7 +34,7 @@ def local_path(path: str) -> str:
 
 def identity_of(relative: str, layout: str) -> str | None:
     parts = relative.split("/")
-    if layout == "flat" or len(parts) < 2:
+    if layout != "by-identity" or len(parts) < 2:  # flat, or cluster: identities come later, from the faces
         return None
     return parts[0]
 

@@ -69,6 +69,19 @@ def face_paths(output: str, identity: str | None, name: str) -> dict[str, str]:
     return {ext: os.path.join(folder, f"{name}.{ext}") for ext in OUTPUT_EXTENSIONS}
 
 
+def move_face_files(output: str, name: str, source: str | None, target: str | None) -> bool:
+    """Moves a face's four files from one identity's folder to another's (a rename each). Returns whether
+    any was there to move; a file already moved is left alone, so an interrupted move can be run again."""
+    before, after = face_paths(output, source, name), face_paths(output, target, name)
+    moved = False
+    for extension in OUTPUT_EXTENSIONS:
+        if os.path.exists(before[extension]):
+            os.makedirs(os.path.dirname(after[extension]), exist_ok=True)
+            os.replace(before[extension], after[extension])
+            moved = True
+    return moved
+
+
 def record_path(output: str, relative: str) -> str:
     """The completion record of one input file, keyed by its path below INPUT (not by its content or the
     settings, which the record holds), so a changed input or setting finds the outputs it replaces."""

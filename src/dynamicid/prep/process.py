@@ -34,6 +34,7 @@ from PIL import Image
 from dynamicid.faces import FaceAnalyzer, landmark_image
 from dynamicid.faces.backends import Resources, create
 from dynamicid.faces.caption import caption_many
+from dynamicid.faces.face_hash import face_hash
 from dynamicid.faces.face_prompt import CLASSIFIER_EMOTIONS
 from dynamicid.faces.types import FaceAnalysis, FaceBox
 from dynamicid.imagefile import DecodedImage, Rejected, decode_image
@@ -353,6 +354,12 @@ class LandmarkStage(Stage):
         file.image = None  # the pixels are let go; the faces keep their crops
 
 
+def _unit(vector) -> list[float]:
+    """The embedding as the manifest holds it: float32, unit length, so a dot product is the cosine."""
+    values = np.asarray(vector, dtype=np.float32)
+    return (values / max(float(np.linalg.norm(values)), 1e-12)).tolist()
+
+
 def _facts(analysis: FaceAnalysis, image: DecodedImage) -> dict[str, Any]:
     return {
         "face_prompt": analysis.face_prompt,
@@ -504,6 +511,8 @@ class WriteStage(Stage):
             "expression_model": analyzer.backend_ids["expression"],
             "embedding_model": analyzer.embedder.model_id,
             "embedding_dim": int(analyzer.embedder.dim),
+            "embedding": _unit(analysis.embedding),
+            "face_hash": face_hash(analysis.aligned),
             "captioner_model": self.shared.captioner.model_id,
             "caption": face.caption,
             "sharpness": analysis.sharpness,

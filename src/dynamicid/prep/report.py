@@ -17,9 +17,18 @@ from dynamicid.prep import outputs
 from dynamicid.prep.schema import STAGE_TIMINGS, points_array
 
 # What the summary and the contact sheet read; the point lists are fetched for the sheet's faces only.
-REPORT_COLUMNS = ["relative_path", "face_index", "identity", "name", "status", "reason", "resumed", "face_prompt"] + [
-    f"ms_{stage}" for stage in STAGE_TIMINGS
-]
+REPORT_COLUMNS = [
+    "relative_path",
+    "face_index",
+    "identity",
+    "name",
+    "status",
+    "reason",
+    "resumed",
+    "face_prompt",
+    "identity_outlier",
+    "split",
+] + [f"ms_{stage}" for stage in STAGE_TIMINGS]
 
 
 class ManifestTally:
@@ -31,6 +40,7 @@ class ManifestTally:
         self.limit = sheet_limit
         self.files = self.kept = self.kept_images = self.resumed_files = 0
         self.files_by_status, self.rejected, self.errors = Counter(), Counter(), Counter()
+        self.outliers, self.faces_by_split = 0, Counter()
         self.identities: set = set()
         self.stage_sums: dict[str, float] = {}
         self.stage_counts: dict[str, int] = {}
@@ -52,6 +62,8 @@ class ManifestTally:
         self._last_kept_path = kept_paths.iloc[-1] if len(kept_paths) else self._last_kept_path
         self.identities.update(batch.identity[ok].dropna().unique())
         self.rejected.update(batch.reason[batch.status.eq("rejected")])
+        self.outliers += int((ok & batch.identity_outlier.fillna(False).astype(bool)).sum())
+        self.faces_by_split.update(batch.split[ok].dropna())
         self.errors.update(batch.reason[batch.status.eq("error")])
         fresh = batch[ok & ~resumed]
         for column in (c for c in batch.columns if c.startswith("ms_")):
@@ -83,6 +95,8 @@ class ManifestTally:
             "kept_faces": self.kept,
             "kept_images": self.kept_images,
             "identities": len(self.identities),
+            "identity_outliers": self.outliers,
+            "kept_faces_by_split": dict(sorted(self.faces_by_split.items())),
             "rejected": dict(self.rejected.most_common()),
             "errors": dict(self.errors.most_common()),
             "resumed": self.resumed_files,
@@ -138,6 +152,13 @@ def format_summary(summary: dict, output: str) -> str:
             f"  processed {summary['processed_this_run']} files in {summary['job_seconds']:.1f} s: "
             f"{summary['images_per_second']:.2f} images/s"
         )
+    if summary["identity_outliers"]:
+        lines.append(
+            f"  identity outliers: {summary['identity_outliers']} kept faces unlike the rest of their identity "
+            "(identity_outlier in the manifest; training leaves them out unless --keep-outliers)"
+        )
+    if set(summary["kept_faces_by_split"]) - {"train"}:
+        lines.append("  split: " + ", ".join(f"{k} {v} faces" for k, v in summary["kept_faces_by_split"].items()))
     for title, counts in (("rejected", summary["rejected"]), ("errors", summary["errors"])):
         if counts:
             lines.append(f"  {title}: {sum(counts.values())}")

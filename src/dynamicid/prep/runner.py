@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import time
@@ -11,16 +12,19 @@ import uuid
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dynamicid.errors import DynamicIDError
 from dynamicid.faces.record import write_dataset_record
-from dynamicid.prep import outputs, report
+from dynamicid.prep import curate, outputs, report
 from dynamicid.prep.config import PrepConfig
-from dynamicid.prep.curate import curate
 from dynamicid.prep.discover import is_local, list_input
 from dynamicid.prep.guard import OutputLock, PrepError, check_paths, check_writable
-from dynamicid.prep.schema import SPARK_DDL
-from dynamicid.prep.verify import remove_unlisted
+from dynamicid.prep.schema import MANIFEST_COLUMNS, SPARK_DDL
+from dynamicid.prep.verify import faces_with_files, remove_unlisted
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PrepError", "PrepResult", "run_prep"]
 
@@ -67,15 +71,51 @@ def check_backends(config: PrepConfig) -> PrepConfig:
 MANIFEST_ROW_GROUP_BYTES = 8 * 1024 * 1024
 
 
-def merge_rows(spark, rows_dir: str, manifest_path: str, curation: tuple[str, int] | None = None) -> None:
-    """Gather the job's Parquet parts into one manifest sorted by relative path and face, replaced atomically.
+def merge_rows(spark, rows_dir: str, manifest_path: str, config: PrepConfig | None = None) -> None:
+    """Gather the job's Parquet parts into one manifest sorted by relative path and face, replaced atomically,
+    curated (`curate`) when `config` is given.
 
     Spark reads, sorts (spilling to disk as it needs) and writes one file, so the driver's Python process
-    never holds the manifest: its memory does not grow with the corpus."""
+    never holds the manifest: its memory does not grow with the corpus (the curation's embeddings aside)."""
     table = spark.read.schema(SPARK_DDL).parquet("file://" + rows_dir)
-    if curation is not None:
-        table = curate(table, *curation)
-    write_one_parquet(table.orderBy("relative_path", "face_index"), manifest_path)
+    if config is None:
+        write_one_parquet(table.orderBy("relative_path", "face_index"), manifest_path)
+        return
+    work = os.path.dirname(rows_dir.rstrip("/"))
+    staged = os.path.join(work, "deduplicated.parquet")
+    write_one_parquet(curate.mark_exact_duplicates(table).orderBy("relative_path", "face_index"), staged)
+    findings_path = os.path.join(work, "findings.parquet")
+    pq.write_table(pa.Table.from_pandas(_find_identities(staged, config), FINDINGS_SCHEMA, False), findings_path)
+    findings = spark.read.schema(curate.FINDINGS_DDL).parquet("file://" + findings_path)
+    curated = curate.with_findings(spark.read.parquet("file://" + staged), findings, config.layout)
+    curated = curate.with_split(curated, config.split, config.split_seed)
+    write_one_parquet(curated.select(*MANIFEST_COLUMNS).orderBy("relative_path", "face_index"), manifest_path)
+
+
+FINDINGS_SCHEMA = pa.schema(
+    [
+        ("relative_path", pa.string()),
+        ("face_index", pa.int32()),
+        ("found_identity", pa.string()),
+        ("identity_distance", pa.float64()),
+        ("identity_outlier", pa.bool_()),
+        ("copy_of_path", pa.string()),
+        ("copy_of_identity", pa.string()),
+    ]
+)
+
+
+def _find_identities(staged_manifest: str, config: PrepConfig):
+    """The driver's part of curation: near copies, clusters, distances (`identities`), as a table."""
+    from dynamicid.faces.identity_thresholds import thresholds_for
+    from dynamicid.prep import identities
+    from dynamicid.prep.neighbours import read_face_vectors
+
+    thresholds = thresholds_for(config.faces.embedder, config.same_person_cosine, config.near_copy_cosine)
+    faces = read_face_vectors(staged_manifest)
+    cluster = config.layout == "cluster"
+    found = identities.find_identities(faces, thresholds, cluster, seed=config.split_seed)
+    return identities.findings_frame(faces, found, cluster)
 
 
 def write_one_parquet(frame, path: str) -> None:
@@ -117,9 +157,11 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
             from dynamicid.prep.sparkenv import build_session
 
             spark = build_session(config.master)
+        _file_clusters(output, back=True)
         job_seconds, manifest_path = _process_and_merge(
             spark, list_input(config.input, config.layout, spark, skip), config, output
         )
+        _file_clusters(output)
         removed = remove_unlisted(output, manifest_path)
         tally = report.tally_manifest(manifest_path, config.contact_sheet_faces)
         sheet = report.contact_sheet(tally, output, limit=config.contact_sheet_faces, manifest_path=manifest_path)
@@ -127,6 +169,25 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
         report.write_summary(summary, output)
         write_dataset_record(output, requested_faces)
     return PrepResult(manifest_path, sheet, summary)
+
+
+def _file_clusters(output: str, back: bool = False) -> int:
+    """Moves the faces the manifest puts in clusters into their person's folder; `back` returns them to
+    images/ itself, where the job looks for them (it writes unlabelled faces there), before a rerun, whose
+    clusters may differ. A move interrupted either way is finished by the next run."""
+    manifest_path = os.path.join(output, "manifest.parquet")
+    if not os.path.isfile(manifest_path):
+        return 0
+    moved = 0
+    try:
+        for identity, name in faces_with_files(manifest_path, clustered_only=True):
+            source, target = (identity, None) if back else (None, identity)
+            moved += outputs.move_face_files(output, name, source, target)
+    except OSError:
+        raise
+    except Exception as err:  # an earlier manifest pyarrow cannot read: its faces are redone
+        logger.warning("%s cannot be read (%s); its clustered faces will be prepared again", manifest_path, err)
+    return moved
 
 
 @contextlib.contextmanager
@@ -161,7 +222,7 @@ def _process_and_merge(spark, files, config: PrepConfig, output: str) -> tuple[f
         manifest_path = os.path.join(output, "manifest.parquet")
         with _disk_full_reported(output):
             job_seconds = run_stage_on_spark(spark, listing, count, config, "file://" + rows_dir)
-            merge_rows(spark, rows_dir, manifest_path, (config.split, config.split_seed))
+            merge_rows(spark, rows_dir, manifest_path, config)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     return job_seconds, manifest_path

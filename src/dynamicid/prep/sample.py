@@ -1,5 +1,7 @@
 """A sample input the project makes itself: one real face (the astronaut photo that ships inside
-scikit-image) in several encodings, photos without faces, and broken files made on the spot.
+scikit-image) in several encodings, photos without faces, and broken files made on the spot. The
+encodings are one photo, so prep keeps the first (cmyk.jpg, by path) and rejects the others as near
+copies (`duplicate`); the mirror image is another picture of the same face, and is kept.
 
 `make_sample` returns what `prep` should record for each file, so the demo and the tests agree.
 """
@@ -93,12 +95,12 @@ def make_sample(folder: str) -> dict[str, tuple[str, str | None]]:
 
     face = astronaut()
     files: dict[str, tuple[bytes, str, str | None]] = {
-        "astronaut/original.png": (png_bytes(face), "ok", None),
+        "astronaut/original.png": (png_bytes(face), "rejected", "duplicate"),
         "astronaut/mirrored.jpg": (jpeg_bytes(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT)), "ok", None),
-        "astronaut/exif_rotated.jpg": (exif_rotated_jpeg(face), "ok", None),
+        "astronaut/exif_rotated.jpg": (exif_rotated_jpeg(face), "rejected", "duplicate"),
         "astronaut/cmyk.jpg": (jpeg_bytes(face.convert("CMYK")), "ok", None),
-        "astronaut/gray16.png": (sixteen_bit_png(face), "ok", None),
-        "astronaut/rgba.png": (rgba_png(face), "ok", None),
+        "astronaut/gray16.png": (sixteen_bit_png(face), "rejected", "duplicate"),
+        "astronaut/rgba.png": (rgba_png(face), "rejected", "duplicate"),
         "astronaut/blurred.jpg": (jpeg_bytes(face.filter(ImageFilter.GaussianBlur(3))), "rejected", "too_blurry"),
         "scenes/coffee.png": (png_bytes(Image.fromarray(data.coffee())), "rejected", "no_face"),
         "scenes/cat.png": (png_bytes(Image.fromarray(data.chelsea())), "rejected", "no_face"),

@@ -35,6 +35,8 @@ COLUMNS: list[tuple[str, str]] = (
         ("landmarks_model", "string"),
         ("embedding_model", "string"),
         ("embedding_dim", "int"),
+        ("embedding", "array<float>"),  # the identity embedding, L2-normalised (also in NAME.pt)
+        ("face_hash", "string"),  # 64-bit perceptual hash of the aligned face, 16 hex digits
         ("captioner_model", "string"),
         ("caption", "string"),
         ("face_prompt", "string"),
@@ -58,8 +60,13 @@ COLUMNS: list[tuple[str, str]] = (
 )
 
 COLUMN_NAMES = [name for name, _ in COLUMNS]
-# Added by curation after the job (`curate`), on the whole manifest.
-CURATED_COLUMNS = ["duplicate_of", "split"]
+# Added by curation after the job (`curate`), on the whole manifest: the kept file a duplicate copies, the
+# split, where the identity came from (folder, cluster or none), and how far a face is from the rest of
+# its identity (1 - cosine to the mean of the others) with the verdict.
+CURATED_COLUMNS = ["duplicate_of", "split", "identity_source", "identity_distance", "identity_outlier"]
+CURATED_DDL = (
+    "duplicate_of string, split string, identity_source string, identity_distance double, identity_outlier boolean"
+)
 MANIFEST_COLUMNS = COLUMN_NAMES + CURATED_COLUMNS
 SPARK_DDL = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
 
@@ -70,6 +77,7 @@ _ARROW = {
     "boolean": pa.bool_(),
     "double": pa.float64(),
     "array<double>": pa.list_(pa.float64()),
+    "array<float>": pa.list_(pa.float32()),
     "array<array<double>>": pa.list_(pa.list_(pa.float64())),
 }
 ARROW_SCHEMA = pa.schema([(name, _ARROW[kind]) for name, kind in COLUMNS])

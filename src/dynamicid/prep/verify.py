@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from dynamicid.prep import outputs
@@ -12,18 +13,24 @@ from dynamicid.prep import outputs
 MANIFEST = "manifest.parquet"
 
 
-def listed_outputs(manifest_path: str, batch_rows: int = 65536) -> set[str]:
-    """The kept faces the manifest names, as "<identity folder>/<name>" (each has four files). Read a batch
-    of three short columns at a time; the set costs about 100 bytes per kept face."""
+def faces_with_files(
+    manifest_path: str, clustered_only: bool = False, batch_rows: int = 65536
+) -> Iterator[tuple[str | None, str]]:
+    """(identity, name) of every face whose four files the output holds: the kept ones, and the duplicates
+    curation rejected (their files stay, so a rerun resumes them); only those whose identity is a cluster's
+    when `clustered_only`. A batch of five short columns at a time."""
     import pyarrow.parquet as pq
 
-    listed: set[str] = set()
-    manifest = pq.ParquetFile(manifest_path)
-    for batch in manifest.iter_batches(batch_size=batch_rows, columns=["status", "identity", "name"]):
-        for status, identity, name in zip(*(batch.column(i).to_pylist() for i in range(3))):
-            if status == "ok":
-                listed.add(os.path.join(outputs.identity_folder(identity), name))
-    return listed
+    columns = ["status", "reason", "identity", "name", "identity_source"]
+    for batch in pq.ParquetFile(manifest_path).iter_batches(batch_size=batch_rows, columns=columns):
+        for status, reason, identity, name, source in zip(*(batch.column(i).to_pylist() for i in range(5))):
+            if name and (status == "ok" or reason == "duplicate") and (source == "cluster" or not clustered_only):
+                yield identity, name
+
+
+def listed_outputs(manifest_path: str) -> set[str]:
+    """`faces_with_files` as "<identity folder>/<name>" (each has four files); about 100 bytes per face."""
+    return {os.path.join(outputs.identity_folder(identity), name) for identity, name in faces_with_files(manifest_path)}
 
 
 def _is_listed(relative: str, listed: set[str]) -> bool:

@@ -38,6 +38,9 @@ class TrainCommon:
     sample_every: int = option(0, "write a sample image every N steps (0: never)", limits=(0, 100_000_000))
     sample_steps: int = option(20, "denoising steps of each sample image", limits=(1, 1000))
     seed: int = option(0, "random seed", limits=(0, 2**63 - 1))
+    keep_outliers: bool = option(
+        False, "also train on faces prep flagged as identity_outlier (unlike the rest of their identity)"
+    )
     resume: bool = option(True, "start over even if OUTPUT has checkpoints")
     progress: bool = option(True, "no progress bar")
 

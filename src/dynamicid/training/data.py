@@ -39,7 +39,7 @@ def _file_problem(face: Face, dim: int) -> str | None:
     return outputs.face_files_problem({"jpg": face.jpg, "png": face.png, "txt": face.txt, "pt": face.pt}, dim)
 
 
-def load_faces(folder: str, check_files: bool = True) -> list[Face]:
+def load_faces(folder: str, check_files: bool = True, keep_outliers: bool = False) -> list[Face]:
     """The kept faces of prep's output. Before any training step, every face's files are checked
     (`_file_problem`); bad ones are left out, counted and listed in a warning, so a run never dies at
     step N on a file that could have been checked at step 0."""
@@ -53,6 +53,16 @@ def load_faces(folder: str, check_files: bool = True) -> list[Face]:
         if held_out.any():
             logger.info("%d faces of val/test identities are held out of training (prep --split)", int(held_out.sum()))
         kept = kept[~held_out]
+    if "identity_outlier" in kept and not keep_outliers:  # likely strangers in a person's folder
+        strangers = kept.identity_outlier.fillna(False).astype(bool)
+        if strangers.any():
+            logger.warning(
+                "%d faces flagged by prep as unlike the rest of their identity are left out (identity_outlier; "
+                "--keep-outliers trains on them): %s",
+                int(strangers.sum()),
+                ", ".join(kept.relative_path[strangers].head(5)),
+            )
+        kept = kept[~strangers]
     if kept.empty:
         raise TrainingDataError(f"{manifest_path} lists no kept faces ({len(manifest)} rows, none with status ok)")
     dims = sorted(kept.embedding_dim.dropna().astype(int).unique().tolist())

@@ -253,7 +253,7 @@ def _anchor_loss(config: AnchorConfig, frozen: Frozen, trainer: Trainer, batches
 
 
 def train_anchor(config: AnchorConfig) -> dict:
-    faces = td.load_faces(config.data)
+    faces = td.load_faces(config.data, keep_outliers=config.keep_outliers)
     face_analysis = td.face_analysis_of(config.data)
     sampler = td.AnchorSampler(faces)
     id_dim = td.embedding_dim(faces)
@@ -456,7 +456,7 @@ def _reconfig_loss(config: ReconfigConfig, frozen: Frozen, trainer: Trainer, sam
 def train_reconfig(config: ReconfigConfig) -> dict:
     if not config.weights:
         raise ConfigError("reconfig needs the stage-1 weights: set weights to a folder (ours or the authors')")
-    faces = td.load_faces(config.data)
+    faces = td.load_faces(config.data, keep_outliers=config.keep_outliers)
     sampler = td.ReconfigSampler(faces, config.max_targets)
     trainer = Trainer(config, "reconfig")
     frozen = Frozen(config, trainer.device, trainer.weight_dtype)

@@ -1,0 +1,207 @@
+"""Who is who among the kept faces, from their embeddings: near copies, clusters (`--layout cluster`) and
+strangers in labelled folders. Runs on the driver over `neighbours.FaceVectors`; every step works on the
+k-nearest-neighbour graph or on per-identity sums, so time and memory grow with n, not n^2.
+
+- Near copies: two neighbours are one photo (re-encoded, resized or lightly cropped) when their embeddings
+  agree as one person's do and their face hashes nearly match, or when their embeddings agree as only
+  copies do and the hashes are close (a crop moves the alignment a little, and with it some bits).
+  Each group of copies keeps its first face in manifest order.
+- Clusters: Chinese whispers (Biemann 2006, the method dlib ships for faces) on the graph whose edges join
+  neighbours at or above the embedder's same-person cosine. Unlike joining every connected pair, one
+  mistaken edge does not merge two people: a face takes the label that weighs most among its neighbours.
+  No number of people is needed.
+- Distances: each face's cosine distance to the mean of the other faces of its identity; a face of a
+  labelled folder further than the same-person threshold is flagged as a likely stranger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dynamicid.faces.face_hash import hash_distances
+from dynamicid.faces.identity_thresholds import IdentityThresholds
+from dynamicid.prep.neighbours import FaceVectors, nearest_neighbours
+
+NEIGHBOURS = 16
+COPY_BITS = 8  # hash distance of a re-encoded or resized copy (measured: at most 8 of 64)
+CROPPED_COPY_BITS = 20  # ... of a lightly cropped copy (measured: at most 18); strangers differ by 18 or more
+WHISPER_ROUNDS = 60
+
+
+@dataclass
+class IdentityFindings:
+    """Per face of `FaceVectors`, in its order."""
+
+    copy_of: np.ndarray  # index of the kept face this one copies, or -1
+    label: np.ndarray  # cluster number (clusters only; -1 elsewhere)
+    distance: np.ndarray  # 1 - cosine to the mean of the rest of its identity; NaN when alone
+    outlier: np.ndarray  # bool
+
+
+def find_identities(faces: FaceVectors, thresholds: IdentityThresholds, cluster: bool, seed: int = 0):
+    """Near copies, then (when `cluster`) the clusters, then each face's distance to its identity."""
+    count = len(faces)
+    neighbours, similarity = nearest_neighbours(faces.vectors, NEIGHBOURS, seed) if count else (None, None)
+    copy_of = near_copies(faces, neighbours, similarity, thresholds) if count else np.zeros(0, np.int64)
+    originals = copy_of < 0
+    label = np.full(count, -1, np.int64)
+    if cluster and count:
+        graph = _same_person_edges(neighbours, similarity, thresholds.same_person, originals)
+        label[originals] = chinese_whispers(count, *graph, seed=seed)[originals]
+        label[~originals] = label[copy_of[~originals]]
+        label = _renumbered(label)
+        groups = label
+    else:
+        groups = _identity_codes(faces.identity)
+    distance = distance_to_identity(faces.vectors, groups, originals)
+    outlier = ~np.isnan(distance) & (1 - distance < thresholds.same_person) & originals
+    return IdentityFindings(copy_of, label, distance, outlier)
+
+
+def near_copies(faces: FaceVectors, neighbours, similarity, thresholds: IdentityThresholds) -> np.ndarray:
+    """For each face, the first face (in manifest order) of its group of copies, or -1 for that first one
+    and for faces with no copy."""
+    rows = np.repeat(np.arange(len(faces)), neighbours.shape[1])
+    others, cosine = neighbours.ravel(), similarity.ravel()
+    valid = others >= 0
+    rows, others, cosine = rows[valid], others[valid], cosine[valid]
+    bits = hash_distances(faces.hashes[rows], faces.hashes[others])
+    same = (cosine >= thresholds.same_person) & (
+        (bits <= COPY_BITS) | ((cosine >= thresholds.near_copy) & (bits <= CROPPED_COPY_BITS))
+    )
+    root = _union(len(faces), rows[same], others[same])
+    return np.where(root == np.arange(len(faces)), -1, root)
+
+
+def _union(count: int, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Connected groups of the pairs; each node's root is the smallest index of its group."""
+    parent = np.arange(count)
+
+    def find(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for a, b in zip(first.tolist(), second.tolist()):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([find(node) for node in range(count)], dtype=np.int64)
+
+
+def _same_person_edges(neighbours, similarity, threshold: float, members: np.ndarray):
+    """The graph's edges, both ways, between members that are neighbours at or above the threshold."""
+    rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1])
+    others, weight = neighbours.ravel(), similarity.ravel()
+    keep = (others >= 0) & (weight >= threshold)
+    rows, others, weight = rows[keep], others[keep], weight[keep]
+    keep = members[rows] & members[others]
+    rows, others, weight = rows[keep], others[keep], weight[keep]
+    return np.concatenate([rows, others]), np.concatenate([others, rows]), np.concatenate([weight, weight])
+
+
+def chinese_whispers(count: int, source, target, weight, seed: int = 0, rounds: int = WHISPER_ROUNDS):
+    """Labels of the graph's nodes: each round, a random half of the nodes takes the label with the largest
+    summed edge weight among its neighbours (ties: the smaller label). Half, not all: updating every node
+    at once lets two labels swap back and forth forever. Returns labels 0..m-1, largest cluster first."""
+    label = np.arange(count, dtype=np.int64)
+    if len(source) == 0:
+        return _renumbered(label)
+    rng = np.random.default_rng(seed)
+    quiet = 0
+    for _ in range(rounds):
+        key = source * count + label[target]
+        unique, inverse = np.unique(key, return_inverse=True)
+        sums = np.bincount(inverse, weights=weight)
+        node, candidate = unique // count, unique % count
+        order = np.lexsort((candidate, -sums, node))
+        first = order[np.r_[True, node[order][1:] != node[order][:-1]]]
+        chosen = label.copy()
+        chosen[node[first]] = candidate[first]
+        update = rng.random(count) < 0.5
+        changed = int(((chosen != label) & update).sum())
+        label = np.where(update, chosen, label)
+        quiet = quiet + 1 if changed == 0 else 0
+        if quiet >= 3:
+            break
+    return _renumbered(label)
+
+
+def _renumbered(label: np.ndarray) -> np.ndarray:
+    """Labels as 0..m-1 by size, largest first (ties: the one whose first member comes first)."""
+    values, first, inverse, sizes = np.unique(label, return_index=True, return_inverse=True, return_counts=True)
+    rank = np.empty(len(values), np.int64)
+    rank[np.lexsort((first, -sizes))] = np.arange(len(values))
+    return rank[inverse]
+
+
+def _identity_codes(identities: list[str | None]) -> np.ndarray:
+    """The folder identities as numbers; faces without one are -1 (no identity to compare with)."""
+    codes: dict[str, int] = {}
+    return np.array([-1 if name is None else codes.setdefault(name, len(codes)) for name in identities], np.int64)
+
+
+def distance_to_identity(vectors: np.ndarray, groups: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """1 - cosine between each face and the mean of the other members of its group (NaN when it has no
+    other member). Copies are not members: a stranger's copy must not vouch for the stranger."""
+    distance = np.full(len(vectors), np.nan)
+    counted = members & (groups >= 0)
+    if not counted.any():
+        return distance
+    size = int(groups.max()) + 1
+    sums = np.zeros((size, vectors.shape[1]), np.float64)
+    np.add.at(sums, groups[counted], vectors[counted])
+    counts = np.bincount(groups[counted], minlength=size)
+    has_group = groups >= 0
+    index = np.where(has_group)[0]
+    own = counted[index].astype(np.float64)[:, None]
+    others = sums[groups[index]] - own * vectors[index]
+    others_count = counts[groups[index]] - own[:, 0]
+    norm = np.linalg.norm(others, axis=1)
+    valid = (others_count > 0) & (norm > 0)
+    cosine = np.einsum("ij,ij->i", vectors[index][valid], others[valid]) / norm[valid]
+    distance[index[valid]] = 1 - cosine
+    return distance
+
+
+def findings_frame(faces: FaceVectors, found: IdentityFindings, cluster: bool):
+    """The findings as rows to join into the manifest (`curate.FINDINGS_DDL`): clusters are named
+    person-0001, person-0002, ... from the largest."""
+    import pandas as pd
+
+    copies = found.copy_of
+    if cluster:
+        label = found.label
+        width = max(4, len(str(len(np.unique(label)))))
+        identity = [f"person-{value + 1:0{width}d}" for value in label.tolist()]
+    else:
+        identity = [None] * len(faces)
+    return pd.DataFrame(
+        {
+            "relative_path": faces.relative_path,
+            "face_index": faces.face_index.astype(np.int32),
+            "found_identity": identity,
+            "identity_distance": found.distance,
+            "identity_outlier": found.outlier,
+            "copy_of_path": [faces.relative_path[c] if c >= 0 else None for c in copies.tolist()],
+            "copy_of_identity": [faces.identity[c] if c >= 0 else None for c in copies.tolist()],
+        }
+    )
+
+
+def pairwise_precision_recall(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """How well groups `found` match the people `truth`, over all pairs of faces: of the pairs put together,
+    the share that are one person (precision); of the pairs that are one person, the share put together
+    (recall). From the contingency counts, without listing pairs."""
+
+    def pairs(counts: np.ndarray) -> float:
+        counts = counts.astype(np.float64)
+        return float((counts * (counts - 1) / 2).sum())
+
+    _, both = np.unique(np.stack([found, truth]), axis=1, return_counts=True)
+    together, same = pairs(np.unique(found, return_counts=True)[1]), pairs(np.unique(truth, return_counts=True)[1])
+    agree = pairs(both)
+    return (agree / together if together else 1.0), (agree / same if same else 1.0)

@@ -1,0 +1,172 @@
+"""prep's curation (issue 26 §2): near copies, strangers in labelled folders, clusters of unlabelled photos,
+and the pieces they are made of."""
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from dynamicid.faces.face_hash import face_hash, hash_distance
+from dynamicid.prep import PrepConfig
+from dynamicid.prep.identities import chinese_whispers, distance_to_identity, pairwise_precision_recall
+from dynamicid.prep.runner import run_prep
+from dynamicid.prep.verify import check_outputs
+
+
+def prep(spark, input_dir, output_dir, **options):
+    return run_prep(PrepConfig(input=str(input_dir), output=str(output_dir), progress=False, **options), spark=spark)
+
+
+def _upright(path: Path) -> Image.Image:
+    return ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+
+
+def _jpeg(image: Image.Image, target: Path, quality: int = 92) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    target.write_bytes(buffer.getvalue())
+
+
+def _cropped(image: Image.Image, share: float) -> Image.Image:
+    dx, dy = int(image.width * share), int(image.height * share)
+    return image.crop((dx, dy, image.width - dx, image.height - dy))
+
+
+@pytest.fixture(scope="module")
+def labelled_run(spark, shared_faces, tmp_path_factory):
+    """../shared/faces by person, with biden/2.jpg moved into obama's folder (a stranger), and four near
+    copies: re-encoded, halved, cropped, and one re-encoded in another person's folder (tom/, after rose_leslie/
+by path, so hers is the one kept)."""
+    root = tmp_path_factory.mktemp("labelled")
+    source = root / "in"
+    shutil.copytree(shared_faces / "identities", source)
+    shutil.move(source / "biden" / "2.jpg", source / "obama" / "stranger.jpg")
+    faces = shared_faces / "identities"
+    _jpeg(_upright(faces / "obama" / "2.jpg"), source / "obama" / "2_q50.jpg", quality=50)
+    half = _upright(faces / "kit_harington" / "1.jpeg")
+    _jpeg(
+        half.resize((half.width // 2, half.height // 2), Image.Resampling.LANCZOS),
+        source / "kit_harington" / "1_half.jpg",
+    )
+    _jpeg(_cropped(_upright(faces / "alex_lacamoire" / "1.jpg"), 0.06), source / "alex_lacamoire" / "1_crop.jpg")
+    _jpeg(_upright(faces / "rose_leslie" / "1.jpg"), source / "tom" / "rose.jpg", quality=60)
+    return prep(spark, source, root / "out"), root / "out"
+
+
+def test_near_copies_are_rejected_naming_the_kept_photo_and_other_photos_of_a_person_are_not(labelled_run):
+    manifest = labelled_run[0].manifest().set_index("relative_path")
+    copies = {
+        "obama/2_q50.jpg": "obama/2.jpg",
+        "kit_harington/1_half.jpg": "kit_harington/1.jpeg",
+        "alex_lacamoire/1_crop.jpg": "alex_lacamoire/1.jpg",
+        "tom/rose.jpg": "rose_leslie/1.jpg",
+        "obama/5_240p.jpg": "obama/1.jpg",  # shipped in ../shared/faces: obama/1.jpg at 240 lines
+    }
+    for copy, kept in copies.items():
+        row = manifest.loc[copy]
+        assert (row.status, row.reason, row.duplicate_of) == ("rejected", "duplicate", kept), copy
+        assert row.message.startswith(f"a near copy of {kept}"), row.message
+    assert "under another identity (rose_leslie)" in manifest.loc["tom/rose.jpg", "message"]
+    assert "another identity" not in manifest.loc["obama/2_q50.jpg", "message"]
+    others = manifest.drop(index=list(copies))
+    assert (others.status == "ok").all(), others.loc[others.status != "ok", ["reason", "message"]]
+    assert labelled_run[0].summary["rejected"] == {"duplicate": len(copies)}
+
+
+def test_a_stranger_in_a_folder_is_flagged_and_training_leaves_it_out_unless_asked(labelled_run):
+    from dynamicid.training.data import load_faces
+
+    result, out = labelled_run
+    manifest = result.manifest().set_index("relative_path")
+    kept = manifest[manifest.status == "ok"]
+    assert list(kept.index[kept.identity_outlier]) == ["obama/stranger.jpg"]
+    obama = kept[kept.identity == "obama"].identity_distance
+    assert obama["obama/stranger.jpg"] > 2 * obama.drop("obama/stranger.jpg").max()
+    assert np.isnan(manifest.loc["biden/1.jpg", "identity_distance"])  # alone in its folder: nothing to compare
+    assert result.summary["identity_outliers"] == 1
+    stranger = manifest.loc["obama/stranger.jpg", "name"]
+    assert stranger not in {face.name for face in load_faces(str(out))}
+    assert stranger in {face.name for face in load_faces(str(out), keep_outliers=True)}
+    assert check_outputs(str(out)).ok
+
+
+@pytest.mark.slow
+def test_unlabelled_photos_are_clustered_into_their_people(spark, shared_faces, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for photo in (shared_faces / "identities").rglob("*.*"):
+        shutil.copy(photo, flat / f"{photo.parent.name}__{photo.name}")
+    out = tmp_path / "out"
+    manifest = prep(spark, flat, out, layout="cluster").manifest()
+    truth = manifest.relative_path.str.split("__").str[0]
+    assert manifest.identity.str.fullmatch(r"person-\d{4}").all() and (manifest.identity_source == "cluster").all()
+    codes = lambda column: column.astype("category").cat.codes.to_numpy()  # noqa: E731
+    precision, recall = pairwise_precision_recall(codes(manifest.identity), codes(truth))
+    assert precision >= 0.98 and recall >= 0.90, (precision, recall)
+    # Each person's faces sit in their cluster's folder, copies included, and a rerun resumes every file.
+    folders = {p.parent.name for p in (out / "images").rglob("*.jpg")}
+    assert folders == set(manifest.identity)
+    again = prep(spark, flat, out, layout="cluster").manifest()
+    assert again.resumed.all() and list(again.identity) == list(manifest.identity)
+    assert check_outputs(str(out)).ok
+
+
+def test_chinese_whispers_splits_two_groups_joined_by_one_weak_edge():
+    # Two cliques of four, and one edge between them: two clusters, not one chain.
+    edges = [(a, b, 0.9) for group in (range(4), range(4, 8)) for a in group for b in group if a < b]
+    edges.append((3, 4, 0.5))
+    source = np.array([a for a, b, _ in edges] + [b for a, b, _ in edges])
+    target = np.array([b for a, b, _ in edges] + [a for a, b, _ in edges])
+    weight = np.array([w for *_, w in edges] * 2)
+    labels = chinese_whispers(9, source, target, weight)  # node 8 has no edge: alone
+    assert len(set(labels[:4])) == 1 and len(set(labels[4:8])) == 1 and labels[0] != labels[4]
+    assert labels[8] not in set(labels[:8])
+    assert pairwise_precision_recall(labels, np.array([0] * 4 + [1] * 4 + [2])) == (1.0, 1.0)
+
+
+def test_distances_leave_each_face_and_copies_out_of_its_identity_centre():
+    vectors = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=np.float32)
+    groups = np.array([0, 0, 0, 1])
+    members = np.array([True, True, True, False])  # the last is a copy: not a member
+    distance = distance_to_identity(vectors, groups, members)
+    assert distance[0] == pytest.approx(1 - 1 / np.sqrt(2), abs=1e-6)  # the mean of (1,0) and (0,1)
+    assert distance[2] == pytest.approx(1.0, abs=1e-6)  # the mean of the others is (1,0)
+    assert np.isnan(distance[3])  # no member in its group
+
+
+def test_the_inverted_index_finds_the_neighbours_the_exact_one_does(monkeypatch):
+    from dynamicid.prep import neighbours
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((300, 64)).astype(np.float32)
+    vectors = np.repeat(centres, 4, axis=0) + 0.3 * rng.standard_normal((1200, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    exact, _ = neighbours.nearest_neighbours(vectors, 3)
+    monkeypatch.setattr(neighbours, "EXACT_UP_TO", 100)
+    approximate, similarity = neighbours.nearest_neighbours(vectors, 3)
+    assert (approximate != np.arange(1200)[:, None]).all()  # never a face itself
+    assert (approximate[:, 0] == exact[:, 0]).mean() > 0.95
+    assert (np.diff(similarity, axis=1) <= 1e-6).all()  # most similar first
+
+
+def test_face_hashes_of_copies_are_close_and_of_other_photos_far(shared_faces):
+    from dynamicid.faces import FaceAnalyzer
+
+    analyzer = FaceAnalyzer()
+
+    def hash_of(image: Image.Image) -> str:
+        rgb = np.asarray(image)
+        (analysis,) = analyzer.analyze_faces(rgb, analyzer.detect(rgb)[:1], embed=False, expressions=False)
+        return face_hash(analysis.aligned)
+
+    photo = _upright(shared_faces / "identities" / "obama" / "2.jpg")
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=40)
+    original = hash_of(photo)
+    assert hash_distance(original, hash_of(Image.open(buffer))) <= 8
+    assert hash_distance(original, hash_of(photo.resize((photo.width // 2, photo.height // 2)))) <= 8
+    assert hash_distance(original, hash_of(_upright(shared_faces / "identities" / "obama" / "3.jpg"))) > 16
