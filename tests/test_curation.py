@@ -39,8 +39,8 @@ def _cropped(image: Image.Image, share: float) -> Image.Image:
 @pytest.fixture(scope="module")
 def labelled_run(spark, shared_faces, tmp_path_factory):
     """../shared/faces by person, with biden/2.jpg moved into obama's folder (a stranger), and four near
-    copies: re-encoded, halved, cropped, and one re-encoded in another person's folder (tom/, after rose_leslie/
-by path, so hers is the one kept)."""
+    copies: re-encoded, halved, cropped, and one re-encoded in another person's folder (tom/, after
+    rose_leslie/ by path, so hers is the one kept)."""
     root = tmp_path_factory.mktemp("labelled")
     source = root / "in"
     shutil.copytree(shared_faces / "identities", source)
