@@ -94,6 +94,35 @@ def test_a_stranger_in_a_folder_is_flagged_and_training_leaves_it_out_unless_ask
     assert check_outputs(str(out)).ok
 
 
+def test_the_dataset_card_shows_the_counts_the_strangers_and_the_copies_and_renders_in_chromium(labelled_run):
+    result, out = labelled_run
+    card = (out / "dataset_card.md").read_text()
+    for line in (
+        "| files read | 20 |",
+        "| faces kept | 15 |",
+        "| people | 6 |",
+        "| duplicates (exact and near copies) | 5 |",
+    ):
+        assert line in card, line
+    assert "| obama/stranger.jpg | obama |" in card and "| tom/rose.jpg | rose_leslie/1.jpg |" in card
+    assert "| landmarks | dlib-68 | dlib's 68-point predictor, trained on iBUG 300-W" in card
+    charts = sorted((out / "dataset_card").glob("*.png"))
+    assert len(charts) == 6 and all(np.asarray(Image.open(chart)).std() > 10 for chart in charts)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (make test installs it from Debian's packages)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto((out / "dataset_card.html").as_uri())
+        loaded = page.evaluate("Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])")
+        browser.close()
+    assert len(loaded) == 6 + 1 and all(width > 0 for _, width in loaded), loaded  # the charts, the stranger's face
+    assert any(src.startswith("images/obama/") for src, _ in loaded)
+
+
 @pytest.mark.slow
 def test_unlabelled_photos_are_clustered_into_their_people(spark, shared_faces, tmp_path):
     flat = tmp_path / "flat"

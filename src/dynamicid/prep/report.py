@@ -171,6 +171,7 @@ def format_summary(summary: dict, output: str) -> str:
         f"  outputs:        {os.path.join(output, outputs.IMAGES_DIR)}/",
         f"  manifest:       {os.path.join(output, 'manifest.parquet')}",
         f"  contact sheet:  {os.path.join(output, 'contact_sheet.png')}",
+        f"  dataset card:   {os.path.join(output, 'dataset_card.html')} (and dataset_card.md)",
         f"  summary:        {os.path.join(output, 'summary.json')}",
     ]
     return "\n".join(lines)

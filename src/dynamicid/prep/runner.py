@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from dynamicid.errors import DynamicIDError
 from dynamicid.faces.record import write_dataset_record
-from dynamicid.prep import curate, outputs, report
+from dynamicid.prep import card, curate, outputs, report
 from dynamicid.prep.config import PrepConfig
 from dynamicid.prep.discover import is_local, list_input
 from dynamicid.prep.guard import OutputLock, PrepError, check_paths, check_writable
@@ -168,6 +168,7 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
         summary = tally.summary(job_seconds, time.perf_counter() - started) | {"stale_outputs_removed": removed}
         report.write_summary(summary, output)
         write_dataset_record(output, requested_faces)
+        card.write_card(output, manifest_path, summary, requested_faces, config.captioner)
     return PrepResult(manifest_path, sheet, summary)
 
 
