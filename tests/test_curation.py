@@ -199,3 +199,40 @@ def test_face_hashes_of_copies_are_close_and_of_other_photos_far(shared_faces):
     assert hash_distance(original, hash_of(Image.open(buffer))) <= 8
     assert hash_distance(original, hash_of(photo.resize((photo.width // 2, photo.height // 2)))) <= 8
     assert hash_distance(original, hash_of(_upright(shared_faces / "identities" / "obama" / "3.jpg"))) > 16
+
+
+def test_the_readme_url_list_example_runs(spark, shared_faces, tmp_path, monkeypatch):
+    """The README's three lines, as written, on a list of ../shared/faces served on the loopback address,
+    with a re-encoded copy and another person's photo planted under obama."""
+    import shlex
+
+    import pandas as pd
+    from conftest import readme_block
+    from photo_server import PhotoServer
+
+    from dynamicid import cli
+    from dynamicid.training.data import load_faces
+
+    faces = shared_faces / "identities"
+    copy = tmp_path / "obama_2_again.jpg"
+    _jpeg(_upright(faces / "obama" / "2.jpg"), copy, quality=50)
+    listed = {f"{p.parent.name}-{p.stem}": (str(p), p.parent.name) for p in sorted(faces.rglob("*.*"))}
+    listed |= {"obama-copy": (str(copy), "obama"), "obama-stranger": (str(faces / "biden" / "2.jpg"), "obama")}
+    del listed["biden-2"]  # only under obama's name
+    monkeypatch.chdir(tmp_path)
+    with PhotoServer({key: path for key, (path, _) in listed.items()}) as server:
+        rows = [(f"{server.url}/file/{key}", person, "") for key, (_, person) in listed.items()]
+        pd.DataFrame(rows, columns=["url", "identity", "caption"]).to_csv("urls.csv", index=False)
+        for line in readme_block("dynamicid collect urls.csv photos/").splitlines():
+            program, *argv = shlex.split(line, comments=True)
+            assert program == "dynamicid" and cli.main([*argv, "--no-progress"]) == 0, line
+    manifest = pd.read_parquet("dataset/manifest.parquet")
+    assert len(manifest) == len(listed) and (tmp_path / "dataset" / "dataset_card.html").is_file()
+    copies = manifest[manifest.reason == "duplicate"].relative_path
+    assert sorted(copies.str.split("-").str[1]) == ["5_240p", "copy"], copies  # collect names: <key>-<sha>.jpg
+    (stranger,) = manifest.relative_path[manifest.identity_outlier]
+    assert stranger.startswith("obama/obama-stranger-")
+    kept = manifest[manifest.status == "ok"]
+    assert (kept.groupby("identity").split.nunique() == 1).all()  # every person in one split
+    trained_on = {face.name for face in load_faces("dataset")}
+    assert trained_on == set(kept[(kept.split == "train") & ~kept.identity_outlier].name)

@@ -19,6 +19,7 @@ RUN = {
     ".venv/bin/dynamicid prep photos/ dataset/": "tests/test_readme.py::test_the_tiny_walkthrough_runs_as_written",
     ".venv/bin/dynamicid eval generated/": "tests/test_readme.py::test_the_tiny_walkthrough_runs_as_written",
     "import torch": "tests/test_readme.py::test_the_python_example_runs_as_written",
+    "dynamicid collect urls.csv photos/": "tests/test_curation.py::test_the_readme_url_list_example_runs",
     "import json": "tests/test_serve.py::test_the_readme_api_examples_run_against_a_live_server",
     "# the same with curl": "tests/test_serve.py::test_the_readme_api_examples_run_against_a_live_server",
 }

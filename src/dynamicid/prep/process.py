@@ -14,7 +14,6 @@ an `internal_error` row. Every file that was read then gets its completion recor
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import io
 import logging
@@ -166,17 +165,23 @@ class Shared:
     resources: Resources
     config_hash: str
 
-    @functools.cached_property
-    def _loaded(self) -> tuple[FaceAnalyzer, Any]:
-        return _models(self.config, self.resources)
+    given: dict[str, Any] = field(default_factory=dict)  # models set in place of the loaded ones (tests)
 
     @property
     def analyzer(self) -> FaceAnalyzer:
-        return self._loaded[0]
+        return self.given.get("analyzer") or _models(self.config, self.resources)[0]
+
+    @analyzer.setter
+    def analyzer(self, model: FaceAnalyzer) -> None:
+        self.given["analyzer"] = model
 
     @property
     def captioner(self) -> Any:
-        return self._loaded[1]
+        return self.given.get("captioner") or _models(self.config, self.resources)[1]
+
+    @captioner.setter
+    def captioner(self, model: Any) -> None:
+        self.given["captioner"] = model
 
 
 # Loaded models per worker process, by what they depend on: a worker (or a test session) that serves several
