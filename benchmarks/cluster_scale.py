@@ -33,7 +33,9 @@ def synthetic_faces(count: int, seed: int = 0):
     centres = rng.standard_normal((people, DIM), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     truth = np.repeat(np.arange(people), FACES_PER_PERSON)
-    vectors = centres[truth] + 0.8 * rng.standard_normal((count, DIM), dtype=np.float32) / np.sqrt(DIM)
+    vectors = rng.standard_normal((count, DIM), dtype=np.float32)  # float32 throughout, as prep reads them
+    vectors *= np.float32(0.8 / np.sqrt(DIM))
+    vectors += centres[truth]
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     hashes = rng.integers(0, 2**63, count, dtype=np.int64).astype(np.uint64)
     faces = FaceVectors([f"f{i}" for i in range(count)], np.zeros(count, int), [None] * count, vectors, hashes)

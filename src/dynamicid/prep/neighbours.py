@@ -1,10 +1,12 @@
-"""The kept faces' embeddings, read from the manifest into one array, and each face's nearest neighbours.
+"""The kept faces' embeddings, read from the job's rows into one array, and each face's nearest neighbours.
 
 Curation works on this k-nearest-neighbour graph, never on all pairs: near copies are neighbours whose
 hashes are close, clusters are groups of the graph, and nothing grows with n^2. The neighbours come from
-FAISS: an exact inner-product index up to `EXACT_UP_TO` faces, an inverted-file index above (about 2 sqrt(n)
-lists, 16 of them searched per query). The driver holds n x d float32 (2 GB per million 512-d faces, 0.5 GB
-for dlib's 128-d); the scale table in benchmarks/RESULTS.md measures it."""
+FAISS: an exact inner-product index up to `EXACT_UP_TO` faces, an inverted-file index above: about
+2 sqrt(n) lists, of which a fortieth (at least 16) are searched per query, so the share searched stays
+near that at 100k faces, where the clusters' pairwise recall measured 0.9998. The driver holds n x d
+float32 (2 GB per million 512-d faces, 0.5 GB for dlib's 128-d); benchmarks/RESULTS.md has the scale
+table."""
 
 from __future__ import annotations
 
@@ -34,10 +36,11 @@ class FaceVectors:
         return len(self.relative_path)
 
 
-def read_face_vectors(manifest_path: str, batch_rows: int = 65536) -> FaceVectors:
-    """Every `ok` row with an embedding, a batch of the Parquet file at a time (never the whole manifest)."""
+def read_face_vectors(rows_path: str, batch_rows: int = 65536) -> FaceVectors:
+    """Every `ok` row with an embedding, from a Parquet file or a folder of parts (the job's rows), a batch at
+    a time (never the whole table), in manifest order: by relative path, then face."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    import pyarrow.dataset as ds
 
     columns = ["relative_path", "face_index", "identity", "status", "embedding", "face_hash"]
     paths: list[str] = []
@@ -45,7 +48,7 @@ def read_face_vectors(manifest_path: str, batch_rows: int = 65536) -> FaceVector
     identities: list[str | None] = []
     blocks: list[np.ndarray] = []
     hashes: list[np.ndarray] = []
-    for batch in pq.ParquetFile(manifest_path).iter_batches(batch_size=batch_rows, columns=columns):
+    for batch in ds.dataset(rows_path, format="parquet").to_batches(columns=columns, batch_size=batch_rows):
         keep = pc.and_(pc.equal(batch.column("status"), "ok"), pc.is_valid(batch.column("embedding")))
         batch = batch.filter(keep)
         if batch.num_rows == 0:
@@ -59,7 +62,15 @@ def read_face_vectors(manifest_path: str, batch_rows: int = 65536) -> FaceVector
         hashes.append(hashes_as_integers(batch.column("face_hash").to_pylist()))
     if not blocks:
         return FaceVectors([], np.zeros(0, int), [], np.zeros((0, 0), np.float32), np.zeros(0, np.uint64))
-    return FaceVectors(paths, np.concatenate(indices), identities, np.concatenate(blocks), np.concatenate(hashes))
+    face_index = np.concatenate(indices)
+    order = np.lexsort((face_index, np.array(paths, dtype=object).astype(str)))
+    return FaceVectors(
+        [paths[i] for i in order],
+        face_index[order],
+        [identities[i] for i in order],
+        np.concatenate(blocks)[order],
+        np.concatenate(hashes)[order],
+    )
 
 
 def nearest_neighbours(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +89,7 @@ def nearest_neighbours(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.n
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
         sample = np.random.default_rng(seed).choice(count, min(count, TRAINING_SAMPLE), replace=False)
         index.train(vectors[np.sort(sample)])
-        index.nprobe = SEARCHED_LISTS
+        index.nprobe = max(SEARCHED_LISTS, lists // 40)
     index.add(vectors)
     similarities, neighbours = index.search(vectors, k + 1)
     return _without_self(neighbours, similarities, k)

@@ -81,13 +81,10 @@ def merge_rows(spark, rows_dir: str, manifest_path: str, config: PrepConfig | No
     if config is None:
         write_one_parquet(table.orderBy("relative_path", "face_index"), manifest_path)
         return
-    work = os.path.dirname(rows_dir.rstrip("/"))
-    staged = os.path.join(work, "deduplicated.parquet")
-    write_one_parquet(curate.mark_exact_duplicates(table).orderBy("relative_path", "face_index"), staged)
-    findings_path = os.path.join(work, "findings.parquet")
-    pq.write_table(pa.Table.from_pandas(_find_identities(staged, config), FINDINGS_SCHEMA, False), findings_path)
+    findings_path = os.path.join(os.path.dirname(rows_dir.rstrip("/")), "findings.parquet")
+    pq.write_table(pa.Table.from_pandas(_find_identities(rows_dir, config), FINDINGS_SCHEMA, False), findings_path)
     findings = spark.read.schema(curate.FINDINGS_DDL).parquet("file://" + findings_path)
-    curated = curate.with_findings(spark.read.parquet("file://" + staged), findings, config.layout)
+    curated = curate.with_findings(curate.mark_exact_duplicates(table), findings, config.layout)
     curated = curate.with_split(curated, config.split, config.split_seed)
     write_one_parquet(curated.select(*MANIFEST_COLUMNS).orderBy("relative_path", "face_index"), manifest_path)
 
@@ -105,14 +102,14 @@ FINDINGS_SCHEMA = pa.schema(
 )
 
 
-def _find_identities(staged_manifest: str, config: PrepConfig):
+def _find_identities(rows: str, config: PrepConfig):
     """The driver's part of curation: near copies, clusters, distances (`identities`), as a table."""
     from dynamicid.faces.identity_thresholds import thresholds_for
     from dynamicid.prep import identities
     from dynamicid.prep.neighbours import read_face_vectors
 
     thresholds = thresholds_for(config.faces.embedder, config.same_person_cosine, config.near_copy_cosine)
-    faces = read_face_vectors(staged_manifest)
+    faces = read_face_vectors(rows)
     cluster = config.layout == "cluster"
     found = identities.find_identities(faces, thresholds, cluster, seed=config.split_seed)
     return identities.findings_frame(faces, found, cluster)
