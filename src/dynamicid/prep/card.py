@@ -29,7 +29,6 @@ COLUMNS = [
     "reason",
     "identity",
     "name",
-    "split",
     "yaw",
     "pitch",
     "emotion",
@@ -59,11 +58,9 @@ LICENCES = {
 
 @dataclass
 class CardTally:
-    kept: int = 0
-    statuses: Counter = field(default_factory=Counter)
-    reasons: Counter = field(default_factory=Counter)
+    """What the card shows beyond prep's summary (which counts the files, faces, rejections and splits)."""
+
     per_identity: Counter = field(default_factory=Counter)
-    splits: Counter = field(default_factory=Counter)
     emotions: Counter = field(default_factory=Counter)
     yaw: np.ndarray = field(default_factory=lambda: np.zeros(len(ANGLE_BINS) - 1, int))
     pitch: np.ndarray = field(default_factory=lambda: np.zeros(len(ANGLE_BINS) - 1, int))
@@ -74,11 +71,7 @@ class CardTally:
 
     def add(self, batch) -> None:
         ok = batch.status.eq("ok")
-        self.kept += int(ok.sum())
-        self.statuses.update(batch.status)
-        self.reasons.update(batch.reason[batch.status.ne("ok")].dropna())
-        self.per_identity.update(batch.identity[ok].fillna("(none)"))
-        self.splits.update(batch.split[ok].dropna())
+        self.per_identity.update(batch.identity[ok].dropna())
         self.emotions.update(batch.emotion[ok].dropna())
         for counts, column in ((self.yaw, "yaw"), (self.pitch, "pitch")):
             counts += np.histogram(batch[column][ok].dropna().clip(-90, 90), ANGLE_BINS)[0]
@@ -92,7 +85,7 @@ class CardTally:
         self.outliers = sorted(self.outliers + strangers[columns].values.tolist(), key=lambda r: -r[3])[:LISTED]
 
     def people_by_photo_count(self) -> tuple[list[str], list[int]]:
-        counts = [n for name, n in self.per_identity.items() if name != "(none)"]
+        counts = list(self.per_identity.values())
         labels = [
             f"{low}" if low == high else (f"{low}-{high}" if high < 10**12 else f"{low}+")
             for low, high in PER_PERSON_BINS
@@ -109,13 +102,14 @@ def tally(manifest_path: str, batch_rows: int = 65536) -> CardTally:
     return counted
 
 
-def _charts(counted: CardTally, folder: str) -> dict[str, str]:
+def _charts(summary: dict, counted: CardTally, folder: str) -> dict[str, str]:
     """The card's charts as PNGs in `folder`; title -> file name."""
+    reasons = Counter(summary["rejected"]) + Counter(summary["errors"])
     angles = [f"{a:+d}" for a in ANGLE_BINS[:-1]]
     sides = ["<256", "256-511", "512-1023", "1024-2047", "2048-4095", "4096+"]
     charts = {
         "People by number of kept faces": counted.people_by_photo_count(),
-        "Files rejected or failed, by reason": (list(counted.reasons), list(counted.reasons.values())),
+        "Files rejected or failed, by reason": (list(reasons), list(reasons.values())),
         "Head yaw of kept faces (degrees, bins of 15)": (angles, counted.yaw.tolist()),
         "Head pitch of kept faces (degrees, bins of 15)": (angles, counted.pitch.tolist()),
         "Emotions of kept faces": (list(counted.emotions), list(counted.emotions.values())),
@@ -146,16 +140,16 @@ def _models(faces: FaceAnalysisConfig, captioner: str) -> list[tuple[str, str, s
 
 
 def _facts(summary: dict, counted: CardTally) -> list[tuple[str, str]]:
-    people = sum(1 for name in counted.per_identity if name != "(none)")
-    splits = ", ".join(f"{k} {v}" for k, v in sorted(counted.splits.items())) or "none"
+    splits = ", ".join(f"{k} {v}" for k, v in summary["kept_faces_by_split"].items()) or "none"
+    failed = sum(summary["rejected"].values()) + sum(summary["errors"].values())
     return [
         ("files read", f"{summary['files']:,}"),
-        ("faces kept", f"{counted.kept:,}"),
-        ("people", f"{people:,}"),
+        ("faces kept", f"{summary['kept_faces']:,}"),
+        ("people", f"{summary['identities']:,}"),
         ("kept faces per split", splits),
-        ("rejected or failed rows", f"{sum(counted.reasons.values()):,}"),
-        ("duplicates (exact and near copies)", f"{counted.reasons.get('duplicate', 0):,}"),
-        ("identity outliers (left out of training)", f"{summary.get('identity_outliers', 0):,}"),
+        ("rejected or failed rows", f"{failed:,}"),
+        ("duplicates (exact and near copies)", f"{summary['rejected'].get('duplicate', 0):,}"),
+        ("identity outliers (left out of training)", f"{summary['identity_outliers']:,}"),
         ("input size", f"{counted.source_bytes / 2**20:,.1f} MiB"),
     ]
 
@@ -163,7 +157,7 @@ def _facts(summary: dict, counted: CardTally) -> list[tuple[str, str]]:
 def write_card(output: str, manifest_path: str, summary: dict, faces: FaceAnalysisConfig, captioner: str) -> str:
     """Writes the card (Markdown and HTML) and its charts; returns the HTML's path."""
     counted = tally(manifest_path)
-    charts = _charts(counted, os.path.join(output, CARD_DIR))
+    charts = _charts(summary, counted, os.path.join(output, CARD_DIR))
     facts, models = _facts(summary, counted), _models(faces, captioner)
     markdown = _markdown(facts, charts, counted, models)
     write_atomic(os.path.join(output, "dataset_card.md"), markdown.encode("utf-8"))

@@ -78,7 +78,8 @@ FINDINGS_DDL = (
 
 def with_findings(frame, findings, layout: str):
     """`frame` (after `mark_exact_duplicates`) with the driver's findings: near copies rejected, cluster
-    identities set (an exact duplicate takes its kept file's), distances and outlier flags."""
+    identities set, distances and outlier flags. The findings cover every face the job kept, exact duplicates
+    included (the driver finds them as copies too, and gives a copy its kept face's cluster)."""
     from pyspark.sql import functions as F
 
     joined = frame.join(findings, ["relative_path", "face_index"], "left")
@@ -90,17 +91,8 @@ def with_findings(frame, findings, layout: str):
         _under_another_identity(F.col("copy_of_identity")),
     )
     joined = _rejected_as_duplicate(joined, copy, F.col("copy_of_path"), message)
-    if layout == "cluster":
-        kept = findings.select(
-            F.col("relative_path").alias("kept_path"), F.col("face_index").alias("kept_index"), "found_identity"
-        ).withColumnRenamed("found_identity", "kept_found")
-        on = (F.col("duplicate_of") == F.col("kept_path")) & (F.col("face_index") == F.col("kept_index"))
-        joined = joined.join(kept, on, "left")
-        identity = F.coalesce(F.col("found_identity"), F.col("kept_found"))
-        source = F.when(identity.isNotNull(), F.lit("cluster"))
-    else:
-        identity = F.col("identity")
-        source = F.when(identity.isNotNull(), F.lit("folder"))
+    identity = F.col("found_identity") if layout == "cluster" else F.col("identity")
+    source = F.when(identity.isNotNull(), F.lit("cluster" if layout == "cluster" else "folder"))
     return joined.select(
         *[c for c in frame.columns if c != "identity"],
         identity.alias("identity"),

@@ -64,9 +64,6 @@ COLUMN_NAMES = [name for name, _ in COLUMNS]
 # split, where the identity came from (folder, cluster or none), and how far a face is from the rest of
 # its identity (1 - cosine to the mean of the others) with the verdict.
 CURATED_COLUMNS = ["duplicate_of", "split", "identity_source", "identity_distance", "identity_outlier"]
-CURATED_DDL = (
-    "duplicate_of string, split string, identity_source string, identity_distance double, identity_outlier boolean"
-)
 MANIFEST_COLUMNS = COLUMN_NAMES + CURATED_COLUMNS
 SPARK_DDL = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
 
