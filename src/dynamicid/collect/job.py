@@ -18,6 +18,7 @@ from dynamicid.collect.config import CollectConfig
 from dynamicid.collect.fetch import RETRIED_ON_RERUN, Fetched, HostLimits, fetch
 from dynamicid.errors import InputError
 from dynamicid.prep import outputs
+from dynamicid.prep.schema import spark_ddl
 
 STATE = "_collect"
 # The manifest's columns, written once: the names and Spark's schema both come from here.
@@ -37,7 +38,7 @@ SCHEMA = [
     ("settled_at", "double"),
 ]
 COLUMNS = [name for name, _ in SCHEMA]
-COLLECT_DDL = ", ".join(f"{name} {kind}" for name, kind in SCHEMA)
+COLLECT_DDL = spark_ddl(SCHEMA)
 READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json"}
 
 

@@ -70,10 +70,16 @@ def mark_exact_duplicates(frame):
     return marked.select(*frame.columns, "duplicate_of")
 
 
-FINDINGS_DDL = (
-    "relative_path string, face_index int, found_identity string, identity_distance double, "
-    "identity_outlier boolean, copy_of_path string, copy_of_identity string"
-)
+# What the driver's `identities` pass hands back, one row per face the job kept (`identities.findings_frame`).
+FINDINGS_COLUMNS = [
+    ("relative_path", "string"),
+    ("face_index", "int"),
+    ("found_identity", "string"),
+    ("identity_distance", "double"),
+    ("identity_outlier", "boolean"),
+    ("copy_of_path", "string"),
+    ("copy_of_identity", "string"),
+]
 
 
 def with_findings(frame, findings, layout: str):

@@ -63,14 +63,9 @@ def find_identities(faces: FaceVectors, thresholds: IdentityThresholds, cluster:
 def near_copies(faces: FaceVectors, neighbours, similarity, thresholds: IdentityThresholds) -> np.ndarray:
     """For each face, the first face (in manifest order) of its group of copies, or -1 for that first one
     and for faces with no copy."""
-    rows = np.repeat(np.arange(len(faces)), neighbours.shape[1])
-    others, cosine = neighbours.ravel(), similarity.ravel()
-    valid = others >= 0
-    rows, others, cosine = rows[valid], others[valid], cosine[valid]
+    rows, others, cosine = _neighbour_pairs(neighbours, similarity, thresholds.same_person)
     bits = hash_distances(faces.hashes[rows], faces.hashes[others])
-    same = (cosine >= thresholds.same_person) & (
-        (bits <= COPY_BITS) | ((cosine >= thresholds.near_copy) & (bits <= CROPPED_COPY_BITS))
-    )
+    same = (bits <= COPY_BITS) | ((cosine >= thresholds.near_copy) & (bits <= CROPPED_COPY_BITS))
     root = _union(len(faces), rows[same], others[same])
     return np.where(root == np.arange(len(faces)), -1, root)
 
@@ -92,12 +87,17 @@ def _union(count: int, first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return np.array([find(node) for node in range(count)], dtype=np.int64)
 
 
+def _neighbour_pairs(neighbours, similarity, threshold: float):
+    """(face, neighbour, cosine) of every neighbour at or above the cosine `threshold`, as flat arrays."""
+    rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1])
+    others, cosine = neighbours.ravel(), similarity.ravel()
+    keep = (others >= 0) & (cosine >= threshold)
+    return rows[keep], others[keep], cosine[keep]
+
+
 def _same_person_edges(neighbours, similarity, threshold: float, members: np.ndarray):
     """The graph's edges, both ways, between members that are neighbours at or above the threshold."""
-    rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1])
-    others, weight = neighbours.ravel(), similarity.ravel()
-    keep = (others >= 0) & (weight >= threshold)
-    rows, others, weight = rows[keep], others[keep], weight[keep]
+    rows, others, weight = _neighbour_pairs(neighbours, similarity, threshold)
     keep = members[rows] & members[others]
     rows, others, weight = rows[keep], others[keep], weight[keep]
     return np.concatenate([rows, others]), np.concatenate([others, rows]), np.concatenate([weight, weight])
@@ -168,7 +168,7 @@ def distance_to_identity(vectors: np.ndarray, groups: np.ndarray, members: np.nd
 
 
 def findings_frame(faces: FaceVectors, found: IdentityFindings, cluster: bool):
-    """The findings as rows to join into the manifest (`curate.FINDINGS_DDL`): clusters are named
+    """The findings as rows to join into the manifest (`curate.FINDINGS_COLUMNS`): clusters are named
     person-0001, person-0002, ... from the largest."""
     import pandas as pd
 

@@ -21,7 +21,7 @@ from dynamicid.prep import card, curate, outputs, report
 from dynamicid.prep.config import PrepConfig
 from dynamicid.prep.discover import is_local, list_input
 from dynamicid.prep.guard import OutputLock, PrepError, check_paths, check_writable
-from dynamicid.prep.schema import MANIFEST_COLUMNS, SPARK_DDL
+from dynamicid.prep.schema import MANIFEST_COLUMNS, SPARK_DDL, arrow_schema, spark_ddl
 from dynamicid.prep.verify import faces_with_files, remove_unlisted
 
 logger = logging.getLogger(__name__)
@@ -82,24 +82,12 @@ def merge_rows(spark, rows_dir: str, manifest_path: str, config: PrepConfig | No
         write_one_parquet(table.orderBy("relative_path", "face_index"), manifest_path)
         return
     findings_path = os.path.join(os.path.dirname(rows_dir.rstrip("/")), "findings.parquet")
-    pq.write_table(pa.Table.from_pandas(_find_identities(rows_dir, config), FINDINGS_SCHEMA, False), findings_path)
-    findings = spark.read.schema(curate.FINDINGS_DDL).parquet("file://" + findings_path)
+    schema = arrow_schema(curate.FINDINGS_COLUMNS)
+    pq.write_table(pa.Table.from_pandas(_find_identities(rows_dir, config), schema, False), findings_path)
+    findings = spark.read.schema(spark_ddl(curate.FINDINGS_COLUMNS)).parquet("file://" + findings_path)
     curated = curate.with_findings(curate.mark_exact_duplicates(table), findings, config.layout)
     curated = curate.with_split(curated, config.split, config.split_seed)
     write_one_parquet(curated.select(*MANIFEST_COLUMNS).orderBy("relative_path", "face_index"), manifest_path)
-
-
-FINDINGS_SCHEMA = pa.schema(
-    [
-        ("relative_path", pa.string()),
-        ("face_index", pa.int32()),
-        ("found_identity", pa.string()),
-        ("identity_distance", pa.float64()),
-        ("identity_outlier", pa.bool_()),
-        ("copy_of_path", pa.string()),
-        ("copy_of_identity", pa.string()),
-    ]
-)
 
 
 def _find_identities(rows: str, config: PrepConfig):

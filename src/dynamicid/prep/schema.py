@@ -65,7 +65,6 @@ COLUMN_NAMES = [name for name, _ in COLUMNS]
 # its identity (1 - cosine to the mean of the others) with the verdict.
 CURATED_COLUMNS = ["duplicate_of", "split", "identity_source", "identity_distance", "identity_outlier"]
 MANIFEST_COLUMNS = COLUMN_NAMES + CURATED_COLUMNS
-SPARK_DDL = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
 
 _ARROW = {
     "string": pa.string(),
@@ -77,7 +76,19 @@ _ARROW = {
     "array<float>": pa.list_(pa.float32()),
     "array<array<double>>": pa.list_(pa.list_(pa.float64())),
 }
-ARROW_SCHEMA = pa.schema([(name, _ARROW[kind]) for name, kind in COLUMNS])
+
+
+def arrow_schema(columns: list[tuple[str, str]]) -> pa.Schema:
+    """(column, Spark DDL type) pairs as an Arrow schema."""
+    return pa.schema([(name, _ARROW[kind]) for name, kind in columns])
+
+
+def spark_ddl(columns: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{name} {kind}" for name, kind in columns)
+
+
+ARROW_SCHEMA = arrow_schema(COLUMNS)
+SPARK_DDL = spark_ddl(COLUMNS)
 
 
 def empty_row() -> dict:
