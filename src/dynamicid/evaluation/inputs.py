@@ -111,21 +111,26 @@ def _item(entry, base: str, where: str) -> EvalItem:
     )
 
 
+def read_generated(image: str) -> EvalItem:
+    """A generated image with its sidecar (what `dynamicid generate` writes)."""
+    folder, name = os.path.split(image)
+    path = sidecar.sidecar_path(image)
+    if not os.path.exists(path):
+        raise EvalInputError(f"{image} has no sidecar {os.path.basename(path)}")
+    try:
+        meta = sidecar.read(path)
+    except InputError as err:
+        raise EvalInputError(str(err)) from None
+    return _item(meta | {"image": name}, folder, path)
+
+
 def read_folder(folder: str, exclude: frozenset[str] = frozenset()) -> list[EvalItem]:
-    items = []
-    for name in sorted(os.listdir(folder)):
-        stem, suffix = os.path.splitext(name)
-        if suffix.lower() not in IMAGE_SUFFIXES or os.path.abspath(os.path.join(folder, name)) in exclude:
-            continue
-        path = sidecar.sidecar_path(os.path.join(folder, name))
-        if not os.path.exists(path):
-            raise EvalInputError(f"{os.path.join(folder, name)} has no sidecar {stem}.json")
-        try:
-            meta = sidecar.read(path)
-        except InputError as err:
-            raise EvalInputError(str(err)) from None
-        items.append(_item(meta | {"image": name}, folder, path))
-    return items
+    return [
+        read_generated(os.path.join(folder, name))
+        for name in sorted(os.listdir(folder))
+        if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+        and os.path.abspath(os.path.join(folder, name)) not in exclude
+    ]
 
 
 def read_csv(path: str) -> list[EvalItem]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from dynamicid.evaluation import report
+from dynamicid.evaluation import heldout, report
 from dynamicid.evaluation.config import EvalConfig
 from dynamicid.evaluation.inputs import read_items
 from dynamicid.evaluation.scoring import ImageAnalyses, ReferenceBank, score_image
@@ -99,9 +99,33 @@ def _face_analysis(config: EvalConfig, items: list) -> FaceAnalysisConfig:
     return chosen
 
 
-def run_eval(config: EvalConfig) -> EvalResult:
+def _items(config: EvalConfig) -> list:
+    """Generated images of a dataset's held-out identities, or the images INPUT lists."""
+    if heldout.is_dataset(config.input):
+        return heldout.generate_held_out(config, lambda: _pipeline(config))
     # With OUTPUT equal to INPUT, eval's own report must never be read back as an image to score.
-    items = read_items(config.input, exclude=tuple(os.path.join(config.output, name) for name in REPORT_FILES))
+    return read_items(config.input, exclude=tuple(os.path.join(config.output, name) for name in REPORT_FILES))
+
+
+def _pipeline(config: EvalConfig):
+    from dynamicid.generation import DynamicIDPipeline
+    from dynamicid.generation.config import device_and_dtype
+
+    device, dtype = device_and_dtype(config.device, config.dtype)
+    pipe = DynamicIDPipeline.from_pretrained(
+        config.base_model,
+        config.weights,
+        config.clip_image_encoder,
+        face_config=config.faces if config.faces != FaceAnalysisConfig() else None,
+        device=device,
+        dtype=dtype,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_eval(config: EvalConfig) -> EvalResult:
+    items = _items(config)
     analyzer = FaceAnalyzer(_face_analysis(config, items))
     clip = None
     if config.clip_model:
@@ -130,6 +154,8 @@ def run_eval(config: EvalConfig) -> EvalResult:
 
     scores = pd.DataFrame(rows)
     summary = summarize(scores, analyzer.embedder.model_id)
+    if heldout.is_dataset(config.input):
+        summary |= {"dataset": os.path.abspath(config.input), "split": config.split, "weights": config.weights}
     scores.to_parquet(os.path.join(output, "scores.parquet"), index=False)
     with open(os.path.join(output, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)

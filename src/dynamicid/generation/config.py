@@ -31,7 +31,7 @@ def device_and_dtype(device: str | None, dtype: str | None) -> tuple[str, Any]:
     return device, getattr(torch, dtype)
 
 
-def _default_of(part: str, what: str) -> Any:
+def hub_default_help(part: str, what: str) -> Any:
     def text() -> str:
         from dynamicid.hub import DEFAULTS
 
@@ -61,17 +61,17 @@ class GenerateConfig:
     name: tuple[str, ...] = option(help="person names for the sidecar", factory=tuple, append=True)
     negative_prompt: str | None = option(None, "what the images should not show")
     base_model: str | None = option(
-        None, _default_of("base_model", "Stable Diffusion 1.5 (or a fine-tune) in diffusers layout")
+        None, hub_default_help("base_model", "Stable Diffusion 1.5 (or a fine-tune) in diffusers layout")
     )
     weights: str | None = option(
         None,
-        _default_of(
+        hub_default_help(
             "weights",
             "DynamicID weights, ours or the authors' .bin files "
             "(the default comes with InsightFace buffalo_l analysis)",
         ),
     )
-    clip_image_encoder: str | None = option(None, _default_of("clip_image_encoder", "CLIP ViT-H/14 vision model"))
+    clip_image_encoder: str | None = option(None, hub_default_help("clip_image_encoder", "CLIP ViT-H/14 vision model"))
     file_name: str = option("dynamicid", "stem of the written files: STEM_k.png and STEM_k.json")
     overwrite: bool = option(
         False, "replace earlier STEM_k files from 0 (default: number on after the highest k already there)"
