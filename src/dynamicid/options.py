@@ -202,26 +202,38 @@ def read_config_file(path: str) -> dict:
         raise ConfigError(
             f"config file {path} must hold a table of options (name = value), not a {type(values).__name__}"
         )
+    return flatten_table(values, f"config file {path}")
+
+
+def flatten_table(values: dict, where: str) -> dict:
+    """Option values with nested tables (`[faces]`) flattened into their keys, `-` read as `_`; an option set
+    twice is an error that names both places."""
     flat: dict = {}
-    where: dict[str, str] = {}  # option -> where the file set it, to name both places of a repeat
+    places: dict[str, str] = {}  # option -> where it was set, to name both places of a repeat
     for key, value in values.items():
         entries = value.items() if isinstance(value, dict) else [(key, value)]
         for name, item in entries:
             place = f"[{key}] {name}" if isinstance(value, dict) else name
             option_name = name.replace("-", "_")
-            if option_name in where:
+            if option_name in places:
                 raise ConfigError(
-                    f"config file {path} sets {option_name} twice, as {where[option_name]} and as {place}; keep one"
+                    f"{where} sets {option_name} twice, as {places[option_name]} and as {place}; keep one"
                 )
-            where[option_name], flat[option_name] = place, item
+            places[option_name], flat[option_name] = place, item
     return flat
 
 
 def file_defaults(path: str, config_class) -> dict:
     """A config file's values, checked against the command's fields: unknown names, wrong types and
     values outside a field's choices are errors that name the file, the field and what it accepts."""
+    return check_values(read_config_file(path), config_class, f"config file {path}")
+
+
+def check_values(values: dict, config_class, where: str) -> dict:
+    """Option values by name (a --config file's, a recipe table's) checked against the command's fields, with
+    errors that name `where`, the field and what it accepts. `no_NAME = true` becomes `NAME = false`."""
     known = {leaf.name: leaf for leaf in leaves(config_class) if not leaf.meta("hidden")}
-    values = read_config_file(path)
+    values = {key.replace("-", "_"): value for key, value in values.items()}
     for key in [k for k in values if k.startswith("no_") and isinstance(values[k], bool)]:
         flag = known.get(key[3:])  # `no-progress = true`, as the command line's --no-progress, means progress = false
         if flag is not None and flag.kind is bool and flag.default is True:
@@ -229,21 +241,20 @@ def file_defaults(path: str, config_class) -> dict:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(
-            f"config file {path}: unknown option(s) {', '.join(unknown)}; this command's options "
-            f"are {', '.join(sorted(known))}"
+            f"{where}: unknown option(s) {', '.join(unknown)}; this command's options are {', '.join(sorted(known))}"
         )
     for key, value in values.items():
         leaf = known[key]
         choices = leaf.meta("choices")
         if choices is not None and value not in choices:
-            raise ConfigError(f"config file {path}: {key} must be one of {', '.join(map(str, choices))}, not {value!r}")
+            raise ConfigError(f"{where}: {key} must be one of {', '.join(map(str, choices))}, not {value!r}")
         expected = (int, float) if leaf.kind is float else (list,) if leaf.kind in (list, tuple) else (leaf.kind,)
         if (
             value is not None
             and leaf.kind in (bool, int, float, str, list, tuple)
             and (not isinstance(value, expected) or (leaf.kind is not bool and isinstance(value, bool)))
         ):
-            raise ConfigError(f"config file {path}: {key} must be a {leaf.kind.__name__}, not {value!r}")
+            raise ConfigError(f"{where}: {key} must be a {leaf.kind.__name__}, not {value!r}")
     return values
 
 

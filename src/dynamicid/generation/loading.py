@@ -41,6 +41,11 @@ def is_saved_pipeline(reference: str | None) -> bool:
     return bool(reference) and (_model_index(str(reference)) or {}).get("_class_name") == "DynamicIDPipeline"
 
 
+def is_saved_folder(reference: Any) -> bool:
+    """A saved pipeline on this machine (nothing is fetched to tell)."""
+    return isinstance(reference, (str, os.PathLike)) and os.path.isdir(reference) and is_saved_pipeline(str(reference))
+
+
 def local_pipeline(reference: str) -> str:
     return hub.resolve(reference, "DynamicID pipeline")
 

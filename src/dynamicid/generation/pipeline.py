@@ -151,9 +151,12 @@ class DynamicIDPipeline(DiffusionPipeline):
         """A saved DynamicIDPipeline (a folder or repo with its model_index.json), or one built from parts:
         `pretrained_model_name_or_path` an SD1.5-layout base, `weights` ours or the authors', and
         `clip_image_encoder`. Each is a folder or a Hugging Face repo id; left out, the defaults of
-        `dynamicid.hub.DEFAULTS`."""
+        `dynamicid.hub.DEFAULTS`. `weights` alone may be a saved pipeline's folder (what `dynamicid run`
+        publishes)."""
         from dynamicid.generation import loading
 
+        if pretrained_model_name_or_path is None and clip_image_encoder is None and loading.is_saved_folder(weights):
+            pretrained_model_name_or_path, weights = weights, None  # `--weights FOLDER` of a published model
         if weights is None and clip_image_encoder is None and loading.is_saved_pipeline(pretrained_model_name_or_path):
             pipe = super().from_pretrained(loading.local_pipeline(pretrained_model_name_or_path), **kwargs)
             return pipe.to(device=device, dtype=dtype) if device or dtype else pipe

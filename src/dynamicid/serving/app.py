@@ -248,6 +248,8 @@ def build_app(
             "# DynamicID\nSeveral people in one image, each from one photo, each with their own expression "
             "and head orientation, placed where you want them."
         )
+        model = gr.Markdown(_model_line(engine), elem_id="model-version")
+        app.load(lambda: _model_line(engine), outputs=model)  # each page load shows the model serving now
         page = SimpleNamespace(concurrency=concurrency, app=app, tiny=tiny)
         page.count = gr.Slider(1, MAX_PERSONS, value=2, step=1, label="Persons", elem_id="count")
         with gr.Row():
@@ -261,6 +263,10 @@ def build_app(
         if examples:
             gr.Examples(examples, [page.panels[0]["photo"], page.panels[1]["photo"], page.prompt], label="Examples")
     return app
+
+
+def _model_line(engine: Engine) -> str:
+    return f"Model: {engine.model_version}" if engine.model_version else ""
 
 
 def _whole(value) -> int | None:
@@ -516,6 +522,22 @@ def launch(app, config, block: bool = False) -> str:
     return url
 
 
+def _watch(config):
+    """What notices a newly published model: for --weights alone (a published folder or repo), unless --no-reload."""
+    if config.tiny or not config.reload or not config.weights or config.base_model or config.clip_image_encoder:
+        return None
+    from dynamicid.generation import DynamicIDPipeline
+    from dynamicid.generation.config import device_and_dtype
+    from dynamicid.serving.reload import ModelWatch
+
+    device, dtype = device_and_dtype(config.device, config.dtype)
+    return ModelWatch(
+        config.weights,
+        lambda reference: DynamicIDPipeline.from_pretrained(reference, device=device, dtype=dtype),
+        config.reload_every,
+    )
+
+
 def serve(config, cache, block: bool = True):
     """Loads the models once, builds the page and starts serving, with its files in `cache` (a
     `access.PrivateCache`). Returns (app, engine, url)."""
@@ -541,6 +563,7 @@ def serve(config, cache, block: bool = True):
         ImageRules(max_pixels=config.max_image_pixels, max_bytes=config.max_upload_mb * 2**20),
         output_root=cache.results,
         limits=config.limits,
+        watch=_watch(config),
     )
     examples = example_photos(os.path.join(cache.folder, "examples"))
     app = build_app(engine, examples, config.tiny, config.concurrency, keep_seconds=config.keep_files_hours * 3600)

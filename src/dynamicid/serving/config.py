@@ -35,6 +35,14 @@ class ServeConfig:
         1, "generations at once (one pipeline on one GPU: 1); the rest wait in the queue", limits=(1, 64)
     )
     queue_size: int = option(64, "requests waiting at most; more are refused", limits=(1, 100_000))
+    reload: bool = option(
+        True,
+        "keep serving the model loaded at start, even when a new version is published to --weights (a folder is "
+        "checked before each request, a Hub repo every --reload-every seconds)",
+    )
+    reload_every: float = option(
+        60.0, "seconds between two checks of a Hub repo for a new version", limits=(1.0, 86400.0)
+    )
     device: str | None = option(None, "torch device (default: cuda when there is a GPU, else cpu; as generate)")
     dtype: str | None = option(
         None, "weights' precision (default: float16 on a GPU, else float32; as generate)", choices=DTYPES

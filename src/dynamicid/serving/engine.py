@@ -94,8 +94,11 @@ class Engine:
         output_root: str | None = None,
         face_rules: FaceRules | None = None,
         limits: RequestLimits | None = None,
+        watch=None,
     ):
         self.pipe = pipe
+        self.watch = watch  # a `reload.ModelWatch`: a newly published model replaces `pipe` between requests
+        self.model_version = watch.label() if watch else None
         self.rules = rules or ImageRules(max_pixels=40_000_000, max_bytes=20 * 1024 * 1024)
         self.face_rules = face_rules or FaceRules()
         self.limits = limits or RequestLimits()
@@ -175,6 +178,7 @@ class Engine:
         settings, (height, width) = request.settings, request.size()
         check_request(persons, height, width, settings.steps, settings.guidance, limits=self.limits)
         with self.lock:
+            self._switch_to_newer_model()
             started = time.perf_counter()
             embeds = [self.encode(person, index) for index, person in enumerate(request.persons)]
             steps_done = [0]
@@ -210,9 +214,18 @@ class Engine:
             self.last = done
             return done
 
+    def _switch_to_newer_model(self) -> None:
+        """Under the lock, so the request now running finishes on the old model and the next starts on the new."""
+        newer = self.watch.newer() if self.watch else None
+        if newer is not None:
+            newer.set_progress_bar_config(disable=True)
+            self.pipe, self.model_version = newer, self.watch.label()
+            self.cache.clear()  # persons were encoded by the old model's face encoder
+
     def _write(self, result, persons, request: GenerationRequest, seconds: float) -> GenerationResult:
         folder = tempfile.mkdtemp(prefix="request-", dir=self.output_root)
-        saved = save_generation(result, persons, folder, "dynamicid")
+        extra = {"model_version": self.model_version} if self.model_version else None
+        saved = save_generation(result, persons, folder, "dynamicid", extra=extra)
         images, sidecars, files = saved.images, saved.sidecars, saved.files
         overlays = []
         if result.gate_maps is not None:

@@ -64,7 +64,16 @@ def load_faces(folder: str, check_files: bool = True, keep_outliers: bool = Fals
             )
         kept = kept[~strangers]
     if kept.empty:
-        raise TrainingDataError(f"{manifest_path} lists no kept faces ({len(manifest)} rows, none with status ok)")
+        held = int((manifest.status == "ok").sum()) if "status" in manifest else 0
+        raise TrainingDataError(
+            f"{manifest_path} lists no kept faces to train on ({len(manifest)} rows, {held} kept, "
+            + (
+                "all of them in the val/test split: give train a larger share with prep --split, or another "
+                "--split-seed)"
+                if held
+                else "none with status ok)"
+            )
+        )
     dims = sorted(kept.embedding_dim.dropna().astype(int).unique().tolist())
     if len(dims) > 1:
         models = sorted(kept.embedding_model.dropna().unique().tolist())

@@ -1,0 +1,113 @@
+"""`dynamicid run RECIPE`: plan which stages are out of date, then run them in order, each through its
+command's own code, recording every step in OUTPUT/run.json."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+from dynamicid.errors import DynamicIDError
+from dynamicid.recipe.recipe import STAGE_ORDER, Recipe
+from dynamicid.recipe.stages import folder_of
+from dynamicid.recipe.state import RunState
+
+logger = logging.getLogger(__name__)
+
+
+class StageFailed(DynamicIDError):
+    pass
+
+
+@dataclass
+class Step:
+    stage: str
+    fingerprint: str
+    run: bool
+    reason: str
+
+
+def plan(recipe: Recipe, state: RunState, force=(), start: str | None = None, until: str | None = None) -> list[Step]:
+    """Every stage of the recipe with whether it runs and why. Once one runs, every later one runs too: it
+    reads what that one makes."""
+    from dynamicid.recipe.stages import fingerprints
+
+    prints = fingerprints(recipe)
+    order = [stage for stage in STAGE_ORDER if recipe.has(stage)]
+    first = order.index(start) if start else 0
+    last = order.index(until) if until else len(order) - 1
+    steps, upstream_ran = [], None
+    for index, stage in enumerate(order):
+        if not first <= index <= last:
+            steps.append(Step(stage, prints[stage], False, "outside --from/--until"))
+            continue
+        reason = _why_run(stage, prints[stage], state.get(stage), force, upstream_ran, recipe)
+        steps.append(Step(stage, prints[stage], reason is not None, reason or "up to date"))
+        if reason is not None and upstream_ran is None:
+            upstream_ran = stage
+    return steps
+
+
+def _why_run(stage, fingerprint, record, force, upstream_ran, recipe) -> str | None:
+    if stage in force:
+        return "forced (--force)"
+    if not record:
+        return "never run"
+    if record.get("fingerprint") != fingerprint:
+        return "its options or inputs changed"
+    if record.get("status") != "done":
+        return f"its last run {record.get('status', 'did not finish')}"
+    if stage in ("collect", "prep", "train.anchor", "train.reconfig", "eval") and not os.path.isdir(
+        folder_of(recipe, stage)
+    ):
+        return "its output is missing"
+    return f"{upstream_ran} runs before it" if upstream_ran else None
+
+
+def describe(steps: list[Step]) -> str:
+    width = max(len(step.stage) for step in steps)
+    return "\n".join(
+        f"  {step.stage:<{width}}  {'run ' if step.run else 'skip'}  {step.reason}  [{step.fingerprint[:10]}]"
+        for step in steps
+    )
+
+
+def execute(recipe: Recipe, steps: list[Step], state: RunState) -> dict[str, float]:
+    """Runs the steps that run, in order. A failing stage is recorded and stops the run with its message."""
+    from dynamicid.recipe import actions
+
+    seconds: dict[str, float] = {}
+    for step in steps:
+        if not step.run:
+            continue
+        logger.info("run: %s (%s)", step.stage, step.reason)
+        record = state.get(step.stage)
+        started = time.perf_counter()
+        state.update(step.stage, status="started", fingerprint=step.fingerprint, message=None)
+        try:
+            extra = actions.run_stage(recipe, step, record, state)
+        except KeyboardInterrupt:
+            state.update(step.stage, status="interrupted", seconds=round(time.perf_counter() - started, 2))
+            raise
+        except DynamicIDError as err:
+            state.update(step.stage, status="failed", message=str(err), seconds=round(time.perf_counter() - started, 2))
+            raise StageFailed(
+                f"stage {step.stage} failed: {err} (fix it, then `dynamicid run {recipe.path}` continues from here)"
+            ) from None
+        seconds[step.stage] = round(time.perf_counter() - started, 2)
+        state.update(step.stage, status="done", seconds=seconds[step.stage], **(extra or {}))
+    return seconds
+
+
+def move_aside(folder: str) -> str | None:
+    """An earlier run's output goes to FOLDER-previous (replacing an older one), so a new run starts clean
+    and can still read the last weights. Returns the new place, or None when there was nothing."""
+    if not os.path.isdir(folder):
+        return None
+    previous = folder.rstrip("/") + "-previous"
+    if os.path.isdir(previous):
+        shutil.rmtree(previous)
+    os.replace(folder, previous)
+    return previous

@@ -1,0 +1,236 @@
+"""`dynamicid run RECIPE`: the whole loop on tiny models (photos on a loopback web server -> collect -> prep
+-> 2 anchor steps -> 2 reconfig steps -> eval -> gate -> publish -> a server that switches to the newly
+published model), reruns that do only what changed, and the recipe's checks."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from dynamicid import cli
+from dynamicid.errors import ConfigError
+from dynamicid.recipe.recipe import read_recipe
+from dynamicid.recipe.runner import plan
+from dynamicid.recipe.state import RunState
+
+RECIPE = """\
+[run]
+output = "runs/faces"
+base_model = "{tiny}/sd15"
+clip_image_encoder = "{tiny}/clip-image"
+
+[collect]
+urls = "urls.csv"
+
+[prep]
+split = "0.5,0,0.5"
+split_seed = 1  # train: alex_lacamoire, biden, kit_harington; test: rose_leslie, obama
+
+[train.anchor]
+steps = 2
+batch_size = 2
+resolution = 64
+lora_rank = 4
+
+[train.reconfig]
+steps = 2
+resolution = 64
+max_targets = 2
+
+[eval]
+steps = 2
+height = 64
+seed = {seed}
+
+[gate]
+min_detection_rate = 0.0
+champion = {champion}
+
+[publish]
+to = "models/faces"
+"""
+
+
+def _write_recipe(folder, tiny, seed=0, champion="true"):
+    path = folder / "recipe.toml"
+    path.write_text(RECIPE.format(tiny=os.path.dirname(tiny["sd15"]), seed=seed, champion=champion))
+    return str(path)
+
+
+def _url_list(folder, server_url, people: dict) -> None:
+    rows = [(f"{server_url}/file/{key}", person) for key, (_, person) in people.items()]
+    pd.DataFrame(rows, columns=["url", "identity"]).to_csv(folder / "urls.csv", index=False)
+
+
+def _ran(capsys) -> list[str]:
+    """The stages the last run's plan said it runs."""
+    out = capsys.readouterr().out
+    plan_lines = out.split("plan for", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    return [line.split()[0] for line in plan_lines if line.split()[1] == "run"]
+
+
+def _served_version(engine, photo) -> str:
+    from dynamicid.generation.request import Settings
+    from dynamicid.serving.engine import GenerationRequest, PersonRequest
+
+    settings = Settings(steps=2, height=64, width=64)
+    return engine.generate(GenerationRequest("a portrait", [PersonRequest(photo)], settings)).sidecars[0][
+        "model_version"
+    ]
+
+
+@pytest.mark.slow  # a Spark job, four training runs, eval, publish
+def test_the_whole_recipe_reruns_only_what_changed_and_the_server_switches(
+    spark, shared_faces, tiny_models, tmp_path, monkeypatch, capsys
+):
+    from photo_server import PhotoServer
+
+    from dynamicid.generation import DynamicIDPipeline
+    from dynamicid.serving.engine import Engine
+    from dynamicid.serving.reload import ModelWatch
+
+    monkeypatch.chdir(tmp_path)
+    faces = shared_faces / "identities"
+    people = {
+        f"{person}-{photo.stem}": (str(photo), person)
+        for person in ("alex_lacamoire", "biden", "kit_harington", "rose_leslie")
+        for photo in sorted((faces / person).iterdir())
+    }
+    later = {f"obama-{p.stem}": (str(p), "obama") for p in sorted((faces / "obama").iterdir())[:3]}
+    with PhotoServer({key: path for key, (path, _) in (people | later).items()}) as server:
+        _url_list(tmp_path, server.url, people)
+        recipe = _write_recipe(tmp_path, tiny_models)
+        assert cli.main(["run", recipe]) == 0
+        assert _ran(capsys) == ["collect", "prep", "train.anchor", "train.reconfig", "eval", "gate", "publish"]
+        record = json.loads((tmp_path / "runs/faces/run.json").read_text())["stages"]
+        assert {stage: r["status"] for stage, r in record.items()} == dict.fromkeys(record, "done")
+        published = tmp_path / "models/faces"
+        assert json.loads((published / "dynamicid_run.json").read_text())["version"] == 1
+        assert (published / "model_index.json").exists() and "## Evaluation and the gate" in (
+            published / "README.md"
+        ).read_text()
+        report = (tmp_path / "runs/faces/report.html").read_text()
+        assert all(link in report for link in ("dataset/dataset_card.html", "anchor/loss.png", "eval/report.html"))
+
+        # Served from the published folder: requests name the version they were made with.
+        load = lambda reference: DynamicIDPipeline.from_pretrained(reference)  # noqa: E731
+        engine = Engine(load(str(published)), watch=ModelWatch(str(published), load))
+        photo = str(faces / "biden" / sorted(os.listdir(faces / "biden"))[0])
+        assert _served_version(engine, photo).startswith("version 1")
+
+        # Nothing changed: nothing runs, and the command (a new process) says so quickly.
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "dynamicid.cli", "run", recipe], capture_output=True, text=True, check=False
+        )
+        seconds = time.perf_counter() - started
+        assert done.returncode == 0 and "0 stage(s) run" in done.stdout and seconds < 10, (seconds, done.stdout)
+
+        # Another eval seed: eval, gate and publish only; the new model does not beat the published one
+        # (tiny models score the same), so nothing is published and the server keeps version 1.
+        _write_recipe(tmp_path, tiny_models, seed=1)
+        assert cli.main(["run", recipe]) == 1
+        assert _ran(capsys) == ["eval", "gate", "publish"]
+        gate = json.loads((tmp_path / "runs/faces/run.json").read_text())["stages"]["gate"]
+        assert gate["status"] == "failed" and "champion" in gate["failures"][0]
+        assert json.loads((published / "dynamicid_run.json").read_text())["version"] == 1
+        assert _served_version(engine, photo).startswith("version 1")
+
+        # New photos in the URL list, and no champion rule: collect fetches only them, prep does only them,
+        # stage 1 continues from its last weights, and version 2 replaces version 1 in the server.
+        _url_list(tmp_path, server.url, people | later)
+        _write_recipe(tmp_path, tiny_models, seed=1, champion="false")
+        fetched_before = len(server.requests)
+        assert cli.main(["run", recipe]) == 0
+        assert _ran(capsys) == ["collect", "prep", "train.anchor", "train.reconfig", "eval", "gate", "publish"]
+        assert len(server.requests) - fetched_before == len(later)
+        summary = json.loads((tmp_path / "runs/faces/dataset/summary.json").read_text())
+        assert summary["processed_this_run"] == len(later)
+        anchor = json.loads((tmp_path / "runs/faces/run.json").read_text())["stages"]["train.anchor"]
+        assert anchor["init_weights"] == str(tmp_path / "runs/faces/anchor-previous/weights")
+        assert json.loads((published / "dynamicid_run.json").read_text())["version"] == 2
+        assert _served_version(engine, photo).startswith("version 2")
+
+
+def test_a_recipe_is_checked_with_the_commands_own_rules(tmp_path):
+    def refused(text: str, match: str) -> None:
+        path = tmp_path / "bad.toml"
+        path.write_text('[run]\noutput = "out"\n' + text)
+        with pytest.raises(ConfigError, match=match):
+            read_recipe(str(path))
+
+    refused('[prep]\ninput = "p"\nstepz = 3\n', r"bad.toml: \[prep\]: unknown option\(s\) stepz; this command's")
+    refused('[prep]\ninput = "p"\nimages_per_partition = "many"\n', r"\[prep\]: images_per_partition must be a int")
+    refused('[prep]\ninput = "p"\noutput = "elsewhere"\n', r"\[prep\] sets output, which the run wires")
+    refused('[prepare]\ninput = "p"\n', r"unknown table \[prepare\]")
+    refused('[prep]\ninput = "p"\n[eval]\n[gate]\nleak = 0.1\n', r"\[gate\]: leak = 0.1 is not a bound: use min_NAME")
+    refused('[prep]\nlayout = "cluster"\n', r"\[prep\] needs input")
+    refused('[prep]\ninput = "p"\n[train.reconfig]\nsteps = 1\n', r"\[train.reconfig\] needs \[train.anchor\]")
+    with pytest.raises(ConfigError, match=r"\[run\] needs output"):
+        (tmp_path / "none.toml").write_text("[prep]\ninput = 'p'\n")
+        read_recipe(str(tmp_path / "none.toml"))
+
+
+def test_the_plan_follows_the_fingerprints(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"x")
+    recipe_path = tmp_path / "r.toml"
+    recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "photos"\n[eval]\nsteps = 2\n')
+    recipe = read_recipe(str(recipe_path))
+    state = RunState(recipe.output)
+    steps = plan(recipe, state)
+    assert [(s.stage, s.run, s.reason) for s in steps] == [("prep", True, "never run"), ("eval", True, "never run")]
+    for step in steps:
+        state.update(step.stage, status="done", fingerprint=step.fingerprint)
+    os.makedirs(tmp_path / "out" / "dataset")
+    os.makedirs(tmp_path / "out" / "eval")
+    assert [s.reason for s in plan(recipe, state)] == ["up to date", "up to date"]
+    assert [s.run for s in plan(recipe, state, force=("prep",))] == [True, True]
+    assert [s.reason for s in plan(recipe, state, until="prep", force=("prep",))][1] == "outside --from/--until"
+    (photos / "b.jpg").write_bytes(b"y")  # a new photo: prep's input changed, and eval reads prep
+    assert [s.reason for s in plan(recipe, state)] == ["its options or inputs changed", "its options or inputs changed"]
+    (photos / "b.jpg").unlink()
+    recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "photos"\n[eval]\nsteps = 3\n')
+    assert [s.run for s in plan(read_recipe(str(recipe_path)), state)] == [False, True]
+    state.update("eval", status="interrupted")
+    assert plan(recipe, state)[1].reason == "its last run interrupted"
+
+
+def test_training_on_several_processes_runs_under_its_launcher(tmp_path):
+    from dynamicid.recipe.actions import command_line
+
+    recipe_path = tmp_path / "r.toml"
+    recipe_path.write_text(
+        '[run]\noutput = "out"\nprocesses = 2\n[prep]\ninput = "p"\n[train.anchor]\nsteps = 2\nbase_model = "b"\n'
+        'clip_image_encoder = "c"\n'
+    )
+    recipe = read_recipe(str(recipe_path))
+    values = {"data": "D", "output": "O", "steps": 2}
+    assert command_line(recipe, "train.anchor", values, "cfg.json") == [
+        "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "-m", "dynamicid.cli",
+        "train", "anchor", "--config", "cfg.json", "D", "O",
+    ]  # fmt: skip
+    recipe.run["launcher"] = "torchrun"
+    assert command_line(recipe, "train.anchor", values, "cfg.json")[:5] == [
+        "torchrun",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "dynamicid.cli",
+    ]
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    recipe_path = tmp_path / "r.toml"
+    recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "photos"\n')
+    assert cli.main(["run", str(recipe_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "prep  run   never run" in out and not (tmp_path / "out").exists()
+    assert cli.main(["run", str(recipe_path), "--force", "eval"]) == 1
+    assert "eval is not a stage of" in capsys.readouterr().err
