@@ -1,18 +1,28 @@
 """A small stand-in for the Hugging Face Hub on the loopback address: the few endpoints the real
-`huggingface_hub` client calls to list and download a repo, serving local folders. Tests point the client
-at it with HF_ENDPOINT. Also serves plain files under /files/ (the face pack's zip)."""
+`huggingface_hub` client calls to list and download a repo, serving local folders, and to create a repo and
+commit small files to it (create_repo, upload_folder). Tests point the client at it with HF_ENDPOINT. Also
+serves plain files under /files/ (the face pack's zip). A repo's commit id is a digest of its files, so an
+upload makes a new revision, as on the Hub."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import tempfile
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote, urlparse
 
 from loopback import LoopbackServer
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+def commit_of(folder: str) -> str:
+    digest = hashlib.sha1()
+    for name, path in sorted(_files(folder).items()):
+        with open(path, "rb") as handle:
+            digest.update(name.encode() + b"\0" + hashlib.sha1(handle.read()).digest())
+    return digest.hexdigest()
 
 
 def _files(folder: str) -> dict[str, str]:
@@ -27,8 +37,9 @@ def _files(folder: str) -> dict[str, str]:
 class HubServer(LoopbackServer):
     """`repos`: repo id -> local folder; `files`: name -> local path, served at /files/<name>."""
 
-    def __init__(self, repos: dict[str, str], files: dict[str, str] | None = None):
+    def __init__(self, repos: dict[str, str], files: dict[str, str] | None = None, upload_root: str | None = None):
         self.repos, self.files, self.requests = repos, files or {}, []
+        self.upload_root = upload_root  # where repos made by create_repo live (default: the system's temp)
         super().__init__(self._handler())
 
     def _handler(self):
@@ -44,6 +55,45 @@ class HubServer(LoopbackServer):
             def do_GET(self):
                 self._serve(body=True)
 
+            def do_POST(self):
+                path = unquote(urlparse(self.path).path)
+                server.requests.append((self.command, path))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                parts = path.strip("/").split("/")
+                if path == "/api/repos/create":
+                    request = json.loads(body)
+                    repo = f"{request.get('organization') or 'user'}/{request['name']}"
+                    if repo not in server.repos:
+                        server.repos[repo] = tempfile.mkdtemp(prefix="hub-repo-", dir=server.upload_root)
+                    return self._json({"url": f"http://{self.headers['Host']}/{repo}"})
+                if path == "/api/validate-yaml":
+                    return self._json({})
+                if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[2] + "/" + parts[3] in server.repos:
+                    folder = server.repos[parts[2] + "/" + parts[3]]
+                    if parts[4] == "preupload":
+                        files = json.loads(body)["files"]
+                        modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
+                        return self._json({"files": modes})
+                    if parts[4] == "commit":
+                        for line in body.splitlines():
+                            item = json.loads(line)
+                            if item["key"] == "file":
+                                target = os.path.join(folder, item["value"]["path"])
+                                os.makedirs(os.path.dirname(target), exist_ok=True)
+                                with open(target, "wb") as handle:
+                                    handle.write(base64.b64decode(item["value"]["content"]))
+                        url = f"http://{self.headers['Host']}/{parts[2]}/{parts[3]}/commit/{commit_of(folder)}"
+                        return self._json({"commitUrl": url, "commitOid": commit_of(folder)})
+                self._error(404, "RepoNotFound")
+
+            def _json(self, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def _serve(self, body: bool):
                 path = unquote(urlparse(self.path).path)
                 server.requests.append((self.command, path))
@@ -56,7 +106,8 @@ class HubServer(LoopbackServer):
                     repo = parts[0] + "/" + parts[1]
                     if repo not in server.repos:
                         return self._error(404, "RepoNotFound")
-                    return self._file(_files(server.repos[repo]).get("/".join(parts[4:])), body, "EntryNotFound")
+                    folder = server.repos[repo]
+                    return self._file(_files(folder).get("/".join(parts[4:])), body, "EntryNotFound", commit_of(folder))
                 self._error(404, "RepoNotFound")
 
             def _api(self, repo: str, kind: str, below: list[str]):
@@ -67,7 +118,7 @@ class HubServer(LoopbackServer):
                     payload = {
                         "id": repo,
                         "modelId": repo,
-                        "sha": COMMIT,
+                        "sha": commit_of(server.repos[repo]),
                         "private": False,
                         "siblings": [{"rfilename": name} for name in sorted(files)],
                     }
@@ -83,14 +134,9 @@ class HubServer(LoopbackServer):
                         for name, local in sorted(files.items())
                         if name.startswith(prefix)
                     ]
-                data = json.dumps(payload).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self._json(payload)
 
-            def _file(self, local: str | None, body: bool, missing_code: str):
+            def _file(self, local: str | None, body: bool, missing_code: str, commit: str = "0" * 40):
                 if local is None:
                     return self._error(404, missing_code)
                 with open(local, "rb") as handle:
@@ -98,7 +144,7 @@ class HubServer(LoopbackServer):
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("X-Repo-Commit", commit)
                 self.end_headers()
                 if body:
                     self.wfile.write(data)

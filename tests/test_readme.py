@@ -21,11 +21,15 @@ RUN = {
     "import torch": "tests/test_readme.py::test_the_python_example_runs_as_written",
     "dynamicid collect urls.csv photos/": "tests/test_curation.py::test_the_readme_url_list_example_runs",
     "import json": "tests/test_serve.py::test_the_readme_api_examples_run_against_a_live_server",
+    "# tiny.toml": "tests/test_readme.py::test_the_tiny_recipe_runs_as_written",
+    "# first: dynamicid make-tiny-models tiny": "tests/test_readme.py::test_the_tiny_recipe_runs_as_written",
     "# the same with curl": "tests/test_serve.py::test_the_readme_api_examples_run_against_a_live_server",
 }
 
 # First line of each block that is not run, and why.
 NOT_RUN = {
+    "# faces-v1.toml": "real SD1.5 and CLIP weights, 25,000 training steps (the tiny recipe is run)",
+    "dynamicid run faces-v1.toml": "the recipe above, on real weights; test_recipe runs every stage on tiny models",
     "make demo   #": "the two commands themselves: CI runs `make test`, and the demo's job is tested",
     "OUTPUT/": "a picture of the output layout, not commands",
     "url,identity,caption": "a URL list's text, not commands (test_collect collects lists like it)",
@@ -114,3 +118,29 @@ def _run_the_prep_and_eval_blocks_on_what_the_walkthrough_made(folder: Path) -> 
     assert (multi_face.status == "ok").sum() >= 1
     scores = pd.read_parquet(folder / "eval_out" / "scores.parquet")
     assert len(scores) == 1 and scores.clip_t.notna().all()  # pairs.csv, the last block run, with CLIP-T
+
+
+@pytest.mark.slow  # a Spark job and every stage
+def test_the_tiny_recipe_runs_as_written(tmp_path, spark, monkeypatch, capsys):
+    """The README's tiny recipe and its commands, run in this process (the session's Spark)."""
+    import json
+    import re
+
+    from dynamicid import cli
+
+    recipe = readme_block("# tiny.toml")
+    commands = readme_block("# first: dynamicid make-tiny-models tiny").splitlines()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.toml").write_text(recipe)
+    first = commands[0].removeprefix("# first: ").split(";")
+    for line in [*first, *commands[1:]]:
+        program, *argv = shlex.split(line, comments=True)
+        assert program == "dynamicid" and cli.main(argv) == 0, line
+    out = capsys.readouterr().out
+    plans = out.split("plan for tiny.toml")[1:]
+    assert len(plans) == 3 and " run " not in plans[1].split("\n\n")[0]  # the second run does nothing
+    assert re.search(r"eval +run +forced \(--force\)", plans[2]) and re.search(
+        r"publish +run +eval runs before", plans[2]
+    )
+    assert json.loads((tmp_path / "models/tiny/dynamicid_run.json").read_text())["version"] == 1
+    assert os.path.exists("runs/tiny/report.html") and os.path.exists("runs/tiny/eval/report.html")

@@ -234,3 +234,103 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
     assert "prep  run   never run" in out and not (tmp_path / "out").exists()
     assert cli.main(["run", str(recipe_path), "--force", "eval"]) == 1
     assert "eval is not a stage of" in capsys.readouterr().err
+
+
+@pytest.fixture
+def loopback_hub(tmp_path, monkeypatch):
+    """The real huggingface_hub client, in this process, pointed at the loopback Hub with its own cache."""
+    import importlib
+
+    from hub_server import HubServer
+    from huggingface_hub import constants
+
+    with HubServer({}, upload_root=str(tmp_path)) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        importlib.reload(constants)
+        yield hub
+    monkeypatch.undo()
+    importlib.reload(constants)
+
+
+def _published(folder, version: int) -> str:
+    os.makedirs(folder, exist_ok=True)
+    (folder / "dynamicid_run.json").write_text(json.dumps({"version": version, "published": f"day {version}"}))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "DynamicIDPipeline"}))
+    (folder / "README.md").write_text("---\nlibrary_name: diffusers\n---\n# model\n")
+    return str(folder)
+
+
+def test_publishing_to_a_hub_repo_and_a_server_that_checks_it(loopback_hub, tmp_path):
+    from dynamicid.recipe import publish
+    from dynamicid.recipe.recipe import Recipe
+    from dynamicid.serving.reload import ModelWatch
+
+    publish._push(_published(tmp_path / "v1", 1), "user/faces", private=False)
+    recipe = Recipe(str(tmp_path / "r.toml"), str(tmp_path / "out"), {}, {"publish": {"to": "hf://user/faces"}})
+    champion = publish.published_folder(recipe)
+    assert json.loads(open(os.path.join(champion, "dynamicid_run.json")).read())["version"] == 1
+    loaded = []
+    watch = ModelWatch("user/faces", lambda reference: loaded.append(reference) or reference, interval=0.0)
+    assert watch.label() == "version 1 (published day 1)" and watch.newer() is None
+    publish._push(_published(tmp_path / "v2", 2), "user/faces", private=False)
+    assert watch.newer() is not None and watch.label() == "version 2 (published day 2)"
+    assert published_version(loaded[0]) == 2 and watch.newer() is None
+    assert ("POST", "/api/models/user/faces/commit/main") in loopback_hub.requests
+
+
+def published_version(folder: str) -> int:
+    from dynamicid.generation.published import published_record
+
+    return published_record(folder)["version"]
+
+
+def test_an_interrupted_stage_is_recorded_and_the_next_run_continues_there(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in a stage: run.json says interrupted, the exit code is 130, the report is written; the next
+    run skips what was done and runs that stage again (the command itself resumes its own work)."""
+    from dynamicid.recipe import actions
+
+    (tmp_path / "photos").mkdir()
+    recipe_path = tmp_path / "r.toml"
+    recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "photos"\n[eval]\nsteps = 2\n')
+    calls = []
+
+    def command(stage, values):
+        calls.append(stage)
+        os.makedirs(values["output"], exist_ok=True)
+        if stage == "eval" and calls.count("eval") == 1:
+            raise KeyboardInterrupt
+        return 0
+
+    monkeypatch.setattr(actions, "run_command", command)
+    assert cli.main(["run", str(recipe_path)]) == 130
+    stages = json.loads((tmp_path / "out/run.json").read_text())["stages"]
+    assert stages["prep"]["status"] == "done" and stages["eval"]["status"] == "interrupted"
+    assert "interrupted" in (tmp_path / "out/report.html").read_text()
+    assert cli.main(["run", str(recipe_path)]) == 0
+    assert calls == ["prep", "eval", "eval"] and "eval  run   its last run interrupted" in capsys.readouterr().out
+
+
+def test_training_resumes_its_own_run_or_starts_a_new_one_from_the_last_weights(tmp_path):
+    from dynamicid.recipe.actions import _training_start
+    from dynamicid.recipe.runner import Step
+
+    recipe_path = tmp_path / "r.toml"
+    recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "p"\n[train.anchor]\nsteps = 2\n')
+    recipe = read_recipe(str(recipe_path))
+    anchor = tmp_path / "out" / "anchor"
+    os.makedirs(anchor / "weights")
+    step = Step("train.anchor", "F2", True, "")
+    # Its own run, interrupted: the folder stays (the command resumes from its checkpoints), same start.
+    values, extra = _training_start(
+        recipe, step, {"fingerprint": "F2", "status": "interrupted", "init_weights": None}, {}
+    )
+    assert anchor.is_dir() and values == {} and extra == {"init_weights": None}
+    # A finished run of other inputs: moved aside, and the new run starts from its weights.
+    values, extra = _training_start(recipe, step, {"fingerprint": "F1", "status": "done"}, {})
+    assert not anchor.exists() and values["init_weights"] == str(tmp_path / "out" / "anchor-previous" / "weights")
+    recipe.run["fine_tune"] = False
+    os.makedirs(anchor / "weights")
+    values, _ = _training_start(recipe, step, {"fingerprint": "F1", "status": "done"}, {})
+    assert "init_weights" not in values and (tmp_path / "out" / "anchor-previous" / "weights").is_dir()

@@ -59,6 +59,7 @@ def run_publish(recipe: Recipe, state, fingerprint: str) -> dict:
         handle.write(model_card(recipe, record))
     if target.startswith(HUB_PREFIX):
         _push(staging, target[len(HUB_PREFIX) :], bool(recipe.tables["publish"].get("private", False)))
+        shutil.rmtree(staging)
     else:
         swap_into_place(staging, target)
     logger.info("publish: version %d -> %s", version, target)

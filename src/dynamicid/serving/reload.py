@@ -42,7 +42,7 @@ class ModelWatch:
         return None if record is None else (record.get("version"), record.get("fingerprint"))
 
     def label(self) -> str:
-        return version_label(self._local() if self.is_folder else None)
+        return version_label(self._local(), self.reference)
 
     def newer(self) -> Any | None:
         """A pipeline of a newly published version, or None. A folder is read every call (a stat and a small
