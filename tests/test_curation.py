@@ -221,7 +221,8 @@ def test_the_readme_url_list_example_runs(spark, shared_faces, tmp_path, monkeyp
     del listed["biden-2"]  # only under obama's name
     monkeypatch.chdir(tmp_path)
     with PhotoServer({key: path for key, (path, _) in listed.items()}) as server:
-        rows = [(f"{server.url}/file/{key}", person, "") for key, (_, person) in listed.items()]
+        given = {"kit_harington-1": "a man with curly hair at a premiere"}  # one photo comes with a caption
+        rows = [(f"{server.url}/file/{key}", person, given.get(key, "")) for key, (_, person) in listed.items()]
         pd.DataFrame(rows, columns=["url", "identity", "caption"]).to_csv("urls.csv", index=False)
         for line in readme_block("dynamicid collect urls.csv photos/").splitlines():
             program, *argv = shlex.split(line, comments=True)
@@ -234,5 +235,12 @@ def test_the_readme_url_list_example_runs(spark, shared_faces, tmp_path, monkeyp
     assert stranger.startswith("obama/obama-stranger-")
     kept = manifest[manifest.status == "ok"]
     assert (kept.groupby("identity").split.nunique() == 1).all()  # every person in one split
+    captioned = kept[kept.relative_path.str.startswith("kit_harington/kit_harington-1-")]
+    assert captioned.caption.tolist() == [given["kit_harington-1"]]  # the URL list's caption, not a measured one
+    assert captioned.captioner_model.tolist() == ["given (the URL list's caption)"]
+    assert (kept.captioner_model == "measured-v1").sum() == len(kept) - 1
+    (name,) = captioned.name
+    text = (tmp_path / "dataset" / "images" / "kit_harington" / f"{name}.txt").read_text()
+    assert text.strip() == given["kit_harington-1"]
     trained_on = {face.name for face in load_faces("dataset")}
     assert trained_on == set(kept[(kept.split == "train") & ~kept.identity_outlier].name)

@@ -44,6 +44,11 @@ class PrepConfig:
     captioner_model: str | None = option(
         None, "model folder for the captioner (internvl: a transformers-format folder such as InternVL3-2B-hf)"
     )
+    given_captions: bool = option(
+        True,
+        "caption every face with --captioner, even photos whose URL list gave a caption (collect's manifest "
+        "in INPUT/_collect; by default that caption is used)",
+    )
     caption_max_tokens: int = option(64, "new tokens a model captioner may write", limits=(1, 4096))
     caption_batch_size: int = option(
         16, "faces per captioning batch on the GPU (a task's faces are captioned together)", limits=(1, 4096)
@@ -99,7 +104,9 @@ class PrepConfig:
         return {
             "faces": self.faces.identity(),
             "multi_face": self.multi_face,
-            "captioner": [self.captioner, self.captioner_model, self.caption_max_tokens],
+            # The URL list's captions are used by default; turning that off is a change (and keeps old hashes).
+            "captioner": [self.captioner, self.captioner_model, self.caption_max_tokens]
+            + ([] if self.given_captions else ["captioner-only"]),
             "validation": asdict(self.images) | asdict(self.face_rules),  # one key: hashes stay valid
             "jpeg_quality": self.jpeg_quality,
             "format": 2,  # 2: the manifest holds the embedding and the face hash

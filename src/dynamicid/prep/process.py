@@ -89,6 +89,7 @@ class KeptFace:
     error: str | None = None  # an embedding that failed
     caption: str | None = None
     caption_error: str | None = None
+    given_caption: str | None = None  # the URL list's caption (collect's manifest), used instead of a captioner
 
 
 @dataclass
@@ -112,6 +113,7 @@ class FileContext:
     items: list[dict | KeptFace] = field(default_factory=list)  # per face: a finished row or a kept face
     rows: list[dict] | None = None  # set when the file is finished: it leaves the flow
     resumed: bool = False  # its rows are an earlier run's record
+    given_caption: str | None = None  # the URL list's caption for this photo, when collect was given one
 
     @property
     def open(self) -> bool:
@@ -355,7 +357,8 @@ class LandmarkStage(Stage):
                 continue
             with timed(timings, "embed"):
                 crop = analyzer.embed_input(image.rgb, analysis)  # the network runs over the batch
-            file.items.append(KeptFace(analysis, index, timings, _facts(analysis, image), crop))
+            given = file.given_caption if self.shared.config.given_captions else None
+            file.items.append(KeptFace(analysis, index, timings, _facts(analysis, image), crop, given_caption=given))
         file.image = None  # the pixels are let go; the faces keep their crops
 
 
@@ -433,6 +436,12 @@ class CaptionStage(FaceBatchStage):
     name = "caption"
 
     def process_faces(self, faces: list[KeptFace]) -> None:
+        for face in faces:
+            if face.given_caption:  # the URL list's own caption: no captioner (nor its model) is needed
+                face.caption, face.timings["caption"] = face.given_caption, 0.0
+        faces = [face for face in faces if not face.given_caption]
+        if not faces:
+            return
         captioner, clock = self.shared.captioner, {}
         with timed(clock, "caption"):
             captions, errors = _batch_or_singly(
@@ -518,12 +527,13 @@ class WriteStage(Stage):
             "embedding_dim": int(analyzer.embedder.dim),
             "embedding": _unit(analysis.embedding),
             "face_hash": face_hash(analysis.aligned),
-            "captioner_model": self.shared.captioner.model_id,
+            "captioner_model": GIVEN_CAPTION if face.given_caption else self.shared.captioner.model_id,
             "caption": face.caption,
             "sharpness": analysis.sharpness,
         } | facts
 
 
+GIVEN_CAPTION = "given (the URL list's caption)"
 STAGES = (ReadStage, DecodeStage, DetectStage, LandmarkStage, EmbedStage, ExpressionStage, CaptionStage, WriteStage)
 
 
@@ -545,7 +555,14 @@ class PrepStage:
 
     def process_batch(self, files: pd.DataFrame) -> pd.DataFrame:
         listed = [
-            (item.path, item.relative, item.identity, getattr(item, "size", None), getattr(item, "problem", None))
+            (
+                item.path,
+                item.relative,
+                item.identity,
+                getattr(item, "size", None),
+                getattr(item, "problem", None),
+                getattr(item, "given_caption", None),
+            )
             for item in files.itertuples(index=False)
         ]
         return pd.DataFrame(self.process(listed), columns=COLUMN_NAMES)
@@ -619,7 +636,13 @@ class PrepStage:
             file.end("error", "internal_error", _error_text(err))
 
     def _context(
-        self, path: str, relative: str, identity: str | None, size: int | None, problem: str | None
+        self,
+        path: str,
+        relative: str,
+        identity: str | None,
+        size: int | None,
+        problem: str | None,
+        given_caption: str | None = None,
     ) -> FileContext:
         base_row = empty_row() | {
             "source_path": path,
@@ -628,7 +651,7 @@ class PrepStage:
             "config_hash": self.shared.config_hash,
             "resumed": False,
         }
-        return FileContext(path, relative, identity, size, problem, base_row)
+        return FileContext(path, relative, identity, size, problem, base_row, given_caption=given_caption)
 
 
 def stage_for(config: PrepConfig, resources: Resources | None = None) -> PrepStage:

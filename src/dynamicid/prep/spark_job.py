@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,7 @@ from dynamicid.prep.discover import InputFile
 from dynamicid.prep.schema import SPARK_DDL
 
 INPUT_DDL = "path string, relative string, identity string, size bigint, problem string"
+COLLECT_MANIFEST = "_collect/manifest.parquet"  # what `dynamicid collect` leaves beside its photos
 
 
 def task_resources():
@@ -122,6 +124,23 @@ def _listing_table(batch: list[InputFile]) -> pa.Table:
     )
 
 
+def with_given_captions(spark, frame, input_path: str):
+    """The listing with `given_caption`: the caption the URL list gave each photo, when INPUT is collect's
+    output (its manifest names each photo by its path under INPUT); null otherwise."""
+    from pyspark.sql import functions as F
+
+    manifest = os.path.join(input_path, COLLECT_MANIFEST)
+    if "://" in input_path or not os.path.exists(manifest):
+        return frame.withColumn("given_caption", F.lit(None).cast("string"))
+    captions = (
+        spark.read.parquet("file://" + os.path.abspath(manifest))
+        .where("status = 'ok' AND path IS NOT NULL AND caption IS NOT NULL AND trim(caption) != ''")
+        .select(F.col("path").alias("captioned_path"), F.col("caption").alias("given_caption"))
+    )
+    joined = frame.join(captions, frame.relative == captions.captioned_path, "left")
+    return joined.drop("captioned_path")
+
+
 def run_stage_on_spark(spark, listing_path: str, count: int, config: PrepConfig, rows_uri: str) -> float:
     """Process every file of the listing (`write_listing`); the rows land as Parquet under `rows_uri`.
     Returns the job's seconds."""
@@ -131,7 +150,8 @@ def run_stage_on_spark(spark, listing_path: str, count: int, config: PrepConfig,
     partitions = min(count, max(math.ceil(count / config.images_per_partition), 4 * cores))
     # Spark reads the listing itself, so it never passes through the driver's Python process; round-robin
     # then gives every task an equal share.
-    frame = spark.read.schema(INPUT_DDL).parquet("file://" + listing_path).repartition(partitions)
+    frame = spark.read.schema(INPUT_DDL).parquet("file://" + listing_path)
+    frame = with_given_captions(spark, frame, config.input).repartition(partitions)
     result = frame.mapInPandas(_process_partition(config), schema=SPARK_DDL)
     started = time.perf_counter()
     with _SparkProgress(spark, count, partitions, config.progress):
