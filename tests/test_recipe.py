@@ -154,6 +154,17 @@ def test_the_whole_recipe_reruns_only_what_changed_and_the_server_switches(
         assert anchor["init_weights"] == str(tmp_path / "runs/faces/anchor-previous/weights")
         assert json.loads((published / "dynamicid_run.json").read_text())["version"] == 2
         assert _served_version(engine, photo).startswith("version 2")
+        assert _page_model_line(engine).startswith("Model: version 2")
+
+
+def _page_model_line(engine) -> str:
+    """The page's model line as a browser loading the page gets it (its load event refreshes it)."""
+    from dynamicid.serving.app import build_app
+
+    app = build_app(engine, tiny=True)
+    (refresh,) = [f.fn for f in app.fns.values() if getattr(f.fn, "__name__", "") == "current_model"]
+    assert any(target[1] == "load" for f in app.fns.values() if f.fn is refresh for target in f.targets)
+    return refresh()
 
 
 def test_a_recipe_is_checked_with_the_commands_own_rules(tmp_path):

@@ -249,7 +249,11 @@ def build_app(
             "and head orientation, placed where you want them."
         )
         model = gr.Markdown(_model_line(engine), elem_id="model-version")
-        app.load(lambda: _model_line(engine), outputs=model)  # each page load shows the model serving now
+
+        def current_model() -> str:
+            return _model_line(engine)
+
+        app.load(current_model, outputs=model)  # each page load shows the model serving now
         page = SimpleNamespace(concurrency=concurrency, app=app, tiny=tiny)
         page.count = gr.Slider(1, MAX_PERSONS, value=2, step=1, label="Persons", elem_id="count")
         with gr.Row():
