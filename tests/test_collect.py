@@ -76,9 +76,15 @@ def test_every_url_gets_its_status_and_photos_land_as_prep_reads_them(spark, ser
     summary = json.loads((out / "_collect" / "summary.json").read_text())
     assert summary["photos"] == 6 and summary["statuses"]["timeout"] == 2
 
+    # A run killed mid-download leaves its hidden temporary and the running marker: the next run sweeps it.
+    (out / "_collect" / "running").write_bytes(b"")
+    leftover = next(out.rglob("*.jpg")).parent / ".collect-0123456789ab"
+    leftover.write_bytes(b"half a photo")
+
     # A rerun fetches only what is not settled: the transient failures, not the photos or the 404.
     before = server.requests.copy()
     again = run_collect(CollectConfig(urls=str(listing), output=str(out), **FAST), spark=spark)
+    assert not leftover.exists() and not (out / "_collect" / "running").exists()
     fetched = {path for path, count in server.requests.items() if count > before[path]}
     assert "/photo/a.jpg" not in fetched and "/status/404" not in fetched and "/slow" in fetched
     assert again.summary["fetched_this_run"] == 5  # timeout x2, 500, incomplete, connection_error

@@ -345,3 +345,18 @@ def test_training_resumes_its_own_run_or_starts_a_new_one_from_the_last_weights(
     os.makedirs(anchor / "weights")
     values, _ = _training_start(recipe, step, {"fingerprint": "F1", "status": "done"}, {})
     assert "init_weights" not in values and (tmp_path / "out" / "anchor-previous" / "weights").is_dir()
+
+
+def test_a_published_model_that_is_gone_is_published_again(tmp_path):
+    (tmp_path / "photos").mkdir()
+    recipe_path = tmp_path / "r.toml"
+    recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "photos"\n[eval]\n[publish]\nto = "models/m"\n')
+    recipe = read_recipe(str(recipe_path))
+    state = RunState(recipe.output)
+    for step in plan(recipe, state):
+        state.update(step.stage, status="done", fingerprint=step.fingerprint)
+    for folder in ("out/dataset", "out/eval"):
+        os.makedirs(tmp_path / folder)
+    assert [s.reason for s in plan(recipe, state)] == ["up to date", "up to date", "the published model is missing"]
+    _published(tmp_path / "models" / "m", 1)
+    assert not any(s.run for s in plan(recipe, state))

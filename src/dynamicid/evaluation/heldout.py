@@ -107,6 +107,7 @@ def _generation_settings(config) -> dict:
         "weights": config.weights,
         "weights_files": _files_stamp(config.weights),
         "base_model": config.base_model,
+        "base_model_files": _files_stamp(config.base_model),  # a published model, replaced in place
         "clip_image_encoder": config.clip_image_encoder,
         "steps": config.steps,
         "height": config.height,

@@ -63,7 +63,18 @@ def _why_run(stage, fingerprint, record, force, upstream_ran, recipe) -> str | N
         folder_of(recipe, stage)
     ):
         return "its output is missing"
+    if stage == "publish" and not _published_here(recipe):
+        return "the published model is missing"
     return f"{upstream_ran} runs before it" if upstream_ran else None
+
+
+def _published_here(recipe: Recipe) -> bool:
+    """A folder target still holds a published model (a Hub repo is not checked: that needs the network)."""
+    from dynamicid.generation.published import published_record
+    from dynamicid.recipe.recipe import HUB_PREFIX
+
+    to = recipe.tables["publish"]["to"]
+    return to.startswith(HUB_PREFIX) or published_record(to) is not None
 
 
 def describe(steps: list[Step]) -> str:
