@@ -360,3 +360,38 @@ def test_a_published_model_that_is_gone_is_published_again(tmp_path):
     assert [s.reason for s in plan(recipe, state)] == ["up to date", "up to date", "the published model is missing"]
     _published(tmp_path / "models" / "m", 1)
     assert not any(s.run for s in plan(recipe, state))
+
+
+@pytest.mark.slow  # a Spark job and a training process
+def test_training_on_several_processes_goes_through_the_launcher_with_its_options(
+    spark, tiny_models, tmp_path, monkeypatch, capsys
+):
+    """[run] processes = 2 hands training to the launcher with a --config file of the stage's options. A
+    stand-in `torchrun` on PATH records its arguments and runs the command in one process (the real
+    two-process training is test_training's); a launcher that fails stops the run with its exit code."""
+    from dynamicid.prep.sample import make_sample
+
+    make_sample(str(tmp_path / "photos"))
+    launcher = tmp_path / "bin" / "torchrun"
+    launcher.parent.mkdir()
+    launcher.write_text(
+        f'#!/bin/sh\necho "$@" > {tmp_path}/launched\nshift 4\nexec {sys.executable} -m dynamicid.cli "$@"\n'
+    )
+    launcher.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
+    tiny = os.path.dirname(tiny_models["sd15"])
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'[run]\noutput = "out"\nprocesses = 2\nlauncher = "torchrun"\nbase_model = "{tiny}/sd15"\n'
+        f'clip_image_encoder = "{tiny}/clip-image"\n[prep]\ninput = "photos"\n'
+        "[train.anchor]\nsteps = 2\nbatch_size = 2\nresolution = 64\nlora_rank = 4\nno_progress = true\n"
+    )
+    assert cli.main(["run", str(recipe)]) == 0
+    launched = (tmp_path / "launched").read_text().split()
+    assert launched[:6] == ["--nproc_per_node", "2", "-m", "dynamicid.cli", "train", "anchor"]
+    options = json.loads((tmp_path / "out/.run/train.anchor.json").read_text())
+    assert options["steps"] == 2 and options["base_model"] == f"{tiny}/sd15" and "data" not in options
+    assert (tmp_path / "out/anchor/weights").is_dir()
+    launcher.write_text("#!/bin/sh\nexit 3\n")
+    assert cli.main(["run", str(recipe), "--force", "train.anchor"]) == 1
+    assert "train.anchor failed: torchrun --nproc_per_node 2 ... ended with exit code 3" in capsys.readouterr().err
