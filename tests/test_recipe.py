@@ -2,6 +2,7 @@
 -> 2 anchor steps -> 2 reconfig steps -> eval -> gate -> publish -> a server that switches to the newly
 published model), reruns that do only what changed, and the recipe's checks."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -181,6 +182,15 @@ def test_a_recipe_is_checked_with_the_commands_own_rules(tmp_path):
     refused('[prep]\ninput = "p"\n[eval]\n[gate]\nleak = 0.1\n', r"\[gate\]: leak = 0.1 is not a bound: use min_NAME")
     refused('[prep]\nlayout = "cluster"\n', r"\[prep\] needs input")
     refused('[prep]\ninput = "p"\n[train.reconfig]\nsteps = 1\n', r"\[train.reconfig\] needs \[train.anchor\]")
+    refused(
+        '[prep]\ninput = "p"\n[train.anchor]\nsteps = 2\n', r"\[train.anchor\] needs base_model, clip_image_encoder"
+    )
+    models = 'base_model = "b"\nclip_image_encoder = "c"\n'
+    refused(
+        f'[prep]\ninput = "p"\n[train.anchor]\nsteps = 0\n{models}', r"\[train.anchor\]: steps .* must be from 1 to"
+    )
+    refused("[collect]\nthreads = 4\n", r"\[collect\] needs urls")
+    refused('[publish]\nto = "m"\nprivat = true\n', r"\[publish\]: unknown option\(s\) privat")
     with pytest.raises(ConfigError, match=r"\[run\] needs output"):
         (tmp_path / "none.toml").write_text("[prep]\ninput = 'p'\n")
         read_recipe(str(tmp_path / "none.toml"))
@@ -226,7 +236,7 @@ def test_training_on_several_processes_runs_under_its_launcher(tmp_path):
         "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "-m", "dynamicid.cli",
         "train", "anchor", "--config", "cfg.json", "D", "O",
     ]  # fmt: skip
-    recipe.run["launcher"] = "torchrun"
+    recipe.run = dataclasses.replace(recipe.run, launcher="torchrun")
     assert command_line(recipe, "train.anchor", values, "cfg.json")[:5] == [
         "torchrun",
         "--nproc_per_node",
@@ -275,11 +285,12 @@ def _published(folder, version: int) -> str:
 
 def test_publishing_to_a_hub_repo_and_a_server_that_checks_it(loopback_hub, tmp_path):
     from dynamicid.recipe import publish
-    from dynamicid.recipe.recipe import Recipe
+    from dynamicid.recipe.recipe import Recipe, RunSettings
     from dynamicid.serving.reload import ModelWatch
 
     publish._push(_published(tmp_path / "v1", 1), "user/faces", private=False)
-    recipe = Recipe(str(tmp_path / "r.toml"), str(tmp_path / "out"), {}, {"publish": {"to": "hf://user/faces"}})
+    settings = RunSettings(output=str(tmp_path / "out"))
+    recipe = Recipe(str(tmp_path / "r.toml"), settings.output, settings, {"publish": {"to": "hf://user/faces"}})
     champion = publish.published_folder(recipe)
     assert json.loads(open(os.path.join(champion, "dynamicid_run.json")).read())["version"] == 1
     loaded = []
@@ -328,7 +339,9 @@ def test_training_resumes_its_own_run_or_starts_a_new_one_from_the_last_weights(
     from dynamicid.recipe.runner import Step
 
     recipe_path = tmp_path / "r.toml"
-    recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "p"\n[train.anchor]\nsteps = 2\n')
+    recipe_path.write_text(
+        '[run]\noutput = "out"\nbase_model = "b"\nclip_image_encoder = "c"\n[prep]\ninput = "p"\n[train.anchor]\n'
+    )
     recipe = read_recipe(str(recipe_path))
     anchor = tmp_path / "out" / "anchor"
     os.makedirs(anchor / "weights")
@@ -341,7 +354,7 @@ def test_training_resumes_its_own_run_or_starts_a_new_one_from_the_last_weights(
     # A finished run of other inputs: moved aside, and the new run starts from its weights.
     values, extra = _training_start(recipe, step, {"fingerprint": "F1", "status": "done"}, {})
     assert not anchor.exists() and values["init_weights"] == str(tmp_path / "out" / "anchor-previous" / "weights")
-    recipe.run["fine_tune"] = False
+    recipe.run = dataclasses.replace(recipe.run, fine_tune=False)
     os.makedirs(anchor / "weights")
     values, _ = _training_start(recipe, step, {"fingerprint": "F1", "status": "done"}, {})
     assert "init_weights" not in values and (tmp_path / "out" / "anchor-previous" / "weights").is_dir()

@@ -30,7 +30,7 @@ def run_stage(recipe: Recipe, step, record: dict, state) -> dict:
     extra: dict = {}
     if step.stage.startswith("train."):
         values, extra = _training_start(recipe, step, record, values)
-        if recipe.run["processes"] > 1:
+        if recipe.run.processes > 1:
             _launch(recipe, step.stage, values)
             return extra
     run_command(step.stage, values)
@@ -49,7 +49,7 @@ def _training_start(recipe: Recipe, step, record: dict, values: dict) -> tuple[d
     else:
         previous = move_aside(folder)
         weights = os.path.join(previous, "weights") if previous else None
-        fine_tune = recipe.run["fine_tune"] and step.stage == "train.anchor" and weights and os.path.isdir(weights)
+        fine_tune = recipe.run.fine_tune and step.stage == "train.anchor" and weights and os.path.isdir(weights)
         init = weights if fine_tune else None
         if init:
             logger.info("run: %s continues from the last weights (%s): fine-tuning on the new data", step.stage, init)
@@ -61,8 +61,8 @@ def _training_start(recipe: Recipe, step, record: dict, values: dict) -> tuple[d
 def command_line(recipe: Recipe, stage: str, values: dict, config_file: str) -> list[str]:
     """The launcher's command for a training stage on [run] processes (GPUs with accelerate; CPU processes
     with torchrun and ACCELERATE_USE_CPU=1)."""
-    processes = str(recipe.run["processes"])
-    if recipe.run["launcher"] == "torchrun":
+    processes = str(recipe.run.processes)
+    if recipe.run.launcher == "torchrun":
         launcher = ["torchrun", "--nproc_per_node", processes, "-m", "dynamicid.cli"]
     else:
         launcher = ["accelerate", "launch", "--multi_gpu", "--num_processes", processes, "-m", "dynamicid.cli"]

@@ -6,22 +6,43 @@ from __future__ import annotations
 
 import os
 import tomllib
+from dataclasses import MISSING as _MISSING
 from dataclasses import dataclass, field
 
 from dynamicid.errors import ConfigError
-from dynamicid.options import check_values, flatten_table
+from dynamicid.options import check_limits, check_values, flatten_table, option
 
-# The stages in run order: name in the recipe, the command it runs (None: the run's own), its folder.
+# The stages, in run order.
 STAGE_ORDER = ("collect", "prep", "train.anchor", "train.reconfig", "eval", "gate", "publish")
-RUN_KEYS = {
-    "output": "the folder every stage writes under (required)",
-    "base_model": "Stable Diffusion 1.5 for training, eval and publish: a folder or a repo id",
-    "clip_image_encoder": "CLIP ViT-H/14 for training, eval and publish: a folder or a repo id",
-    "fine_tune": "true: a rerun of training on changed data starts from the last weights; false: from scratch",
-    "processes": "training processes (GPUs): above 1, training runs under `launcher`",
-    "launcher": "accelerate (GPUs) or torchrun (CPU processes with ACCELERATE_USE_CPU=1)",
-}
-RUN_DEFAULTS = {"fine_tune": True, "processes": 1, "launcher": "accelerate"}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The recipe's [run] table."""
+
+    output: str = option(help="the folder every stage writes under")
+    base_model: str | None = option(None, "Stable Diffusion 1.5 for training, eval and publish: a folder or a repo id")
+    clip_image_encoder: str | None = option(None, "CLIP ViT-H/14 for training, eval and publish: a folder or a repo id")
+    fine_tune: bool = option(True, "a rerun of training on changed data starts from the last weights (false: anew)")
+    processes: int = option(1, "training processes (GPUs): above 1, training runs under `launcher`", limits=(1, 4096))
+    launcher: str = option(
+        "accelerate",
+        "accelerate (GPUs) or torchrun (CPU processes with ACCELERATE_USE_CPU=1)",
+        choices=("accelerate", "torchrun"),
+    )
+
+    def __post_init__(self) -> None:
+        check_limits(self)
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """The recipe's [publish] table."""
+
+    to: str = option(help="a folder, or hf://owner/name for a Hugging Face Hub repo")
+    private: bool = option(False, "a private Hub repo")
+
+
 GATE_KEYS = {
     "champion": "true: the new model must also beat the published one on the same eval set",
     "min_improvement": "how much higher its face_sim_mean must be than the published model's",
@@ -34,7 +55,6 @@ GATE_ALIASES = {
     "prompt_agreement": "prompt_agreement_mean",
 }
 HUB_PREFIX = "hf://"
-PUBLISH_KEYS = {"to": "a folder, or hf://owner/name for a Hugging Face Hub repo", "private": "a private Hub repo"}
 # Options each stage gets from the run: setting them in the recipe is refused.
 WIRED = {
     "collect": ("output",),
@@ -50,7 +70,7 @@ PATH_KEYS = ("output", "urls", "input", "prompts", "to", "base_model", "clip_ima
 class Recipe:
     path: str
     output: str
-    run: dict
+    run: RunSettings
     tables: dict[str, dict] = field(default_factory=dict)  # stage -> its options (paths resolved)
 
     def has(self, stage: str) -> bool:
@@ -68,11 +88,33 @@ def read_recipe(path: str) -> Recipe:
     folder = os.path.dirname(os.path.abspath(path))
     tables = _stage_tables(document, path)
     run = _run_table(document.get("run"), path, folder)
-    recipe = Recipe(path, run["output"], run)
+    recipe = Recipe(path, run.output, run)
     for stage, values in tables.items():
         recipe.tables[stage] = _checked_stage(stage, values, path, folder)
     _check_inputs(recipe)
+    _check_configs(recipe)
     return recipe
+
+
+def _check_configs(recipe: Recipe) -> None:
+    """Each command's config built now from its completed options, so a value out of its limits (or a missing
+    required one) is refused before the first stage runs, naming the table."""
+    import dataclasses
+
+    from dynamicid.options import config_from
+    from dynamicid.recipe.stages import COMMANDS, config_class, options_of
+
+    for stage in (stage for stage in STAGE_ORDER if stage in COMMANDS and recipe.has(stage)):
+        cls = config_class(stage)
+        values = options_of(recipe, stage)
+        required = [f.name for f in dataclasses.fields(cls) if f.default is _MISSING and f.default_factory is _MISSING]
+        missing = [name for name in required if name not in values]
+        if missing:
+            raise ConfigError(f"recipe {recipe.path}: [{stage}] needs {', '.join(missing)}")
+        try:
+            config_from(values, cls)
+        except ConfigError as err:
+            raise ConfigError(f"recipe {recipe.path}: [{stage}]: {err}") from None
 
 
 def _stage_tables(document: dict, path: str) -> dict[str, dict]:
@@ -94,18 +136,15 @@ def _stage_tables(document: dict, path: str) -> dict[str, dict]:
     return tables
 
 
-def _run_table(table, path: str, folder: str) -> dict:
+def _run_table(table, path: str, folder: str) -> RunSettings:
+    where = f"recipe {path}: [run]"
     if not isinstance(table, dict) or not table.get("output"):
-        raise ConfigError(f'recipe {path}: [run] needs output = "FOLDER", where every stage writes')
-    unknown = sorted(set(table) - set(RUN_KEYS))
-    if unknown:
-        raise ConfigError(f"recipe {path}: [run] has unknown key(s) {', '.join(unknown)}; known: {_listed(RUN_KEYS)}")
-    run = RUN_DEFAULTS | {key: _resolved(key, value, folder) for key, value in table.items()}
-    if run["launcher"] not in ("accelerate", "torchrun"):
-        raise ConfigError(f"recipe {path}: [run] launcher must be accelerate or torchrun, not {run['launcher']!r}")
-    if not isinstance(run["processes"], int) or isinstance(run["processes"], bool) or run["processes"] < 1:
-        raise ConfigError(f"recipe {path}: [run] processes must be a whole number of 1 or more")
-    return run
+        raise ConfigError(f'{where} needs output = "FOLDER", where every stage writes')
+    checked = check_values(table, RunSettings, where)
+    try:
+        return RunSettings(**{key: _resolved(key, value, folder) for key, value in checked.items()})
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def _checked_stage(stage: str, values: dict, path: str, folder: str) -> dict:
@@ -115,10 +154,10 @@ def _checked_stage(stage: str, values: dict, path: str, folder: str) -> dict:
     if stage == "gate":
         return _checked_gate(values, where)
     if stage == "publish":
-        unknown = sorted(set(values) - set(PUBLISH_KEYS))
-        if unknown or not isinstance(values.get("to"), str):
-            raise ConfigError(f"{where} needs to = a folder or a repo id; known keys: {_listed(PUBLISH_KEYS)}")
-        return {key: _resolved(key, value, folder) for key, value in values.items()}
+        if not isinstance(values.get("to"), str):
+            raise ConfigError(f'{where} needs to = "FOLDER" or to = "hf://owner/name"')
+        checked = check_values(values, PublishSettings, where)
+        return {key: _resolved(key, value, folder) for key, value in checked.items()}
     flat = flatten_table(values, where)
     wired = sorted(set(flat) & set(WIRED.get(stage, ())))
     if wired:

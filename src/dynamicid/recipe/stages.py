@@ -64,7 +64,7 @@ def options_of(recipe: Recipe, stage: str) -> dict:
     if stage not in COMMANDS:
         return table
     fields = {leaf.name for leaf in leaves(config_class(stage))}
-    shared = {key: recipe.run[key] for key in ("base_model", "clip_image_encoder") if key in recipe.run}
+    shared = {key: getattr(recipe.run, key) for key in ("base_model", "clip_image_encoder") if getattr(recipe.run, key)}
     values = {key: value for key, value in shared.items() if key in fields} | table
     return values | _wired(recipe, stage)
 
