@@ -280,3 +280,44 @@ def test_vae_slicing_and_tiling_work_on_the_pipeline(pipe, shared_faces):
     finally:
         pipe.disable_vae_tiling()
         pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = sizes
+
+
+def test_lora_folded_into_the_weights_gives_the_same_image_and_unfolds_bit_for_bit(tiny_models, shared_faces, tmp_path):
+    """Issue 29: at a call's lora_scale the LoRA is folded into the UNet's attention weights (no LoRA branch);
+    the image is the unfolded one to 1e-5 in float32, a call at another scale stays exact, and unfolding
+    gives the base weights back bit for bit (also what save_pretrained writes)."""
+    fresh = DynamicIDPipeline.from_pretrained(tiny_models["sd15"], tiny_models["dynamicid"], tiny_models["clip-image"])
+    fresh.set_progress_bar_config(disable=True)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained-looking LoRA: the tiny weights' up matrices may be zero
+        for name, parameter in fresh.saa.named_parameters():
+            if name.endswith("up.weight"):
+                parameter.normal_(std=0.05)
+
+    def unet_weights():  # the UNet's own weights (its state dict also holds the processors')
+        return {key: value for key, value in fresh.unet.state_dict().items() if ".processor." not in key}
+
+    base = {key: value.clone() for key, value in unet_weights().items()}
+    persons = [Person(photo(shared_faces, "obama/1.jpg"), "in a happy expression, in front view")]
+
+    fresh.unfuse_lora()  # the LoRA as a branch, as training runs it
+    branch = {scale: make(fresh, persons, lora_scale=scale).images for scale in (1.0, 0.5)}
+    assert fresh.saa.fused_scale == 0.0
+    fresh.fuse_lora(1.0)
+    changed = [k for k in base if not torch.equal(base[k], unet_weights()[k])]
+    assert changed and all(
+        k.endswith(("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")) for k in changed
+    )
+    np.testing.assert_allclose(make(fresh, persons).images, branch[1.0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(make(fresh, persons, lora_scale=0.5).images, branch[0.5], atol=1e-5, rtol=0)
+    assert fresh.saa.fused_scale == 0.5  # a call refolds at its own scale
+    fresh.unfuse_lora()
+    assert all(torch.equal(base[k], v) for k, v in unet_weights().items())
+
+    fresh.fuse_lora(1.0)
+    fresh.save_pretrained(tmp_path / "saved")
+    saved = load_file(tmp_path / "saved" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert set(saved) == set(base) and all(torch.equal(base[k], saved[k]) for k in base)
+    with pytest.raises(ValueError, match="being trained"):
+        fresh.saa.requires_grad_(True)
+        fresh.saa.fuse_lora(fresh.unet, 1.0)

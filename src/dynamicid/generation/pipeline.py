@@ -183,11 +183,31 @@ class DynamicIDPipeline(DiffusionPipeline):
 
     def save_pretrained(self, save_directory: Any, **kwargs: Any) -> None:  # type: ignore[override]  # passes all on
         """Saves every part; the UNet is saved without our processors (they are saved as `saa`)."""
+        self.saa.unfuse_lora(self.unet)  # the UNet is saved as it came; the next call fuses again
         remove_processors(self.unet, self._base_processors)
         try:
             super().save_pretrained(save_directory, **kwargs)
         finally:
             install_processors(self.unet, self.saa)
+
+    # -- the LoRA folded into the UNet's weights for inference ---------------------------------------------
+    def fuse_lora(self, lora_scale: float = 1.0) -> None:
+        """Fold lora_scale x LoRA into the UNet's attention weights, so each attention layer runs one matrix
+        product instead of two branches. Calls do this themselves at their `lora_scale` (refolding when it
+        changes); a call at another scale stays exact. Not while the LoRA trains."""
+        self._fusing = True
+        self.saa.fuse_lora(self.unet, lora_scale)
+
+    def unfuse_lora(self) -> None:
+        """The UNet's attention weights back to what they were, bit for bit (before sharing the UNet with a
+        plain pipeline, say); calls then run the LoRA as a branch until `fuse_lora` is called again."""
+        self._fusing = False
+        self.saa.unfuse_lora(self.unet)
+
+    def _fuse_for(self, lora_scale: float) -> None:
+        trainable = any(p.requires_grad for p in self.saa.parameters())
+        if getattr(self, "_fusing", True) and not trainable and self.saa.fused_scale != lora_scale:
+            self.saa.fuse_lora(self.unet, lora_scale)
 
     # -- attention processors: SAA must stay installed ---------------------------------------------------
     def _refuse_processor_swap(self, what: str) -> None:
@@ -532,6 +552,7 @@ class DynamicIDPipeline(DiffusionPipeline):
         settings = self.prepare_settings(
             len(encoded), boxes, latents, id_scale, lora_scale, gate, infer_scale, infer_end
         )
+        self._fuse_for(lora_scale)
         latents, gate_sum = self._denoise(
             latents,
             settings,

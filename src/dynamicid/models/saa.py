@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -192,6 +192,15 @@ class LoRAAttnProcessor(nn.Module):
         self.to_k_lora = LoRALinear(context_dim, inner_dim, rank)
         self.to_v_lora = LoRALinear(context_dim, inner_dim, rank)
         self.to_out_lora = LoRALinear(inner_dim, out_dim, rank)
+        # The LoRA scale the layer's own q, k, v and out weights already hold (`DynamicIDAttention.fuse_lora`);
+        # a call at another scale adds only the difference. A fact about the weights, not call state.
+        self.fused_scale = 0.0
+
+    def _with_lora(self, base: nn.Module, lora: LoRALinear, x: torch.Tensor, lora_scale: float) -> torch.Tensor:
+        """base(x) + lora_scale * lora(x), where base may already hold fused_scale * lora: exact for any scale,
+        and one matrix product (no LoRA branch) at the fused scale."""
+        extra = lora_scale - self.fused_scale
+        return base(x) + extra * lora(x) if extra else base(x)
 
     # The steps below mirror diffusers' AttnProcessor2_0 so that zero LoRA reproduces it exactly.
     @staticmethod
@@ -232,8 +241,8 @@ class LoRAAttnProcessor(nn.Module):
         attention_mask: torch.Tensor | None,
         lora_scale: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        key = attn.to_k(context) + lora_scale * self.to_k_lora(context)
-        value = attn.to_v(context) + lora_scale * self.to_v_lora(context)
+        key = self._with_lora(attn.to_k, self.to_k_lora, context, lora_scale)
+        value = self._with_lora(attn.to_v, self.to_v_lora, context, lora_scale)
         head_dim = key.shape[-1] // attn.heads
         batch = query.shape[0]
         q = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
@@ -248,7 +257,7 @@ class LoRAAttnProcessor(nn.Module):
         return out, q
 
     def _project_out(self, attn: Any, hidden_states: torch.Tensor, lora_scale: float) -> torch.Tensor:
-        return attn.to_out[0](hidden_states) + lora_scale * self.to_out_lora(hidden_states)
+        return self._with_lora(attn.to_out[0], self.to_out_lora, hidden_states, lora_scale)
 
     def __call__(
         self,
@@ -264,7 +273,7 @@ class LoRAAttnProcessor(nn.Module):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
-        query = attn.to_q(hidden_states) + lora_scale * self.to_q_lora(hidden_states)
+        query = self._with_lora(attn.to_q, self.to_q_lora, hidden_states, lora_scale)
         out, _ = self._text_attention(attn, query, context, attention_mask, lora_scale)
         out = out.transpose(1, 2).flatten(2).to(query.dtype)
         return self._end(attn, self._project_out(attn, out, lora_scale), residual, shape4d)
@@ -297,7 +306,7 @@ class SAAProcessor(LoRAAttnProcessor):
         if attn.norm_cross:
             text = attn.norm_encoder_hidden_states(text)
 
-        query = attn.to_q(hidden_states) + lora_scale * self.to_q_lora(hidden_states)
+        query = self._with_lora(attn.to_q, self.to_q_lora, hidden_states, lora_scale)
         text_out, q = self._text_attention(attn, query, text, attention_mask, lora_scale)
 
         batch, heads, num_queries, head_dim = q.shape
@@ -394,6 +403,48 @@ class DynamicIDAttention(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diff
         if init_ip_from_unet:
             adapter.init_ip_from(unet)
         return adapter.to(device=unet.device, dtype=unet.dtype)
+
+    def _lora_pairs(self, unet: Any) -> Iterator[tuple[str, nn.Linear, LoRALinear, LoRAAttnProcessor]]:
+        for name, module in zip(self.names, self):
+            processor = cast(LoRAAttnProcessor, module)
+            attn = unet.get_submodule(name[: -len(".processor")])
+            for part, base in (("q", attn.to_q), ("k", attn.to_k), ("v", attn.to_v), ("out", attn.to_out[0])):
+                yield f"{name}.{part}", base, getattr(processor, f"to_{part}_lora"), processor
+
+    @property
+    def fused_scale(self) -> float:
+        return cast(LoRAAttnProcessor, self[0]).fused_scale if len(self) else 0.0
+
+    def fuse_lora(self, unet: Any, lora_scale: float = 1.0) -> None:
+        """Add lora_scale x LoRA into the UNet's attention weights, so inference at that scale runs no LoRA
+        branch. The weights as they were are kept (on the CPU) for `unfuse_lora`, which restores them bit for
+        bit. Refused while the LoRA trains: the fused copy would go stale."""
+        if any(p.requires_grad for p in self.parameters()):
+            raise ValueError("the LoRA is being trained (requires_grad): fusing it would freeze a stale copy")
+        self.unfuse_lora(unet)
+        if lora_scale == 0:
+            return
+        originals: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for key, base, lora, processor in self._lora_pairs(unet):
+                originals[key] = base.weight.detach().to("cpu", copy=True)
+                delta = lora.up.weight.float() @ lora.down.weight.float()
+                base.weight.copy_(
+                    (base.weight.float() + lora_scale * delta.to(base.weight.device)).to(base.weight.dtype)
+                )
+                processor.fused_scale = float(lora_scale)
+        self._unfused_weights = originals
+
+    def unfuse_lora(self, unet: Any) -> None:
+        """The UNet's attention weights as they were before `fuse_lora` (nothing to do when not fused)."""
+        originals = getattr(self, "_unfused_weights", None)
+        if not originals:
+            return
+        with torch.no_grad():
+            for key, base, _, processor in self._lora_pairs(unet):
+                base.weight.copy_(originals[key])
+                processor.fused_scale = 0.0
+        self._unfused_weights = {}
 
     def init_ip_from(self, unet: Any) -> None:
         """to_k_ip / to_v_ip start as copies of the layer's to_k / to_v, as for training."""

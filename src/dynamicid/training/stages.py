@@ -191,6 +191,7 @@ def _sampler_callback(config, frozen: Frozen, weights_of, reference: str, face_a
         # The reference is analysed as the training data was, so its embedding matches the face encoder.
         faces = config_of(face_analysis, f"{config.data} face analysis") if face_analysis else FaceAnalysisConfig()
         pipe.face_analyzer = FaceAnalyzer(faces)
+        pipe.unfuse_lora()  # the UNet is training's: its weights stay as they are
         pipe.set_progress_bar_config(disable=True)
         try:
             result = pipe(
