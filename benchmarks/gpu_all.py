@@ -1,9 +1,10 @@
 """Every GPU figure in one run, each part stopped cleanly at its own time budget (issue 18).
 
 Runs the benchmark scripts of this folder one after another, each in its own process:
-  generation-eager       vanilla SD1.5, diffusers' IP-Adapter, SAA 1 person, SAA 2 persons with boxes;
-                         50 steps at 512x512, CFG batch 2, fp16, and a whole image with the VAE decode
-  generation-cudagraphs  vanilla and SAA 2 persons under torch.compile with CUDA graphs
+  generation-eager       vanilla SD1.5, diffusers' IP-Adapter, SAA 1 and 2 persons (boxes), with the LoRA as a
+                         branch and folded into the weights, and 4 persons folded; 50 steps at 512x512, CFG
+                         batch 2, fp16, and a whole image with the VAE decode
+  generation-cudagraphs  vanilla and SAA 2 persons (LoRA folded) under torch.compile with CUDA graphs
   encode-persons         CLIP ViT-H + face encoder + IMR edit per person, against the denoising
   training               anchoring (with and without gradient checkpointing), reconfig, IP-Adapter peer
   captioning             InternVL3-2B-shaped captioner, batched against one at a time
@@ -31,20 +32,21 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+EAGER_CONFIGS = "vanilla,ip-adapter,saa-1,saa-1-folded,saa-2,saa-2-folded,saa-4-folded"
 # name, script, arguments on the GPU, arguments with --tiny, budget in seconds on the GPU (all: 530 s; the
 # H100 run used 379 s of them)
 PARTS = [
     (
         "generation-eager",
         "gpu_generation.py",
-        ["--modes", "eager", "--decode", "--repeats", "3"],
-        ["--tiny", "--steps", "2", "--modes", "eager", "--decode", "--repeats", "1"],
-        85,
+        ["--modes", "eager", "--decode", "--repeats", "3", "--configs", EAGER_CONFIGS],
+        ["--tiny", "--steps", "2", "--modes", "eager", "--decode", "--repeats", "1", "--configs", EAGER_CONFIGS],
+        100,
     ),
     (
         "generation-cudagraphs",
         "gpu_generation.py",
-        ["--modes", "cudagraphs", "--configs", "vanilla,saa-2", "--repeats", "3"],
+        ["--modes", "cudagraphs", "--configs", "vanilla,saa-2-folded", "--repeats", "3"],
         ["--tiny", "--steps", "2", "--modes", "compile", "--configs", "vanilla,saa-2", "--repeats", "1"],
         175,
     ),

@@ -6,6 +6,7 @@ mode, times 50 denoising steps at 512x512 with the classifier-free-guidance batc
   ip-adapter   diffusers' IPAdapterAttnProcessor2_0 with 4 image tokens
   saa-1        DynamicID SAA, one person (gate on)
   saa-2        DynamicID SAA, two persons with boxes, layout for the first 12 steps
+  saa-N-folded the same with the LoRA folded into the UNet's weights (what the pipeline runs); saa-4: 4 persons
 and optionally a whole image (`--decode`: denoising plus the VAE decode). Prints seconds, the ratio
 to vanilla in the same mode, and peak memory.
 
@@ -24,24 +25,35 @@ from benchmarks_common import build_unet, peak_text, sync, use_ip_adapter, write
 
 from dynamicid.models.saa import DynamicIDAttention, SAASettings, install_processors
 
+BOXES = {
+    2: [[0.1, 0.1, 0.5, 0.4], [0.1, 0.6, 0.5, 0.9]],
+    4: [[0.05, 0.05, 0.45, 0.45], [0.05, 0.55, 0.45, 0.95], [0.55, 0.05, 0.95, 0.45], [0.55, 0.55, 0.95, 0.95]],
+}
+
+
+def persons_of(config: str) -> int:
+    """saa-N and saa-N-folded: N persons (with boxes when N > 1); 0 for vanilla and ip-adapter."""
+    return int(config.split("-")[1]) if config.startswith("saa") else 0
+
 
 def denoise_fn(unet, config: str, steps: int, latents, text, device):
     """One 50-step run: the UNet calls with per-step settings, as the pipeline makes them."""
     batch = latents.shape[0] * 2
     width = unet.config.cross_attention_dim
-    ids = torch.randn(batch, 8 if config == "saa-2" else 4, width, device=device, dtype=latents.dtype)
+    persons = persons_of(config)
+    ids = torch.randn(batch, 4 * max(persons, 1), width, device=device, dtype=latents.dtype)
     timesteps = torch.linspace(999, 1, steps, device=device).long()
-    boxes = [[0.1, 0.1, 0.5, 0.4], [0.1, 0.6, 0.5, 0.9]]
+    boxes = BOXES.get(persons)
     h, w = latents.shape[-2:]
 
     def run(forward):
         x = latents
         # As the pipeline does: one settings object per image, boxes on the device, the step updated in place.
         settings = SAASettings(
-            num_persons=2 if config == "saa-2" else 1,
-            boxes=torch.tensor(boxes, dtype=torch.float64, device=device) if config == "saa-2" else None,
+            num_persons=max(persons, 1),
+            boxes=torch.tensor(boxes, dtype=torch.float64, device=device) if boxes else None,
             infer_scale=2.0,
-            infer_end=12 if config == "saa-2" else 0,
+            infer_end=12 if boxes else 0,
             latent_size=(h, w),
         )
         for step, t in enumerate(timesteps):
@@ -103,7 +115,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--size", type=int, default=None, help="image side (default 512; 64 with --tiny)")
     parser.add_argument("--modes", default="eager", help="comma-separated: eager, channels_last, compile, cudagraphs")
-    parser.add_argument("--configs", default="vanilla,ip-adapter,saa-1,saa-2")
+    parser.add_argument(
+        "--configs",
+        default="vanilla,ip-adapter,saa-1,saa-2",
+        help="comma-separated: vanilla, ip-adapter, saa-N (N persons, boxes when N > 1), saa-N-folded (the LoRA "
+        "folded into the weights, as the pipeline runs it)",
+    )
     parser.add_argument("--decode", action="store_true", help="also decode with the SD VAE (a whole image)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
@@ -149,7 +166,10 @@ def main() -> None:
             if config == "ip-adapter":
                 use_ip_adapter(unet)
             elif config.startswith("saa"):
-                install_processors(unet, DynamicIDAttention.for_unet(unet, rank=128 if not args.tiny else 4))
+                adapter = DynamicIDAttention.for_unet(unet, rank=128 if not args.tiny else 4).requires_grad_(False)
+                install_processors(unet, adapter)
+                if config.endswith("-folded"):  # the LoRA in the UNet's weights, as the pipeline runs it
+                    adapter.fuse_lora(unet, 1.0)
             if mode in ("compile", "cudagraphs"):
                 torch._dynamo.reset()
             with torch.no_grad():
@@ -162,7 +182,7 @@ def main() -> None:
                 torch.cuda.empty_cache()
     for r in results:
         ratio = f"x{r['vs_vanilla']:.3f} vanilla" if "vs_vanilla" in r else ""
-        print(f"{r['mode']:14s} {r['config']:11s} {r['seconds']:8.3f} s  {ratio:14s} peak {peak_text(r['peak_gib'])}")
+        print(f"{r['mode']:14s} {r['config']:13s} {r['seconds']:8.3f} s  {ratio:14s} peak {peak_text(r['peak_gib'])}")
 
 
 def add_ratios(results: list[dict]) -> None:
