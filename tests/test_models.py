@@ -353,3 +353,36 @@ def test_changing_steps_do_not_recompile(unet):
         torch.testing.assert_close(outputs[-1], eager)
     assert counter.frame_count == 1
     assert (outputs[1] - outputs[2]).abs().max() > 1e-5  # the layout did switch off at infer_end
+
+
+def test_lora_under_autocast_skips_the_fp32_copy_and_gives_the_same_values():
+    """Issue 29: under bf16 autocast the LoRA branch no longer copies its input to fp32 first (autocast casts for
+    the matmuls anyway); the result is the same, bit for bit, for fp32 and bf16 inputs."""
+    from dynamicid.models.saa import LoRALinear
+
+    torch.manual_seed(0)
+    lora = LoRALinear(16, 8, 4)
+    torch.nn.init.normal_(lora.up.weight)
+    for x in (torch.randn(3, 16), torch.randn(3, 16).bfloat16()):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = lora(x)
+            cast_first = lora.up(lora.down(x.float())).to(x.dtype)
+        assert fast.dtype == x.dtype and torch.equal(fast, cast_first)
+
+
+def test_a_detached_gate_gives_the_same_output_and_no_gradient_through_itself(unet):
+    """--no-gate-gradients (detach_gate): the gate is computed outside autograd; the forward pass is unchanged and
+    to_k_ip then learns only through the softmax, not through the gate."""
+    attn = _attn2(unet)
+    torch.manual_seed(0)
+    processor = SAAProcessor(32, 32, CROSS_DIM, 32, rank=4)
+    hidden, context = torch.randn(1, 256, 32), torch.randn(1, 81, CROSS_DIM)
+    outputs, grads = [], []
+    for detach in (False, True):
+        processor.zero_grad()
+        out = processor(attn, hidden, context, dynamicid=SAASettings(num_persons=1, detach_gate=detach))
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append(processor.to_k_ip.weight.grad.clone())
+    assert torch.equal(outputs[0], outputs[1])
+    assert (grads[0] - grads[1]).abs().max() > 1e-6 and grads[1].abs().max() > 0

@@ -179,6 +179,8 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.up.weight)  # starts as a no-op
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):  # autocast casts for the matmuls: a copy to fp32 is waste
+            return self.up(self.down(x)).to(x.dtype)
         return self.up(self.down(x.to(self.down.weight.dtype))).to(x.dtype)
 
 
@@ -323,9 +325,8 @@ class SAAProcessor(LoRAAttnProcessor):
         id_out = torch.softmax(logits_for_softmax, dim=-1).to(v_ip.dtype) @ v_ip
 
         if settings.gate:
-            gate = gate_from_logits(logits, settings.gate_threshold)
-            if settings.detach_gate:
-                gate = gate.detach()
+            # A detached gate is computed outside autograd: no graph is built, nothing of it is kept for backward.
+            gate = gate_from_logits(logits.detach() if settings.detach_gate else logits, settings.gate_threshold)
             if cells is not None:
                 gate = apply_layout(gate, cells[0], settings.layout_strength)
         else:
