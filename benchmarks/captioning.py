@@ -26,8 +26,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--batches", default="1,8,16,32", help="batch sizes; the first is the baseline")
+    parser.add_argument(
+        "--batches", default="1,8,16,32", help="batch sizes of plain generate; the first row is the baseline"
+    )
     parser.add_argument("--tiny", action="store_true", help="the tiny model (CPU smoke run)")
+    parser.add_argument(
+        "--static-batches",
+        default="",
+        help="batch sizes to run again with the static KV cache (compiled on a GPU), in the same process",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -53,8 +60,10 @@ def main() -> None:
     faces = [rng.integers(0, 255, (512, 512, 3), dtype=np.uint8) for _ in range(args.faces)]
     results = {"device": name, "dtype": str(dtype), "parameters": parameters, "new_tokens": args.new_tokens, "runs": []}
     baseline = None
-    for batch in (int(b) for b in args.batches.split(",")):
-        captioner.batch_size = batch
+    plain = [(int(b), False) for b in args.batches.split(",") if b]
+    static = [(int(b), True) for b in args.static_batches.split(",") if b]
+    for batch, use_static in plain + static:
+        captioner.batch_size, captioner.static_cache = batch, use_static
         captioner.describe(faces[:batch])  # warm-up
         if device == "cuda":
             torch.cuda.synchronize()
@@ -67,10 +76,13 @@ def main() -> None:
         rate = len(faces) / seconds
         baseline = baseline or rate
         peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-        results["runs"].append({"batch": batch, "seconds": seconds, "images_per_s": rate, "peak_gib": peak})
+        results["runs"].append(
+            {"batch": batch, "static_cache": use_static, "seconds": seconds, "images_per_s": rate, "peak_gib": peak}
+        )
         print(
-            f"batch {batch:>3}: {rate:7.2f} images/s ({seconds:.1f} s for {len(faces)}), {rate / baseline:5.2f}x "
-            f"one at a time" + (f", peak {peak:.1f} GiB" if peak else "")
+            f"batch {batch:>3}{' static' if use_static else ''}: {rate:7.2f} images/s "
+            f"({seconds:.1f} s for {len(faces)}), {rate / baseline:5.2f}x the first row"
+            + (f", peak {peak:.1f} GiB" if peak else "")
         )
         if args.json:  # after every row: a run stopped at its budget keeps what it measured
             with open(args.json, "w") as handle:

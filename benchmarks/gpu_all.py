@@ -7,7 +7,8 @@ Runs the benchmark scripts of this folder one after another, each in its own pro
   generation-cudagraphs  vanilla and SAA 2 persons (LoRA folded) under torch.compile with CUDA graphs
   encode-persons         CLIP ViT-H + face encoder + IMR edit per person, against the denoising
   training               anchoring (with and without gradient checkpointing), reconfig, IP-Adapter peer
-  captioning             InternVL3-2B-shaped captioner, batched against one at a time
+  captioning             InternVL3-2B-shaped captioner: plain generate at batches 8 to 128, then the static
+                         KV cache (compiled) at 128
   arcface                IResNet-50 (w600k_r50's shape) through ONNX Runtime
   offload                enable_model_cpu_offload against the pipeline on the GPU: same images, peak memory
 Each script writes its JSON after every row. A part that runs past its budget gets SIGTERM (then
@@ -55,8 +56,8 @@ PARTS = [
     (
         "captioning",
         "captioning.py",
-        ["--faces", "32", "--batches", "1,8,32"],
-        ["--tiny", "--faces", "4", "--batches", "1,4"],
+        ["--faces", "128", "--batches", "8,32,128", "--static-batches", "128"],
+        ["--tiny", "--faces", "4", "--batches", "1,4", "--static-batches", "4"],
         85,
     ),
     ("arcface", "arcface_onnx.py", ["--faces", "200"], ["--faces", "4"], 20),

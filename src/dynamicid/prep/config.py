@@ -49,6 +49,11 @@ class PrepConfig:
         "caption every face with --captioner, even photos whose URL list gave a caption (collect's manifest "
         "in INPUT/_collect; by default that caption is used)",
     )
+    caption_static_cache: bool = option(
+        False,
+        "a static KV cache for a model captioner's generation, compiled by transformers on a GPU (the same "
+        "captions; faster once warm, for large datasets)",
+    )
     caption_max_tokens: int = option(64, "new tokens a model captioner may write", limits=(1, 4096))
     caption_batch_size: int = option(
         16, "faces per captioning batch on the GPU (a task's faces are captioned together)", limits=(1, 4096)
@@ -113,7 +118,11 @@ class PrepConfig:
         }
 
     def captioner_options(self) -> dict:
-        return {"max_new_tokens": self.caption_max_tokens, "batch_size": self.caption_batch_size}
+        return {
+            "max_new_tokens": self.caption_max_tokens,
+            "batch_size": self.caption_batch_size,
+            "static_cache": self.caption_static_cache,
+        }
 
     def config_hash(self) -> str:
         blob = json.dumps(self.output_affecting(), sort_keys=True, default=str)
