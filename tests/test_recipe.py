@@ -151,8 +151,9 @@ def test_the_whole_recipe_reruns_only_what_changed_and_the_server_switches(
         assert len(server.requests) - fetched_before == len(later)
         summary = json.loads((tmp_path / "runs/faces/dataset/summary.json").read_text())
         assert summary["processed_this_run"] == len(later)
-        anchor = json.loads((tmp_path / "runs/faces/run.json").read_text())["stages"]["train.anchor"]
-        assert anchor["init_weights"] == str(tmp_path / "runs/faces/anchor-previous/weights")
+        stages = json.loads((tmp_path / "runs/faces/run.json").read_text())["stages"]
+        assert stages["train.anchor"]["init_weights"] == str(tmp_path / "runs/faces/anchor-previous/weights")
+        assert stages["train.reconfig"]["init_weights"] == str(tmp_path / "runs/faces/reconfig-previous/weights")
         assert json.loads((published / "dynamicid_run.json").read_text())["version"] == 2
         assert _served_version(engine, photo).startswith("version 2")
         assert _page_model_line(engine).startswith("Model: version 2")

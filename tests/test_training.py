@@ -213,6 +213,16 @@ def test_reconfig_trains_imr_and_keypoint_encoder_only(dataset, tiny_models, tmp
     assert len(kept) > 5 and all(torch.equal(a[k], b[k]) for k in kept)
     assert (tmp_path / "weights-authors" / "IMR.bin").exists()
 
+    # init_weights (what `dynamicid run` gives a rerun on new data): IMR and the KeyPointEncoder start from a
+    # finished reconfig's, not from the stage-1 file's.
+    again = reconfig_config(
+        dataset, tiny_models, tmp_path / "again", init_weights=str(tmp_path / "weights"), steps=1, learning_rate=1e-12
+    )
+    got, was, of_stage1 = (m.state_dict() for m in (train_reconfig(again)["modules"].imr, final.imr, start.imr))
+    floats = [k for k in got if got[k].is_floating_point()]
+    assert all(torch.allclose(got[k], was[k], atol=1e-6) for k in floats)
+    assert any(not torch.allclose(got[k], of_stage1[k], atol=1e-6) for k in floats)
+
 
 def test_the_reconfig_loss_falls(dataset, tiny_models, tmp_path):
     history = train_reconfig(

@@ -39,8 +39,8 @@ def run_stage(recipe: Recipe, step, record: dict, state) -> dict:
 
 def _training_start(recipe: Recipe, step, record: dict, values: dict) -> tuple[dict, dict]:
     """A training stage either resumes its own interrupted run (same fingerprint: the command resumes from
-    its checkpoints), or starts a new one in a clean folder, the last one's moved aside; stage 1 then starts
-    from the last weights when [run] fine_tune is on."""
+    its checkpoints), or starts a new one in a clean folder, the last one's moved aside; with [run] fine_tune
+    it then starts from the last weights (stage 1 all of its parts, stage 2 IMR and the KeyPointEncoder)."""
     from dynamicid.recipe.runner import move_aside
 
     folder = folder_of(recipe, step.stage)
@@ -49,7 +49,7 @@ def _training_start(recipe: Recipe, step, record: dict, values: dict) -> tuple[d
     else:
         previous = move_aside(folder)
         weights = os.path.join(previous, "weights") if previous else None
-        fine_tune = recipe.run.fine_tune and step.stage == "train.anchor" and weights and os.path.isdir(weights)
+        fine_tune = recipe.run.fine_tune and weights and os.path.isdir(weights)
         init = weights if fine_tune else None
         if init:
             logger.info("run: %s continues from the last weights (%s): fine-tuning on the new data", step.stage, init)

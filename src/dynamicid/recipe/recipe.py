@@ -60,7 +60,7 @@ WIRED = {
     "collect": ("output",),
     "prep": ("output",),
     "train.anchor": ("data", "output", "init_weights"),
-    "train.reconfig": ("data", "output", "weights"),
+    "train.reconfig": ("data", "output", "weights", "init_weights"),
     "eval": ("input", "output"),
 }
 PATH_KEYS = ("output", "urls", "input", "prompts", "to", "base_model", "clip_image_encoder", "clip_model")

@@ -76,6 +76,9 @@ class AnchorConfig(TrainCommon):
 @dataclass(frozen=True)
 class ReconfigConfig(TrainCommon):
     weights: str = option("", "stage-1 weights (face encoder + SAA), ours or the authors'", required=True)
+    init_weights: str | None = option(
+        None, "start IMR and the KeyPointEncoder from these weights (a finished reconfig's), to fine-tune them"
+    )
     max_targets: int = option(32, "target images of one identity per step", limits=(1, 100_000))
     ldc_weight: float = option(1.0, "lambda in L_DFM + lambda * L_LDC", limits=(0.0, 1e6))
     batch_size: int = option(

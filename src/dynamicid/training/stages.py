@@ -379,8 +379,13 @@ def _reconfig_modules(config: ReconfigConfig, frozen: Frozen, faces: list[td.Fac
             f"the data has {td.embedding_dim(faces)}-d"
         )
     face_analysis = _same_face_analysis(config, stage1.face_analysis, td.face_analysis_of(config.data))
-    if stage1.imr is not None and stage1.keypoint_encoder is not None:
-        return face_encoder, attention, stage1.imr, stage1.keypoint_encoder, face_analysis
+    start = stage1
+    if config.init_weights:
+        start = load_weights(config.init_weights, processor_layout(frozen.unet))
+        if start.imr is None or start.keypoint_encoder is None:
+            raise td.TrainingDataError(f"init_weights {config.init_weights} lack IMR or the KeyPointEncoder")
+    if start.imr is not None and start.keypoint_encoder is not None:
+        return face_encoder, attention, start.imr, start.keypoint_encoder, face_analysis
     width = frozen.text_encoder.config.hidden_size
     torch.manual_seed(config.seed)
     imr = IMR.for_width(frozen.unet.config.cross_attention_dim, width, config.imr_depth)
