@@ -319,14 +319,13 @@ class SAAProcessor(LoRAAttnProcessor):
 
         height, width = grid_shape(num_queries, settings.latent_size)
         cells = settings.box_cells(height, width, q.device)  # None with the gate off: IP-Adapter style
-        logits_for_softmax = logits.float()
-        if cells is not None:
-            logits_for_softmax = logits_for_softmax.masked_fill(cells[1], float("-inf"))
+        logits32 = logits.float()  # one cast, shared by the softmax and the gate
+        logits_for_softmax = logits32 if cells is None else logits32.masked_fill(cells[1], float("-inf"))
         id_out = torch.softmax(logits_for_softmax, dim=-1).to(v_ip.dtype) @ v_ip
 
         if settings.gate:
             # A detached gate is computed outside autograd: no graph is built, nothing of it is kept for backward.
-            gate = gate_from_logits(logits.detach() if settings.detach_gate else logits, settings.gate_threshold)
+            gate = gate_from_logits(logits32.detach() if settings.detach_gate else logits32, settings.gate_threshold)
             if cells is not None:
                 gate = apply_layout(gate, cells[0], settings.layout_strength)
         else:
