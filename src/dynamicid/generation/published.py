@@ -21,11 +21,3 @@ def published_record(folder: str | None) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
-
-
-def version_label(folder: str | None, reference: str | None = None) -> str:
-    """What a page shows of the model it serves: the published version, else the folder or repo it came from."""
-    record = published_record(folder)
-    if record is None:
-        return reference or (os.path.basename(os.path.normpath(folder)) if folder else "default weights")
-    return f"version {record.get('version')} (published {record.get('published', '?')})"

@@ -527,8 +527,10 @@ def launch(app, config, block: bool = False) -> str:
 
 
 def _watch(config):
-    """What notices a newly published model: for --weights alone (a published folder or repo), unless --no-reload."""
-    if config.tiny or not config.reload or not config.weights or config.base_model or config.clip_image_encoder:
+    """What notices a newly published model: for --weights alone (a published folder) or --base-model alone (a
+    published folder or Hub repo), unless --no-reload."""
+    given = [value for value in (config.weights, config.base_model) if value]
+    if config.tiny or not config.reload or len(given) != 1 or config.clip_image_encoder:
         return None
     from dynamicid.generation import DynamicIDPipeline
     from dynamicid.generation.config import device_and_dtype
@@ -536,7 +538,7 @@ def _watch(config):
 
     device, dtype = device_and_dtype(config.device, config.dtype)
     return ModelWatch(
-        config.weights,
+        given[0],
         lambda reference: DynamicIDPipeline.from_pretrained(reference, device=device, dtype=dtype),
         config.reload_every,
     )

@@ -1,16 +1,18 @@
-"""Switching to a newly published model while serving: the weights folder's dynamicid_run.json (what
-`dynamicid run` publishes) is read before each request, a Hub repo is checked every `interval` seconds; a
-new version is loaded beside the old one and swapped in between two requests, so no queued request is lost."""
+"""Switching to a newly published model while serving: the record `dynamicid run` publishes beside the model
+(dynamicid_run.json) is read before each request for a folder, and every `interval` seconds for a Hub repo
+(that one small file only); a new version is loaded beside the old one and swapped in between two requests,
+so no queued request is lost."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from dynamicid.generation.published import published_record, version_label
+from dynamicid.generation.published import RUN_RECORD, published_record
 
 logger = logging.getLogger(__name__)
 
@@ -21,28 +23,34 @@ class ModelWatch:
     def __init__(self, reference: str, load: Callable[[str], Any], interval: float = 60.0):
         self.reference, self.load, self.interval = reference, load, interval
         self.is_folder = os.path.isdir(reference)
-        self.seen = self._stamp()
+        self.record = self._record()
         self.checked = time.monotonic()
 
-    def _local(self) -> str | None:
+    def _record(self) -> dict | None:
         if self.is_folder:
-            return self.reference
-        from dynamicid.hub import resolve
+            return published_record(self.reference)
+        from huggingface_hub import hf_hub_download
+
+        from dynamicid.hub import split_reference
 
         try:
-            return resolve(self.reference, "served DynamicID model")
-        except Exception as err:  # the Hub is unreachable or the repo is gone: keep serving what is loaded
-            logger.warning(
-                "serve: cannot check %s for a new model (%s); still serving the loaded one", self.reference, err
-            )
+            repo, subfolder = split_reference(self.reference)
+            with open(hf_hub_download(repo, RUN_RECORD, subfolder=subfolder), encoding="utf-8") as handle:
+                record = json.load(handle)
+        except Exception as err:  # not published there, or the Hub unreachable: keep serving what is loaded
+            logger.debug("serve: no published record in %s (%s)", self.reference, err)
             return None
+        return record if isinstance(record, dict) else None
 
-    def _stamp(self) -> Any:
-        record = published_record(self._local())
+    @staticmethod
+    def _stamp(record: dict | None) -> Any:
         return None if record is None else (record.get("version"), record.get("fingerprint"))
 
     def label(self) -> str:
-        return version_label(self._local(), self.reference)
+        """What the page shows of the model it serves: the published version, else the folder or repo."""
+        if self.record is None:
+            return self.reference
+        return f"version {self.record.get('version')} (published {self.record.get('published', '?')})"
 
     def newer(self) -> Any | None:
         """A pipeline of a newly published version, or None. A folder is read every call (a stat and a small
@@ -50,11 +58,11 @@ class ModelWatch:
         if not self.is_folder and time.monotonic() - self.checked < self.interval:
             return None
         self.checked = time.monotonic()
-        stamp = self._stamp()
-        if stamp is None or stamp == self.seen:
+        record = self._record()
+        if record is None or self._stamp(record) == self._stamp(self.record):
             return None
         try:
-            pipe = self.load(self._local() or self.reference)
+            pipe = self.load(self.reference)
         except Exception as err:  # a half-copied or damaged upload: keep the model that works
             logger.warning(
                 "serve: the newly published model in %s cannot be loaded (%s); still serving the old one",
@@ -62,6 +70,6 @@ class ModelWatch:
                 err,
             )
             return None
-        self.seen = stamp
+        self.record = record
         logger.info("serve: switched to the newly published model %s", self.label())
         return pipe
