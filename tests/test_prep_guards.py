@@ -403,3 +403,33 @@ def test_splits_keep_every_identity_in_one_split_and_training_reads_train(spark,
     assert {face.name for face in load_faces(str(out))} == train_names
     with pytest.raises(ConfigError, match=r"split \(--split\) must be three shares"):
         PrepConfig(input="in", output="out", split="0.9,0.2,0")
+
+
+def test_the_lock_is_its_process_own_not_its_forked_childrens(tmp_path):
+    """Another process is refused while the lock is held; a child forked meanwhile (a DataLoader worker, say)
+    does not keep it once its parent lets go, so a killed run's lock goes with the run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    code = (
+        "import sys\nfrom dynamicid.prep.guard import OutputLock, PrepError\n"
+        "try:\n    OutputLock(sys.argv[1]).__enter__()\n    print('locked')\nexcept PrepError as err:\n    print(err)\n"
+    )
+
+    def other_process() -> str:
+        return subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True).stdout.strip()
+
+    with OutputLock(str(out)):
+        assert f'"pid": {os.getpid()}' in other_process()
+        child = os.fork()
+        if child == 0:  # holds the inherited file, as a forked worker would
+            time.sleep(30)
+            os._exit(0)
+    try:
+        assert other_process() == "locked"
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

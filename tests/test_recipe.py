@@ -5,6 +5,7 @@ published model), reruns that do only what changed, and the recipe's checks."""
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -220,7 +221,7 @@ def test_the_plan_follows_the_fingerprints(tmp_path):
     recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "photos"\n[eval]\nsteps = 3\n')
     assert [s.run for s in plan(read_recipe(str(recipe_path)), state)] == [False, True]
     state.update("eval", status="interrupted")
-    assert plan(recipe, state)[1].reason == "its last run interrupted"
+    assert plan(recipe, state)[1].reason == "its last run was interrupted"
 
 
 def test_training_on_several_processes_runs_under_its_launcher(tmp_path):
@@ -326,7 +327,7 @@ def test_an_interrupted_stage_is_recorded_and_the_next_run_continues_there(tmp_p
     assert stages["prep"]["status"] == "done" and stages["eval"]["status"] == "interrupted"
     assert "interrupted" in (tmp_path / "out/report.html").read_text()
     assert cli.main(["run", str(recipe_path)]) == 0
-    assert calls == ["prep", "eval", "eval"] and "eval  run   its last run interrupted" in capsys.readouterr().out
+    assert calls == ["prep", "eval", "eval"] and "eval  run   its last run was interrupted" in capsys.readouterr().out
 
 
 def test_training_resumes_its_own_run_or_starts_a_new_one_from_the_last_weights(tmp_path):
@@ -403,3 +404,38 @@ def test_training_on_several_processes_goes_through_the_launcher_with_its_option
     launcher.write_text("#!/bin/sh\nexit 3\n")
     assert cli.main(["run", str(recipe), "--force", "train.anchor"]) == 1
     assert "train.anchor failed: torchrun --nproc_per_node 2 ... ended with exit code 3" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a Spark job and training in a process that is killed
+def test_a_run_killed_during_training_resumes_from_its_checkpoint(spark, sample, tiny_models, tmp_path, capsys, caplog):
+    """kill -9 while stage 1 trains: run.json says started, the next run skips prep, and training resumes from
+    its last checkpoint and finishes."""
+    import logging
+    import signal
+
+    caplog.set_level(logging.INFO, logger="dynamicid")
+    photos, _ = sample
+    tiny = os.path.dirname(tiny_models["sd15"])
+    recipe = tmp_path / "k.toml"
+    recipe.write_text(
+        f'[run]\noutput = "out"\nbase_model = "{tiny}/sd15"\nclip_image_encoder = "{tiny}/clip-image"\n'
+        f'[prep]\ninput = "{photos}"\n[train.anchor]\nsteps = 30\nbatch_size = 2\nresolution = 64\nlora_rank = 4\n'
+        "checkpoint_every = 5\n"
+    )
+    command = [sys.executable, "-m", "dynamicid.cli", "run", str(recipe)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoints = tmp_path / "out" / "anchor" / "checkpoints"
+    deadline = time.monotonic() + 240
+    # A checkpoint is whole once its trainer.json is there (written last); one cut short would be skipped.
+    while not list(checkpoints.glob("*/trainer.json")) and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    stages = json.loads((tmp_path / "out" / "run.json").read_text())["stages"]
+    assert stages["prep"]["status"] == "done" and stages["train.anchor"]["status"] == "started"
+    assert cli.main(["run", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"prep +skip +up to date", out) and "its last run did not finish" in out
+    assert "resumed from" in caplog.text and "train anchor: 30 steps" in out
+    assert (tmp_path / "out" / "anchor" / "weights").is_dir()

@@ -61,12 +61,24 @@ def check_writable(output: str, state: str = outputs.STATE_DIR) -> None:
 
 class OutputLock:
     """An exclusive lock on OUTPUT/_state/lock for the length of a run. The operating system drops it when
-    the process ends, even by kill -9, so a crash never leaves OUTPUT locked. The file names the holder."""
+    the process ends, even by kill -9, so a crash never leaves OUTPUT locked. The file names the holder.
+
+    A POSIX record lock (`lockf`) belongs to the process that took it: processes forked while it is held
+    (DataLoader workers, say) do not hold it too, so a killed run's lock goes with the run itself. Within one
+    process, `_HELD` refuses a second lock on the same file (record locks do not conflict within a process)."""
+
+    _HELD: dict[str, str] = {}  # lock file -> what this process wrote in it
 
     def __init__(self, output: str, state: str = outputs.STATE_DIR, command: str = "prep"):
         self.path = os.path.join(output, state, outputs.LOCK_FILE)
         self.command = command
         self.handle = None
+
+    def _refuse(self, holder: str) -> PrepError:
+        return PrepError(
+            f"another {self.command} run is writing to {os.path.dirname(os.path.dirname(self.path))} "
+            f"({holder}); wait for it to finish, or give another output folder."
+        )
 
     def __enter__(self) -> OutputLock:
         try:
@@ -75,29 +87,29 @@ class OutputLock:
             logger.warning("no file locking on this system: do not start two prep runs on %s", self.path)
             return self
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        key = os.path.realpath(self.path)
+        if key in OutputLock._HELD:  # this process holds it: reading the file would close (and drop) its lock
+            raise self._refuse(OutputLock._HELD[key])
         handle = open(self.path, "a+", encoding="utf-8")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise PrepError(
-                f"another {self.command} run is writing to {os.path.dirname(os.path.dirname(self.path))} "
-                f"({holder}); wait for it to finish, or give another output folder."
-            ) from None
+            raise self._refuse(holder) from None
+        holder = json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": " ".join(sys.argv),
+            }
+        )
+        OutputLock._HELD[key] = holder
         handle.seek(0)
         handle.truncate()
-        handle.write(
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "host": socket.gethostname(),
-                    "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    "command": " ".join(sys.argv),
-                }
-            )
-        )
+        handle.write(holder)
         handle.flush()
         self.handle = handle
         return self
@@ -106,3 +118,4 @@ class OutputLock:
         if self.handle is not None:
             self.handle.close()  # closing releases the lock
             self.handle = None
+            OutputLock._HELD.pop(os.path.realpath(self.path), None)

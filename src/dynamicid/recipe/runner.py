@@ -58,7 +58,10 @@ def _why_run(stage, fingerprint, record, force, upstream_ran, recipe) -> str | N
     if record.get("fingerprint") != fingerprint:
         return "its options or inputs changed"
     if record.get("status") != "done":
-        return f"its last run {record.get('status', 'did not finish')}"
+        status = record.get("status")
+        return {"interrupted": "its last run was interrupted", "failed": "its last run failed"}.get(
+            status, "its last run did not finish"
+        )
     if stage in ("collect", "prep", "train.anchor", "train.reconfig", "eval") and not os.path.isdir(
         folder_of(recipe, stage)
     ):
