@@ -422,7 +422,8 @@ def test_a_run_killed_during_training_resumes_from_its_checkpoint(spark, sample,
         f'[prep]\ninput = "{photos}"\n[train.anchor]\nsteps = 30\nbatch_size = 2\nresolution = 64\nlora_rank = 4\n'
         "checkpoint_every = 5\n"
     )
-    command = [sys.executable, "-m", "dynamicid.cli", "run", str(recipe)]
+    assert cli.main(["run", str(recipe), "--until", "prep"]) == 0  # here, on the session's Spark
+    command = [sys.executable, "-m", "dynamicid.cli", "run", str(recipe)]  # prep is up to date: no Spark to start
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     checkpoints = tmp_path / "out" / "anchor" / "checkpoints"
     deadline = time.monotonic() + 240
