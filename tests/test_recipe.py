@@ -371,6 +371,18 @@ def test_a_published_model_that_is_gone_is_published_again(tmp_path):
     assert not any(s.run for s in plan(recipe, state))
 
 
+def _training_recipe(folder, tiny_models, photos, run_extra: str, anchor_extra: str):
+    """A recipe of prep and stage 1 on the tiny models, at sizes that train in seconds."""
+    tiny = os.path.dirname(tiny_models["sd15"])
+    recipe = folder / "r.toml"
+    recipe.write_text(
+        f'[run]\noutput = "out"\nbase_model = "{tiny}/sd15"\nclip_image_encoder = "{tiny}/clip-image"\n{run_extra}'
+        f'[prep]\ninput = "{photos}"\n[train.anchor]\nbatch_size = 2\nresolution = 64\nlora_rank = 4\n'
+        f"no_progress = true\n{anchor_extra}"
+    )
+    return recipe
+
+
 @pytest.mark.slow  # a Spark job and a training process
 def test_training_on_several_processes_goes_through_the_launcher_with_its_options(
     spark, tiny_models, tmp_path, monkeypatch, capsys
@@ -389,12 +401,7 @@ def test_training_on_several_processes_goes_through_the_launcher_with_its_option
     launcher.chmod(0o755)
     monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
     tiny = os.path.dirname(tiny_models["sd15"])
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(
-        f'[run]\noutput = "out"\nprocesses = 2\nlauncher = "torchrun"\nbase_model = "{tiny}/sd15"\n'
-        f'clip_image_encoder = "{tiny}/clip-image"\n[prep]\ninput = "photos"\n'
-        "[train.anchor]\nsteps = 2\nbatch_size = 2\nresolution = 64\nlora_rank = 4\nno_progress = true\n"
-    )
+    recipe = _training_recipe(tmp_path, tiny_models, "photos", 'processes = 2\nlauncher = "torchrun"\n', "steps = 2\n")
     assert cli.main(["run", str(recipe)]) == 0
     launched = (tmp_path / "launched").read_text().split()
     assert launched[:6] == ["--nproc_per_node", "2", "-m", "dynamicid.cli", "train", "anchor"]
@@ -415,13 +422,7 @@ def test_a_run_killed_during_training_resumes_from_its_checkpoint(spark, sample,
 
     caplog.set_level(logging.INFO, logger="dynamicid")
     photos, _ = sample
-    tiny = os.path.dirname(tiny_models["sd15"])
-    recipe = tmp_path / "k.toml"
-    recipe.write_text(
-        f'[run]\noutput = "out"\nbase_model = "{tiny}/sd15"\nclip_image_encoder = "{tiny}/clip-image"\n'
-        f'[prep]\ninput = "{photos}"\n[train.anchor]\nsteps = 30\nbatch_size = 2\nresolution = 64\nlora_rank = 4\n'
-        "checkpoint_every = 5\n"
-    )
+    recipe = _training_recipe(tmp_path, tiny_models, photos, "", "steps = 30\ncheckpoint_every = 5\n")
     assert cli.main(["run", str(recipe), "--until", "prep"]) == 0  # here, on the session's Spark
     command = [sys.executable, "-m", "dynamicid.cli", "run", str(recipe)]  # prep is up to date: no Spark to start
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
