@@ -258,6 +258,18 @@ def check_values(values: dict, config_class, where: str) -> dict:
     return values
 
 
+def missing_options(values: dict, config_class, positional: bool = False) -> list[str]:
+    """Required fields (no default, or marked required) that `values` lacks or leaves empty; positional ones
+    too when asked (argparse checks those on a command line)."""
+    return [
+        leaf.name
+        for leaf in leaves(config_class)
+        if (positional or not leaf.meta("positional"))
+        and (leaf.default is REQUIRED or leaf.meta("required"))
+        and values.get(leaf.name) in (None, [], "")
+    ]
+
+
 @dataclass(frozen=True)
 class Command:
     """One `dynamicid` command, owned by its package (`PACKAGE/cli.py` lists its commands in COMMANDS).
@@ -275,15 +287,7 @@ class Command:
 
     def missing(self, args: argparse.Namespace) -> list[str]:
         """Required options that neither the command line nor the config file gave."""
-        if self.config is None:
-            return []
-        return [
-            leaf.name
-            for leaf in leaves(self.config)
-            if not leaf.meta("positional")
-            and (leaf.default is REQUIRED or leaf.meta("required"))
-            and getattr(args, leaf.name, None) in (None, [], "")
-        ]
+        return missing_options(vars(args), self.config) if self.config is not None else []
 
 
 def add_command(sub: Any, command: Command, parsers: dict[Command, argparse.ArgumentParser]) -> None:

@@ -12,8 +12,10 @@ import logging
 import os
 from dataclasses import dataclass, replace
 
+from dynamicid.atomic import write_atomic
 from dynamicid.errors import InputError
 from dynamicid.evaluation.inputs import EvalItem, read_generated
+from dynamicid.filestamps import folder_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -105,29 +107,15 @@ def _generation_settings(config) -> dict:
     and times, so that retrained weights in the same folder count as new)."""
     return {
         "weights": config.weights,
-        "weights_files": _files_stamp(config.weights),
+        "weights_files": folder_stamp(config.weights),
         "base_model": config.base_model,
-        "base_model_files": _files_stamp(config.base_model),  # a published model, replaced in place
+        "base_model_files": folder_stamp(config.base_model),  # a published model, replaced in place
         "clip_image_encoder": config.clip_image_encoder,
         "steps": config.steps,
         "height": config.height,
         "width": config.width,
         "seed": config.seed,
     }
-
-
-def _files_stamp(folder: str | None) -> list | None:
-    if not folder or not os.path.isdir(folder):
-        return None
-    return sorted(
-        [
-            os.path.relpath(os.path.join(root, name), folder),
-            os.stat(os.path.join(root, name)).st_size,
-            os.stat(os.path.join(root, name)).st_mtime_ns,
-        ]
-        for root, _, names in os.walk(folder)
-        for name in names
-    )
 
 
 def _fresh_folder(folder: str, settings: dict) -> None:
@@ -143,9 +131,7 @@ def _fresh_folder(folder: str, settings: dict) -> None:
         same = False
     if not same:
         shutil.rmtree(folder, ignore_errors=True)
-        os.makedirs(folder)
-        with open(record, "w", encoding="utf-8") as handle:
-            json.dump(settings, handle, indent=2)
+        write_atomic(record, json.dumps(settings, indent=2).encode("utf-8"))
 
 
 def _stem(prompt_index: int, prompt: EvalPrompt, group: tuple[HeldOutIdentity, ...]) -> str:

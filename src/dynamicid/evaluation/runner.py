@@ -108,20 +108,11 @@ def _items(config: EvalConfig) -> list:
 
 
 def _pipeline(config: EvalConfig):
-    from dynamicid.generation import DynamicIDPipeline
-    from dynamicid.generation.config import device_and_dtype
+    from dynamicid.generation.loading import load_for_use
 
-    device, dtype = device_and_dtype(config.device, config.dtype)
-    pipe = DynamicIDPipeline.from_pretrained(
-        config.base_model,
-        config.weights,
-        config.clip_image_encoder,
-        face_config=config.faces if config.faces != FaceAnalysisConfig() else None,
-        device=device,
-        dtype=dtype,
+    return load_for_use(
+        config.base_model, config.weights, config.clip_image_encoder, config.faces, config.device, config.dtype
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def run_eval(config: EvalConfig) -> EvalResult:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynamicid.generation.config import DownloadConfig, GenerateConfig, device_and_dtype
+from dynamicid.generation.config import DownloadConfig, GenerateConfig
 from dynamicid.options import Command, config_from
 
 
 def run_generate(args: Any) -> int:
+    from dynamicid.generation.loading import load_for_use
     from dynamicid.generation.outputs import check_output_folder, save_generation
-    from dynamicid.generation.pipeline import DynamicIDPipeline
     from dynamicid.generation.request import check_request
 
     config = config_from(args, GenerateConfig)
@@ -20,16 +20,15 @@ def run_generate(args: Any) -> int:
     # The whole request is checked before the model load, which takes many seconds.
     check_request(persons, height, width, settings.steps, settings.guidance, config.images, config.limits)
     check_output_folder(config.output)
-    device, dtype = device_and_dtype(config.device, config.dtype)
-    pipe = DynamicIDPipeline.from_pretrained(
+    pipe = load_for_use(
         config.base_model,
         config.weights,
         config.clip_image_encoder,
-        face_config=config.face_config(),
-        device=device,
-        dtype=dtype,
+        config.faces,
+        config.device,
+        config.dtype,
+        progress=config.progress,
     )
-    pipe.set_progress_bar_config(disable=not config.progress)
     result = pipe(
         config.prompt,
         persons,

@@ -139,11 +139,6 @@ class GenerateConfig:
     def size(self) -> tuple[int, int]:
         return default_size(len(self.person), self.height, self.width)
 
-    def face_config(self) -> FaceAnalysisConfig | None:
-        """None lets the pipeline choose: the analysis the weights record, else the default for them (the
-        authors' weights were made with InsightFace's ArcFace)."""
-        return self.faces if self.faces != FaceAnalysisConfig() else None
-
 
 def _nth(values: tuple[str, ...], index: int) -> str | None:
     value = values[index] if index < len(values) else None

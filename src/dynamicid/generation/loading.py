@@ -46,6 +46,30 @@ def is_saved_folder(reference: Any) -> bool:
     return isinstance(reference, (str, os.PathLike)) and os.path.isdir(reference) and is_saved_pipeline(str(reference))
 
 
+def load_for_use(
+    base_model: str | None,
+    weights: str | None,
+    clip_image_encoder: str | None,
+    faces: FaceAnalysisConfig | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: bool = False,
+) -> Any:
+    """The pipeline as generate, eval and serve load it: on `device_and_dtype`'s device and precision; face
+    options only when they differ from the defaults (otherwise the pipeline takes the analysis the weights
+    record, else the default for them: the authors' weights were made with InsightFace's ArcFace)."""
+    from dynamicid.generation.config import device_and_dtype
+    from dynamicid.generation.pipeline import DynamicIDPipeline
+
+    torch_device, torch_dtype = device_and_dtype(device, dtype)
+    face_config = faces if faces is not None and faces != FaceAnalysisConfig() else None
+    pipe = DynamicIDPipeline.from_pretrained(
+        base_model, weights, clip_image_encoder, face_config=face_config, device=torch_device, dtype=torch_dtype
+    )
+    pipe.set_progress_bar_config(disable=not progress)
+    return pipe
+
+
 def local_pipeline(reference: str) -> str:
     return hub.resolve(reference, "DynamicID pipeline")
 

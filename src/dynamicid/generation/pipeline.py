@@ -125,6 +125,7 @@ class DynamicIDPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._base_processors = install_processors(unet, saa)
+        self._fusing = True  # calls fold the LoRA into the UNet at their scale; `unfuse_lora` turns it off
         self._face_analyzer: FaceAnalyzer | None = None
         self._interrupt = False
         encoder_width = face_encoder.config.clip_dim
@@ -206,7 +207,7 @@ class DynamicIDPipeline(DiffusionPipeline):
 
     def _fuse_for(self, lora_scale: float) -> None:
         trainable = any(p.requires_grad for p in self.saa.parameters())
-        if getattr(self, "_fusing", True) and not trainable and self.saa.fused_scale != lora_scale:
+        if self._fusing and not trainable and self.saa.fused_scale != lora_scale:
             self.saa.fuse_lora(self.unet, lora_scale)
 
     # -- attention processors: SAA must stay installed ---------------------------------------------------

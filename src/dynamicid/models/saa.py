@@ -387,6 +387,7 @@ class DynamicIDAttention(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diff
             self.add_module(str(index), kind(**dims, rank=rank, name=name))
         self.names = [name for name, _ in layout]
         self.rank = rank
+        self._unfused_weights: dict[str, torch.Tensor] = {}  # the UNet's weights before `fuse_lora`, on the CPU
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -437,7 +438,7 @@ class DynamicIDAttention(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diff
 
     def unfuse_lora(self, unet: Any) -> None:
         """The UNet's attention weights as they were before `fuse_lora` (nothing to do when not fused)."""
-        originals = getattr(self, "_unfused_weights", None)
+        originals = self._unfused_weights
         if not originals:
             return
         with torch.no_grad():

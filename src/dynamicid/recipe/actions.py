@@ -3,7 +3,6 @@ under its launcher on several processes), or the run's own gate and publish."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -106,4 +105,4 @@ def run_command(stage: str, values: dict) -> int:
     if missing:
         raise ConfigError(f"[{stage}] needs {', '.join(missing)}")
     sys.stdout.flush()
-    return command.run(argparse.Namespace(**vars(args)))
+    return command.run(args)

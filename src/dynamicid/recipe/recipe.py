@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import MISSING as _MISSING
 from dataclasses import dataclass, field
 
 from dynamicid.errors import ConfigError
@@ -99,16 +98,13 @@ def read_recipe(path: str) -> Recipe:
 def _check_configs(recipe: Recipe) -> None:
     """Each command's config built now from its completed options, so a value out of its limits (or a missing
     required one) is refused before the first stage runs, naming the table."""
-    import dataclasses
-
-    from dynamicid.options import config_from
+    from dynamicid.options import config_from, missing_options
     from dynamicid.recipe.stages import COMMANDS, config_class, options_of
 
     for stage in (stage for stage in STAGE_ORDER if stage in COMMANDS and recipe.has(stage)):
         cls = config_class(stage)
         values = options_of(recipe, stage)
-        required = [f.name for f in dataclasses.fields(cls) if f.default is _MISSING and f.default_factory is _MISSING]
-        missing = [name for name in required if name not in values]
+        missing = missing_options(values, cls, positional=True)
         if missing:
             raise ConfigError(f"recipe {recipe.path}: [{stage}] needs {', '.join(missing)}")
         try:

@@ -88,11 +88,11 @@ def describe(steps: list[Step]) -> str:
     )
 
 
-def execute(recipe: Recipe, steps: list[Step], state: RunState) -> dict[str, float]:
-    """Runs the steps that run, in order. A failing stage is recorded and stops the run with its message."""
+def execute(recipe: Recipe, steps: list[Step], state: RunState) -> None:
+    """Runs the steps that run, in order, recording each in `state`. A failing stage is recorded and stops the
+    run with its message."""
     from dynamicid.recipe import actions
 
-    seconds: dict[str, float] = {}
     for step in steps:
         if not step.run:
             continue
@@ -110,9 +110,7 @@ def execute(recipe: Recipe, steps: list[Step], state: RunState) -> dict[str, flo
             raise StageFailed(
                 f"stage {step.stage} failed: {err} (fix it, then `dynamicid run {recipe.path}` continues from here)"
             ) from None
-        seconds[step.stage] = round(time.perf_counter() - started, 2)
-        state.update(step.stage, status="done", seconds=seconds[step.stage], **(extra or {}))
-    return seconds
+        state.update(step.stage, status="done", seconds=round(time.perf_counter() - started, 2), **(extra or {}))
 
 
 def move_aside(folder: str) -> str | None:

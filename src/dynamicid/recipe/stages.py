@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 
+from dynamicid.filestamps import file_sha256, folder_stamp
 from dynamicid.options import leaves
 from dynamicid.recipe.recipe import STAGE_ORDER, Recipe
 
@@ -93,31 +94,7 @@ def _digest(value) -> str:
 
 
 def file_digest(path: str | None) -> str | None:
-    if not path or not os.path.isfile(path):
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def folder_stamp(folder: str) -> str | None:
-    """Every file under `folder` (but `_`- and dot-folders) by name, size and modification time: new, changed
-    or removed photos change it without reading them."""
-    if not os.path.isdir(folder):
-        return None
-    entries = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            try:
-                stat = os.stat(path)
-            except OSError:
-                continue
-            entries.append((os.path.relpath(path, folder), stat.st_size, stat.st_mtime_ns))
-    return _digest(entries)
+    return file_sha256(path) if path and os.path.isfile(path) else None
 
 
 def fingerprints(recipe: Recipe) -> dict[str, str]:
@@ -137,7 +114,9 @@ def _reads(recipe: Recipe, stage: str, before: dict[str, str]) -> dict:
     if stage == "collect":
         return {"urls": file_digest(table["urls"])}
     if stage == "prep":
-        return {"collect": before["collect"]} if "collect" in before else {"input": folder_stamp(table["input"])}
+        if "collect" in before:
+            return {"collect": before["collect"]}
+        return {"input": folder_stamp(table["input"], skip=("_", "."))}  # prep skips _- and dot-folders too
     if stage == "train.anchor":
         return {"prep": before["prep"]}
     if stage == "train.reconfig":

@@ -532,14 +532,12 @@ def _watch(config):
     given = [value for value in (config.weights, config.base_model) if value]
     if config.tiny or not config.reload or len(given) != 1 or config.clip_image_encoder:
         return None
-    from dynamicid.generation import DynamicIDPipeline
-    from dynamicid.generation.config import device_and_dtype
+    from dynamicid.generation.loading import load_for_use
     from dynamicid.serving.reload import ModelWatch
 
-    device, dtype = device_and_dtype(config.device, config.dtype)
     return ModelWatch(
         given[0],
-        lambda reference: DynamicIDPipeline.from_pretrained(reference, device=device, dtype=dtype),
+        lambda reference: load_for_use(reference, None, None, device=config.device, dtype=config.dtype),
         config.reload_every,
     )
 
@@ -550,7 +548,7 @@ def serve(config, cache, block: bool = True):
     import os
 
     from dynamicid.generation import DynamicIDPipeline
-    from dynamicid.generation.config import device_and_dtype
+    from dynamicid.generation.loading import load_for_use
     from dynamicid.imagefile import ImageRules
 
     if config.tiny:
@@ -558,12 +556,11 @@ def serve(config, cache, block: bool = True):
 
         models = make_tiny_models(os.path.join(cache.folder, "tiny-models"))
         pipe = DynamicIDPipeline.from_pretrained(models["sd15"], models["dynamicid"], models["clip-image"])
+        pipe.set_progress_bar_config(disable=True)
     else:
-        device, dtype = device_and_dtype(config.device, config.dtype)
-        pipe = DynamicIDPipeline.from_pretrained(
-            config.base_model, config.weights, config.clip_image_encoder, device=device, dtype=dtype
+        pipe = load_for_use(
+            config.base_model, config.weights, config.clip_image_encoder, device=config.device, dtype=config.dtype
         )
-    pipe.set_progress_bar_config(disable=True)
     engine = Engine(
         pipe,
         ImageRules(max_pixels=config.max_image_pixels, max_bytes=config.max_upload_mb * 2**20),

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from dynamicid.faces.analyzer import FaceRules
+from dynamicid.filestamps import file_sha256
 from dynamicid.generation.outputs import gate_map_image, save_generation
 from dynamicid.generation.request import (
     GenerationError,
@@ -141,8 +142,7 @@ class Engine:
         digest = hashlib.sha256()
         for path in (person.photo, person.target_landmarks):
             if path:
-                with open(path, "rb") as handle:
-                    digest.update(hashlib.sha256(handle.read()).digest())
+                digest.update(bytes.fromhex(file_sha256(path)))
             digest.update(b"|")
         digest.update((person.face_prompt or "").encode())
         return digest.hexdigest()

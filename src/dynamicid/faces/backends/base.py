@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 from collections.abc import Callable
@@ -14,6 +13,7 @@ import numpy as np
 
 from dynamicid.errors import ModelError
 from dynamicid.faces.types import FaceBox
+from dynamicid.filestamps import file_sha256
 
 
 class BackendError(ModelError):
@@ -38,11 +38,7 @@ class Resources:
 @cache
 def model_file_hash(path: str) -> str:
     """12 hex digits of a model file's sha256: with its name, what the manifest records as the model."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+    return file_sha256(path)[:12]
 
 
 @runtime_checkable
