@@ -50,7 +50,9 @@ def main() -> None:
         listing = os.path.join(work, "urls.txt")
         with open(listing, "w") as handle:
             handle.write("\n".join(urls) + "\n")
-        common = dict(threads=threads_per_task, per_host=threads_per_task, progress=False, retries=0)
+        common = dict(
+            threads=threads_per_task, per_host=threads_per_task, progress=False, retries=0, allow_addresses="127.0.0.1/32"
+        )
         spark_config = CollectConfig(urls=listing, output=os.path.join(work, "spark"), **common)
         started = time.perf_counter()
         result = run_collect(spark_config, spark=spark)

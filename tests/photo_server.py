@@ -19,6 +19,16 @@ photos, and every way a download goes wrong. Paths:
   /noai              a JPEG with X-Robots-Tag: noai
   /file/KEY          the file `files[KEY]` (real photos)
   /delay/MS/NAME     after MS milliseconds, a JPEG whose bytes differ by NAME (the benchmark's network wait)
+  /to-metadata       redirect to the cloud metadata address (169.254.169.254); /to-private: to 10.0.0.1
+  /to-localhost      redirect to http://localhost:PORT/photo/x.jpg (a name, not an address)
+  /to-unicode        redirect to a Location with non-ASCII characters
+  /superscript       Content-Length: ² (a digit to str.isdigit, not a number)
+  /trickle-headers   a header line every 0.2 s, for up to 20 s
+  /continue-flood    "100 Continue" answers, every 0.05 s, for up to 20 s
+  /endless-trailer   a whole chunked JPEG, then trailer lines every 0.05 s, for up to 20 s
+  /many-headers      150 headers
+  /huge-headers      headers of 2 x 60,000 bytes
+Each endless answer is bounded (20 s) and ends when the client hangs up.
 """
 
 from __future__ import annotations
@@ -41,12 +51,12 @@ def _image_bytes(kind: str, seed: int) -> bytes:
 
 
 class PhotoServer(LoopbackServer):
-    def __init__(self, files: dict[str, str] | None = None) -> None:
+    def __init__(self, files: dict[str, str] | None = None, host: str = "127.0.0.1") -> None:
         self.files = files or {}
         self.requests: Counter[str] = Counter()
         self.jpeg_a = _image_bytes("JPEG", 0)
         self.png = _image_bytes("PNG", 1)
-        super().__init__(self._handler())
+        super().__init__(self._handler(), host)
 
     def jpeg(self, name: str) -> bytes:
         return self.jpeg_a if name == "a.jpg" else _image_bytes("JPEG", sum(map(ord, name)) + 7)
@@ -111,6 +121,9 @@ class PhotoServer(LoopbackServer):
         if head == "delay":
             time.sleep(int(parts[1]) / 1000)
             return _send(handler, 200, self.jpeg_a + name.encode(), "image/jpeg")  # bytes after the end: unique
+        hostile = HOSTILE.get(head)
+        if hostile is not None:
+            return hostile(self, handler)
         if head == "noai":
             return _send(handler, 200, self.jpeg_a, "image/jpeg", {"X-Robots-Tag": "noai"})
         return _send(handler, 404, b"not here", "text/plain")
@@ -161,3 +174,61 @@ def _endless(handler, data: bytes) -> None:
     for _ in range(10_000):
         handler.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
         handler.wfile.flush()
+
+
+def _raw(handler, data: bytes) -> None:
+    handler.wfile.write(data)
+    handler.wfile.flush()
+
+
+def _for_a_while(step: float, seconds: float = 20.0):
+    """Yields until `seconds` pass, sleeping `step` between: an endless answer that still ends."""
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        yield
+        time.sleep(step)
+
+
+def _trickle_headers(server, handler) -> None:
+    _raw(handler, b"HTTP/1.1 200 OK\r\n")
+    for n, _ in enumerate(_for_a_while(0.2)):
+        _raw(handler, f"X-Slow-{n}: a\r\n".encode())
+    handler.close_connection = True
+
+
+def _continue_flood(server, handler) -> None:
+    for _ in _for_a_while(0.05):
+        _raw(handler, b"HTTP/1.1 100 Continue\r\n\r\n")
+    handler.close_connection = True
+
+
+def _endless_trailer(server, handler) -> None:
+    data = server.jpeg_a
+    _raw(handler, b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n")
+    _raw(handler, f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n")
+    for n, _ in enumerate(_for_a_while(0.05)):
+        _raw(handler, f"X-Trailer-{n}: a\r\n".encode())
+    handler.close_connection = True
+
+
+def _headers(handler, lines: list[str]) -> None:
+    _raw(handler, ("HTTP/1.1 200 OK\r\n" + "".join(f"{line}\r\n" for line in lines) + "\r\n").encode())
+    handler.close_connection = True
+
+
+HOSTILE = {
+    "to-metadata": lambda server, handler: _redirect(handler, "http://169.254.169.254/latest/meta-data/"),
+    "to-private": lambda server, handler: _redirect(handler, "http://10.0.0.1/photo.jpg"),
+    "to-localhost": lambda server, handler: _redirect(
+        handler, f"http://localhost:{handler.server.server_address[1]}/photo/x.jpg"
+    ),
+    "to-unicode": lambda server, handler: _raw(
+        handler, "HTTP/1.1 302 Found\r\nLocation: /photo/caf\u00e9\u4e2d.jpg\r\nContent-Length: 0\r\n\r\n".encode()
+    ),
+    "superscript": lambda server, handler: _headers(handler, ["Content-Type: image/jpeg", "Content-Length: \u00b2"]),
+    "trickle-headers": _trickle_headers,
+    "continue-flood": _continue_flood,
+    "endless-trailer": _endless_trailer,
+    "many-headers": lambda server, handler: _headers(handler, [f"X-N{n}: a" for n in range(150)]),
+    "huge-headers": lambda server, handler: _headers(handler, [f"X-Big{n}: {'a' * 60000}" for n in range(2)]),
+}

@@ -12,7 +12,10 @@ from dynamicid.collect import CollectConfig, run_collect
 from dynamicid.collect.job import CollectError
 from dynamicid.prep import outputs
 
-FAST = dict(timeout=1.0, max_seconds=1.5, retries=1, backoff=0.05, max_bytes=200_000, progress=False)
+LOOPBACK = "127.0.0.1/32"  # the tests' photo server: collect blocks loopback addresses unless allowed
+FAST = dict(
+    timeout=1.0, max_seconds=1.5, retries=1, backoff=0.05, max_bytes=200_000, progress=False, allow_addresses=LOOPBACK
+)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +137,8 @@ def test_the_command_collects_real_faces_that_prep_then_reads_by_identity(shared
     with PhotoServer(photos) as faces:
         rows = [(f"{faces.url}/file/{key}", key.split("-")[0]) for key in photos]
         pd.DataFrame(rows, columns=["url", "identity"]).to_csv(tmp_path / "faces.csv", index=False)
-        code = cli.main(["collect", str(tmp_path / "faces.csv"), str(tmp_path / "photos"), "--no-progress"])
+        argv = ["collect", str(tmp_path / "faces.csv"), str(tmp_path / "photos"), "--no-progress"]
+        code = cli.main([*argv, "--allow-addresses", LOOPBACK])
     printed = capsys.readouterr().out
     assert code == 0 and "collected 4 photos" in printed and "next: dynamicid prep" in printed
     assert cli.main(["prep", str(tmp_path / "photos"), str(tmp_path / "dataset"), "--no-progress"]) == 0

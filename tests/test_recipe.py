@@ -27,6 +27,7 @@ clip_image_encoder = "{tiny}/clip-image"
 
 [collect]
 urls = "urls.csv"
+allow_addresses = "127.0.0.1/32"  # the tests' photo server is on the loopback address
 
 [prep]
 split = "0.5,0,0.5"

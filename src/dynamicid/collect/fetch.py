@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
 
 from dynamicid.collect.config import CollectConfig
+from dynamicid.collect.network import BlockedAddress, Watchdog, guarded_connector
 from dynamicid.imagefile import sniff_format
 
 CHUNK = 64 * 1024
@@ -35,12 +36,17 @@ STATUSES = (
     "redirect_error",
     "connection_error",
     "invalid_url",
+    "blocked_address",
     "opted_out",
     "duplicate_url",
     "duplicate_content",
+    "withdrawn",  # no longer in the URL list: its photo was removed (a takedown)
     "error",  # an unexpected failure, named in the message (a bug: please report it)
 )
-RETRIED_ON_RERUN = ("timeout", "connection_error", "incomplete")  # and http_error 429 or 5xx
+# Retried on a rerun (and http_error 429 or 5xx): transient failures, a blocked address (the rerun may allow
+# it) and an unexpected error (fixed since, perhaps).
+RETRIED_ON_RERUN = ("timeout", "connection_error", "incomplete", "blocked_address", "error")
+MAX_HEADER_BYTES = 64 * 1024  # all of a response's headers together (http.client caps their count at 100)
 
 
 @dataclass
@@ -85,6 +91,12 @@ def check_url(url: str) -> str | None:
         return f"only http and https URLs are fetched, not {parts.scheme or 'a URL without a scheme'}"
     if not parts.hostname:
         return "the URL has no host"
+    try:
+        parts.port  # noqa: B018 - raises for a port out of range
+    except ValueError as err:
+        return f"the URL's port is not valid: {err}"
+    if not url.isascii():
+        return "the URL has characters that are not ASCII; percent-encode them"
     return None
 
 
@@ -123,7 +135,7 @@ def _follow(url: str, target: str, config: CollectConfig, hosts: HostLimits) -> 
             location = _request(url, target, config, deadline)
         if isinstance(location, Fetched):
             return location
-        url = urljoin(url, location)
+        url = urljoin(url, location.strip())
         problem = check_url(url)
         if problem is not None:
             raise _Outcome(Fetched("redirect_error", message=f"redirected to {url[:200]}: {problem}"))
@@ -134,28 +146,53 @@ def _follow(url: str, target: str, config: CollectConfig, hosts: HostLimits) -> 
 
 
 def _request(url: str, target: str, config: CollectConfig, deadline: float) -> Fetched | str:
-    """One GET: the photo (a Fetched), or a redirect's Location."""
+    """One GET: the photo (a Fetched), or a redirect's Location. The whole exchange ends at `deadline`."""
     parts = urlsplit(url)
-    kind = http.client.HTTPSConnection if parts.scheme.lower() == "https" else http.client.HTTPConnection
+    secure = parts.scheme.lower() == "https"
+    kind = http.client.HTTPSConnection if secure else http.client.HTTPConnection
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    connection = kind(parts.hostname, parts.port, timeout=config.timeout)
+    # The port always given: http.client would read "::1" as host ":" and port 1.
+    connection = kind(parts.hostname, parts.port or (443 if secure else 80), timeout=config.timeout)
+    connection._create_connection = guarded_connector(config.allowed_networks)  # noqa: SLF001
+    watchdog = Watchdog(connection, deadline)
     try:
-        connection.request("GET", path, headers={"User-Agent": config.user_agent, "Accept": "image/*"})
-        response = connection.getresponse()
-        if 300 <= response.status < 400 and response.getheader("Location"):
-            return response.getheader("Location", "")
-        _check_response(response, config)
-        return _stream(response, target, config, deadline)
+        with watchdog:
+            connection.request("GET", path, headers={"User-Agent": config.user_agent, "Accept": "image/*"})
+            response = connection.getresponse()
+            _check_headers(response)
+            if 300 <= response.status < 400 and response.getheader("Location"):
+                return response.getheader("Location", "")
+            _check_response(response, config)
+            fetched = _stream(response, target, config, deadline, watchdog)
+        return fetched
     except _Outcome:
         raise
-    except TimeoutError:
-        raise _Outcome(Fetched("timeout", message=f"no answer within {config.timeout:g} s")) from None
-    except http.client.IncompleteRead as err:
-        raise _Outcome(Fetched("incomplete", message=f"the connection closed early: {err}")) from None
-    except (OSError, http.client.HTTPException) as err:
-        raise _Outcome(Fetched("connection_error", message=f"{type(err).__name__}: {err}"[:300])) from None
+    except BlockedAddress as err:
+        raise _Outcome(Fetched("blocked_address", message=str(err))) from None
+    except (TimeoutError, OSError, http.client.HTTPException) as err:
+        raise _Outcome(_failure(err, config, watchdog.fired)) from None
     finally:
         connection.close()
+
+
+def _failure(err: Exception, config: CollectConfig, deadline_passed: bool) -> Fetched:
+    if deadline_passed:
+        return Fetched("timeout", message=f"the exchange took longer than {config.max_seconds:g} s")
+    if isinstance(err, TimeoutError):
+        return Fetched("timeout", message=f"no answer within {config.timeout:g} s")
+    if isinstance(err, http.client.IncompleteRead):
+        return Fetched("incomplete", message=f"the connection closed early: {err}")
+    return Fetched("connection_error", message=f"{type(err).__name__}: {err}"[:300])
+
+
+def _check_headers(response: http.client.HTTPResponse) -> None:
+    size = sum(len(name) + len(value) for name, value in response.getheaders())
+    if size > MAX_HEADER_BYTES:
+        raise _Outcome(Fetched("connection_error", response.status, message=f"{size} bytes of headers"))
+    location = response.getheader("Location")
+    if location is not None and not location.isascii():
+        message = "a redirect to a Location that is not ASCII (it must be percent-encoded)"
+        raise _Outcome(Fetched("redirect_error", response.status, message=message))
 
 
 def _check_response(response: http.client.HTTPResponse, config: CollectConfig) -> None:
@@ -166,8 +203,11 @@ def _check_response(response: http.client.HTTPResponse, config: CollectConfig) -
     robots = (response.getheader("X-Robots-Tag") or "").lower()
     if config.respect_opt_out and any(tag in robots for tag in OPT_OUT_TAGS):
         raise _Outcome(Fetched("opted_out", code, content_type=kind, message=f"X-Robots-Tag: {robots}"))
-    length = response.getheader("Content-Length")
-    if length and length.isdigit() and int(length) > config.max_bytes:
+    length = (response.getheader("Content-Length") or "").strip()
+    if length and not (length.isascii() and length.isdigit()):
+        message = f"Content-Length {length[:40]!r} is not a number"
+        raise _Outcome(Fetched("connection_error", code, content_type=kind, message=message))
+    if length and int(length) > config.max_bytes:
         raise _Outcome(Fetched("too_large", code, int(length), content_type=kind, message=f"{length} bytes announced"))
 
 
@@ -181,7 +221,9 @@ def _retry_after(value: str | None) -> float | None:
     return None
 
 
-def _stream(response: http.client.HTTPResponse, target: str, config: CollectConfig, deadline: float) -> Fetched:
+def _stream(
+    response: http.client.HTTPResponse, target: str, config: CollectConfig, deadline: float, watchdog: Watchdog
+) -> Fetched:
     """The body to a temporary file, checked as it comes, then renamed to `target`.EXT."""
     code, kind = response.status, response.getheader("Content-Type")
     folder = os.path.dirname(target)
@@ -202,6 +244,9 @@ def _stream(response: http.client.HTTPResponse, target: str, config: CollectConf
                     extension = _extension(head, code, kind) if len(head) >= 16 else None
                 digest.update(chunk)
                 handle.write(chunk)
+            if watchdog.fired or time.monotonic() > deadline:  # e.g. endless trailers, cut off by the watchdog
+                message = f"the exchange took longer than {config.max_seconds:g} s"
+                raise _Outcome(Fetched("timeout", code, size, content_type=kind, message=message))
             if response.length:  # the bytes still owed when the server closed: read1 does not raise for it
                 message = (
                     f"the connection closed {response.length} bytes short of the {size + response.length} announced"

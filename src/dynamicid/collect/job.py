@@ -16,9 +16,10 @@ import pandas as pd
 
 from dynamicid.collect.config import CollectConfig
 from dynamicid.collect.fetch import RETRIED_ON_RERUN, Fetched, HostLimits, fetch
-from dynamicid.errors import InputError
+from dynamicid.errors import InputError, first_line
 from dynamicid.prep import outputs
 from dynamicid.prep.schema import spark_ddl
+from dynamicid.prep.sparkenv import spark_uri
 
 STATE = "_collect"
 # The manifest's columns, written once: the names and Spark's schema both come from here.
@@ -54,33 +55,72 @@ def photo_name(url: str) -> str:
 
 
 def read_list(spark, config: CollectConfig):
-    """The URL list as a DataFrame of (row, url, identity, caption), read by Spark; `row` is the listing order."""
+    """The URL list as a DataFrame of (row, url, identity, caption, problem), read by Spark; `row` is the
+    listing order, and `problem` says why a row is not a URL row at all (a malformed JSON line), else null."""
     from pyspark.sql import functions as F
 
     path = os.path.abspath(config.urls)
     kind = READERS.get(os.path.splitext(path)[1].lower(), "text")
-    reader = spark.read
-    if kind in ("csv", "tsv"):
-        frame = reader.options(header=True, sep="\t" if kind == "tsv" else ",").csv("file://" + path)
-    elif kind == "text":
-        frame = reader.text("file://" + path).withColumnRenamed("value", config.url_column)
-    else:
-        frame = getattr(reader, kind)("file://" + path)
-    if config.url_column not in frame.columns:
+    if kind != "parquet":
+        check_encoding(path, config.encoding)
+    try:
+        frame = _reader(spark, kind, config).load(spark_uri(path))
+        columns = frame.columns
+    except Exception as err:  # Spark's AnalysisException or a Java error: a list it cannot read
         raise CollectError(
-            f"{config.urls} has no column {config.url_column!r} (its columns: {', '.join(frame.columns) or 'none'}); "
+            f"{config.urls} cannot be read as a {kind} list ({first_line(err)[:200]}); check the file, or give the "
+            "list as .csv, .tsv, .parquet, .jsonl or plain text"
+        ) from None
+    if kind == "text":
+        frame, columns = frame.withColumnRenamed("_c0", config.url_column), [config.url_column]
+    if config.url_column not in columns:
+        raise CollectError(
+            f"{config.urls} has no column {config.url_column!r} (its columns: {', '.join(columns) or 'none'}); "
             "name the URL column with --url-column"
         )
 
     def optional(name: str):
-        return F.col(name).cast("string") if name in frame.columns else F.lit(None).cast("string")
+        return F.col(name).cast("string") if name in columns else F.lit(None).cast("string")
 
+    corrupt = F.col(CORRUPT) if CORRUPT in columns else F.lit(None).cast("string")
     frame = frame.select(
-        F.trim(F.col(config.url_column).cast("string")).alias("url"),
+        F.coalesce(F.trim(F.col(config.url_column).cast("string")), F.substring(F.trim(corrupt), 1, 500)).alias("url"),
         optional(config.identity_column).alias("identity"),
         optional(config.caption_column).alias("caption"),
+        F.when(corrupt.isNotNull(), F.lit("this line of the list is not valid JSON")).alias("problem"),
     ).where(F.col("url").isNotNull() & (F.col("url") != ""))
     return frame.withColumn("row", F.monotonically_increasing_id())
+
+
+CORRUPT = "_corrupt_record"
+
+
+def _reader(spark, kind: str, config: CollectConfig):
+    reader = spark.read.option("encoding", config.spark_charset)
+    if kind in ("csv", "tsv"):  # RFC 4180: a quoted field may hold commas, doubled quotes and newlines
+        options = {"header": True, "multiLine": True, "escape": '"', "sep": "\t" if kind == "tsv" else ","}
+        return reader.format("csv").options(**options)
+    if kind == "text":  # one URL a line, read as a one-column CSV that quotes nothing
+        return reader.format("csv").options(header=False, sep="\u0001", quote="\u0000", escape="\u0000")
+    if kind == "json":
+        return reader.format("json").options(mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)
+    return reader.format("parquet")
+
+
+def check_encoding(path: str, encoding: str) -> None:
+    """A text list must decode in `encoding` (UTF-8 by default): the first line that does not is named."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder(encoding)()  # the config checked the name
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError as err:
+                raise CollectError(
+                    f"{path}, line {number}: the text is not {encoding} ({err.reason} at byte {err.start}); save the "
+                    "list as UTF-8, or name its encoding with --encoding (e.g. --encoding latin-1)"
+                ) from None
 
 
 def _download_one(item: Any, config: CollectConfig, output: str, hosts: HostLimits) -> dict:
@@ -130,4 +170,4 @@ def settled(previous):
     transient = F.col("status").isin(*RETRIED_ON_RERUN) | (
         (F.col("status") == "http_error") & ((F.col("http_status") == 429) | (F.col("http_status") >= 500))
     )
-    return previous.where(~transient & (F.col("status") != "duplicate_url"))
+    return previous.where(~transient & ~F.col("status").isin("duplicate_url", "withdrawn"))

@@ -14,8 +14,19 @@ from dataclasses import dataclass
 from dynamicid.atomic import write_atomic
 from dynamicid.collect.config import CollectConfig
 from dynamicid.collect.fetch import TEMPORARY_PREFIX
-from dynamicid.collect.job import COLLECT_DDL, COLUMNS, STATE, CollectError, download_partition, read_list, settled
+from dynamicid.collect.job import (
+    COLLECT_DDL,
+    COLUMNS,
+    SCHEMA,
+    STATE,
+    CollectError,
+    download_partition,
+    read_list,
+    settled,
+)
 from dynamicid.prep import outputs
+from dynamicid.prep.schema import arrow_schema
+from dynamicid.prep.sparkenv import spark_uri
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.parquet"
@@ -43,6 +54,7 @@ def run_collect(config: CollectConfig, spark=None) -> CollectResult:
         if os.path.exists(marker):
             removed = outputs.remove_temporaries(output, lambda name: name.startswith(TEMPORARY_PREFIX))
             logger.info("removed %d temporary files of an interrupted run", removed)
+        shutil.rmtree(os.path.join(state, "runs"), ignore_errors=True)  # a killed run's rows: ours, under the lock
         write_atomic(marker, b"")
         if spark is None:
             from dynamicid.prep.sparkenv import build_session
@@ -62,7 +74,11 @@ def _collect(spark, config: CollectConfig, output: str, state: str) -> tuple[str
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    listing = read_list(spark, config).cache()
+    cached = read_list(spark, config).cache()
+    malformed = cached.where(F.col("problem").isNotNull()).select(
+        "row", "url", "identity", "caption", F.lit("invalid_url").alias("status"), F.col("problem").alias("message")
+    )
+    listing = cached.where(F.col("problem").isNull()).drop("problem")
     first = Window.partitionBy("url").orderBy("row")
     marked = listing.withColumn("first_row", F.first("row").over(first)).withColumn(
         "first_identity", F.first("identity").over(first)
@@ -79,30 +95,110 @@ def _collect(spark, config: CollectConfig, output: str, state: str) -> tuple[str
     )
     unique = marked.where(F.col("row") == F.col("first_row")).select("row", "url", "identity", "caption")
     manifest_path = os.path.join(state, MANIFEST)
-    carried = None
-    if os.path.isfile(manifest_path):
-        previous = settled(spark.read.schema(COLLECT_DDL).parquet("file://" + manifest_path))
-        previous = previous.withColumnRenamed("row", "old_row").withColumnRenamed("identity", "old_identity")
-        carried = (
-            previous.join(unique.select("row", "url", "identity"), "url")
-            .where(F.col("old_identity").eqNullSafe(F.col("identity")))  # a new identity is fetched again
-            .drop("old_row", "old_identity")
-        )
-        unique = unique.join(carried.select("url"), "url", "left_anti")
+    carried = withdrawn = None
     run_dir = os.path.join(state, "runs", uuid.uuid4().hex[:12])
     try:
+        if os.path.isfile(manifest_path):
+            carried, withdrawn = _previous_rows(spark, manifest_path, unique, output, run_dir)
+            unique = unique.join(carried.select("url"), "url", "left_anti")
         count = unique.count()
-        rows_uri = "file://" + os.path.join(run_dir, "rows")
+        rows_uri = spark_uri(os.path.join(run_dir, "rows"))
         _download(spark, unique, count, config, output, rows_uri)
         fresh = spark.read.schema(COLLECT_DDL).parquet(rows_uri)
-        every = fresh.unionByName(duplicates, allowMissingColumns=True)
-        if carried is not None:
-            every = every.unionByName(carried, allowMissingColumns=True)
+        every = fresh.unionByName(duplicates, allowMissingColumns=True).unionByName(malformed, allowMissingColumns=True)
+        for earlier in (carried, withdrawn):
+            if earlier is not None:
+                every = every.unionByName(earlier, allowMissingColumns=True)
         _write_manifest(spark, every, manifest_path, output)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-        listing.unpersist()
+        cached.unpersist()  # else a rerun on a rewritten list of the same name would read this cache
     return manifest_path, count
+
+
+def _previous_rows(spark, manifest_path: str, unique, output: str, run_dir: str):
+    """The earlier manifest's rows a rerun keeps (`carried`: settled, still listed under the same identity,
+    and for a photo, its file still in OUTPUT), and `withdrawn`: a row per URL no longer listed whose photo
+    was removed now (a takedown). A photo listed now under another identity is removed and fetched again."""
+    from pyspark.sql import functions as F
+
+    previous = read_manifest(spark, manifest_path, run_dir)
+    listed = unique.select("url", F.col("identity").alias("listed_identity"))
+    joined = previous.join(listed, "url", "left")
+    same = F.col("listed_identity").eqNullSafe(F.col("identity"))
+    checked = joined.mapInPandas(_check_paths(output), schema=f"{COLLECT_DDL}, listed_identity string, present boolean")
+    checked_uri = spark_uri(os.path.join(run_dir, "previous"))  # written once: the removals below change `present`
+    checked.write.mode("overwrite").parquet(checked_uri)
+    checked = spark.read.parquet(checked_uri)
+    carried = settled(checked.where(same & ((F.col("status") != "ok") | F.col("present"))))
+    stale = checked.where(~same & F.col("present")).select("path")
+    stale.coalesce(spark.sparkContext.defaultParallelism).foreachPartition(_remover(output, "path"))
+    gone = checked.join(unique.select("url"), "url", "left_anti")  # not listed at all now
+    withdrawn = gone.where(F.col("present") | (F.col("status") == "withdrawn")).select(
+        *[c for c in COLUMNS if c not in ("status", "path", "message")],
+        F.lit("withdrawn").alias("status"),
+        F.lit(None).cast("string").alias("path"),
+        F.lit("no longer in the URL list: its photo was removed from OUTPUT").alias("message"),
+    )
+    return carried.select(*COLUMNS), withdrawn.select(*COLUMNS)
+
+
+def read_manifest(spark, manifest_path: str, run_dir: str):
+    """An earlier manifest, its columns checked first: a hand-edited one of the wrong shape is refused with
+    what to do, never a Spark stack; one whose types a pandas round trip changed is read through a copy in
+    the run's folder with the manifest's own types."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    accepted = {  # what a pandas round trip may turn a column into; an all-null column is null
+        "bigint": pa.types.is_integer,
+        "int": pa.types.is_integer,
+        "double": pa.types.is_floating,
+        "string": lambda kind: pa.types.is_string(kind) or pa.types.is_large_string(kind),
+    }
+    try:
+        found = pq.read_schema(manifest_path)
+    except (OSError, pa.ArrowException) as err:
+        raise CollectError(f"{manifest_path} cannot be read ({err}); move it aside to collect every URL again") from None
+    for name, kind in SCHEMA:
+        index = found.get_field_index(name)
+        if index < 0 or not (pa.types.is_null(found.field(index).type) or accepted[kind](found.field(index).type)):
+            got = "missing" if index < 0 else str(found.field(index).type)
+            raise CollectError(
+                f"{manifest_path}: column {name} should be {kind}, not {got} (was it edited by hand?); restore it, "
+                "or move it aside to collect every URL again"
+            )
+    wanted = arrow_schema(SCHEMA)
+    if not found.remove_metadata().equals(wanted):
+        copy = os.path.join(run_dir, "manifest-as-written.parquet")
+        os.makedirs(run_dir, exist_ok=True)
+        with pq.ParquetWriter(copy, wanted) as writer:
+            for batch in pq.ParquetFile(manifest_path).iter_batches(columns=[name for name, _ in SCHEMA]):
+                writer.write_batch(batch.cast(wanted))
+        manifest_path = copy
+    return spark.read.schema(COLLECT_DDL).parquet(spark_uri(manifest_path))
+
+
+def _check_paths(output: str):
+    """For mapInPandas: `present` is whether a row's photo is a file inside OUTPUT; a path that would leave
+    OUTPUT (a hand-edited manifest) is never read or removed, and the row is fetched again."""
+
+    def run(batches):
+        for batch in batches:
+            batch["present"] = [bool(path) and inside(output, path) is not None for path in batch["path"]]
+            batch.loc[~batch["present"], "path"] = None
+            yield batch
+
+    return run
+
+
+def inside(output: str, relative: str) -> str | None:
+    """OUTPUT/relative when that is a file inside OUTPUT (after links), else None."""
+    if not isinstance(relative, str) or os.path.isabs(relative):
+        return None
+    root = os.path.realpath(output)
+    full = os.path.realpath(os.path.join(root, relative))
+    return full if full.startswith(root + os.sep) and os.path.isfile(full) else None
 
 
 def _download(spark, unique, count: int, config: CollectConfig, output: str, rows_uri: str) -> None:
@@ -141,15 +237,17 @@ def _write_manifest(spark, every, manifest_path: str, output: str) -> None:
     final = photos.unionByName(rest.select(*photos.columns))
     write_one_parquet(final.select(*COLUMNS).orderBy("row"), manifest_path)
     drops = photos.where(F.col("drop_path").isNotNull()).select("drop_path")
-    drops.coalesce(spark.sparkContext.defaultParallelism).foreachPartition(_remover(output))  # on the workers
+    drops.coalesce(spark.sparkContext.defaultParallelism).foreachPartition(_remover(output, "drop_path"))
     photos.unpersist()
 
 
-def _remover(output: str):
+def _remover(output: str, column: str):
+    """Removes the rows' photos on the workers: only files inside OUTPUT."""
+
     def remove(rows) -> None:
         for row in rows:
-            path = os.path.join(output, row.drop_path)
-            if os.path.isfile(path):
+            path = inside(output, row[column])
+            if path is not None:
                 os.remove(path)
 
     return remove
@@ -158,7 +256,7 @@ def _remover(output: str):
 def _summary(spark, manifest_path: str, fetched_now: int, seconds: float) -> dict:
     from pyspark.sql import functions as F
 
-    table = spark.read.parquet("file://" + manifest_path)
+    table = spark.read.parquet(spark_uri(manifest_path))
     per_status = table.groupBy("status").agg(F.count("*").alias("n"), F.sum("bytes").alias("bytes")).collect()
     counts = {row["status"]: row["n"] for row in per_status}
     kept_bytes = sum(row["bytes"] or 0 for row in per_status if row["status"] == "ok")

@@ -22,6 +22,7 @@ from dynamicid.prep.config import PrepConfig
 from dynamicid.prep.discover import is_local, list_input
 from dynamicid.prep.guard import OutputLock, PrepError, check_paths, check_writable
 from dynamicid.prep.schema import MANIFEST_COLUMNS, SPARK_DDL, arrow_schema, spark_ddl
+from dynamicid.prep.sparkenv import spark_uri
 from dynamicid.prep.verify import faces_with_files, remove_unlisted
 
 logger = logging.getLogger(__name__)
@@ -77,14 +78,14 @@ def merge_rows(spark, rows_dir: str, manifest_path: str, config: PrepConfig | No
 
     Spark reads, sorts (spilling to disk as it needs) and writes one file, so the driver's Python process
     never holds the manifest: its memory does not grow with the corpus (the curation's embeddings aside)."""
-    table = spark.read.schema(SPARK_DDL).parquet("file://" + rows_dir)
+    table = spark.read.schema(SPARK_DDL).parquet(spark_uri(rows_dir))
     if config is None:
         write_one_parquet(table.orderBy("relative_path", "face_index"), manifest_path)
         return
     findings_path = os.path.join(os.path.dirname(rows_dir.rstrip("/")), "findings.parquet")
     schema = arrow_schema(curate.FINDINGS_COLUMNS)
     pq.write_table(pa.Table.from_pandas(_find_identities(rows_dir, config), schema, False), findings_path)
-    findings = spark.read.schema(spark_ddl(curate.FINDINGS_COLUMNS)).parquet("file://" + findings_path)
+    findings = spark.read.schema(spark_ddl(curate.FINDINGS_COLUMNS)).parquet(spark_uri(findings_path))
     curated = curate.with_findings(curate.mark_exact_duplicates(table), findings, config.layout)
     curated = curate.with_split(curated, config.split, config.split_seed)
     write_one_parquet(curated.select(*MANIFEST_COLUMNS).orderBy("relative_path", "face_index"), manifest_path)
@@ -111,7 +112,7 @@ def write_one_parquet(frame, path: str) -> None:
         frame.coalesce(1)
         .write.option("compression", "zstd")
         .option("parquet.block.size", MANIFEST_ROW_GROUP_BYTES)
-        .parquet("file://" + staging)
+        .parquet(spark_uri(staging))
     )
     parts = [name for name in os.listdir(staging) if name.endswith(".parquet")]
     if len(parts) != 1:
@@ -207,7 +208,7 @@ def _process_and_merge(spark, files, config: PrepConfig, output: str) -> tuple[f
         rows_dir = os.path.join(run_dir, "rows")
         manifest_path = os.path.join(output, "manifest.parquet")
         with _disk_full_reported(output):
-            job_seconds = run_stage_on_spark(spark, listing, count, config, "file://" + rows_dir)
+            job_seconds = run_stage_on_spark(spark, listing, count, config, spark_uri(rows_dir))
             merge_rows(spark, rows_dir, manifest_path, config)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from dynamicid.prep.config import PrepConfig
 from dynamicid.prep.discover import InputFile
 from dynamicid.prep.schema import SPARK_DDL
+from dynamicid.prep.sparkenv import spark_uri
 
 INPUT_DDL = "path string, relative string, identity string, size bigint, problem string"
 COLLECT_MANIFEST = "_collect/manifest.parquet"  # what `dynamicid collect` leaves beside its photos
@@ -133,7 +134,7 @@ def with_given_captions(spark, frame, input_path: str):
     if "://" in input_path or not os.path.exists(manifest):
         return frame.withColumn("given_caption", F.lit(None).cast("string"))
     captions = (
-        spark.read.parquet("file://" + os.path.abspath(manifest))
+        spark.read.parquet(spark_uri(manifest))
         .where("status = 'ok' AND path IS NOT NULL AND caption IS NOT NULL AND trim(caption) != ''")
         .select(F.col("path").alias("captioned_path"), F.col("caption").alias("given_caption"))
     )
@@ -150,7 +151,7 @@ def run_stage_on_spark(spark, listing_path: str, count: int, config: PrepConfig,
     partitions = min(count, max(math.ceil(count / config.images_per_partition), 4 * cores))
     # Spark reads the listing itself, so it never passes through the driver's Python process; round-robin
     # then gives every task an equal share.
-    frame = spark.read.schema(INPUT_DDL).parquet("file://" + listing_path)
+    frame = spark.read.schema(INPUT_DDL).parquet(spark_uri(listing_path))
     frame = with_given_captions(spark, frame, config.input).repartition(partitions)
     result = frame.mapInPandas(_process_partition(config), schema=SPARK_DDL)
     started = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -112,6 +113,34 @@ def _local_jit(master: str) -> str:
     in 412 s where C1 takes 732 s (benchmarks/RESULTS.md), so it is kept there and on clusters."""
     cores = _local_cores(master)
     return " -XX:TieredStopAtLevel=1" if cores is not None and cores <= C1_ONLY_UP_TO_CORES else ""
+
+
+GLOB_CHARACTERS = frozenset("[]{}*?\\")
+
+
+def spark_uri(path: str) -> str:
+    """A local path as a file:// URI for Spark's readers and writers. Hadoop expands `[`, `{`, `*` and `?` as a
+    pattern, some readers twice, so escaping cannot help: a path with them goes through a symbolic link in
+    the temporary folder (named by the path's hash) to the folder whose name has them."""
+    full = os.path.abspath(path)
+    parts = full.split(os.sep)
+    patterned = [index for index, part in enumerate(parts) if GLOB_CHARACTERS & set(part)]
+    if not patterned:
+        return "file://" + full
+    import hashlib
+    import tempfile
+
+    head = os.sep.join(parts[: patterned[-1] + 1])
+    links = os.path.join(tempfile.gettempdir(), f"dynamicid-spark-paths-{os.getuid()}")
+    os.makedirs(links, exist_ok=True)
+    link = os.path.join(links, hashlib.sha256(head.encode("utf-8", "surrogateescape")).hexdigest()[:24])
+    if os.path.realpath(link) != os.path.realpath(head):
+        temporary = f"{link}.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        os.symlink(head, temporary)
+        os.replace(temporary, link)  # atomic: a concurrent caller sees the old link or the new one
+    return "file://" + os.path.join(link, *parts[patterned[-1] + 1 :])
 
 
 def build_session(master: str | None = None, app_name: str = "dynamicid", extra_conf: dict | None = None):
