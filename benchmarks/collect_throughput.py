@@ -51,7 +51,11 @@ def main() -> None:
         with open(listing, "w") as handle:
             handle.write("\n".join(urls) + "\n")
         common = dict(
-            threads=threads_per_task, per_host=threads_per_task, progress=False, retries=0, allow_addresses="127.0.0.1/32"
+            threads=threads_per_task,
+            per_host=threads_per_task,
+            progress=False,
+            retries=0,
+            allow_addresses="127.0.0.1/32",
         )
         spark_config = CollectConfig(urls=listing, output=os.path.join(work, "spark"), **common)
         started = time.perf_counter()

@@ -40,6 +40,7 @@ class HubServer(LoopbackServer):
     def __init__(self, repos: dict[str, str], files: dict[str, str] | None = None, upload_root: str | None = None):
         self.repos, self.files, self.requests = repos, files or {}, []
         self.upload_root = upload_root  # where repos made by create_repo live (default: the system's temp)
+        self.failing = False  # True: every read answers 503, as a Hub having a bad day
         super().__init__(self._handler())
 
     def _handler(self):
@@ -97,6 +98,8 @@ class HubServer(LoopbackServer):
             def _serve(self, body: bool):
                 path = unquote(urlparse(self.path).path)
                 server.requests.append((self.command, path))
+                if server.failing:
+                    return self._error(503, "ServiceUnavailable")
                 parts = path.strip("/").split("/")
                 if parts[:1] == ["files"]:
                     return self._file(server.files.get("/".join(parts[1:])), body, "EntryNotFound")

@@ -151,7 +151,9 @@ def test_a_rerun_honours_the_list_as_it_is_now(spark, server, tmp_path):
     (out / "_collect" / "runs" / "dead0").mkdir(parents=True)
     now = [rows[0], (rows[2][0], "ann"), rows[3]]
     before = server.requests.copy()
-    second = _manifest(run_collect(config.__class__(**{**config.__dict__, "urls": _listing(tmp_path, now)}), spark=spark))
+    second = _manifest(
+        run_collect(config.__class__(**{**config.__dict__, "urls": _listing(tmp_path, now)}), spark=spark)
+    )
     by_url = second.set_index("url")
     assert by_url.loc[rows[1][0], "status"] == "withdrawn" and not (out / paths[rows[1][0]]).exists()
     assert by_url.loc[rows[2][0], "identity"] == "ann" and by_url.loc[rows[2][0], "path"].startswith("ann/")
@@ -167,7 +169,9 @@ def test_a_rerun_honours_the_list_as_it_is_now(spark, server, tmp_path):
     edited = pd.read_parquet(out / "_collect" / "manifest.parquet")
     edited.loc[edited.url == rows[0][0], "path"] = "../victim.txt"
     edited.to_parquet(out / "_collect" / "manifest.parquet", index=False)
-    third = _manifest(run_collect(config.__class__(**{**config.__dict__, "urls": _listing(tmp_path, now)}), spark=spark))
+    third = _manifest(
+        run_collect(config.__class__(**{**config.__dict__, "urls": _listing(tmp_path, now)}), spark=spark)
+    )
     assert victim.read_text() == "keep me"
     assert third.set_index("url").loc[rows[0][0], "path"].startswith("ann/")
 
@@ -175,15 +179,21 @@ def test_a_rerun_honours_the_list_as_it_is_now(spark, server, tmp_path):
 def test_lists_are_read_as_they_are_written(spark, server, tmp_path):
     a, b = f"{server.url}/photo/q1.jpg", f"{server.url}/photo/q2.jpg"
     (tmp_path / "quoted.csv").write_text(f'url,identity,caption\n{a},ann,"two\nlines, ""quoted"""\n{b},ann,plain\n')
-    config = CollectConfig(urls=str(tmp_path / "quoted.csv"), output=str(tmp_path / "o1"), **QUICK, allow_addresses=LOOPBACK)
+    config = CollectConfig(
+        urls=str(tmp_path / "quoted.csv"), output=str(tmp_path / "o1"), **QUICK, allow_addresses=LOOPBACK
+    )
     got = _manifest(run_collect(config, spark=spark))
     assert list(got.url) == [a, b] and got.caption.iloc[0] == 'two\nlines, "quoted"' and set(got.status) == {"ok"}
 
     (tmp_path / "mixed.jsonl").write_text(f'{{"url": "{a}"}}\n{{not json\n{{"url": "{b}"}}\n')
-    config = CollectConfig(urls=str(tmp_path / "mixed.jsonl"), output=str(tmp_path / "o2"), **QUICK, allow_addresses=LOOPBACK)
+    config = CollectConfig(
+        urls=str(tmp_path / "mixed.jsonl"), output=str(tmp_path / "o2"), **QUICK, allow_addresses=LOOPBACK
+    )
     got = _manifest(run_collect(config, spark=spark))
     bad = got[got.status == "invalid_url"]
-    assert len(got) == 3 and len(bad) == 1 and "not valid JSON" in bad.message.iloc[0] and "{not json" in bad.url.iloc[0]
+    assert (
+        len(got) == 3 and len(bad) == 1 and "not valid JSON" in bad.message.iloc[0] and "{not json" in bad.url.iloc[0]
+    )
 
     (tmp_path / "latin.txt").write_bytes(f"{a}\n{b}?name=caf\xe9\n".encode("latin-1"))
     latin = dict(urls=str(tmp_path / "latin.txt"), output=str(tmp_path / "o3"), **QUICK, allow_addresses=LOOPBACK)

@@ -71,7 +71,10 @@ def _url_list(folder, server_url, people: dict) -> None:
 
 def _ran(capsys) -> list[str]:
     """The stages the last run's plan said it runs."""
-    out = capsys.readouterr().out
+    return _ran_in(capsys.readouterr().out)
+
+
+def _ran_in(out: str) -> list[str]:
     plan_lines = out.split("plan for", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
     return [line.split()[0] for line in plan_lines if line.split()[1] == "run"]
 
@@ -133,15 +136,38 @@ def test_the_whole_recipe_reruns_only_what_changed_and_the_server_switches(
         seconds = time.perf_counter() - started
         assert done.returncode == 0 and "0 stage(s) run" in done.stdout and seconds < 10, (seconds, done.stdout)
 
-        # Another eval seed: eval, gate and publish only; the new model does not beat the published one
-        # (tiny models score the same), so nothing is published and the server keeps version 1.
+        # Another eval seed: eval, gate and publish only. The weights are those already published: nothing new
+        # to publish, said plainly, and not a failure; the server keeps version 1.
         _write_recipe(tmp_path, tiny_models, seed=1)
-        assert cli.main(["run", recipe]) == 1
-        assert _ran(capsys) == ["eval", "gate", "publish"]
-        gate = json.loads((tmp_path / "runs/faces/run.json").read_text())["stages"]["gate"]
-        assert gate["status"] == "failed" and "champion" in gate["failures"][0]
+        assert cli.main(["run", recipe]) == 0
+        out = capsys.readouterr().out
+        assert _ran_in(out) == ["eval", "gate", "publish"] and "nothing new to publish: version 1" in out
+        stages = json.loads((tmp_path / "runs/faces/run.json").read_text())["stages"]
+        assert stages["gate"]["status"] == "done" and stages["gate"]["unchanged"] == 1
         assert json.loads((published / "dynamicid_run.json").read_text())["version"] == 1
         assert _served_version(engine, photo).startswith("version 1")
+        assert cli.main(["run", recipe]) == 0 and _ran(capsys) == []  # and it stays up to date
+
+        # A garbled published config: the plan checks outputs, not only folders; publish runs again and puts
+        # a whole model in place, as a new version.
+        (published / "model_index.json").write_text("{garbled")
+        assert cli.main(["run", recipe, "--dry-run"]) == 0
+        assert "publish         run   its output changed" in capsys.readouterr().out
+        assert cli.main(["run", recipe]) == 0 and _ran(capsys) == ["publish"]
+        assert json.loads((published / "model_index.json").read_text())["_class_name"] == "DynamicIDPipeline"
+        assert json.loads((published / "dynamicid_run.json").read_text())["version"] == 2
+
+        # A deleted weights file: stage 2 runs again, anew (its weights are damaged). The retrained model ties
+        # with the published one: refused, with advice that names the ways out.
+        os.remove(tmp_path / "runs/faces/reconfig/weights/imr.safetensors")
+        assert cli.main(["run", recipe, "--dry-run"]) == 0
+        assert "train.reconfig  run   its output changed" in capsys.readouterr().out
+        assert cli.main(["run", recipe]) == 1
+        captured = capsys.readouterr()
+        assert _ran_in(captured.out) == ["train.reconfig", "eval", "gate", "publish"]
+        assert "min_improvement" in captured.err and "champion = false" in captured.err
+        assert (tmp_path / "runs/faces/reconfig/weights/imr.safetensors").is_file()
+        assert json.loads((published / "dynamicid_run.json").read_text())["version"] == 2
 
         # New photos in the URL list, and no champion rule: collect fetches only them, prep does only them,
         # stage 1 continues from its last weights, and version 2 replaces version 1 in the server.
@@ -156,9 +182,9 @@ def test_the_whole_recipe_reruns_only_what_changed_and_the_server_switches(
         stages = json.loads((tmp_path / "runs/faces/run.json").read_text())["stages"]
         assert stages["train.anchor"]["init_weights"] == str(tmp_path / "runs/faces/anchor-previous/weights")
         assert stages["train.reconfig"]["init_weights"] == str(tmp_path / "runs/faces/reconfig-previous/weights")
-        assert json.loads((published / "dynamicid_run.json").read_text())["version"] == 2
-        assert _served_version(engine, photo).startswith("version 2")
-        assert _page_model_line(engine).startswith("Model: version 2")
+        assert json.loads((published / "dynamicid_run.json").read_text())["version"] == 3
+        assert _served_version(engine, photo).startswith("version 3")
+        assert _page_model_line(engine).startswith("Model: version 3")
 
 
 def _page_model_line(engine) -> str:
@@ -182,7 +208,10 @@ def test_a_recipe_is_checked_with_the_commands_own_rules(tmp_path):
     refused('[prep]\ninput = "p"\nimages_per_partition = "many"\n', r"\[prep\]: images_per_partition must be a int")
     refused('[prep]\ninput = "p"\noutput = "elsewhere"\n', r"\[prep\] sets output, which the run wires")
     refused('[prepare]\ninput = "p"\n', r"unknown table \[prepare\]")
-    refused('[prep]\ninput = "p"\n[eval]\n[gate]\nleak = 0.1\n', r"\[gate\]: leak = 0.1 is not a bound: use min_NAME")
+    refused(
+        '[prep]\ninput = "p"\n[eval]\nsplit = "train"\n[gate]\nleak = 0.1\n',
+        r"\[gate\]: leak = 0.1 is not a bound: use min_NAME",
+    )
     refused('[prep]\nlayout = "cluster"\n', r"\[prep\] needs input")
     refused('[prep]\ninput = "p"\n[train.reconfig]\nsteps = 1\n', r"\[train.reconfig\] needs \[train.anchor\]")
     refused(
@@ -204,7 +233,7 @@ def test_the_plan_follows_the_fingerprints(tmp_path):
     photos.mkdir()
     (photos / "a.jpg").write_bytes(b"x")
     recipe_path = tmp_path / "r.toml"
-    recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "photos"\n[eval]\nsteps = 2\n')
+    recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "photos"\n[eval]\nsplit = "train"\nsteps = 2\n')
     recipe = read_recipe(str(recipe_path))
     state = RunState(recipe.output)
     steps = plan(recipe, state)
@@ -219,7 +248,7 @@ def test_the_plan_follows_the_fingerprints(tmp_path):
     (photos / "b.jpg").write_bytes(b"y")  # a new photo: prep's input changed, and eval reads prep
     assert [s.reason for s in plan(recipe, state)] == ["its options or inputs changed", "its options or inputs changed"]
     (photos / "b.jpg").unlink()
-    recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "photos"\n[eval]\nsteps = 3\n')
+    recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "photos"\n[eval]\nsplit = "train"\nsteps = 3\n')
     assert [s.run for s in plan(read_recipe(str(recipe_path)), state)] == [False, True]
     state.update("eval", status="interrupted")
     assert plan(recipe, state)[1].reason == "its last run was interrupted"
@@ -287,15 +316,23 @@ def _published(folder, version: int) -> str:
 
 
 def test_publishing_to_a_hub_repo_and_a_server_that_checks_it(loopback_hub, tmp_path):
-    from dynamicid.recipe import publish
+    from dynamicid.recipe import publish, target
     from dynamicid.recipe.recipe import Recipe, RunSettings
     from dynamicid.serving.reload import ModelWatch
 
-    publish._push(_published(tmp_path / "v1", 1), "user/faces", private=False)
     settings = RunSettings(output=str(tmp_path / "out"))
     recipe = Recipe(str(tmp_path / "r.toml"), settings.output, settings, {"publish": {"to": "hf://user/faces"}})
-    champion = publish.published_folder(recipe)
+    assert target.current(recipe) is None  # no such repo yet: nothing published
+    publish._push(_published(tmp_path / "v1", 1), "user/faces", private=False)
+    champion = target.champion_folder(target.current(recipe), "hf://user/faces")
     assert json.loads(open(os.path.join(champion, "dynamicid_run.json")).read())["version"] == 1
+    # A Hub that answers 503: the record is unknown, which fails the gate and the publish (never "nothing
+    # published", which would push version 1 over version 2), and the gate's fingerprint says so.
+    loopback_hub.failing = True
+    with pytest.raises(target.TargetError, match="cannot be read .*503|cannot be read .*Service"):
+        target.current(recipe)
+    assert target.champion_token(recipe, RunState(str(tmp_path / "out"))) == "hf://user/faces: unreadable"
+    loopback_hub.failing = False
     loaded = []
     watch = ModelWatch("user/faces", lambda reference: loaded.append(reference) or reference, interval=0.0)
     assert watch.label() == "version 1 (published day 1)" and watch.newer() is None
@@ -312,7 +349,7 @@ def test_an_interrupted_stage_is_recorded_and_the_next_run_continues_there(tmp_p
 
     (tmp_path / "photos").mkdir()
     recipe_path = tmp_path / "r.toml"
-    recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "photos"\n[eval]\nsteps = 2\n')
+    recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "photos"\n[eval]\nsplit = "train"\nsteps = 2\n')
     calls = []
 
     def command(stage, values):
@@ -340,27 +377,52 @@ def test_training_resumes_its_own_run_or_starts_a_new_one_from_the_last_weights(
         '[run]\noutput = "out"\nbase_model = "b"\nclip_image_encoder = "c"\n[prep]\ninput = "p"\n[train.anchor]\n'
     )
     recipe = read_recipe(str(recipe_path))
+    from dynamicid.filestamps import output_stamp
+    from dynamicid.recipe.stages import training_basis
+
     anchor = tmp_path / "out" / "anchor"
-    os.makedirs(anchor / "weights")
+    previous = str(tmp_path / "out" / "anchor-previous" / "weights")
+    basis = training_basis(recipe, "train.anchor")
     step = Step("train.anchor", "F2", True, "")
+
+    def finished(**changes) -> dict:
+        """A finished run's record: its output as stamped, its data and options (changed as given)."""
+        os.makedirs(anchor / "weights", exist_ok=True)
+        (anchor / "weights" / "imr.safetensors").write_bytes(b"weights")
+        return {
+            "fingerprint": "F1",
+            "status": "done",
+            "output_stamp": output_stamp(str(anchor)),
+            "basis": basis | changes,
+        }
+
     # Its own run, interrupted: the folder stays (the command resumes from its checkpoints), same start.
+    os.makedirs(anchor / "weights")
     values, extra = _training_start(
         recipe, step, {"fingerprint": "F2", "status": "interrupted", "init_weights": None}, {}
     )
-    assert anchor.is_dir() and values == {} and extra == {"init_weights": None}
-    # A finished run of other inputs: moved aside, and the new run starts from its weights.
-    values, extra = _training_start(recipe, step, {"fingerprint": "F1", "status": "done"}, {})
-    assert not anchor.exists() and values["init_weights"] == str(tmp_path / "out" / "anchor-previous" / "weights")
+    assert anchor.is_dir() and values == {} and extra == {"init_weights": None, "basis": basis}
+    # A finished run on other data: moved aside, and the new run fine-tunes its weights.
+    values, extra = _training_start(recipe, step, finished(data="older photos"), {})
+    assert not anchor.exists() and values["init_weights"] == previous
+    # Its own options changed (a step count): a new run, not fine-tuning.
+    values, _ = _training_start(recipe, step, finished(data="older photos", options="other steps"), {})
+    assert "init_weights" not in values and os.path.isdir(previous)
+    # Its weights damaged since it finished: never built on.
+    record = finished(data="older photos")
+    os.remove(anchor / "weights" / "imr.safetensors")
+    assert "init_weights" not in _training_start(recipe, step, record, {})[0]
     recipe.run = dataclasses.replace(recipe.run, fine_tune=False)
-    os.makedirs(anchor / "weights")
-    values, _ = _training_start(recipe, step, {"fingerprint": "F1", "status": "done"}, {})
-    assert "init_weights" not in values and (tmp_path / "out" / "anchor-previous" / "weights").is_dir()
+    values, _ = _training_start(recipe, step, finished(data="older photos"), {})
+    assert "init_weights" not in values and os.path.isdir(previous)
 
 
 def test_a_published_model_that_is_gone_is_published_again(tmp_path):
     (tmp_path / "photos").mkdir()
     recipe_path = tmp_path / "r.toml"
-    recipe_path.write_text('[run]\noutput = "out"\n[prep]\ninput = "photos"\n[eval]\n[publish]\nto = "models/m"\n')
+    recipe_path.write_text(
+        '[run]\noutput = "out"\n[prep]\ninput = "photos"\n[eval]\nsplit = "train"\n[publish]\nto = "models/m"\n'
+    )
     recipe = read_recipe(str(recipe_path))
     state = RunState(recipe.output)
     for step in plan(recipe, state):

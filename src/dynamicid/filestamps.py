@@ -34,3 +34,25 @@ def folder_stamp(folder: str | None, skip: tuple[str, ...] = ()) -> str | None:
                 continue
             entries.append((os.path.relpath(path, folder), stat.st_size, stat.st_mtime_ns))
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+SMALL_FILE = 64 * 1024
+
+
+def output_stamp(folder: str | None) -> str | None:
+    """A folder's stamp (`folder_stamp`) that also reads the small files (configs, records, up to 64 KiB), so a
+    deleted, cut or edited file changes it even when its size and time are kept; None when there is no
+    such folder."""
+    if not folder or not os.path.isdir(folder):
+        return None
+    digest = hashlib.sha256(folder_stamp(folder).encode())
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            try:
+                if os.path.getsize(path) <= SMALL_FILE:
+                    digest.update(os.path.relpath(path, folder).encode() + file_sha256(path).encode())
+            except OSError:
+                continue
+    return digest.hexdigest()

@@ -84,7 +84,9 @@ class CollectConfig:
         except LookupError:
             name = None
         if name not in SPARK_CHARSETS:
-            raise ConfigError(f"--encoding {self.encoding!r}: the lists can be read in {', '.join(SPARK_CHARSETS.values())}")
+            raise ConfigError(
+                f"--encoding {self.encoding!r}: the lists can be read in {', '.join(SPARK_CHARSETS.values())}"
+            )
         return SPARK_CHARSETS[name]
 
     @property

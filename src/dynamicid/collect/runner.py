@@ -159,7 +159,9 @@ def read_manifest(spark, manifest_path: str, run_dir: str):
     try:
         found = pq.read_schema(manifest_path)
     except (OSError, pa.ArrowException) as err:
-        raise CollectError(f"{manifest_path} cannot be read ({err}); move it aside to collect every URL again") from None
+        raise CollectError(
+            f"{manifest_path} cannot be read ({err}); move it aside to collect every URL again"
+        ) from None
     for name, kind in SCHEMA:
         index = found.get_field_index(name)
         if index < 0 or not (pa.types.is_null(found.field(index).type) or accepted[kind](found.field(index).type)):

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 
 from dynamicid.errors import InputError
@@ -68,6 +69,7 @@ class OutputLock:
     process, `_HELD` refuses a second lock on the same file (record locks do not conflict within a process)."""
 
     _HELD: dict[str, str] = {}  # lock file -> what this process wrote in it
+    _GUARD = threading.Lock()
 
     def __init__(self, output: str, state: str = outputs.STATE_DIR, command: str = "prep"):
         self.path = os.path.join(output, state, outputs.LOCK_FILE)
@@ -87,6 +89,10 @@ class OutputLock:
             logger.warning("no file locking on this system: do not start two prep runs on %s", self.path)
             return self
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with OutputLock._GUARD:  # threads of one process: the check and the taking are one step
+            return self._take(fcntl)
+
+    def _take(self, fcntl) -> OutputLock:
         key = os.path.realpath(self.path)
         if key in OutputLock._HELD:  # this process holds it: reading the file would close (and drop) its lock
             raise self._refuse(OutputLock._HELD[key])

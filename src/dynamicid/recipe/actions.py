@@ -38,23 +38,38 @@ def run_stage(recipe: Recipe, step, record: dict, state) -> dict:
 
 def _training_start(recipe: Recipe, step, record: dict, values: dict) -> tuple[dict, dict]:
     """A training stage either resumes its own interrupted run (same fingerprint: the command resumes from
-    its checkpoints), or starts a new one in a clean folder, the last one's moved aside; with [run] fine_tune
-    it then starts from the last weights (stage 1 all of its parts, stage 2 IMR and the KeyPointEncoder)."""
+    its checkpoints), or starts a new one in a clean folder, the last one's moved aside. With [run] fine_tune
+    it starts from the last weights (stage 1 all of its parts, stage 2 IMR and the KeyPointEncoder) when only
+    the data changed and those weights are whole; other changes start anew, and the log says which."""
     from dynamicid.recipe.runner import move_aside
+    from dynamicid.recipe.stages import training_basis
 
     folder = folder_of(recipe, step.stage)
+    basis = training_basis(recipe, step.stage)
     if record.get("fingerprint") == step.fingerprint and record.get("status") != "done":
         init = record.get("init_weights")
     else:
+        whole = record.get("status") == "done" and _weights_whole(folder, record)
         previous = move_aside(folder)
         weights = os.path.join(previous, "weights") if previous else None
-        fine_tune = recipe.run.fine_tune and weights and os.path.isdir(weights)
-        init = weights if fine_tune else None
+        new_data = record.get("basis", {}).get("data") != basis["data"]
+        same_options = record.get("basis", {}).get("options") == basis["options"]
+        init = weights if recipe.run.fine_tune and whole and new_data and same_options else None
         if init:
             logger.info("run: %s continues from the last weights (%s): fine-tuning on the new data", step.stage, init)
+        elif previous:
+            why = "its last weights are damaged" if not whole else "its options changed" if not same_options else None
+            logger.info("run: %s starts anew%s", step.stage, f" ({why})" if why else "")
     if init:
         values = values | {"init_weights": init}
-    return values, {"init_weights": init}
+    return values, {"init_weights": init, "basis": basis}
+
+
+def _weights_whole(folder: str, record: dict) -> bool:
+    """The stage's output is as it finished (its stamp), so its weights can be built on."""
+    from dynamicid.filestamps import output_stamp
+
+    return bool(record.get("output_stamp")) and output_stamp(folder) == record["output_stamp"]
 
 
 def command_line(recipe: Recipe, stage: str, values: dict, config_file: str) -> list[str]:

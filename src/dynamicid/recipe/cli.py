@@ -39,6 +39,11 @@ def run_recipe(args) -> int:
     unknown = [s for s in config.force if s not in STAGE_ORDER]
     if unknown:
         raise ConfigError(f"--force {unknown[0]}: the stages are {', '.join(STAGE_ORDER)}")
+    if config.from_stage and config.until and STAGE_ORDER.index(config.from_stage) > STAGE_ORDER.index(config.until):
+        raise ConfigError(
+            f"--from {config.from_stage} comes after --until {config.until}; the stages run in the order "
+            f"{', '.join(STAGE_ORDER)}"
+        )
     state = RunState(recipe.output)
     steps = plan(recipe, state, config.force, config.from_stage, config.until)
     print(f"plan for {config.recipe} (output {recipe.output}):\n{describe(steps)}", flush=True)
@@ -51,6 +56,10 @@ def run_recipe(args) -> int:
         finally:
             report = write_report(recipe, state.stages)
     ran = [step.stage for step in steps if step.run]
+    published = state.get("publish")
+    if "publish" in ran and published.get("unchanged"):
+        version, to = published["version"], published["to"]
+        print(f"\npublish: nothing new to publish: version {version} at {to} has the same weights")
     print(
         f"\nrun: {len(ran)} stage(s) run ({', '.join(ran) or 'none: everything is up to date'}) in "
         f"{time.perf_counter() - started:.1f} s\n  record  {state.path}\n  report  {report}"

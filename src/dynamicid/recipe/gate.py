@@ -50,17 +50,30 @@ def _numeric(summary: dict) -> list[str]:
 
 
 def run_gate(recipe: Recipe, state) -> dict:
-    from dynamicid.recipe.publish import published_folder
+    """The bounds, then the champion rule. The same weights as the published model's are nothing to compare
+    (publish will say there is nothing new); a published record that cannot be read fails the gate."""
+    from dynamicid.recipe import target as targets
+    from dynamicid.recipe.publish import trained_weights
 
     bounds = recipe.tables["gate"]
     summary = read_summary(folder_of(recipe, "eval"))
     failures = check_bounds(bounds, summary)
     result: dict = {"scores": {k: summary.get(k) for k in _numeric(summary)}}
-    champion = published_folder(recipe) if bounds.get("champion", True) else None
-    if champion and not failures:
+    result["champion_seen"] = targets.champion_token(recipe, state)
+    published = targets.current(recipe) if recipe.has("publish") else None
+    ours = targets.weights_digest(trained_weights(recipe))
+    if published and ours and published.record.get("weights_digest") == ours:
+        result["unchanged"] = published.version
+        logger.info("gate: these are the weights of published version %d; nothing to compare", published.version)
+    elif published and bounds.get("champion", True) and not failures:
+        champion = targets.champion_folder(published, recipe.tables["publish"]["to"])
         theirs = evaluate_champion(recipe, champion)
-        result["champion"] = {"model": champion, CHAMPION_METRIC: theirs.get(CHAMPION_METRIC)}
-        failures += _beats(summary, theirs, float(bounds.get("min_improvement", 0.0)))
+        result["champion"] = {
+            "model": champion,
+            "version": published.version,
+            CHAMPION_METRIC: theirs.get(CHAMPION_METRIC),
+        }
+        failures += _beats(summary, theirs, float(bounds.get("min_improvement", 0.0)), published.version)
     result["failures"] = failures
     if failures:
         state.update("gate", **result)
@@ -69,14 +82,17 @@ def run_gate(recipe: Recipe, state) -> dict:
     return result
 
 
-def _beats(ours: dict, theirs: dict, margin: float) -> list[str]:
+def _beats(ours: dict, theirs: dict, margin: float, version: int) -> list[str]:
     mine, best = ours.get(CHAMPION_METRIC), theirs.get(CHAMPION_METRIC)
     if best is None:
         return []
     if mine is None or mine <= best + margin:
+        tie = mine is not None and abs(mine - best) <= 1e-9
         return [
-            f"champion: the published model scores {CHAMPION_METRIC} {best:.4f} on the same eval set, the new one "
-            f"{mine if mine is None else round(mine, 4)}; it must be higher by more than {margin}"
+            f"champion: published version {version} scores {CHAMPION_METRIC} {best:.4f} on the same eval set and "
+            f"the new model {'the same' if tie else mine if mine is None else round(mine, 4)}; it must be higher by "
+            f"more than min_improvement = {margin}. To publish it anyway, set [gate] min_improvement to a negative "
+            "margin you accept (e.g. -0.01), or champion = false to check the bounds only"
         ]
     return []
 

@@ -11,7 +11,7 @@ import shutil
 import time
 
 from dynamicid.errors import ConfigError
-from dynamicid.generation.published import RUN_RECORD, published_record
+from dynamicid.generation.published import RUN_RECORD
 from dynamicid.recipe.recipe import HUB_PREFIX, Recipe
 from dynamicid.recipe.stages import final_weights, folder_of, options_of
 
@@ -20,71 +20,84 @@ logger = logging.getLogger(__name__)
 CARD = "README.md"
 
 
-def published_folder(recipe: Recipe) -> str | None:
-    """The model the recipe last published, on this machine (a Hub repo is fetched), or None."""
-    to = recipe.tables.get("publish", {}).get("to")
-    if not to:
-        return None
-    if to.startswith(HUB_PREFIX):
-        from dynamicid.hub import resolve
-
-        try:
-            folder = resolve(to[len(HUB_PREFIX) :], "published DynamicID model")
-        except Exception:  # no such repo yet: nothing published
-            return None
-        return folder if published_record(folder) else None
-    for folder in (to, to.rstrip("/") + ".previous"):  # .previous: a swap cut short
-        if published_record(folder):
-            return folder
-    return None
-
-
 def run_publish(recipe: Recipe, state, fingerprint: str) -> dict:
-    target = recipe.tables["publish"]["to"]
-    previous = published_folder(recipe)
-    version = int((published_record(previous) or {}).get("version", 0)) + 1 if previous else 1
+    """Publishes the run's model, unless the same weights are published already (said plainly, not a failure)."""
+    from dynamicid.recipe import target as targets
+
+    to = recipe.tables["publish"]["to"]
+    ours = targets.weights_digest(trained_weights(recipe))
+    published = targets.current(recipe)
+    if published and ours and published.record.get("weights_digest") == ours and _intact(published, state):
+        logger.info("publish: nothing new to publish: version %d at %s has the same weights", published.version, to)
+        return {"version": published.version, "to": to, "unchanged": True, "record_digest": published.digest}
     staging = os.path.join(recipe.output, "publish", "incoming")
     shutil.rmtree(staging, ignore_errors=True)
     _save_pipeline(recipe, staging)
+    scores = state.get("gate").get("scores") or {}
+    if targets.is_hub(to):
+        return _publish_to_hub(recipe, staging, fingerprint, ours, scores)
+    with targets.target_lock(to):
+        published = targets.current(recipe)  # again, under the lock: another run may have published meanwhile
+        version = (published.version if published else 0) + 1
+        record = _write_record(recipe, staging, version, fingerprint, ours, scores)
+        folder = targets.install(staging, to, version)
+    logger.info("publish: version %d -> %s", version, folder)
+    return {"version": version, "to": to, "folder": folder, "record_digest": record}
+
+
+def _intact(published, state) -> bool:
+    """The published folder is as the last publish left it (a Hub repo is taken as it is)."""
+    from dynamicid.filestamps import output_stamp
+
+    stamp = state.get("publish").get("output_stamp")
+    return published.folder is None or not stamp or output_stamp(published.folder) == stamp
+
+
+def _publish_to_hub(recipe: Recipe, staging: str, fingerprint: str, ours: str | None, scores: dict) -> dict:
+    from dynamicid.recipe import target as targets
+
+    to = recipe.tables["publish"]["to"]
+    published = targets.current(recipe)
+    version = (published.version if published else 0) + 1
+    record = _write_record(recipe, staging, version, fingerprint, ours, scores)
+    _push(staging, to[len(HUB_PREFIX) :], bool(recipe.tables["publish"].get("private", False)))
+    shutil.rmtree(staging)
+    logger.info("publish: version %d -> %s", version, to)
+    return {"version": version, "to": to, "record_digest": record}
+
+
+def _write_record(recipe: Recipe, staging: str, version, fingerprint, weights, scores) -> str:
+    """Writes the record and the model card into the staged model; returns the record's digest."""
+    from dynamicid.filestamps import file_sha256
+
     record = {
         "version": version,
         "fingerprint": fingerprint,
+        "weights_digest": weights,
         "published": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "recipe": os.path.abspath(recipe.path),
-        "scores": state.get("gate").get("scores") or {},
+        "scores": scores,
     }
-    with open(os.path.join(staging, RUN_RECORD), "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2)
     with open(os.path.join(staging, CARD), "w", encoding="utf-8") as handle:
         handle.write(model_card(recipe, record))
-    if target.startswith(HUB_PREFIX):
-        _push(staging, target[len(HUB_PREFIX) :], bool(recipe.tables["publish"].get("private", False)))
-        shutil.rmtree(staging)
-    else:
-        swap_into_place(staging, target)
-    logger.info("publish: version %d -> %s", version, target)
-    return {"version": version, "to": target}
+    path = os.path.join(staging, RUN_RECORD)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+    return file_sha256(path)
+
+
+def trained_weights(recipe: Recipe) -> str | None:
+    """The weights this run publishes: its training's, else those given to eval."""
+    return final_weights(recipe) or options_of(recipe, "eval").get("weights")
 
 
 def _save_pipeline(recipe: Recipe, folder: str) -> None:
     from dynamicid.generation import DynamicIDPipeline
 
     values = options_of(recipe, "eval")
-    weights = final_weights(recipe) or values.get("weights")
+    weights = trained_weights(recipe)
     pipe = DynamicIDPipeline.from_pretrained(values.get("base_model"), weights, values.get("clip_image_encoder"))
     pipe.save_pretrained(folder)
-
-
-def swap_into_place(staging: str, target: str) -> None:
-    """`target` becomes `staging` by renames: a kill at any moment leaves the old model or the new one
-    (between the two renames, at TARGET.previous, which readers also look at)."""
-    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-    previous = target.rstrip("/") + ".previous"
-    shutil.rmtree(previous, ignore_errors=True)
-    if os.path.exists(target):
-        os.replace(target, previous)
-    shutil.move(staging, target)
-    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _push(folder: str, repo: str, private: bool) -> None:

@@ -4,6 +4,7 @@ stages are the run's to wire: setting one is refused, naming the key."""
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -92,7 +93,62 @@ def read_recipe(path: str) -> Recipe:
         recipe.tables[stage] = _checked_stage(stage, values, path, folder)
     _check_inputs(recipe)
     _check_configs(recipe)
+    _check_across_stages(recipe)
+    if recipe.has("publish"):
+        from dynamicid.recipe.target import check_target
+
+        check_target(recipe)
     return recipe
+
+
+def _check_across_stages(recipe: Recipe) -> None:
+    """What one stage's table says that another's makes impossible, refused before the first stage runs."""
+    from dynamicid.prep.curate import parse_split
+
+    where = f"recipe {recipe.path}"
+    if recipe.has("eval") and recipe.has("prep"):
+        split = recipe.tables["eval"].get("split", "test")
+        shares = dict(zip(("train", "val", "test"), parse_split(recipe.tables["prep"].get("split", "1,0,0")) or ()))
+        if not shares.get(split):
+            raise ConfigError(
+                f"{where}: [eval] evaluates the {split} split, but [prep] split = "
+                f"{recipe.tables['prep'].get('split', '1,0,0')!r} puts nobody in it; give [prep] split a {split} "
+                f'share (e.g. split = "0.8,0.1,0.1"), or [eval] split = "train" to score the training people'
+            )
+    prompts = recipe.tables.get("eval", {}).get("prompts")
+    if prompts and not os.path.isfile(prompts):
+        raise ConfigError(
+            f"{where}: [eval] prompts = {prompts}: no such file; write it (one prompt a line) or remove the key"
+        )
+    for key in ("base_model", "clip_image_encoder"):
+        _check_model(getattr(recipe.run, key), f"{where}: [run] {key}", recipe)
+    for stage, values in recipe.tables.items():
+        for key in ("base_model", "clip_image_encoder", "clip_model", "weights"):
+            if isinstance(values.get(key), str):
+                _check_model(values[key], f"{where}: [{stage}] {key}", recipe)
+    output = os.path.realpath(recipe.output)
+    source = recipe.tables.get("prep", {}).get("input")
+    if source and (output == os.path.realpath(source) or output.startswith(os.path.realpath(source) + os.sep)):
+        raise ConfigError(
+            f"{where}: [run] output {recipe.output} lies inside [prep] input {source}: prep would read the run's own "
+            "files as photos; put the output beside the photos, not among them"
+        )
+
+
+def _check_model(reference: str | None, where: str, recipe: Recipe) -> None:
+    """A model folder that is not there is refused now (a repo id is left to the Hub)."""
+    from dynamicid.hub import looks_like_path
+
+    if not reference or os.path.exists(reference):
+        return
+    folder = os.path.dirname(os.path.abspath(recipe.path))
+    if reference.split("/", 1)[0] == "tiny":
+        raise ConfigError(
+            f"{where} = {reference!r}: no such folder; the tiny models are made by `dynamicid make-tiny-models "
+            f"{os.path.join(folder, 'tiny')}` (then run the recipe again)"
+        )
+    if looks_like_path(reference):
+        raise ConfigError(f"{where} = {reference!r}: no such folder; give the model's folder or a Hub repo id")
 
 
 def _check_configs(recipe: Recipe) -> None:
@@ -150,7 +206,7 @@ def _checked_stage(stage: str, values: dict, path: str, folder: str) -> dict:
     if stage == "gate":
         return _checked_gate(values, where)
     if stage == "publish":
-        if not isinstance(values.get("to"), str):
+        if not isinstance(values.get("to"), str) or not values["to"].strip():
             raise ConfigError(f'{where} needs to = "FOLDER" or to = "hf://owner/name"')
         checked = check_values(values, PublishSettings, where)
         return {key: _resolved(key, value, folder) for key, value in checked.items()}
@@ -164,14 +220,17 @@ def _checked_stage(stage: str, values: dict, path: str, folder: str) -> dict:
 
 def _checked_gate(values: dict, where: str) -> dict:
     for key, value in values.items():
-        bound = key.partition("_")[2] if key.startswith(("min_", "max_")) else None
-        if key in GATE_KEYS:
-            continue
-        if bound is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key == "champion":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: champion = {value!r} must be true or false (without quotes)")
+        elif not key.startswith(("min_", "max_")) or not number:
             raise ConfigError(
                 f"{where}: {key} = {value!r} is not a bound: use min_NAME or max_NAME = a number, NAME a key of "
                 f"eval's summary.json or one of {', '.join(GATE_ALIASES)}; or {_listed(GATE_KEYS)}"
             )
+        elif not math.isfinite(value):
+            raise ConfigError(f"{where}: {key} = {value!r} is not a finite number; a bound must be one")
     return values
 
 

@@ -9,9 +9,8 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from dynamicid.errors import DynamicIDError
+from dynamicid.errors import ConfigError, DynamicIDError
 from dynamicid.recipe.recipe import STAGE_ORDER, Recipe
-from dynamicid.recipe.stages import folder_of
 from dynamicid.recipe.state import RunState
 
 logger = logging.getLogger(__name__)
@@ -34,10 +33,12 @@ def plan(recipe: Recipe, state: RunState, force=(), start: str | None = None, un
     reads what that one makes."""
     from dynamicid.recipe.stages import fingerprints
 
-    prints = fingerprints(recipe)
+    prints = fingerprints(recipe, state)
     order = [stage for stage in STAGE_ORDER if recipe.has(stage)]
     first = order.index(start) if start else 0
     last = order.index(until) if until else len(order) - 1
+    if first > last:
+        raise ConfigError(f"--from {start} comes after --until {until}: the stages run in the order {', '.join(order)}")
     steps, upstream_ran = [], None
     for index, stage in enumerate(order):
         if not first <= index <= last:
@@ -62,22 +63,25 @@ def _why_run(stage, fingerprint, record, force, upstream_ran, recipe) -> str | N
         return {"interrupted": "its last run was interrupted", "failed": "its last run failed"}.get(
             status, "its last run did not finish"
         )
-    if stage in ("collect", "prep", "train.anchor", "train.reconfig", "eval") and not os.path.isdir(
-        folder_of(recipe, stage)
-    ):
-        return "its output is missing"
-    if stage == "publish" and not _published_here(recipe):
-        return "the published model is missing"
+    problem = _output_problem(recipe, stage, record)
+    if problem:
+        return problem
     return f"{upstream_ran} runs before it" if upstream_ran else None
 
 
-def _published_here(recipe: Recipe) -> bool:
-    """A folder target still holds a published model (a Hub repo is not checked: that needs the network)."""
-    from dynamicid.generation.published import published_record
-    from dynamicid.recipe.recipe import HUB_PREFIX
+def _output_problem(recipe: Recipe, stage: str, record: dict) -> str | None:
+    """Why a finished stage's output no longer is what it made (a file deleted or edited), or None."""
+    from dynamicid.filestamps import output_stamp
+    from dynamicid.recipe.stages import output_folder
 
-    to = recipe.tables["publish"]["to"]
-    return to.startswith(HUB_PREFIX) or published_record(to) is not None
+    folder = output_folder(recipe, stage, record)
+    if folder is None:
+        return None
+    if not os.path.isdir(folder):
+        return "the published model is missing" if stage == "publish" else "its output is missing"
+    if record.get("output_stamp") and output_stamp(folder) != record["output_stamp"]:
+        return f"its output changed since it ran (a file in {folder} was removed, added or edited)"
+    return None
 
 
 def describe(steps: list[Step]) -> str:
@@ -91,7 +95,9 @@ def describe(steps: list[Step]) -> str:
 def execute(recipe: Recipe, steps: list[Step], state: RunState) -> None:
     """Runs the steps that run, in order, recording each in `state`. A failing stage is recorded and stops the
     run with its message."""
+    from dynamicid.filestamps import output_stamp
     from dynamicid.recipe import actions
+    from dynamicid.recipe.stages import output_folder
 
     for step in steps:
         if not step.run:
@@ -110,7 +116,11 @@ def execute(recipe: Recipe, steps: list[Step], state: RunState) -> None:
             raise StageFailed(
                 f"stage {step.stage} failed: {err} (fix it, then `dynamicid run {recipe.path}` continues from here)"
             ) from None
-        state.update(step.stage, status="done", seconds=round(time.perf_counter() - started, 2), **(extra or {}))
+        extra = extra or {}
+        folder = output_folder(recipe, step.stage, extra)
+        stamp = output_stamp(folder) if folder else None
+        seconds = round(time.perf_counter() - started, 2)
+        state.update(step.stage, status="done", seconds=seconds, output_stamp=stamp, **extra)
 
 
 def move_aside(folder: str) -> str | None:

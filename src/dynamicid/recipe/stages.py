@@ -97,19 +97,55 @@ def file_digest(path: str | None) -> str | None:
     return file_sha256(path) if path and os.path.isfile(path) else None
 
 
-def fingerprints(recipe: Recipe) -> dict[str, str]:
+def fingerprints(recipe: Recipe, state=None, upto: str | None = None) -> dict[str, str]:
     """Each stage's fingerprint: its options and what it reads (the fingerprints of the stages before it,
-    and the content of the files the recipe names). Computed before anything runs, so a plan is exact."""
+    the content of the files the recipe names, and for the gate what is published at the target). Paths
+    are taken relative to the recipe's folder, so a moved or copied project keeps its fingerprints.
+    Computed before anything runs, so a plan is exact."""
+    base = os.path.dirname(os.path.abspath(recipe.path))
     found: dict[str, str] = {}
     for stage in STAGE_ORDER:
         if not recipe.has(stage):
             continue
         options = {k: v for k, v in options_of(recipe, stage).items() if k not in UNFINGERPRINTED}
-        found[stage] = _digest({"stage": stage, "options": options, "reads": _reads(recipe, stage, found)})
+        reads = _reads(recipe, stage, found, state)
+        found[stage] = _digest({"stage": stage, "options": portable(options, base), "reads": portable(reads, base)})
+        if stage == upto:
+            break
     return found
 
 
-def _reads(recipe: Recipe, stage: str, before: dict[str, str]) -> dict:
+def training_basis(recipe: Recipe, stage: str) -> dict:
+    """What a training stage's weights come from: its own options and the dataset's fingerprint. Fine-tuning
+    the last weights makes sense when only the data changed."""
+    base = os.path.dirname(os.path.abspath(recipe.path))
+    options = {k: v for k, v in options_of(recipe, stage).items() if k not in UNFINGERPRINTED | {"init_weights"}}
+    return {"options": _digest(portable(options, base)), "data": fingerprints(recipe, upto="prep").get("prep")}
+
+
+def portable(value, base: str):
+    """`value` with every path inside `base` written relative to it."""
+    if isinstance(value, dict):
+        return {key: portable(item, base) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(item, base) for item in value]
+    if isinstance(value, str) and os.path.isabs(value) and (value + os.sep).startswith(base + os.sep):
+        return "./" + os.path.relpath(value, base)
+    return value
+
+
+def output_folder(recipe: Recipe, stage: str, record: dict) -> str | None:
+    """Where a stage's output is, to stamp it: its folder, or for publish the folder it published to (None for
+    a Hub repo, or for the gate, which writes nothing)."""
+    if stage == "gate":
+        return None
+    if stage == "publish":
+        to = recipe.tables["publish"]["to"]
+        return None if to.startswith("hf://") else record.get("folder") or to
+    return folder_of(recipe, stage)
+
+
+def _reads(recipe: Recipe, stage: str, before: dict[str, str], state=None) -> dict:
     table = recipe.tables[stage]
     if stage == "collect":
         return {"urls": file_digest(table["urls"])}
@@ -124,4 +160,13 @@ def _reads(recipe: Recipe, stage: str, before: dict[str, str]) -> dict:
     if stage == "eval":
         trained = {s: before[s] for s in ("train.anchor", "train.reconfig") if s in before}
         return {"prep": before["prep"], "prompts": file_digest(table.get("prompts"))} | trained
-    return {"eval": before["eval"]} | ({"gate": before["gate"]} if stage == "publish" and "gate" in before else {})
+    if stage == "gate":
+        from dynamicid.recipe.target import champion_token
+
+        return {"eval": before["eval"], "champion": champion_token(recipe, state or _NoState())}
+    return {"eval": before["eval"]} | ({"gate": before["gate"]} if "gate" in before else {})  # publish
+
+
+class _NoState:
+    def get(self, stage: str) -> dict:
+        return {}

@@ -8,6 +8,7 @@ import os
 import time
 
 from dynamicid.atomic import write_atomic
+from dynamicid.errors import ConfigError
 
 RUN_FILE = "run.json"
 
@@ -18,11 +19,21 @@ class RunState:
         self.stages: dict[str, dict] = {}
         try:
             with open(self.path, encoding="utf-8") as handle:
-                self.stages = json.load(handle).get("stages", {})
+                document = json.load(handle)
         except FileNotFoundError:
-            pass
-        except (OSError, ValueError, AttributeError):  # a damaged record: every stage is checked again
-            self.stages = {}
+            return
+        except (OSError, ValueError) as err:
+            raise self._refused(f"it cannot be read ({err})") from None
+        stages = document.get("stages") if isinstance(document, dict) else None
+        if not isinstance(stages, dict) or not all(isinstance(record, dict) for record in stages.values()):
+            raise self._refused('it is not a run record ({"format": 1, "stages": {STAGE: {...}}})')
+        self.stages = stages
+
+    def _refused(self, why: str) -> ConfigError:
+        return ConfigError(
+            f"{self.path}: {why}. It says which stages are done; restore it, or move it aside to run every stage "
+            "again (each resumes what it finished)"
+        )
 
     def get(self, stage: str) -> dict:
         return self.stages.get(stage) or {}
