@@ -27,7 +27,7 @@ def sidecar_path(image_path: str) -> str:
 def person_entry(person: Any, index: int, box: Any) -> dict[str, Any]:
     """One person of a call (a `generation.Person`) as the sidecar records it."""
     return {
-        "name": person.name or f"person{index}",
+        "name": person.name or f"person {index + 1}",  # as the user counts, as the page and messages do
         "reference": os.path.abspath(person.reference) if isinstance(person.reference, str) else None,
         "face_prompt": person.face_prompt,
         "box": list(box) if box is not None else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from contextlib import closing
@@ -22,10 +23,13 @@ from PIL import Image, ImageDraw
 from dynamicid.errors import DynamicIDError
 from dynamicid.faces import face_prompt
 from dynamicid.generation.layout import automatic_boxes
-from dynamicid.generation.request import GenerationError, Settings, check_settings, default_size
+from dynamicid.generation.request import SETTING_RANGES, GenerationError, Settings, check_settings, default_size
 from dynamicid.serving.engine import Engine, GenerationRequest, PersonRequest
 
 logger = logging.getLogger(__name__)
+# Gradio reports usage to its makers unless told not to: a server of people's faces does not (the
+# operator may set it to True).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 MAX_PERSONS = 4
 AS_IN_PHOTO = "as in the photo"
@@ -81,14 +85,33 @@ def _boxes_from_fields(count: int, values: list) -> list:
 def _page_settings(given: dict, tiny: bool) -> Settings:
     """The page's controls as `Settings`, through the same check as the API and the command line. Only what
     differs from the page's starting values is taken from the controls, so untouched controls keep the
-    shared defaults (an empty size: the size for the number of persons)."""
+    shared defaults; an empty optional field (size, layout strength and steps) is automatic, as in generate."""
     wanted = {}
     for name, start in asdict(page_defaults(tiny)).items():
-        value = given.get(name)
-        if value in (None, "") or value == start:
+        value = _page_value(name, given.get(name))
+        if value is None or value == start:
             continue
-        wanted[name] = int(value) if name in INTEGER_SETTINGS else value
+        wanted[name] = value
     return check_settings(page_defaults(tiny).changed() | wanted, "the page's settings")
+
+
+OPTIONAL_FIELDS = ("width", "height", "infer_scale", "infer_end")  # text fields: empty is automatic
+
+
+def _page_value(name: str, value):
+    """A control's value as the settings type it: text fields parsed (empty: None, automatic)."""
+    if isinstance(value, str) and name in OPTIONAL_FIELDS:
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            number = float(text)
+        except ValueError:
+            raise GenerationError(f"{name} must be a number or empty (automatic), not {text[:20]!r}") from None
+        return int(number) if name in INTEGER_SETTINGS and number.is_integer() else number
+    if value in (None, ""):
+        return None
+    return int(value) if name in INTEGER_SETTINGS and isinstance(value, float) and value.is_integer() else value
 
 
 # The settings the page's number fields must hand over as whole numbers: those `Settings` types as int.
@@ -130,9 +153,8 @@ def run_generation(engine: Engine, request: GenerationRequest, progress=None):
                     progress((shown, request.steps), desc="denoising", unit="steps")
                 yield None, f"step {shown} of {request.steps}"
     finally:
-        if worker.is_alive():  # closed early: cancelled
-            stop.set()
-            worker.join()
+        if worker.is_alive():  # closed early: cancelled. Not joined: this may run on the server's event loop, and
+            stop.set()  # the run ends at its next step on its own, holding the engine's lock until then
     if "error" in outcome:
         raise gr.Error(outcome["error"], print_exception=False)
     yield outcome["result"], f"done in {outcome['result'].seconds:.1f} s, seed {request.seed}"
@@ -187,29 +209,29 @@ def _settings_controls(gr, page: SimpleNamespace, tiny: bool) -> None:
             )
             with gr.Row():
                 size_help = "empty: 512 for one person, 768 for two, 1024 for more"
-                page.width = gr.Number(start.width, label="Width", precision=0, placeholder=size_help, elem_id="width")
-                page.height = gr.Number(
-                    start.height, label="Height", precision=0, placeholder=size_help, elem_id="height"
-                )
+                page.width = _optional_number(gr, start.width, "Width", size_help, "width")
+                page.height = _optional_number(gr, start.height, "Height", size_help, "height")
             page.seed = gr.Number(start.seed, label="Seed (-1: a random one)", precision=0, elem_id="seed")
             with gr.Accordion("Advanced", open=False):
-                page.steps = gr.Slider(1, 100, value=start.steps, step=1, label="Steps", elem_id="steps")
+                low, high = SETTING_RANGES["steps"]
+                page.steps = gr.Slider(low, high, value=start.steps, step=1, label="Steps", elem_id="steps")
                 page.guidance = gr.Slider(0.0, 12.0, value=start.guidance, step=0.5, label="Guidance")
                 page.id_scale = gr.Slider(
                     0.0, 1.5, value=start.id_scale, step=0.05, label="Identity strength (id_scale)"
                 )
-                page.infer_scale = gr.Number(
+                page.infer_scale = _optional_number(
+                    gr,
                     start.infer_scale,
-                    label="Layout strength (infer_scale; empty: 2 with boxes or several persons, else 0)",
-                    placeholder=auto,
-                    elem_id="infer-scale",
+                    "Layout strength (infer_scale; empty: 2 with boxes or several persons, else 0)",
+                    auto,
+                    "infer-scale",
                 )
-                page.infer_end = gr.Number(
+                page.infer_end = _optional_number(
+                    gr,
                     start.infer_end,
-                    label="Layout steps (infer_end; empty: 12 with boxes or several persons, else 0)",
-                    precision=0,
-                    placeholder=auto,
-                    elem_id="infer-end",
+                    "Layout steps (infer_end; empty: 12 with boxes or several persons, else 0)",
+                    auto,
+                    "infer-end",
                 )
                 page.gate_maps = gr.Checkbox(
                     start.gate_maps, label="Show where each identity went (gate maps)", elem_id="gates"
@@ -217,6 +239,12 @@ def _settings_controls(gr, page: SimpleNamespace, tiny: bool) -> None:
         with gr.Column(scale=1):
             page.auto = gr.Checkbox(True, label="Automatic layout", elem_id="auto")
             page.preview = gr.Image(label="Layout", interactive=False, height=260, elem_id="preview")
+
+
+def _optional_number(gr, start, label: str, placeholder: str, elem_id: str):
+    """A number a user may leave empty for the automatic value: a one-line text field (a number field shows,
+    and sends, 0 when empty)."""
+    return gr.Textbox("" if start is None else str(start), label=label, placeholder=placeholder, max_lines=1, elem_id=elem_id)
 
 
 def _result_controls(gr, page: SimpleNamespace) -> None:
@@ -243,7 +271,7 @@ def build_app(
     import gradio as gr
 
     retention = (int(min(3600, keep_seconds)), int(keep_seconds)) if keep_seconds else None
-    with gr.Blocks(title="DynamicID", delete_cache=retention) as app:
+    with gr.Blocks(title="DynamicID", delete_cache=retention, analytics_enabled=False) as app:
         gr.Markdown(
             "# DynamicID\nSeveral people in one image, each from one photo, each with their own expression "
             "and head orientation, placed where you want them."
@@ -274,8 +302,12 @@ def _model_line(engine: Engine) -> str:
 
 
 def _whole(value) -> int | None:
-    """A size field: empty (or 0) is None, the automatic size."""
-    return int(value) if value not in (None, "", 0) and int(value) > 0 else None
+    """A size field: empty (or not a positive whole number yet, while typing) is None, the automatic size."""
+    try:
+        number = int(float(value))
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
 
 
 def _box_fields(page) -> list:
@@ -490,7 +522,6 @@ def _add_api(gr, engine: Engine, concurrency: int) -> None:
 def example_photos(folder: str) -> list[list]:
     """Two example persons made from the scikit-image astronaut the demo already uses: the photo, and the
     photo mirrored with its colours turned, as a second person."""
-    import os
 
     from dynamicid.prep.sample import astronaut
 
@@ -526,9 +557,9 @@ def launch(app, config, block: bool = False) -> str:
     return url
 
 
-def _watch(config):
+def _watch(config, snapshots: str):
     """What notices a newly published model: for --weights alone (a published folder) or --base-model alone (a
-    published folder or Hub repo), unless --no-reload."""
+    published folder or Hub repo), unless --no-reload. A folder is served from copies under `snapshots`."""
     given = [value for value in (config.weights, config.base_model) if value]
     if config.tiny or not config.reload or len(given) != 1 or config.clip_image_encoder:
         return None
@@ -539,24 +570,27 @@ def _watch(config):
         given[0],
         lambda reference: load_for_use(reference, None, None, device=config.device, dtype=config.dtype),
         config.reload_every,
+        snapshots=snapshots,
     )
 
 
 def serve(config, cache, block: bool = True):
     """Loads the models once, builds the page and starts serving, with its files in `cache` (a
     `access.PrivateCache`). Returns (app, engine, url)."""
-    import os
 
     from dynamicid.generation import DynamicIDPipeline
     from dynamicid.generation.loading import load_for_use
     from dynamicid.imagefile import ImageRules
 
+    watch = _watch(config, os.path.join(cache.folder, "models"))
     if config.tiny:
         from dynamicid.testing.tiny_models import make_tiny_models
 
         models = make_tiny_models(os.path.join(cache.folder, "tiny-models"))
         pipe = DynamicIDPipeline.from_pretrained(models["sd15"], models["dynamicid"], models["clip-image"])
         pipe.set_progress_bar_config(disable=True)
+    elif watch is not None:
+        pipe = watch.load_current()  # from the server's own copy: the watched files are never mapped
     else:
         pipe = load_for_use(
             config.base_model, config.weights, config.clip_image_encoder, device=config.device, dtype=config.dtype
@@ -566,7 +600,7 @@ def serve(config, cache, block: bool = True):
         ImageRules(max_pixels=config.max_image_pixels, max_bytes=config.max_upload_mb * 2**20),
         output_root=cache.results,
         limits=config.limits,
-        watch=_watch(config),
+        watch=watch,
     )
     examples = example_photos(os.path.join(cache.folder, "examples"))
     app = build_app(engine, examples, config.tiny, config.concurrency, keep_seconds=config.keep_files_hours * 3600)

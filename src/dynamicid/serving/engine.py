@@ -100,6 +100,8 @@ class Engine:
         self.pipe = pipe
         self.watch = watch  # a `reload.ModelWatch`: a newly published model replaces `pipe` between requests
         self.model_version = watch.label() if watch else None
+        if watch is not None and watch.probe is None:
+            watch.probe = self.probe  # a new model must make an image before it serves
         self.rules = rules or ImageRules(max_pixels=40_000_000, max_bytes=20 * 1024 * 1024)
         self.face_rules = face_rules or FaceRules()
         self.limits = limits or RequestLimits()
@@ -213,6 +215,14 @@ class Engine:
             done.steps_done, done.interrupted = steps_done[0], steps_done[0] < request.steps
             self.last = done
             return done
+
+    def probe(self, pipe) -> None:
+        """One step of a small image of one person: a model that cannot make this cannot serve."""
+        from dynamicid.prep.sample import astronaut
+
+        photo = np.asarray(astronaut().convert("RGB"))
+        pipe.set_progress_bar_config(disable=True)
+        pipe("a probe", [Person(photo, None, None, None, "probe")], num_inference_steps=1, height=64, width=64, seed=0)
 
     def _switch_to_newer_model(self) -> None:
         """Under the lock, so the request now running finishes on the old model and the next starts on the new."""

@@ -1,46 +1,97 @@
 """Switching to a newly published model while serving: the record `dynamicid run` publishes beside the model
 (dynamicid_run.json) is read before each request for a folder, and every `interval` seconds for a Hub repo
 (that one small file only); a new version is loaded beside the old one and swapped in between two requests,
-so no queued request is lost."""
+so no queued request is lost.
+
+The server keeps serving the last good model. A published folder is copied first (a snapshot of the server's
+own), so the weights in memory never map the watched files: a file cut short or overwritten there later
+changes nothing served. A new version must make a one-step image (`probe`) before it is switched to; one
+that cannot, or a record that cannot be read, is logged once with the reason and the old model stays."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-from dynamicid.generation.published import RUN_RECORD, published_record
+from dynamicid.generation.published import RUN_RECORD
 
 logger = logging.getLogger(__name__)
 
 
-class ModelWatch:
-    """`reference`: the folder or repo id served; `load(reference)` builds a pipeline from it."""
+class RecordProblem(Exception):
+    """A published record that exists but cannot be used (garbage, or a version that is not a version)."""
 
-    def __init__(self, reference: str, load: Callable[[str], Any], interval: float = 60.0):
-        self.reference, self.load, self.interval = reference, load, interval
+
+def read_record(path: str) -> dict | None:
+    """A published record from a file: None when there is none; RecordProblem when it cannot be used."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise RecordProblem(f"{path} cannot be read: {err}") from None
+    if not isinstance(record, dict):
+        raise RecordProblem(f"{path} is not a publish record (a JSON object)")
+    version = record.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise RecordProblem(f"{path}: version {version!r} is not a version (a whole number from 1)")
+    return record
+
+
+class ModelWatch:
+    """`reference`: the folder or repo id served; `load(reference)` builds a pipeline from it; `probe(pipe)`
+    makes a one-step image with it (the engine sets it) and raises when it cannot."""
+
+    def __init__(
+        self,
+        reference: str,
+        load: Callable[[str], Any],
+        interval: float = 60.0,
+        probe: Callable[[Any], None] | None = None,
+        snapshots: str | None = None,
+    ):
+        self.reference, self.load, self.interval, self.probe = reference, load, interval, probe
         self.is_folder = os.path.isdir(reference)
+        self.snapshots = snapshots or tempfile.mkdtemp(prefix="dynamicid-served-models-")
+        self.snapshot: str | None = None  # the copy the served model was loaded from
+        self._said: set[str] = set()  # problems logged already: each once, not on every request
+        self.refused: Any = None  # the stamp of a version that failed: not tried again
         self.record = self._record()
         self.checked = time.monotonic()
 
+    def _say(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            logger.warning("serve: %s", message)
+
     def _record(self) -> dict | None:
-        if self.is_folder:
-            return published_record(self.reference)
+        try:
+            if self.is_folder:
+                return read_record(os.path.join(self.reference, RUN_RECORD))
+            return self._hub_record()
+        except RecordProblem as err:
+            self._say(f"{err}; still serving {self.label() if hasattr(self, 'record') else 'the loaded model'}")
+            return None
+
+    def _hub_record(self) -> dict | None:
         from huggingface_hub import hf_hub_download
 
         from dynamicid.hub import split_reference
 
         try:
             repo, subfolder = split_reference(self.reference)
-            with open(hf_hub_download(repo, RUN_RECORD, subfolder=subfolder), encoding="utf-8") as handle:
-                record = json.load(handle)
+            path = hf_hub_download(repo, RUN_RECORD, subfolder=subfolder)
         except Exception as err:  # not published there, or the Hub unreachable: keep serving what is loaded
             logger.debug("serve: no published record in %s (%s)", self.reference, err)
             return None
-        return record if isinstance(record, dict) else None
+        return read_record(path)
 
     @staticmethod
     def _stamp(record: dict | None) -> Any:
@@ -52,24 +103,63 @@ class ModelWatch:
             return self.reference
         return f"version {self.record.get('version')} (published {self.record.get('published', '?')})"
 
+    def load_current(self) -> Any:
+        """The model published now, loaded from the server's own copy (a folder) or the repo."""
+        source = self._copy() if self.is_folder else self.reference
+        pipe = self.load(source)
+        self._keep(source)
+        return pipe
+
     def newer(self) -> Any | None:
-        """A pipeline of a newly published version, or None. A folder is read every call (a stat and a small
-        file); a Hub repo once per interval. A version that fails to load is logged and skipped."""
+        """A pipeline of a newly published version that made its one-step image, or None. A folder is read
+        every call (a stat and a small file); a Hub repo once per interval."""
         if not self.is_folder and time.monotonic() - self.checked < self.interval:
             return None
         self.checked = time.monotonic()
         record = self._record()
-        if record is None or self._stamp(record) == self._stamp(self.record):
+        stamp = self._stamp(record)
+        if record is None or stamp == self._stamp(self.record) or stamp == self.refused:
             return None
+        source = None
         try:
-            pipe = self.load(self.reference)
-        except Exception as err:  # a half-copied or damaged upload: keep the model that works
-            logger.warning(
-                "serve: the newly published model in %s cannot be loaded (%s); still serving the old one",
-                self.reference,
-                err,
+            source = self._copy() if self.is_folder else self.reference
+            pipe = self.load(source)
+            if self.probe is not None:
+                self.probe(pipe)
+        except Exception as err:  # a half-copied or damaged model: keep the one that works
+            self.refused = stamp
+            self._discard(source)
+            self._say(
+                f"the newly published version {record.get('version')} in {self.reference} cannot serve "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); still serving "
+                f"{self.label()}"
             )
             return None
         self.record = record
+        self._keep(source)
         logger.info("serve: switched to the newly published model %s", self.label())
         return pipe
+
+    def _copy(self) -> str:
+        """A copy of the published folder, made while its record stayed the same (a publish swapping the folder
+        meanwhile is copied again)."""
+        os.makedirs(self.snapshots, exist_ok=True)
+        for _ in range(3):
+            before = read_record(os.path.join(self.reference, RUN_RECORD))
+            target = tempfile.mkdtemp(prefix=f"v{(before or {}).get('version', 0)}-", dir=self.snapshots)
+            shutil.copytree(self.reference, target, dirs_exist_ok=True)
+            after = read_record(os.path.join(self.reference, RUN_RECORD))
+            if self._stamp(before) == self._stamp(after):
+                return target
+            shutil.rmtree(target, ignore_errors=True)
+        raise RecordProblem(f"{self.reference} kept changing while it was copied")
+
+    def _keep(self, source: str | None) -> None:
+        """The served model is now loaded from `source`: the copy before it goes."""
+        if self.snapshot and self.snapshot != source:
+            self._discard(self.snapshot)
+        self.snapshot = source if self.is_folder else None
+
+    def _discard(self, source: str | None) -> None:
+        if source and self.is_folder and source.startswith(self.snapshots + os.sep):
+            shutil.rmtree(source, ignore_errors=True)
