@@ -5,14 +5,17 @@ This times, for N synthetic manifest rows shaped like real ones (68 landmarks, a
 affine, every column), each driver step that runs after or around the Spark job:
   listing   the input listing, streamed into a Parquet file a batch at a time (`spark_job.write_listing`),
             then read by Spark, repartitioned and counted
-  merge     `runner.merge_rows`: Spark reads the job's Parquet parts (one per task of 32 images), sorts
-            and writes manifest.parquet
+  merge     `runner.merge_rows` with curation in the path: the embeddings read into one array, FAISS
+            neighbours, near copies and each face's distance to its identity, exact duplicates and the
+            split in Spark; Spark reads the job's Parquet parts (one per task of 32 images), sorts and writes
+            manifest.parquet. The embeddings are as wide as the chosen embedder's (--dim: dlib 128,
+            InsightFace 512), 500 identities each around its own centre
   summary   `report.tally_manifest` (the report's columns, a batch at a time), the summary and the
             contact sheet
 and the driver's peak memory. Listing the files themselves is not timed here (it depends on the
 filesystem); `prep_throughput.py` measures the workers.
 
-    python benchmarks/driver_scale.py --rows 7000 1000000
+    python benchmarks/driver_scale.py --rows 7000 1000000 --dim 512
 """
 
 from __future__ import annotations
@@ -95,27 +98,46 @@ def template_rows(count: int, seed: int = 0) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
 
 
-def write_parts(folder: str, rows: int, per_part: int = 32) -> None:
+IDENTITIES = 500
+
+
+def write_parts(folder: str, rows: int, dim: int, per_part: int = 32) -> None:
+    """The job's parts: every row its own photo (sha256, face hash), an embedding near its identity's centre."""
     part = template_rows(per_part)
     index = part.schema.get_field_index
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((IDENTITIES, dim)).astype(np.float32)
     for start in range(0, rows, per_part):
         n = min(per_part, rows - start)
-        names = pa.array([f"person{(start + i) % 500}/img{start + i:08d}.jpg" for i in range(n)])
+        people = [(start + i) % IDENTITIES for i in range(n)]
+        names = pa.array([f"person{p}/img{start + i:08d}.jpg" for i, p in enumerate(people)])
+        vectors = centres[people] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        columns = {
+            "relative_path": names,
+            "source_path": pa.array([f"/data/{x}" for x in names.to_pylist()]),
+            "identity": pa.array([f"person{p}" for p in people]),
+            "sha256": pa.array([f"{start + i:064x}" for i in range(n)]),
+            "face_hash": pa.array([f"{rng.integers(0, 2**63):016x}" for _ in range(n)]),
+            "embedding": pa.array(list(vectors), type=part.schema.field("embedding").type),
+            "embedding_dim": pa.array([dim] * n, type=pa.int32()),
+        }
         table = part.slice(0, n)
-        table = table.set_column(index("relative_path"), "relative_path", names)
-        table = table.set_column(
-            index("source_path"), "source_path", pa.array([f"/data/{x}" for x in names.to_pylist()])
-        )
+        for name, values in columns.items():
+            table = table.set_column(index(name), name, values)
         pq.write_table(table, os.path.join(folder, f"part-{start // per_part:06d}.parquet"))
 
 
-def measure(rows: int, spark, workdir: str) -> dict:
+def measure(rows: int, spark, workdir: str, dim: int = 128) -> dict:
+    from dynamicid.faces.analyzer import FaceAnalysisConfig
     from dynamicid.prep import report
+    from dynamicid.prep.config import PrepConfig
     from dynamicid.prep.discover import InputFile
     from dynamicid.prep.runner import merge_rows
     from dynamicid.prep.spark_job import INPUT_DDL, write_listing
+    from dynamicid.prep.sparkenv import spark_uri
 
-    result = {"rows": rows, "parts": -(-rows // 32)}
+    result = {"rows": rows, "parts": -(-rows // 32), "embedding_dim": dim}
     found = (
         InputFile(
             f"/data/person{i % 500}/img{i:08d}.jpg", f"person{i % 500}/img{i:08d}.jpg", f"person{i % 500}", 1_500_000
@@ -127,19 +149,21 @@ def measure(rows: int, spark, workdir: str) -> dict:
     assert write_listing(found, listing) == rows
     result["listing_write_s"] = time.perf_counter() - started
     partitions = max(-(-rows // 32), 8)
-    count = spark.read.schema(INPUT_DDL).parquet("file://" + listing).repartition(partitions).count()
+    count = spark.read.schema(INPUT_DDL).parquet(spark_uri(listing)).repartition(partitions).count()
     result["listing_s"] = time.perf_counter() - started
     assert count == rows
 
     parts = os.path.join(workdir, f"rows-{rows}")
     os.makedirs(parts)
     started = time.perf_counter()
-    write_parts(parts, rows)
+    write_parts(parts, rows, dim)
     result["writing_parts_s (not a driver cost)"] = time.perf_counter() - started
 
     started = time.perf_counter()
     manifest_path = os.path.join(workdir, f"manifest-{rows}.parquet")
-    merge_rows(spark, parts, manifest_path)
+    faces = FaceAnalysisConfig(embedder={128: "dlib-resnet", 512: "insightface"}.get(dim, "dlib-resnet"))
+    config = PrepConfig(input=workdir, output=workdir, split="0.9,0.05,0.05", faces=faces, progress=False)
+    merge_rows(spark, parts, manifest_path, config)
     result["merge_s"] = time.perf_counter() - started
 
     output = os.path.join(workdir, f"out-{rows}")
@@ -157,6 +181,7 @@ def measure(rows: int, spark, workdir: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[7000, 1_000_000])
+    parser.add_argument("--dim", type=int, default=512, help="embedding width: 128 (dlib) or 512 (InsightFace)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -167,7 +192,7 @@ def main() -> None:
     results = []
     try:
         for rows in args.rows:
-            result = measure(rows, spark, workdir)
+            result = measure(rows, spark, workdir, args.dim)
             results.append(result)
             print(json.dumps(result))
     finally:

@@ -122,7 +122,7 @@ def test_a_required_option_may_come_from_the_config_file(tmp_path, monkeypatch, 
     assert captured["config"].batch_size == 1  # one identity per step: not an option of reconfig
     (tmp_path / "bad.json").write_text('{"max_targets": "many"}')
     assert cli.main(["train", "reconfig", "d", "o", "--config", str(tmp_path / "bad.json")]) == 1
-    assert "max_targets must be a int, not 'many'" in capsys.readouterr().err
+    assert "max_targets must be a whole number, not 'many'" in capsys.readouterr().err
 
 
 def test_generate_lists_from_a_config_file_are_replaced_by_the_command_line(tmp_path):

@@ -15,7 +15,7 @@ from dynamicid.collect import CollectConfig, run_collect
 from dynamicid.collect.fetch import HostLimits, fetch
 from dynamicid.collect.job import CollectError
 from dynamicid.collect.network import refusal
-from dynamicid.errors import ConfigError
+from dynamicid.errors import ConfigError, InputError
 
 LOOPBACK = "127.0.0.1/32"
 QUICK = dict(timeout=1.0, max_seconds=1.5, retries=0, backoff=0.05, max_bytes=200_000, progress=False)
@@ -175,6 +175,15 @@ def test_a_rerun_honours_the_list_as_it_is_now(spark, server, tmp_path):
     assert victim.read_text() == "keep me"
     assert third.set_index("url").loc[rows[0][0], "path"].startswith("ann/")
 
+    # prep reads the bracketed folder as it is (Spark would expand [2024] as a pattern) into another one.
+    from dynamicid.prep.config import PrepConfig
+    from dynamicid.prep.runner import run_prep
+
+    dataset = tmp_path / "dataset [v1]"
+    prepped = run_prep(PrepConfig(input=str(out), output=str(dataset), progress=False), spark=spark)
+    manifest = pd.read_parquet(prepped.manifest_path)
+    assert sorted(manifest.relative_path.str.split("/").str[0]) == ["ann", "ann"]  # withdrawn photos are gone
+
 
 def test_lists_are_read_as_they_are_written(spark, server, tmp_path):
     a, b = f"{server.url}/photo/q1.jpg", f"{server.url}/photo/q2.jpg"
@@ -216,7 +225,7 @@ def test_a_manifest_of_the_wrong_shape_is_refused_with_advice(spark, server, tmp
     edited = pd.read_parquet(manifest)
     edited["bytes"] = edited["bytes"].astype(str)
     edited.to_parquet(manifest, index=False)
-    with pytest.raises(CollectError, match=r"column bytes should be bigint, not string.*move it aside"):
+    with pytest.raises(InputError, match=r"column bytes should be bigint, not string.*move it aside"):
         run_collect(config, spark=spark)
 
 

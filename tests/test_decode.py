@@ -47,10 +47,15 @@ def test_format_comes_from_content_not_extension(face):
         assert decode_image(buffer.getvalue(), RULES).format == kind.lower()
 
 
-def test_gif_is_refused_with_its_own_reason(face):
+def test_a_still_gif_is_read_and_an_animated_one_refused_with_its_reason(face):
     buffer = io.BytesIO()
     face.save(buffer, format="GIF")
-    with pytest.raises(Rejected, match="unsupported_format"):
+    still = decode_image(buffer.getvalue(), RULES)
+    assert still.format == "gif" and still.rgb.shape == (512, 512, 3)
+    assert abs(still.rgb.astype(int) - np.asarray(face.convert("RGB"), dtype=int)).mean() < 12  # a 256-colour copy
+    buffer = io.BytesIO()
+    face.save(buffer, format="GIF", save_all=True, append_images=[face.rotate(90)], duration=100, loop=0)
+    with pytest.raises(Rejected, match="animated: an animated GIF of 2 frames"):
         decode_image(buffer.getvalue(), RULES)
 
 

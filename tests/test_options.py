@@ -73,8 +73,8 @@ def test_a_file_fills_defaults_and_the_command_line_replaces_lists(tmp_path):
     "text,words",
     [
         ("cuont = 3", "unknown option(s) cuont; this command's options are"),
-        ('count = "three"', "count must be a int, not 'three'"),
-        ("count = true", "count must be a int, not True"),
+        ('count = "three"', "count must be a whole number, not 'three'"),
+        ("count = true", "count must be a whole number, not True"),
         ('name = "tflite"', "name must be one of dlib, onnx, not 'tflite'"),
         ("ratio = 1", None),  # an int is a fine float
     ],

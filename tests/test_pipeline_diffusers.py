@@ -24,7 +24,8 @@ photo, make = identity_photo, generate_small
 
 def test_the_same_seed_gives_the_same_images_as_before_the_rewrite(pipe, shared_faces):
     """tests/data/generation_fixture.npz was made by the pipeline before it became a DiffusionPipeline
-    (tools/record_generation_fixture.py, same requests)."""
+    (tools/record_generation_fixture.py, same requests), and recorded again when the tiny models took the
+    real VAE's 8x downsampling (issue 35): it holds any later change of the pipeline to the same images."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent.parent / "tools"))
@@ -272,7 +273,7 @@ def test_vae_slicing_and_tiling_work_on_the_pipeline(pipe, shared_faces):
         pipe.disable_vae_slicing()
     pipe.enable_vae_tiling()
     sizes = pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size
-    pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = 32, 16  # tiles smaller than the images
+    pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = 32, 4  # tiles smaller than the images
     try:
         tiled = make(pipe, persons, num_images_per_prompt=2).images
         assert tiled.shape == plain.shape and np.isfinite(tiled).all()

@@ -205,7 +205,9 @@ def test_a_recipe_is_checked_with_the_commands_own_rules(tmp_path):
             read_recipe(str(path))
 
     refused('[prep]\ninput = "p"\nstepz = 3\n', r"bad.toml: \[prep\]: unknown option\(s\) stepz; this command's")
-    refused('[prep]\ninput = "p"\nimages_per_partition = "many"\n', r"\[prep\]: images_per_partition must be a int")
+    refused(
+        '[prep]\ninput = "p"\nimages_per_partition = "many"\n', r"\[prep\]: images_per_partition must be a whole number"
+    )
     refused('[prep]\ninput = "p"\noutput = "elsewhere"\n', r"\[prep\] sets output, which the run wires")
     refused('[prepare]\ninput = "p"\n', r"unknown table \[prepare\]")
     refused(

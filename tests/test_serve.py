@@ -1,6 +1,7 @@
 """`dynamicid serve` (issue 17) on the tiny models, on the loopback address: in a real headless Chromium
 (Debian's package, driven by Playwright) and through gradio_client, as users and programs reach it."""
 
+import io
 import json
 import os
 import shutil
@@ -94,7 +95,12 @@ def test_two_persons_with_face_prompts_and_an_edited_box_in_the_browser(server, 
         "in a happy expression, in side view, turned left",
     ]
     assert sidecar["boxes"][1][0] == 0.5 and not sidecar["boxes_automatic"]
-    assert (sidecar["seed"], sidecar["width"], sidecar["height"], sidecar["steps"]) == (11, 128, 128, 4)
+    assert (sidecar["seed"], sidecar["width"], sidecar["height"], sidecar["steps"]) == (
+        11,
+        768,
+        768,
+        4,
+    )  # two persons: 768, as generate
     result = page.locator("#result img").first
     result.screenshot(path=str(tmp_path / "result.png"))
     assert np.asarray(Image.open(tmp_path / "result.png").convert("L")).std() > 10  # an image, not a blank box
@@ -427,3 +433,62 @@ def _server_side_paths(url: str, photo) -> list[str]:
     stream = httpx.get(f"{url}gradio_api/call/generate/{event['event_id']}", timeout=120).text
     assert "event: complete" in stream, stream
     return [uploaded] + re.findall(r'"path": ?"([^"]+)"', stream)
+
+
+def _page_request(page, url: str, photos: list[str], seed: int) -> dict:
+    page.goto(url)
+    page.wait_for_selector("#person0-photo")
+    count = page.locator("#count input[type=number]")
+    count.fill(str(len(photos)))
+    count.press("Enter")
+    for index, photo in enumerate(photos):
+        _upload(page, index, photo, "face found")
+    assert page.locator("#width input, #width textarea").first.input_value() == ""  # empty: automatic
+    page.locator("#seed input").fill(str(seed))
+    page.locator("#seed input").press("Enter")
+    page.click("#generate")
+    page.wait_for_selector("#files a", timeout=120000)
+    link = page.locator('#files a[download="dynamicid_0.png"]').first
+    return _sidecar(page) | {"_png": page.request.get(link.get_attribute("href")).body()}
+
+
+@pytest.mark.slow  # headless Chromium
+def test_the_page_gives_what_generate_gives_for_one_and_two_persons(
+    tiny_pipe, tiny_models, browser, shared_faces, tmp_path
+):
+    """The page, untouched but for its photos and seed, sends what `generate` does with the same values: the
+    same layout boost for two persons (2 and 12), automatic sizes, the same names and the same image."""
+    from dynamicid import cli
+    from dynamicid.serving.app import page_defaults
+
+    app, _, url = _launch(tiny_pipe)
+    photos = [str(shared_faces / "identities/obama/1.jpg"), str(shared_faces / "identities/biden/2.jpg")]
+    start = page_defaults(tiny=True)
+    try:
+        for count in (1, 2):
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            on_page = _page_request(page, url, photos[:count], seed=9)
+            page.close()
+            served = np.asarray(Image.open(io.BytesIO(on_page.pop("_png"))).convert("RGB")).astype(int)
+            out = tmp_path / f"cli{count}"
+            argv = ["generate", "--base-model", tiny_models["sd15"], "--weights", tiny_models["dynamicid"]]
+            argv += ["--clip-image-encoder", tiny_models["clip-image"], "--prompt", on_page["prompt"], "-q"]
+            argv += [arg for photo in photos[:count] for arg in ("--person", photo)]
+            argv += ["--steps", str(start.steps)]  # sizes and layout left automatic, as on the page
+            assert cli.main([*argv, "--seed", "9", "--output", str(out)]) == 0
+            on_cli = json.loads((out / "dynamicid_0.json").read_text())
+            keep = lambda sidecar: (
+                {  # noqa: E731 - what both must agree on; paths and times differ
+                    k: v
+                    for k, v in sidecar.items()
+                    if k not in ("persons", "seconds", "model_version", "base_model", "weights")
+                }
+                | {"persons": [(p["name"], p["face_prompt"], p["box"]) for p in sidecar["persons"]]}
+            )
+            assert keep(on_page) == keep(on_cli), count
+            if count == 2:
+                assert [p[0] for p in keep(on_page)["persons"]] == ["person 1", "person 2"]
+            made = np.asarray(Image.open(out / "dynamicid_0.png").convert("RGB")).astype(int)
+            assert np.abs(served - made).max() <= 1, count  # the same image, PNG rounding aside
+    finally:
+        app.close()

@@ -34,7 +34,7 @@ def anchor_config(dataset, tiny_models, output, **options):
             output=str(output),
             steps=4,
             batch_size=2,
-            resolution=32,
+            resolution=64,  # latents of 8: the tiny UNet attends at 2x2
             lora_rank=4,
             checkpoint_every=2,
             progress=False,
@@ -55,7 +55,7 @@ def reconfig_config(dataset, tiny_models, output, **options):
             weights=tiny_models["dynamicid"],
             steps=3,
             max_targets=3,
-            resolution=32,
+            resolution=64,
             checkpoint_every=0,
             progress=False,
             learning_rate=1e-3,
@@ -178,15 +178,15 @@ def test_damaged_face_files_are_left_out_before_the_first_step_with_a_list(datas
 
 
 def test_the_anchor_loss_falls_on_a_fixed_set(dataset, tiny_models, tmp_path):
-    # A tiny UNet and rank-4 LoRA at a high rate: the noise-prediction loss drops within a few dozen steps
-    # (by 20-23% at 40 steps over seeds 0-4, 26-28% at 60, measured).
+    # A tiny UNet (attending at its lowest level only) and rank-4 LoRA at a high rate: the noise-prediction
+    # loss drops within a few dozen steps (by 6.5-11% at 60 steps over seeds 0-4, measured; seed 3 is the least).
     history = train_anchor(
         anchor_config(
             dataset, tiny_models, tmp_path, steps=60, batch_size=4, checkpoint_every=0, learning_rate=1e-2, seed=3
         )
     )["history"]
     losses = np.array([r["loss"] for r in history])
-    assert losses[-8:].mean() < 0.8 * losses[:8].mean(), losses
+    assert losses[-8:].mean() < 0.96 * losses[:8].mean(), losses
 
 
 def test_reconfig_trains_imr_and_keypoint_encoder_only(dataset, tiny_models, tmp_path, caplog):
@@ -363,7 +363,7 @@ def _launch(processes: int, stage: str, dataset, tiny_models, output, *options: 
     models = ["--base-model", tiny_models["sd15"], "--clip-image-encoder", tiny_models["clip-image"]]
     # The default learning rate: AdamW steps every weight by about the rate, even one whose gradient is
     # round-off, so processes that sum in another order differ by up to ~1e-6 here, ~1e-5 at 1e-3.
-    common = ["--resolution", "32", "--no-progress", "--checkpoint-every", "2"]
+    common = ["--resolution", "64", "--no-progress", "--checkpoint-every", "2"]
     argv = [*launcher, "-m", "dynamicid.cli", "-q", "train", stage, dataset, str(output), *models, *common, *options]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -554,8 +554,8 @@ def test_a_learning_rate_that_breaks_the_weights_stops_the_run_and_saves_nothing
     caplog.set_level(logging.INFO)
     out = tmp_path / "run"
     train_anchor(anchor_config(dataset, tiny_models, out, steps=2, checkpoint_every=2))
-    with pytest.raises(TrainingError, match=r"made \d+ weights NaN or inf .*learning_rate 100 is too high") as err:
-        train_anchor(anchor_config(dataset, tiny_models, out, steps=6, checkpoint_every=1, learning_rate=100.0))
+    with pytest.raises(TrainingError, match=r"made \d+ weights NaN or inf .*learning_rate 1000 is too high") as err:
+        train_anchor(anchor_config(dataset, tiny_models, out, steps=6, checkpoint_every=1, learning_rate=1000.0))
     failed = int(re.search(r"step (\d+) made", str(err.value)).group(1))
     saved = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert saved[-1] == f"step-{failed - 1:07d}" and f"continues from {saved[-1]}" in str(err.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from dynamicid import __version__
@@ -66,6 +67,24 @@ def _configure_logging(verbosity: int) -> None:
     package.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(max(-1, verbosity), logging.DEBUG))
 
 
+def _quiet_libraries(quiet: bool, progress: bool) -> None:
+    """-q or --no-progress reach the libraries too: no weight-loading bars (transformers, diffusers, the Hub)
+    without progress; no advice about optional packages (torchvision) under -q (sparkenv keeps the Spark
+    banner off the terminal then). Set as
+    environment variables before the libraries load (they are imported late), and through their own switches
+    when they are loaded already."""
+    if not progress or quiet:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        for module in ("transformers.utils.logging", "diffusers.utils.logging"):
+            if module in sys.modules:
+                sys.modules[module].disable_progress_bar()
+    if quiet:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        for name in ("transformers", "diffusers", "huggingface_hub", "py4j"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def _save_traceback() -> str:
     import tempfile
     import traceback
@@ -83,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         name = f"dynamicid {args.command_name}"
         _configure_logging(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
+        _quiet_libraries(getattr(args, "quiet", 0) > 0, getattr(args, "progress", True))
         with os_errors_reported():
             return args.command.run(args)
     except DynamicIDError as err:

@@ -4,13 +4,46 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw, ImageFont
 
+# Characters our texts use that Pillow's built-in font lacks (it draws a box for each): their plain forms.
+PLAIN_FORMS = {"–": "-", "—": "-", "…": "...", "×": "x", "→": "->", "²": "2", "≥": ">=", "≤": "<=", "·": "-"}
+
+
+class _GlyphSafeFont(ImageFont.FreeTypeFont):
+    """Pillow's built-in font, drawing a character it lacks as its plain form (PLAIN_FORMS) or "?", never as
+    the missing-glyph box."""
+
+    def _raw(self, char: str) -> tuple:
+        mask, _ = ImageFont.FreeTypeFont.getmask2(self, char, "L")  # the base class's: no substitution
+        return mask.size, bytes(mask)
+
+    def _plain(self, text: str) -> str:
+        if text.isascii():
+            return text
+        if not hasattr(self, "_missing"):
+            self._missing = self._raw("\ue000")  # a private-use character: no font has its glyph
+        chars = (PLAIN_FORMS.get(c, c) for c in text)
+        return "".join(c if c.isascii() or self._raw(c) != self._missing else "?" for c in "".join(chars))
+
+    def getmask2(self, text, *args, **kwargs):
+        return super().getmask2(self._plain(text), *args, **kwargs)
+
+    def getbbox(self, text, *args, **kwargs):
+        return super().getbbox(self._plain(text), *args, **kwargs)
+
+    def getlength(self, text, *args, **kwargs):
+        return super().getlength(self._plain(text), *args, **kwargs)
+
 
 def font(size: int):
-    """Pillow's built-in font at `size` px (a fixed small bitmap font where Pillow lacks FreeType)."""
+    """Pillow's built-in font at `size` px (a fixed small bitmap font where Pillow lacks FreeType); characters
+    it has no glyph for are drawn in a plain form, never as a box."""
     try:
-        return ImageFont.load_default(size=size)
+        loaded = ImageFont.load_default(size=size)
     except TypeError:
         return ImageFont.load_default()
+    if isinstance(loaded, ImageFont.FreeTypeFont):
+        loaded.__class__ = _GlyphSafeFont
+    return loaded
 
 
 def bar_chart(title: str, labels: list[str], values: list[int], width: int = 560, bar: int = 22) -> Image.Image:

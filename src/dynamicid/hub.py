@@ -74,7 +74,7 @@ DEFAULTS = {
     "weights": Source(
         "meteorite2023/DynamicID",
         patterns=("*SAA.bin", "*IMR.bin", "*key_point_encoder.bin"),
-        licence="the authors' (see the repo's model card)",
+        licence="set by the authors: see the repo's model card",
     ),
 }
 # InsightFace publishes buffalo_l as a release asset on GitHub, not on the Hub; its models are for

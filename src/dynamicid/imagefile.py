@@ -55,7 +55,15 @@ class ImageRules:
         check_limits(self)
 
 
-SUPPORTED_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "MPO": "jpeg"}
+SUPPORTED_FORMATS = {
+    "JPEG": "jpeg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "BMP": "bmp",
+    "TIFF": "tiff",
+    "MPO": "jpeg",
+    "GIF": "gif",  # a still one: web scrapes are full of them; an animated one is refused (`animated`)
+}
 
 
 class Rejected(Exception):
@@ -130,9 +138,7 @@ def _open_checked(stream: BinaryIO, size: int, rules: ImageRules) -> Image.Image
     stream.seek(0)
     kind = sniff_format(head)
     if kind is None:
-        raise Rejected("not_an_image", "the content is not a JPEG, PNG, WebP, BMP or TIFF image")
-    if kind == "gif":
-        raise Rejected("unsupported_format", "GIF is not accepted; convert it to PNG or JPEG")
+        raise Rejected("not_an_image", "the content is not a JPEG, PNG, WebP, BMP, TIFF or GIF image")
     if kind == "webp" and _webp_cut_short(head, size):
         raise Rejected(
             "truncated",
@@ -148,6 +154,11 @@ def _open_checked(stream: BinaryIO, size: int, rules: ImageRules) -> Image.Image
         raise Rejected("corrupt", f"the {kind} header cannot be read: {err}") from None
     if image.format not in SUPPORTED_FORMATS:
         raise Rejected("unsupported_format", f"format {image.format} is not accepted")
+    if image.format == "GIF" and _frames(image) > 1:
+        raise Rejected(
+            "animated",
+            f"an animated GIF of {_frames(image)} frames: which one is the person is unknown; use a still photo",
+        )
     width, height = image.size
     if width * height > rules.max_pixels:
         raise Rejected(
@@ -163,6 +174,13 @@ def _open_checked(stream: BinaryIO, size: int, rules: ImageRules) -> Image.Image
             "longer than wide; no face can be found at the detector's scale",
         )
     return image
+
+
+def _frames(image: Image.Image) -> int:
+    try:
+        return int(getattr(image, "n_frames", 1))
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise Rejected("corrupt", f"the GIF's frames cannot be read: {err}") from None
 
 
 def _draft(image: Image.Image, rules: ImageRules) -> float:

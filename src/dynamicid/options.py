@@ -254,8 +254,24 @@ def check_values(values: dict, config_class, where: str) -> dict:
             and leaf.kind in (bool, int, float, str, list, tuple)
             and (not isinstance(value, expected) or (leaf.kind is not bool and isinstance(value, bool)))
         ):
-            raise ConfigError(f"{where}: {key} must be a {leaf.kind.__name__}, not {value!r}")
+            raise ConfigError(f"{where}: {key} must be {KIND_WORDS.get(leaf.kind, leaf.kind.__name__)}, not {value!r}")
     return values
+
+
+# What a value of each type is called in a message ("must be a whole number"), never "a int".
+KIND_WORDS = {
+    int: "a whole number",
+    float: "a number",
+    str: "a text (in quotes)",
+    bool: "true or false",
+    list: "a list",
+    tuple: "a list",
+}
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """'1 URL', '3 URLs': a count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 def missing_options(values: dict, config_class, positional: bool = False) -> list[str]:

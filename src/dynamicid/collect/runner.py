@@ -25,7 +25,7 @@ from dynamicid.collect.job import (
     settled,
 )
 from dynamicid.prep import outputs
-from dynamicid.prep.schema import arrow_schema
+from dynamicid.prep.schema import read_checked_parquet
 from dynamicid.prep.sparkenv import spark_uri
 
 logger = logging.getLogger(__name__)
@@ -144,41 +144,8 @@ def _previous_rows(spark, manifest_path: str, unique, output: str, run_dir: str)
 
 
 def read_manifest(spark, manifest_path: str, run_dir: str):
-    """An earlier manifest, its columns checked first: a hand-edited one of the wrong shape is refused with
-    what to do, never a Spark stack; one whose types a pandas round trip changed is read through a copy in
-    the run's folder with the manifest's own types."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    accepted = {  # what a pandas round trip may turn a column into; an all-null column is null
-        "bigint": pa.types.is_integer,
-        "int": pa.types.is_integer,
-        "double": pa.types.is_floating,
-        "string": lambda kind: pa.types.is_string(kind) or pa.types.is_large_string(kind),
-    }
-    try:
-        found = pq.read_schema(manifest_path)
-    except (OSError, pa.ArrowException) as err:
-        raise CollectError(
-            f"{manifest_path} cannot be read ({err}); move it aside to collect every URL again"
-        ) from None
-    for name, kind in SCHEMA:
-        index = found.get_field_index(name)
-        if index < 0 or not (pa.types.is_null(found.field(index).type) or accepted[kind](found.field(index).type)):
-            got = "missing" if index < 0 else str(found.field(index).type)
-            raise CollectError(
-                f"{manifest_path}: column {name} should be {kind}, not {got} (was it edited by hand?); restore it, "
-                "or move it aside to collect every URL again"
-            )
-    wanted = arrow_schema(SCHEMA)
-    if not found.remove_metadata().equals(wanted):
-        copy = os.path.join(run_dir, "manifest-as-written.parquet")
-        os.makedirs(run_dir, exist_ok=True)
-        with pq.ParquetWriter(copy, wanted) as writer:
-            for batch in pq.ParquetFile(manifest_path).iter_batches(columns=[name for name, _ in SCHEMA]):
-                writer.write_batch(batch.cast(wanted))
-        manifest_path = copy
-    return spark.read.schema(COLLECT_DDL).parquet(spark_uri(manifest_path))
+    """An earlier manifest, its columns checked first (`schema.read_checked_parquet`)."""
+    return read_checked_parquet(spark, manifest_path, SCHEMA, run_dir, "move it aside to collect every URL again")
 
 
 def _check_paths(output: str):

@@ -73,11 +73,9 @@ def read_prompts(path: str | None) -> list[EvalPrompt]:
 
     if path is None:
         return [EvalPrompt(DEFAULT_PROMPT)]
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = [line.strip() for line in handle]
-    except OSError as err:
-        raise HeldOutError(f"prompts file {path}: {err.strerror}") from None
+    from dynamicid.textfiles import read_utf8
+
+    lines = [line.strip() for line in read_utf8(path, "prompts file", HeldOutError).splitlines()]
     prompts = []
     for number, line in enumerate(lines, start=1):
         if not line or line.startswith("#"):

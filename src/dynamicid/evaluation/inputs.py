@@ -12,12 +12,14 @@ Relative paths are read from the file (or sidecar) that names them.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass, field
 
 from dynamicid.errors import InputError
 from dynamicid.generation import sidecar
+from dynamicid.textfiles import read_utf8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -136,7 +138,7 @@ def read_folder(folder: str, exclude: frozenset[str] = frozenset()) -> list[Eval
 def read_csv(path: str) -> list[EvalItem]:
     base = os.path.dirname(os.path.abspath(path))
     by_image: dict[str, EvalItem] = {}
-    with open(path, newline="", encoding="utf-8") as handle:
+    with io.StringIO(read_utf8(path, "eval list", EvalInputError), newline="") as handle:
         reader = csv.DictReader(handle)
         missing = {"image", "reference"} - set(reader.fieldnames or [])
         if missing:
@@ -159,11 +161,10 @@ def read_csv(path: str) -> list[EvalItem]:
 
 def read_json(path: str) -> list[EvalItem]:
     base = os.path.dirname(os.path.abspath(path))
-    with open(path, encoding="utf-8") as handle:
-        try:
-            entries = json.load(handle)
-        except ValueError as err:
-            raise EvalInputError(f"{path} is not valid JSON: {err}") from None
+    try:
+        entries = json.loads(read_utf8(path, "eval list", EvalInputError))
+    except ValueError as err:
+        raise EvalInputError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(entries, list):
         raise EvalInputError(f"{path}: expected a JSON list of {{image, persons, prompt}}")
     return [_item(entry, base, path) for entry in entries]

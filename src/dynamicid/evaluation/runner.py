@@ -15,6 +15,7 @@ from dynamicid.evaluation.inputs import read_items
 from dynamicid.evaluation.scoring import ImageAnalyses, ReferenceBank, score_image
 from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer
 from dynamicid.faces.record import config_of
+from dynamicid.options import counted
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def summarize(scores: pd.DataFrame, embedder: str) -> dict:
 def format_summary(summary: dict, output: str) -> str:
     lines = [
         "",
-        f"eval: {summary['images']} images, {summary['persons']} requested persons, "
+        f"eval: {counted(summary['images'], 'image')}, {counted(summary['persons'], 'requested person')}, "
         f"detection rate {summary['detection_rate']:.0%}",
     ]
     for key in (

@@ -55,6 +55,10 @@ class FaceAnalysisConfig:
 
     def __post_init__(self) -> None:
         check_limits(self)
+        if self.min_detection_score is not None:
+            from dynamicid.faces.backends.base import check_detection_score
+
+            check_detection_score(self.detector, self.min_detection_score)
 
     def identity(self) -> dict:
         return asdict(self) | {"template": alignment.TEMPLATE_VERSION, "pose_model": pose.MODEL_VERSION}

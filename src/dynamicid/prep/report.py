@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 
 from dynamicid.drawing import font
 from dynamicid.imagefile import Rejected, open_image
+from dynamicid.options import counted
 from dynamicid.prep import outputs
 from dynamicid.prep.schema import STAGE_TIMINGS, points_array
 
@@ -136,12 +137,13 @@ def summarize(manifest: pd.DataFrame, job_seconds: float, wall_seconds: float) -
 def format_summary(summary: dict, output: str) -> str:
     lines = [
         "",
-        f"prep finished: {summary['files']} files, {summary['kept_faces']} faces kept "
-        f"from {summary['kept_images']} images ({summary['identities']} "
-        f"{'identity' if summary['identities'] == 1 else 'identities'})",
+        f"prep finished: {counted(summary['files'], 'file')}, {counted(summary['kept_faces'], 'face')} kept "
+        f"from {counted(summary['kept_images'], 'image')} ({counted(summary['identities'], 'identity', 'identities')})",
     ]
     if summary["resumed"]:
-        lines.append(f"  resumed from earlier runs: {summary['resumed']} files (skipped, outputs already complete)")
+        lines.append(
+            f"  resumed from earlier runs: {counted(summary['resumed'], 'file')} (skipped, outputs already complete)"
+        )
     if summary.get("stale_outputs_removed"):
         lines.append(
             f"  removed {summary['stale_outputs_removed']} output files no row lists any more "
@@ -149,7 +151,7 @@ def format_summary(summary: dict, output: str) -> str:
         )
     if summary["images_per_second"]:
         lines.append(
-            f"  processed {summary['processed_this_run']} files in {summary['job_seconds']:.1f} s: "
+            f"  processed {counted(summary['processed_this_run'], 'file')} in {summary['job_seconds']:.1f} s: "
             f"{summary['images_per_second']:.2f} images/s"
         )
     if summary["identity_outliers"]:
@@ -158,7 +160,9 @@ def format_summary(summary: dict, output: str) -> str:
             "(identity_outlier in the manifest; training leaves them out unless --keep-outliers)"
         )
     if set(summary["kept_faces_by_split"]) - {"train"}:
-        lines.append("  split: " + ", ".join(f"{k} {v} faces" for k, v in summary["kept_faces_by_split"].items()))
+        lines.append(
+            "  split: " + ", ".join(f"{k} {counted(v, 'face')}" for k, v in summary["kept_faces_by_split"].items())
+        )
     for title, counts in (("rejected", summary["rejected"]), ("errors", summary["errors"])):
         if counts:
             lines.append(f"  {title}: {sum(counts.values())}")
@@ -239,8 +243,8 @@ def contact_sheet(
     title_font, text_font = font(18), font(12)
     draw.text(
         (10, 6),
-        f"dynamicid prep: {tally.kept} faces kept, {counts.get('rejected', 0)} files rejected, "
-        f"{counts.get('error', 0)} errors",
+        f"dynamicid prep: {counted(tally.kept, 'face')} kept, {counted(counts.get('rejected', 0), 'file')} rejected, "
+        f"{counted(counts.get('error', 0), 'error')}",
         fill=(240, 240, 240),
         font=title_font,
     )

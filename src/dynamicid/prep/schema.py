@@ -102,3 +102,45 @@ def points_array(value):
     if value is None:
         return np.zeros((0, 2))
     return np.array([np.asarray(p, dtype=float) for p in value], dtype=float).reshape(-1, 2)
+
+
+def read_checked_parquet(spark, path: str, columns: list[tuple[str, str]], work_dir: str, start_over: str):
+    """A Parquet file the toolkit wrote (a manifest), its `columns` checked first: one of the wrong shape (edited
+    by hand) is refused with what to do (`start_over`), never a Spark stack; one whose types a pandas round trip
+    changed (an all-null column, other integer widths) is read through a copy in `work_dir` with the types
+    it should have."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    from dynamicid.errors import InputError
+    from dynamicid.prep.sparkenv import spark_uri
+
+    accepted = {  # what a pandas round trip may turn a column into; an all-null column is null
+        "bigint": pa.types.is_integer,
+        "int": pa.types.is_integer,
+        "double": pa.types.is_floating,
+        "string": lambda kind: pa.types.is_string(kind) or pa.types.is_large_string(kind),
+    }
+    try:
+        found = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as err:
+        raise InputError(f"{path} cannot be read ({err}); {start_over}") from None
+    for name, kind in columns:
+        index = found.get_field_index(name)
+        if index < 0 or not (pa.types.is_null(found.field(index).type) or accepted[kind](found.field(index).type)):
+            got = "missing" if index < 0 else str(found.field(index).type)
+            raise InputError(
+                f"{path}: column {name} should be {kind}, not {got} (was it edited by hand?); restore it, "
+                f"or {start_over}"
+            )
+    wanted = arrow_schema(columns)
+    names = [name for name, _ in columns]
+    if not pa.schema([found.field(name) for name in names]).equals(wanted):
+        copy = os.path.join(work_dir, f"{os.path.basename(path)}.as-written.parquet")
+        os.makedirs(work_dir, exist_ok=True)
+        with pq.ParquetWriter(copy, wanted) as writer:
+            for batch in pq.ParquetFile(path).iter_batches(columns=names):
+                writer.write_batch(batch.cast(wanted))
+        path = copy
+    return spark.read.schema(spark_ddl(columns)).parquet(spark_uri(path))

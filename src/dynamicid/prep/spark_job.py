@@ -125,16 +125,21 @@ def _listing_table(batch: list[InputFile]) -> pa.Table:
     )
 
 
-def with_given_captions(spark, frame, input_path: str):
+GIVEN_CAPTION_COLUMNS = [("path", "string"), ("status", "string"), ("caption", "string")]  # of collect's manifest
+
+
+def with_given_captions(spark, frame, input_path: str, work_dir: str):
     """The listing with `given_caption`: the caption the URL list gave each photo, when INPUT is collect's
     output (its manifest names each photo by its path under INPUT); null otherwise."""
     from pyspark.sql import functions as F
+
+    from dynamicid.prep.schema import read_checked_parquet
 
     manifest = os.path.join(input_path, COLLECT_MANIFEST)
     if "://" in input_path or not os.path.exists(manifest):
         return frame.withColumn("given_caption", F.lit(None).cast("string"))
     captions = (
-        spark.read.parquet(spark_uri(manifest))
+        read_checked_parquet(spark, manifest, GIVEN_CAPTION_COLUMNS, work_dir, "move it aside to read no captions")
         .where("status = 'ok' AND path IS NOT NULL AND caption IS NOT NULL AND trim(caption) != ''")
         .select(F.col("path").alias("captioned_path"), F.col("caption").alias("given_caption"))
     )
@@ -152,7 +157,7 @@ def run_stage_on_spark(spark, listing_path: str, count: int, config: PrepConfig,
     # Spark reads the listing itself, so it never passes through the driver's Python process; round-robin
     # then gives every task an equal share.
     frame = spark.read.schema(INPUT_DDL).parquet(spark_uri(listing_path))
-    frame = with_given_captions(spark, frame, config.input).repartition(partitions)
+    frame = with_given_captions(spark, frame, config.input, os.path.dirname(listing_path)).repartition(partitions)
     result = frame.mapInPandas(_process_partition(config), schema=SPARK_DDL)
     started = time.perf_counter()
     with _SparkProgress(spark, count, partitions, config.progress):

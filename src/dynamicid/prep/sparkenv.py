@@ -176,9 +176,37 @@ def build_session(master: str | None = None, app_name: str = "dynamicid", extra_
     conf.update(extra_conf or {})
     for key, value in conf.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    with _banner_hidden(logging.getLogger("dynamicid").getEffectiveLevel() > logging.INFO):
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+@contextlib.contextmanager
+def _banner_hidden(hide: bool):
+    """Under -q, the JVM's start-up lines ("Using incubator modules", "Setting default log level") go to a
+    log file instead of the terminal: the JVM inherits stderr as it starts. A start that fails shows them."""
+    if not hide:
+        yield
+        return
+    import tempfile
+
+    log = tempfile.NamedTemporaryFile("w+", prefix="dynamicid-spark-", suffix=".log", delete=False)
+    saved = os.dup(2)
+    sys.stderr.flush()
+    os.dup2(log.fileno(), 2)
+    try:
+        yield
+    except Exception:
+        os.dup2(saved, 2)
+        log.seek(0)
+        sys.stderr.write(log.read())
+        raise
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        log.close()
+    logger.debug("Spark's start-up messages: %s", log.name)
 
 
 def main(argv: list[str] | None = None) -> int:

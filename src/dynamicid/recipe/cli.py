@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynamicid.errors import ConfigError
+from dynamicid.errors import ConfigError, DynamicIDError
 from dynamicid.options import Command, config_from, option
 from dynamicid.recipe.recipe import STAGE_ORDER
 
@@ -54,7 +54,7 @@ def run_recipe(args) -> int:
         try:
             execute(recipe, steps, state)
         finally:
-            report = write_report(recipe, state.stages)
+            report = write_report(recipe, state.stages, _next_run(recipe, state))
     ran = [step.stage for step in steps if step.run]
     published = state.get("publish")
     if "publish" in ran and published.get("unchanged"):
@@ -65,6 +65,16 @@ def run_recipe(args) -> int:
         f"{time.perf_counter() - started:.1f} s\n  record  {state.path}\n  report  {report}"
     )
     return 0
+
+
+def _next_run(recipe, state) -> dict[str, str]:
+    """What the next run would do with each stage, for the report."""
+    from dynamicid.recipe.runner import plan
+
+    try:
+        return {step.stage: ("runs: " if step.run else "") + step.reason for step in plan(recipe, state)}
+    except DynamicIDError as err:  # the target cannot be read now, say: the report still gets written
+        return dict.fromkeys(recipe.tables, f"cannot tell: {err}")
 
 
 COMMANDS = (

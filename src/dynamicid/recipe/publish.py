@@ -129,7 +129,7 @@ def model_card(recipe: Recipe, record: dict) -> str:
         "",
         "## Data",
         "",
-        *_data_lines(dataset),
+        *_data_lines(recipe, dataset),
         "",
         "## Training",
         "",
@@ -139,22 +139,30 @@ def model_card(recipe: Recipe, record: dict) -> str:
         "",
         *_score_lines(recipe, record["scores"]),
         "",
-        *_licence_lines(dataset),
+        *_licence_lines(recipe, dataset),
     ]
     return "\n".join(lines) + "\n"
 
 
-def _data_lines(dataset: str) -> list[str]:
+def _data_lines(recipe: Recipe, dataset: str) -> list[str]:
     try:
         with open(os.path.join(dataset, "summary.json"), encoding="utf-8") as handle:
             summary = json.load(handle)
     except (OSError, ValueError):
         return ["(prep's summary is not available)"]
-    splits = ", ".join(f"{k} {v}" for k, v in (summary.get("kept_faces_by_split") or {}).items())
+    by_split = summary.get("kept_faces_by_split") or {}
+    splits = ", ".join(f"{k} {v}" for k, v in by_split.items())
+    scored = options_of(recipe, "eval").get("split", "test") if recipe.has("eval") else None
+    if scored == "train":
+        held_out = "eval scored the training split: its people were seen in training"
+    elif scored and by_split.get(scored):
+        held_out = f"identity-disjoint: eval scored the {scored} split, whose people training never saw"
+    else:
+        held_out = "no held-out people were scored"
     return [
         f"- files read: {summary.get('files')}; faces kept: {summary.get('kept_faces')}; "
         f"people: {summary.get('identities')}",
-        f"- kept faces per split: {splits or 'none'} (identity-disjoint: eval never saw a training identity)",
+        f"- kept faces per split: {splits or 'none'} ({held_out})",
         f"- the dataset card: `{os.path.join(dataset, 'dataset_card.md')}`",
     ]
 
@@ -177,11 +185,18 @@ def _score_lines(recipe: Recipe, scores: dict) -> list[str]:
     return lines + ["", f"Gate: {gate}."]
 
 
-def _licence_lines(dataset: str) -> list[str]:
-    from dynamicid.hub import DEFAULTS
-
+def _licence_lines(recipe: Recipe, dataset: str) -> list[str]:
+    """The models this run used, each with its licence where it is a known default; the face models from the
+    dataset card."""
     lines = ["## Models and their licences", ""]
-    lines += [f"- {part}: {source.reference} ({source.licence}) when used" for part, source in DEFAULTS.items()]
+    values = options_of(recipe, "eval") if recipe.has("eval") else {}
+    lines.append(f"- base_model: {_licence_of('base_model', values.get('base_model') or recipe.run.base_model)}")
+    encoder = values.get("clip_image_encoder") or recipe.run.clip_image_encoder
+    lines.append(f"- clip_image_encoder: {_licence_of('clip_image_encoder', encoder)}")
+    if final_weights(recipe):
+        lines.append("- weights: trained by this run (the face encoder, SAA, IMR and the KeyPointEncoder)")
+    else:
+        lines.append(f"- weights: {_licence_of('weights', values.get('weights'))}")
     try:
         with open(os.path.join(dataset, "dataset_card.md"), encoding="utf-8") as handle:
             card = handle.read()
@@ -194,3 +209,14 @@ def _licence_lines(dataset: str) -> list[str]:
     except (OSError, IndexError):
         pass
     return lines
+
+
+def _licence_of(part: str, reference: str | None) -> str:
+    from dynamicid.hub import DEFAULTS
+
+    default = DEFAULTS[part]
+    if reference in (None, default.reference, default.repo):
+        return f"{default.reference} ({default.licence})"
+    if os.path.isdir(reference):
+        return f"the local folder {reference} (its licence is its makers': see its own card)"
+    return f"{reference} (see the repo's model card for its licence)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import time
 
 from dynamicid.atomic import write_atomic
 from dynamicid.recipe.recipe import STAGE_ORDER, Recipe
@@ -26,20 +27,28 @@ STYLE = (
 )
 
 
-def write_report(recipe: Recipe, stages: dict[str, dict]) -> str:
-    rows = [_row(recipe, stage, stages.get(stage) or {}) for stage in STAGE_ORDER if recipe.has(stage)]
+def write_report(recipe: Recipe, stages: dict[str, dict], next_run: dict[str, str] | None = None) -> str:
+    """`next_run`: stage -> what the next `dynamicid run` would do with it and why (the plan made now)."""
+    next_run = next_run or {}
+    rows = [
+        _row(recipe, stage, stages.get(stage) or {}, next_run.get(stage, ""))
+        for stage in STAGE_ORDER
+        if recipe.has(stage)
+    ]
+    written = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>dynamicid run</title><style>{STYLE}</style>"
-        f"</head><body><h1>dynamicid run</h1><p>recipe <code>{html.escape(os.path.abspath(recipe.path))}</code></p>"
-        "<table><tr><th>stage</th><th>status</th><th>seconds</th><th>fingerprint</th><th>reports</th></tr>"
-        f"{''.join(rows)}</table></body></html>"
+        f"</head><body><h1>dynamicid run</h1><p>recipe <code>{html.escape(os.path.abspath(recipe.path))}</code>"
+        f" · written {html.escape(written)}</p>"
+        "<table><tr><th>stage</th><th>status</th><th>seconds</th><th>fingerprint</th><th>reports</th>"
+        f"<th>the next run</th></tr>{''.join(rows)}</table></body></html>"
     )
     path = os.path.join(recipe.output, "report.html")
     write_atomic(path, page.encode("utf-8"))
     return path
 
 
-def _row(recipe: Recipe, stage: str, record: dict) -> str:
+def _row(recipe: Recipe, stage: str, record: dict, next_run: str) -> str:
     status = record.get("status", "not run")
     links = [
         f"<a href='{html.escape(os.path.join(FOLDERS[stage], name))}'>{html.escape(name)}</a>"
@@ -50,16 +59,20 @@ def _row(recipe: Recipe, stage: str, record: dict) -> str:
     return (
         f"<tr><td>{stage}</td><td class='{html.escape(status)}'>{html.escape(status)}</td>"
         f"<td>{record.get('seconds', '')}</td><td><code>{html.escape(str(record.get('fingerprint', ''))[:12])}</code>"
-        f"</td><td>{' · '.join(links)}{notes}</td></tr>"
+        f"</td><td>{' · '.join(links)}{notes}</td><td>{html.escape(next_run)}</td></tr>"
     )
 
 
 def _notes(recipe: Recipe, stage: str, record: dict) -> str:
     parts = []
-    if record.get("message"):
+    failures = record.get("failures") or []
+    if record.get("message") and not failures:  # a failed gate's message repeats its reasons: shown once
         parts.append(html.escape(record["message"]))
-    for failure in record.get("failures") or []:
+    for failure in failures:
         parts.append(html.escape(failure))
+    champion = os.path.join(recipe.output, "eval-champion", "report.html")
+    if stage == "gate" and os.path.exists(champion):
+        parts.append("<a href='eval-champion/report.html'>the published model's eval on the same set</a>")
     if stage == "gate" and record.get("scores"):
         shown = {k: v for k, v in record["scores"].items() if k in ("face_sim_mean", "leak_positive_share")}
         parts.append(html.escape(json.dumps(shown)))

@@ -119,9 +119,9 @@ INTEGER_SETTINGS = tuple(f.name for f in fields(Settings) if str(f.type).startsw
 
 
 def page_defaults(tiny: bool) -> Settings:
-    """The page's starting values: the shared defaults, with small images and few steps under --tiny (whose
-    random models make noise, slowly at full size)."""
-    return Settings(steps=4, height=128, width=128) if tiny else Settings()
+    """The page's starting values: the shared defaults, with 4 steps under --tiny (its random models make
+    noise; sizes stay automatic, as they are fast at the real sizes)."""
+    return Settings(steps=4) if tiny else Settings()
 
 
 def run_generation(engine: Engine, request: GenerationRequest, progress=None):
@@ -244,7 +244,9 @@ def _settings_controls(gr, page: SimpleNamespace, tiny: bool) -> None:
 def _optional_number(gr, start, label: str, placeholder: str, elem_id: str):
     """A number a user may leave empty for the automatic value: a one-line text field (a number field shows,
     and sends, 0 when empty)."""
-    return gr.Textbox("" if start is None else str(start), label=label, placeholder=placeholder, max_lines=1, elem_id=elem_id)
+    return gr.Textbox(
+        "" if start is None else str(start), label=label, placeholder=placeholder, max_lines=1, elem_id=elem_id
+    )
 
 
 def _result_controls(gr, page: SimpleNamespace) -> None:

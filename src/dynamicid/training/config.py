@@ -19,12 +19,20 @@ class TrainCommon:
     output: str = option(help="where checkpoints, losses, samples and weights go", positional=True)
     steps: int = option(1000, "optimizer steps", limits=(1, 100_000_000))
     batch_size: int = option(
-        8, "faces per optimizer step, split evenly across processes (the global batch)", limits=(1, 65536)
+        8,
+        "faces per micro-batch, all processes together (split evenly across them); an optimizer step sees "
+        "batch_size x gradient_accumulation faces",
+        limits=(1, 65536),
     )
     learning_rate: float = option(1e-4, "AdamW learning rate", limits=(1e-12, 1000.0))
     weight_decay: float = option(1e-2, "AdamW weight decay", limits=(0.0, 1000.0))
     resolution: int = option(512, "training image side, px", limits=(8, 4096))
-    gradient_accumulation: int = option(1, "micro-batches per optimizer step", limits=(1, 65536))
+    gradient_accumulation: int = option(
+        1,
+        "micro-batches per optimizer step: each step averages the gradients of gradient_accumulation micro-batches "
+        "of batch_size, so it sees that many times more faces for the memory of one micro-batch",
+        limits=(1, 65536),
+    )
     mixed_precision: str = option("no", "autocast precision", choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = option(
         False, "recompute UNet activations in the backward pass (less memory, about 2x the time)"
@@ -83,7 +91,8 @@ class ReconfigConfig(TrainCommon):
     ldc_weight: float = option(1.0, "lambda in L_DFM + lambda * L_LDC", limits=(0.0, 1e6))
     batch_size: int = option(
         1,
-        "identities per optimizer step, each with its targets, split evenly across processes (the global batch)",
+        "identities per micro-batch, each with its targets, all processes together (split evenly across them); an "
+        "optimizer step sees batch_size x gradient_accumulation identities",
         limits=(1, 65536),
     )
     prompt: str = option(PORTRAIT_PROMPT, "the text prompt of every training image")

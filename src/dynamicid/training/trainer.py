@@ -91,8 +91,8 @@ def _check_launch(processes: int, batch_size: int) -> None:
         )
     if batch_size % processes:
         raise ConfigError(
-            f"batch_size ({batch_size}) is the global batch, split evenly across the {processes} training "
-            f"processes; set batch_size to a multiple of {processes}"
+            f"batch_size ({batch_size}) is the micro-batch of all processes together, split evenly across the "
+            f"{processes} training processes; set batch_size to a multiple of {processes}"
         )
 
 

@@ -118,8 +118,8 @@ def available(stage: str) -> list[str]:
     return sorted(_REGISTRY[stage])
 
 
-def create(stage: str, name: str, model_path: str | None = None, resources: Resources | None = None, **options):
-    """Build the backend `name` for `stage`, loading its model from `model_path` if it takes one."""
+def backend_class(stage: str, name: str) -> Callable:
+    """The registered factory (a class, for the shipped backends) of `name`, imported, without building it."""
     try:
         factory = _REGISTRY[stage][name]
     except KeyError:
@@ -129,6 +129,27 @@ def create(stage: str, name: str, model_path: str | None = None, resources: Reso
     if isinstance(factory, str):
         module_name, attribute = factory.split(":")
         factory = getattr(importlib.import_module(module_name), attribute)
+    return factory
+
+
+def check_detection_score(name: str, score: float | None) -> None:
+    """A --min-detection-score inside the detector's own score range (SCORE_RANGE: SCRFD's scores are
+    probabilities; dlib's HOG margins are unbounded, so any number is legal there)."""
+    if score is None:
+        return
+    low, high = getattr(backend_class("detector", name), "SCORE_RANGE", (float("-inf"), float("inf")))
+    if not low <= score <= high:
+        from dynamicid.errors import ConfigError
+
+        raise ConfigError(
+            f"min_detection_score (--min-detection-score) {score:g} is outside the {name} detector's scores, "
+            f"{low:g} to {high:g}: every face would be dropped. Give a value in that range"
+        )
+
+
+def create(stage: str, name: str, model_path: str | None = None, resources: Resources | None = None, **options):
+    """Build the backend `name` for `stage`, loading its model from `model_path` if it takes one."""
+    factory = backend_class(stage, name)
     if resources is not None and "resources" in inspect.signature(factory).parameters:
         options["resources"] = resources  # only backends that use a device or threads take it
     return factory(resolve_model(model_path, f"{stage} {name}"), **options)

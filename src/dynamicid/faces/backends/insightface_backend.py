@@ -252,6 +252,7 @@ def fit_to_canvas(rgb: np.ndarray, canvas: int) -> tuple[np.ndarray, float]:
 
 class InsightFaceDetector:
     name = "insightface"
+    SCORE_RANGE = (0.0, 1.0)  # SCRFD's scores are probabilities
 
     def __init__(
         self,
