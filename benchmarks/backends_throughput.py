@@ -26,12 +26,12 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared"
 
 
-def build_corpus(folder: Path, copies: int) -> int:
+def build_corpus(folder: Path, copies: int, sources: int | None = None) -> int:
     from dynamicid.faces import FaceAnalyzer
 
     analyzer = FaceAnalyzer(with_embedder=False)
     count = 0
-    for path in sorted((SHARED / "faces" / "identities").glob("*/*")):
+    for path in sorted((SHARED / "faces" / "identities").glob("*/*"))[:sources]:
         rgb = np.asarray(Image.open(path).convert("RGB"))
         box = analyzer.detect(rgb)[0]
         variants = {"": rgb, "_mirror": np.ascontiguousarray(rgb[:, ::-1])}
@@ -73,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--copies", type=int, default=3)
+    parser.add_argument("--sources", type=int, default=None, help="use the first N identity photos (default: all)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -81,7 +82,7 @@ def main() -> None:
 
     models = str(SHARED / "models" / "insightface-real")
     work = Path(tempfile.mkdtemp(prefix="backends-bench-"))
-    images = build_corpus(work / "in", args.copies)
+    images = build_corpus(work / "in", args.copies, args.sources)
     spark = build_session(f"local[{args.cores}]", app_name="backends-benchmark")
     configs = {
         "dlib (default)": FaceAnalysisConfig(),

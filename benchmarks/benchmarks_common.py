@@ -54,3 +54,12 @@ def write_json(path: str | None, device: str, results: list[dict]) -> None:
     if path:
         with open(path, "w") as handle:
             json.dump({"device": device, "results": results}, handle, indent=2)
+
+
+def results_path(name: str) -> str:
+    """Where a script that always records its figures writes them: beside it, or under
+    $DYNAMICID_BENCHMARK_RESULTS (the suite's tiny runs, which must not replace the measured ones)."""
+    import os
+
+    folder = os.environ.get("DYNAMICID_BENCHMARK_RESULTS") or os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(folder, name)

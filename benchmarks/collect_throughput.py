@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from benchmarks_common import write_json  # noqa: E402  (same folder)
+from benchmarks_common import results_path, write_json  # noqa: E402  (same folder)
 from photo_server import PhotoServer  # noqa: E402
 
 from dynamicid.collect import CollectConfig, run_collect  # noqa: E402
@@ -80,7 +80,7 @@ def main() -> None:
         "spark_vs_pool": round(pool_s / spark_s, 3),
     }
     print(json.dumps(row, indent=1))
-    write_json(os.path.join(os.path.dirname(__file__), "results-collect-cpu.json"), "cpu", [row])
+    write_json(results_path("results-collect-cpu.json"), "cpu", [row])
 
 
 if __name__ == "__main__":

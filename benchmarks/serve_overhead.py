@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks_common import write_json  # same folder
+from benchmarks_common import results_path, write_json  # same folder
 
 
 def _port() -> int:
@@ -90,7 +90,7 @@ def main() -> None:
     photo = os.path.abspath(sys.argv[1])
     result = {"machine": "2-core build machine, CPU, tiny models"} | per_request(photo, 5) | first_image(photo)
     print(json.dumps(result, indent=1))
-    write_json(os.path.join(os.path.dirname(__file__), "results-serve-cpu.json"), "cpu", [result])
+    write_json(results_path("results-serve-cpu.json"), "cpu", [result])
 
 
 if __name__ == "__main__":

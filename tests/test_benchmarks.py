@@ -20,7 +20,7 @@ def _cases(faces: Path, tmp: Path) -> dict[str, list[str]]:
     corpus = tmp / "corpus"
     return {
         "arcface_onnx": ["--faces", "2"],
-        "backends_throughput": ["--cores", "1", "--copies", "1"],
+        "backends_throughput": ["--cores", "1", "--copies", "1", "--sources", "2"],
         "captioning": ["--tiny", "--faces", "2", "--new-tokens", "2", "--batches", "1,2", "--static-batches", "2"],
         "cluster_scale": ["--sizes", "2000"],
         "collect_throughput": ["40", "1"],
@@ -63,6 +63,8 @@ class _KeptSession:
 def test_the_benchmark_runs_in_its_tiny_form(name, spark, shared_faces, tmp_path, monkeypatch, capsys):
     from dynamicid.prep import sparkenv
 
+    recorded = {path: path.stat().st_mtime_ns for path in BENCHMARKS.glob("results-*.json")}
+    monkeypatch.setenv("DYNAMICID_BENCHMARK_RESULTS", str(tmp_path))  # the measured figures stay as they are
     argv = _cases(shared_faces, tmp_path)[name]
     if name == "prep_throughput":  # its corpus comes from make_corpus
         _run(monkeypatch, "make_corpus", _cases(shared_faces, tmp_path)["make_corpus"])
@@ -74,6 +76,7 @@ def test_the_benchmark_runs_in_its_tiny_form(name, spark, shared_faces, tmp_path
     assert printed.strip() or written.exists(), f"{name} reported nothing"
     if written.exists():
         assert json.loads(written.read_text()), name
+    assert {path: path.stat().st_mtime_ns for path in BENCHMARKS.glob("results-*.json")} == recorded, name
 
 
 def _run(monkeypatch, name: str, argv: list[str]) -> None:

@@ -388,8 +388,8 @@ def _assert_same_weights(got, want):
 
 @pytest.mark.slow
 def test_two_processes_train_anchor_as_one_process_with_their_global_batch(dataset, tiny_models, tmp_path):
-    # Batch 8 at 64 px, so that the step's work, not its fixed costs, dominates the CPU time compared below.
-    anchor = ["--lora-rank", "4", "--data-workers", "0", "--batch-size", "8", "--resolution", "64"]
+    # Batch 8 at 192 px, so that the step's work, not its fixed costs, dominates the CPU time compared below.
+    anchor = ["--lora-rank", "4", "--data-workers", "0", "--batch-size", "8", "--resolution", "192"]
     one = _launch(1, "anchor", dataset, tiny_models, tmp_path / "one", *anchor, "--steps", "3")
     two = _launch(2, "anchor", dataset, tiny_models, tmp_path / "two", *anchor, "--steps", "3")
     assert (one["processes"], two["processes"]) == (1, 2)
