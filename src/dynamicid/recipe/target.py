@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from dynamicid.errors import ConfigError, DynamicIDError, first_line
 from dynamicid.filestamps import file_sha256
-from dynamicid.generation.published import RUN_RECORD, published_record
+from dynamicid.generation.published import RUN_RECORD, RecordProblem, published_record, read_record
 from dynamicid.recipe.recipe import HUB_PREFIX, Recipe
 
 logger = logging.getLogger(__name__)
@@ -126,13 +126,17 @@ def current(recipe: Recipe) -> Published | None:
         return _hub_current(to[len(HUB_PREFIX) :])
     for folder in (to, previous_of(to)):  # .previous: a swap cut short
         path = os.path.join(folder, RUN_RECORD)
-        if not os.path.isfile(path):
-            continue
-        record = published_record(folder)
-        if record is None:
-            raise TargetError(f"the published record {path} cannot be read; restore it, or publish elsewhere")
-        return Published(record, folder, file_sha256(path))
+        record = _read(path, "restore it, or publish elsewhere")
+        if record is not None:
+            return Published(record, folder, file_sha256(path))
     return None
+
+
+def _read(path: str, fix: str) -> dict | None:
+    try:
+        return read_record(path)
+    except RecordProblem as err:
+        raise TargetError(f"the published record cannot be used ({err}); {fix}") from None
 
 
 def _hub_current(repo: str) -> Published | None:
@@ -153,9 +157,9 @@ def _hub_current(repo: str) -> Published | None:
             f"the published record of the Hub repo {repo} cannot be read ({type(cause).__name__}: "
             f"{first_line(cause)[:200]}); the gate and the publish need it. Run again when the Hub answers"
         ) from None
-    record = published_record(os.path.dirname(path))
+    record = _read(path, f"fix the Hub repo {repo}'s {RUN_RECORD}, or publish elsewhere")
     if record is None:
-        raise TargetError(f"the Hub repo {repo}'s {RUN_RECORD} is not a publish record; fix it or publish elsewhere")
+        raise TargetError(f"the Hub repo {repo}'s {RUN_RECORD} vanished while it was read; run again")
     return Published(record, None, file_sha256(path))
 
 

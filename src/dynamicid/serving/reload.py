@@ -10,7 +10,6 @@ that cannot, or a record that cannot be read, is logged once with the reason and
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -19,30 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dynamicid.generation.published import RUN_RECORD
+from dynamicid.generation.published import RUN_RECORD, RecordProblem, read_record
 
 logger = logging.getLogger(__name__)
-
-
-class RecordProblem(Exception):
-    """A published record that exists but cannot be used (garbage, or a version that is not a version)."""
-
-
-def read_record(path: str) -> dict | None:
-    """A published record from a file: None when there is none; RecordProblem when it cannot be used."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        raise RecordProblem(f"{path} cannot be read: {err}") from None
-    if not isinstance(record, dict):
-        raise RecordProblem(f"{path} is not a publish record (a JSON object)")
-    version = record.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise RecordProblem(f"{path}: version {version!r} is not a version (a whole number from 1)")
-    return record
 
 
 class ModelWatch:
