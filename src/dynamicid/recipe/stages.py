@@ -9,7 +9,7 @@ import os
 
 from dynamicid.filestamps import file_sha256, folder_stamp
 from dynamicid.options import leaves
-from dynamicid.recipe.recipe import STAGE_ORDER, Recipe
+from dynamicid.recipe.recipe import HUB_PREFIX, STAGE_ORDER, Recipe
 
 FOLDERS = {
     "collect": "photos",
@@ -141,7 +141,7 @@ def output_folder(recipe: Recipe, stage: str, record: dict) -> str | None:
         return None
     if stage == "publish":
         to = recipe.tables["publish"]["to"]
-        return None if to.startswith("hf://") else record.get("folder") or to
+        return None if to.startswith(HUB_PREFIX) else record.get("folder") or to
     return folder_of(recipe, stage)
 
 
