@@ -39,13 +39,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/mypy
 
+# Two workers (pytest-xdist): the tests on the Spark session share one worker, so Spark starts once
+# (tests/conftest.py groups them); the rest run beside them, file by file.
+PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadgroup
+
 test: $(STAMP) browser lint
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=15 $(PYTEST_WORKERS)
 
 # The quick tier for local iterations: everything but the tests marked slow (extra Spark applications,
 # subprocesses, the browser). `make test`, which CI runs, runs both tiers.
 test-fast: $(STAMP) lint
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) build

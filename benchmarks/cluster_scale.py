@@ -33,10 +33,13 @@ def synthetic_faces(count: int, seed: int = 0):
     centres = rng.standard_normal((people, DIM), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     truth = np.repeat(np.arange(people), FACES_PER_PERSON)
-    vectors = rng.standard_normal((count, DIM), dtype=np.float32)  # float32 throughout, as prep reads them
-    vectors *= np.float32(0.8 / np.sqrt(DIM))
-    vectors += centres[truth]
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = np.empty((count, DIM), np.float16)  # half precision, as prep holds them; built a block at a time
+    for start in range(0, count, 65536):
+        block = rng.standard_normal((min(65536, count - start), DIM), dtype=np.float32)
+        block *= np.float32(0.8 / np.sqrt(DIM))
+        block += centres[truth[start : start + len(block)]]
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        vectors[start : start + len(block)] = block
     hashes = rng.integers(0, 2**63, count, dtype=np.int64).astype(np.uint64)
     faces = FaceVectors([f"f{i}" for i in range(count)], np.zeros(count, int), [None] * count, vectors, hashes)
     return faces, truth

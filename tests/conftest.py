@@ -132,3 +132,14 @@ def prep_in_process(config):
 
     listed = [(f.path, f.relative, f.identity, f.size, f.problem) for f in list_local(config.input, config.layout)]
     return pd.DataFrame(PrepStage(config).setup().process(listed), columns=COLUMN_NAMES)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs `--dist loadgroup`), every test on the suite's Spark session runs in
+    one worker, so Spark starts once per run; the other tests go by file, so module fixtures are built once.
+    A test that takes the session only for some cases marks those itself (`xdist_group("spark")`)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        group = "spark" if "spark" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -58,9 +58,19 @@ class _KeptSession:
         pass
 
 
+def _needs_spark(name: str) -> bool:
+    return "sparkenv" in (BENCHMARKS / f"{name}.py").read_text()
+
+
 @pytest.mark.slow  # every benchmark, tiny
-@pytest.mark.parametrize("name", sorted(_cases(Path("f"), Path("t"))))
-def test_the_benchmark_runs_in_its_tiny_form(name, spark, shared_faces, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=[pytest.mark.xdist_group("spark")] if _needs_spark(name) else [])
+        for name in sorted(_cases(Path("f"), Path("t")))
+    ],
+)
+def test_the_benchmark_runs_in_its_tiny_form(name, request, shared_faces, tmp_path, monkeypatch, capsys):
     from dynamicid.prep import sparkenv
 
     recorded = {path: path.stat().st_mtime_ns for path in BENCHMARKS.glob("results-*.json")}
@@ -68,7 +78,11 @@ def test_the_benchmark_runs_in_its_tiny_form(name, spark, shared_faces, tmp_path
     argv = _cases(shared_faces, tmp_path)[name]
     if name == "prep_throughput":  # its corpus comes from make_corpus
         _run(monkeypatch, "make_corpus", _cases(shared_faces, tmp_path)["make_corpus"])
-    monkeypatch.setattr(sparkenv, "build_session", lambda *args, **kwargs: _KeptSession(spark))
+    if _needs_spark(name):
+        spark = request.getfixturevalue("spark")
+        monkeypatch.setattr(sparkenv, "build_session", lambda *args, **kwargs: _KeptSession(spark))
+    else:  # a benchmark that starts Spark without saying so fails here
+        monkeypatch.setattr(sparkenv, "build_session", lambda *args, **kwargs: pytest.fail(f"{name} started Spark"))
     json_args = ["--json", str(tmp_path / "out.json")] if "--json" in (BENCHMARKS / f"{name}.py").read_text() else []
     _run(monkeypatch, name, argv + json_args)
     printed = capsys.readouterr().out

@@ -108,8 +108,9 @@ def with_findings(frame, findings, layout: str):
     )
 
 
-def with_split(frame, split: str, seed: int):
-    """`frame` with `split`: train, val or test per identity (a face without one: per file)."""
+def with_split(frame, split: str, seed: int, known=None):
+    """`frame` with `split`: train, val or test per identity (a face without one: per file). A person in
+    `known` (identity, known_split) keeps the split given before; the shares decide for new people only."""
     from pyspark.sql import functions as F
 
     shares = parse_split(split)
@@ -117,4 +118,7 @@ def with_split(frame, split: str, seed: int):
     key = F.coalesce(F.col("identity"), F.col("name"), F.col("relative_path"))
     bucket = F.pmod(F.xxhash64(F.lit(seed), key), F.lit(SPLIT_BUCKETS)) / SPLIT_BUCKETS
     split_of = F.when(bucket < shares[0], "train").when(bucket < shares[0] + shares[1], "val").otherwise("test")
-    return frame.withColumn("split", split_of)
+    if known is None:
+        return frame.withColumn("split", split_of)
+    joined = frame.join(F.broadcast(known), "identity", "left")
+    return joined.withColumn("split", F.coalesce(F.col("known_split"), split_of)).select(*frame.columns, "split")

@@ -22,7 +22,8 @@ import numpy as np
 
 from dynamicid.faces.face_hash import hash_distances
 from dynamicid.faces.identity_thresholds import IdentityThresholds
-from dynamicid.prep.neighbours import FaceVectors, nearest_neighbours
+from dynamicid.prep.neighbours import FaceVectors, float_blocks, nearest_neighbours
+from dynamicid.prep.people import cluster_name
 
 NEIGHBOURS = 16
 COPY_BITS = 8  # hash distance of a re-encoded or resized copy (measured: at most 8 of 64)
@@ -38,26 +39,32 @@ class IdentityFindings:
     label: np.ndarray  # cluster number (clusters only; -1 elsewhere)
     distance: np.ndarray  # 1 - cosine to the mean of the rest of its identity; NaN when alone
     outlier: np.ndarray  # bool
+    names: list[str] | None = None  # each face's person, when clustered
 
 
-def find_identities(faces: FaceVectors, thresholds: IdentityThresholds, cluster: bool, seed: int = 0):
-    """Near copies, then (when `cluster`) the clusters, then each face's distance to its identity."""
+def find_identities(faces: FaceVectors, thresholds: IdentityThresholds, cluster: bool, seed: int = 0, namer=None):
+    """Near copies, then (when `cluster`) the clusters and their people, then each face's distance to its
+    identity. `namer(labels)` gives each face its person from the cluster numbers (`people.name_clusters`
+    keeps earlier runs' people); by default clusters are person-0001, ... from the largest."""
     count = len(faces)
     neighbours, similarity = nearest_neighbours(faces.vectors, NEIGHBOURS, seed) if count else (None, None)
     copy_of = near_copies(faces, neighbours, similarity, thresholds) if count else np.zeros(0, np.int64)
     originals = copy_of < 0
     label = np.full(count, -1, np.int64)
+    names = None
     if cluster and count:
         graph = _same_person_edges(neighbours, similarity, thresholds.same_person, originals)
         label[originals] = chinese_whispers(count, *graph, seed=seed)[originals]
         label[~originals] = label[copy_of[~originals]]
         label = _renumbered(label)
-        groups = label
+        names = namer(label) if namer else [cluster_name(value + 1) for value in label.tolist()]
+        names = [names[keeper] if keeper >= 0 else own for keeper, own in zip(copy_of.tolist(), names)]
+        groups = _identity_codes(names)
     else:
         groups = _identity_codes(faces.identity)
     distance = distance_to_identity(faces.vectors, groups, originals)
     outlier = ~np.isnan(distance) & (1 - distance < thresholds.same_person) & originals
-    return IdentityFindings(copy_of, label, distance, outlier)
+    return IdentityFindings(copy_of, label, distance, outlier, names)
 
 
 def near_copies(faces: FaceVectors, neighbours, similarity, thresholds: IdentityThresholds) -> np.ndarray:
@@ -146,44 +153,46 @@ def _identity_codes(identities: list[str | None]) -> np.ndarray:
 
 def distance_to_identity(vectors: np.ndarray, groups: np.ndarray, members: np.ndarray) -> np.ndarray:
     """1 - cosine between each face and the mean of the other members of its group (NaN when it has no
-    other member). Copies are not members: a stranger's copy must not vouch for the stranger."""
+    other member). Copies are not members: a stranger's copy must not vouch for the stranger.
+
+    From each group's sum S: a member v's others sum to S - v, whose cosine with v is (v.S - v.v) / |S - v|,
+    with |S - v|^2 = S.S - 2 v.S + v.v. Faces are taken a block at a time, so the driver holds the sums
+    (one row per group with a member) and never a widened copy of every face."""
     distance = np.full(len(vectors), np.nan)
     counted = members & (groups >= 0)
     if not counted.any():
         return distance
-    size = int(groups.max()) + 1
-    sums = np.zeros((size, vectors.shape[1]), np.float64)
-    np.add.at(sums, groups[counted], vectors[counted])
-    counts = np.bincount(groups[counted], minlength=size)
-    has_group = groups >= 0
-    index = np.where(has_group)[0]
-    own = counted[index].astype(np.float64)[:, None]
-    others = sums[groups[index]] - own * vectors[index]
-    others_count = counts[groups[index]] - own[:, 0]
-    norm = np.linalg.norm(others, axis=1)
-    valid = (others_count > 0) & (norm > 0)
-    cosine = np.einsum("ij,ij->i", vectors[index][valid], others[valid]) / norm[valid]
-    distance[index[valid]] = 1 - cosine
+    counts = np.bincount(groups[counted], minlength=int(groups.max()) + 1)
+    slot = np.full(len(counts), -1, np.int64)  # a group with a member -> its row of `sums`
+    slot[counts > 0] = np.arange(int((counts > 0).sum()))
+    sums = np.zeros((int((counts > 0).sum()), vectors.shape[1]), np.float64)
+    for start, block in float_blocks(vectors):
+        chosen = counted[start : start + len(block)]
+        np.add.at(sums, slot[groups[start : start + len(block)][chosen]], block[chosen])
+    squared = np.einsum("gd,gd->g", sums, sums)
+    for start, block in float_blocks(vectors):
+        rows = np.arange(start, start + len(block))
+        group, own = groups[rows], counted[rows].astype(np.float64)
+        valid = (group >= 0) & (np.where(group >= 0, counts[np.maximum(group, 0)], 0) - own > 0)
+        v, own = block[valid].astype(np.float64), own[valid]
+        where = slot[group[valid]]
+        dot, self_dot = np.einsum("rd,rd->r", v, sums[where]), np.einsum("rd,rd->r", v, v)
+        norm = np.sqrt(np.maximum(squared[where] - 2 * own * dot + own * self_dot, 0.0))
+        ok = norm > 1e-9
+        distance[rows[valid][ok]] = 1 - (dot[ok] - own[ok] * self_dot[ok]) / norm[ok]
     return distance
 
 
-def findings_frame(faces: FaceVectors, found: IdentityFindings, cluster: bool):
-    """The findings as rows to join into the manifest (`curate.FINDINGS_COLUMNS`): clusters are named
-    person-0001, person-0002, ... from the largest."""
+def findings_frame(faces: FaceVectors, found: IdentityFindings):
+    """The findings as rows to join into the manifest (`curate.FINDINGS_COLUMNS`)."""
     import pandas as pd
 
     copies = found.copy_of
-    if cluster:
-        label = found.label
-        width = max(4, len(str(len(np.unique(label)))))
-        identity = [f"person-{value + 1:0{width}d}" for value in label.tolist()]
-    else:
-        identity = [None] * len(faces)
     return pd.DataFrame(
         {
             "relative_path": faces.relative_path,
             "face_index": faces.face_index.astype(np.int32),
-            "found_identity": identity,
+            "found_identity": found.names if found.names is not None else [None] * len(faces),
             "identity_distance": found.distance,
             "identity_outlier": found.outlier,
             "copy_of_path": [faces.relative_path[c] if c >= 0 else None for c in copies.tolist()],

@@ -2,11 +2,13 @@
 
 Curation works on this k-nearest-neighbour graph, never on all pairs: near copies are neighbours whose
 hashes are close, clusters are groups of the graph, and nothing grows with n^2. The neighbours come from
-FAISS: an exact inner-product index up to `EXACT_UP_TO` faces, an inverted-file index above: about
-2 sqrt(n) lists, 16 searched per query (pairwise recall of the clusters 0.9998 at 100k synthetic faces,
-0.93 at 1M; searching more lists at 1M did not finish in 30 minutes on 2 cores). The driver holds n x d
-float32 (2 GB per million 512-d faces, 0.5 GB for dlib's 128-d); benchmarks/RESULTS.md has the scale
-table."""
+FAISS: an exact inner-product index up to `EXACT_UP_TO` faces; above it, an inverted-file index with 8-bit
+codes (about 2 sqrt(n) lists, 16 searched per query), whose candidates are then scored exactly.
+
+The driver's memory is what bounds curation at scale, so every large array is held once: the embeddings
+in half precision (a cosine is off by under 1e-3; 0.3 GB per 300,000 512-d faces), the index's 8-bit codes
+(a quarter of float32), and everything else is done a block of rows at a time. benchmarks/RESULTS.md has
+the scale table."""
 
 from __future__ import annotations
 
@@ -19,7 +21,10 @@ from dynamicid.faces.face_hash import hashes_as_integers
 
 EXACT_UP_TO = 50_000
 SEARCHED_LISTS = 16
-TRAINING_SAMPLE = 100_000
+TRAINING_POINTS_PER_LIST = 40  # FAISS's k-means asks for 39 or more points per list
+MIN_TRAINING_SAMPLE = 50_000
+BLOCK_ROWS = 4096  # rows converted to float32 at once: 8 MB of 512-d vectors
+STORED = np.float16
 
 
 @dataclass
@@ -29,70 +34,133 @@ class FaceVectors:
     relative_path: list[str]
     face_index: np.ndarray
     identity: list[str | None]
-    vectors: np.ndarray  # (n, d) float32, unit rows
+    vectors: np.ndarray  # (n, d) unit rows, float16 as read (any float dtype is accepted)
     hashes: np.ndarray  # (n,) uint64
+    sha256: list[str] | None = None  # the file's content hash: with face_index, a face's lasting key
 
     def __len__(self) -> int:
         return len(self.relative_path)
 
+    def keys(self) -> list[tuple[str, int]]:
+        """(content hash, face) per face: what stays the same when a file is moved or renamed."""
+        files = self.sha256 if self.sha256 is not None else self.relative_path
+        return list(zip(files, self.face_index.tolist()))
 
-def read_face_vectors(rows_path: str, batch_rows: int = 65536) -> FaceVectors:
-    """Every `ok` row with an embedding, from a Parquet file or a folder of parts (the job's rows), a batch at
-    a time (never the whole table), in manifest order: by relative path, then face."""
+
+def _kept_batches(rows_path: str, columns: list[str], batch_rows: int):
+    """The `ok` rows with an embedding, a batch at a time, in one fixed order (one thread reads)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    columns = ["relative_path", "face_index", "identity", "status", "embedding", "face_hash"]
+    dataset = ds.dataset(rows_path, format="parquet")
+    wanted = sorted(set(columns) | {"status", "embedding"})
+    for batch in dataset.to_batches(columns=wanted, batch_size=batch_rows, use_threads=False):
+        keep = pc.and_(pc.equal(batch.column("status"), "ok"), pc.is_valid(batch.column("embedding")))
+        batch = batch.filter(keep)
+        if batch.num_rows:
+            yield batch
+
+
+def read_face_vectors(rows_path: str, batch_rows: int = 8192) -> FaceVectors:
+    """Every `ok` row with an embedding, from a Parquet file or a folder of parts (the job's rows), in
+    manifest order: by relative path, then face. Two passes, a batch at a time: the first reads where each
+    face is and sorts them; the second puts each embedding straight into its place in one half-precision
+    array, so the driver never holds the embeddings twice."""
     paths: list[str] = []
     indices: list[np.ndarray] = []
     identities: list[str | None] = []
-    blocks: list[np.ndarray] = []
+    contents: list[str] = []
     hashes: list[np.ndarray] = []
-    for batch in ds.dataset(rows_path, format="parquet").to_batches(columns=columns, batch_size=batch_rows):
-        keep = pc.and_(pc.equal(batch.column("status"), "ok"), pc.is_valid(batch.column("embedding")))
-        batch = batch.filter(keep)
-        if batch.num_rows == 0:
-            continue
-        embedding = batch.column("embedding")
-        dim = len(embedding[0])
-        blocks.append(embedding.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim))
+    dim = 0
+    columns = ["relative_path", "face_index", "identity", "face_hash", "sha256"]
+    for batch in _kept_batches(rows_path, columns, batch_rows):
+        dim = dim or len(batch.column("embedding")[0])
         paths += batch.column("relative_path").to_pylist()
         indices.append(batch.column("face_index").to_numpy(zero_copy_only=False))
         identities += batch.column("identity").to_pylist()
+        contents += batch.column("sha256").to_pylist()
         hashes.append(hashes_as_integers(batch.column("face_hash").to_pylist()))
-    if not blocks:
-        return FaceVectors([], np.zeros(0, int), [], np.zeros((0, 0), np.float32), np.zeros(0, np.uint64))
+    if not paths:
+        return FaceVectors([], np.zeros(0, int), [], np.zeros((0, 0), STORED), np.zeros(0, np.uint64))
     face_index = np.concatenate(indices)
-    order = np.lexsort((face_index, np.array(paths, dtype=object).astype(str)))
+    faces = face_index.tolist()
+    order = np.array(sorted(range(len(paths)), key=lambda i: (paths[i], faces[i])), dtype=np.int64)
+    place = np.empty_like(order)
+    place[order] = np.arange(len(order))
+    vectors = np.empty((len(paths), dim), STORED)
+    start = 0
+    for batch in _kept_batches(rows_path, [], batch_rows):
+        block = batch.column("embedding").flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+        vectors[place[start : start + len(block)]] = block
+        start += len(block)
+    if start != len(paths):
+        raise RuntimeError(f"{rows_path} changed while it was read ({len(paths)} faces, then {start})")
     return FaceVectors(
         [paths[i] for i in order],
         face_index[order],
         [identities[i] for i in order],
-        np.concatenate(blocks)[order],
+        vectors,
         np.concatenate(hashes)[order],
+        [contents[i] for i in order],
     )
 
 
+def float_blocks(vectors: np.ndarray, rows: int = BLOCK_ROWS):
+    """(start, float32 block) over `vectors`, `rows` at a time."""
+    for start in range(0, len(vectors), rows):
+        yield start, np.ascontiguousarray(vectors[start : start + rows], dtype=np.float32)
+
+
 def nearest_neighbours(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """For each row, its `k` most similar other rows (by inner product) and the similarities, (n, k) each;
-    -1 marks a missing neighbour (fewer than k+1 faces)."""
+    """For each row, its `k` most similar other rows (by inner product) and the similarities, (n, k) each,
+    most similar first; -1 marks a missing neighbour (fewer than k+1 faces)."""
+    count, _ = vectors.shape
+    if count < 2:
+        return np.full((count, k), -1, np.int64), np.zeros((count, k), np.float32)
+    index = _index_of(vectors, seed)
+    neighbours = np.empty((count, k + 1), np.int64)
+    similarities = np.empty((count, k + 1), np.float32)
+    for start, block in float_blocks(vectors):
+        _, found = index.search(block, k + 1)
+        stop = start + len(block)
+        neighbours[start:stop] = found
+        similarities[start:stop] = _exact_similarities(vectors, block, found)
+    order = np.argsort(-similarities, axis=1, kind="stable")  # the 8-bit codes' ranking, corrected
+    neighbours = np.take_along_axis(neighbours, order, axis=1)
+    similarities = np.take_along_axis(similarities, order, axis=1)
+    return _without_self(neighbours, similarities, k)
+
+
+def _index_of(vectors: np.ndarray, seed: int):
+    """An exact index for few faces; an inverted file of 8-bit codes for many, trained on a sample."""
     import faiss
 
     count, dim = vectors.shape
-    if count < 2:
-        return np.full((count, k), -1, np.int64), np.zeros((count, k), np.float32)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if count <= EXACT_UP_TO:
         index = faiss.IndexFlatIP(dim)
     else:
         lists = int(2 * math.sqrt(count))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(seed).choice(count, min(count, TRAINING_SAMPLE), replace=False)
-        index.train(vectors[np.sort(sample)])
+        index = faiss.IndexIVFScalarQuantizer(
+            faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
+        size = min(count, max(MIN_TRAINING_SAMPLE, TRAINING_POINTS_PER_LIST * lists))
+        sample = np.sort(np.random.default_rng(seed).choice(count, size, replace=False))
+        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
         index.nprobe = SEARCHED_LISTS
-    index.add(vectors)
-    similarities, neighbours = index.search(vectors, k + 1)
-    return _without_self(neighbours, similarities, k)
+    for _, block in float_blocks(vectors):
+        index.add(block)
+    return index
+
+
+def _exact_similarities(vectors: np.ndarray, queries: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """The inner products of each query with its candidates, from the stored vectors, one candidate rank at
+    a time so that only a block of vectors is ever widened (-inf: no candidate)."""
+    similarity = np.empty(found.shape, np.float32)
+    for rank in range(found.shape[1]):
+        candidates = vectors[np.maximum(found[:, rank], 0)].astype(np.float32)
+        similarity[:, rank] = np.einsum("rd,rd->r", queries, candidates)
+    similarity[found < 0] = -np.inf
+    return similarity
 
 
 def _without_self(neighbours: np.ndarray, similarities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

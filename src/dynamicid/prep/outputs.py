@@ -3,6 +3,7 @@
 Layout under OUTPUT:
   images/<identity>/<name>.jpg|.png|.txt|.pt   one set per kept face ("flat" layout: images/<name>.*)
   manifest.parquet                             one file, replaced atomically at the end of a run
+  identities.parquet, identity_suggestions.json  the dataset's people, kept across runs (`people`)
   summary.json, contact_sheet.png
   _state/records/<xx>/<input path>.json        per-input completion records: written last, they make a rerun resume
   _state/lock                                  held by the running job, so a second run on OUTPUT stops at once

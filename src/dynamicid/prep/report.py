@@ -154,6 +154,18 @@ def format_summary(summary: dict, output: str) -> str:
             f"  processed {counted(summary['processed_this_run'], 'file')} in {summary['job_seconds']:.1f} s: "
             f"{summary['images_per_second']:.2f} images/s"
         )
+    if summary.get("new_people") is not None and summary["new_people"] != summary["identities"]:
+        lines.append(
+            f"  people: {counted(summary['new_people'], 'new person', 'new people')}; everyone seen before kept "
+            "their name and split (identities.parquet)"
+        )
+    if summary.get("suggested_merges"):
+        lines.append(
+            f"  suggested merges: {counted(summary['suggested_merges'], 'pair')} of people that new photos link; "
+            "nobody was merged (identity_suggestions.json)"
+        )
+    if summary.get("split_shares_changed"):
+        lines.append("  the split shares changed: they apply to new people only")
     if summary["identity_outliers"]:
         lines.append(
             f"  identity outliers: {summary['identity_outliers']} kept faces unlike the rest of their identity "
@@ -174,6 +186,7 @@ def format_summary(summary: dict, output: str) -> str:
     lines += [
         f"  outputs:        {os.path.join(output, outputs.IMAGES_DIR)}/",
         f"  manifest:       {os.path.join(output, 'manifest.parquet')}",
+        f"  people:         {os.path.join(output, 'identities.parquet')}",
         f"  contact sheet:  {os.path.join(output, 'contact_sheet.png')}",
         f"  dataset card:   {os.path.join(output, 'dataset_card.html')} (and dataset_card.md)",
         f"  summary:        {os.path.join(output, 'summary.json')}",

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from dynamicid.errors import DynamicIDError
 from dynamicid.faces.record import write_dataset_record
-from dynamicid.prep import card, curate, outputs, report
+from dynamicid.prep import card, curate, outputs, people, report
 from dynamicid.prep.config import PrepConfig
 from dynamicid.prep.discover import is_local, list_input
 from dynamicid.prep.guard import OutputLock, PrepError, check_paths, check_writable
@@ -72,27 +72,41 @@ def check_backends(config: PrepConfig) -> PrepConfig:
 MANIFEST_ROW_GROUP_BYTES = 8 * 1024 * 1024
 
 
-def merge_rows(spark, rows_dir: str, manifest_path: str, config: PrepConfig | None = None) -> None:
+def merge_rows(spark, rows_dir: str, manifest_path: str, config: PrepConfig | None = None) -> dict:
     """Gather the job's Parquet parts into one manifest sorted by relative path and face, replaced atomically,
-    curated (`curate`) when `config` is given.
+    curated (`curate`) when `config` is given, with the dataset's people (`people`) kept beside it. Returns
+    what the summary says of the people.
 
     Spark reads, sorts (spilling to disk as it needs) and writes one file, so the driver's Python process
     never holds the manifest: its memory does not grow with the corpus (the curation's embeddings aside)."""
     table = spark.read.schema(SPARK_DDL).parquet(spark_uri(rows_dir))
     if config is None:
         write_one_parquet(table.orderBy("relative_path", "face_index"), manifest_path)
-        return
+        return {}
+    output = os.path.dirname(os.path.abspath(manifest_path))
+    earlier = people.read_earlier_run(output)
+    found = _find_identities(rows_dir, config, earlier)
     findings_path = os.path.join(os.path.dirname(rows_dir.rstrip("/")), "findings.parquet")
     schema = arrow_schema(curate.FINDINGS_COLUMNS)
-    pq.write_table(pa.Table.from_pandas(_find_identities(rows_dir, config), schema, False), findings_path)
+    pq.write_table(pa.Table.from_pandas(found.frame, schema, False), findings_path)
     findings = spark.read.schema(spark_ddl(curate.FINDINGS_COLUMNS)).parquet(spark_uri(findings_path))
+    known = spark.createDataFrame(list(earlier.known_splits().items()), "identity string, known_split string")
     curated = curate.with_findings(curate.mark_exact_duplicates(table), findings, config.layout)
-    curated = curate.with_split(curated, config.split, config.split_seed)
+    curated = curate.with_split(curated, config.split, config.split_seed, known)
     write_one_parquet(curated.select(*MANIFEST_COLUMNS).orderBy("relative_path", "face_index"), manifest_path)
+    return _record_people(output, manifest_path, earlier, found, config.split)
 
 
-def _find_identities(rows: str, config: PrepConfig):
-    """The driver's part of curation: near copies, clusters, distances (`identities`), as a table."""
+@dataclass
+class _Found:
+    frame: pd.DataFrame  # the findings, one row per kept face
+    centres: dict[str, list[float]]
+    suggestions: list[dict]
+    next_number: int
+
+
+def _find_identities(rows: str, config: PrepConfig, earlier) -> _Found:
+    """The driver's part of curation: near copies, clusters and their people, distances (`identities`)."""
     from dynamicid.faces.identity_thresholds import thresholds_for
     from dynamicid.prep import identities
     from dynamicid.prep.neighbours import read_face_vectors
@@ -100,8 +114,52 @@ def _find_identities(rows: str, config: PrepConfig):
     thresholds = thresholds_for(config.faces.embedder, config.same_person_cosine, config.near_copy_cosine)
     faces = read_face_vectors(rows)
     cluster = config.layout == "cluster"
-    found = identities.find_identities(faces, thresholds, cluster, seed=config.split_seed)
-    return identities.findings_frame(faces, found, cluster)
+    named: list[people.ClusterNames] = []
+
+    def namer(label):
+        named.append(people.name_clusters(faces.keys(), label, earlier))
+        return named[0].names
+
+    found = identities.find_identities(faces, thresholds, cluster, seed=config.split_seed, namer=namer)
+    centres = people.person_centres(faces.vectors, found.names or faces.identity, found.copy_of < 0)
+    return _Found(
+        identities.findings_frame(faces, found),
+        centres,
+        named[0].suggestions if named else [],
+        named[0].next_number if named else earlier.next_number(),
+    )
+
+
+def _record_people(output: str, manifest_path: str, earlier, found: _Found, shares: str) -> dict:
+    """Writes the people table from the new manifest; returns the summary's counts."""
+    import pyarrow.dataset as ds
+
+    counts: dict[str, list] = {}
+    sources: dict[str, str] = {}
+    columns = ["identity", "split", "status", "identity_source"]
+    for batch in ds.dataset(manifest_path, format="parquet").to_batches(columns=columns):
+        for row in batch.to_pylist():
+            if row["identity"] and row["status"] == "ok":
+                counts.setdefault(row["identity"], [row["split"], 0])[1] += 1
+                sources[row["identity"]] = row["identity_source"]
+    table = people.updated_table(
+        earlier, {k: (v[0], v[1]) for k, v in counts.items()}, found.centres, sources, shares, found.next_number
+    )
+    people.write_people(output, table, found.suggestions)
+    new = sorted(set(counts) - set(earlier.table.people) - set(earlier.split_of))
+    changed = earlier.table.shares not in (None, shares)
+    if changed:
+        logger.warning(
+            "the split shares changed from %s to %s: they apply to new people only; everyone already in the "
+            "dataset keeps their split",
+            earlier.table.shares,
+            shares,
+        )
+    return {
+        "new_people": len(new),
+        "suggested_merges": len(found.suggestions),
+        "split_shares_changed": changed,
+    }
 
 
 def write_one_parquet(frame, path: str) -> None:
@@ -144,14 +202,15 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
 
             spark = build_session(config.master)
         _file_clusters(output, back=True)
-        job_seconds, manifest_path = _process_and_merge(
+        job_seconds, manifest_path, people_counts = _process_and_merge(
             spark, list_input(config.input, config.layout, spark, skip), config, output
         )
         _file_clusters(output)
         removed = remove_unlisted(output, manifest_path)
         tally = report.tally_manifest(manifest_path, config.contact_sheet_faces)
         sheet = report.contact_sheet(tally, output, limit=config.contact_sheet_faces, manifest_path=manifest_path)
-        summary = tally.summary(job_seconds, time.perf_counter() - started) | {"stale_outputs_removed": removed}
+        summary = tally.summary(job_seconds, time.perf_counter() - started)
+        summary |= {"stale_outputs_removed": removed} | people_counts
         report.write_summary(summary, output)
         write_dataset_record(output, requested_faces)
         card.write_card(output, manifest_path, summary, requested_faces, config.captioner)
@@ -194,7 +253,7 @@ def _disk_full_reported(output: str):
         ) from None
 
 
-def _process_and_merge(spark, files, config: PrepConfig, output: str) -> tuple[float, str]:
+def _process_and_merge(spark, files, config: PrepConfig, output: str) -> tuple[float, str, dict]:
     """Streams the listing to OUTPUT/_state/runs/<id>/listing.parquet, runs the job on it, merges the rows."""
     from dynamicid.prep.spark_job import run_stage_on_spark, write_listing
 
@@ -209,10 +268,10 @@ def _process_and_merge(spark, files, config: PrepConfig, output: str) -> tuple[f
         manifest_path = os.path.join(output, "manifest.parquet")
         with _disk_full_reported(output):
             job_seconds = run_stage_on_spark(spark, listing, count, config, spark_uri(rows_dir))
-            merge_rows(spark, rows_dir, manifest_path, config)
+            people_counts = merge_rows(spark, rows_dir, manifest_path, config)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    return job_seconds, manifest_path
+    return job_seconds, manifest_path, people_counts
 
 
 def _with_output(config: PrepConfig, output: str) -> PrepConfig:
