@@ -88,3 +88,25 @@ def test_one_cluster_over_two_known_people_is_a_suggestion_not_a_merge():
     assert named.names[6] == "person-0008"  # past every number used, even one no longer in the table
     assert named.suggestions == [{"a": "person-0001", "b": "person-0007", "links": 1}]
     assert named.next_number == 9
+
+
+def test_a_photo_under_two_people_stays_with_the_one_it_matches_and_path_order_never_decides(
+    spark, shared_faces, tmp_path
+):
+    source, out = tmp_path / "in", tmp_path / "out"
+    shutil.copytree(shared_faces / "identities", source)
+    # Obama's photo planted in Biden's folder, whose path comes first; Lin's only photo (nobody to match it
+    # against) planted in Rose's folder, whose other photos it does not match.
+    shutil.copy(source / "obama" / "1.jpg", source / "biden" / "0_obama.jpg")
+    shutil.copy(source / "lin_manuel_miranda" / "1.png", source / "rose_leslie" / "0_lin.png")
+    manifest = prep(spark, source, out).manifest().set_index("relative_path")
+    row = lambda path: tuple(manifest.loc[path, ["status", "reason"]])  # noqa: E731
+    assert row("obama/1.jpg") == ("ok", None)
+    assert row("biden/0_obama.jpg") == ("rejected", "duplicate")
+    assert manifest.loc["biden/0_obama.jpg", "duplicate_of"] == "obama/1.jpg"
+    assert not manifest.loc["obama/1.jpg", "identity_outlier"]
+    for held in ("lin_manuel_miranda/1.png", "rose_leslie/0_lin.png"):
+        assert row(held) == ("rejected", "held_for_review"), held
+        assert "matches none of them: held out for review" in manifest.loc[held, "message"]
+    assert all(row(f"biden/{n}.jpg") == ("ok", None) for n in (1, 2))
+    assert check_outputs(str(out)).ok

@@ -69,14 +69,15 @@ def test_identities_are_their_folder_names_and_never_collide(spark, face_png, tm
     manifest = result.manifest()
     assert sorted(manifest.identity) == sorted(names)
     assert manifest.name.notna().all() and not manifest.resumed.any()  # none takes another's record
-    # One photo under seven names: the first is kept, the others are its near copies, flagged as such.
-    assert (manifest.status == "ok").sum() == 1 and set(manifest.reason.dropna()) == {"duplicate"}
+    # One photo under seven names, and none has another photo to match it: all seven are held for review,
+    # their files set aside, each in its own person's folder.
+    assert set(manifest.reason) == {"held_for_review"}
     folders = {
-        row.identity: os.path.dirname(outputs.face_paths(str(tmp_path / "out"), row.identity, row.name)["jpg"])
+        row.identity: os.path.dirname(outputs.face_paths(str(tmp_path / "out"), row.identity, row.name, True)["jpg"])
         for row in manifest.itertuples()
     }
     assert len(set(folders.values())) == len(names)
-    assert sorted(os.listdir(tmp_path / "out" / "images")) == sorted(names)  # readable, in any script
+    assert sorted(os.listdir(tmp_path / "out" / "_state" / "set_aside")) == sorted(names)  # readable, in any script
     again = prep(spark, tmp_path / "in", tmp_path / "out").manifest()
     assert again.resumed.all() and sorted(again.identity) == sorted(names)
 
@@ -102,7 +103,7 @@ def test_changed_inputs_and_settings_leave_no_stale_outputs_and_verify_finds_dif
     os.remove(source / "astronaut" / "rgba.png")  # an input that is gone takes its outputs with it
     result = prep(spark, source, out)
     check = check_outputs(str(out))
-    assert check.ok and check.listed == 4 * (result.summary["kept_faces"] + result.summary["rejected"]["duplicate"])
+    assert check.ok and check.listed == 4 * result.summary["kept_faces"]  # images/ holds the kept faces alone
     assert not any(os.path.exists(path) for paths in old for path in paths)
     assert result.summary["stale_outputs_removed"] == 8  # both faces' four files, by the sweep after the job
     # A setting that renames every output (all faces get _f<k>): only the new names remain.
@@ -180,7 +181,8 @@ def test_every_listed_path_gets_a_row_and_folder_links_are_followed_once(spark, 
     assert set(listed) == {"ann/a.png", "ann/loop.png", "ann/broken.png", "ann/pipe.png", "bob/b.png"}
     manifest = prep(spark, source, tmp_path / "out").manifest().set_index("relative_path")
     bob = manifest.loc["bob/b.png"]
-    assert bob.identity == "bob" and bob.faces_detected == 1 and bob.duplicate_of == "ann/a.png"  # a near copy
+    # A near copy of ann's photo, and neither has another photo to tell whose it is: both held for review.
+    assert bob.identity == "bob" and bob.faces_detected == 1 and bob.reason == "held_for_review"
     for name, words in (
         ("loop.png", "symbolic link loop"),
         ("broken.png", "broken symbolic link"),
@@ -384,8 +386,17 @@ def test_the_same_file_twice_is_a_duplicate_and_under_two_identities_it_is_flagg
     assert "under another identity (ann)" in manifest.loc["bob/c.png", "message"]
     assert "another identity" not in manifest.loc["ann/b.png", "message"]
     assert check_outputs(str(out)).ok
-    # The copies keep their files (training reads only ok faces), so a rerun resumes them instead of redoing them.
-    assert prep(spark, source, out).manifest().resumed.all()
+    # images/ holds the kept faces alone (scripts that read the folder see what training sees); the copies'
+    # files are set aside, so a rerun resumes them instead of redoing them.
+    on_disk = {p.stem for p in (out / "images").rglob("*.jpg")}
+    assert on_disk == set(manifest[manifest.status == "ok"].name)
+    set_aside = {p.stem for p in (out / "_state" / "set_aside").rglob("*.jpg")}
+    assert set_aside == set(manifest.loc[["ann/b.png", "bob/c.png"], "name"])
+    again = prep(spark, source, out).manifest()
+    assert again.resumed.all() and check_outputs(str(out)).ok
+    (out / "images" / "bob").mkdir(exist_ok=True)
+    shutil.copy(next((out / "_state" / "set_aside" / "bob").glob("*.jpg")), out / "images" / "bob")
+    assert [path.split("/")[0] for path in check_outputs(str(out)).unlisted] == ["bob"]
 
 
 def test_splits_keep_every_identity_in_one_split_and_training_reads_train(spark, shared_faces, tmp_path):

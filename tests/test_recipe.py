@@ -15,6 +15,7 @@ import pytest
 
 from dynamicid import cli
 from dynamicid.errors import ConfigError
+from dynamicid.evaluation.heldout import held_out_identities
 from dynamicid.recipe.recipe import read_recipe
 from dynamicid.recipe.runner import plan
 from dynamicid.recipe.state import RunState
@@ -30,8 +31,8 @@ urls = "urls.csv"
 allow_addresses = "127.0.0.1/32"  # the tests' photo server is on the loopback address
 
 [prep]
-split = "0.5,0,0.5"
-split_seed = 1  # train: alex_lacamoire, biden, kit_harington; test: rose_leslie, obama
+split = "{split}"
+split_seed = 1  # with 0.5,0,0.5, train: alex_lacamoire, biden, kit_harington; test: rose_leslie, obama
 
 [train.anchor]
 steps = 2
@@ -58,9 +59,9 @@ to = "models/faces"
 """
 
 
-def _write_recipe(folder, tiny, seed=0, champion="true"):
+def _write_recipe(folder, tiny, seed=0, champion="true", split="0.5,0,0.5"):
     path = folder / "recipe.toml"
-    path.write_text(RECIPE.format(tiny=os.path.dirname(tiny["sd15"]), seed=seed, champion=champion))
+    path.write_text(RECIPE.format(tiny=os.path.dirname(tiny["sd15"]), seed=seed, champion=champion, split=split))
     return str(path)
 
 
@@ -170,9 +171,13 @@ def test_the_whole_recipe_reruns_only_what_changed_and_the_server_switches(
         assert json.loads((published / "dynamicid_run.json").read_text())["version"] == 2
 
         # New photos in the URL list, and no champion rule: collect fetches only them, prep does only them,
-        # stage 1 continues from its last weights, and version 2 replaces version 1 in the server.
+        # stage 1 continues from its last weights, and version 2 replaces version 1 in the server. The split
+        # shares change too (everyone to test): they apply to the new person alone, so the fine-tuned model is
+        # never evaluated on a person an earlier round trained on.
+        trained = {person.name for person in held_out_identities(str(tmp_path / "runs/faces/dataset"), "train", 100)}
+        assert trained == {"alex_lacamoire", "biden", "kit_harington"}
         _url_list(tmp_path, server.url, people | later)
-        _write_recipe(tmp_path, tiny_models, seed=1, champion="false")
+        _write_recipe(tmp_path, tiny_models, seed=1, champion="false", split="0,0,1")
         fetched_before = len(server.requests)
         assert cli.main(["run", recipe]) == 0
         assert _ran(capsys) == ["collect", "prep", "train.anchor", "train.reconfig", "eval", "gate", "publish"]
@@ -182,6 +187,8 @@ def test_the_whole_recipe_reruns_only_what_changed_and_the_server_switches(
         stages = json.loads((tmp_path / "runs/faces/run.json").read_text())["stages"]
         assert stages["train.anchor"]["init_weights"] == str(tmp_path / "runs/faces/anchor-previous/weights")
         assert stages["train.reconfig"]["init_weights"] == str(tmp_path / "runs/faces/reconfig-previous/weights")
+        evaluated = {person.name for person in held_out_identities(str(tmp_path / "runs/faces/dataset"), "test", 100)}
+        assert evaluated == {"obama", "rose_leslie"} and not evaluated & trained
         assert json.loads((published / "dynamicid_run.json").read_text())["version"] == 3
         assert _served_version(engine, photo).startswith("version 3")
         assert _page_model_line(engine).startswith("Model: version 3")

@@ -26,7 +26,8 @@ def option(default=REQUIRED, help: str | Callable[[], str] = "", *, factory=None
     """A config field with its help text. `cli` keys: choices (a tuple, or a function giving one),
     positional (True, or "optional"), flag (the option's name when the field's would mislead), append
     (a list field given once per item), hidden (no command-line option), limits ((lowest, highest) a number
-    may be, both included; `check_limits` refuses others, NaN and infinity included)."""
+    may be, both included; `check_limits` refuses others, NaN and infinity included), nargs (a tuple field
+    given as that many values) with metavar (their names)."""
     metadata = {"help": help, **cli}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
@@ -160,12 +161,25 @@ def _add_leaf(parser: argparse.ArgumentParser, leaf: Leaf) -> None:
         )
     elif leaf.meta("append"):
         parser.add_argument(
-            f"--{name}", dest=leaf.name, action=_AppendReplacing, default=leaf.default, help=_help(leaf)
+            f"--{name}",
+            dest=leaf.name,
+            action=_AppendReplacing,
+            default=leaf.default,
+            metavar=leaf.meta("metavar"),
+            help=_help(leaf),
         )
     else:  # a required option may come from --config FILE too: Command.missing checks it after both
         default = None if leaf.default is REQUIRED else leaf.default
+        items = leaf.meta("nargs")  # a tuple field given as that many values: --merge A B
         parser.add_argument(
-            f"--{name}", dest=leaf.name, type=leaf.kind, default=default, choices=leaf.meta("choices"), help=_help(leaf)
+            f"--{name}",
+            dest=leaf.name,
+            type=str if items else leaf.kind,
+            nargs=items,
+            metavar=leaf.meta("metavar"),
+            default=default,
+            choices=leaf.meta("choices"),
+            help=_help(leaf),
         )
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from dynamicid.errors import ConfigError
 from dynamicid.options import Command, config_from, option
-from dynamicid.prep.config import PrepConfig
+from dynamicid.prep.config import PrepConfig, ReviewConfig
 
 
 def _verify_option(parser) -> None:
@@ -59,6 +59,48 @@ def run_make_sample(args) -> int:
     return 0
 
 
+def run_review(args) -> int:
+    from dynamicid.prep import review
+
+    config = config_from(args, ReviewConfig)
+    actions = [
+        ("merge", list(config.merge or ()), []),
+        ("rename", list(config.rename or ()), []),
+        ("move", [config.into or ""], config.move),
+        ("reject", [], config.reject),
+        ("merge", list(config.same or ()), []),
+        ("different", list(config.different or ()), []),
+    ]
+    chosen = [(action, people, faces) for action, people, faces in actions if faces or any(people)]
+    if len(chosen) > 1:
+        raise ConfigError(
+            "one decision at a time: give one of --merge, --rename, --move, --reject, --same, --different"
+        )
+    if chosen:
+        action, people, faces = chosen[0]
+        done = review.decide(config.dataset, action, people, faces, config.reason or "", config.who)
+        print(
+            f"{action}: logged in {config.dataset}/{review.LOG_FILE} and applied: {done['rows_changed']} manifest rows "
+            f"changed; {done['people']} people"
+        )
+    if config.list_suggestions or not chosen:
+        print(format_overview(review.overview(config.dataset)))
+    return 0
+
+
+def format_overview(seen) -> str:
+    lines = [f"people: {len(seen.people)}"]
+    for person, splits in seen.people.items():
+        lines.append(f"  {person:<24} " + ", ".join(f"{split} {count}" for split, count in sorted(splits.items())))
+    lines.append(f"suggested merges (closest first): {len(seen.suggestions)}")
+    lines += [f"  {s['a']} + {s['b']}  cosine {s['cosine']}, {s['links']} linking faces" for s in seen.suggestions]
+    lines.append(f"suspected strangers (furthest first): {len(seen.strangers)}")
+    lines += [f"  {s['path']}  under {s['person']}, distance {s['distance']}" for s in seen.strangers]
+    lines.append(f"copies and photos held for review: {len(seen.copies)}")
+    lines += [f"  {c['path']}  {c['reason']}" + (f" of {c['copy_of']}" if c["copy_of"] else "") for c in seen.copies]
+    return "\n".join(lines)
+
+
 COMMANDS = (
     Command(
         "prep",
@@ -71,6 +113,19 @@ COMMANDS = (
         PrepConfig,
         run_prep,
         extra=_verify_option,
+    ),
+    Command(
+        "review",
+        "a curator's corrections to a dataset's people: merge, rename, move, reject; kept for every later run",
+        "Review the people prep found in DATASET. With no decision it lists the people (faces per split), the "
+        "suggested merges closest first, the suspected strangers and the copies. Each decision (--merge, "
+        "--rename, --move with --into, --reject, --same, --different) is appended to DATASET/review_log.jsonl "
+        "with who made it and when, faces named by content hash, and applied at once to the manifest, "
+        "identities.parquet and the folders (identity_source = review). Every later prep run on DATASET honours "
+        "the log: a moved face stays moved, a rejected one stays out, a pair answered different is not "
+        "suggested again.",
+        ReviewConfig,
+        run_review,
     ),
     Command(
         "make-sample",

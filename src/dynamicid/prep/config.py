@@ -127,3 +127,46 @@ class PrepConfig:
     def config_hash(self) -> str:
         blob = json.dumps(self.output_affecting(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    """`dynamicid review DATASET`: a curator's decisions on the dataset's people (`prep.review`)."""
+
+    dataset: str = option(help="a finished prep OUTPUT folder", positional=True)
+    merge: tuple[str, ...] | None = option(
+        None, help="one person: OTHER's faces, now and in later runs, become INTO's", nargs=2, metavar=("INTO", "OTHER")
+    )
+    rename: tuple[str, ...] | None = option(
+        None, help="give a person a new name (their split stays)", nargs=2, metavar=("OLD", "NEW")
+    )
+    move: list[str] = option(
+        factory=list,
+        append=True,
+        help="a face to put with --into: a photo's relative_path (all its faces) or SHA256:FACE; once per face",
+        metavar="FACE",
+    )
+    into: str | None = option(
+        None, help="the person --move puts the faces with: an existing or a new name", metavar="PERSON"
+    )
+    reject: list[str] = option(
+        factory=list,
+        append=True,
+        help="a face (relative_path or SHA256:FACE) or a person to leave out; once each",
+        metavar="ITEM",
+    )
+    reason: str | None = option(None, help="why (--reject), kept in the log")
+    same: tuple[str, ...] | None = option(
+        None, help="a suggested pair is one person (a merge into A)", nargs=2, metavar=("A", "B")
+    )
+    different: tuple[str, ...] | None = option(
+        None, help="a suggested pair are different people: never suggested again", nargs=2, metavar=("A", "B")
+    )
+    list_suggestions: bool = option(
+        False, help="print the people (faces per split), the suggested merges closest first, the suspected strangers"
+    )
+    who: str = option("", help="who decides, for the log (default: the login name)")
+
+    def __post_init__(self) -> None:
+        if bool(self.move) != bool(self.into):
+            raise ConfigError("--move FACE and --into PERSON go together: name the faces and the person they join")

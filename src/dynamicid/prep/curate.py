@@ -1,14 +1,17 @@
 """Curation after the job, on the whole manifest, in Spark (the driver never holds it):
 
-- exact duplicates: files with the same bytes (sha256). The first by path keeps its faces; the others'
-  kept faces become `rejected`, reason `duplicate`, with `duplicate_of` naming the kept file, and the
-  message says when the copy sits under another identity (the same photo as two people);
-- what `identities.find_identities` found on the driver (near copies, clusters, distances), joined in;
-- identity-disjoint splits: every face of one identity gets the same `split` (train, val or test), from a
-  seeded hash of the identity, so evaluation never sees a training identity.
+- exact duplicates: files with the same bytes (sha256). The copy the driver keeps (under the person its face
+  matches; among copies under one person, the first by path) keeps its faces; the others' kept faces become
+  `rejected`, reason `duplicate`, with `duplicate_of` naming the kept file, and the message says when the
+  copy sits under another identity;
+- what `identities.find_identities` found on the driver (near copies, photos held for review, clusters and
+  their people, distances), joined in;
+- identity-disjoint splits: every face of one identity gets the same `split` (train, val or test), the one
+  its person was given when first seen (`people`), else from a seeded hash of the identity, so evaluation
+  never sees a training identity.
 
-Curation marks rows; it deletes nothing. A duplicate keeps its four files (training reads only `ok` faces),
-so a rerun finds them and resumes instead of redoing the copy.
+Curation marks rows; it deletes nothing. The files of a face it does not keep are set aside by the runner,
+so a rerun finds them and resumes instead of redoing the face.
 """
 
 from __future__ import annotations
@@ -54,13 +57,24 @@ def _rejected_as_duplicate(frame, copy, kept_path, message):
     )
 
 
-def mark_exact_duplicates(frame):
-    """The job's rows with `duplicate_of` added and the later copies of one file's bytes rejected."""
+def mark_exact_duplicates(frame, findings=None):
+    """The job's rows with `duplicate_of` added and the other copies of one file's bytes rejected. The copy
+    kept is the one the driver's `findings` keep (the one under the person its face matches); path order
+    only breaks ties."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    files = frame.select("sha256", "relative_path", "identity").where(F.col("sha256").isNotNull()).distinct()
-    first = Window.partitionBy("sha256").orderBy("relative_path")
+    files = frame.select("sha256", "relative_path", "identity", "face_index").where(F.col("sha256").isNotNull())
+    if findings is not None:
+        kept_face = F.col("copy_of_path").isNull() & F.col("rejection").isNull()
+        decided = findings.select("relative_path", "face_index", kept_face.alias("kept_face"))
+        files = files.join(decided, ["relative_path", "face_index"], "left")
+    else:
+        files = files.withColumn("kept_face", F.lit(True))
+    files = files.groupBy("sha256", "relative_path", "identity").agg(
+        F.max(F.coalesce(F.col("kept_face"), F.lit(False)).cast("int")).alias("kept_by_driver")
+    )
+    first = Window.partitionBy("sha256").orderBy(F.desc("kept_by_driver"), "relative_path")
     kept = files.withColumn("rank", F.row_number().over(first)).where(F.col("rank") == 1)
     kept = kept.select("sha256", F.col("relative_path").alias("kept_path"), F.col("identity").alias("kept_identity"))
     joined = frame.withColumn("duplicate_of", F.lit(None).cast("string")).join(kept, "sha256", "left")
@@ -79,6 +93,9 @@ FINDINGS_COLUMNS = [
     ("identity_outlier", "boolean"),
     ("copy_of_path", "string"),
     ("copy_of_identity", "string"),
+    ("rejection", "string"),  # held_for_review (one photo under two people) or rejected_in_review, or null
+    ("rejection_message", "string"),
+    ("reviewed", "boolean"),  # a review decided this face's person
 ]
 
 
@@ -97,11 +114,24 @@ def with_findings(frame, findings, layout: str):
         _under_another_identity(F.col("copy_of_identity")),
     )
     joined = _rejected_as_duplicate(joined, copy, F.col("copy_of_path"), message)
-    identity = F.col("found_identity") if layout == "cluster" else F.col("identity")
-    source = F.when(identity.isNotNull(), F.lit("cluster" if layout == "cluster" else "folder"))
+    out = F.col("rejection").isNotNull() & F.col("status").isin("ok", "rejected")
+    joined = joined.withColumns(
+        {
+            "status": F.when(out, F.lit("rejected")).otherwise(F.col("status")),
+            "reason": F.when(out, F.col("rejection")).otherwise(F.col("reason")),
+            "message": F.when(out, F.col("rejection_message")).otherwise(F.col("message")),
+            "duplicate_of": F.when(out, F.lit(None).cast("string")).otherwise(F.col("duplicate_of")),
+        }
+    )
+    found = F.col("found_identity")
+    identity = found if layout == "cluster" else F.coalesce(found, F.col("identity"))
+    source = F.when(F.coalesce(F.col("reviewed"), F.lit(False)), F.lit("review")).when(
+        identity.isNotNull(), F.lit("cluster" if layout == "cluster" else "folder")
+    )
     return joined.select(
         *[c for c in frame.columns if c != "identity"],
         identity.alias("identity"),
+        F.col("identity").alias("input_identity"),
         source.alias("identity_source"),
         "identity_distance",
         F.coalesce(F.col("identity_outlier"), F.lit(False)).alias("identity_outlier"),

@@ -29,6 +29,7 @@ NEIGHBOURS = 16
 COPY_BITS = 8  # hash distance of a re-encoded or resized copy (measured: at most 8 of 64)
 CROPPED_COPY_BITS = 20  # ... of a lightly cropped copy (measured: at most 18); strangers differ by 18 or more
 WHISPER_ROUNDS = 60
+PAIR_BLOCK_ROWS = 65536
 
 
 @dataclass
@@ -40,6 +41,7 @@ class IdentityFindings:
     distance: np.ndarray  # 1 - cosine to the mean of the rest of its identity; NaN when alone
     outlier: np.ndarray  # bool
     names: list[str] | None = None  # each face's person, when clustered
+    held: list[str | None] | None = None  # why a face is held out for review (one photo, two people), or None
 
 
 def find_identities(faces: FaceVectors, thresholds: IdentityThresholds, cluster: bool, seed: int = 0, namer=None):
@@ -49,7 +51,8 @@ def find_identities(faces: FaceVectors, thresholds: IdentityThresholds, cluster:
     count = len(faces)
     neighbours, similarity = nearest_neighbours(faces.vectors, NEIGHBOURS, seed) if count else (None, None)
     copy_of = near_copies(faces, neighbours, similarity, thresholds) if count else np.zeros(0, np.int64)
-    originals = copy_of < 0
+    copy_of, held = settle_conflicts(faces, copy_of, thresholds.same_person)
+    originals = (copy_of < 0) & np.array([why is None for why in held], bool)
     label = np.full(count, -1, np.int64)
     names = None
     if cluster and count:
@@ -64,17 +67,54 @@ def find_identities(faces: FaceVectors, thresholds: IdentityThresholds, cluster:
         groups = _identity_codes(faces.identity)
     distance = distance_to_identity(faces.vectors, groups, originals)
     outlier = ~np.isnan(distance) & (1 - distance < thresholds.same_person) & originals
-    return IdentityFindings(copy_of, label, distance, outlier, names)
+    return IdentityFindings(copy_of, label, distance, outlier, names, held)
 
 
 def near_copies(faces: FaceVectors, neighbours, similarity, thresholds: IdentityThresholds) -> np.ndarray:
     """For each face, the first face (in manifest order) of its group of copies, or -1 for that first one
     and for faces with no copy."""
-    rows, others, cosine = _neighbour_pairs(neighbours, similarity, thresholds.same_person)
-    bits = hash_distances(faces.hashes[rows], faces.hashes[others])
-    same = (bits <= COPY_BITS) | ((cosine >= thresholds.near_copy) & (bits <= CROPPED_COPY_BITS))
-    root = _union(len(faces), rows[same], others[same])
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    for start in range(0, len(faces), PAIR_BLOCK_ROWS):  # a block of faces' pairs at a time: few are copies
+        block = slice(start, start + PAIR_BLOCK_ROWS)
+        rows, others, cosine = _neighbour_pairs(neighbours[block], similarity[block], thresholds.same_person, start)
+        bits = hash_distances(faces.hashes[rows], faces.hashes[others])
+        same = (bits <= COPY_BITS) | ((cosine >= thresholds.near_copy) & (bits <= CROPPED_COPY_BITS))
+        pairs.append((rows[same], others[same]))
+    first, second = (np.concatenate(side) if pairs else np.zeros(0, np.int64) for side in zip(*pairs))
+    root = _union(len(faces), first, second)
     return np.where(root == np.arange(len(faces)), -1, root)
+
+
+def settle_conflicts(faces: FaceVectors, copy_of: np.ndarray, same_person: float):
+    """One photo under two or more people: the copy under the person its face matches stays, the others become
+    its copies; when no person matches it, or more than one does, every copy is held out for review. A match is
+    a cosine at or above `same_person` with the mean of that person's other photos (copies of this one not
+    counted). Path order never decides. Returns the new `copy_of`, and per face why it is held (or None)."""
+    held: list[str | None] = [None] * len(copy_of)
+    root = np.where(copy_of >= 0, copy_of, np.arange(len(copy_of)))
+    in_group = np.bincount(root, minlength=len(root))[root] > 1
+    groups = _identity_codes(faces.identity)
+    members: dict[int, list[int]] = {}
+    for face in np.flatnonzero(in_group & (groups >= 0)).tolist():
+        members.setdefault(int(root[face]), []).append(face)
+    conflicts = [faces_ for faces_ in members.values() if len({int(groups[f]) for f in faces_}) > 1]
+    if not conflicts:
+        return copy_of, held
+    cosine = 1 - distance_to_identity(faces.vectors, groups, (copy_of < 0) & ~in_group)
+    copy_of = copy_of.copy()
+    for group in conflicts:
+        people = sorted({faces.identity[f] for f in group}, key=str)
+        matching = sorted({faces.identity[f] for f in group if cosine[f] >= same_person}, key=str)
+        if len(matching) == 1:
+            keeper = min(f for f in group if faces.identity[f] == matching[0])
+            copy_of[group] = keeper
+            copy_of[keeper] = -1
+            continue
+        verdict = "matches none of them" if not matching else f"matches {len(matching)} of them"
+        for face in group:
+            copy_of[face] = -1
+            held[face] = f"the same photo is under {', '.join(map(str, people))} and {verdict}: held out for review"
+    return copy_of, held
 
 
 def _union(count: int, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -94,9 +134,10 @@ def _union(count: int, first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return np.array([find(node) for node in range(count)], dtype=np.int64)
 
 
-def _neighbour_pairs(neighbours, similarity, threshold: float):
-    """(face, neighbour, cosine) of every neighbour at or above the cosine `threshold`, as flat arrays."""
-    rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1])
+def _neighbour_pairs(neighbours, similarity, threshold: float, first_row: int = 0):
+    """(face, neighbour, cosine) of every neighbour at or above the cosine `threshold`, as flat arrays; row i
+    of `neighbours` is face `first_row + i`."""
+    rows = np.repeat(first_row + np.arange(len(neighbours)), neighbours.shape[1])
     others, cosine = neighbours.ravel(), similarity.ravel()
     keep = (others >= 0) & (cosine >= threshold)
     return rows[keep], others[keep], cosine[keep]
@@ -188,6 +229,7 @@ def findings_frame(faces: FaceVectors, found: IdentityFindings):
     import pandas as pd
 
     copies = found.copy_of
+    held = found.held if found.held is not None else [None] * len(faces)
     return pd.DataFrame(
         {
             "relative_path": faces.relative_path,
@@ -197,6 +239,9 @@ def findings_frame(faces: FaceVectors, found: IdentityFindings):
             "identity_outlier": found.outlier,
             "copy_of_path": [faces.relative_path[c] if c >= 0 else None for c in copies.tolist()],
             "copy_of_identity": [faces.identity[c] if c >= 0 else None for c in copies.tolist()],
+            "rejection": ["held_for_review" if why else None for why in held],
+            "rejection_message": held,
+            "reviewed": [False] * len(faces),
         }
     )
 

@@ -13,6 +13,7 @@ the scale table."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,6 @@ from dynamicid.faces.face_hash import hashes_as_integers
 EXACT_UP_TO = 50_000
 SEARCHED_LISTS = 16
 TRAINING_POINTS_PER_LIST = 40  # FAISS's k-means asks for 39 or more points per list
-MIN_TRAINING_SAMPLE = 50_000
 BLOCK_ROWS = 4096  # rows converted to float32 at once: 8 MB of 512-d vectors
 STORED = np.float16
 
@@ -36,29 +36,40 @@ class FaceVectors:
     identity: list[str | None]
     vectors: np.ndarray  # (n, d) unit rows, float16 as read (any float dtype is accepted)
     hashes: np.ndarray  # (n,) uint64
-    sha256: list[str] | None = None  # the file's content hash: with face_index, a face's lasting key
+    sha256: np.ndarray | None = None  # (n,) bytes: the file's content hash; with face_index, a face's lasting key
 
     def __len__(self) -> int:
         return len(self.relative_path)
 
     def keys(self) -> list[tuple[str, int]]:
         """(content hash, face) per face: what stays the same when a file is moved or renamed."""
-        files = self.sha256 if self.sha256 is not None else self.relative_path
+        files = [h.decode() for h in self.sha256] if self.sha256 is not None else self.relative_path
         return list(zip(files, self.face_index.tolist()))
 
 
-def _kept_batches(rows_path: str, columns: list[str], batch_rows: int):
-    """The `ok` rows with an embedding, a batch at a time, in one fixed order (one thread reads)."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
+def parquet_files(rows_path: str) -> list[str]:
+    """The Parquet file, or a folder's Parquet parts (Spark's own `_` and `.` files left out), in one order."""
+    if not os.path.isdir(rows_path):
+        return [rows_path]
+    names = sorted(n for n in os.listdir(rows_path) if n.endswith(".parquet") and not n.startswith(("_", ".")))
+    return [os.path.join(rows_path, name) for name in names]
 
-    dataset = ds.dataset(rows_path, format="parquet")
+
+def _kept_batches(rows_path: str, columns: list[str], batch_rows: int):
+    """The `ok` rows with an embedding, a batch at a time, in one fixed order. One file is open at a time: a
+    dataset over thousands of parts holds every part's metadata (0.6 GB at 100,000 rows of the manifest's
+    width), a file at a time holds one."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     wanted = sorted(set(columns) | {"status", "embedding"})
-    for batch in dataset.to_batches(columns=wanted, batch_size=batch_rows, use_threads=False):
-        keep = pc.and_(pc.equal(batch.column("status"), "ok"), pc.is_valid(batch.column("embedding")))
-        batch = batch.filter(keep)
-        if batch.num_rows:
-            yield batch
+    for path in parquet_files(rows_path):
+        with pq.ParquetFile(path) as parquet:
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted, use_threads=False):
+                keep = pc.and_(pc.equal(batch.column("status"), "ok"), pc.is_valid(batch.column("embedding")))
+                batch = batch.filter(keep)
+                if batch.num_rows:
+                    yield batch
 
 
 def read_face_vectors(rows_path: str, batch_rows: int = 8192) -> FaceVectors:
@@ -69,7 +80,8 @@ def read_face_vectors(rows_path: str, batch_rows: int = 8192) -> FaceVectors:
     paths: list[str] = []
     indices: list[np.ndarray] = []
     identities: list[str | None] = []
-    contents: list[str] = []
+    contents: list[np.ndarray] = []
+    names: dict[str | None, str | None] = {}  # one string per identity, not one per face
     hashes: list[np.ndarray] = []
     dim = 0
     columns = ["relative_path", "face_index", "identity", "face_hash", "sha256"]
@@ -77,8 +89,8 @@ def read_face_vectors(rows_path: str, batch_rows: int = 8192) -> FaceVectors:
         dim = dim or len(batch.column("embedding")[0])
         paths += batch.column("relative_path").to_pylist()
         indices.append(batch.column("face_index").to_numpy(zero_copy_only=False))
-        identities += batch.column("identity").to_pylist()
-        contents += batch.column("sha256").to_pylist()
+        identities += [names.setdefault(name, name) for name in batch.column("identity").to_pylist()]
+        contents.append(np.array([h or "" for h in batch.column("sha256").to_pylist()], dtype="S64"))
         hashes.append(hashes_as_integers(batch.column("face_hash").to_pylist()))
     if not paths:
         return FaceVectors([], np.zeros(0, int), [], np.zeros((0, 0), STORED), np.zeros(0, np.uint64))
@@ -101,7 +113,7 @@ def read_face_vectors(rows_path: str, batch_rows: int = 8192) -> FaceVectors:
         [identities[i] for i in order],
         vectors,
         np.concatenate(hashes)[order],
-        [contents[i] for i in order],
+        np.concatenate(contents)[order],
     )
 
 
@@ -113,26 +125,27 @@ def float_blocks(vectors: np.ndarray, rows: int = BLOCK_ROWS):
 
 def nearest_neighbours(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """For each row, its `k` most similar other rows (by inner product) and the similarities, (n, k) each,
-    most similar first; -1 marks a missing neighbour (fewer than k+1 faces)."""
+    most similar first; -1 marks a missing neighbour (fewer than k+1 faces). Found, scored and ordered a
+    block of rows at a time, straight into the two results."""
     count, _ = vectors.shape
+    neighbours = np.full((count, k), -1, np.int64)
+    similarities = np.zeros((count, k), np.float32)
     if count < 2:
-        return np.full((count, k), -1, np.int64), np.zeros((count, k), np.float32)
+        return neighbours, similarities
     index = _index_of(vectors, seed)
-    neighbours = np.empty((count, k + 1), np.int64)
-    similarities = np.empty((count, k + 1), np.float32)
     for start, block in float_blocks(vectors):
         _, found = index.search(block, k + 1)
-        stop = start + len(block)
-        neighbours[start:stop] = found
-        similarities[start:stop] = _exact_similarities(vectors, block, found)
-    order = np.argsort(-similarities, axis=1, kind="stable")  # the 8-bit codes' ranking, corrected
-    neighbours = np.take_along_axis(neighbours, order, axis=1)
-    similarities = np.take_along_axis(similarities, order, axis=1)
-    return _without_self(neighbours, similarities, k)
+        scored = _exact_similarities(vectors, block, found)
+        order = np.argsort(-scored, axis=1, kind="stable")  # the 8-bit codes' ranking, corrected
+        found, scored = np.take_along_axis(found, order, axis=1), np.take_along_axis(scored, order, axis=1)
+        rows = slice(start, start + len(block))
+        neighbours[rows], similarities[rows] = _without_self(found, scored, k, first_row=start)
+    return neighbours, similarities
 
 
 def _index_of(vectors: np.ndarray, seed: int):
-    """An exact index for few faces; an inverted file of 8-bit codes for many, trained on a sample."""
+    """An exact index for few faces; for many, an inverted file of 8-bit codes (a quarter of the vectors'
+    float32 size), trained on a sample of about 40 faces per list, as FAISS's k-means asks."""
     import faiss
 
     count, dim = vectors.shape
@@ -143,7 +156,8 @@ def _index_of(vectors: np.ndarray, seed: int):
         index = faiss.IndexIVFScalarQuantizer(
             faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
         )
-        size = min(count, max(MIN_TRAINING_SAMPLE, TRAINING_POINTS_PER_LIST * lists))
+        index.by_residual = False  # codes of the unit vectors themselves: no residuals to train or hold
+        size = min(count, TRAINING_POINTS_PER_LIST * lists)
         sample = np.sort(np.random.default_rng(seed).choice(count, size, replace=False))
         index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
         index.nprobe = SEARCHED_LISTS
@@ -163,9 +177,10 @@ def _exact_similarities(vectors: np.ndarray, queries: np.ndarray, found: np.ndar
     return similarity
 
 
-def _without_self(neighbours: np.ndarray, similarities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Drops each row's own index from its list (it is usually first, but ties may put a copy first)."""
-    rows = np.arange(len(neighbours))[:, None]
+def _without_self(neighbours: np.ndarray, similarities: np.ndarray, k: int, first_row: int = 0):
+    """Drops each row's own index from its list (it is usually first, but ties may put a copy first); row i
+    of the block is face `first_row + i`."""
+    rows = first_row + np.arange(len(neighbours))[:, None]
     is_self = neighbours == rows
     # Push self to the end of each row, keeping the others in order, then cut to k.
     order = np.argsort(is_self, axis=1, kind="stable")

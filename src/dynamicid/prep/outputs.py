@@ -6,6 +6,9 @@ Layout under OUTPUT:
   identities.parquet, identity_suggestions.json  the dataset's people, kept across runs (`people`)
   summary.json, contact_sheet.png
   _state/records/<xx>/<input path>.json        per-input completion records: written last, they make a rerun resume
+  _state/set_aside/<folder>/<name>.*           the files of faces the manifest does not keep (copies, faces held
+                                               for review): out of images/, which holds exactly the `ok` faces,
+                                               yet kept so that a rerun resumes them
   _state/lock                                  held by the running job, so a second run on OUTPUT stops at once
 Temporary files are "<target>.tmp-<random>" and renamed into place; a run deletes any it finds.
 """
@@ -23,6 +26,7 @@ from dynamicid.atomic import write_atomic
 STATE_DIR = "_state"
 RECORDS_DIR = "records"
 IMAGES_DIR = "images"
+SET_ASIDE_DIR = "set_aside"
 OUTPUT_EXTENSIONS = ("jpg", "png", "txt", "pt")
 LOCK_FILE = "lock"
 _ESCAPED = set('/\\%:*?"<>|') | {chr(c) for c in range(32)} | {"\x7f"}
@@ -65,20 +69,27 @@ def identity_folder(identity: str | None) -> str:
     return path_component(identity) if identity else ""
 
 
-def face_paths(output: str, identity: str | None, name: str) -> dict[str, str]:
-    folder = os.path.join(output, IMAGES_DIR, identity_folder(identity))
+def face_folder(output: str, identity: str | None, set_aside: bool = False) -> str:
+    """Where a face's files sit: images/<identity>/, or under _state/set_aside/ when the manifest does not
+    keep it."""
+    root = os.path.join(output, STATE_DIR, SET_ASIDE_DIR) if set_aside else os.path.join(output, IMAGES_DIR)
+    return os.path.join(root, identity_folder(identity))
+
+
+def face_paths(output: str, identity: str | None, name: str, set_aside: bool = False) -> dict[str, str]:
+    folder = face_folder(output, identity, set_aside)
     return {ext: os.path.join(folder, f"{name}.{ext}") for ext in OUTPUT_EXTENSIONS}
 
 
-def move_face_files(output: str, name: str, source: str | None, target: str | None) -> bool:
-    """Moves a face's four files from one identity's folder to another's (a rename each). Returns whether
-    any was there to move; a file already moved is left alone, so an interrupted move can be run again."""
-    before, after = face_paths(output, source, name), face_paths(output, target, name)
+def move_face_files(name: str, source_folder: str, target_folder: str) -> bool:
+    """Moves a face's four files from one folder to another (a rename each). Returns whether any was there
+    to move; a file already moved is left alone, so an interrupted move can be run again."""
     moved = False
     for extension in OUTPUT_EXTENSIONS:
-        if os.path.exists(before[extension]):
-            os.makedirs(os.path.dirname(after[extension]), exist_ok=True)
-            os.replace(before[extension], after[extension])
+        before = os.path.join(source_folder, f"{name}.{extension}")
+        if os.path.exists(before):
+            os.makedirs(target_folder, exist_ok=True)
+            os.replace(before, os.path.join(target_folder, f"{name}.{extension}"))
             moved = True
     return moved
 

@@ -122,7 +122,6 @@ def read_people(output: str) -> PeopleTable:
 
 def read_earlier_run(output: str) -> EarlierRun:
     """The table, and from the last manifest: where each placed face went, and each person's split."""
-    import pyarrow.dataset as ds
 
     table = read_people(output)
     manifest = os.path.join(output, "manifest.parquet")
@@ -132,7 +131,7 @@ def read_earlier_run(output: str) -> EarlierRun:
         return EarlierRun(table, face_identity, split_of)
     columns = ["sha256", "face_index", "identity", "status", "split", "identity_source"]
     try:
-        for batch in ds.dataset(manifest, format="parquet").to_batches(columns=columns):
+        for batch in pq.ParquetFile(manifest).iter_batches(columns=columns):
             for row in batch.to_pylist():
                 if row["identity"] and row["split"]:
                     split_of.setdefault(row["identity"], row["split"])
@@ -195,15 +194,45 @@ def person_centres(vectors: np.ndarray, names: list[str | None], members: np.nda
     return {name: (sums[i] / norms[i]).astype(np.float32).tolist() for name, i in codes.items() if norms[i] > 0}
 
 
+def manifest_people(manifest_path: str) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
+    """Each person's split and kept faces, and where their name came from, read from a manifest."""
+    counts: dict[str, list] = {}
+    sources: dict[str, str] = {}
+    columns = ["identity", "split", "status", "identity_source"]
+    for batch in pq.ParquetFile(manifest_path).iter_batches(columns=columns):
+        for row in batch.to_pylist():
+            if row["identity"] and row["status"] == "ok":
+                counts.setdefault(row["identity"], [row["split"], 0])[1] += 1
+                sources[row["identity"]] = row["identity_source"]
+    return {name: (split, faces) for name, (split, faces) in counts.items()}, sources
+
+
+def manifest_centres(manifest_path: str) -> dict[str, list[float]]:
+    """Each person's unit mean embedding over their kept faces, a batch of the manifest at a time."""
+    sums: dict[str, np.ndarray] = {}
+    columns = ["identity", "status", "embedding", "duplicate_of"]
+    for batch in pq.ParquetFile(manifest_path).iter_batches(columns=columns):
+        for identity, status, embedding, _ in zip(*(batch.column(i).to_pylist() for i in range(4))):
+            if identity and status == "ok" and embedding:
+                vector = np.asarray(embedding, np.float64)
+                sums[identity] = sums.get(identity, 0) + vector
+    return {name: (total / np.linalg.norm(total)).astype(np.float32).tolist() for name, total in sums.items()}
+
+
 def updated_table(
-    earlier: EarlierRun, counts: dict[str, tuple[str, int]], centres: dict, sources: dict, shares: str, next_number: int
+    earlier: EarlierRun,
+    counts: dict[str, tuple[str, int]],
+    centres: dict,
+    sources: dict,
+    shares: str | None,
+    next_number: int,
 ) -> PeopleTable:
     """The table after a run: every earlier person kept (their name stays used), this run's counted.
     `counts`: person -> (split, kept faces), read from the new manifest."""
     people = {name: Person(**{**vars(p), "faces": 0}) for name, p in earlier.table.people.items()}
     seen = now()
     for name, (split, faces) in counts.items():
-        person = people.get(name) or Person(name, sources.get(name, "folder"), split, seen)
+        person = people.get(name) or Person(name, sources.get(name) or "folder", split, seen)
         person.split = person.split or split
         person.faces, person.centre = faces, centres.get(name)
         people[name] = person

@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,7 +24,7 @@ from dynamicid.prep.discover import is_local, list_input
 from dynamicid.prep.guard import OutputLock, PrepError, check_paths, check_writable
 from dynamicid.prep.schema import MANIFEST_COLUMNS, SPARK_DDL, arrow_schema, spark_ddl
 from dynamicid.prep.sparkenv import spark_uri
-from dynamicid.prep.verify import faces_with_files, remove_unlisted
+from dynamicid.prep.verify import place_faces, remove_unlisted
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def merge_rows(spark, rows_dir: str, manifest_path: str, config: PrepConfig | No
     pq.write_table(pa.Table.from_pandas(found.frame, schema, False), findings_path)
     findings = spark.read.schema(spark_ddl(curate.FINDINGS_COLUMNS)).parquet(spark_uri(findings_path))
     known = spark.createDataFrame(list(earlier.known_splits().items()), "identity string, known_split string")
-    curated = curate.with_findings(curate.mark_exact_duplicates(table), findings, config.layout)
+    curated = curate.with_findings(curate.mark_exact_duplicates(table, findings), findings, config.layout)
     curated = curate.with_split(curated, config.split, config.split_seed, known)
     write_one_parquet(curated.select(*MANIFEST_COLUMNS).orderBy("relative_path", "face_index"), manifest_path)
     return _record_people(output, manifest_path, earlier, found, config.split)
@@ -106,45 +107,51 @@ class _Found:
 
 
 def _find_identities(rows: str, config: PrepConfig, earlier) -> _Found:
-    """The driver's part of curation: near copies, clusters and their people, distances (`identities`)."""
+    """The driver's part of curation: near copies, clusters and their people, distances (`identities`), with
+    the dataset's review decisions honoured (`review`)."""
     from dynamicid.faces.identity_thresholds import thresholds_for
     from dynamicid.prep import identities
     from dynamicid.prep.neighbours import read_face_vectors
+    from dynamicid.prep.review import face_key, load_verdicts
 
     thresholds = thresholds_for(config.faces.embedder, config.same_person_cosine, config.near_copy_cosine)
+    verdicts = load_verdicts(config.output)
     faces = read_face_vectors(rows)
+    keys = [face_key(*key) for key in faces.keys()]
+    decided = [verdicts.resolve(key, identity) for key, identity in zip(keys, faces.identity)]
     cluster = config.layout == "cluster"
+    if not cluster:  # a labelled face a review moved belongs to its new person from here on
+        faces.identity = [person for person, _, _ in decided]
     named: list[people.ClusterNames] = []
 
     def namer(label):
         named.append(people.name_clusters(faces.keys(), label, earlier))
-        return named[0].names
+        decided[:] = [verdicts.resolve(key, name) for key, name in zip(keys, named[0].names)]
+        return [person for person, _, _ in decided]
 
     found = identities.find_identities(faces, thresholds, cluster, seed=config.split_seed, namer=namer)
-    centres = people.person_centres(faces.vectors, found.names or faces.identity, found.copy_of < 0)
-    return _Found(
-        identities.findings_frame(faces, found),
-        centres,
-        named[0].suggestions if named else [],
-        named[0].next_number if named else earlier.next_number(),
+    frame = identities.findings_frame(faces, found)
+    frame["reviewed"] = [reviewed for _, reviewed, _ in decided]
+    if not cluster:
+        frame["found_identity"] = [person if reviewed else None for person, reviewed, _ in decided]
+    rejected = [why is not None for _, _, why in decided]
+    frame.loc[rejected, "rejection"] = "rejected_in_review"
+    frame.loc[rejected, "rejection_message"] = [why for _, _, why in decided if why is not None]
+    centres = people.person_centres(
+        faces.vectors, found.names or faces.identity, (found.copy_of < 0) & ~np.array(rejected, bool)
     )
+    suggestions = [
+        pair
+        for pair in (named[0].suggestions if named else [])
+        if frozenset((pair["a"], pair["b"])) not in verdicts.apart
+    ]
+    return _Found(frame, centres, suggestions, named[0].next_number if named else earlier.next_number())
 
 
 def _record_people(output: str, manifest_path: str, earlier, found: _Found, shares: str) -> dict:
     """Writes the people table from the new manifest; returns the summary's counts."""
-    import pyarrow.dataset as ds
-
-    counts: dict[str, list] = {}
-    sources: dict[str, str] = {}
-    columns = ["identity", "split", "status", "identity_source"]
-    for batch in ds.dataset(manifest_path, format="parquet").to_batches(columns=columns):
-        for row in batch.to_pylist():
-            if row["identity"] and row["status"] == "ok":
-                counts.setdefault(row["identity"], [row["split"], 0])[1] += 1
-                sources[row["identity"]] = row["identity_source"]
-    table = people.updated_table(
-        earlier, {k: (v[0], v[1]) for k, v in counts.items()}, found.centres, sources, shares, found.next_number
-    )
+    counts, sources = people.manifest_people(manifest_path)
+    table = people.updated_table(earlier, counts, found.centres, sources, shares, found.next_number)
     people.write_people(output, table, found.suggestions)
     new = sorted(set(counts) - set(earlier.table.people) - set(earlier.split_of))
     changed = earlier.table.shares not in (None, shares)
@@ -201,11 +208,11 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
             from dynamicid.prep.sparkenv import build_session
 
             spark = build_session(config.master)
-        _file_clusters(output, back=True)
+        place_faces(output, back=True)
         job_seconds, manifest_path, people_counts = _process_and_merge(
             spark, list_input(config.input, config.layout, spark, skip), config, output
         )
-        _file_clusters(output)
+        place_faces(output)
         removed = remove_unlisted(output, manifest_path)
         tally = report.tally_manifest(manifest_path, config.contact_sheet_faces)
         sheet = report.contact_sheet(tally, output, limit=config.contact_sheet_faces, manifest_path=manifest_path)
@@ -215,25 +222,6 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
         write_dataset_record(output, requested_faces)
         card.write_card(output, manifest_path, summary, requested_faces, config.captioner)
     return PrepResult(manifest_path, sheet, summary)
-
-
-def _file_clusters(output: str, back: bool = False) -> int:
-    """Moves the faces the manifest puts in clusters into their person's folder; `back` returns them to
-    images/ itself, where the job looks for them (it writes unlabelled faces there), before a rerun, whose
-    clusters may differ. A move interrupted either way is finished by the next run."""
-    manifest_path = os.path.join(output, "manifest.parquet")
-    if not os.path.isfile(manifest_path):
-        return 0
-    moved = 0
-    try:
-        for identity, name in faces_with_files(manifest_path, clustered_only=True):
-            source, target = (identity, None) if back else (None, identity)
-            moved += outputs.move_face_files(output, name, source, target)
-    except OSError:
-        raise
-    except Exception as err:  # an earlier manifest pyarrow cannot read: its faces are redone
-        logger.warning("%s cannot be read (%s); its clustered faces will be prepared again", manifest_path, err)
-    return moved
 
 
 @contextlib.contextmanager

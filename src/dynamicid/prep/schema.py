@@ -63,7 +63,14 @@ COLUMN_NAMES = [name for name, _ in COLUMNS]
 # Added by curation after the job (`curate`), on the whole manifest: the kept file a duplicate copies, the
 # split, where the identity came from (folder, cluster or none), and how far a face is from the rest of
 # its identity (1 - cosine to the mean of the others) with the verdict.
-CURATED_COLUMNS = ["duplicate_of", "split", "identity_source", "identity_distance", "identity_outlier"]
+CURATED_COLUMNS = [
+    "duplicate_of",
+    "split",
+    "identity_source",  # folder | cluster | review
+    "identity_distance",
+    "identity_outlier",
+    "input_identity",  # the identity the input's folder gives (none for flat and clustered inputs)
+]
 MANIFEST_COLUMNS = COLUMN_NAMES + CURATED_COLUMNS
 
 _ARROW = {

@@ -1,0 +1,130 @@
+"""Review (issue 36 §3): a curator's decisions are data, applied at once, and honoured by every later run."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from dynamicid import cli
+from dynamicid.prep import PrepConfig
+from dynamicid.prep.people import read_people
+from dynamicid.prep.review import LOG_FILE, Decision, ReviewError, decide, replay
+from dynamicid.prep.runner import run_prep
+from dynamicid.prep.verify import check_outputs
+
+
+def prep(spark, input_dir, output_dir, **options):
+    return run_prep(PrepConfig(input=str(input_dir), output=str(output_dir), progress=False, **options), spark=spark)
+
+
+def _rows(out) -> pd.DataFrame:
+    return pd.read_parquet(out / "manifest.parquet").set_index("relative_path")
+
+
+def _folders(out) -> dict[str, set[str]]:
+    """person folder -> the names of the faces in it, as on disk."""
+    found: dict[str, set[str]] = {}
+    for path in (out / "images").rglob("*.jpg"):
+        found.setdefault(path.parent.name, set()).add(path.stem)
+    return found
+
+
+def _on_disk_equals_manifest(out) -> None:
+    rows = _rows(out)
+    kept = rows[rows.status == "ok"]
+    expected: dict[str, set[str]] = {}
+    for identity, name in zip(kept.identity, kept.name):
+        expected.setdefault(identity, set()).add(name)
+    assert _folders(out) == expected
+    assert check_outputs(str(out)).ok
+
+
+@pytest.mark.slow  # three prep runs
+def test_merge_rename_move_and_reject_are_applied_and_survive_a_rerun_with_new_photos(
+    spark, shared_faces, tmp_path, capsys
+):
+    source, out = tmp_path / "in", tmp_path / "out"
+    for person in ("obama", "biden", "kit_harington", "rose_leslie", "alex_lacamoire"):
+        shutil.copytree(shared_faces / "identities" / person, source / person)
+    (source / "obama" / "2.jpg").rename(tmp_path / "obama-2.jpg")  # arrives later
+    prep(spark, source, out, split="0.5,0,0.5")
+    before = _rows(out)
+    split_of = dict(zip(before.identity, before.split))
+
+    assert cli.main(["review", str(out), "--merge", "kit_harington", "rose_leslie", "--who", "ann"]) == 0
+    assert cli.main(["review", str(out), "--rename", "obama", "barack_obama"]) == 0
+    assert cli.main(["review", str(out), "--move", "biden/2.jpg", "--into", "joe"]) == 0
+    assert cli.main(["review", str(out), "--reject", "alex_lacamoire/1.jpg", "--reason", "a poster"]) == 0
+    capsys.readouterr()
+
+    def check(rows: pd.DataFrame) -> None:
+        for photo in ("rose_leslie/1.jpg", "rose_leslie/2.jpg"):
+            assert (rows.loc[photo, "identity"], rows.loc[photo, "identity_source"]) == ("kit_harington", "review")
+            assert rows.loc[photo, "split"] == split_of["kit_harington"]
+        obama = rows[rows.index.str.startswith("obama/") & (rows.status == "ok")]
+        assert set(obama.identity) == {"barack_obama"} and set(obama.split) == {split_of["obama"]}
+        assert rows.loc["biden/2.jpg", "identity"] == "joe" and rows.loc["biden/1.jpg", "identity"] == "biden"
+        assert rows.loc["biden/2.jpg", "split"] == split_of["biden"]  # the faces' split: never a leak
+        rejected = rows.loc["alex_lacamoire/1.jpg"]
+        assert (rejected.status, rejected.reason) == ("rejected", "rejected_in_review")
+        assert "a poster" in rejected.message
+        named = set(rows[rows.status == "ok"].identity) | set(rows[rows.reason == "duplicate"].identity)
+        assert "rose_leslie" not in named and "obama" not in named
+        _on_disk_equals_manifest(out)
+
+    check(_rows(out))
+    table = read_people(str(out))
+    assert table.people["barack_obama"].split == split_of["obama"] and table.people["joe"].faces == 1
+    assert table.people["rose_leslie"].faces == 0  # kept, so the name is never given to someone else
+    log = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
+    assert [entry["action"] for entry in log] == ["merge", "rename", "move", "reject"]
+    assert log[0]["who"] == "ann" and log[0]["when"] and len(log[0]["faces"]) == 2
+    assert all(":" in face and "/" not in face for entry in log for face in entry["faces"])  # by content
+
+    # A rerun with the same photos, then with a new one: every decision holds, and the new photo of the renamed
+    # person joins barack_obama.
+    prep(spark, source, out, split="0.5,0,0.5")
+    check(_rows(out))
+    shutil.copy(tmp_path / "obama-2.jpg", source / "obama" / "2.jpg")
+    again = prep(spark, source, out, split="0.5,0,0.5")
+    rows = _rows(out)
+    check(rows)
+    assert rows.loc["obama/2.jpg", "identity"] == "barack_obama" and again.summary["new_people"] == 0
+
+    # The listing shows the people with their faces per split.
+    assert cli.main(["review", str(out), "--list-suggestions"]) == 0
+    listed = capsys.readouterr().out
+    assert "barack_obama" in listed and "joe" in listed and "suggested merges (closest first): 0" in listed
+
+
+def test_decisions_are_checked_before_they_are_logged(spark, shared_faces, tmp_path):
+    out = tmp_path / "out"
+    prep(spark, shared_faces / "identities", out)
+    for action, people, faces, words in [
+        ("merge", ["obama", "nobody"], [], "nobody not a person of this dataset"),
+        ("rename", ["obama", "biden"], [], "biden is a person already; to make them one, merge biden obama"),
+        ("move", ["joe"], ["biden/9.jpg"], "no face for biden/9.jpg"),
+        ("merge", ["obama", "obama"], [], "two different people"),
+    ]:
+        with pytest.raises(ReviewError, match=words):
+            decide(str(out), action, people, faces)
+    assert not (out / LOG_FILE).exists()
+    assert cli.main(["review", str(out), "--move", "biden/1.jpg"]) == 1  # --into missing: one clear line
+
+
+def test_the_log_replays_in_order_and_a_later_decision_takes_an_earlier_back():
+    face = "a" * 64 + ":0"
+    verdicts = replay(
+        [
+            Decision("rename", ["ann", "anna"]),
+            Decision("reject", [], [face], "blurry", "cu", "2026-12-07"),
+            Decision("move", ["bob"], [face]),
+            Decision("rename", ["anna", "ann"]),
+            Decision("different", ["ann", "bob"]),
+        ]
+    )
+    assert verdicts.resolve(face, "ann") == ("bob", True, None)  # moved after it was rejected: back in
+    assert verdicts.resolve("b" * 64 + ":0", "ann") == ("ann", False, None)  # renamed there and back
+    assert verdicts.resolve("b" * 64 + ":0", "anna") == ("ann", True, None)
+    assert frozenset(("ann", "bob")) in verdicts.apart
