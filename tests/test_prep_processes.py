@@ -94,12 +94,17 @@ def check_no_partial_outputs(output_dir: Path) -> None:
 
 
 def embeddings_by_file(output_dir: Path) -> dict[str, np.ndarray]:
-    """The embedding of every face with files: kept, or a duplicate curation rejected (its files stay)."""
+    """The embedding of every face with files: kept (under images/), or a duplicate curation rejected (its files
+    set aside under _state/, in the folder the job wrote them to)."""
     manifest = pd.read_parquet(output_dir / "manifest.parquet")
+
+    def pt(row) -> str:
+        if row.status == "ok":
+            return outputs.face_paths(str(output_dir), row.identity, row.name)["pt"]
+        return outputs.face_paths(str(output_dir), row.input_identity, row.name, set_aside=True)["pt"]
+
     return {
-        row.relative_path: torch.load(
-            outputs.face_paths(str(output_dir), row.identity, row.name)["pt"], weights_only=True
-        )["embedding"].numpy()
+        row.relative_path: torch.load(pt(row), weights_only=True)["embedding"].numpy()
         for row in manifest[(manifest.status == "ok") | (manifest.reason == "duplicate")].itertuples()
     }
 
@@ -133,8 +138,10 @@ def test_killed_run_resumes_to_complete_outputs(shared_faces, tmp_path):
     ).all()
     assert manifest.resumed.sum() >= done_before - 2  # a record may land between the kill signal and exit
     assert not list(out.rglob("*.tmp-*"))
-    written = sorted(p.name for p in (out / "images").rglob("*") if p.is_file())
-    assert len(written) == 4 * len(files) and len(set(written)) == len(written)
+    written = sorted(p.name for p in (out / "images").rglob("*") if p.is_file())  # the kept faces alone
+    assert len(written) == 4 * (manifest.status == "ok").sum() and len(set(written)) == len(written)
+    set_aside = sorted(p.name for p in (out / "_state" / "set_aside").rglob("*") if p.is_file())
+    assert len(set_aside) == 4 * (manifest.status != "ok").sum() and not set(set_aside) & set(written)
     check_no_partial_outputs(out)
     # Copies of one photo give the same embedding, whichever run produced them.
     vectors = embeddings_by_file(out)

@@ -24,6 +24,9 @@ RUN = {
     "# tiny.toml": "tests/test_readme.py::test_the_tiny_recipe_runs_as_written",
     "# first: dynamicid make-tiny-models tiny": "tests/test_readme.py::test_the_tiny_recipe_runs_as_written",
     "# the same with curl": "tests/test_serve.py::test_the_readme_api_examples_run_against_a_live_server",
+    "dynamicid review dataset/": (
+        "tests/test_review.py::test_merge_rename_move_and_reject_are_applied_and_survive_a_rerun_with_new_photos"
+    ),
 }
 
 # First line of each block that is not run, and why.

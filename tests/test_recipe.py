@@ -193,6 +193,17 @@ def test_the_whole_recipe_reruns_only_what_changed_and_the_server_switches(
         assert _served_version(engine, photo).startswith("version 3")
         assert _page_model_line(engine).startswith("Model: version 3")
 
+        # A curator's review of the dataset: what reads the dataset runs again on it, and nothing before it.
+        dataset = str(tmp_path / "runs/faces/dataset")
+        assert cli.main(["review", dataset, "--rename", "obama", "barack_obama"]) == 0
+        capsys.readouterr()
+        assert cli.main(["run", recipe]) == 0
+        out = capsys.readouterr().out
+        assert _ran_in(out) == ["train.anchor", "train.reconfig", "eval", "gate", "publish"]
+        assert "reviewed since it ran" in out and "a review of the dataset changed its input" in out
+        assert {person.name for person in held_out_identities(dataset, "test", 100)} == {"barack_obama", "rose_leslie"}
+        assert cli.main(["run", recipe]) == 0 and _ran(capsys) == []
+
 
 def _page_model_line(engine) -> str:
     """The page's model line as a browser loading the page gets it (its load event refreshes it)."""

@@ -396,8 +396,9 @@ def test_two_processes_train_anchor_as_one_process_with_their_global_batch(datas
     # Both ranks hold the same weights, and they equal one process's at the same global batch.
     assert len(set(two["weights_digests"])) == 1
     _assert_same_weights(tmp_path / "two", tmp_path / "one")
-    # The two processes share the work: together well under twice the CPU time of one.
-    assert sum(two["processes_cpu_seconds"]) < 1.5 * one["processes_cpu_seconds"][0], (one, two)
+    # The two processes share the work: each puts half of every global batch of 8 through the model. (Counted,
+    # not timed: gloo's waits spin, so CPU time says little when other work shares the cores.)
+    assert one["processes_faces"] == [24] and two["processes_faces"] == [12, 12], (one, two)
     # A resumed two-process run continues exactly: the run's step-2 checkpoint alone, then on to step 3.
     shutil.copytree(tmp_path / "two", tmp_path / "resumed")
     for later in ("checkpoints/step-0000003", "weights", "weights-authors"):
@@ -416,6 +417,7 @@ def test_two_processes_train_reconfig_as_one_process_with_their_global_batch(dat
     two = _launch(2, "reconfig", dataset, tiny_models, tmp_path / "two", *reconfig)
     assert len(set(two["weights_digests"])) == 1 and two["processes"] == 2
     assert two["processes"] == 2 and one["processes"] == 1
+    assert one["processes_faces"] == [6] and two["processes_faces"] == [3, 3]  # batch 2 x 3 steps, shared
     _assert_same_weights(tmp_path / "two", tmp_path / "one")
     losses = [pd.read_csv(tmp_path / name / "losses.csv")["loss"].to_numpy() for name in ("one", "two")]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)

@@ -39,15 +39,15 @@ def folder_stamp(folder: str | None, skip: tuple[str, ...] = ()) -> str | None:
 SMALL_FILE = 64 * 1024
 
 
-def output_stamp(folder: str | None) -> str | None:
+def output_stamp(folder: str | None, skip: tuple[str, ...] = ()) -> str | None:
     """A folder's stamp (`folder_stamp`) that also reads the small files (configs, records, up to 64 KiB), so a
     deleted, cut or edited file changes it even when its size and time are kept; None when there is no
-    such folder."""
+    such folder. Subfolders whose names start with one of `skip` are left out."""
     if not folder or not os.path.isdir(folder):
         return None
-    digest = hashlib.sha256(folder_stamp(folder).encode())
+    digest = hashlib.sha256(str(folder_stamp(folder, skip)).encode())
     for root, dirs, names in os.walk(folder):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not (skip and d.startswith(skip)))
         for name in sorted(names):
             path = os.path.join(root, name)
             try:

@@ -29,6 +29,9 @@ from dynamicid.errors import DynamicIDError
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "review_log.jsonl"
+# What the last review left the dataset as (its output stamp, this folder left out): `dynamicid run` sees a
+# dataset that differs from what prep made only by a review, and reruns what reads the dataset, not prep.
+REVIEW_STATE = "_review_state"
 ACTIONS = ("merge", "rename", "move", "reject", "different")
 REJECTED_REASON = "rejected_in_review"
 
@@ -262,7 +265,24 @@ def apply_review(dataset: str) -> dict:
         )
         people.write_people(dataset, table, suggestions)
         place_faces(dataset)
+        _record_review_stamp(dataset)
     return {"rows_changed": changed, "people": len(counts), "suggested_merges": len(suggestions)}
+
+
+def _record_review_stamp(dataset: str) -> None:
+    from dynamicid.filestamps import output_stamp
+
+    stamp = output_stamp(dataset, skip=(REVIEW_STATE,))
+    write_atomic(os.path.join(dataset, REVIEW_STATE, "stamp.json"), json.dumps({"output_stamp": stamp}).encode())
+
+
+def reviewed_stamp(dataset: str) -> str | None:
+    """The dataset's output stamp as the last review left it, or None."""
+    try:
+        with open(os.path.join(dataset, REVIEW_STATE, "stamp.json"), encoding="utf-8") as handle:
+            return json.load(handle)["output_stamp"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_suggestions(dataset: str) -> list[dict]:

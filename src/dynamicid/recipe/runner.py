@@ -45,6 +45,10 @@ def plan(recipe: Recipe, state: RunState, force=(), start: str | None = None, un
             steps.append(Step(stage, prints[stage], False, "outside --from/--until"))
             continue
         reason = _why_run(stage, prints[stage], state.get(stage), force, upstream_ran, recipe)
+        if stage == "prep" and reason and reason.startswith("its output changed") and _reviewed(recipe, state):
+            steps.append(Step(stage, prints[stage], False, "reviewed since it ran: what reads the dataset runs"))
+            upstream_ran = "a review of the dataset"
+            continue
         steps.append(Step(stage, prints[stage], reason is not None, reason or "up to date"))
         if reason is not None and upstream_ran is None:
             upstream_ran = stage
@@ -66,12 +70,32 @@ def _why_run(stage, fingerprint, record, force, upstream_ran, recipe) -> str | N
     problem = _output_problem(recipe, stage, record)
     if problem:
         return problem
-    return f"{upstream_ran} runs before it" if upstream_ran else None
+    if upstream_ran:
+        return upstream_ran + (" changed its input" if upstream_ran.startswith("a review") else " runs before it")
+    return None
+
+
+def _reviewed(recipe: Recipe, state: RunState) -> bool:
+    """Prep's dataset differs from what prep made only by a review (`dynamicid review`): it is as the last
+    review left it."""
+    from dynamicid.prep.review import reviewed_stamp
+    from dynamicid.recipe.stages import output_folder
+
+    folder = output_folder(recipe, "prep", state.get("prep"))
+    stamp = reviewed_stamp(folder) if folder else None
+    return stamp is not None and _stamp(folder) == stamp
+
+
+def _stamp(folder: str | None) -> str | None:
+    """A stage output's stamp; a review's own record of the dataset is not part of it."""
+    from dynamicid.filestamps import output_stamp
+    from dynamicid.prep.review import REVIEW_STATE
+
+    return output_stamp(folder, skip=(REVIEW_STATE,))
 
 
 def _output_problem(recipe: Recipe, stage: str, record: dict) -> str | None:
     """Why a finished stage's output no longer is what it made (a file deleted or edited), or None."""
-    from dynamicid.filestamps import output_stamp
     from dynamicid.recipe.stages import output_folder
 
     folder = output_folder(recipe, stage, record)
@@ -79,7 +103,7 @@ def _output_problem(recipe: Recipe, stage: str, record: dict) -> str | None:
         return None
     if not os.path.isdir(folder):
         return "the published model is missing" if stage == "publish" else "its output is missing"
-    if record.get("output_stamp") and output_stamp(folder) != record["output_stamp"]:
+    if record.get("output_stamp") and _stamp(folder) != record["output_stamp"]:
         return f"its output changed since it ran (a file in {folder} was removed, added or edited)"
     return None
 
@@ -95,11 +119,13 @@ def describe(steps: list[Step]) -> str:
 def execute(recipe: Recipe, steps: list[Step], state: RunState) -> None:
     """Runs the steps that run, in order, recording each in `state`. A failing stage is recorded and stops the
     run with its message."""
-    from dynamicid.filestamps import output_stamp
     from dynamicid.recipe import actions
     from dynamicid.recipe.stages import output_folder
 
     for step in steps:
+        if step.stage == "prep" and not step.run and step.reason.startswith("reviewed"):
+            # The reviewed dataset is prep's output from now on: the stages after it run on it once.
+            state.update("prep", output_stamp=_stamp(output_folder(recipe, "prep", state.get("prep"))))
         if not step.run:
             continue
         logger.info("run: %s (%s)", step.stage, step.reason)
@@ -118,7 +144,7 @@ def execute(recipe: Recipe, steps: list[Step], state: RunState) -> None:
             ) from None
         extra = extra or {}
         folder = output_folder(recipe, step.stage, extra)
-        stamp = output_stamp(folder) if folder else None
+        stamp = _stamp(folder) if folder else None
         seconds = round(time.perf_counter() - started, 2)
         state.update(step.stage, status="done", seconds=seconds, output_stamp=stamp, **extra)
 

@@ -151,6 +151,7 @@ def _write_final(weights: DynamicIDWeights, config, trainer: Trainer, extra: dic
     extra = extra | {
         "processes": trainer.accelerator.num_processes,
         "processes_cpu_seconds": trainer.processes_cpu_seconds,
+        "processes_faces": trainer.processes_faces,
         "weights_digests": trainer.weights_digests,
     }
     if trainer.is_main:
@@ -248,6 +249,7 @@ def _anchor_loss(config: AnchorConfig, frozen: Frozen, trainer: Trainer, batches
         text, _ = frozen.text(batch["captions"])
         noisy, timesteps, target = frozen.noisy(frozen.latents(batch["pixels"]), generators)
         prediction = trainer.model(noisy, timesteps, text, embeddings, clip)
+        trainer.count_faces(len(batch["places"]))
         return F.mse_loss(prediction.float(), target.float()), {}
 
     return loss_of
@@ -445,6 +447,7 @@ def _reconfig_loss(config: ReconfigConfig, frozen: Frozen, trainer: Trainer, sam
     def loss_of(micro: int):
         items = [item_for(micro, place) for place in range(config.batch_size)]
         mine = [item for item in items if "source_tokens" in item]
+        trainer.count_faces(len(mine))
         dfms, ldcs = [], []
         for item, (edited, prediction) in zip(mine, trainer.model(items)):
             dfms.append(F.mse_loss(edited.float(), item["wanted"].float()))

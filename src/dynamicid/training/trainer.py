@@ -175,6 +175,7 @@ class Trainer:
         self.stop = StopRequest()
         self.start_step = 0
         self.identity: dict = {}  # what the stage adds to the run's settings (the data's and weights' digests)
+        self.faces_seen = 0  # faces this process put through the model this run (`count_faces`)
         os.makedirs(config.output, exist_ok=True)
 
     def prepare(self, trainable: nn.Module) -> None:
@@ -361,10 +362,16 @@ class Trainer:
                 if bar is not None:
                     bar.close()
         self.processes_cpu_seconds = self._gathered(round(time.process_time() - cpu_began, 3))
+        self.processes_faces = self._gathered(self.faces_seen)
         self.weights_digests = self._agreeing_weights()
         self.save_checkpoint(c.steps)
         self.write_curves()
         return self.history
+
+    def count_faces(self, count: int) -> None:
+        """A loss function says how many faces of its micro-batch this process put through the model, so the
+        run records each process's share of the work (`processes_faces`)."""
+        self.faces_seen += count
 
     def _one_step(self, loss_of, on_sample, step: int, bar) -> None:
         c = self.config
