@@ -70,6 +70,23 @@ def analyzer():
     return FaceAnalyzer()
 
 
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright (its own browser download does not work here)."""
+    if not chromium_path():
+        pytest.skip("Chromium is not installed (make test installs it from Debian's packages)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
 def readme_blocks() -> list[tuple[str, str]]:
     """(language, text) of every fenced block in the README."""
     import re

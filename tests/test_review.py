@@ -1,12 +1,15 @@
 """Review (issue 36 §3): a curator's decisions are data, applied at once, and honoured by every later run."""
 
 import json
+import os
 import shlex
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import readme_block
+from PIL import Image
 
 from dynamicid import cli
 from dynamicid.prep import PrepConfig
@@ -14,6 +17,8 @@ from dynamicid.prep.people import read_people
 from dynamicid.prep.review import LOG_FILE, Decision, ReviewError, decide, replay
 from dynamicid.prep.runner import run_prep
 from dynamicid.prep.verify import check_outputs
+
+REVIEW_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "review.png"
 
 
 def prep(spark, input_dir, output_dir, **options):
@@ -42,17 +47,39 @@ def _on_disk_equals_manifest(out) -> None:
     assert check_outputs(str(out)).ok
 
 
+def _decisions_hold(out, rows: pd.DataFrame, split_of: dict) -> None:
+    """The four decisions of the README's block (and of the page test) hold in `rows` and on disk."""
+    for photo in ("rose_leslie/1.jpg", "rose_leslie/2.jpg"):
+        assert (rows.loc[photo, "identity"], rows.loc[photo, "identity_source"]) == ("kit_harington", "review")
+        assert rows.loc[photo, "split"] == split_of["kit_harington"]
+    obama = rows[rows.index.str.startswith("obama/") & (rows.status == "ok")]
+    assert set(obama.identity) == {"barack_obama"} and set(obama.split) == {split_of["obama"]}
+    assert rows.loc["biden/2.jpg", "identity"] == "joe" and rows.loc["biden/1.jpg", "identity"] == "biden"
+    assert rows.loc["biden/2.jpg", "split"] == split_of["biden"]  # the faces' split: never a leak
+    rejected = rows.loc["alex_lacamoire/1.jpg"]
+    assert (rejected.status, rejected.reason) == ("rejected", "rejected_in_review")
+    assert "a poster, not the person" in rejected.message
+    named = set(rows[rows.status == "ok"].identity) | set(rows[rows.reason == "duplicate"].identity)
+    assert "rose_leslie" not in named and "obama" not in named
+    _on_disk_equals_manifest(out)
+
+
+def _five_people(spark, shared_faces, tmp_path):
+    """A prepped dataset of five people (obama's 2.jpg held back, to arrive later); its input, output and splits."""
+    source, out = tmp_path / "in", tmp_path / "out"
+    for person in ("obama", "biden", "kit_harington", "rose_leslie", "alex_lacamoire"):
+        shutil.copytree(shared_faces / "identities" / person, source / person)
+    (source / "obama" / "2.jpg").rename(tmp_path / "obama-2.jpg")
+    prep(spark, source, out, split="0.5,0,0.5")
+    before = _rows(out)
+    return source, out, dict(zip(before.identity, before.split))
+
+
 @pytest.mark.slow  # three prep runs
 def test_merge_rename_move_and_reject_are_applied_and_survive_a_rerun_with_new_photos(
     spark, shared_faces, tmp_path, capsys
 ):
-    source, out = tmp_path / "in", tmp_path / "out"
-    for person in ("obama", "biden", "kit_harington", "rose_leslie", "alex_lacamoire"):
-        shutil.copytree(shared_faces / "identities" / person, source / person)
-    (source / "obama" / "2.jpg").rename(tmp_path / "obama-2.jpg")  # arrives later
-    prep(spark, source, out, split="0.5,0,0.5")
-    before = _rows(out)
-    split_of = dict(zip(before.identity, before.split))
+    source, out, split_of = _five_people(spark, shared_faces, tmp_path)
 
     # The README's review block, as written (its dataset/ is this OUTPUT).
     for line in readme_block("dynamicid review dataset/").splitlines():
@@ -62,22 +89,7 @@ def test_merge_rename_move_and_reject_are_applied_and_survive_a_rerun_with_new_p
     listing = capsys.readouterr().out
     assert "people: 5" in listing and "suspected strangers" in listing  # the first line lists before deciding
 
-    def check(rows: pd.DataFrame) -> None:
-        for photo in ("rose_leslie/1.jpg", "rose_leslie/2.jpg"):
-            assert (rows.loc[photo, "identity"], rows.loc[photo, "identity_source"]) == ("kit_harington", "review")
-            assert rows.loc[photo, "split"] == split_of["kit_harington"]
-        obama = rows[rows.index.str.startswith("obama/") & (rows.status == "ok")]
-        assert set(obama.identity) == {"barack_obama"} and set(obama.split) == {split_of["obama"]}
-        assert rows.loc["biden/2.jpg", "identity"] == "joe" and rows.loc["biden/1.jpg", "identity"] == "biden"
-        assert rows.loc["biden/2.jpg", "split"] == split_of["biden"]  # the faces' split: never a leak
-        rejected = rows.loc["alex_lacamoire/1.jpg"]
-        assert (rejected.status, rejected.reason) == ("rejected", "rejected_in_review")
-        assert "a poster, not the person" in rejected.message
-        named = set(rows[rows.status == "ok"].identity) | set(rows[rows.reason == "duplicate"].identity)
-        assert "rose_leslie" not in named and "obama" not in named
-        _on_disk_equals_manifest(out)
-
-    check(_rows(out))
+    _decisions_hold(out, _rows(out), split_of)
     table = read_people(str(out))
     assert table.people["barack_obama"].split == split_of["obama"] and table.people["joe"].faces == 1
     assert table.people["rose_leslie"].faces == 0  # kept, so the name is never given to someone else
@@ -89,17 +101,79 @@ def test_merge_rename_move_and_reject_are_applied_and_survive_a_rerun_with_new_p
     # A rerun with the same photos, then with a new one: every decision holds, and the new photo of the renamed
     # person joins barack_obama.
     prep(spark, source, out, split="0.5,0,0.5")
-    check(_rows(out))
+    _decisions_hold(out, _rows(out), split_of)
     shutil.copy(tmp_path / "obama-2.jpg", source / "obama" / "2.jpg")
     again = prep(spark, source, out, split="0.5,0,0.5")
     rows = _rows(out)
-    check(rows)
+    _decisions_hold(out, rows, split_of)
     assert rows.loc["obama/2.jpg", "identity"] == "barack_obama" and again.summary["new_people"] == 0
 
     # The listing shows the people with their faces per split.
     assert cli.main(["review", str(out), "--list-suggestions"]) == 0
     listed = capsys.readouterr().out
     assert "barack_obama" in listed and "joe" in listed and "suggested merges (closest first): 0" in listed
+
+
+@pytest.mark.slow  # the browser, two prep runs
+def test_the_review_page_merges_splits_rejects_and_renames_with_clicks_and_a_rerun_keeps_them(
+    spark, shared_faces, tmp_path, browser
+):
+    from dynamicid.prep.config import ReviewConfig
+    from dynamicid.serving.review_page import serve_review
+    from dynamicid.testing.serve import free_port
+
+    source, out, split_of = _five_people(spark, shared_faces, tmp_path)
+    app, url = serve_review(ReviewConfig(dataset=str(out), port=free_port(), who="curator"), block=False)
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    try:
+        page.goto(url)
+        page.wait_for_selector("#people .person")
+        assert page.locator("#people .person").count() == 5 and page.locator("#people img").count() >= 12
+
+        def choose(group: str, label: str) -> None:
+            page.locator(f"#{group} label", has_text=label).first.click()
+
+        def fill(field: str, text: str) -> None:
+            page.locator(f"#{field}").locator("textarea, input").first.fill(text)
+
+        def press(button: str, action: str) -> None:
+            page.click(f"#{button}")
+            page.wait_for_function(
+                f"document.querySelector('#status').innerText.includes('{action} logged and applied')", timeout=60000
+            )
+
+        choose("person", "kit_harington")
+        choose("other", "rose_leslie")
+        press("merge", "merge")
+        choose("person", "biden")
+        choose("faces", "biden/2.jpg")
+        fill("name", "joe")
+        press("move", "move")
+        choose("person", "obama")
+        fill("name", "barack_obama")
+        press("rename", "rename")
+        choose("person", "alex_lacamoire")
+        choose("faces", "alex_lacamoire/1.jpg")
+        fill("reason", "a poster, not the person")
+        press("reject-faces", "reject")
+        assert page.locator("#people .person").count() == 5  # kit (with rose), biden, joe, barack_obama, alex
+        page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+        if os.environ.get("DYNAMICID_SCREENSHOT"):  # refresh the README's picture
+            shot = Image.open(tmp_path / "review.png").convert("RGB")
+            shot = shot.resize((shot.width // 2, shot.height // 2)).crop((0, 0, shot.width // 2, 700))
+            shot.convert("P", palette=Image.Palette.ADAPTIVE, colors=128).save(REVIEW_SCREENSHOT, optimize=True)
+    finally:
+        page.close()
+        app.close()
+    _decisions_hold(out, _rows(out), split_of)
+    log = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
+    assert [entry["action"] for entry in log] == ["merge", "move", "rename", "reject"]
+    assert {entry["who"] for entry in log} == {"curator"}
+    shutil.copy(tmp_path / "obama-2.jpg", source / "obama" / "2.jpg")
+    prep(spark, source, out, split="0.5,0,0.5")
+    rows = _rows(out)
+    _decisions_hold(out, rows, split_of)
+    assert rows.loc["obama/2.jpg", "identity"] == "barack_obama"
 
 
 def test_decisions_are_checked_before_they_are_logged(spark, shared_faces, tmp_path):

@@ -17,10 +17,6 @@ REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "serve.png"
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def _free_port() -> int:
     from dynamicid.testing.serve import free_port
 
@@ -43,18 +39,6 @@ def server(tiny_pipe):
     app, engine, url = _launch(tiny_pipe)
     yield url, engine
     app.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not _chromium():
-        pytest.skip("Chromium is not installed (make test installs it from Debian's packages)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 def _upload(page, index: int, path: str, expect: str) -> str:

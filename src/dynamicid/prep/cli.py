@@ -83,8 +83,31 @@ def run_review(args) -> int:
             f"{action}: logged in {config.dataset}/{review.LOG_FILE} and applied: {done['rows_changed']} manifest rows "
             f"changed; {done['people']} people"
         )
-    if config.list_suggestions or not chosen:
+    if config.list_suggestions:
         print(format_overview(review.overview(config.dataset)))
+    elif not chosen:
+        return _serve_review_page(config)
+    return 0
+
+
+def _serve_review_page(config: ReviewConfig) -> int:
+    import os
+    import signal
+    import threading
+
+    from dynamicid.prep.review import ReviewError
+    from dynamicid.serving.review_page import serve_review
+
+    if not os.path.isfile(os.path.join(config.dataset, "manifest.parquet")):
+        raise ReviewError(f"{config.dataset} is not a finished prep OUTPUT (no manifest.parquet): run dynamicid prep")
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    app, url = serve_review(config, block=False)
+    print(f"review page on {url} (ctrl-c to stop); decisions go to {config.dataset}/review_log.jsonl", flush=True)
+    try:
+        stopped.wait()
+    finally:
+        app.close()
     return 0
 
 
@@ -117,8 +140,10 @@ COMMANDS = (
     Command(
         "review",
         "a curator's corrections to a dataset's people: merge, rename, move, reject; kept for every later run",
-        "Review the people prep found in DATASET. With no decision it lists the people (faces per split), the "
-        "suggested merges closest first, the suspected strangers and the copies. Each decision (--merge, "
+        "Review the people prep found in DATASET. With no decision it serves the review page (on this machine only "
+        "unless --host says otherwise; --auth for a login): each person as a strip of faces, the suggested merges "
+        "closest first, the suspected strangers and the copies, and buttons for every decision; "
+        "--list-suggestions prints the same lists instead. Each decision (page or --merge, "
         "--rename, --move with --into, --reject, --same, --different) is appended to DATASET/review_log.jsonl "
         "with who made it and when, faces named by content hash, and applied at once to the manifest, "
         "identities.parquet and the folders (identity_source = review). Every later prep run on DATASET honours "

@@ -10,6 +10,7 @@ from dynamicid.errors import ConfigError
 from dynamicid.faces.analyzer import FaceAnalysisConfig, FaceRules
 from dynamicid.faces.backends import available
 from dynamicid.imagefile import ImageRules
+from dynamicid.login import auth_option, check_auth_option, host_option, port_option
 from dynamicid.options import check_limits, option
 
 MULTI_FACE_POLICIES = ("largest", "skip", "all")
@@ -165,8 +166,13 @@ class ReviewConfig:
     list_suggestions: bool = option(
         False, help="print the people (faces per split), the suggested merges closest first, the suspected strangers"
     )
-    who: str = option("", help="who decides, for the log (default: the login name)")
+    who: str = option("", help="who decides, for the log (default: the login name; on the page: the login)")
+    host: str = host_option()
+    port: int = port_option(7861)
+    auth: str | None = auth_option()
 
     def __post_init__(self) -> None:
+        check_limits(self)
+        check_auth_option(self.auth)
         if bool(self.move) != bool(self.into):
             raise ConfigError("--move FACE and --into PERSON go together: name the faces and the person they join")

@@ -5,23 +5,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynamicid.errors import ConfigError
 from dynamicid.generation.config import DTYPES
 from dynamicid.generation.request import RequestLimits
+from dynamicid.login import auth_option, check_auth_option, host_option, login_ok, port_option
 from dynamicid.options import check_limits, option
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    host: str = option("127.0.0.1", "address to listen on; the default serves this machine only (0.0.0.0: everyone)")
-    port: int = option(7860, "port to listen on", limits=(1, 65535))
+    host: str = host_option()
+    port: int = port_option(7860)
     base_model: str | None = option(
         None, "Stable Diffusion 1.5: a folder or a Hugging Face repo id (default: as generate)"
     )
     weights: str | None = option(None, "DynamicID weights: a folder or a repo id (default: the authors')")
     clip_image_encoder: str | None = option(None, "CLIP ViT-H/14 image encoder: a folder or a repo id")
     tiny: bool = option(False, "run on tiny random models made at start: every control works, images are noise")
-    auth: str | None = option(None, "require a login: user:password, or a bare token any user name may use as password")
+    auth: str | None = auth_option()
     max_upload_mb: int = option(20, "largest photo upload, in MB", limits=(1, 10_000))
     max_image_pixels: int = option(40_000_000, "largest photo, in pixels (width x height)", limits=(4096, 2**32))
     limits: RequestLimits = option(factory=RequestLimits)  # as generate's
@@ -50,16 +50,7 @@ class ServeConfig:
 
     def __post_init__(self):
         check_limits(self)
-        if self.auth is not None:
-            user, colon, secret = self.auth.partition(":")
-            if not self.auth.strip(":") or (colon and not (user and secret)):
-                raise ConfigError(
-                    f"auth {self.auth!r} lets nobody log in: give user:password with both parts, or a bare token"
-                )
+        check_auth_option(self.auth)
 
     def check_auth(self, username: str, password: str) -> bool:
-        """Gradio's login check: the pair for "user:password", any user name with the token otherwise."""
-        if self.auth is None:
-            return True
-        user, colon, secret = self.auth.partition(":")
-        return (username == user and password == secret) if colon else password == self.auth
+        return login_ok(self.auth, username, password)
