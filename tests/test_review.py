@@ -13,8 +13,8 @@ from PIL import Image
 
 from dynamicid import cli
 from dynamicid.prep import PrepConfig
-from dynamicid.prep.people import read_people
-from dynamicid.prep.review import LOG_FILE, Decision, ReviewError, decide, replay
+from dynamicid.prep.people import SUGGESTIONS_FILE, read_people
+from dynamicid.prep.review import LOG_FILE, Decision, ReviewError, decide, overview, replay
 from dynamicid.prep.runner import run_prep
 from dynamicid.prep.verify import check_outputs
 
@@ -189,6 +189,17 @@ def test_decisions_are_checked_before_they_are_logged(spark, shared_faces, tmp_p
             decide(str(out), action, people, faces)
     assert not (out / LOG_FILE).exists()
     assert cli.main(["review", str(out), "--move", "biden/1.jpg"]) == 1  # --into missing: one clear line
+    # A suggested pair answered "different people" is not suggested again; "same person" merges them.
+    pairs = [{"a": "biden", "b": "obama", "links": 1}, {"a": "kit_harington", "b": "rose_leslie", "links": 2}]
+    (out / SUGGESTIONS_FILE).write_text(json.dumps({"suggested_merges": pairs}))
+    assert [s["a"] for s in overview(str(out)).suggestions] == ["kit_harington", "biden"]  # closest first
+    assert cli.main(["review", str(out), "--different", "biden", "obama"]) == 0
+    assert json.loads((out / SUGGESTIONS_FILE).read_text())["suggested_merges"] == pairs[1:]
+    assert cli.main(["review", str(out), "--same", "kit_harington", "rose_leslie"]) == 0
+    rows = _rows(out)
+    assert set(rows[rows.index.str.startswith("rose_leslie/")].identity) == {"kit_harington"}
+    assert json.loads((out / SUGGESTIONS_FILE).read_text())["suggested_merges"] == []
+    assert [json.loads(line)["action"] for line in (out / LOG_FILE).read_text().splitlines()] == ["different", "merge"]
 
 
 def test_the_log_replays_in_order_and_a_later_decision_takes_an_earlier_back():
