@@ -95,17 +95,21 @@ def findings_html(seen: review.Overview) -> str:
     )
 
 
-def build_review_app(dataset: str, who: str = ""):
-    """The page for `dataset`. Decisions are logged as `who` (default: the login name of the server's user)."""
-    import gradio as gr
+class _Actions:
+    """What the page's events do: refresh everything, list a person's faces, make a decision."""
 
-    def current(message: str = ""):
-        seen = review.overview(dataset)
+    def __init__(self, dataset: str, who: str):
+        self.dataset, self.who = dataset, who
+
+    def current(self, message: str = ""):
+        import gradio as gr
+
+        seen = review.overview(self.dataset)
         people = list(seen.people)
         pairs = [f"{s['a']} + {s['b']}" for s in seen.suggestions]
         return (
             message,
-            people_html(dataset, seen),
+            people_html(self.dataset, seen),
             findings_html(seen),
             gr.update(choices=people, value=None),
             gr.update(choices=people, value=None),
@@ -113,17 +117,26 @@ def build_review_app(dataset: str, who: str = ""):
             gr.update(choices=pairs, value=None),
         )
 
-    def faces_of_person(person):
-        faces = [path for path, _ in _faces_by_person(dataset).get(person or "", [])]
+    def faces_of(self, person):
+        import gradio as gr
+
+        faces = [path for path, _ in _faces_by_person(self.dataset).get(person or "", [])]
         return gr.update(choices=faces, value=[])
 
-    def act(action: str, people: list, faces: list, reason: str = ""):
+    def act(self, action: str, people: list, faces: list, reason: str = ""):
+        chosen = [p for p in people if p is not None]
         try:
-            done = review.decide(dataset, action, [p for p in people if p is not None], faces or [], reason or "", who)
+            done = review.decide(self.dataset, action, chosen, faces or [], reason or "", self.who)
         except DynamicIDError as err:
-            return current(f"**Not done:** {err}")
-        return current(f"**{action}** logged and applied: {done['rows_changed']} manifest rows changed.")
+            return self.current(f"**Not done:** {err}")
+        return self.current(f"**{action}** logged and applied: {done['rows_changed']} manifest rows changed.")
 
+
+def build_review_app(dataset: str, who: str = ""):
+    """The page for `dataset`. Decisions are logged as `who` (default: the login name of the server's user)."""
+    import gradio as gr
+
+    actions = _Actions(dataset, who)
     with gr.Blocks(title="DynamicID review", analytics_enabled=False) as app:
         gr.Markdown(f"# Review: `{dataset}`\nDecisions go to `{review.LOG_FILE}` and every later prep run keeps them.")
         status = gr.Markdown(elem_id="status")
@@ -148,20 +161,17 @@ def build_review_app(dataset: str, who: str = ""):
                     same = gr.Button("Same person", elem_id="same")
                     different = gr.Button("Different people", elem_id="different")
         findings = gr.HTML(elem_id="findings")
-        outputs = [status, strips, findings, person, other, faces, pair]
-        app.load(current, None, outputs)
-        person.change(faces_of_person, person, faces)
-
-        def pair_people(text):
-            return (text or " + ").split(" + ", 1)
-
-        merge.click(lambda p, o: act("merge", [p, o], []), [person, other], outputs)
-        rename.click(lambda p, n: act("rename", [p, (n or "").strip()], []), [person, name], outputs)
-        move.click(lambda f, n: act("move", [(n or "").strip()], f), [faces, name], outputs)
-        reject_faces.click(lambda f, why: act("reject", [], f, why), [faces, reason], outputs)
-        reject_person.click(lambda p, why: act("reject", [], [p] if p else [], why), [person, reason], outputs)
-        same.click(lambda t: act("merge", pair_people(t), []), pair, outputs)
-        different.click(lambda t: act("different", pair_people(t), []), pair, outputs)
+        shown = [status, strips, findings, person, other, faces, pair]
+        app.load(actions.current, None, shown)
+        person.change(actions.faces_of, person, faces)
+        act, both = actions.act, lambda text: (text or " + ").split(" + ", 1)
+        merge.click(lambda p, o: act("merge", [p, o], []), [person, other], shown)
+        rename.click(lambda p, n: act("rename", [p, (n or "").strip()], []), [person, name], shown)
+        move.click(lambda f, n: act("move", [(n or "").strip()], f), [faces, name], shown)
+        reject_faces.click(lambda f, why: act("reject", [], f, why), [faces, reason], shown)
+        reject_person.click(lambda p, why: act("reject", [], [p] if p else [], why), [person, reason], shown)
+        same.click(lambda t: act("merge", both(t), []), pair, shown)
+        different.click(lambda t: act("different", both(t), []), pair, shown)
     return app
 
 
