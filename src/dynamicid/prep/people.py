@@ -179,21 +179,6 @@ def _clusters_largest_first(label: np.ndarray) -> list[int]:
     return [int(values[i]) for i in np.lexsort((first, -sizes))]
 
 
-def person_centres(vectors: np.ndarray, names: list[str | None], members: np.ndarray) -> dict[str, list[float]]:
-    """Each person's unit mean over their member faces (copies are not members)."""
-    from dynamicid.prep.neighbours import float_blocks
-
-    codes: dict[str, int] = {}
-    group = np.array([-1 if n is None else codes.setdefault(n, len(codes)) for n in names], np.int64)
-    sums = np.zeros((len(codes), vectors.shape[1] if vectors.ndim == 2 else 0), np.float64)
-    for start, block in float_blocks(vectors):
-        rows = slice(start, start + len(block))
-        chosen = members[rows] & (group[rows] >= 0)
-        np.add.at(sums, group[rows][chosen], block[chosen])
-    norms = np.linalg.norm(sums, axis=1)
-    return {name: (sums[i] / norms[i]).astype(np.float32).tolist() for name, i in codes.items() if norms[i] > 0}
-
-
 def manifest_people(manifest_path: str) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
     """Each person's split and kept faces, and where their name came from, read from a manifest."""
     counts: dict[str, list] = {}
@@ -208,11 +193,12 @@ def manifest_people(manifest_path: str) -> tuple[dict[str, tuple[str, int]], dic
 
 
 def manifest_centres(manifest_path: str) -> dict[str, list[float]]:
-    """Each person's unit mean embedding over their kept faces, a batch of the manifest at a time."""
+    """Each person's unit mean embedding over their kept faces (copies are not kept), a batch of the manifest
+    at a time: what the table holds as `centre`."""
     sums: dict[str, np.ndarray] = {}
-    columns = ["identity", "status", "embedding", "duplicate_of"]
+    columns = ["identity", "status", "embedding"]
     for batch in pq.ParquetFile(manifest_path).iter_batches(columns=columns):
-        for identity, status, embedding, _ in zip(*(batch.column(i).to_pylist() for i in range(4))):
+        for identity, status, embedding in zip(*(batch.column(i).to_pylist() for i in range(3))):
             if identity and status == "ok" and embedding:
                 vector = np.asarray(embedding, np.float64)
                 sums[identity] = sums.get(identity, 0) + vector

@@ -11,7 +11,6 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -101,7 +100,6 @@ def merge_rows(spark, rows_dir: str, manifest_path: str, config: PrepConfig | No
 @dataclass
 class _Found:
     frame: pd.DataFrame  # the findings, one row per kept face
-    centres: dict[str, list[float]]
     suggestions: list[dict]
     next_number: int
 
@@ -137,21 +135,19 @@ def _find_identities(rows: str, config: PrepConfig, earlier) -> _Found:
     rejected = [why is not None for _, _, why in decided]
     frame.loc[rejected, "rejection"] = "rejected_in_review"
     frame.loc[rejected, "rejection_message"] = [why for _, _, why in decided if why is not None]
-    centres = people.person_centres(
-        faces.vectors, found.names or faces.identity, (found.copy_of < 0) & ~np.array(rejected, bool)
-    )
     suggestions = [
         pair
         for pair in (named[0].suggestions if named else [])
         if frozenset((pair["a"], pair["b"])) not in verdicts.apart
     ]
-    return _Found(frame, centres, suggestions, named[0].next_number if named else earlier.next_number())
+    return _Found(frame, suggestions, named[0].next_number if named else earlier.next_number())
 
 
 def _record_people(output: str, manifest_path: str, earlier, found: _Found, shares: str) -> dict:
     """Writes the people table from the new manifest; returns the summary's counts."""
     counts, sources = people.manifest_people(manifest_path)
-    table = people.updated_table(earlier, counts, found.centres, sources, shares, found.next_number)
+    centres = people.manifest_centres(manifest_path)
+    table = people.updated_table(earlier, counts, centres, sources, shares, found.next_number)
     people.write_people(output, table, found.suggestions)
     new = sorted(set(counts) - set(earlier.table.people) - set(earlier.split_of))
     changed = earlier.table.shares not in (None, shares)
