@@ -158,15 +158,20 @@ def test_the_whole_recipe_reruns_only_what_changed_and_the_server_switches(
         assert json.loads((published / "model_index.json").read_text())["_class_name"] == "DynamicIDPipeline"
         assert json.loads((published / "dynamicid_run.json").read_text())["version"] == 2
 
-        # A deleted weights file: stage 2 runs again, anew (its weights are damaged). The retrained model ties
-        # with the published one: refused, with advice that names the ways out.
+        # A deleted weights file: stage 2 runs again, anew (its weights are damaged). On a CPU the retrained
+        # weights are either the published ones bit for bit (torch's threads may sum in the same order or not):
+        # nothing new to publish, exit 0; or they differ in the last bits and score the same: a tie, refused
+        # with advice that names the ways out. Either way version 2 stays.
         os.remove(tmp_path / "runs/faces/reconfig/weights/imr.safetensors")
         assert cli.main(["run", recipe, "--dry-run"]) == 0
         assert "train.reconfig  run   its output changed" in capsys.readouterr().out
-        assert cli.main(["run", recipe]) == 1
+        code = cli.main(["run", recipe])
         captured = capsys.readouterr()
         assert _ran_in(captured.out) == ["train.reconfig", "eval", "gate", "publish"]
-        assert "min_improvement" in captured.err and "champion = false" in captured.err
+        if code == 0:
+            assert "nothing new to publish: version 2" in captured.out and "has the same weights" in captured.out
+        else:
+            assert code == 1 and "min_improvement" in captured.err and "champion = false" in captured.err
         assert (tmp_path / "runs/faces/reconfig/weights/imr.safetensors").is_file()
         assert json.loads((published / "dynamicid_run.json").read_text())["version"] == 2
 
