@@ -184,6 +184,7 @@ def test_decisions_are_checked_before_they_are_logged(spark, shared_faces, tmp_p
         ("rename", ["obama", "biden"], [], "biden is a person already; to make them one, merge biden obama"),
         ("move", ["joe"], ["biden/9.jpg"], "no face for biden/9.jpg"),
         ("merge", ["obama", "obama"], [], "two different people"),
+        ("merge", ["obama"], [], "merge needs two people; choose both"),  # the page with one person chosen
     ]:
         with pytest.raises(ReviewError, match=words):
             decide(str(out), action, people, faces)

@@ -108,9 +108,6 @@ class Verdicts:
     rejected_people: dict[str, str] = field(default_factory=dict)
     apart: set[frozenset] = field(default_factory=set)
 
-    def __bool__(self) -> bool:
-        return bool(self.person_of or self.face_person or self.rejected_faces or self.rejected_people)
-
     def person(self, name: str | None) -> str | None:
         seen = set()
         while name in self.person_of and name not in seen:
@@ -328,6 +325,8 @@ def decide(dataset: str, action: str, people: list[str], faces: list[str], reaso
 
 
 def _check_people(action: str, people: list[str], known: set[str]) -> None:
+    if len(people) != 2 or not all(people):
+        raise ReviewError(f"{action} needs two people; choose both")
     first, second = people
     if first == second:
         raise ReviewError(f"{action} needs two different people, not {first} twice")
