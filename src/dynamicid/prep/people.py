@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dynamicid.atomic import write_atomic
+from dynamicid.prep.schema import manifest_rows
 
 logger = logging.getLogger(__name__)
 
@@ -131,12 +132,11 @@ def read_earlier_run(output: str) -> EarlierRun:
         return EarlierRun(table, face_identity, split_of)
     columns = ["sha256", "face_index", "identity", "status", "split", "identity_source"]
     try:
-        for batch in pq.ParquetFile(manifest).iter_batches(columns=columns):
-            for row in batch.to_pylist():
-                if row["identity"] and row["split"]:
-                    split_of.setdefault(row["identity"], row["split"])
-                if row["identity"] and row["status"] == "ok" and row["identity_source"] in ("cluster", "review"):
-                    face_identity[(row["sha256"], row["face_index"])] = row["identity"]
+        for sha, face, identity, status, split, source in manifest_rows(manifest, columns):
+            if identity and split:
+                split_of.setdefault(identity, split)
+            if identity and status == "ok" and source in ("cluster", "review"):
+                face_identity[(sha, face)] = identity
     except Exception as err:  # an older or damaged manifest: its people are found again
         logger.warning("%s cannot be read (%s); its people will be found again", manifest, err)
     return EarlierRun(table, face_identity, split_of)
@@ -183,12 +183,12 @@ def manifest_people(manifest_path: str) -> tuple[dict[str, tuple[str, int]], dic
     """Each person's split and kept faces, and where their name came from, read from a manifest."""
     counts: dict[str, list] = {}
     sources: dict[str, str] = {}
-    columns = ["identity", "split", "status", "identity_source"]
-    for batch in pq.ParquetFile(manifest_path).iter_batches(columns=columns):
-        for row in batch.to_pylist():
-            if row["identity"] and row["status"] == "ok":
-                counts.setdefault(row["identity"], [row["split"], 0])[1] += 1
-                sources[row["identity"]] = row["identity_source"]
+    for identity, split, status, source in manifest_rows(
+        manifest_path, ["identity", "split", "status", "identity_source"]
+    ):
+        if identity and status == "ok":
+            counts.setdefault(identity, [split, 0])[1] += 1
+            sources[identity] = source
     return {name: (split, faces) for name, (split, faces) in counts.items()}, sources
 
 
@@ -196,12 +196,9 @@ def manifest_centres(manifest_path: str) -> dict[str, list[float]]:
     """Each person's unit mean embedding over their kept faces (copies are not kept), a batch of the manifest
     at a time: what the table holds as `centre`."""
     sums: dict[str, np.ndarray] = {}
-    columns = ["identity", "status", "embedding"]
-    for batch in pq.ParquetFile(manifest_path).iter_batches(columns=columns):
-        for identity, status, embedding in zip(*(batch.column(i).to_pylist() for i in range(3))):
-            if identity and status == "ok" and embedding:
-                vector = np.asarray(embedding, np.float64)
-                sums[identity] = sums.get(identity, 0) + vector
+    for identity, status, embedding in manifest_rows(manifest_path, ["identity", "status", "embedding"]):
+        if identity and status == "ok" and embedding:
+            sums[identity] = sums.get(identity, 0) + np.asarray(embedding, np.float64)
     return {name: (total / np.linalg.norm(total)).astype(np.float32).tolist() for name, total in sums.items()}
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 from dynamicid.atomic import write_atomic
 from dynamicid.errors import DynamicIDError
+from dynamicid.prep.schema import manifest_rows
 
 logger = logging.getLogger(__name__)
 
@@ -155,16 +156,14 @@ def load_verdicts(dataset: str) -> Verdicts:
 def faces_of(dataset: str, references: list[str]) -> list[str]:
     """`SHA256:FACE` keys for references given as keys, or as photos' relative paths (every face of that
     photo); a reference the manifest does not know is refused, naming it."""
-    import pyarrow.parquet as pq
 
     wanted = {ref for ref in references if not _is_key(ref)}
     found: dict[str, list[str]] = {}
     if wanted:
         path = os.path.join(dataset, "manifest.parquet")
-        for batch in pq.ParquetFile(path).iter_batches(columns=["relative_path", "sha256", "face_index", "name"]):
-            for relative, sha, index, name in zip(*(batch.column(i).to_pylist() for i in range(4))):
-                if relative in wanted and name:
-                    found.setdefault(relative, []).append(face_key(sha, index))
+        for relative, sha, index, name in manifest_rows(path, ["relative_path", "sha256", "face_index", "name"]):
+            if relative in wanted and name:
+                found.setdefault(relative, []).append(face_key(sha, index))
     missing = sorted(wanted - set(found))
     if missing:
         raise ReviewError(
@@ -344,15 +343,13 @@ def _check_people(action: str, people: list[str], known: set[str]) -> None:
 
 
 def _faces_of_person(dataset: str, person: str) -> list[str]:
-    import pyarrow.parquet as pq
 
-    keys = []
-    columns = ["identity", "status", "sha256", "face_index"]
-    for batch in pq.ParquetFile(os.path.join(dataset, "manifest.parquet")).iter_batches(columns=columns):
-        for identity, status, sha, index in zip(*(batch.column(i).to_pylist() for i in range(4))):
-            if identity == person and status == "ok":
-                keys.append(face_key(sha, index))
-    return keys
+    path, columns = os.path.join(dataset, "manifest.parquet"), ["identity", "status", "sha256", "face_index"]
+    return [
+        face_key(sha, index)
+        for who, status, sha, index in manifest_rows(path, columns)
+        if who == person and status == "ok"
+    ]
 
 
 @dataclass
@@ -368,7 +365,6 @@ class Overview:
 def overview(dataset: str) -> Overview:
     """The dataset's people, suggestions, suspected strangers and copies, one batch of the manifest at a time."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     from dynamicid.prep.people import read_people
 
@@ -376,17 +372,15 @@ def overview(dataset: str) -> Overview:
     strangers, copies = [], []
     columns = ["relative_path", "identity", "status", "reason", "split", "identity_outlier", "identity_distance"]
     columns += ["duplicate_of"]
-    for batch in pq.ParquetFile(os.path.join(dataset, "manifest.parquet")).iter_batches(columns=columns):
-        for path, person, status, reason, split, outlier, distance, copy_of in zip(
-            *(batch.column(i).to_pylist() for i in range(len(columns)))
-        ):
-            if status == "ok" and person:
-                counts = people.setdefault(person, {})
-                counts[split or "none"] = counts.get(split or "none", 0) + 1
-                if outlier:
-                    strangers.append({"path": path, "person": person, "distance": round(distance, 3)})
-            elif reason in ("duplicate", "held_for_review"):
-                copies.append({"path": path, "person": person, "copy_of": copy_of, "reason": reason})
+    rows = manifest_rows(os.path.join(dataset, "manifest.parquet"), columns)
+    for path, person, status, reason, split, outlier, distance, copy_of in rows:
+        if status == "ok" and person:
+            counts = people.setdefault(person, {})
+            counts[split or "none"] = counts.get(split or "none", 0) + 1
+            if outlier:
+                strangers.append({"path": path, "person": person, "distance": round(distance, 3)})
+        elif reason in ("duplicate", "held_for_review"):
+            copies.append({"path": path, "person": person, "copy_of": copy_of, "reason": reason})
     centres = {name: p.centre for name, p in read_people(dataset).people.items() if p.centre}
     suggestions = []
     for pair in read_suggestions(dataset):

@@ -151,3 +151,11 @@ def read_checked_parquet(spark, path: str, columns: list[tuple[str, str]], work_
                 writer.write_batch(batch.cast(wanted))
         path = copy
     return spark.read.schema(spark_ddl(columns)).parquet(spark_uri(path))
+
+
+def manifest_rows(path: str, columns: list[str], batch_rows: int = 65536):
+    """The rows of a Parquet file as tuples of `columns`, a batch at a time (never the whole table)."""
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+        yield from zip(*(batch.column(name).to_pylist() for name in columns))

@@ -37,16 +37,15 @@ def _thumb(path: str) -> str:
 
 def _faces_by_person(dataset: str) -> dict[str, list[tuple[str, str]]]:
     """person -> [(relative_path, aligned face file)] for the kept faces, in manifest order."""
-    import pyarrow.parquet as pq
 
     from dynamicid.prep.outputs import face_paths
+    from dynamicid.prep.schema import manifest_rows
 
     found: dict[str, list[tuple[str, str]]] = {}
     columns = ["relative_path", "identity", "status", "name"]
-    for batch in pq.ParquetFile(os.path.join(dataset, "manifest.parquet")).iter_batches(columns=columns):
-        for path, person, status, name in zip(*(batch.column(i).to_pylist() for i in range(4))):
-            if status == "ok" and person and name:
-                found.setdefault(person, []).append((path, face_paths(dataset, person, name)["jpg"]))
+    for path, person, status, name in manifest_rows(os.path.join(dataset, "manifest.parquet"), columns):
+        if status == "ok" and person and name:
+            found.setdefault(person, []).append((path, face_paths(dataset, person, name)["jpg"]))
     return found
 
 
