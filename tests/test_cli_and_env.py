@@ -1,5 +1,6 @@
 """The command line's help and errors, and the Java check."""
 
+import logging
 import subprocess
 import sys
 
@@ -77,6 +78,16 @@ def test_make_sample_writes_kept_and_rejected_files(tmp_path, capsys):
     assert cli.main(["make-sample", str(tmp_path / "s")]) == 0
     assert "should be kept" in capsys.readouterr().out
     assert (tmp_path / "s" / "broken" / "empty.jpg").stat().st_size == 0
+
+
+def test_a_command_run_in_process_leaves_the_callers_logging_as_it_was(tmp_path, capsys):
+    """-q quietens the toolkit while the command runs; afterwards a notebook or a test logs as before (a
+    level left at WARNING once hid the trainer's INFO lines from later tests in the same process)."""
+    package = logging.getLogger("dynamicid")
+    before = (package.level, list(package.handlers))
+    assert cli.main(["make-sample", str(tmp_path / "s"), "-q"]) == 0
+    assert cli.main(["make-sample", str(tmp_path / "t"), "-v"]) == 0
+    assert (package.level, list(package.handlers)) == before
 
 
 def test_a_config_file_sets_options_and_the_command_line_wins(tmp_path, monkeypatch):

@@ -9,10 +9,12 @@ Exit codes: 0 done; 1 an error the message explains (bad input, configuration, m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 from dynamicid import __version__
 from dynamicid.errors import (
@@ -57,14 +59,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace | None:
     return args
 
 
-def _configure_logging(verbosity: int) -> None:
-    """The toolkit's own messages as plain lines on stderr: INFO and up by default; other libraries' are theirs."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+@contextlib.contextmanager
+def _logging_for(verbosity: int) -> Iterator[None]:
+    """The toolkit's own messages as plain lines on stderr while a command runs: INFO and up by default; other
+    libraries' are theirs. Put back as they were afterwards, so a caller of `main` in the same process (a
+    notebook, a test) keeps its own logging."""
     package = logging.getLogger("dynamicid")
-    if not package.handlers:
+    level, handlers = package.level, list(package.handlers)
+    if not handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         package.addHandler(handler)
     package.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(max(-1, verbosity), logging.DEBUG))
+    try:
+        yield
+    finally:
+        package.setLevel(level)
+        package.handlers[:] = handlers
 
 
 def _quiet_libraries(quiet: bool, progress: bool) -> None:
@@ -101,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         if args is None:
             return EXIT_USAGE
         name = f"dynamicid {args.command_name}"
-        _configure_logging(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
         _quiet_libraries(getattr(args, "quiet", 0) > 0, getattr(args, "progress", True))
-        with os_errors_reported():
+        with _logging_for(getattr(args, "verbose", 0) - getattr(args, "quiet", 0)), os_errors_reported():
             return args.command.run(args)
     except DynamicIDError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
