@@ -157,6 +157,26 @@ def test_chinese_whispers_splits_two_groups_joined_by_one_weak_edge():
     assert pairwise_precision_recall(labels, np.array([0] * 4 + [1] * 4 + [2])) == (1.0, 1.0)
 
 
+def test_the_cluster_graph_draws_its_edges_at_the_stricter_clustering_point():
+    """Two faces at cosine 0.92 pass dlib's verification point (0.91) but not its clustering point (0.937):
+    in the cluster layout they stay two people, as one such edge would merge two whole people."""
+    from dynamicid.faces.identity_thresholds import thresholds_for
+    from dynamicid.prep.identities import find_identities
+    from dynamicid.prep.neighbours import FaceVectors
+
+    angle = np.arccos(0.92)
+    vectors = np.array([[1, 0, 0], [np.cos(angle), np.sin(angle), 0]], np.float32)
+    faces = FaceVectors(
+        ["a.jpg", "b.jpg"], np.zeros(2, np.int64), [None, None], vectors, np.array([0, 2**64 - 1], np.uint64)
+    )
+    points = thresholds_for("dlib-resnet")
+    assert points.same_person < 0.92 < points.cluster_edge
+    assert len(set(find_identities(faces, points, cluster=True).names)) == 2
+    loose = thresholds_for("dlib-resnet", cluster_edge=points.same_person)
+    assert len(set(find_identities(faces, loose, cluster=True).names)) == 1
+    assert thresholds_for("custom", 0.5, 0.9).cluster_edge == 0.5  # an unmeasured embedder: the given point
+
+
 def test_distances_leave_each_face_and_copies_out_of_its_identity_centre():
     vectors = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], dtype=np.float32)
     groups = np.array([0, 0, 0, 1])

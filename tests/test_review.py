@@ -123,9 +123,12 @@ def test_the_review_page_merges_splits_rejects_and_renames_with_clicks_and_a_rer
     from dynamicid.testing.serve import free_port
 
     source, out, split_of = _five_people(spark, shared_faces, tmp_path)
-    app, url = serve_review(ReviewConfig(dataset=str(out), port=free_port(), who="curator"), block=False)
+    config = ReviewConfig(dataset=str(out), port=free_port(), who="curator", auth="ann:s3cret")
+    app, url = serve_review(config, block=False)
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
     try:
+        assert page.request.post(url + "login", form={"username": "ann", "password": "wrong"}).status >= 400
+        assert page.request.post(url + "login", form={"username": "ann", "password": "s3cret"}).ok
         page.goto(url)
         page.wait_for_selector("#people .person")
         assert page.locator("#people .person").count() == 5 and page.locator("#people img").count() >= 12
@@ -168,7 +171,7 @@ def test_the_review_page_merges_splits_rejects_and_renames_with_clicks_and_a_rer
     _decisions_hold(out, _rows(out), split_of)
     log = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
     assert [entry["action"] for entry in log] == ["merge", "move", "rename", "reject"]
-    assert {entry["who"] for entry in log} == {"curator"}
+    assert {entry["who"] for entry in log} == {"ann"}  # the one logged in, not the server's --who
     shutil.copy(tmp_path / "obama-2.jpg", source / "obama" / "2.jpg")
     prep(spark, source, out, split="0.5,0,0.5")
     rows = _rows(out)
@@ -218,3 +221,80 @@ def test_the_log_replays_in_order_and_a_later_decision_takes_an_earlier_back():
     assert verdicts.resolve("b" * 64 + ":0", "ann") == ("ann", False, None)  # renamed there and back
     assert verdicts.resolve("b" * 64 + ":0", "anna") == ("ann", True, None)
     assert frozenset(("ann", "bob")) in verdicts.apart
+
+
+# `dynamicid review` in a process that SIGKILLs itself at the KILL_AT-th file it moves in the dataset (a face
+# is four files; the faces a review placed go back where the job keeps them first, then are placed again).
+_KILLED_REVIEW = """
+import os, signal, sys
+from dynamicid import cli
+from dynamicid.prep import outputs
+
+moves, real_replace = [0], os.replace
+
+
+class _KillingOs:
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def replace(self, source, target):
+        moves[0] += 1
+        if moves[0] == int(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(source, target)
+
+
+outputs.os = _KillingOs()
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _review_killed_at(out, decision: list[str], move: int) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-c", _KILLED_REVIEW, "review", str(out), *decision]
+    done = subprocess.run(argv, env={**os.environ, "KILL_AT": str(move)}, capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, f"not killed at move {move}: {done.stderr[-2000:]}"
+    check = check_outputs(str(out))
+    assert not check.ok and "was stopped while it was applied" in check.describe()
+
+
+@pytest.mark.slow  # two prep runs and four killed review processes
+def test_a_review_killed_while_it_moves_faces_is_finished_by_the_next_command_or_prep(
+    spark, shared_faces, tmp_path, capsys
+):
+    source, out = tmp_path / "in", tmp_path / "out"
+    for person in ("obama", "biden", "kit_harington"):
+        shutil.copytree(shared_faces / "identities" / person, source / person)
+    prep(spark, source, out)
+    # Killed at its first move; mid-face as faces are placed (4 back, then 12 placed); as the faces go back
+    # (12 back, then 16 placed): then the same command again, as the interrupted message says.
+    cases = [
+        (["--reject", "obama/3.jpg", "--reason", "blurred"], 1),
+        (["--rename", "biden", "joe"], 10),
+        (["--move", "kit_harington/2.jpeg", "--into", "kit"], 7),
+    ]
+    for decision, move in cases:
+        _review_killed_at(out, decision, move)
+        assert cli.main(["review", str(out), *decision]) == 0
+        assert "already logged" in capsys.readouterr().out
+        _on_disk_equals_manifest(out)
+    rows = _rows(out)
+    assert (rows.loc["obama/3.jpg", "status"], rows.loc["obama/3.jpg", "reason"]) == ("rejected", "rejected_in_review")
+    assert rows.loc["biden/1.jpg", "identity"] == "joe" and rows.loc["kit_harington/2.jpeg", "identity"] == "kit"
+
+    # Killed again, and this time prep runs next: it applies the whole log and the dataset is whole.
+    _review_killed_at(out, ["--merge", "kit_harington", "kit"], 20)
+    prep(spark, source, out)
+    _on_disk_equals_manifest(out)
+    rows = _rows(out)
+    assert set(rows[rows.index.str.startswith("kit_harington/")].identity) == {"kit_harington"}
+    assert rows.loc["obama/3.jpg", "reason"] == "rejected_in_review" and rows.loc["biden/2.jpg", "identity"] == "joe"
+    assert [json.loads(line)["action"] for line in (out / LOG_FILE).read_text().splitlines()] == [
+        "reject",
+        "rename",
+        "move",
+        "merge",
+    ]

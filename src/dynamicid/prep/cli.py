@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from dynamicid.errors import ConfigError
@@ -76,7 +77,14 @@ def run_review(args) -> int:
         raise ConfigError(
             "one decision at a time: give one of --merge, --rename, --move, --reject, --same, --different"
         )
-    if chosen:
+    finished = os.path.isfile(os.path.join(config.dataset, "manifest.parquet")) and review.finish_interrupted(
+        config.dataset
+    )
+    if finished:
+        print(f"finished the review of {config.dataset} that was stopped while it was applied")
+    if chosen and finished and review.is_last_decision(config.dataset, *chosen[0]):
+        print(f"{chosen[0][0]}: already logged (the review that was stopped); now applied")
+    elif chosen:
         action, people, faces = chosen[0]
         done = review.decide(config.dataset, action, people, faces, config.reason or "", config.who)
         print(

@@ -76,8 +76,15 @@ class PrepConfig:
     split_seed: int = option(0, "seed of the split's hash", limits=(0, 2**31 - 1))
     same_person_cosine: float | None = option(
         None,
-        "cosine of two identity embeddings at or above which they are one person, for clusters and outliers "
-        "(default: the embedder's measured value, see faces/identity_thresholds.py)",
+        "cosine of a face and a person's other faces at or above which it is that person: strangers in labelled "
+        "folders, a photo under two people, new faces joining earlier people (default: the embedder's published "
+        "verification point, see faces/identity_thresholds.py)",
+        limits=(-1, 1),
+    )
+    cluster_cosine: float | None = option(
+        None,
+        "cosine at or above which two unlabelled faces are joined in the cluster layout's graph; stricter than "
+        "--same-person-cosine, as one wrong edge merges two people (default: the embedder's clustering point)",
         limits=(-1, 1),
     )
     near_copy_cosine: float | None = option(

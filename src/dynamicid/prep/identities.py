@@ -56,7 +56,7 @@ def find_identities(faces: FaceVectors, thresholds: IdentityThresholds, cluster:
     label = np.full(count, -1, np.int64)
     names = None
     if cluster and count:
-        graph = _same_person_edges(neighbours, similarity, thresholds.same_person, originals)
+        graph = _same_person_edges(neighbours, similarity, thresholds.cluster_edge, originals)
         label[originals] = chinese_whispers(count, *graph, seed=seed)[originals]
         label[~originals] = label[copy_of[~originals]]
         label = _renumbered(label)

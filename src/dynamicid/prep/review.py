@@ -33,6 +33,9 @@ LOG_FILE = "review_log.jsonl"
 # What the last review left the dataset as (its output stamp, this folder left out): `dynamicid run` sees a
 # dataset that differs from what prep made only by a review, and reruns what reads the dataset, not prep.
 REVIEW_STATE = "_review_state"
+# Present while a review is being applied: a kill -9 leaves it, and the next review command (or prep run)
+# finishes that review before anything else.
+APPLYING_MARKER = "applying"
 ACTIONS = ("merge", "rename", "move", "reject", "different")
 REJECTED_REASON = "rejected_in_review"
 
@@ -246,6 +249,8 @@ def apply_review(dataset: str) -> dict:
     if not os.path.isfile(manifest):
         raise ReviewError(f"{manifest} not found: {dataset} is not a finished prep OUTPUT (run dynamicid prep first)")
     with OutputLock(dataset):
+        marker = os.path.join(dataset, REVIEW_STATE, APPLYING_MARKER)
+        write_atomic(marker, b"a review is being applied; the next review or prep run finishes it\n")
         verdicts = load_verdicts(dataset)
         earlier = people.read_earlier_run(dataset)
         place_faces(dataset, back=True)
@@ -262,6 +267,7 @@ def apply_review(dataset: str) -> dict:
         people.write_people(dataset, table, suggestions)
         place_faces(dataset)
         _record_review_stamp(dataset)
+        os.remove(marker)
     return {"rows_changed": changed, "people": len(counts), "suggested_merges": len(suggestions)}
 
 
@@ -270,6 +276,44 @@ def _record_review_stamp(dataset: str) -> None:
 
     stamp = output_stamp(dataset, skip=(REVIEW_STATE,))
     write_atomic(os.path.join(dataset, REVIEW_STATE, "stamp.json"), json.dumps({"output_stamp": stamp}).encode())
+
+
+def interrupted(dataset: str) -> bool:
+    """Whether a review was stopped while it was being applied (killed, or the power went)."""
+    return os.path.isfile(os.path.join(dataset, REVIEW_STATE, APPLYING_MARKER))
+
+
+def finish_interrupted(dataset: str) -> bool:
+    """Applies the log again when a review was stopped halfway; returns whether one was."""
+    if not interrupted(dataset):
+        return False
+    logger.warning("a review of %s was stopped while it was applied; finishing it first", dataset)
+    apply_review(dataset)
+    return True
+
+
+def is_last_decision(dataset: str, action: str, people: list[str], faces: list[str]) -> bool:
+    """Whether the log's last decision is this one (the command run again after a kill): the same action,
+    people and faces. Faces named by path are looked up; one the manifest no longer has is not a match."""
+    log = read_log(dataset)
+    if not log or log[-1].action != action:
+        return False
+    last = log[-1]
+    if action in ("reject", "move"):
+        photos = [item for item in faces if item not in last.people]
+        try:
+            keys = faces_of(dataset, photos)
+        except ReviewError:
+            return False
+        return set(keys) <= set(last.faces) and (action == "reject" or list(people) == last.people)
+    return list(people) == last.people
+
+
+def cleared_after_prep(dataset: str) -> None:
+    """A prep run applies the whole log, so a review it found interrupted is finished."""
+    marker = os.path.join(dataset, REVIEW_STATE, APPLYING_MARKER)
+    if os.path.isfile(marker):
+        os.remove(marker)
 
 
 def reviewed_stamp(dataset: str) -> str | None:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from dynamicid.errors import DynamicIDError
 from dynamicid.faces.record import write_dataset_record
-from dynamicid.prep import card, curate, outputs, people, report
+from dynamicid.prep import card, curate, outputs, people, report, review
 from dynamicid.prep.config import PrepConfig
 from dynamicid.prep.discover import is_local, list_input
 from dynamicid.prep.guard import OutputLock, PrepError, check_paths, check_writable
@@ -112,7 +112,9 @@ def _find_identities(rows: str, config: PrepConfig, earlier) -> _Found:
     from dynamicid.prep.neighbours import read_face_vectors
     from dynamicid.prep.review import face_key, load_verdicts
 
-    thresholds = thresholds_for(config.faces.embedder, config.same_person_cosine, config.near_copy_cosine)
+    thresholds = thresholds_for(
+        config.faces.embedder, config.same_person_cosine, config.near_copy_cosine, config.cluster_cosine
+    )
     verdicts = load_verdicts(config.output)
     faces = read_face_vectors(rows)
     keys = [face_key(*key) for key in faces.keys()]
@@ -210,6 +212,7 @@ def run_prep(config: PrepConfig, spark=None) -> PrepResult:
         )
         place_faces(output)
         removed = remove_unlisted(output, manifest_path)
+        review.cleared_after_prep(output)
         tally = report.tally_manifest(manifest_path, config.contact_sheet_faces)
         sheet = report.contact_sheet(tally, output, limit=config.contact_sheet_faces, manifest_path=manifest_path)
         summary = tally.summary(job_seconds, time.perf_counter() - started)

@@ -107,10 +107,11 @@ class OutputsCheck:
     missing: list[str] = field(default_factory=list)  # named by the manifest, absent from images/
     unlisted: list[str] = field(default_factory=list)  # in images/, named by no row
     damaged: list[str] = field(default_factory=list)  # "path: why", as training would refuse them
+    review_interrupted: bool = False  # a review was killed while it moved faces
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.unlisted and not self.damaged
+        return not self.missing and not self.unlisted and not self.damaged and not self.review_interrupted
 
     def describe(self, limit: int = 20) -> str:
         head = (
@@ -121,6 +122,11 @@ class OutputsCheck:
             "prep command to repair it."
         )
         lines = [head]
+        if self.review_interrupted:
+            lines.append(
+                f"  a review of {self.output} was stopped while it was applied: any `dynamicid review {self.output}` "
+                "command (or the same prep command) finishes it"
+            )
         for title, paths in (("missing", self.missing), ("not listed", self.unlisted), ("damaged", self.damaged)):
             lines += [f"  {title}: images/{path}" for path in sorted(paths)[:limit]]
             if len(paths) > limit:
@@ -131,6 +137,7 @@ class OutputsCheck:
 def check_outputs(output: str) -> OutputsCheck:
     """Compares images/ with the manifest's kept faces, changing nothing."""
     from dynamicid.prep.guard import PrepError
+    from dynamicid.prep.review import interrupted
 
     manifest_path = os.path.join(output, MANIFEST)
     if not os.path.isfile(manifest_path):
@@ -148,6 +155,7 @@ def check_outputs(output: str) -> OutputsCheck:
         missing=sorted(missing),
         unlisted=sorted(present - expected),
         damaged=_damaged_faces(output, manifest_path, {m.rpartition(".")[0] for m in missing}),
+        review_interrupted=interrupted(output),
     )
 
 

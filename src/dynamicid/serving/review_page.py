@@ -122,17 +122,31 @@ class _Actions:
         faces = [path for path, _ in _faces_by_person(self.dataset).get(person or "", [])]
         return gr.update(choices=faces, value=[])
 
-    def act(self, action: str, people: list, faces: list, reason: str = ""):
+    def act(self, action: str, people: list, faces: list, reason: str = "", user: str | None = None):
+        """One decision, logged as the user logged in under --auth, else as the server's --who."""
         chosen = [p for p in people if p is not None]
         try:
-            done = review.decide(self.dataset, action, chosen, faces or [], reason or "", self.who)
+            done = review.decide(self.dataset, action, chosen, faces or [], reason or "", user or self.who)
         except DynamicIDError as err:
             return self.current(f"**Not done:** {err}")
         return self.current(f"**{action}** logged and applied: {done['rows_changed']} manifest rows changed.")
 
+    def on_click(self, action: str, decision):
+        """A button's handler: `decision(first, second)` gives (people, faces, reason) from its two inputs;
+        Gradio passes the request (so the logged-in user) to the parameter typed `gr.Request`."""
+        import gradio as gr
+
+        def handler(first, second, request):
+            people, faces, reason = decision(first, second)
+            return self.act(action, people, faces, reason, getattr(request, "username", None))
+
+        handler.__annotations__ = {"request": gr.Request}  # a real type, not this module's postponed string
+        return handler
+
 
 def build_review_app(dataset: str, who: str = ""):
-    """The page for `dataset`. Decisions are logged as `who` (default: the login name of the server's user)."""
+    """The page for `dataset`. Decisions are logged as the user logged in under --auth, else as `who`
+    (default: the login name of the server's user)."""
     import gradio as gr
 
     actions = _Actions(dataset, who)
@@ -163,14 +177,14 @@ def build_review_app(dataset: str, who: str = ""):
         shown = [status, strips, findings, person, other, faces, pair]
         app.load(actions.current, None, shown)
         person.change(actions.faces_of, person, faces)
-        act, both = actions.act, lambda text: (text or " + ").split(" + ", 1)
-        merge.click(lambda p, o: act("merge", [p, o], []), [person, other], shown)
-        rename.click(lambda p, n: act("rename", [p, (n or "").strip()], []), [person, name], shown)
-        move.click(lambda f, n: act("move", [(n or "").strip()], f), [faces, name], shown)
-        reject_faces.click(lambda f, why: act("reject", [], f, why), [faces, reason], shown)
-        reject_person.click(lambda p, why: act("reject", [], [p] if p else [], why), [person, reason], shown)
-        same.click(lambda t: act("merge", both(t), []), pair, shown)
-        different.click(lambda t: act("different", both(t), []), pair, shown)
+        click, both = actions.on_click, lambda text: (text or " + ").split(" + ", 1)
+        merge.click(click("merge", lambda p, o: ([p, o], [], "")), [person, other], shown)
+        rename.click(click("rename", lambda p, n: ([p, (n or "").strip()], [], "")), [person, name], shown)
+        move.click(click("move", lambda f, n: ([(n or "").strip()], f, "")), [faces, name], shown)
+        reject_faces.click(click("reject", lambda f, why: ([], f, why)), [faces, reason], shown)
+        reject_person.click(click("reject", lambda p, why: ([], [p] if p else [], why)), [person, reason], shown)
+        same.click(click("merge", lambda t, _: (both(t), [], "")), [pair, reason], shown)
+        different.click(click("different", lambda t, _: (both(t), [], "")), [pair, reason], shown)
     return app
 
 
