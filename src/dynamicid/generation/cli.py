@@ -29,6 +29,8 @@ def run_generate(args: Any) -> int:
         config.dtype,
         progress=config.progress,
     )
+    if config.consent.active:
+        pipe.use_consent(config.consent)
     result = pipe(
         config.prompt,
         persons,

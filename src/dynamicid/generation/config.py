@@ -18,6 +18,7 @@ from dynamicid.generation.request import (
     default_size,
 )
 from dynamicid.options import option
+from dynamicid.responsible.consent import ConsentOptions
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -82,6 +83,7 @@ class GenerateConfig:
     width: int | None = option(None, "image width (default as height)")
     images: int = option(1, "images per prompt")
     limits: RequestLimits = option(factory=RequestLimits)
+    consent: ConsentOptions = option(factory=ConsentOptions)
     seed: int = option(0, "random seed")
     id_scale: float = option(DEFAULT_ID_SCALE, "strength of the identity injection")
     infer_scale: float | None = option(

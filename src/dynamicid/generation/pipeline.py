@@ -45,6 +45,7 @@ from dynamicid.models.basemodel import clip_hidden_states, dropped_text, encode_
 from dynamicid.models.checkpoints import CheckpointError, DynamicIDWeights
 from dynamicid.models.imr import landmark_map_to_tensor
 from dynamicid.models.saa import SAASettings, install_processors, remove_processors
+from dynamicid.responsible.consent import ConsentGate, ConsentOptions
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ class DynamicIDPipeline(DiffusionPipeline):
         self._base_processors = install_processors(unet, saa)
         self._fusing = True  # calls fold the LoRA into the UNet at their scale; `unfuse_lora` turns it off
         self._face_analyzer: FaceAnalyzer | None = None
+        # Checks every reference face against a consent registry and deny list (`use_consent`); None: no check.
+        self.consent: ConsentGate | None = None
         self._interrupt = False
         encoder_width = face_encoder.config.clip_dim
         if image_encoder.config.hidden_size != encoder_width:
@@ -270,6 +273,12 @@ class DynamicIDPipeline(DiffusionPipeline):
         self._face_analyzer = analyzer
         self.register_to_config(face_analysis=asdict(analyzer.config))
 
+    def use_consent(self, options: ConsentOptions) -> None:
+        """Checks every reference photo against `options` (a `responsible.consent.ConsentOptions`): a face on
+        the deny list is refused, and under `require_consent` a face with no registered, unexpired consent.
+        The registry's photos are embedded now, by this pipeline's face analysis."""
+        self.consent = ConsentGate.build(options, self.face_analyzer)
+
     @property
     def face_analysis_config(self) -> FaceAnalysisConfig:
         """The face analysis the weights go with, as saved in the pipeline's config (the default without one)."""
@@ -336,6 +345,10 @@ class DynamicIDPipeline(DiffusionPipeline):
             raise GenerationError(
                 f"reference photo of {who}{where}: no face was detected; use a photo with one clear face"
             )
+        if self.consent is not None:
+            from dynamicid.responsible.consent import photo_hash
+
+            self.consent.check(faces[0].embedding, f"the reference photo of {who}", photo_hash(person.reference))
         embedder = self.face_analyzer.embedder
         assert embedder is not None  # the pipeline's analyzer is built with its embedder
         if embedder.dim != self.face_encoder.config.id_dim:

@@ -603,6 +603,7 @@ def serve(config, cache, block: bool = True):
         output_root=cache.results,
         limits=config.limits,
         watch=watch,
+        consent=config.consent,
     )
     examples = example_photos(os.path.join(cache.folder, "examples"))
     app = build_app(engine, examples, config.tiny, config.concurrency, keep_seconds=config.keep_files_hours * 3600)

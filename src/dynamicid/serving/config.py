@@ -9,6 +9,7 @@ from dynamicid.generation.config import DTYPES
 from dynamicid.generation.request import RequestLimits
 from dynamicid.login import auth_option, check_auth_option, host_option, login_ok, port_option
 from dynamicid.options import check_limits, option
+from dynamicid.responsible.consent import ConsentOptions
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class ServeConfig:
     max_upload_mb: int = option(20, "largest photo upload, in MB", limits=(1, 10_000))
     max_image_pixels: int = option(40_000_000, "largest photo, in pixels (width x height)", limits=(4096, 2**32))
     limits: RequestLimits = option(factory=RequestLimits)  # as generate's
+    consent: ConsentOptions = option(factory=ConsentOptions)  # as generate's
     keep_files_hours: float = option(
         24.0,
         "uploads and generated images are deleted after this many hours (all of them when the server stops; they "

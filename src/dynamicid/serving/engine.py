@@ -29,6 +29,7 @@ from dynamicid.generation.request import (
     default_size,
 )
 from dynamicid.imagefile import ImageRules, Rejected, load_image, open_image
+from dynamicid.responsible.consent import ConsentRefused, photo_hash
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,12 @@ class Engine:
         face_rules: FaceRules | None = None,
         limits: RequestLimits | None = None,
         watch=None,
+        consent=None,
     ):
         self.pipe = pipe
+        self.consent = consent if consent is not None and consent.active else None  # a ConsentOptions
+        if self.consent:
+            pipe.use_consent(self.consent)
         self.watch = watch  # a `reload.ModelWatch`: a newly published model replaces `pipe` between requests
         self.model_version = watch.label() if watch else None
         if watch is not None and watch.probe is None:
@@ -127,7 +132,8 @@ class Engine:
             rgb = self.load_photo(path)
         except GenerationError as err:
             return PhotoCheck(False, str(err))
-        faces = self.pipe.face_analyzer.analyze(rgb, max_faces=3, embed=False)
+        gate = self.pipe.consent
+        faces = self.pipe.face_analyzer.analyze(rgb, max_faces=3, embed=gate is not None)
         if not faces:
             return PhotoCheck(False, "no face was detected: use a photo with one clear face")
         if len(faces) > 1:
@@ -137,6 +143,11 @@ class Engine:
             return PhotoCheck(
                 False, f"the face is {side:.0f} px, below {self.face_rules.min_face_side} px: use a larger photo"
             )
+        if gate is not None:
+            try:
+                gate.check(faces[0].embedding, "this photo", photo_hash(path))
+            except ConsentRefused as refused:
+                return PhotoCheck(False, str(refused))
         return PhotoCheck(True, faces[0].face_prompt, faces[0].aligned)
 
     # -- persons ---------------------------------------------------------------------------------
@@ -229,6 +240,8 @@ class Engine:
         newer = self.watch.newer() if self.watch else None
         if newer is not None:
             newer.set_progress_bar_config(disable=True)
+            if self.consent:
+                newer.use_consent(self.consent)  # the registry embedded by the new model's face analysis
             self.pipe, self.model_version = newer, self.watch.label()
             self.cache.clear()  # persons were encoded by the old model's face encoder
 
