@@ -46,7 +46,7 @@ def clustered(vectors: np.ndarray, edge: float, near_copy: float) -> list[str]:
     return list(found.names or [])
 
 
-def measure(name: str, photos: list[Path]) -> dict:
+def measure(name: str, photos: list[Path], grid: float = 0.005) -> dict:
     analyzer = FaceAnalyzer(EMBEDDERS[name])
     vectors = np.stack([faces_of(analyzer, photo)["original"][0] for photo in photos])
     truth = [photo.parent.name for photo in photos]
@@ -65,7 +65,7 @@ def measure(name: str, photos: list[Path]) -> dict:
     }
     scores = {
         round(float(edge), 3): pairwise(truth, clustered(vectors, float(edge), points.near_copy))
-        for edge in np.arange(-0.2, 1.0, 0.005)
+        for edge in np.arange(-0.2, 1.0, grid)
     }
     exact = [edge for edge, score in scores.items() if score["precision"] == score["recall"] == 1.0]
     result["edges_without_error"] = [round(min(exact), 3), round(max(exact), 3)] if exact else None
@@ -75,10 +75,12 @@ def measure(name: str, photos: list[Path]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None)
+    parser.add_argument("--embedders", nargs="+", default=list(EMBEDDERS), choices=list(EMBEDDERS))
+    parser.add_argument("--grid", type=float, default=0.005, help="step of the edge cosines tried")
     args = parser.parse_args()
     # 5_240p.jpg is 1.jpg shrunk: a copy, which curation settles before clustering
     photos = sorted(p for p in (SHARED / "faces" / "identities").rglob("*.*") if "240p" not in p.name)
-    results = {name: measure(name, photos) for name in EMBEDDERS}
+    results = {name: measure(name, photos, args.grid) for name in args.embedders}
     print(json.dumps(results, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

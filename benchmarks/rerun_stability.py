@@ -43,7 +43,7 @@ def _changes(before: dict, after: dict) -> dict:
     return {"people_before": count, "renamed": round(renamed / count, 3), "split_moved": round(moved / count, 3)}
 
 
-def measure(spark, rounds: int, workdir: Path) -> list[dict]:
+def measure(spark, rounds: int, workdir: Path, baseline: bool = True) -> list[dict]:
     from dynamicid.prep import PrepConfig
     from dynamicid.prep.runner import run_prep
 
@@ -67,7 +67,7 @@ def measure(spark, rounds: int, workdir: Path) -> list[dict]:
             "photos": len(list(flat.iterdir())),
             "people": len({v[0] for v in now["kept"].values()}),
         }
-        for kind in ("kept", "fresh"):
+        for kind in now:
             if earlier:
                 row[kind] = _changes(earlier[kind], now[kind])
         results.append(row)
@@ -79,13 +79,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--no-baseline", action="store_true", help="leave out the fresh-OUTPUT runs")
     args = parser.parse_args()
     from dynamicid.prep.sparkenv import build_session
 
     spark = build_session("local[2]", app_name="rerun-stability")
     workdir = Path(tempfile.mkdtemp(prefix="rerun-stability-"))
     try:
-        results = measure(spark, args.rounds, workdir)
+        results = measure(spark, args.rounds, workdir, baseline=not args.no_baseline)
     finally:
         spark.stop()
         shutil.rmtree(workdir, ignore_errors=True)

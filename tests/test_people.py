@@ -57,7 +57,13 @@ def test_a_rerun_with_more_photos_keeps_every_name_and_split_and_numbers_new_peo
         assert now[held_back] == names[seen]
     assert again.summary["split_shares_changed"] is True and again.summary["new_people"] == len(new)
     assert read_people(str(out)).shares == "0.9,0.05,0.05"
-    assert json.loads((out / SUGGESTIONS_FILE).read_text()) == {"suggested_merges": []}
+    # At dlib's strict clustering point (0.937) two photos of one person can start as two people; a photo held
+    # back then links them. They are not merged silently: a suggestion, counted. Every
+    # suggestion pairs two clusters of one real person.
+    suggested = json.loads((out / SUGGESTIONS_FILE).read_text())["suggested_merges"]
+    real = {person: photo.split("__")[0] for photo, person in names.items()}
+    assert suggested and all(real[pair["a"]] == real[pair["b"]] for pair in suggested)
+    assert again.summary["suggested_merges"] == len(suggested)
     assert check_outputs(str(out)).ok
 
 
