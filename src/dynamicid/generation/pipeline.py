@@ -45,7 +45,7 @@ from dynamicid.models.basemodel import clip_hidden_states, dropped_text, encode_
 from dynamicid.models.checkpoints import CheckpointError, DynamicIDWeights
 from dynamicid.models.imr import landmark_map_to_tensor
 from dynamicid.models.saa import SAASettings, install_processors, remove_processors
-from dynamicid.responsible.consent import ConsentGate, ConsentOptions
+from dynamicid.responsible.consent import ConsentGate, ConsentOptions, photo_hash
 
 logger = logging.getLogger(__name__)
 
@@ -346,8 +346,6 @@ class DynamicIDPipeline(DiffusionPipeline):
                 f"reference photo of {who}{where}: no face was detected; use a photo with one clear face"
             )
         if self.consent is not None:
-            from dynamicid.responsible.consent import photo_hash
-
             self.consent.check(faces[0].embedding, f"the reference photo of {who}", photo_hash(person.reference))
         embedder = self.face_analyzer.embedder
         assert embedder is not None  # the pipeline's analyzer is built with its embedder

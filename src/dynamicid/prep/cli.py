@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from dynamicid.errors import ConfigError
@@ -77,9 +76,7 @@ def run_review(args) -> int:
         raise ConfigError(
             "one decision at a time: give one of --merge, --rename, --move, --reject, --same, --different"
         )
-    finished = os.path.isfile(os.path.join(config.dataset, "manifest.parquet")) and review.finish_interrupted(
-        config.dataset
-    )
+    finished = review.finish_interrupted(config.dataset)
     if finished:
         print(f"finished the review of {config.dataset} that was stopped while it was applied")
     if chosen and finished and review.is_last_decision(config.dataset, *chosen[0]):

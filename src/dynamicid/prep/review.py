@@ -249,7 +249,7 @@ def apply_review(dataset: str) -> dict:
     if not os.path.isfile(manifest):
         raise ReviewError(f"{manifest} not found: {dataset} is not a finished prep OUTPUT (run dynamicid prep first)")
     with OutputLock(dataset):
-        marker = os.path.join(dataset, REVIEW_STATE, APPLYING_MARKER)
+        marker = _applying_marker(dataset)
         write_atomic(marker, b"a review is being applied; the next review or prep run finishes it\n")
         verdicts = load_verdicts(dataset)
         earlier = people.read_earlier_run(dataset)
@@ -278,9 +278,13 @@ def _record_review_stamp(dataset: str) -> None:
     write_atomic(os.path.join(dataset, REVIEW_STATE, "stamp.json"), json.dumps({"output_stamp": stamp}).encode())
 
 
+def _applying_marker(dataset: str) -> str:
+    return os.path.join(dataset, REVIEW_STATE, APPLYING_MARKER)
+
+
 def interrupted(dataset: str) -> bool:
     """Whether a review was stopped while it was being applied (killed, or the power went)."""
-    return os.path.isfile(os.path.join(dataset, REVIEW_STATE, APPLYING_MARKER))
+    return os.path.isfile(_applying_marker(dataset))
 
 
 def finish_interrupted(dataset: str) -> bool:
@@ -311,9 +315,8 @@ def is_last_decision(dataset: str, action: str, people: list[str], faces: list[s
 
 def cleared_after_prep(dataset: str) -> None:
     """A prep run applies the whole log, so a review it found interrupted is finished."""
-    marker = os.path.join(dataset, REVIEW_STATE, APPLYING_MARKER)
-    if os.path.isfile(marker):
-        os.remove(marker)
+    if interrupted(dataset):
+        os.remove(_applying_marker(dataset))
 
 
 def reviewed_stamp(dataset: str) -> str | None:
