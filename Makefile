@@ -26,12 +26,17 @@ demo: $(STAMP)
 	$(BIN)/dynamicid make-sample $(DEMO)/input
 	$(BIN)/dynamicid prep $(DEMO)/input $(DEMO)/output
 
-# The eval report test renders in headless Chromium; install it from Debian's packages when we can.
+# The eval report test renders in headless Chromium, and the provenance test reads images with exiftool;
+# install them from Debian's packages when we can.
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "note: Chromium is not installed; the report-rendering test will be skipped"
+	@command -v exiftool >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libimage-exiftool-perl >/dev/null; }; } || \
+	  echo "note: exiftool is not installed; the provenance test that reads with it will be skipped"
 
 # ruff (lint and format check) over everything; mypy, strict, on the model and generation packages.
 lint: $(STAMP)

@@ -15,6 +15,7 @@ from PIL import Image
 from dynamicid.evaluation import EvalConfig, run_eval
 from dynamicid.evaluation.inputs import EvalInputError, read_items
 from dynamicid.evaluation.scoring import greedy_match, prompt_agreement
+from dynamicid.responsible.provenance import read_provenance
 from dynamicid.testing.tiny_models import tiny_clip
 
 
@@ -235,6 +236,8 @@ def test_report_renders_in_headless_chromium(side_by_side, tmp_path):
     page = open(result.report_html).read()
     for src in ("thumbs/00000.jpg", "thumbs/00000_face0.jpg", "thumbs/00000_ref1.jpg", "<svg"):
         assert src in page
+    # Real photos pasted side by side, not generated here: their thumbnail claims no generated source.
+    assert read_provenance(str(tmp_path / "out" / "thumbs" / "00000.jpg")) is None
     shot = tmp_path / "shot.png"
     subprocess.run(
         [

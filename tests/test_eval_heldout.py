@@ -12,6 +12,7 @@ from dynamicid.evaluation import heldout
 from dynamicid.evaluation.config import EvalConfig
 from dynamicid.evaluation.runner import run_eval
 from dynamicid.prep.outputs import face_paths
+from dynamicid.responsible.provenance import COMPOSITE, GENERATED, read_provenance
 
 PEOPLE = {  # identity -> (split, photos)
     "alex_lacamoire": ("train", ["1.jpg", "2.jpg"]),
@@ -78,6 +79,9 @@ def test_eval_of_a_dataset_generates_scores_and_resumes(shared_faces, tmp_path, 
     assert set(result.scores.person) == {"biden", "kit_harington", "rose_leslie"}
     angry = result.scores[result.scores.requested_face_prompt.fillna("").str.contains("anger")]
     assert len(angry) == 5  # the face prompt, in the method's words, reached every person of prompt 2
+    # The generated images say so, and so do the report's annotated thumbnails drawn over them.
+    assert read_provenance(str(generated / images[0]))["source_type"] == GENERATED
+    assert read_provenance(str(tmp_path / "eval" / "thumbs" / "00000.jpg"))["source_type"] == COMPOSITE
     stamps = {name: os.stat(generated / name).st_mtime_ns for name in images}
     again = run_eval(config)  # nothing left to generate: the same images are scored again
     assert {name: os.stat(generated / name).st_mtime_ns for name in images} == stamps

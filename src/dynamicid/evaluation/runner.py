@@ -16,6 +16,7 @@ from dynamicid.evaluation.scoring import ImageAnalyses, ReferenceBank, score_ima
 from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer
 from dynamicid.faces.record import config_of
 from dynamicid.options import counted
+from dynamicid.responsible.provenance import COMPOSITE, read_provenance, save_with_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -159,9 +160,14 @@ def run_eval(config: EvalConfig) -> EvalResult:
 
 def _card(number: int, item, scored, bank: ReferenceBank, thumbs: str, clip_t) -> dict:
     stem = f"{number:05d}"
-    report.annotated_thumbnail(scored.image.rgb, scored.rows, scored.image.width).save(
-        os.path.join(thumbs, f"{stem}.jpg"), quality=90
-    )
+    annotated = report.annotated_thumbnail(scored.image.rgb, scored.rows, scored.image.width)
+    made_by = read_provenance(item.image)  # marked only when this toolkit generated the image scored
+    if made_by:
+        save_with_provenance(
+            annotated, os.path.join(thumbs, f"{stem}.jpg"), made_by["model_version"], COMPOSITE, quality=90
+        )
+    else:
+        annotated.save(os.path.join(thumbs, f"{stem}.jpg"), quality=90)
     persons = []
     for index, row in enumerate(scored.rows):
         entry = dict(row) | {"colour": report.COLOURS[index % len(report.COLOURS)]}

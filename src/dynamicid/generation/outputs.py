@@ -11,6 +11,7 @@ from PIL import Image
 
 from dynamicid.errors import ConfigError, InputError
 from dynamicid.generation import sidecar
+from dynamicid.responsible.provenance import save_with_provenance
 
 
 def gate_map_image(gate: np.ndarray, size: tuple[int, int]) -> Image.Image:
@@ -67,6 +68,15 @@ def first_free_index(folder: str, stem: str) -> int:
     return taken + 1
 
 
+def model_version(extra: dict[str, Any] | None) -> str:
+    """What an image's metadata names as its model: the published version, else the weights given, else the
+    default weights' repo id."""
+    from dynamicid.hub import DEFAULTS
+
+    given = extra or {}
+    return str(given.get("model_version") or given.get("weights") or DEFAULTS["weights"].reference)
+
+
 def save_generation(
     result: Any,
     persons: Any,
@@ -83,10 +93,11 @@ def save_generation(
     saved = SavedGeneration([], [], [])
     boxes = result.metadata.get("boxes") or [None] * len(persons)
     first = 0 if overwrite else first_free_index(folder, stem)
+    version = model_version(extra)
     for index, image in enumerate(result.images):
         k = first + index
         image_path, sidecar_file, gate_path = _outputs_of(folder, stem, k)
-        image.save(image_path)
+        save_with_provenance(image, image_path, version)
         record = sidecar.build(dict(result.metadata) | (extra or {}), persons, boxes, index)
         if result.gate_maps is not None:
             # In a subfolder, so that the output folder holds only generated images with sidecars (eval's input).

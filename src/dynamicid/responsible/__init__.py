@@ -1,1 +1,1 @@
-"""Responsible generation: consent for the people depicted (more of issue 37 to come: marks and credentials)."""
+"""Responsible generation: consent for the people depicted, and provenance metadata on generated images."""

@@ -19,7 +19,7 @@ from PIL import Image
 
 from dynamicid.faces.analyzer import FaceRules
 from dynamicid.filestamps import file_sha256
-from dynamicid.generation.outputs import gate_map_image, save_generation
+from dynamicid.generation.outputs import gate_map_image, model_version, save_generation
 from dynamicid.generation.request import (
     GenerationError,
     Person,
@@ -30,6 +30,7 @@ from dynamicid.generation.request import (
 )
 from dynamicid.imagefile import ImageRules, Rejected, load_image, open_image
 from dynamicid.responsible.consent import ConsentRefused, photo_hash
+from dynamicid.responsible.provenance import COMPOSITE, save_with_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +255,8 @@ class Engine:
         if result.gate_maps is not None:
             for index, path in enumerate(images):
                 overlays.append(path[:-4] + "_gates.png")
-                overlay_gates(path, result.gate_maps[index]).save(overlays[-1])
+                overlay = overlay_gates(path, result.gate_maps[index])
+                save_with_provenance(overlay, overlays[-1], model_version(extra), COMPOSITE)
         return GenerationResult(images, sidecars, files, overlays, seconds)
 
 
