@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	# InsightFace's own code, which the tests run beside ours; --no-deps because it asks for opencv-python,
 	# which would shadow our opencv-python-headless (its other needs are in [dev]).
 	$(BIN)/pip install -q --no-deps "insightface==2.1"
+	# The watermark's RivaGAN models ship in invisible-watermark's wheel; --no-deps for the same reason (it
+	# asks for opencv-python); we run its ONNX files through onnxruntime ourselves.
+	$(BIN)/pip install -q --no-deps "invisible-watermark==0.2.0"
 	$(BIN)/python -m dynamicid.prep.sparkenv --check
 	touch $(STAMP)
 

@@ -48,6 +48,7 @@ def run_generate(args: Any) -> int:
         return_gate_maps=config.save_gate_maps,
         max_output_pixels=config.limits.max_output_pixels,
         max_work=config.limits.max_work,
+        watermark=config.watermark,
     )
     saved = save_generation(
         result,

@@ -19,6 +19,7 @@ from dynamicid.generation.request import (
 )
 from dynamicid.options import option
 from dynamicid.responsible.consent import ConsentOptions
+from dynamicid.responsible.watermark import watermark_option
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -84,6 +85,7 @@ class GenerateConfig:
     images: int = option(1, "images per prompt")
     limits: RequestLimits = option(factory=RequestLimits)
     consent: ConsentOptions = option(factory=ConsentOptions)
+    watermark: bool = watermark_option()
     seed: int = option(0, "random seed")
     id_scale: float = option(DEFAULT_ID_SCALE, "strength of the identity injection")
     infer_scale: float | None = option(

@@ -12,6 +12,7 @@ from PIL import Image
 from dynamicid.errors import ConfigError, InputError
 from dynamicid.generation import sidecar
 from dynamicid.responsible.provenance import save_with_provenance
+from dynamicid.responsible.watermark import image_record
 
 
 def gate_map_image(gate: np.ndarray, size: tuple[int, int]) -> Image.Image:
@@ -93,12 +94,14 @@ def save_generation(
     saved = SavedGeneration([], [], [])
     boxes = result.metadata.get("boxes") or [None] * len(persons)
     first = 0 if overwrite else first_free_index(folder, stem)
-    version = model_version(extra)
+    marks = result.metadata.get("watermark") or {}
+    version = (extra or {}).get("model_version") or marks.get("model_version") or model_version(extra)
     for index, image in enumerate(result.images):
         k = first + index
         image_path, sidecar_file, gate_path = _outputs_of(folder, stem, k)
         save_with_provenance(image, image_path, version)
         record = sidecar.build(dict(result.metadata) | (extra or {}), persons, boxes, index)
+        record["watermark"] = image_record(result.metadata.get("watermark"), index)
         if result.gate_maps is not None:
             # In a subfolder, so that the output folder holds only generated images with sidecars (eval's input).
             os.makedirs(os.path.dirname(gate_path), exist_ok=True)

@@ -10,7 +10,9 @@ untrained LoRA it reproduces that pipeline's image for the same seed.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -130,6 +132,7 @@ class DynamicIDPipeline(DiffusionPipeline):
         self._face_analyzer: FaceAnalyzer | None = None
         # Checks every reference face against a consent registry and deny list (`use_consent`); None: no check.
         self.consent: ConsentGate | None = None
+        self.model_version: str | None = None  # what the watermark's payload names (default: the model's path)
         self._interrupt = False
         encoder_width = face_encoder.config.clip_dim
         if image_encoder.config.hidden_size != encoder_width:
@@ -163,10 +166,16 @@ class DynamicIDPipeline(DiffusionPipeline):
             pretrained_model_name_or_path, weights = weights, None  # `--weights FOLDER` of a published model
         if weights is None and clip_image_encoder is None and loading.is_saved_pipeline(pretrained_model_name_or_path):
             pipe = super().from_pretrained(loading.local_pipeline(pretrained_model_name_or_path), **kwargs)
-            return pipe.to(device=device, dtype=dtype) if device or dtype else pipe
-        return loading.from_parts(
-            cls, pretrained_model_name_or_path, weights, clip_image_encoder, face_config, device, dtype
-        )
+            pipe = pipe.to(device=device, dtype=dtype) if device or dtype else pipe
+        else:
+            pipe = loading.from_parts(
+                cls, pretrained_model_name_or_path, weights, clip_image_encoder, face_config, device, dtype
+            )
+        from dynamicid.hub import DEFAULTS
+
+        # What the watermark's payload names: the weights as given (a published folder, a repo id, a path).
+        pipe.model_version = str(weights or pretrained_model_name_or_path or DEFAULTS["weights"].reference)
+        return pipe
 
     @classmethod
     def from_pipe(
@@ -495,6 +504,7 @@ class DynamicIDPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         max_output_pixels: int | None = None,
         max_work: int | None = None,
+        watermark: bool = True,
     ) -> Any:
         r"""
         Generate images of the given persons.
@@ -529,6 +539,9 @@ class DynamicIDPipeline(DiffusionPipeline):
                 `pipe._interrupt = True` in it stops the denoising.
             max_output_pixels: the largest height x width x images one call may make (`MAX_OUTPUT_PIXELS`).
             max_work: the largest height x width x images x steps one call may take (`MAX_WORK`).
+            watermark: mark every image with the invisible watermark (`responsible.watermark`), whose payload
+                names the model version and the image's request id (both in `metadata["watermark"]`). False
+                leaves them unmarked, and the metadata says so.
 
         Returns:
             `DynamicIDPipelineOutput` (or a tuple with `return_dict=False`).
@@ -596,6 +609,7 @@ class DynamicIDPipeline(DiffusionPipeline):
             encoded,
         )
         metadata["prompt_cut"] = self._prompt_cut(prompts) if prompt_embeds_given is None else None
+        images, metadata["watermark"] = self.watermark_images(images, output_type, watermark, metadata)
         if not return_dict:
             return images, gate_maps, encoded
         return DynamicIDPipelineOutput(images=images, gate_maps=gate_maps, persons=encoded, metadata=metadata)
@@ -683,6 +697,25 @@ class DynamicIDPipeline(DiffusionPipeline):
                         context = self.identity_context(encoded, prompt_embeds, negative_prompt_embeds)
                 bar.update()
         return latents, gate_sum
+
+    def watermark_images(
+        self, images: Any, output_type: str, watermark: bool, metadata: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any]]:
+        """The images marked, and the record of it. Each image's request id comes from the call's settings and
+        its index, so the same call makes the same image, and the id finds the image's sidecar."""
+        if not watermark:
+            return images, {"on": False}
+        if output_type == "latent":
+            logger.warning("latents are not images: they are not watermarked; decode them and mark the images")
+            return images, {"on": False, "why": "latent output"}
+        from dynamicid.responsible.watermark import mark_images
+
+        version = self.model_version or str(dict(self.config).get("_name_or_path") or "unknown")
+        key = json.dumps({k: metadata.get(k) for k in ("prompt", "seed", "height", "width", "steps")}, default=str)
+        count = len(images)
+        request_ids = [hashlib.sha256(f"{key}|{index}".encode()).hexdigest()[:16] for index in range(count)]
+        marked = mark_images(images, output_type, version, request_ids)
+        return marked, {"on": True, "model_version": version, "request_ids": request_ids}
 
     def _decode(self, latents: Any, output_type: str, generator: Any) -> Any:
         if output_type == "latent":

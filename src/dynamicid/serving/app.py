@@ -279,6 +279,7 @@ def build_app(
             "and head orientation, placed where you want them."
         )
         model = gr.Markdown(_model_line(engine), elem_id="model-version")
+        gr.Markdown(_responsible_line(engine), elem_id="responsible")
 
         def current_model() -> str:
             return _model_line(engine)
@@ -297,6 +298,20 @@ def build_app(
         if examples:
             gr.Examples(examples, [page.panels[0]["photo"], page.panels[1]["photo"], page.prompt], label="Examples")
     return app
+
+
+def _responsible_line(engine: Engine) -> str:
+    """What the page tells its users about the images and the people in them (issue 37 §6)."""
+    marked = (
+        "Every image is marked as AI-generated: an invisible watermark naming the model and the request, and "
+        "the IPTC digital source type in its metadata."
+        if engine.watermark
+        else "**The watermark is off on this server**: images carry only the AI-generated label in their metadata."
+    )
+    consent = (
+        " Photos are checked against a consent registry; people on a deny list are refused." if engine.consent else ""
+    )
+    return f"<small>{marked}{consent} Use photos only of people who agreed.</small>"
 
 
 def _model_line(engine: Engine) -> str:
@@ -604,6 +619,7 @@ def serve(config, cache, block: bool = True):
         limits=config.limits,
         watch=watch,
         consent=config.consent,
+        watermark=config.watermark,
     )
     examples = example_photos(os.path.join(cache.folder, "examples"))
     app = build_app(engine, examples, config.tiny, config.concurrency, keep_seconds=config.keep_files_hours * 3600)

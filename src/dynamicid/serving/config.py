@@ -10,6 +10,7 @@ from dynamicid.generation.request import RequestLimits
 from dynamicid.login import auth_option, check_auth_option, host_option, login_ok, port_option
 from dynamicid.options import check_limits, option
 from dynamicid.responsible.consent import ConsentOptions
+from dynamicid.responsible.watermark import watermark_option
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ServeConfig:
     max_image_pixels: int = option(40_000_000, "largest photo, in pixels (width x height)", limits=(4096, 2**32))
     limits: RequestLimits = option(factory=RequestLimits)  # as generate's
     consent: ConsentOptions = option(factory=ConsentOptions)  # as generate's
+    watermark: bool = watermark_option()
     keep_files_hours: float = option(
         24.0,
         "uploads and generated images are deleted after this many hours (all of them when the server stops; they "

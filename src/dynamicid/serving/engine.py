@@ -99,13 +99,16 @@ class Engine:
         limits: RequestLimits | None = None,
         watch=None,
         consent=None,
+        watermark: bool = True,
     ):
         self.pipe = pipe
+        self.watermark = watermark
         self.consent = consent if consent is not None and consent.active else None  # a ConsentOptions
         if self.consent:
             pipe.use_consent(self.consent)
         self.watch = watch  # a `reload.ModelWatch`: a newly published model replaces `pipe` between requests
         self.model_version = watch.label() if watch else None
+        pipe.model_version = self.model_version or pipe.model_version
         if watch is not None and watch.probe is None:
             watch.probe = self.probe  # a new model must make an image before it serves
         self.rules = rules or ImageRules(max_pixels=40_000_000, max_bytes=20 * 1024 * 1024)
@@ -222,6 +225,7 @@ class Engine:
                 callback_on_step_end=step_end,
                 max_output_pixels=self.limits.max_output_pixels,
                 max_work=self.limits.max_work,
+                watermark=self.watermark,
             )
             done = self._write(result, persons, request, time.perf_counter() - started)
             done.steps_done, done.interrupted = steps_done[0], steps_done[0] < request.steps
@@ -244,6 +248,7 @@ class Engine:
             if self.consent:
                 newer.use_consent(self.consent)  # the registry embedded by the new model's face analysis
             self.pipe, self.model_version = newer, self.watch.label()
+            newer.model_version = self.model_version
             self.cache.clear()  # persons were encoded by the old model's face encoder
 
     def _write(self, result, persons, request: GenerationRequest, seconds: float) -> GenerationResult:
