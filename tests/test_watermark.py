@@ -3,6 +3,7 @@ unmarked ones; `generate` marks by default with a payload its sidecar explains, 
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -129,3 +130,32 @@ def test_the_server_marks_unless_told_not_to_and_its_page_says_which(tiny_pipe, 
         engine = Engine(tiny_pipe, watermark=marking)
         assert said in _responsible_line(engine)
         assert engine.generate(request).sidecars[0]["watermark"]["on"] is marking
+
+
+def test_verify_reports_each_image_and_exits_by_the_worst(marker, shared_faces, tmp_path, capsys):
+    from dynamicid import cli
+    from dynamicid.responsible.provenance import save_with_provenance
+
+    rgb = _square(shared_faces / "identities/kit_harington/1.jpeg")
+    marked = Image.fromarray(marker.mark(rgb, payload_bits("org/model@v1", "req-1")))
+    save_with_provenance(marked, str(tmp_path / "made.png"), "org/model@v1")
+    payload = f"{code_word('org/model@v1', 'req-1'):08x}"
+    (tmp_path / "made.json").write_text(json.dumps({"watermark": {"on": True, "payload": payload}}))
+    marked.save(tmp_path / "stripped.jpg", quality=85)  # no metadata, re-encoded: the pixels still say it
+    Image.fromarray(rgb).save(tmp_path / "plain.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+
+    made, stripped = str(tmp_path / "made.png"), str(tmp_path / "stripped.jpg")
+    assert cli.main(["verify", made, stripped, "--model-version", "org/model@v1", "--json"]) == 0
+    found = {os.path.basename(entry["path"]): entry for entry in json.loads(capsys.readouterr().out)}
+    assert found["made.png"]["watermarked"] and found["made.png"]["payload"] == payload
+    assert found["made.png"]["matches"] == "sidecar" and found["made.png"]["c2pa"] == "none"
+    assert found["made.png"]["metadata"]["source_type"] == "trainedAlgorithmicMedia"
+    assert found["stripped.jpg"]["watermarked"] and found["stripped.jpg"]["metadata"] is None
+    assert found["stripped.jpg"]["matches"] == "model"
+    assert cli.main(["verify", made, str(tmp_path / "plain.png")]) == 1
+    shown = capsys.readouterr().out
+    assert "made.png" in shown and "plain.png" in shown and " NO " in shown
+    assert cli.main(["verify", made, str(tmp_path / "broken.png")]) == 2
+    out, err = capsys.readouterr()
+    assert "made.png" in out and "broken.png: error:" in err

@@ -27,7 +27,18 @@ from dynamicid.errors import (
 )
 from dynamicid.options import Command, add_command, parse_command_line
 
-PACKAGES = ("collect", "prep", "evaluation", "models", "generation", "serving", "testing", "training", "recipe")
+PACKAGES = (
+    "collect",
+    "prep",
+    "evaluation",
+    "models",
+    "generation",
+    "responsible",
+    "serving",
+    "testing",
+    "training",
+    "recipe",
+)
 
 
 def commands() -> list[Command]:

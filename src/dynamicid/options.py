@@ -24,7 +24,8 @@ REQUIRED = dataclasses.MISSING
 
 def option(default=REQUIRED, help: str | Callable[[], str] = "", *, factory=None, **cli) -> typing.Any:
     """A config field with its help text. `cli` keys: choices (a tuple, or a function giving one),
-    positional (True, or "optional"), flag (the option's name when the field's would mislead), append
+    positional (True, "optional", or "many": a tuple of one or more), flag (the option's name when the field's
+    would mislead), append
     (a list field given once per item), hidden (no command-line option), limits ((lowest, highest) a number
     may be, both included; `check_limits` refuses others, NaN and infinity included), nargs (a tuple field
     given as that many values) with metavar (their names)."""
@@ -148,7 +149,7 @@ def _add_leaf(parser: argparse.ArgumentParser, leaf: Leaf) -> None:
         parser.add_argument(
             leaf.name,
             metavar=leaf.name.upper(),
-            nargs="?" if positional == "optional" else None,
+            nargs={"optional": "?", "many": "+"}.get(positional),
             help=leaf.meta("help", ""),
         )
     elif leaf.kind is bool:
