@@ -476,3 +476,17 @@ def test_the_page_gives_what_generate_gives_for_one_and_two_persons(
             assert np.abs(served - made).max() <= 1, count  # the same image, PNG rounding aside
     finally:
         app.close()
+
+
+def test_the_verify_endpoint_reads_the_servers_own_images(server, shared_faces):
+    from gradio_client import handle_file
+
+    url, _ = server
+    client = _api(url)
+    images, _ = client.predict(*_api_args(shared_faces, steps=1, height=256, width=256), api_name="/generate")
+    generated = images[0]["image"] if isinstance(images[0], dict) else images[0]
+    photo = str(shared_faces / "identities/obama/1.jpg")
+    found = client.predict([handle_file(generated), handle_file(photo)], api_name="/verify")
+    assert [entry["image"] for entry in found] == ["dynamicid_0.png", "1.jpg"]
+    assert [entry["metadata"] is not None for entry in found] == [True, False]
+    assert found[0]["metadata"]["source_type"] == "trainedAlgorithmicMedia" and found[1]["watermarked"] is False

@@ -534,6 +534,29 @@ def _add_api(gr, engine: Engine, concurrency: int) -> None:
         concurrency_id="gpu",
         concurrency_limit=concurrency,
     )
+    _add_verify_api(gr, engine)
+
+
+def _add_verify_api(gr, engine: Engine) -> None:
+    """/verify: `dynamicid verify --json` for uploaded images, against the model this server runs. Each entry
+    names its upload as `image` (a `path` key would read as a file to Gradio's clients)."""
+    from dynamicid.responsible.verify import check_image
+
+    with gr.Row(visible=False):
+        files, report, button = gr.File(file_count="multiple"), gr.JSON(), gr.Button()
+
+    def verify(files):
+        found = []
+        for upload in files or []:
+            path = upload if isinstance(upload, str) else upload.name
+            try:
+                entry = check_image(path, engine.model_version or engine.pipe.model_version).as_dict()
+            except (DynamicIDError, OSError) as err:
+                entry = {"path": path, "error": str(err)}
+            found.append({"image": os.path.basename(entry.pop("path"))} | entry)
+        return found
+
+    button.click(verify, [files], [report], api_name="verify", concurrency_id="verify", concurrency_limit=2)
 
 
 def example_photos(folder: str) -> list[list]:
