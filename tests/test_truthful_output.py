@@ -102,6 +102,7 @@ def test_the_model_card_claims_only_what_the_run_did(tmp_path):
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5 (CreativeML OpenRAIL-M)" in held_out
     assert "- weights: w (see the repo's model card" in held_out  # the weights eval was given, not the authors'
     assert "h94/IP-Adapter" in held_out  # the default CLIP encoder, used as none was named
+    assert "## Responsible use" in held_out and "dynamicid verify IMAGE" in held_out
 
 
 def test_the_run_report_has_a_date_the_gate_reasons_once_and_what_reruns(tmp_path):

@@ -140,8 +140,28 @@ def model_card(recipe: Recipe, record: dict) -> str:
         *_score_lines(recipe, record["scores"]),
         "",
         *_licence_lines(recipe, dataset),
+        "",
+        *RESPONSIBLE_USE,
     ]
     return "\n".join(lines) + "\n"
+
+
+RESPONSIBLE_USE = [
+    "## Responsible use",
+    "",
+    "This model makes realistic images of real people from one photo each. With the dynamicid toolkit:",
+    "- every image `generate` and `serve` make carries an invisible watermark (its payload names this model's "
+    "version and the request) and the IPTC digital source type `trainedAlgorithmicMedia` in its XMP "
+    "metadata, unless the operator turns the watermark off (`--no-watermark`, recorded in each sidecar);",
+    "- `dynamicid verify IMAGE` (or `serve`'s `/verify`) reads the mark from the pixels, so a copy without its "
+    "metadata is still recognised;",
+    "- `--consent-registry` with `--require-consent` generates only people who agreed, and `--deny` refuses "
+    "listed people in every mode.",
+    "",
+    "It does not stop anyone who runs the weights without the toolkit, or without these options; the "
+    "watermark is measured against JPEG, resizing, a crop and a screenshot round trip, not rotations, "
+    "heavier crops, blurs or regeneration by another model. Signed C2PA credentials are not written yet.",
+]
 
 
 def _data_lines(recipe: Recipe, dataset: str) -> list[str]:
