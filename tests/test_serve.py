@@ -483,7 +483,7 @@ def test_the_verify_endpoint_reads_the_servers_own_images(server, shared_faces):
 
     url, _ = server
     client = _api(url)
-    images, _ = client.predict(*_api_args(shared_faces, steps=1, height=256, width=256), api_name="/generate")
+    images, _ = client.predict(*_api_args(shared_faces, steps=1), api_name="/generate")
     generated = images[0]["image"] if isinstance(images[0], dict) else images[0]
     photo = str(shared_faces / "identities/obama/1.jpg")
     found = client.predict([handle_file(generated), handle_file(photo)], api_name="/verify")

@@ -70,7 +70,7 @@ def test_a_few_flipped_bits_are_corrected_and_noise_is_not_a_mark():
 
 
 def test_real_photos_keep_the_mark_through_the_attacks_and_unmarked_ones_are_not_reported(marker, shared_faces):
-    photos = [shared_faces / "identities" / name for name in ("obama/1.jpg", "rose_leslie/2.jpg")]
+    photos = [shared_faces / "identities/obama/1.jpg"]  # benchmarks/watermark_robustness.py measures 30
     for index, path in enumerate(photos):
         rgb = _square(path)
         bits = payload_bits("model", f"request-{index}")

@@ -115,16 +115,20 @@ def codebook() -> np.ndarray:
 
 
 class Watermarker:
-    """RivaGAN's ONNX encoder and decoder, loaded once (two sessions); thread-safe to call."""
+    """RivaGAN's ONNX encoder and decoder, loaded once (two sessions, `threads` each); thread-safe to call."""
 
-    def __init__(self, threads: int = 0):
+    def __init__(self, threads: int = 1):
         try:
             import onnxruntime as ort
         except ImportError:
             raise SetupError(f"the watermark needs ONNX Runtime: {INSTALL_HINT}") from None
         folder = _model_folder()
         options = ort.SessionOptions()
+        # One thread that does not spin between runs: marking sits beside generation (and beside other work
+        # on a shared machine), where ONNX Runtime's default of every core, spinning, takes CPU from them.
         options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         self.encoder = ort.InferenceSession(os.path.join(folder, "rivagan_encoder.onnx"), options, providers=providers)
         self.decoder = ort.InferenceSession(os.path.join(folder, "rivagan_decoder.onnx"), options, providers=providers)
