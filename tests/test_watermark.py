@@ -38,7 +38,7 @@ def _half(rgb):
 
 @pytest.fixture(scope="module")
 def marker():
-    return Watermarker()
+    return Watermarker(threads=0)  # reading, as verify does, on every core
 
 
 def test_the_payload_names_model_and_request_and_code_words_stay_apart():

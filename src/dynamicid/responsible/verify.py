@@ -67,7 +67,7 @@ def check_image(path: str, model_version: str | None = None) -> ImageCheck:
         rgb = load_image(path).rgb
     except Rejected as rejection:
         raise InputError(f"{path}: {rejection.reason}: {rejection.message}") from None
-    reading = shared_watermarker().read(np.ascontiguousarray(rgb))
+    reading = shared_watermarker(threads=0).read(np.ascontiguousarray(rgb))
     payload = reading.word if reading.marked else None
     return ImageCheck(
         path,

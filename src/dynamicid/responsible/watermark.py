@@ -205,15 +205,15 @@ def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
-_shared: Watermarker | None = None
+_shared: dict[int, Watermarker] = {}
 
 
-def shared_watermarker() -> Watermarker:
-    """One Watermarker per process (its ONNX sessions take a second to load)."""
-    global _shared
-    if _shared is None:
-        _shared = Watermarker()
-    return _shared
+def shared_watermarker(threads: int = 1) -> Watermarker:
+    """One Watermarker per process and thread count (its ONNX sessions take a second to load): one thread
+    for marking beside generation; `verify`, which does nothing else, reads with every core (0)."""
+    if threads not in _shared:
+        _shared[threads] = Watermarker(threads)
+    return _shared[threads]
 
 
 def mark_images(images: Any, output_type: str, model_version: str, request_ids: list[str]) -> Any:
