@@ -55,7 +55,9 @@ class CollectConfig:
     threads: int = option(32, "downloads at once in each Spark task (they wait on the network)", limits=(1, 1024))
     urls_per_partition: int = option(512, "URLs per Spark task", limits=(1, 10_000_000))
     respect_opt_out: bool = option(
-        True, "download photos whose server says X-Robots-Tag: noai or noimageai (by default they are opted_out)"
+        True,
+        "download photos whose server says X-Robots-Tag: noai or noimageai, or whose C2PA credentials say "
+        "training-mining notAllowed (by default they are opted_out)",
     )
     user_agent: str = option(USER_AGENT, "the User-Agent header sent (printable ASCII)")
     allow_addresses: str = option(

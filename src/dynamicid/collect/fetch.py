@@ -255,12 +255,29 @@ def _stream(
             handle.flush()
             os.fsync(handle.fileno())
         extension = extension or _extension(head, code, kind)
+        if config.respect_opt_out:
+            _check_credentials(temporary, extension, code, kind, size)
         path = f"{target}.{extension}"
         os.replace(temporary, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
     return Fetched("ok", code, size, digest.hexdigest(), kind, path)
+
+
+def _check_credentials(path: str, extension: str, code: int, kind: str | None, size: int) -> None:
+    """A photo whose C2PA credentials rule out AI training (a training-mining assertion saying notAllowed) is
+    opted_out, as X-Robots-Tag: noai is. The owner's wish counts even when the signature does not validate."""
+    from dynamicid.responsible.credentials import MIME_TYPES, read_credentials, training_refused
+
+    mime = MIME_TYPES.get(f".{extension}")
+    if mime is None:
+        return
+    with open(path, "rb") as handle:
+        reading = read_credentials(handle.read(), mime)
+    refused = training_refused(reading)
+    if refused:
+        raise _Outcome(Fetched("opted_out", code, size, content_type=kind, message=f"C2PA {refused}"))
 
 
 def _extension(head: bytes, code: int, kind: str | None) -> str:

@@ -12,6 +12,7 @@ def run_generate(args: Any) -> int:
     from dynamicid.generation.loading import load_for_use
     from dynamicid.generation.outputs import check_output_folder, save_generation
     from dynamicid.generation.request import check_request
+    from dynamicid.responsible.credentials import ContentSigner
 
     config = config_from(args, GenerateConfig)
     persons = config.persons()
@@ -19,6 +20,7 @@ def run_generate(args: Any) -> int:
     height, width = config.size()
     # The whole request is checked before the model load, which takes many seconds.
     check_request(persons, height, width, settings.steps, settings.guidance, config.images, config.limits)
+    signer = ContentSigner.build(config.credentials)
     check_output_folder(config.output)
     pipe = load_for_use(
         config.base_model,
@@ -57,6 +59,7 @@ def run_generate(args: Any) -> int:
         config.file_name,
         extra={"base_model": config.base_model, "weights": config.weights},
         overwrite=config.overwrite,
+        signer=signer,
     )
     for path in saved.files:
         print(f"wrote {path}")

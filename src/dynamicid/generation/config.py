@@ -19,6 +19,7 @@ from dynamicid.generation.request import (
 )
 from dynamicid.options import option
 from dynamicid.responsible.consent import ConsentOptions
+from dynamicid.responsible.credentials import CredentialOptions
 from dynamicid.responsible.watermark import watermark_option
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -85,6 +86,7 @@ class GenerateConfig:
     images: int = option(1, "images per prompt")
     limits: RequestLimits = option(factory=RequestLimits)
     consent: ConsentOptions = option(factory=ConsentOptions)
+    credentials: CredentialOptions = option(factory=CredentialOptions)
     watermark: bool = watermark_option()
     seed: int = option(0, "random seed")
     id_scale: float = option(DEFAULT_ID_SCALE, "strength of the identity injection")

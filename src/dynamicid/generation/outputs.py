@@ -85,10 +85,12 @@ def save_generation(
     stem: str,
     extra: dict[str, Any] | None = None,
     overwrite: bool = False,
+    signer: Any = None,
 ) -> SavedGeneration:
     """Writes STEM_k.png with its sidecar STEM_k.json, and with gate maps gates/STEM_k.png. k counts on from
     the files already there; with `overwrite` it starts at 0 and replaces them (a gate map left from an
-    earlier call goes too, so no image is paired with another's map)."""
+    earlier call goes too, so no image is paired with another's map). A `signer`
+    (`responsible.credentials.ContentSigner`) signs C2PA content credentials into each image."""
     check_file_name(stem)
     os.makedirs(folder, exist_ok=True)
     saved = SavedGeneration([], [], [])
@@ -102,6 +104,9 @@ def save_generation(
         save_with_provenance(image, image_path, version)
         record = sidecar.build(dict(result.metadata) | (extra or {}), persons, boxes, index)
         record["watermark"] = image_record(result.metadata.get("watermark"), index)
+        if signer is not None:
+            signer.sign(image_path, version, record["watermark"].get("payload"))
+            record["c2pa"] = {"signed": True, "issuer": signer.issuer}
         if result.gate_maps is not None:
             # In a subfolder, so that the output folder holds only generated images with sidecars (eval's input).
             os.makedirs(os.path.dirname(gate_path), exist_ok=True)

@@ -153,14 +153,17 @@ RESPONSIBLE_USE = [
     "- every image `generate` and `serve` make carries an invisible watermark (its payload names this model's "
     "version and the request) and the IPTC digital source type `trainedAlgorithmicMedia` in its XMP "
     "metadata, unless the operator turns the watermark off (`--no-watermark`, recorded in each sidecar);",
+    "- with `--c2pa-cert` and `--c2pa-key`, each image also carries signed C2PA content credentials with the "
+    "operator's certificate: created by dynamicid, this model's version, the watermark as a soft binding, and "
+    "no person's name or photo;",
     "- `dynamicid verify IMAGE` (or `serve`'s `/verify`) reads the mark from the pixels, so a copy without its "
-    "metadata is still recognised;",
+    "metadata is still recognised, and checks the C2PA manifest (valid, invalid or none);",
     "- `--consent-registry` with `--require-consent` generates only people who agreed, and `--deny` refuses "
     "listed people in every mode.",
     "",
     "It does not stop anyone who runs the weights without the toolkit, or without these options; the "
     "watermark is measured against JPEG, resizing, a crop and a screenshot round trip, not rotations, "
-    "heavier crops, blurs or regeneration by another model. Signed C2PA credentials are not written yet.",
+    "heavier crops, blurs or regeneration by another model. Stripping a file's metadata removes its credentials.",
 ]
 
 

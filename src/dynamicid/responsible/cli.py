@@ -18,6 +18,9 @@ class VerifyConfig:
     model_version: str | None = option(
         None, "the published model version the payload should name, for images without their sidecar"
     )
+    c2pa_trust: str | None = option(
+        None, "PEM file of the root certificates a C2PA signer must chain to (reported as c2pa_trusted)"
+    )
     json: bool = option(False, "print a JSON list, one object per image, instead of the table")
 
 
@@ -28,7 +31,7 @@ def run_verify(args) -> int:
     checks, failed = [], []
     for path in config.images:
         try:
-            checks.append(check_image(path, config.model_version))
+            checks.append(check_image(path, config.model_version, config.c2pa_trust))
         except (DynamicIDError, OSError) as err:  # one bad file is reported; the others are still checked
             failed.append({"path": path, "error": str(err)})
     if config.json:
@@ -49,7 +52,8 @@ COMMANDS = (
         "check images for the toolkit's watermark, its payload, C2PA and provenance metadata",
         "For each IMAGE: whether the invisible watermark is there (read from the pixels, so stripped metadata "
         "does not matter) and its payload; whether the payload matches the sidecar beside the image or "
-        "--model-version; whether a C2PA manifest is present; and the XMP provenance metadata. Exit 0 when "
+        "--model-version; whether its C2PA manifest is valid (and trusted, with --c2pa-trust) and binds the "
+        "same watermark; and the XMP provenance metadata. Exit 0 when "
         "every image is marked, 1 when one is not, 2 when one cannot be read.",
         VerifyConfig,
         run_verify,

@@ -20,18 +20,14 @@ class ImageCheck:
     payload: str | None  # the code word read (8 hex digits), when watermarked
     score: float  # the best code word's agreement (reported as marked at watermark.MARKED_SCORE)
     matches: str  # "sidecar", "model", "no" (a record was given and differs) or "unchecked"
-    c2pa: str  # "none": no manifest; "present": one, not validated here (signing is not built yet)
+    c2pa: str  # "valid", "invalid" (tampered, or a broken manifest) or "none"
+    c2pa_trusted: bool | None  # the signer chains to --c2pa-trust's anchors; None when none were given
+    c2pa_signer: str | None  # the signing certificate's common name
+    c2pa_binding: str  # the manifest's watermark soft binding against the pixels: "match", "differs" or "none"
     metadata: dict[str, str] | None  # the XMP provenance fields, None when stripped or never written
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _c2pa_state(path: str) -> str:
-    """Whether the file holds a C2PA manifest store (a JUMBF box labelled c2pa), found by its bytes."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return "present" if b"jumb" in data and b"c2pa" in data else "none"
 
 
 def _matches(path: str, payload: str | None, model_version: str | None) -> str:
@@ -55,11 +51,13 @@ def _matches(path: str, payload: str | None, model_version: str | None) -> str:
     return "unchecked"
 
 
-def check_image(path: str, model_version: str | None = None) -> ImageCheck:
-    """One image's check; an unreadable file is an InputError naming it."""
+def check_image(path: str, model_version: str | None = None, trust_anchors: str | None = None) -> ImageCheck:
+    """One image's check; an unreadable file is an InputError naming it. `trust_anchors`: a PEM file of
+    the root certificates a C2PA signer must chain to for `c2pa_trusted`."""
     import numpy as np
 
     from dynamicid.imagefile import Rejected, load_image
+    from dynamicid.responsible.credentials import read_credentials
     from dynamicid.responsible.provenance import read_provenance
     from dynamicid.responsible.watermark import shared_watermarker
 
@@ -69,13 +67,20 @@ def check_image(path: str, model_version: str | None = None) -> ImageCheck:
         raise InputError(f"{path}: {rejection.reason}: {rejection.message}") from None
     reading = shared_watermarker(threads=0).read(np.ascontiguousarray(rgb))
     payload = reading.word if reading.marked else None
+    credentials = read_credentials(path, trust_anchors=trust_anchors)
+    binding = (
+        "none" if credentials.soft_binding is None else "match" if credentials.soft_binding == payload else "differs"
+    )
     return ImageCheck(
         path,
         reading.marked,
         payload,
         round(reading.score, 4),
         _matches(path, payload, model_version),
-        _c2pa_state(path),
+        credentials.state,
+        credentials.trusted,
+        credentials.issuer,
+        binding,
         read_provenance(path),
     )
 

@@ -24,6 +24,7 @@ from dynamicid.errors import DynamicIDError
 from dynamicid.faces import face_prompt
 from dynamicid.generation.layout import automatic_boxes
 from dynamicid.generation.request import SETTING_RANGES, GenerationError, Settings, check_settings, default_size
+from dynamicid.responsible.credentials import ContentSigner
 from dynamicid.serving.engine import Engine, GenerationRequest, PersonRequest
 
 logger = logging.getLogger(__name__)
@@ -308,10 +309,16 @@ def _responsible_line(engine: Engine) -> str:
         if engine.watermark
         else "**The watermark is off on this server**: images carry only the AI-generated label in their metadata."
     )
+    signed = (
+        f" Each image carries signed C2PA content credentials (signer: {engine.signer.issuer}); check one with "
+        "`dynamicid verify` or the /verify API."
+        if engine.signer
+        else ""
+    )
     consent = (
         " Photos are checked against a consent registry; people on a deny list are refused." if engine.consent else ""
     )
-    return f"<small>{marked}{consent} Use photos only of people who agreed.</small>"
+    return f"<small>{marked}{signed}{consent} Use photos only of people who agreed.</small>"
 
 
 def _model_line(engine: Engine) -> str:
@@ -643,6 +650,7 @@ def serve(config, cache, block: bool = True):
         watch=watch,
         consent=config.consent,
         watermark=config.watermark,
+        signer=ContentSigner.build(config.credentials),
     )
     examples = example_photos(os.path.join(cache.folder, "examples"))
     app = build_app(engine, examples, config.tiny, config.concurrency, keep_seconds=config.keep_files_hours * 3600)

@@ -10,6 +10,7 @@ from dynamicid.generation.request import RequestLimits
 from dynamicid.login import auth_option, check_auth_option, host_option, login_ok, port_option
 from dynamicid.options import check_limits, option
 from dynamicid.responsible.consent import ConsentOptions
+from dynamicid.responsible.credentials import CredentialOptions
 from dynamicid.responsible.watermark import watermark_option
 
 
@@ -28,6 +29,7 @@ class ServeConfig:
     max_image_pixels: int = option(40_000_000, "largest photo, in pixels (width x height)", limits=(4096, 2**32))
     limits: RequestLimits = option(factory=RequestLimits)  # as generate's
     consent: ConsentOptions = option(factory=ConsentOptions)  # as generate's
+    credentials: CredentialOptions = option(factory=CredentialOptions)  # as generate's
     watermark: bool = watermark_option()
     keep_files_hours: float = option(
         24.0,

@@ -100,9 +100,11 @@ class Engine:
         watch=None,
         consent=None,
         watermark: bool = True,
+        signer=None,
     ):
         self.pipe = pipe
         self.watermark = watermark
+        self.signer = signer  # a `responsible.credentials.ContentSigner`: C2PA credentials in every image written
         self.consent = consent if consent is not None and consent.active else None  # a ConsentOptions
         if self.consent:
             pipe.use_consent(self.consent)
@@ -254,7 +256,7 @@ class Engine:
     def _write(self, result, persons, request: GenerationRequest, seconds: float) -> GenerationResult:
         folder = tempfile.mkdtemp(prefix="request-", dir=self.output_root)
         extra = {"model_version": self.model_version} if self.model_version else None
-        saved = save_generation(result, persons, folder, "dynamicid", extra=extra)
+        saved = save_generation(result, persons, folder, "dynamicid", extra=extra, signer=self.signer)
         images, sidecars, files = saved.images, saved.sidecars, saved.files
         overlays = []
         if result.gate_maps is not None:
@@ -262,6 +264,8 @@ class Engine:
                 overlays.append(path[:-4] + "_gates.png")
                 overlay = overlay_gates(path, result.gate_maps[index])
                 save_with_provenance(overlay, overlays[-1], model_version(extra), COMPOSITE)
+                if self.signer is not None:
+                    self.signer.sign(overlays[-1], model_version(extra), kind=COMPOSITE)
         return GenerationResult(images, sidecars, files, overlays, seconds)
 
 
