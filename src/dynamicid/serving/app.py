@@ -25,6 +25,7 @@ from dynamicid.faces import face_prompt
 from dynamicid.generation.layout import automatic_boxes
 from dynamicid.generation.request import SETTING_RANGES, GenerationError, Settings, check_settings, default_size
 from dynamicid.responsible.credentials import ContentSigner
+from dynamicid.responsible.safety import build_safety_filter
 from dynamicid.serving.engine import Engine, GenerationRequest, PersonRequest
 
 logger = logging.getLogger(__name__)
@@ -318,7 +319,8 @@ def _responsible_line(engine: Engine) -> str:
     consent = (
         " Photos are checked against a consent registry; people on a deny list are refused." if engine.consent else ""
     )
-    return f"<small>{marked}{signed}{consent} Use photos only of people who agreed.</small>"
+    safety = " A safety filter withholds images that show nudity." if engine.safety else ""
+    return f"<small>{marked}{signed}{consent}{safety} Use photos only of people who agreed.</small>"
 
 
 def _model_line(engine: Engine) -> str:
@@ -629,6 +631,8 @@ def serve(config, cache, block: bool = True):
     from dynamicid.generation.loading import load_for_use
     from dynamicid.imagefile import ImageRules
 
+    # Checked before the models load: a certificate C2PA refuses, or a filter asked for and missing.
+    signer, safety = ContentSigner.build(config.credentials), build_safety_filter(config.safety_filter)
     watch = _watch(config, os.path.join(cache.folder, "models"))
     if config.tiny:
         from dynamicid.testing.tiny_models import make_tiny_models
@@ -650,7 +654,8 @@ def serve(config, cache, block: bool = True):
         watch=watch,
         consent=config.consent,
         watermark=config.watermark,
-        signer=ContentSigner.build(config.credentials),
+        signer=signer,
+        safety=safety,
     )
     examples = example_photos(os.path.join(cache.folder, "examples"))
     app = build_app(engine, examples, config.tiny, config.concurrency, keep_seconds=config.keep_files_hours * 3600)

@@ -11,6 +11,7 @@ from dynamicid.login import auth_option, check_auth_option, host_option, login_o
 from dynamicid.options import check_limits, option
 from dynamicid.responsible.consent import ConsentOptions
 from dynamicid.responsible.credentials import CredentialOptions
+from dynamicid.responsible.safety import safety_option
 from dynamicid.responsible.watermark import watermark_option
 
 
@@ -31,6 +32,7 @@ class ServeConfig:
     consent: ConsentOptions = option(factory=ConsentOptions)  # as generate's
     credentials: CredentialOptions = option(factory=CredentialOptions)  # as generate's
     watermark: bool = watermark_option()
+    safety_filter: str = safety_option()
     keep_files_hours: float = option(
         24.0,
         "uploads and generated images are deleted after this many hours (all of them when the server stops; they "

@@ -101,8 +101,10 @@ class Engine:
         consent=None,
         watermark: bool = True,
         signer=None,
+        safety=None,
     ):
         self.pipe = pipe
+        self.safety = safety  # a `responsible.safety.SafetyFilter`: flagged images are withheld, never written
         self.watermark = watermark
         self.signer = signer  # a `responsible.credentials.ContentSigner`: C2PA credentials in every image written
         self.consent = consent if consent is not None and consent.active else None  # a ConsentOptions
@@ -253,7 +255,21 @@ class Engine:
             newer.model_version = self.model_version
             self.cache.clear()  # persons were encoded by the old model's face encoder
 
+    def _withhold_flagged(self, result) -> None:
+        """Refuses the request when the safety filter flags one of its images; nothing of it is written."""
+        if self.safety is None:
+            return
+        verdicts = [self.safety.judge(image) for image in result.images]
+        found = sorted({item for verdict in verdicts for item in verdict.found})
+        if found:
+            logger.warning("the safety filter withheld a request's images: %s", ", ".join(found))
+            raise GenerationError(
+                f"the safety filter withheld the image{'s' if len(verdicts) > 1 else ''}: it found "
+                f"{', '.join(found)}. Nothing was kept; change the prompt or the photos."
+            )
+
     def _write(self, result, persons, request: GenerationRequest, seconds: float) -> GenerationResult:
+        self._withhold_flagged(result)
         folder = tempfile.mkdtemp(prefix="request-", dir=self.output_root)
         extra = {"model_version": self.model_version} if self.model_version else None
         saved = save_generation(result, persons, folder, "dynamicid", extra=extra, signer=self.signer)
