@@ -21,6 +21,15 @@ def test_help_explains_prep():
         assert words in result.stdout
 
 
+def test_the_installed_console_script_runs_a_command():
+    """The `dynamicid` script the README's blocks call (the README tests run its commands in-process)."""
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "dynamicid"
+    result = subprocess.run([str(script), "verify", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--c2pa-trust" in result.stdout
+
+
 def test_no_command_prints_help():
     assert cli.main([]) == 2
 

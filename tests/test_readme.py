@@ -3,8 +3,6 @@
 
 import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -76,47 +74,51 @@ def test_the_python_example_runs_as_written(tiny_models, shared_faces, tmp_path,
     assert len(scope["more"].images) == 2 and scope["out"].metadata["boxes"][1] == [0.55, 0.2, 0.95, 0.6]
 
 
+def _run_lines(code: str) -> None:
+    """Each command line of a README block through the command's entry point in this process, as `bash -e`
+    would run them (a backslash joins lines; any failure stops the block). This reuses the session's Spark
+    and imports: a fresh interpreter and JVM per line cost about 20 s each. The console script itself is
+    run in a subprocess by test_cli_and_env."""
+    from dynamicid import cli
+
+    for line in code.replace("\\\n", " ").splitlines():
+        program, *argv = shlex.split(line, comments=True)
+        assert program in ("dynamicid", ".venv/bin/dynamicid"), line
+        try:
+            code_ = cli.main(argv)
+        except SystemExit as exit_:  # --help exits, as argparse does
+            code_ = exit_.code
+        assert code_ == 0, line
+
+
 @pytest.mark.slow
-def test_the_tiny_walkthrough_runs_as_written(tmp_path, spark, monkeypatch):
+def test_the_tiny_walkthrough_runs_as_written(tmp_path, spark, monkeypatch, capsys):
     from dynamicid.testing.cli import walkthrough
 
     (code,) = [text for language, text in readme_blocks() if text.startswith("dynamicid make-tiny-models tiny")]
     assert code == walkthrough("tiny")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    done = subprocess.run(
-        ["bash", "-e", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    _run_lines(code)
     assert (tmp_path / "runs" / "reconfig" / "weights" / "dynamicid.json").exists()
     assert (tmp_path / "generated" / "dynamicid_0.png").exists() and (tmp_path / "scores" / "report.html").exists()
-    assert "Try every command on them" in done.stdout
-    printed = done.stdout.split("(images are noise):\n\n", 1)[1]
+    out = capsys.readouterr().out
+    assert "Try every command on them" in out
+    printed = out.split("(images are noise):\n\n", 1)[1]
     assert printed.startswith(
         walkthrough(str(tmp_path / "tiny")).split("\n", 1)[1].replace(str(tmp_path / "tiny"), "tiny")
     )
-    monkeypatch.chdir(tmp_path)
     _run_the_prep_and_eval_blocks_on_what_the_walkthrough_made(tmp_path)
 
 
 def _run_the_prep_and_eval_blocks_on_what_the_walkthrough_made(folder: Path) -> None:
     """The user's photos/ and generated/ are the walkthrough's, and the CLIP model the eval block names is the
     tiny one. Each line goes through the command's entry point in this process, which reuses the session's
-    Spark (a fresh interpreter and JVM per line cost about 20 s each; the walkthrough above runs in a shell)."""
-    from dynamicid import cli
-
+    Spark, as the walkthrough above does."""
     with open(folder / "pairs.csv", "w") as handle:
         handle.write("image,person,reference,face_prompt,prompt,box\n")
         handle.write("generated/dynamicid_0.png,astronaut,photos/astronaut/original.png,,a photo of a person,\n")
     for first_line in (".venv/bin/dynamicid prep photos/ dataset/", ".venv/bin/dynamicid eval generated/"):
-        code = readme_block(first_line).replace("/models/clip-vit-l-14", "tiny/clip")
-        for line in code.splitlines():
-            program, *argv = shlex.split(line, comments=True)
-            assert program == ".venv/bin/dynamicid", line
-            try:
-                code = cli.main(argv)
-            except SystemExit as exit_:  # --help exits, as argparse does
-                code = exit_.code
-            assert code == 0, line
+        _run_lines(readme_block(first_line).replace("/models/clip-vit-l-14", "tiny/clip"))
     multi_face = pd.read_parquet(folder / "dataset" / "manifest.parquet")
     assert (multi_face.status == "ok").sum() >= 1
     scores = pd.read_parquet(folder / "eval_out" / "scores.parquet")
