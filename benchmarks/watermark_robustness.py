@@ -65,16 +65,13 @@ def _square(image: Image.Image, side: int) -> np.ndarray:
     return np.asarray(ImageOps.fit(image.convert("RGB"), (side, side), Image.Resampling.LANCZOS))
 
 
-def real_photos(side: int, limit: int | None = None) -> list[np.ndarray]:
+def named_photos(side: int, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
     import skimage.data
 
-    photos = [
-        ImageOps.exif_transpose(Image.open(p))
-        for p in sorted((SHARED / "faces").rglob("*.*"))
-        if p.suffix.lower() in (".jpg", ".jpeg", ".png")
-    ]
-    photos += [Image.fromarray(getattr(skimage.data, name)()) for name in COLOUR]
-    return [_square(photo, side) for photo in photos[:limit]]
+    paths = [p for p in sorted((SHARED / "faces").rglob("*.*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    photos = [(str(p.relative_to(SHARED)), ImageOps.exif_transpose(Image.open(p))) for p in paths]
+    photos += [(f"skimage:{name}", Image.fromarray(getattr(skimage.data, name)())) for name in COLOUR]
+    return [(name, _square(photo, side)) for name, photo in photos[:limit]]
 
 
 def unmarked_images(count: int, side: int, seed: int = 0) -> list[np.ndarray]:
@@ -136,13 +133,21 @@ def false_positives(count: int, side: int, workers: int) -> dict:
     }
 
 
-def robustness(photos: list[np.ndarray]) -> dict:
+def robustness(named: list[tuple[str, np.ndarray]]) -> dict:
     from dynamicid.responsible.watermark import BITS, Watermarker, payload_bits
 
     marker = Watermarker()
     rng = np.random.default_rng(1)
+    photos = [photo for _, photo in named]
     rows = {
-        name: {"detected": 0, "payload_intact": 0, "bit_accuracy": 0.0, "baseline_bit_accuracy": 0.0, "score_min": 1e9}
+        name: {
+            "detected": 0,
+            "payload_intact": 0,
+            "bit_accuracy": 0.0,
+            "baseline_bit_accuracy": 0.0,
+            "score_min": 1e9,
+            "missed": [],
+        }
         for name in ATTACKS
     }
     psnr, mark_seconds, read_seconds = [], [], []
@@ -160,6 +165,8 @@ def robustness(photos: list[np.ndarray]) -> dict:
             read_seconds.append(time.perf_counter() - started)
             row = rows[name]
             row["detected"] += reading.marked
+            if not reading.marked:
+                row["missed"].append(named[index][0])
             row["score_min"] = round(min(row["score_min"], reading.score), 4)
             row["payload_intact"] += (
                 reading.marked and reading.word == f"{int(''.join(str(int(b)) for b in bits), 2):08x}"
@@ -210,7 +217,7 @@ def main() -> None:
     args = parser.parse_args()
     result = {
         "machine": f"{os.cpu_count()} cores",
-        "robustness": robustness(real_photos(args.side, args.photos)),
+        "robustness": robustness(named_photos(args.side, args.photos)),
         "false_positives": false_positives(args.unmarked, args.side, args.workers),
     }
     print(json.dumps(result, indent=2))
