@@ -31,6 +31,7 @@ def _cases(faces: Path, tmp: Path) -> dict[str, list[str]]:
         "gpu_generation": ["--tiny", "--steps", "1", "--repeats", "1", "--warmup", "0"],
         "gpu_offload": [],
         "gpu_training": ["--tiny", "--steps", "1", "--warmup", "0", "--batch", "1", "--targets", "2"],
+        "identity_outcomes": ["--people", "2"],
         "identity_thresholds": [],
         "lora_fusion": ["--tiny", "--repeats", "1"],
         "make_corpus": [str(corpus), "--images", "4", "--workers", "1", "--sources", str(faces / "identities")],
