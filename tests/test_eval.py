@@ -14,7 +14,7 @@ from PIL import Image
 
 from dynamicid.evaluation import EvalConfig, run_eval
 from dynamicid.evaluation.inputs import EvalInputError, read_items
-from dynamicid.evaluation.scoring import greedy_match, prompt_agreement
+from dynamicid.evaluation.scoring import prompt_agreement
 from dynamicid.responsible.provenance import read_provenance
 from dynamicid.testing.tiny_models import tiny_clip
 
@@ -25,14 +25,6 @@ def evaluate(input_path, output, **options):
 
 def identity_photos(shared_faces):
     return sorted((shared_faces / "identities").rglob("*.*"))
-
-
-def test_greedy_matching_takes_the_largest_similarity_first():
-    similarity = np.array([[0.9, 0.8], [0.85, 0.1]])
-    # greedy: (0,0)=0.9 first, then person 1 gets face 1, although 0.8+0.85 would sum higher
-    assert greedy_match(similarity) == {0: 0, 1: 1}
-    assert greedy_match(np.zeros((2, 0))) == {}
-    assert greedy_match(np.array([[0.2, 0.7, 0.1]])) == {0: 1}
 
 
 def test_prompt_agreement_counts_only_requested_attributes():
@@ -108,10 +100,13 @@ def test_swapped_references_give_a_negative_margin(side_by_side, tmp_path):
             {"name": "rose", "reference": str(obama), "box": boxes["rose"]},
         ],
     )
-    swapped = evaluate(folder, tmp_path / "swapped").scores
-    assert (swapped.matched_by == "box").all()
-    assert (swapped.leak_margin < 0).all()
-    assert (swapped.face_sim < placed.face_sim.min()).all()
+    swapped = evaluate(folder, tmp_path / "swapped")
+    scores = swapped.scores
+    assert (scores.matched_by == "box").all()
+    assert (scores.leak_margin < 0).all()
+    assert (scores.face_sim < placed.face_sim.min()).all()
+    assert (placed.outcome == "ok").all() and (scores.outcome == "swapped").all()
+    assert swapped.summary["image_outcomes"]["swapped"] == 1 and swapped.summary["swapped_share"] == 1.0
 
 
 def test_matching_without_boxes_follows_similarity(side_by_side, tmp_path):
@@ -302,3 +297,43 @@ def test_eval_analyses_faces_as_the_sidecars_record_unless_told_otherwise():
     assert _face_analysis(EvalConfig(input="i", output="o", faces=asked), items) == asked
     mixed = [*items, EvalItem("c.png", face_analysis={"embedder": "insightface"})]
     assert _face_analysis(EvalConfig(input="i", output="o"), mixed) == FaceAnalysisConfig()
+
+
+def test_eval_reports_outcomes_and_the_fields_figures_on_composites(analyzer, shared_faces, tmp_path):
+    """Composites of real photos (issue 38 §3) scored from an eval list with ground-truth photos: every case
+    gets its outcome, the summary counts them, the report shows them and the gate can bound them."""
+    from dynamicid.recipe.gate import check_bounds
+    from dynamicid.testing.composites import aligned_face, canvas, morph
+
+    root = shared_faces / "identities"
+    a1, b1 = aligned_face(analyzer, str(root / "obama/1.jpg")), aligned_face(analyzer, str(root / "biden/1.jpg"))
+    a3 = aligned_face(analyzer, str(root / "obama/3.jpg"))
+    cases = {"right": [a1, b1], "swapped": [b1, a1], "blend": [morph(a1, b1), b1], "pasted": [a3, b1]}
+    with open(tmp_path / "list.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "person", "reference", "ground_truth", "prompt", "box"])
+        for name, tiles in cases.items():
+            image, boxes = canvas(tiles)
+            Image.fromarray(image).save(tmp_path / f"{name}.png")
+            for person, (reference, truth), box in zip(
+                ("obama", "biden"), [("obama/3.jpg", "obama/2.jpg"), ("biden/2.jpg", "biden/1.jpg")], boxes
+            ):
+                writer.writerow(
+                    [f"{name}.png", person, root / reference, root / truth, "two people", " ".join(map(str, box))]
+                )
+    result = evaluate(tmp_path / "list.csv", tmp_path / "out")
+    outcomes = result.scores.groupby("image").image_outcome.first().rename(lambda p: os.path.basename(p)[:-4])
+    assert outcomes.to_dict() == {"right": "ok", "swapped": "swapped", "blend": "blended", "pasted": "ok"}
+    by = result.scores.assign(case=result.scores.image.map(lambda p: os.path.basename(p)[:-4])).set_index(
+        ["case", "person"]
+    )
+    assert by.loc[("pasted", "obama"), "copy_paste"] > 0.7 > by.loc[("right", "obama"), "copy_paste"]
+    assert by.loc[("right", "obama"), "sim_gt"] > by.loc[("swapped", "obama"), "sim_gt"]
+    assert by.loc[("blend", "obama"), "looks_like"] == "biden"
+    summary = result.summary
+    assert summary["image_outcomes"]["blended"] == 1 and summary["person_outcomes"]["swapped"] == 2
+    assert summary["outcome_thresholds"] == "measured for this embedder"
+    assert "Outcomes" in open(result.report_html).read()
+    assert check_bounds({"max_swapped": 0.3, "min_sim_gt": 0.5}, summary) == []
+    failed = check_bounds({"max_swapped": 0.2, "max_copy_paste": -1.0}, summary)
+    assert len(failed) == 2 and "swapped_share is 0.2500, above 0.2" in failed[0]

@@ -174,7 +174,17 @@ def read_generated_stem(folder: str, stem: str) -> EvalItem:
 
 
 def _scored_against(item: EvalItem, group: tuple[HeldOutIdentity, ...]) -> EvalItem:
-    item.persons = [replace(person, references=identity.references) for person, identity in zip(item.persons, group)]
+    """FaceSim against the identity's other photos; Sim(Ref) against the photo generation was given; Sim(GT)
+    and copy-paste when the identity has other photos."""
+    item.persons = [
+        replace(
+            person,
+            references=identity.references,
+            used=person.references,
+            ground_truth=identity.references if identity.references != (identity.photo,) else (),
+        )
+        for person, identity in zip(item.persons, group)
+    ]
     return item
 
 

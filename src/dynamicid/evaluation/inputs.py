@@ -3,8 +3,9 @@
 Three forms are read:
   * a folder of images, each with a JSON sidecar of the same stem: what `dynamicid generate` writes, whose
     schema is `dynamicid.generation.sidecar` (prompt, persons with name, reference, face_prompt and box).
-  * a CSV with one row per (image, person): image, person, reference, face_prompt, prompt, box;
-    several reference photos are separated by ";", a box is "x0 y0 x1 y1"
+  * a CSV with one row per (image, person): image, person, reference, face_prompt, prompt, box, and
+    optionally ground_truth (other photos of the person, for Sim(GT) and copy-paste); several photos are
+    separated by ";", a box is "x0 y0 x1 y1"
   * a JSON list of {"image": ..., "prompt": ..., "persons": [...]} as in the sidecar.
 Relative paths are read from the file (or sidecar) that names them.
 """
@@ -34,6 +35,8 @@ class Person:
     references: tuple[str, ...]
     face_prompt: str | None = None
     box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 as fractions of the image
+    ground_truth: tuple[str, ...] = ()  # other photos of the person, for Sim(GT) and the copy-paste score
+    used: tuple[str, ...] = ()  # the photos generation was given (Sim(Ref)); empty: the references
 
 
 @dataclass
@@ -51,13 +54,13 @@ def _text(entry: dict, key: str, where: str) -> str | None:
     raise EvalInputError(f"{where}: field {key!r} must be text, found {type(value).__name__} {value!r}")
 
 
-def _paths(value, base: str, where: str) -> tuple[str, ...]:
+def _paths(value, base: str, where: str, name: str = "reference") -> tuple[str, ...]:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         values = value
     elif value is None or isinstance(value, str):
         values = str(value or "").split(";")
     else:
-        raise EvalInputError(f"{where}: field 'reference' must be a path or a list of paths, found {value!r}")
+        raise EvalInputError(f"{where}: field {name!r} must be a path or a list of paths, found {value!r}")
     return tuple(os.path.normpath(os.path.join(base, v.strip())) for v in values if v and v.strip())
 
 
@@ -87,7 +90,11 @@ def _person(entry, index: int, base: str, where: str) -> Person:
     if name is not None and not isinstance(name, (str, int)):
         raise EvalInputError(f"{where}: field 'name' must be text, found {name!r}")
     return Person(
-        str(name or f"person{index}"), references, _text(entry, "face_prompt", where), _box(entry.get("box"), where)
+        str(name or f"person{index}"),
+        references,
+        _text(entry, "face_prompt", where),
+        _box(entry.get("box"), where),
+        _paths(entry.get("ground_truth"), base, where, "ground_truth"),
     )
 
 
@@ -154,6 +161,7 @@ def read_csv(path: str) -> list[EvalItem]:
                 "reference": row["reference"],
                 "face_prompt": row.get("face_prompt"),
                 "box": row.get("box") or None,
+                "ground_truth": row.get("ground_truth") or None,
             }
             item.persons.append(_person(entry, len(item.persons), base, f"{path}:{line}"))
     return list(by_image.values())

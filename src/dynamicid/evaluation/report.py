@@ -68,7 +68,13 @@ def histogram_svg(values: list[float], bins: int = 20, width: int = 420, height:
 
 
 PERSON_ROWS = (
+    ("outcome", "outcome"),
     ("FaceSim", "face_sim"),
+    ("Sim(Ref)", "sim_ref"),
+    ("Sim(GT)", "sim_gt"),
+    ("CP", "copy_paste"),
+    ("ID-Conf", "id_conf"),
+    ("looks like", "looks_like"),
     ("leak margin", "leak_margin"),
     ("asked", "requested_face_prompt"),
     ("measured", "measured_face_prompt"),
@@ -113,6 +119,11 @@ def write_html(path: str, scores: pd.DataFrame, summary: dict, cards: list[dict]
         if not isinstance(v, (dict, list))
     )
     blocks = [_card_html(card) for card in cards]
+    per_person = summary.get("person_outcomes", {})
+    outcomes = "".join(
+        f"<tr><th>{html.escape(name)}</th><td>{count}</td><td>{per_person.get(name, '')}</td></tr>"
+        for name, count in summary.get("image_outcomes", {}).items()
+    )
     document = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>dynamicid eval report</title>
 <style>
@@ -130,7 +141,11 @@ table {{ border-collapse: collapse; font-size: 13px; }} th {{ text-align: left; 
 </style></head><body>
 <h1>dynamicid eval</h1>
 <div style="display:flex; gap:30px"><table>{stats}</table>
-<div><h3>FaceSim of every requested person</h3>{histogram_svg(list(scores.face_sim))}</div></div>
+<div><h3>FaceSim of every requested person</h3>{histogram_svg(list(scores.face_sim))}</div>
+<div><h3>Outcomes</h3><table><tr><th></th><th>images</th><th>persons</th></tr>{outcomes}</table>
+<p><small>Matched by the Hungarian algorithm. Sim(Ref), Sim(GT) and CP after WithAnyone's MultiID-Bench;
+ID-Conf after UMO. Thresholds: {html.escape(str(summary.get("outcome_thresholds", "")))}
+({html.escape(str(summary.get("embedding_model", "")))}).</small></p></div></div>
 <h2>Images</h2><div class="grid">{"".join(blocks)}</div>
 </body></html>"""
     temporary = path + ".tmp-report"

@@ -14,6 +14,7 @@ from dynamicid.evaluation.config import EvalConfig
 from dynamicid.evaluation.inputs import read_items
 from dynamicid.evaluation.scoring import ImageAnalyses, ReferenceBank, score_image
 from dynamicid.faces import FaceAnalysisConfig, FaceAnalyzer
+from dynamicid.faces.identity_check import measured_blend
 from dynamicid.faces.record import config_of
 from dynamicid.options import counted
 from dynamicid.responsible.provenance import COMPOSITE, read_provenance, save_with_provenance
@@ -34,7 +35,27 @@ def _mean(series: pd.Series) -> float | None:
     return round(float(values.mean()), 4) if len(values) else None
 
 
-def summarize(scores: pd.DataFrame, embedder: str) -> dict:
+def outcome_figures(scores: pd.DataFrame) -> dict:
+    """The outcome counts (per person and per image), each failure's share of images, and the means of
+    Sim(Ref), Sim(GT), CP and ID-Conf."""
+    from dynamicid.faces.identity_check import IMAGE_OUTCOMES, OUTCOMES
+
+    per_image = scores.groupby("image").image_outcome.first()
+    figures: dict = {
+        "person_outcomes": {name: int((scores.outcome == name).sum()) for name in OUTCOMES},
+        "image_outcomes": {name: int((per_image == name).sum()) for name in IMAGE_OUTCOMES},
+    }
+    for name in ("missing", "swapped", "duplicate", "blended", "extra_face"):
+        figures[f"{name}_share"] = round(float((per_image == name).mean()), 4) if len(per_image) else None
+    for key in ("sim_ref", "sim_gt", "copy_paste", "id_conf"):
+        figures[f"{key}_mean"] = _mean(scores[key])
+    figures["id_conf_min"] = (
+        round(float(pd.to_numeric(scores.id_conf).min()), 4) if scores.id_conf.notna().any() else None
+    )
+    return figures
+
+
+def summarize(scores: pd.DataFrame, embedder: str, blend_measured: bool = True) -> dict:
     multi = scores[scores.persons_in_image > 1]
     margins = pd.to_numeric(multi.leak_margin, errors="coerce").dropna()
     per_image_min = scores.groupby("image").min_face_sim.first()
@@ -53,7 +74,9 @@ def summarize(scores: pd.DataFrame, embedder: str) -> dict:
         "side_agreement": _mean(scores.side_match),
         "clip_t_mean": _mean(scores.clip_t) if "clip_t" in scores else None,
         "mirror_consistency": _mean(scores.mirror_consistent) if "mirror_consistent" in scores else None,
+        **outcome_figures(scores),
         "embedding_model": embedder,
+        "outcome_thresholds": "measured for this embedder" if blend_measured else "blend not measured for it",
     }
 
 
@@ -66,6 +89,10 @@ def format_summary(summary: dict, output: str) -> str:
     for key in (
         "face_sim_mean",
         "face_sim_min_per_image_mean",
+        "sim_ref_mean",
+        "sim_gt_mean",
+        "copy_paste_mean",
+        "id_conf_mean",
         "leak_margin_mean",
         "leak_positive_share",
         "prompt_agreement_mean",
@@ -74,7 +101,9 @@ def format_summary(summary: dict, output: str) -> str:
     ):
         if summary.get(key) is not None:
             lines.append(f"  {key:<28} {summary[key]:.4f}")
-    lines.append(f"  embeddings: {summary['embedding_model']}")
+    shown = {name: count for name, count in summary["image_outcomes"].items() if count}
+    lines.append("  image outcomes: " + ", ".join(f"{name} {count}" for name, count in shown.items()))
+    lines.append(f"  embeddings: {summary['embedding_model']} (outcome thresholds {summary['outcome_thresholds']})")
     lines += [
         f"  report:  {os.path.join(output, 'report.html')}",
         f"  grid:    {os.path.join(output, 'report.png')}",
@@ -146,7 +175,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
         cards.append(_card(number, item, scored, bank, thumbs, clip_t))
 
     scores = pd.DataFrame(rows)
-    summary = summarize(scores, analyzer.embedder.model_id)
+    summary = summarize(scores, analyzer.embedder.model_id, measured_blend(analyzer.config.embedder))
     if heldout.is_dataset(config.input):
         summary |= {"dataset": os.path.abspath(config.input), "split": config.split, "weights": config.weights}
     scores.to_parquet(os.path.join(output, "scores.parquet"), index=False)

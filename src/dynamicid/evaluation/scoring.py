@@ -1,11 +1,13 @@
 """Scoring one image against its persons, with the same face analysis as prep.
 
-FaceSim: cosine between a detected face's embedding and the person's reference embedding (the
-mean of the person's reference photos). A person with a box (where the person was asked to be) gets
-the face whose centre lies in that box, the one overlapping it most; the other persons get faces
-greedily on the similarity matrix (largest first, each face and person used once). A person left
-without a face scores 0. Without boxes, a swap of identities cannot be seen: matching by
-similarity would follow the swap.
+Matching and outcomes: `faces.identity_check` (the classifier `generate --check-identities` and `serve` use
+too): detected faces are assigned to persons by the Hungarian algorithm, a person with a box limited to the
+faces inside it, and each person gets an outcome (ok, missing, swapped, duplicate, blended) and the image
+one more (extra_face). Its docstring gives each figure with its source.
+FaceSim: cosine between a matched face's embedding and the person's reference embedding (the mean of the
+person's reference photos); a person left without a face scores 0. Sim(Ref) is the same against the photo
+generation was given, Sim(GT) against the person's other photos (`ground_truth`), CP the copy-paste score
+between those two, ID-Conf how far the person's best face is ahead of the next.
 Leak margin: for a matched face, its similarity to its own person minus its largest similarity to
 any other person of the image (needs two or more persons); negative means the face looks more
 like someone else.
@@ -21,6 +23,7 @@ import numpy as np
 
 from dynamicid.evaluation.inputs import EvalInputError, EvalItem, Person
 from dynamicid.faces import FaceAnalyzer, face_prompt
+from dynamicid.faces.identity_check import CheckThresholds, IdentityCheck, check_identities, check_thresholds
 from dynamicid.faces.types import FaceAnalysis
 from dynamicid.imagefile import DecodedImage, Rejected, load_image
 
@@ -30,53 +33,12 @@ def unit(vector: np.ndarray) -> np.ndarray:
     return vector / (np.linalg.norm(vector) + 1e-12)
 
 
-def greedy_match(similarity: np.ndarray) -> dict[int, int]:
-    """person index -> face index, taking the largest remaining similarity each time."""
-    matches: dict[int, int] = {}
-    if similarity.size == 0:
-        return matches
-    remaining = similarity.astype(np.float64).copy()
-    for _ in range(min(remaining.shape)):
-        person, face = np.unravel_index(np.argmax(remaining), remaining.shape)
-        matches[int(person)] = int(face)
-        remaining[person, :] = -np.inf
-        remaining[:, face] = -np.inf
-    return matches
-
-
 def _overlap(a: tuple, b: tuple) -> float:
     width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = width * height
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
-
-
-def match_faces(similarity: np.ndarray, person_boxes: list, face_boxes: list) -> tuple[dict[int, int], dict[int, str]]:
-    """person -> face, and how each was matched ("box" or "similarity"). Boxes are normalised x0, y0, x1, y1."""
-    matches: dict[int, int] = {}
-    taken: set[int] = set()
-    for person, box in enumerate(person_boxes):
-        if box is None:
-            continue
-        inside = [
-            (face, _overlap(box, fbox))
-            for face, fbox in enumerate(face_boxes)
-            if face not in taken
-            and box[0] <= (fbox[0] + fbox[2]) / 2 <= box[2]
-            and box[1] <= (fbox[1] + fbox[3]) / 2 <= box[3]
-        ]
-        if inside:
-            face = max(inside, key=lambda pair: pair[1])[0]
-            matches[person] = face
-            taken.add(face)
-    how = {person: "box" for person in matches}
-    free_people = [p for p in range(similarity.shape[0]) if p not in matches and person_boxes[p] is None]
-    free_faces = [f for f in range(similarity.shape[1]) if f not in taken]
-    for person, face in greedy_match(similarity[np.ix_(free_people, free_faces)]).items():
-        matches[free_people[person]] = free_faces[face]
-        how[free_people[person]] = "similarity"
-    return matches, how
 
 
 def prompt_agreement(requested: str, measured: str) -> dict:
@@ -118,7 +80,10 @@ class ReferenceBank:
         return self._thumbnails[path]
 
     def person(self, person: Person) -> np.ndarray:
-        return unit(np.mean([self.photo(p) for p in person.references], axis=0))
+        return self.mean(person.references)
+
+    def mean(self, paths: tuple[str, ...]) -> np.ndarray:
+        return unit(np.mean([self.photo(p) for p in paths], axis=0))
 
 
 @dataclass
@@ -127,6 +92,7 @@ class ImageScore:
     faces: list[FaceAnalysis]
     matches: dict[int, int]
     image: DecodedImage
+    check: IdentityCheck
 
 
 class ImageAnalyses:
@@ -173,6 +139,11 @@ def mirror_check(face: FaceAnalysis, width: int, mirrored: list[FaceAnalysis]) -
 # A person's row before any face is matched: nothing measured, FaceSim 0.
 UNMATCHED = {
     "face_sim": 0.0,
+    "sim_ref": None,
+    "sim_gt": None,
+    "copy_paste": None,
+    "id_conf": None,
+    "looks_like": None,
     "leak_margin": None,
     "measured_face_prompt": None,
     "emotion_match": None,
@@ -203,18 +174,36 @@ def _matched_row(index: int, person, face, face_at: int, similarity: np.ndarray,
     return row
 
 
-def score_image(item: EvalItem, analyses: ImageAnalyses, bank: ReferenceBank, mirror: bool = False) -> ImageScore:
+def _identity_check(item: EvalItem, faces: list, size: tuple, bank: ReferenceBank, thresholds) -> tuple:
+    """(cosines of persons x faces against the references, the identity check) of one image."""
+    references = np.stack([bank.person(p) for p in item.persons])  # (persons, D), unit rows
+    face_units = np.stack([unit(f.embedding) for f in faces]) if faces else np.zeros((0, references.shape[1]))
+    similarity = references @ face_units.T
+    width, height = size
+    face_boxes = [(f.box.x0 / width, f.box.y0 / height, f.box.x1 / width, f.box.y1 / height) for f in faces]
+    used = np.stack([bank.mean(p.used or p.references) for p in item.persons])
+    truths = [bank.mean(p.ground_truth) if p.ground_truth else None for p in item.persons]
+    boxes = [p.box for p in item.persons]
+    return similarity, check_identities(similarity, boxes, face_boxes, thresholds, face_units, used, truths)
+
+
+def score_image(
+    item: EvalItem,
+    analyses: ImageAnalyses,
+    bank: ReferenceBank,
+    mirror: bool = False,
+    thresholds: CheckThresholds | None = None,
+) -> ImageScore:
     """One row per requested person; with `mirror`, each matched face's face prompt is also checked against
     the mirror image's (`mirror_check`)."""
     image, faces = analyses.get(item.image)
-    references = np.stack([bank.person(p) for p in item.persons])  # (persons, D), unit rows
-    face_units = np.stack([unit(f.embedding) for f in faces]) if faces else np.zeros((0, references.shape[1]))
-    similarity = references @ face_units.T  # (persons, faces) cosines
     height, width = image.rgb.shape[:2]
-    face_boxes = [(f.box.x0 / width, f.box.y0 / height, f.box.x1 / width, f.box.y1 / height) for f in faces]
-    matches, how = match_faces(similarity, [p.box for p in item.persons], face_boxes)
+    thresholds = thresholds or check_thresholds(bank.analyzer.config.embedder)
+    similarity, check = _identity_check(item, faces, (width, height), bank, thresholds)
+    matches = {i: p.face for i, p in enumerate(check.persons) if p.face is not None}
+    names = [p.name for p in item.persons]
     rows = []
-    for index, person in enumerate(item.persons):
+    for index, (person, outcome) in enumerate(zip(item.persons, check.as_records(names))):
         row = {
             "image": item.image,
             "person": person.name,
@@ -224,10 +213,13 @@ def score_image(item: EvalItem, analyses: ImageAnalyses, bank: ReferenceBank, mi
             "faces_in_image": len(faces),
             "face_detected": index in matches,
             "face_index": matches.get(index),
-            "matched_by": how.get(index),
+            "matched_by": ("box" if person.box else "similarity") if index in matches else None,
             "requested_box": list(person.box) if person.box else None,
             "requested_face_prompt": person.face_prompt,
+            "outcome": outcome["outcome"],
+            "image_outcome": check.outcome,
         } | UNMATCHED
+        row |= {key: outcome[key] for key in ("sim_ref", "sim_gt", "copy_paste", "id_conf", "looks_like")}
         if index in matches:
             face = faces[matches[index]]
             row |= _matched_row(index, person, face, matches[index], similarity, image.decode_scale)
@@ -237,4 +229,4 @@ def score_image(item: EvalItem, analyses: ImageAnalyses, bank: ReferenceBank, mi
     minimum = min((r["face_sim"] for r in rows), default=None)
     for row in rows:
         row["min_face_sim"] = minimum
-    return ImageScore(rows, faces, matches, image)
+    return ImageScore(rows, faces, matches, image, check)

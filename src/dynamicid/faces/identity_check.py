@@ -102,7 +102,7 @@ def check_faces(
     face_boxes = [(f.box.x0 / width, f.box.y0 / height, f.box.x1 / width, f.box.y1 / height) for f in faces]
     truths = [None if t is None else unit_rows(t) for t in ground_truth] if ground_truth else None
     similarity = references @ face_units.T
-    return check_identities(similarity, person_boxes, face_boxes, thresholds, truths, references, face_units)
+    return check_identities(similarity, person_boxes, face_boxes, thresholds, face_units, references, truths)
 
 
 @dataclass
@@ -213,32 +213,40 @@ def check_identities(
     person_boxes: list,
     face_boxes: list,
     thresholds: CheckThresholds,
-    ground_truth: list | None = None,
-    references: np.ndarray | None = None,
     faces: np.ndarray | None = None,
+    used: np.ndarray | None = None,
+    ground_truth: list | None = None,
 ) -> IdentityCheck:
-    """The outcome of one image. `similarity` is (persons, faces) cosines against the references; boxes
-    are normalised (x0, y0, x1, y1), None for a person without one. With `references` and `faces` (unit
-    rows) and each person's `ground_truth` unit vector (or None), Sim(GT) and CP are measured too."""
+    """The outcome of one image. `similarity` is (persons, faces) cosines against the persons' references,
+    which matching and outcomes go by; boxes are normalised (x0, y0, x1, y1), None for a person without
+    one. With the faces' unit embeddings `faces`: Sim(Ref) against `used` (the unit embedding of the photo
+    generation was given, per person; default: the similarity above), and against each person's
+    `ground_truth` unit vector (or None) Sim(GT) and CP."""
     matches = assign(similarity, person_boxes, face_boxes)
     owners = _owners(similarity, thresholds)
     persons = []
     for person in range(similarity.shape[0]):
         face = matches.get(person)
         outcome, other = _outcome(person, face, similarity, owners, matches, thresholds)
-        item = PersonOutcome(outcome, face, None if face is None else float(similarity[person, face]))
-        item.looks_like = other
-        row = np.sort(similarity[person])[::-1] if similarity.shape[1] else np.zeros(0)
+        item = PersonOutcome(outcome, face, None, looks_like=other)
+        row = np.sort(similarity[person])[::-1]
         item.id_conf = float(row[0] - (row[1] if len(row) > 1 else 0.0)) if len(row) else None
-        truth = ground_truth[person] if ground_truth else None
-        if face is not None and truth is not None and references is not None and faces is not None:
-            item.sim_gt = float(faces[face] @ truth)
-            item.copy_paste = copy_paste(faces[face], references[person], truth)
+        if face is not None:
+            _measure(item, person, face, similarity, faces, used, ground_truth)
         persons.append(item)
     matched = set(matches.values())
     extra = [f for f in range(similarity.shape[1]) if f not in matched and owners[f] is None]
     found = {item.outcome for item in persons} | ({"extra_face"} if extra else set())
     return IdentityCheck(persons, extra, next(name for name in _SEVERITY if name in found or name == "ok"))
+
+
+def _measure(item: PersonOutcome, person: int, face: int, similarity, faces, used, ground_truth) -> None:
+    reference = used[person] if used is not None and faces is not None else None
+    item.sim_ref = float(faces[face] @ reference) if reference is not None else float(similarity[person, face])
+    truth = ground_truth[person] if ground_truth else None
+    if truth is not None and reference is not None:
+        item.sim_gt = float(faces[face] @ truth)
+        item.copy_paste = copy_paste(faces[face], reference, truth)
 
 
 def copy_paste(generated: np.ndarray, reference: np.ndarray, truth: np.ndarray, eps: float = 1e-6) -> float:

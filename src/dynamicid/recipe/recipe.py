@@ -53,6 +53,15 @@ GATE_ALIASES = {
     "leak": "leak_positive_share",
     "detection_rate": "detection_rate",
     "prompt_agreement": "prompt_agreement_mean",
+    "sim_ref": "sim_ref_mean",
+    "sim_gt": "sim_gt_mean",
+    "copy_paste": "copy_paste_mean",
+    "id_conf": "id_conf_mean",
+    "swapped": "swapped_share",
+    "duplicate": "duplicate_share",
+    "blended": "blended_share",
+    "missing": "missing_share",
+    "extra_face": "extra_face_share",
 }
 HUB_PREFIX = "hf://"
 # Options each stage gets from the run: setting them in the recipe is refused.
