@@ -112,3 +112,70 @@ def test_boxes_constrain_the_matching_and_no_face_is_missing():
     assert [p.outcome for p in checked.persons] == ["swapped", "swapped"] and checked.persons[0].face == 1
     empty = check_identities(np.zeros((2, 0)), [None, None], [], thresholds)
     assert [p.outcome for p in empty.persons] == ["missing", "missing"] and empty.persons[0].id_conf is None
+
+
+# -- the check at generation (issue 38 §2) ------------------------------------------------------------------
+
+
+def test_the_pipeline_retries_seeds_until_the_faces_are_right(tiny_pipe, faces, shared_faces, monkeypatch):
+    """The tiny models draw noise, so the decoder is replaced by one that returns, per try, a composite of real
+    faces: first the persons swapped, then in their places. The real face analysis judges them."""
+    from PIL import Image
+
+    from dynamicid.generation.request import Person
+
+    swapped, boxes = canvas([faces["b1"], faces["a1"]])
+    right, _ = canvas([faces["a1"], faces["b1"]])
+    drawn = iter([swapped, right])
+    monkeypatch.setattr(tiny_pipe, "_decode", lambda latents, output_type, generator: [Image.fromarray(next(drawn))])
+    root = shared_faces / "identities"
+    persons = [
+        Person(str(root / "obama/3.jpg"), box=tuple(boxes[0])),
+        Person(str(root / "kit_harington/3.jpg"), box=tuple(boxes[1])),
+    ]
+    out = tiny_pipe(
+        "two people",
+        persons,
+        num_inference_steps=1,
+        height=64,
+        width=128,
+        seed=7,
+        check_identities=True,
+        retries=3,
+        watermark=False,
+    )
+    record = out.metadata["identity_check"]
+    assert [t["seed"] for t in record["tries"]] == [7, 8]  # stopped at the first that passed
+    assert [t["outcomes"][0]["outcome"] for t in record["tries"]] == ["swapped", "ok"]
+    assert record["passed"] and record["kept_seed"] == 8 and out.metadata["seed"] == 8
+    assert np.array_equal(np.asarray(out.images[0]), right)
+
+
+def test_generate_records_every_try_and_says_when_none_passed(tiny_models, shared_faces, tmp_path, capsys):
+    import json
+
+    from test_generate import _small_generate
+
+    out = tmp_path / "gen"
+    assert _small_generate(tiny_models, shared_faces, out, "--check-identities", "--retries", "2", "--seed", "3") == 0
+    record = json.loads((out / "dynamicid_0.json").read_text())["identity_check"]
+    assert [t["seed"] for t in record["tries"]] == [3, 4, 5] and not record["passed"]  # noise has no face
+    assert all(t["outcomes"][0]["persons"][0]["outcome"] == "missing" for t in record["tries"])
+    printed = capsys.readouterr().out
+    assert "image 0: missing (person 1 missing)" in printed and "NOT passed" in printed and "after 3 tries" in printed
+
+
+def test_serve_checks_by_default_and_its_status_says_each_persons_outcome(tiny_pipe, shared_faces):
+    from dynamicid.generation.request import Settings
+    from dynamicid.serving.app import _identities_said
+    from dynamicid.serving.config import ServeConfig
+    from dynamicid.serving.engine import Engine, GenerationRequest, PersonRequest
+
+    assert ServeConfig().check_identities and ServeConfig().retries == 2
+    engine = Engine(tiny_pipe, check_identities=True, retries=1)
+    photo = str(shared_faces / "identities/obama/1.jpg")
+    request = GenerationRequest("a portrait", [PersonRequest(photo)], Settings(steps=1, height=64, width=64, seed=5))
+    sidecar = engine.generate(request).sidecars[0]
+    assert len(sidecar["identity_check"]["tries"]) == 2  # the API returns this sidecar
+    said = _identities_said(sidecar)
+    assert "person 1 missing" in said and "after 2 tries" in said

@@ -10,7 +10,7 @@ from dynamicid.options import Command, config_from
 
 def run_generate(args: Any) -> int:
     from dynamicid.generation.loading import load_for_use
-    from dynamicid.generation.outputs import check_output_folder, save_generation
+    from dynamicid.generation.outputs import check_output_folder, identity_check_lines, save_generation
     from dynamicid.generation.request import check_request
     from dynamicid.responsible.credentials import ContentSigner
 
@@ -51,6 +51,8 @@ def run_generate(args: Any) -> int:
         max_output_pixels=config.limits.max_output_pixels,
         max_work=config.limits.max_work,
         watermark=config.watermark,
+        check_identities=config.check_identities,
+        retries=config.retries,
     )
     saved = save_generation(
         result,
@@ -63,6 +65,8 @@ def run_generate(args: Any) -> int:
     )
     for path in saved.files:
         print(f"wrote {path}")
+    if config.check_identities:
+        print("\n".join(identity_check_lines(result.metadata["identity_check"])))
     return 0
 
 

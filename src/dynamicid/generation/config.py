@@ -14,8 +14,10 @@ from dynamicid.generation.request import (
     Person,
     RequestLimits,
     Settings,
+    check_identities_option,
     check_settings,
     default_size,
+    retries_option,
 )
 from dynamicid.options import option
 from dynamicid.responsible.consent import ConsentOptions
@@ -88,6 +90,8 @@ class GenerateConfig:
     consent: ConsentOptions = option(factory=ConsentOptions)
     credentials: CredentialOptions = option(factory=CredentialOptions)
     watermark: bool = watermark_option()
+    check_identities: bool = check_identities_option(False)
+    retries: int = retries_option(0)
     seed: int = option(0, "random seed")
     id_scale: float = option(DEFAULT_ID_SCALE, "strength of the identity injection")
     infer_scale: float | None = option(

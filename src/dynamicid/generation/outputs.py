@@ -120,3 +120,19 @@ def save_generation(
         saved.images.append(image_path)
         saved.sidecars.append(record)
     return saved
+
+
+def identity_check_lines(record: dict[str, Any]) -> list[str]:
+    """The identity check of a call (`metadata["identity_check"]`) in words: one line per image kept (its
+    outcome and each person's), then the verdict with the tries it took and the seed kept."""
+    kept = next(t for t in record["tries"] if t["seed"] == record["kept_seed"])
+    lines = []
+    for index, image in enumerate(kept["outcomes"]):
+        persons = ", ".join(f"{p['person']} {p['outcome']}" for p in image["persons"])
+        lines.append(f"image {index}: {image['outcome']} ({persons})")
+    tries = len(record["tries"])
+    verdict = "passed" if record["passed"] else "NOT passed (kept: the try with the most persons ok)"
+    lines.append(
+        f"identity check {verdict} after {tries} {'try' if tries == 1 else 'tries'}, seed {record['kept_seed']}"
+    )
+    return lines

@@ -23,6 +23,7 @@ class EncodedPerson:
     source_face_prompt: str
     edited: bool
     face_box: list[float]
+    embedding: np.ndarray | None = None  # the reference face's identity embedding: what outputs are checked against
 
 
 def load_rgb(source: Any, what: str) -> np.ndarray:

@@ -374,7 +374,7 @@ class DynamicIDPipeline(DiffusionPipeline):
         tokens = self.face_encoder(embedding, self.clip_features(rgb).to(dtype))[0]
         wants_edit = bool(person.face_prompt) or person.target_landmarks is not None
         if not wants_edit:
-            return EncodedPerson(tokens, tokens, face.face_prompt, False, face.box.as_list())
+            return EncodedPerson(tokens, tokens, face.face_prompt, False, face.box.as_list(), face.embedding)
         if self.imr is None or self.keypoint_encoder is None:
             raise CheckpointError("face editing needs IMR and the KeyPointEncoder (IMR.bin, key_point_encoder.bin)")
         source_map = landmark_image.render_map96(face.aligned_landmarks, face.aligned.shape[0])
@@ -388,7 +388,7 @@ class DynamicIDPipeline(DiffusionPipeline):
             device,
         )
         edited = self.imr.edit(tokens, features[:1], pooled[:1], features[1:], pooled[1:])[0]
-        return EncodedPerson(edited, tokens, face.face_prompt, True, face.box.as_list())
+        return EncodedPerson(edited, tokens, face.face_prompt, True, face.box.as_list(), face.embedding)
 
     @torch.no_grad()
     def encode_persons(self, persons: list[Person]) -> list[EncodedPerson]:
@@ -505,6 +505,8 @@ class DynamicIDPipeline(DiffusionPipeline):
         max_output_pixels: int | None = None,
         max_work: int | None = None,
         watermark: bool = True,
+        check_identities: bool = False,
+        retries: int = 0,
     ) -> Any:
         r"""
         Generate images of the given persons.
@@ -542,6 +544,11 @@ class DynamicIDPipeline(DiffusionPipeline):
             watermark: mark every image with the invisible watermark (`responsible.watermark`), whose payload
                 names the model version and the image's request id (both in `metadata["watermark"]`). False
                 leaves them unmarked, and the metadata says so.
+            check_identities: analyse each output's faces and classify it (`faces.identity_check`: each person
+                ok, missing, swapped, duplicate or blended), in `metadata["identity_check"]`.
+            retries: with `check_identities`, try up to this many more seeds (seed + 1, seed + 2, ...) until every
+                image passes; every try, its outcomes and the seed kept are recorded. The kept try is the first
+                that passes, else the one with the most persons ok.
 
         Returns:
             `DynamicIDPipelineOutput` (or a tuple with `return_dict=False`).
@@ -573,26 +580,45 @@ class DynamicIDPipeline(DiffusionPipeline):
             prompts, device, num_images_per_prompt, guided, negative_prompt, prompt_embeds, negative_prompt_embeds
         )
         count = len(prompt_embeds)
-        latents = self.prepare_latents(count, height, width, prompt_embeds.dtype, device, generator, latents)
-        settings = self.prepare_settings(
-            len(encoded), boxes, latents, id_scale, lora_scale, gate, infer_scale, infer_end
-        )
+        if check_identities and output_type == "latent":
+            raise GenerationError("check_identities needs images: use output_type pil, np or pt, not latent")
+        tries = max(1, 1 + int(retries)) if check_identities else 1
+        if tries > 1 and seed is None:  # the seeds tried must be known to be recorded and repeated
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+            generator = torch.Generator(device=device).manual_seed(seed)
         self._fuse_for(lora_scale)
-        latents, gate_sum = self._denoise(
-            latents,
-            settings,
-            encoded,
-            prompt_embeds,
-            negative_prompt_embeds,
-            guidance_scale,
-            num_inference_steps,
-            generator,
-            eta,
-            return_gate_maps,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs or [],
-        )
-        images = self._decode(latents, output_type, generator)
+        attempts: list[dict[str, Any]] = []
+        for attempt in range(tries):
+            if attempt:
+                assert seed is not None  # drawn above when retries are asked for
+                generator, latents = torch.Generator(device=device).manual_seed(seed + attempt), None
+            drawn = self.prepare_latents(count, height, width, prompt_embeds.dtype, device, generator, latents)
+            settings = self.prepare_settings(
+                len(encoded), boxes, drawn, id_scale, lora_scale, gate, infer_scale, infer_end
+            )
+            drawn, gate_sum = self._denoise(
+                drawn,
+                settings,
+                encoded,
+                prompt_embeds,
+                negative_prompt_embeds,
+                guidance_scale,
+                num_inference_steps,
+                generator,
+                eta,
+                return_gate_maps,
+                callback_on_step_end,
+                callback_on_step_end_tensor_inputs or [],
+            )
+            made = self._decode(drawn, output_type, generator)
+            record = {"seed": None if seed is None else seed + attempt}
+            if check_identities:
+                record |= self.check_images(made, output_type, encoded, boxes)
+            attempts.append(record | {"images": made, "gate_sum": gate_sum})
+            if not check_identities or record["passed"] or self._interrupt:
+                break
+        kept = _kept_try(attempts)
+        images, gate_sum = kept.pop("images"), kept.pop("gate_sum")
         gate_maps = (gate_sum / num_inference_steps).numpy() if gate_sum is not None else None
         self.maybe_free_model_hooks()
         metadata = self._metadata(
@@ -609,6 +635,11 @@ class DynamicIDPipeline(DiffusionPipeline):
             encoded,
         )
         metadata["prompt_cut"] = self._prompt_cut(prompts) if prompt_embeds_given is None else None
+        if check_identities:
+            metadata["seed"] = kept["seed"]
+            for record in attempts:
+                record.pop("images", None), record.pop("gate_sum", None)
+            metadata["identity_check"] = {"passed": kept["passed"], "kept_seed": kept["seed"], "tries": attempts}
         images, metadata["watermark"] = self.watermark_images(images, output_type, watermark, metadata)
         if not return_dict:
             return images, gate_maps, encoded
@@ -698,6 +729,26 @@ class DynamicIDPipeline(DiffusionPipeline):
                 bar.update()
         return latents, gate_sum
 
+    def check_images(self, images: Any, output_type: str, encoded: list[EncodedPerson], boxes: Any) -> dict[str, Any]:
+        """Each image's faces, analysed as the references were, classified against the persons
+        (`faces.identity_check`). Returns {"passed": every image passed, "outcomes": one per image}."""
+        from dynamicid.faces.identity_check import check_faces, check_thresholds
+
+        references = [person.embedding for person in encoded if person.embedding is not None]
+        if len(references) != len(encoded):
+            raise GenerationError("check_identities needs the persons' embeddings: encode them with this version")
+        thresholds = check_thresholds(self.face_analyzer.config.embedder)
+        names = [f"person {index + 1}" for index in range(len(encoded))]
+        person_boxes = list(boxes) if boxes else [None] * len(encoded)
+        outcomes = []
+        for rgb in _as_uint8_images(images, output_type):
+            faces = self.face_analyzer.analyze(rgb)
+            checked = check_faces(faces, (rgb.shape[1], rgb.shape[0]), np.stack(references), person_boxes, thresholds)
+            outcomes.append(
+                {"outcome": checked.outcome, "passed": checked.passed, "persons": checked.as_records(names)}
+            )
+        return {"passed": all(item["passed"] for item in outcomes), "outcomes": outcomes}
+
     def watermark_images(
         self, images: Any, output_type: str, watermark: bool, metadata: dict[str, Any]
     ) -> tuple[Any, dict[str, Any]]:
@@ -772,3 +823,23 @@ def _mean_gate(maps: list[dict[str, Any]], count: int, size: tuple[int, int]) ->
     """The conditional half's gates of one step, each layer resized to the latent grid, averaged."""
     resized = [F.interpolate(m["gate"][-count:, None], size=size, mode="nearest")[:, 0] for m in maps]
     return torch.stack(resized).mean(0)
+
+
+def _kept_try(attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The try to return: the first that passed, else the one with the most persons ok (the first of equals)."""
+    if "passed" not in attempts[0]:
+        return dict(attempts[0])
+    for record in attempts:
+        if record["passed"]:
+            return dict(record)
+
+    scores = [sum(p["outcome"] == "ok" for image in r["outcomes"] for p in image["persons"]) for r in attempts]
+    return dict(attempts[scores.index(max(scores))])
+
+
+def _as_uint8_images(images: Any, output_type: str) -> list[np.ndarray]:
+    """A decoded batch as (H, W, 3) uint8 RGB arrays."""
+    if output_type == "pil":
+        return [np.asarray(image.convert("RGB")) for image in images]
+    array = images.permute(0, 2, 3, 1).float().cpu().numpy() if output_type == "pt" else np.asarray(images)
+    return list(np.clip(np.rint(array * 255), 0, 255).astype(np.uint8))

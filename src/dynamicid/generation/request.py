@@ -243,3 +243,21 @@ def check_request(
     if boxes is None and len(persons) > 1:
         boxes = automatic_boxes(len(persons), width, height)
     return boxes
+
+
+def check_identities_option(default: bool) -> Any:
+    """`generate`'s and `serve`'s identity check, one help text (serve turns it on by default)."""
+    return option(
+        default,
+        "analyse each image's faces and classify it: each person ok, missing, swapped, duplicate or blended "
+        "(faces/identity_check.py); the outcome goes to the sidecar",
+    )
+
+
+def retries_option(default: int) -> Any:
+    return option(
+        default,
+        "with the identity check: try up to this many more seeds (seed + 1, ...) until the image passes; the "
+        "sidecar records every try and the seed kept",
+        limits=(0, 20),
+    )

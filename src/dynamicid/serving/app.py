@@ -159,7 +159,23 @@ def run_generation(engine: Engine, request: GenerationRequest, progress=None):
             stop.set()  # the run ends at its next step on its own, holding the engine's lock until then
     if "error" in outcome:
         raise gr.Error(outcome["error"], print_exception=False)
-    yield outcome["result"], f"done in {outcome['result'].seconds:.1f} s, seed {request.seed}"
+    result = outcome["result"]
+    yield (
+        result,
+        f"done in {result.seconds:.1f} s, seed {result.sidecars[0].get('seed', request.seed)}"
+        + _identities_said(result.sidecars[0]),
+    )
+
+
+def _identities_said(sidecar: dict) -> str:
+    """The identity check's outcome for the status line (the first image's, and the verdict)."""
+    from dynamicid.generation.outputs import identity_check_lines
+
+    record = sidecar.get("identity_check")
+    if not record:
+        return ""
+    lines = identity_check_lines(record)
+    return f"; {lines[0]}; {lines[-1]}"
 
 
 def _person_panel(gr, index: int, visible: bool) -> dict:
@@ -656,6 +672,8 @@ def serve(config, cache, block: bool = True):
         watermark=config.watermark,
         signer=signer,
         safety=safety,
+        check_identities=config.check_identities,
+        retries=config.retries,
     )
     examples = example_photos(os.path.join(cache.folder, "examples"))
     app = build_app(engine, examples, config.tiny, config.concurrency, keep_seconds=config.keep_files_hours * 3600)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynamicid.generation.config import DTYPES
-from dynamicid.generation.request import RequestLimits
+from dynamicid.generation.request import RequestLimits, check_identities_option, retries_option
 from dynamicid.login import auth_option, check_auth_option, host_option, login_ok, port_option
 from dynamicid.options import check_limits, option
 from dynamicid.responsible.consent import ConsentOptions
@@ -32,6 +32,8 @@ class ServeConfig:
     consent: ConsentOptions = option(factory=ConsentOptions)  # as generate's
     credentials: CredentialOptions = option(factory=CredentialOptions)  # as generate's
     watermark: bool = watermark_option()
+    check_identities: bool = check_identities_option(True)  # on: users see who came out wrong
+    retries: int = retries_option(2)
     safety_filter: str = safety_option()
     keep_files_hours: float = option(
         24.0,

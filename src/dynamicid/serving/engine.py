@@ -102,10 +102,13 @@ class Engine:
         watermark: bool = True,
         signer=None,
         safety=None,
+        check_identities: bool = False,
+        retries: int = 0,
     ):
         self.pipe = pipe
         self.safety = safety  # a `responsible.safety.SafetyFilter`: flagged images are withheld, never written
         self.watermark = watermark
+        self.check_identities, self.retries = check_identities, retries  # serve turns the check on (ServeConfig)
         self.signer = signer  # a `responsible.credentials.ContentSigner`: C2PA credentials in every image written
         self.consent = consent if consent is not None and consent.active else None  # a ConsentOptions
         if self.consent:
@@ -230,6 +233,8 @@ class Engine:
                 max_output_pixels=self.limits.max_output_pixels,
                 max_work=self.limits.max_work,
                 watermark=self.watermark,
+                check_identities=self.check_identities,
+                retries=self.retries,
             )
             done = self._write(result, persons, request, time.perf_counter() - started)
             done.steps_done, done.interrupted = steps_done[0], steps_done[0] < request.steps
