@@ -39,6 +39,7 @@ def _cases(faces: Path, tmp: Path) -> dict[str, list[str]]:
         "rerun_stability": ["--rounds", "2", "--no-baseline"],
         "prep_throughput": [str(corpus), "--cores", "1", "--images", "4", "--skip-single", "--skip-pool"],
         "serve_overhead": [photo],
+        "watermark_cost": ["--tiny", "--steps", "1", "--side", "64"],
         "watermark_robustness": ["--photos", "1", "--unmarked", "4", "--workers", "1", "--side", "256"],
         "training_data_path": ["--steps", "2", "--warmup", "1", "--resolution", "64", "--batch-size", "1"],
     }
