@@ -14,8 +14,8 @@ about 1, an unsure one little. That keeps the decoder's confidence in the score,
 separates marked images (outputs about 13 in size on average) from unmarked ones (about 2), which RivaGAN
 also decodes to a pattern with some bias. An image is reported as marked when the best score reaches
 `MARKED_SCORE`. An earlier reader normalised the outputs by their total size. That threw the confidence
-away, and 3.55% of unmarked images were reported marked (RESULTS.md). The payload is a hint for finding
-the sidecar (which holds the full request id), not a unique key.
+away, and 3.55% of unmarked images were reported marked; now 0 of 2,000 are (RESULTS.md). The payload is a
+hint for finding the sidecar (which holds the full request id), not a unique key.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ SOFTNESS = 2.0  # a decoder output of +-4 counts as 0.96 of a sure bit
 # The best code word's score (the mean over 32 bits of agreement x tanh(|output| / 2)) at or above which an
 # image is reported marked. Set in the gap between unmarked images (highest 0.675 of 300) and marked ones
 # after every attack (lowest 0.814, one synthetic colour wheel aside), then checked on 2,000 other unmarked
-# images: benchmarks/RESULTS.md.
+# images, none of which reached it (highest 0.691): benchmarks/RESULTS.md.
 MARKED_SCORE = 0.75
 _MULTIPLE = 8  # the encoder's frames are kept to sides that are multiples of this
 INSTALL_HINT = "pip install --no-deps invisible-watermark==0.2.0 onnxruntime (make venv does)"
