@@ -11,6 +11,7 @@ from dynamicid.faces.identity_check import (
     check_identities,
     check_thresholds,
     copy_paste,
+    id_conf,
     unit_rows,
 )
 from dynamicid.testing.composites import aligned_face, canvas, morph
@@ -101,6 +102,12 @@ def test_copy_paste_is_one_at_the_reference_and_minus_one_at_the_other_photo():
     assert copy_paste(reference, reference, truth) == pytest.approx(1.0, abs=1e-4)
     assert copy_paste(truth, reference, truth) == pytest.approx(-1.0, abs=1e-4)
     assert copy_paste(unit_rows([1.0, 1.0, 0.0]), reference, truth) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_id_conf_is_umos_relative_margin():
+    assert id_conf(np.array([0.45, 0.9])) == pytest.approx(0.5)
+    assert id_conf(np.array([0.9])) is None  # one face: nothing to be confused with
+    assert id_conf(np.array([-0.2, -0.1])) == 0.0 and id_conf(np.array([0.9, -0.9])) == 1.0
 
 
 def test_boxes_constrain_the_matching_and_no_face_is_missing():

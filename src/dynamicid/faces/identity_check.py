@@ -27,10 +27,11 @@ other photos, when given; all unit vectors; theta(a, b) = arccos(a . b), the ang
 - CP, its copy-paste score: (theta(g, t) - theta(g, r)) / max(theta(r, t), eps). 1 when the face is the
   reference photo's (theta(g, r) = 0), about -1 when it is the other photo's, 0 midway. Written here from
   the definition in that paper.
-- ID-Conf, after UMO's identity-confusion measure (Cheng et al. 2025, arXiv:2509.06818): for each person,
-  their best face's similarity minus the second best face's (0 when there is no second face), so a face
-  that could as well be someone else's scores low. We use the plain margin; the paper's exact
-  normalisation could not be read here.
+- ID-Conf, UMO's identity-confusion score (Cheng et al. 2025, arXiv:2509.06818; the definition as its
+  evaluation script `eval/id_conf_xversebench.py` computes it): for each person, with s1 and s2 the
+  similarities of their best and second-best faces in the image, min(1, (s1 - s2) / s1), 0 when s1 <= 0,
+  and not measured (None) when the image has fewer than two faces. Low means their face could as well be
+  someone else's.
 """
 
 from __future__ import annotations
@@ -229,8 +230,7 @@ def check_identities(
         face = matches.get(person)
         outcome, other = _outcome(person, face, similarity, owners, matches, thresholds)
         item = PersonOutcome(outcome, face, None, looks_like=other)
-        row = np.sort(similarity[person])[::-1]
-        item.id_conf = float(row[0] - (row[1] if len(row) > 1 else 0.0)) if len(row) else None
+        item.id_conf = id_conf(similarity[person])
         if face is not None:
             _measure(item, person, face, similarity, faces, used, ground_truth)
         persons.append(item)
@@ -247,6 +247,14 @@ def _measure(item: PersonOutcome, person: int, face: int, similarity, faces, use
     if truth is not None and reference is not None:
         item.sim_gt = float(faces[face] @ truth)
         item.copy_paste = copy_paste(faces[face], reference, truth)
+
+
+def id_conf(similarities: np.ndarray) -> float | None:
+    """UMO's ID-Conf of one person from their similarities to every face of the image."""
+    if len(similarities) < 2:
+        return None
+    first, second = np.sort(similarities)[::-1][:2]
+    return float(min(1.0, (first - second) / first)) if first > 0 else 0.0
 
 
 def copy_paste(generated: np.ndarray, reference: np.ndarray, truth: np.ndarray, eps: float = 1e-6) -> float:
