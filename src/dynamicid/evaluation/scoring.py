@@ -23,7 +23,7 @@ import numpy as np
 
 from dynamicid.evaluation.inputs import EvalInputError, EvalItem, Person
 from dynamicid.faces import FaceAnalyzer, face_prompt
-from dynamicid.faces.identity_check import CheckThresholds, IdentityCheck, check_identities, check_thresholds
+from dynamicid.faces.identity_check import CheckThresholds, IdentityCheck, check_faces, check_thresholds
 from dynamicid.faces.types import FaceAnalysis
 from dynamicid.imagefile import DecodedImage, Rejected, load_image
 
@@ -174,19 +174,6 @@ def _matched_row(index: int, person, face, face_at: int, similarity: np.ndarray,
     return row
 
 
-def _identity_check(item: EvalItem, faces: list, size: tuple, bank: ReferenceBank, thresholds) -> tuple:
-    """(cosines of persons x faces against the references, the identity check) of one image."""
-    references = np.stack([bank.person(p) for p in item.persons])  # (persons, D), unit rows
-    face_units = np.stack([unit(f.embedding) for f in faces]) if faces else np.zeros((0, references.shape[1]))
-    similarity = references @ face_units.T
-    width, height = size
-    face_boxes = [(f.box.x0 / width, f.box.y0 / height, f.box.x1 / width, f.box.y1 / height) for f in faces]
-    used = np.stack([bank.mean(p.used or p.references) for p in item.persons])
-    truths = [bank.mean(p.ground_truth) if p.ground_truth else None for p in item.persons]
-    boxes = [p.box for p in item.persons]
-    return similarity, check_identities(similarity, boxes, face_boxes, thresholds, face_units, used, truths)
-
-
 def score_image(
     item: EvalItem,
     analyses: ImageAnalyses,
@@ -199,7 +186,17 @@ def score_image(
     image, faces = analyses.get(item.image)
     height, width = image.rgb.shape[:2]
     thresholds = thresholds or check_thresholds(bank.analyzer.config.embedder)
-    similarity, check = _identity_check(item, faces, (width, height), bank, thresholds)
+    check = check_faces(
+        faces,
+        (width, height),
+        np.stack([bank.person(p) for p in item.persons]),
+        [p.box for p in item.persons],
+        thresholds,
+        [bank.mean(p.ground_truth) if p.ground_truth else None for p in item.persons],
+        np.stack([bank.mean(p.used or p.references) for p in item.persons]),
+    )
+    similarity = check.similarity
+    assert similarity is not None  # check_faces always gives it
     matches = {i: p.face for i, p in enumerate(check.persons) if p.face is not None}
     names = [p.name for p in item.persons]
     rows = []

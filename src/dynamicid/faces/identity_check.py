@@ -94,16 +94,20 @@ def check_faces(
     person_boxes: list,
     thresholds: CheckThresholds,
     ground_truth: list | None = None,
+    used: np.ndarray | None = None,
 ) -> IdentityCheck:
     """`check_identities` of an image's analysed faces (`FaceAnalysis`, with embeddings) against the persons'
-    reference embeddings (persons, D). `size` is the analysed image's (width, height)."""
+    reference embeddings (persons, D). `size` is the analysed image's (width, height). `used`: the
+    embeddings of the photos generation was given (default: the references); `ground_truth`: per person,
+    an embedding of their other photos, or None."""
     width, height = size
     face_units = unit_rows([f.embedding for f in faces]) if faces else np.zeros((0, references.shape[1]))
     references = unit_rows(references)
     face_boxes = [(f.box.x0 / width, f.box.y0 / height, f.box.x1 / width, f.box.y1 / height) for f in faces]
     truths = [None if t is None else unit_rows(t) for t in ground_truth] if ground_truth else None
+    given = references if used is None else unit_rows(used)
     similarity = references @ face_units.T
-    return check_identities(similarity, person_boxes, face_boxes, thresholds, face_units, references, truths)
+    return check_identities(similarity, person_boxes, face_boxes, thresholds, face_units, given, truths)
 
 
 @dataclass
@@ -122,6 +126,7 @@ class IdentityCheck:
     persons: list[PersonOutcome]
     extra_faces: list[int] = field(default_factory=list)  # faces that matched no person and belong to nobody
     outcome: str = "ok"
+    similarity: np.ndarray | None = None  # (persons, faces) cosines the check went by
 
     @property
     def passed(self) -> bool:
@@ -237,7 +242,8 @@ def check_identities(
     matched = set(matches.values())
     extra = [f for f in range(similarity.shape[1]) if f not in matched and owners[f] is None]
     found = {item.outcome for item in persons} | ({"extra_face"} if extra else set())
-    return IdentityCheck(persons, extra, next(name for name in _SEVERITY if name in found or name == "ok"))
+    outcome = next(name for name in _SEVERITY if name in found or name == "ok")
+    return IdentityCheck(persons, extra, outcome, similarity)
 
 
 def _measure(item: PersonOutcome, person: int, face: int, similarity, faces, used, ground_truth) -> None:
