@@ -637,9 +637,8 @@ class DynamicIDPipeline(DiffusionPipeline):
         metadata["prompt_cut"] = self._prompt_cut(prompts) if prompt_embeds_given is None else None
         if check_identities:
             metadata["seed"] = kept["seed"]
-            for record in attempts:
-                record.pop("images", None), record.pop("gate_sum", None)
-            metadata["identity_check"] = {"passed": kept["passed"], "kept_seed": kept["seed"], "tries": attempts}
+            recorded = [{k: v for k, v in record.items() if k not in ("images", "gate_sum")} for record in attempts]
+            metadata["identity_check"] = {"passed": kept["passed"], "kept_seed": kept["seed"], "tries": recorded}
         images, metadata["watermark"] = self.watermark_images(images, output_type, watermark, metadata)
         if not return_dict:
             return images, gate_maps, encoded
