@@ -273,8 +273,8 @@ def _check_credentials(path: str, extension: str, code: int, kind: str | None, s
     mime = MIME_TYPES.get(f".{extension}")
     if mime is None:
         return
-    with open(path, "rb") as handle:
-        reading = read_credentials(handle.read(), mime)
+    with open(path, "rb") as handle:  # read where the manifest is, not loaded whole a second time
+        reading = read_credentials(handle, mime)
     refused = training_refused(reading)
     if refused:
         raise _Outcome(Fetched("opted_out", code, size, content_type=kind, message=f"C2PA {refused}"))

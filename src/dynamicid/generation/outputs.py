@@ -69,13 +69,14 @@ def first_free_index(folder: str, stem: str) -> int:
     return taken + 1
 
 
-def model_version(extra: dict[str, Any] | None) -> str:
-    """What an image's metadata names as its model: the published version, else the weights given, else the
-    default weights' repo id."""
+def model_version(metadata: dict[str, Any], extra: dict[str, Any] | None) -> str:
+    """What a call's images name as their model (provenance, credentials): the published version, else the
+    one the watermark carries, else the weights given, else the default weights' repo id."""
     from dynamicid.hub import DEFAULTS
 
     given = extra or {}
-    return str(given.get("model_version") or given.get("weights") or DEFAULTS["weights"].reference)
+    marked = (metadata.get("watermark") or {}).get("model_version")
+    return str(given.get("model_version") or marked or given.get("weights") or DEFAULTS["weights"].reference)
 
 
 def save_generation(
@@ -96,8 +97,7 @@ def save_generation(
     saved = SavedGeneration([], [], [])
     boxes = result.metadata.get("boxes") or [None] * len(persons)
     first = 0 if overwrite else first_free_index(folder, stem)
-    marks = result.metadata.get("watermark") or {}
-    version = (extra or {}).get("model_version") or marks.get("model_version") or model_version(extra)
+    version = model_version(result.metadata, extra)
     for index, image in enumerate(result.images):
         k = first + index
         image_path, sidecar_file, gate_path = _outputs_of(folder, stem, k)

@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from dynamicid import __version__
 from dynamicid.errors import ConfigError, SetupError
@@ -204,11 +204,10 @@ class CredentialReading:
 NO_MANIFEST = CredentialReading("none", None, None, None, None, {})
 
 
-def read_credentials(source: str | bytes, mime: str | None = None, trust_anchors: str | None = None):
-    """The C2PA state of an image file (a path), or of its bytes with their MIME type. A manifest that fails
-    validation, or that cannot be parsed, is "invalid"; no manifest is "none". Never uses the network."""
-    import io
-
+def read_credentials(source: str | BinaryIO, mime: str | None = None, trust_anchors: str | None = None):
+    """The C2PA state of an image file: a path, or an open binary file with its MIME type (a name without
+    the image's extension). A manifest that fails validation, or that cannot be parsed, is "invalid"; no
+    manifest is "none". Never uses the network."""
     c2pa = _c2pa()
     settings: dict[str, Any] = dict(_OFFLINE)
     if trust_anchors:
@@ -216,10 +215,10 @@ def read_credentials(source: str | bytes, mime: str | None = None, trust_anchors
             settings["trust"] = {"trust_anchors": handle.read()}
     context = c2pa.Context.from_dict(settings)
     try:
-        if isinstance(source, bytes):
-            reader = c2pa.Reader.try_create(mime or "image/jpeg", io.BytesIO(source), context=context)
-        else:
+        if isinstance(source, str):
             reader = c2pa.Reader.try_create(source, context=context)
+        else:
+            reader = c2pa.Reader.try_create(mime or "image/jpeg", source, context=context)
     except c2pa.C2paError as err:
         logger.info("C2PA manifest not readable: %s", err)
         return CredentialReading("invalid", None, None, None, None, {})

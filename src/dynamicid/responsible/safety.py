@@ -1,6 +1,7 @@
 """An optional safety filter for `serve` (issue 37 §5): NudeNet's detector (its ONNX model ships inside the
-`nudenet` wheel) looks at every generated image, and one showing exposed genitals, breasts, buttocks or anus
-is withheld: deleted, and the request answered with a refusal that says why.
+`nudenet` wheel) looks at every generated image before it is written, and when one shows exposed genitals,
+breasts, buttocks or anus the request's images are withheld: never written, and the request answered with a
+refusal that says why.
 
 Licence: nudenet's package metadata says MIT, but the licence file inside its wheel is the AGPL-3.0. So it
 is an optional extra (`pip install dynamicid[safety]`) that the operator chooses, never a dependency.

@@ -280,13 +280,14 @@ class Engine:
         saved = save_generation(result, persons, folder, "dynamicid", extra=extra, signer=self.signer)
         images, sidecars, files = saved.images, saved.sidecars, saved.files
         overlays = []
+        version = model_version(result.metadata, extra)  # the one the images themselves name
         if result.gate_maps is not None:
             for index, path in enumerate(images):
                 overlays.append(path[:-4] + "_gates.png")
                 overlay = overlay_gates(path, result.gate_maps[index])
-                save_with_provenance(overlay, overlays[-1], model_version(extra), COMPOSITE)
+                save_with_provenance(overlay, overlays[-1], version, COMPOSITE)
                 if self.signer is not None:
-                    self.signer.sign(overlays[-1], model_version(extra), kind=COMPOSITE)
+                    self.signer.sign(overlays[-1], version, kind=COMPOSITE)
         return GenerationResult(images, sidecars, files, overlays, seconds)
 
 
