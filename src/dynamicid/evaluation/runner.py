@@ -45,7 +45,7 @@ def outcome_figures(scores: pd.DataFrame) -> dict:
         "person_outcomes": {name: int((scores.outcome == name).sum()) for name in OUTCOMES},
         "image_outcomes": {name: int((per_image == name).sum()) for name in IMAGE_OUTCOMES},
     }
-    for name in ("missing", "swapped", "duplicate", "blended", "extra_face"):
+    for name in (outcome for outcome in IMAGE_OUTCOMES if outcome != "ok"):
         figures[f"{name}_share"] = round(float((per_image == name).mean()), 4) if len(per_image) else None
     for key in ("sim_ref", "sim_gt", "copy_paste", "id_conf"):
         figures[f"{key}_mean"] = _mean(scores[key])
